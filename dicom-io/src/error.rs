@@ -1,0 +1,114 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong reading, decoding or writing DICOM.
+///
+/// Each variant names the file and, when it is known, the SOP Instance UID,
+/// so that a support engineer can find the instance that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read as DICOM Part 10 (not DICOM, truncated
+    /// header, unreadable).
+    #[error("cannot read {path} as a DICOM file: {reason}")]
+    Open {
+        /// File that failed.
+        path: PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A required attribute is absent or empty.
+    #[error("{path} (SOP Instance {sop_instance_uid}): required attribute {attribute} is missing")]
+    MissingAttribute {
+        /// File concerned.
+        path: PathBuf,
+        /// SOP Instance UID, or `unknown`.
+        sop_instance_uid: String,
+        /// Keyword of the attribute.
+        attribute: &'static str,
+    },
+    /// An attribute has a value this code cannot use.
+    #[error("{path} (SOP Instance {sop_instance_uid}): attribute {attribute} is invalid: {reason}")]
+    InvalidAttribute {
+        /// File concerned.
+        path: PathBuf,
+        /// SOP Instance UID, or `unknown`.
+        sop_instance_uid: String,
+        /// Keyword of the attribute.
+        attribute: &'static str,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The transfer syntax is unknown or its pixel data cannot be decoded.
+    #[error(
+        "{path} (SOP Instance {sop_instance_uid}): unsupported transfer syntax {transfer_syntax} ({name})"
+    )]
+    UnsupportedTransferSyntax {
+        /// File concerned.
+        path: PathBuf,
+        /// SOP Instance UID.
+        sop_instance_uid: String,
+        /// Transfer syntax UID.
+        transfer_syntax: String,
+        /// Its name, or `unknown`.
+        name: String,
+    },
+    /// The pixel format (bit depth, samples, photometric interpretation) is
+    /// outside what the appliance handles.
+    #[error("{path} (SOP Instance {sop_instance_uid}): unsupported pixel data: {reason}")]
+    UnsupportedPixelData {
+        /// File concerned.
+        path: PathBuf,
+        /// SOP Instance UID.
+        sop_instance_uid: String,
+        /// What is unsupported.
+        reason: String,
+    },
+    /// The pixel data is present but could not be decoded (corrupt stream,
+    /// truncated data).
+    #[error("{path} (SOP Instance {sop_instance_uid}): cannot decode pixel data: {reason}")]
+    DecodePixelData {
+        /// File concerned.
+        path: PathBuf,
+        /// SOP Instance UID.
+        sop_instance_uid: String,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// Instances cannot be assembled into one volume.
+    #[error("cannot assemble series {series_instance_uid} into a volume: {reason}")]
+    Volume {
+        /// Series concerned.
+        series_instance_uid: String,
+        /// Why.
+        reason: String,
+    },
+    /// A value is not a valid DICOM UID.
+    #[error("invalid UID {value:?}: {reason}")]
+    InvalidUid {
+        /// The offending value.
+        value: String,
+        /// Why it is not a UID.
+        reason: &'static str,
+    },
+    /// Building a new instance failed.
+    #[error("cannot build instance {sop_instance_uid}: {reason}")]
+    Build {
+        /// SOP Instance UID of the instance being built.
+        sop_instance_uid: String,
+        /// Why.
+        reason: String,
+    },
+    /// Writing a file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// Destination.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+}

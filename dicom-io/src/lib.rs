@@ -1,0 +1,33 @@
+//! DICOM for Vigie: everything that reads or writes DICOM and nothing else.
+//!
+//! Modules:
+//! - [`file`]: open Part 10 files and read the header attributes the
+//!   appliance needs (UIDs, modality, geometry) into [`InstanceHeader`].
+//! - [`pixels`]: decode native and compressed pixel data into stored sample
+//!   values ([`PixelArray`]); the list of supported transfer syntaxes.
+//! - [`lut`]: the grayscale pipeline of PS3.3 C.11 — Modality LUT (rescale or
+//!   LUT sequence), VOI LUT (window LINEAR / LINEAR_EXACT / SIGMOID or LUT
+//!   sequence), MONOCHROME1 inversion — in that order.
+//! - [`volume`]: assemble single-frame instances of a series into a volume
+//!   ordered by Image Position (Patient).
+//! - [`uid`]: UID validation and generation under a configurable root.
+//! - [`write`]: build and write new instances (the synthetic MR images of
+//!   the demo dataset), durably.
+//!
+//! The crate knows nothing of models, HTTP or databases. Errors are
+//! [`Error`], with the file and SOP Instance UID they concern.
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
+pub mod error;
+pub mod file;
+pub mod lut;
+pub mod pixels;
+pub mod uid;
+pub mod volume;
+pub mod write;
+
+pub use error::{Error, Result};
+pub use file::{DicomFile, InstanceHeader};
+pub use lut::{PixelOptions, VoiSelection, WindowFunction};
+pub use pixels::{Photometric, PixelArray, TransferSyntaxSupport, transfer_syntax_support};

