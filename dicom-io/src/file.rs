@@ -128,11 +128,21 @@ impl DicomFile {
     }
 }
 
-fn string_of(object: &DefaultDicomObject, tag: Tag) -> Option<String> {
-    let element = object.get(tag)?;
-    let value = element.to_str().ok()?;
-    let trimmed = value.trim_matches(|c: char| c == ' ' || c == '\0');
+/// The text of an element. Elements read with VR UN (e.g. after a
+/// transfer through a node that did not know them) still hold their
+/// original text bytes; they are read as text too.
+fn text_of(element: &dicom_object::mem::InMemElement) -> Option<String> {
+    let text = if element.vr() == dicom_core::VR::UN {
+        String::from_utf8_lossy(&element.value().to_bytes().ok()?).into_owned()
+    } else {
+        element.to_str().ok()?.into_owned()
+    };
+    let trimmed = text.trim_matches(|c: char| c == ' ' || c == '\0');
     (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
+fn string_of(object: &DefaultDicomObject, tag: Tag) -> Option<String> {
+    text_of(object.get(tag)?)
 }
 
 fn floats_of(
@@ -144,17 +154,29 @@ fn floats_of(
 ) -> Result<Option<Vec<f64>>> {
     match object.get(tag) {
         None => Ok(None),
-        Some(e) if e.is_empty() => Ok(None),
-        Some(e) => e
-            .to_multi_float64()
-            .map(Some)
-            .map_err(|err| Error::InvalidAttribute {
-                path: path.to_path_buf(),
-                sop_instance_uid: sop_instance_uid.to_string(),
-                attribute,
-                reason: err.to_string(),
-            }),
+        Some(e) => element_floats(e).map_err(|reason| Error::InvalidAttribute {
+            path: path.to_path_buf(),
+            sop_instance_uid: sop_instance_uid.to_string(),
+            attribute,
+            reason,
+        }),
     }
+}
+
+/// All numeric values of a decimal element, also when it was read as UN.
+pub(crate) fn element_floats(e: &dicom_object::mem::InMemElement) -> std::result::Result<Option<Vec<f64>>, String> {
+    if e.is_empty() {
+        return Ok(None);
+    }
+    if e.vr() == dicom_core::VR::UN {
+        let Some(text) = text_of(e) else { return Ok(None) };
+        return text
+            .split('\\')
+            .map(|v| v.trim().parse::<f64>().map_err(|err| format!("{v:?}: {err}")))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Some);
+    }
+    e.to_multi_float64().map(Some).map_err(|err| err.to_string())
 }
 
 fn fixed<const N: usize>(

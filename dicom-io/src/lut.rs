@@ -8,12 +8,11 @@
 //! unchanged.
 
 use dicom_core::Tag;
-use dicom_core::header::HasLength;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use crate::error::Result;
-use crate::file::DicomFile;
+use crate::file::{DicomFile, element_floats};
 use crate::pixels::{Photometric, PixelArray};
 
 /// VOI LUT Function (0028,1056).
@@ -198,11 +197,10 @@ enum ModalityLut {
 fn rescale_in(file: &DicomFile, obj: &InMemDicomObject) -> Result<Option<(f64, f64)>> {
     let value = |tag: Tag, name: &'static str| -> Result<Option<f64>> {
         match obj.get(tag) {
-            Some(e) if !e.is_empty() => e
-                .to_float64()
-                .map(Some)
-                .map_err(|err| file.invalid(name, err.to_string())),
-            _ => Ok(None),
+            Some(e) => element_floats(e)
+                .map(|v| v.and_then(|v| v.first().copied()))
+                .map_err(|err| file.invalid(name, err)),
+            None => Ok(None),
         }
     };
     let slope = value(tags::RESCALE_SLOPE, "RescaleSlope")?;
@@ -252,11 +250,10 @@ enum FileVoi {
 fn window_in(file: &DicomFile, obj: &InMemDicomObject) -> Result<Option<FileVoi>> {
     let first = |tag: Tag, name: &'static str| -> Result<Option<f64>> {
         match obj.get(tag) {
-            Some(e) if !e.is_empty() => e
-                .to_multi_float64()
-                .map(|v| v.first().copied())
-                .map_err(|err| file.invalid(name, err.to_string())),
-            _ => Ok(None),
+            Some(e) => element_floats(e)
+                .map(|v| v.and_then(|v| v.first().copied()))
+                .map_err(|err| file.invalid(name, err)),
+            None => Ok(None),
         }
     };
     let (Some(center), Some(width)) = (

@@ -121,7 +121,7 @@ mod tests {
         for root in [
             "2.25",
             "1.2.826.0.1.3680043.10.999",
-            "1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17.18",
+            "1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16",
         ] {
             let generator = UidGenerator::new(root).expect("valid root");
             let a = generator.generate();

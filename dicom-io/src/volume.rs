@@ -150,3 +150,59 @@ pub fn assemble(slices: &[(InstanceHeader, PixelArray)]) -> Result<Volume> {
         data,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pixels::Photometric;
+
+    fn slice(uid: &str, z: f64, value: f32) -> (InstanceHeader, PixelArray) {
+        (
+            InstanceHeader {
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                sop_instance_uid: uid.into(),
+                study_instance_uid: "2.25.1".into(),
+                series_instance_uid: "2.25.2".into(),
+                transfer_syntax: "1.2.840.10008.1.2.1".into(),
+                modality: Some("CT".into()),
+                body_part_examined: None,
+                series_description: None,
+                instance_number: None,
+                image_position_patient: Some([-10.0, -10.0, z]),
+                image_orientation_patient: Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+                pixel_spacing: Some([0.5, 0.7]),
+            },
+            PixelArray {
+                frames: 1,
+                rows: 2,
+                columns: 2,
+                samples_per_pixel: 1,
+                photometric: Photometric::Monochrome2,
+                bits_stored: 12,
+                signed: false,
+                data: vec![value; 4],
+            },
+        )
+    }
+
+    #[test]
+    fn slices_are_ordered_along_the_normal_not_by_arrival() {
+        let volume = assemble(&[slice("2.25.30", 5.0, 3.0), slice("2.25.10", -5.0, 1.0), slice("2.25.20", 0.0, 2.0)]).expect("assembles");
+        assert_eq!(volume.sop_instance_uids, ["2.25.10", "2.25.20", "2.25.30"]);
+        assert_eq!(volume.spacing, [5.0, 0.5, 0.7]);
+        assert_eq!(volume.origin, [-10.0, -10.0, -5.0]);
+        assert_eq!(&volume.data[..], &[1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0]);
+    }
+
+    #[test]
+    fn duplicates_gaps_and_missing_geometry_are_refused() {
+        let dup = assemble(&[slice("2.25.1", 0.0, 0.0), slice("2.25.2", 0.0, 0.0)]).expect_err("duplicate");
+        assert!(dup.to_string().contains("share a slice position"), "{dup}");
+        let gap = assemble(&[slice("2.25.1", 0.0, 0.0), slice("2.25.2", 1.0, 0.0), slice("2.25.3", 3.0, 0.0)]).expect_err("gap");
+        assert!(gap.to_string().contains("irregular"), "{gap}");
+        let mut bad = slice("2.25.4", 2.0, 0.0);
+        bad.0.image_position_patient = None;
+        let missing = assemble(&[slice("2.25.1", 0.0, 0.0), bad]).expect_err("no position");
+        assert!(missing.to_string().contains("Image Position"), "{missing}");
+    }
+}
