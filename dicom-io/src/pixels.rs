@@ -357,7 +357,7 @@ fn interleave_planes(raw: &[f32], frames: usize, pixels: usize) -> Vec<f32> {
 /// Expand native YBR_FULL_422 (Y1 Y2 Cb Cr per pair of pixels) to three
 /// samples per pixel.
 fn upsample_422(raw: &[f32], frames: usize, rows: usize, columns: usize) -> Option<Vec<f32>> {
-    if columns % 2 != 0 {
+    if !columns.is_multiple_of(2) {
         return None;
     }
     let mut out = Vec::with_capacity(frames * rows * columns * 3);

@@ -4,6 +4,8 @@
 //! pydicom's (exactly for lossless syntaxes, within a stated tolerance for
 //! lossy JPEG, whose decoders may differ by rounding), or a typed error.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -441,7 +441,7 @@ impl Manifest {
                 return Err(self.invalid(field, format!("{} values for {c} channels", list.len())));
             }
         }
-        if n.std.iter().any(|s| *s == 0.0) {
+        if n.std.contains(&0.0) {
             return Err(self.invalid("preprocess.normalize.std", "must not contain 0"));
         }
         if let Voi::Window { width, .. } = self.preprocess.voi

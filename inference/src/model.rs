@@ -133,7 +133,7 @@ impl Model {
         let inference_ms = ms(started);
         let started = Instant::now();
         let manifest = self.package.manifest();
-        let per_out = if n == 0 { 0 } else { output.len() / n };
+        let per_out = output.len().checked_div(n).unwrap_or(0);
         if per_out * n != output.len() || dims.first().copied() != Some(n) {
             return Err(Error::Postprocess {
                 model_id,

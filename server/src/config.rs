@@ -14,7 +14,7 @@ use vigie_inference::backend::{BackendOptions, Device};
 pub const SETUP_ONNXRUNTIME: &str = ".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1";
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The appliance.
@@ -67,15 +67,6 @@ impl Default for InferenceConfig {
             onnxruntime_library: None,
             device: "cpu".into(),
             intra_threads: 0,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            appliance: ApplianceConfig::default(),
-            inference: InferenceConfig::default(),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! `vigie infer` as an operator runs it: good inputs are analysed, bad ones
 //! are reported one by one with a clear reason and do not stop the others.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -5,6 +5,8 @@
 //!
 //! Needs `scripts/setup.sh` (model, pictures, ONNX Runtime, `.venv`).
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
