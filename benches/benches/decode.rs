@@ -26,7 +26,9 @@ fn decode_cpu(c: &mut Criterion) {
     for (name, path) in cases {
         let file = DicomFile::open(&path).expect("opens");
         let pixels = file.decode_stored().expect("decodes");
-        group.throughput(Throughput::Elements((pixels.frames * pixels.rows * pixels.columns) as u64));
+        group.throughput(Throughput::Elements(
+            (pixels.frames * pixels.rows * pixels.columns) as u64,
+        ));
         let options = PixelOptions::with_voi(VoiSelection::FromFile);
         group.bench_function(name, |b| b.iter(|| file.decode(&options).expect("decodes")));
     }

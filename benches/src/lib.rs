@@ -13,7 +13,12 @@ pub fn repo_root() -> PathBuf {
 pub fn demo_files() -> Vec<PathBuf> {
     let dir = repo_root().join(".cache/vigie/demo/dicom");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "dcm")).collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files
@@ -22,7 +27,11 @@ pub fn demo_files() -> Vec<PathBuf> {
 /// pydicom's test files folder inside `.venv` (for per-syntax decode benches).
 pub fn pydicom_test_files() -> Option<PathBuf> {
     let lib = repo_root().join(".venv/lib");
-    let python = std::fs::read_dir(lib).ok()?.filter_map(|e| e.ok()).next()?.path();
+    let python = std::fs::read_dir(lib)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .next()?
+        .path();
     let dir = python.join("site-packages/pydicom/data/test_files");
     dir.is_dir().then_some(dir)
 }

@@ -164,19 +164,29 @@ fn floats_of(
 }
 
 /// All numeric values of a decimal element, also when it was read as UN.
-pub(crate) fn element_floats(e: &dicom_object::mem::InMemElement) -> std::result::Result<Option<Vec<f64>>, String> {
+pub(crate) fn element_floats(
+    e: &dicom_object::mem::InMemElement,
+) -> std::result::Result<Option<Vec<f64>>, String> {
     if e.is_empty() {
         return Ok(None);
     }
     if e.vr() == dicom_core::VR::UN {
-        let Some(text) = text_of(e) else { return Ok(None) };
+        let Some(text) = text_of(e) else {
+            return Ok(None);
+        };
         return text
             .split('\\')
-            .map(|v| v.trim().parse::<f64>().map_err(|err| format!("{v:?}: {err}")))
+            .map(|v| {
+                v.trim()
+                    .parse::<f64>()
+                    .map_err(|err| format!("{v:?}: {err}"))
+            })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map(Some);
     }
-    e.to_multi_float64().map(Some).map_err(|err| err.to_string())
+    e.to_multi_float64()
+        .map(Some)
+        .map_err(|err| err.to_string())
 }
 
 fn fixed<const N: usize>(

@@ -187,18 +187,32 @@ mod tests {
 
     #[test]
     fn slices_are_ordered_along_the_normal_not_by_arrival() {
-        let volume = assemble(&[slice("2.25.30", 5.0, 3.0), slice("2.25.10", -5.0, 1.0), slice("2.25.20", 0.0, 2.0)]).expect("assembles");
+        let volume = assemble(&[
+            slice("2.25.30", 5.0, 3.0),
+            slice("2.25.10", -5.0, 1.0),
+            slice("2.25.20", 0.0, 2.0),
+        ])
+        .expect("assembles");
         assert_eq!(volume.sop_instance_uids, ["2.25.10", "2.25.20", "2.25.30"]);
         assert_eq!(volume.spacing, [5.0, 0.5, 0.7]);
         assert_eq!(volume.origin, [-10.0, -10.0, -5.0]);
-        assert_eq!(&volume.data[..], &[1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0]);
+        assert_eq!(
+            &volume.data[..],
+            &[1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0]
+        );
     }
 
     #[test]
     fn duplicates_gaps_and_missing_geometry_are_refused() {
-        let dup = assemble(&[slice("2.25.1", 0.0, 0.0), slice("2.25.2", 0.0, 0.0)]).expect_err("duplicate");
+        let dup = assemble(&[slice("2.25.1", 0.0, 0.0), slice("2.25.2", 0.0, 0.0)])
+            .expect_err("duplicate");
         assert!(dup.to_string().contains("share a slice position"), "{dup}");
-        let gap = assemble(&[slice("2.25.1", 0.0, 0.0), slice("2.25.2", 1.0, 0.0), slice("2.25.3", 3.0, 0.0)]).expect_err("gap");
+        let gap = assemble(&[
+            slice("2.25.1", 0.0, 0.0),
+            slice("2.25.2", 1.0, 0.0),
+            slice("2.25.3", 3.0, 0.0),
+        ])
+        .expect_err("gap");
         assert!(gap.to_string().contains("irregular"), "{gap}");
         let mut bad = slice("2.25.4", 2.0, 0.0);
         bad.0.image_position_patient = None;

