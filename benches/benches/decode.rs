@@ -1,5 +1,7 @@
 //! Pixel data decoding per transfer syntax, CPU.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vigie_dicom_io::{DicomFile, PixelOptions, VoiSelection};
 

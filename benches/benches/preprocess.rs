@@ -1,6 +1,8 @@
 //! Preprocessing (resample, replicate, scale, layout) of the reference
 //! model's input, CPU.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vigie_inference::manifest::{
     DType, Filter, Layout, Normalize, Preprocess, Resize, TensorSpec, Voi,
