@@ -23,6 +23,7 @@ pub mod error;
 pub mod file;
 pub mod lut;
 pub mod pixels;
+pub mod results;
 pub mod uid;
 pub mod volume;
 pub mod write;

@@ -209,7 +209,12 @@ impl<'a> MrImage<'a> {
         let mut obj = InMemDicomObject::new_empty();
         let s = |obj: &mut InMemDicomObject, tag, vr, v: &str| put_str(obj, tag, vr, v);
         s(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
-        s(&mut obj, tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY");
+        s(
+            &mut obj,
+            tags::IMAGE_TYPE,
+            VR::CS,
+            "DERIVED\\SECONDARY\\OTHER",
+        );
         s(
             &mut obj,
             tags::SOP_CLASS_UID,
@@ -255,12 +260,19 @@ impl<'a> MrImage<'a> {
         s(&mut obj, tags::PATIENT_BIRTH_DATE, VR::DA, "");
         s(&mut obj, tags::PATIENT_SEX, VR::CS, "O");
         s(&mut obj, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
+        s(
+            &mut obj,
+            tags::DEIDENTIFICATION_METHOD,
+            VR::LO,
+            "Synthetic: no real patient identity",
+        );
         s(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, "BRAIN");
         // MR Image Module: research-mode acquisition of unknown parameters.
         s(&mut obj, tags::SCANNING_SEQUENCE, VR::CS, "RM");
         s(&mut obj, tags::SEQUENCE_VARIANT, VR::CS, "NONE");
         s(&mut obj, tags::SCAN_OPTIONS, VR::CS, "");
         s(&mut obj, tags::MR_ACQUISITION_TYPE, VR::CS, "2D");
+        s(&mut obj, tags::REPETITION_TIME, VR::DS, "");
         s(&mut obj, tags::ECHO_TIME, VR::DS, "");
         s(&mut obj, tags::ECHO_TRAIN_LENGTH, VR::IS, "");
         s(&mut obj, tags::SLICE_THICKNESS, VR::DS, "");
@@ -278,6 +290,7 @@ impl<'a> MrImage<'a> {
         );
         s(&mut obj, tags::STUDY_ID, VR::SH, &self.study_id);
         s(&mut obj, tags::SERIES_NUMBER, VR::IS, "1");
+        s(&mut obj, tags::PATIENT_POSITION, VR::CS, "");
         s(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
         s(&mut obj, tags::PATIENT_ORIENTATION, VR::CS, "");
         put_ds(&mut obj, tags::IMAGE_POSITION_PATIENT, &[0.0, 0.0, 0.0]);

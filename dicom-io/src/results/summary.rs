@@ -1,0 +1,1 @@
+//! Summary image (to come).

@@ -1,0 +1,148 @@
+//! Result objects (SR, SEG, summary SC) checked by independent tools:
+//! DCMTK-independent `dciodvfy` (dicom3tools) for IOD conformance, and
+//! pydicom + highdicom reading the values back.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vigie_dicom_io::DicomFile;
+use vigie_dicom_io::results::sr::{ClassificationReport, build_classification_sr, concepts};
+use vigie_dicom_io::results::{Algorithm, Code, DeviceObserver, NewInstance, SourceImage};
+use vigie_dicom_io::uid::UidGenerator;
+use vigie_dicom_io::write::write_part10;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(p.is_file(), "run scripts/setup.sh first");
+    p
+}
+
+/// A source MR instance made by the crate's own writer.
+fn source(dir: &Path) -> DicomFile {
+    let uids = UidGenerator::default();
+    let pixels: Vec<u8> = (0..64 * 48).map(|i| (i % 256) as u8).collect();
+    let mut mr = vigie_dicom_io::write::MrImage::new(48, 64, &pixels, &uids);
+    mr.patient_name = "TEST^SOURCE".into();
+    mr.patient_id = "TEST-0001".into();
+    let path = dir.join("source.dcm");
+    write_part10(mr.build().expect("builds"), &path).expect("writes");
+    DicomFile::open(&path).expect("opens")
+}
+
+/// dciodvfy's complaints, as (errors, warnings).
+fn dciodvfy(path: &Path) -> (Vec<String>, Vec<String>) {
+    let out = Command::new("dciodvfy")
+        .arg(path)
+        .output()
+        .expect("dciodvfy runs (apt-get install dicom3tools)");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let errors = text
+        .lines()
+        .filter(|l| l.starts_with("Error"))
+        .map(str::to_string)
+        .collect();
+    let warnings = text
+        .lines()
+        .filter(|l| l.starts_with("Warning"))
+        .map(str::to_string)
+        .collect();
+    (errors, warnings)
+}
+
+fn report(source: &DicomFile, uids: &UidGenerator, threshold: Option<f64>) -> ClassificationReport {
+    ClassificationReport {
+        classes: vec![
+            (Code::new("GLIOMA", "99VIGIE", "Glioma"), 0.7),
+            (Code::new("MENINGIOMA", "99VIGIE", "Meningioma"), 0.2),
+            (Code::new("NOTUMOR", "99VIGIE", "No tumour"), 0.1),
+        ],
+        decision: 0,
+        threshold,
+        algorithm: Algorithm {
+            name: "test-model".into(),
+            version: "1.2.3".into(),
+            parameters: vec![
+                format!("model-sha256={}", "ab".repeat(32)),
+                "decision=argmax".into(),
+            ],
+        },
+        observer: DeviceObserver {
+            uid: uids.generate(),
+            name: "vigie-test".into(),
+            manufacturer: "Vigie".into(),
+            model_name: "Vigie 0.1.0".into(),
+        },
+        procedure: concepts::imaging_procedure(),
+        sources: vec![SourceImage::of(source)],
+        instance: NewInstance {
+            series_instance_uid: uids.generate(),
+            sop_instance_uid: uids.generate(),
+            series_number: 9001,
+            series_description: "AI result test-model 1.2.3".into(),
+            manufacturer: "Vigie".into(),
+            software_version: "0.1.0".into(),
+        },
+    }
+}
+
+#[test]
+fn classification_sr_passes_dciodvfy_and_reads_back_in_highdicom() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = source(tmp.path());
+    let uids = UidGenerator::default();
+    let report = report(&source, &uids, Some(0.5));
+    let sr = build_classification_sr(&source, &report, || uids.generate()).expect("builds");
+    let path = tmp.path().join("sr.dcm");
+    write_part10(sr, &path).expect("writes");
+    let (errors, warnings) = dciodvfy(&path);
+    println!("dciodvfy warnings:\n{}", warnings.join("\n"));
+    assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
+    if std::env::var_os("VIGIE_KEEP_SR").is_some() {
+        std::fs::copy(&path, "/tmp/vigie-sr.dcm").expect("copy");
+    }
+    let out = Command::new(python())
+        .arg(root().join("tests/oracle/read_sr.py"))
+        .arg(&path)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["patient_id"], "TEST-0001");
+    assert_eq!(
+        doc["study_instance_uid"],
+        source.header().study_instance_uid.as_str()
+    );
+    assert_eq!(doc["template"], "1500");
+    assert_eq!(doc["observer_type"], "121007");
+    assert_eq!(
+        doc["evidence"],
+        serde_json::json!([source.header().sop_instance_uid])
+    );
+    let groups = doc["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 4, "{groups:?}");
+    for ((code, p), g) in report.classes.iter().zip(groups) {
+        assert_eq!(g["finding"], code.value.as_str());
+        assert!((g["probability"].as_f64().expect("p") - p).abs() < 1e-12);
+        assert_eq!(g["unit"], "1");
+        assert_eq!(g["algorithm"], "test-model");
+        assert_eq!(g["algorithm_version"], "1.2.3");
+        assert_eq!(
+            g["source"],
+            serde_json::json!([source.header().sop_instance_uid])
+        );
+    }
+    let decision = &groups[3];
+    assert_eq!(decision["finding"], "GLIOMA");
+    assert_eq!(decision["threshold"].as_f64(), Some(0.5));
+}
