@@ -14,9 +14,10 @@ mkdir -p "$CACHE/wheels" "$CACHE/onnxruntime" "$CACHE/demo/images"
 
 say() { printf '[setup] %s\n' "$*"; }
 
-# 1. System packages: cmake (CharLS, the JPEG-LS codec), protoc (candle-onnx).
+# 1. System packages: cmake (CharLS, the JPEG-LS codec), protoc (candle-onnx),
+#    dicom3tools (dciodvfy, the conformance checker the tests use).
 missing=()
-for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config; do
+for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config dciodvfy:dicom3tools; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -31,7 +32,7 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import pydicom, data_store, onnxruntime, PIL, numpy, pylibjpeg, pydantic' 2>/dev/null; then
+if ! .venv/bin/python -c 'import pydicom, data_store, onnxruntime, PIL, numpy, pylibjpeg, pydantic, highdicom' 2>/dev/null; then
   say "installing Python test peers"
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi

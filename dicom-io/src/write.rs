@@ -155,6 +155,8 @@ pub struct MrImage<'a> {
     pub derivation_description: String,
     /// Pixel Spacing in millimetres.
     pub pixel_spacing: f64,
+    /// Slice Thickness in millimetres.
+    pub slice_thickness: f64,
 }
 
 impl<'a> MrImage<'a> {
@@ -177,6 +179,7 @@ impl<'a> MrImage<'a> {
             date: "20000101".into(),
             derivation_description: String::new(),
             pixel_spacing: 1.0,
+            slice_thickness: 1.0,
         }
     }
 
@@ -275,7 +278,7 @@ impl<'a> MrImage<'a> {
         s(&mut obj, tags::REPETITION_TIME, VR::DS, "");
         s(&mut obj, tags::ECHO_TIME, VR::DS, "");
         s(&mut obj, tags::ECHO_TRAIN_LENGTH, VR::IS, "");
-        s(&mut obj, tags::SLICE_THICKNESS, VR::DS, "");
+        put_ds(&mut obj, tags::SLICE_THICKNESS, &[self.slice_thickness]);
         s(
             &mut obj,
             tags::STUDY_INSTANCE_UID,

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vigie_dicom_io::DicomFile;
+use vigie_dicom_io::results::seg::{Segment, SegmentationInput, build_segmentation};
 use vigie_dicom_io::results::sr::{ClassificationReport, build_classification_sr, concepts};
+use vigie_dicom_io::results::summary::build_summary_image;
 use vigie_dicom_io::results::{Algorithm, Code, DeviceObserver, NewInstance, SourceImage};
 use vigie_dicom_io::uid::UidGenerator;
 use vigie_dicom_io::write::write_part10;
@@ -145,4 +147,134 @@ fn classification_sr_passes_dciodvfy_and_reads_back_in_highdicom() {
     let decision = &groups[3];
     assert_eq!(decision["finding"], "GLIOMA");
     assert_eq!(decision["threshold"].as_f64(), Some(0.5));
+}
+
+fn new_instance(uids: &UidGenerator, description: &str) -> NewInstance {
+    NewInstance {
+        series_instance_uid: uids.generate(),
+        sop_instance_uid: uids.generate(),
+        series_number: 9002,
+        series_description: description.into(),
+        manufacturer: "Vigie".into(),
+        software_version: "0.1.0".into(),
+    }
+}
+
+#[test]
+fn segmentation_passes_dciodvfy_and_masks_read_back_equal() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = source(tmp.path());
+    let uids = UidGenerator::default();
+    // Two segments: a disk (1) and a bar (2) on a 48x64 source.
+    let label_map: Vec<u8> = (0..48 * 64)
+        .map(|i| {
+            let (y, x) = (i / 64, i % 64);
+            if (x as i32 - 20).pow(2) + (y as i32 - 24).pow(2) < 100 {
+                1
+            } else if (40..44).contains(&x) {
+                2
+            } else {
+                0
+            }
+        })
+        .collect();
+    let segment = |number, label: &str| Segment {
+        number,
+        label: label.into(),
+        category: Code::new("91723000", "SCT", "Anatomical Structure"),
+        property_type: Code::new(&format!("SEG{number}"), "99VIGIE", label),
+    };
+    let input = SegmentationInput {
+        label_map: &label_map,
+        segments: vec![segment(1, "disk"), segment(2, "bar")],
+        algorithm: Algorithm {
+            name: "seg-model".into(),
+            version: "0.0.1".into(),
+            parameters: vec![],
+        },
+        instance: new_instance(&uids, "AI segmentation seg-model 0.0.1"),
+    };
+    let seg = build_segmentation(&source, &input).expect("builds");
+    let path = tmp.path().join("seg.dcm");
+    write_part10(seg, &path).expect("writes");
+    let (errors, warnings) = dciodvfy(&path);
+    println!("dciodvfy warnings:\n{}", warnings.join("\n"));
+    assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
+    let prefix = tmp.path().join("mask");
+    let out = Command::new(python())
+        .arg(root().join("tests/oracle/read_seg.py"))
+        .arg(&path)
+        .arg(&source.header().sop_instance_uid)
+        .arg(&prefix)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["type"], "BINARY");
+    assert_eq!(doc["segments"][0]["label"], "disk");
+    assert_eq!(doc["segments"][1]["type"], "SEG2");
+    assert_eq!(doc["segments"][0]["algorithm"], "seg-model");
+    for number in [1u8, 2] {
+        let mask = std::fs::read(format!("{}.{number}.u8", prefix.display())).expect("mask");
+        let expected: Vec<u8> = label_map.iter().map(|&v| u8::from(v == number)).collect();
+        assert_eq!(mask, expected, "segment {number} differs");
+        assert!(expected.iter().any(|&v| v == 1));
+    }
+}
+
+#[test]
+fn summary_image_passes_dciodvfy_and_keeps_the_source_pixels() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = source(tmp.path());
+    let uids = UidGenerator::default();
+    let display = source
+        .decode(&vigie_dicom_io::PixelOptions::with_voi(
+            vigie_dicom_io::VoiSelection::FromFile,
+        ))
+        .expect("decodes");
+    let lines = vec![
+        "AI result: glioma (p = 0.97)".to_string(),
+        "Not for diagnostic use without radiologist review".to_string(),
+    ];
+    let sc = build_summary_image(
+        &source,
+        &display,
+        &lines,
+        &new_instance(&uids, "AI summary"),
+    )
+    .expect("builds");
+    let path = tmp.path().join("sc.dcm");
+    write_part10(sc, &path).expect("writes");
+    let (errors, warnings) = dciodvfy(&path);
+    println!("dciodvfy warnings:\n{}", warnings.join("\n"));
+    assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
+    let back = DicomFile::open(&path)
+        .expect("opens")
+        .decode_stored()
+        .expect("decodes");
+    assert_eq!(back.columns, 64);
+    assert!(back.rows > 48, "a banner is added below the image");
+    let original: Vec<f32> = display.data.iter().map(|v| (v * 255.0).round()).collect();
+    assert_eq!(
+        &back.data[..48 * 64],
+        &original[..],
+        "source pixels are kept"
+    );
+    assert!(
+        back.data[48 * 64..].iter().any(|&v| v == 255.0),
+        "text is drawn in the banner"
+    );
+}
+
+#[test]
+fn synthetic_mr_source_passes_dciodvfy() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = source(tmp.path());
+    let (errors, warnings) = dciodvfy(source.path());
+    println!("dciodvfy warnings:\n{}", warnings.join("\n"));
+    assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
 }

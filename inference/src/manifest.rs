@@ -312,6 +312,19 @@ pub enum Decision {
     },
 }
 
+/// A coded concept for result objects (DICOM Code Sequence item). Labels
+/// without one are reported with the private scheme `99VIGIE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConceptCode {
+    /// Code Value (1 to 16 characters).
+    pub value: String,
+    /// Coding Scheme Designator (`SCT`, `DCM`, …).
+    pub scheme: String,
+    /// Code Meaning.
+    pub meaning: String,
+}
+
 /// What the output tensor means.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -325,6 +338,9 @@ pub enum OutputKind {
         activation: Activation,
         /// Decision rule.
         decision: Decision,
+        /// Code of each label, for the SR.
+        #[serde(default)]
+        codes: BTreeMap<String, ConceptCode>,
     },
     /// A per-pixel class map (channels are classes, or one channel
     /// thresholded).
@@ -337,6 +353,12 @@ pub enum OutputKind {
         /// For a single-channel output: foreground at or above this.
         #[serde(default)]
         threshold: Option<f32>,
+        /// Segmented property category of each label (CID 7150), for the SEG.
+        #[serde(default)]
+        categories: BTreeMap<String, ConceptCode>,
+        /// Segmented property type of each label (CID 7151), for the SEG.
+        #[serde(default)]
+        types: BTreeMap<String, ConceptCode>,
     },
 }
 
@@ -376,6 +398,27 @@ impl Manifest {
             field: field.to_string(),
             reason: reason.into(),
         }
+    }
+
+    fn check_codes(
+        &self,
+        field: &str,
+        labels: &[String],
+        codes: &BTreeMap<String, ConceptCode>,
+    ) -> Result<()> {
+        for (label, code) in codes {
+            if !labels.contains(label) {
+                return Err(self.invalid(field, format!("{label:?} is not one of the labels")));
+            }
+            let ok = |s: &str, max: usize| !s.is_empty() && s.chars().count() <= max;
+            if !ok(&code.value, 16) || !ok(&code.scheme, 16) || !ok(&code.meaning, 64) {
+                return Err(self.invalid(
+                    field,
+                    format!("code of {label:?}: value and scheme 1-16 characters, meaning 1-64"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Check internal consistency: id syntax, hash syntax, shapes, labels,

@@ -86,6 +86,7 @@ pub fn interpret(kind: &OutputKind, raw: &[f32], dims: &[usize]) -> Result<Findi
             labels,
             activation,
             decision,
+            ..
         } => {
             if raw.len() != labels.len() {
                 return Err(format!("{} values for {} labels", raw.len(), labels.len()));
@@ -132,6 +133,7 @@ pub fn interpret(kind: &OutputKind, raw: &[f32], dims: &[usize]) -> Result<Findi
             labels,
             activation,
             threshold,
+            ..
         } => {
             let [channels, rows, columns] = *dims else {
                 return Err(format!(
@@ -193,6 +195,7 @@ mod tests {
             labels: labels(),
             activation: Activation::Softmax,
             decision: Decision::Argmax,
+            codes: BTreeMap::new(),
         };
         let Ok(Finding::Classification(c)) = interpret(&kind, &[1.0, 3.0, 2.0], &[3]) else {
             panic!("not a classification")
@@ -215,6 +218,7 @@ mod tests {
             labels: labels(),
             activation: Activation::None,
             decision,
+            codes: BTreeMap::new(),
         };
         let Ok(Finding::Classification(c)) = interpret(&kind, &[0.31, 0.6, 0.09], &[3]) else {
             panic!("not a classification")
@@ -233,6 +237,7 @@ mod tests {
             labels: labels(),
             activation: Activation::None,
             decision: Decision::Argmax,
+            codes: BTreeMap::new(),
         };
         assert!(interpret(&kind, &[0.5, 0.5], &[2]).is_err());
         assert!(interpret(&kind, &[0.5, f32::NAN, 0.1], &[3]).is_err());
@@ -246,6 +251,8 @@ mod tests {
             labels: labels.clone(),
             activation: Activation::None,
             threshold: None,
+            categories: BTreeMap::new(),
+            types: BTreeMap::new(),
         };
         // Two channels, 1x3 pixels.
         let Ok(Finding::Segmentation(s)) =
@@ -258,6 +265,8 @@ mod tests {
             labels,
             activation: Activation::None,
             threshold: Some(0.5),
+            categories: BTreeMap::new(),
+            types: BTreeMap::new(),
         };
         let Ok(Finding::Segmentation(s)) = interpret(&kind, &[0.49, 0.5, 0.7], &[1, 1, 3]) else {
             panic!()
