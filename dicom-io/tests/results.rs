@@ -166,10 +166,10 @@ fn segmentation_passes_dciodvfy_and_masks_read_back_equal() {
     let source = source(tmp.path());
     let uids = UidGenerator::default();
     // Two segments: a disk (1) and a bar (2) on a 48x64 source.
-    let label_map: Vec<u8> = (0..48 * 64)
+    let label_map: Vec<u8> = (0..48 * 64_i32)
         .map(|i| {
             let (y, x) = (i / 64, i % 64);
-            if (x as i32 - 20).pow(2) + (y as i32 - 24).pow(2) < 100 {
+            if (x - 20).pow(2) + (y - 24).pow(2) < 100 {
                 1
             } else if (40..44).contains(&x) {
                 2
@@ -222,7 +222,7 @@ fn segmentation_passes_dciodvfy_and_masks_read_back_equal() {
         let mask = std::fs::read(format!("{}.{number}.u8", prefix.display())).expect("mask");
         let expected: Vec<u8> = label_map.iter().map(|&v| u8::from(v == number)).collect();
         assert_eq!(mask, expected, "segment {number} differs");
-        assert!(expected.iter().any(|&v| v == 1));
+        assert!(expected.contains(&1));
     }
 }
 

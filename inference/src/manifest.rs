@@ -499,8 +499,12 @@ impl Manifest {
         }
         match &self.output.kind {
             OutputKind::Classification {
-                labels, decision, ..
+                labels,
+                decision,
+                codes,
+                ..
             } => {
+                self.check_codes("output.codes", labels, codes)?;
                 if labels.is_empty() {
                     return Err(self.invalid("output.labels", "must not be empty"));
                 }
@@ -535,8 +539,15 @@ impl Manifest {
                 }
             }
             OutputKind::Segmentation {
-                labels, threshold, ..
+                labels,
+                threshold,
+                categories,
+                types,
+                ..
             } => {
+                let names: Vec<String> = labels.values().cloned().collect();
+                self.check_codes("output.categories", &names, categories)?;
+                self.check_codes("output.types", &names, types)?;
                 if labels.is_empty() {
                     return Err(self.invalid("output.labels", "must not be empty"));
                 }
