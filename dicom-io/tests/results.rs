@@ -265,7 +265,7 @@ fn summary_image_passes_dciodvfy_and_keeps_the_source_pixels() {
         "source pixels are kept"
     );
     assert!(
-        back.data[48 * 64..].iter().any(|&v| v == 255.0),
+        back.data[48 * 64..].contains(&255.0),
         "text is drawn in the banner"
     );
 }
