@@ -184,7 +184,7 @@ mod tests {
     fn banner_draws_glyphs_and_wraps() {
         let (rows, banner) = render_banner(&["I".into()], 64);
         assert_eq!(rows, 8 + 2 + 8);
-        assert!(banner.iter().any(|&p| p == 255), "the glyph is drawn");
+        assert!(banner.contains(&255), "the glyph is drawn");
         let (rows_wrapped, _) = render_banner(&["X".repeat(20)], 64);
         // 64 columns - 8 margin = 7 glyphs per line: 20 chars need 3 lines.
         assert_eq!(rows_wrapped, 3 * 10 + 8);
