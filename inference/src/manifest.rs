@@ -345,7 +345,9 @@ pub enum OutputKind {
     /// A per-pixel class map (channels are classes, or one channel
     /// thresholded).
     Segmentation {
-        /// Label of each class index (0 is background).
+        /// Label of each class index (0 is background). TOML keys are
+        /// strings: `labels = { 1 = "lesion" }`.
+        #[serde(deserialize_with = "index_keys")]
         labels: BTreeMap<u32, String>,
         /// Activation to apply.
         #[serde(default)]
@@ -360,6 +362,20 @@ pub enum OutputKind {
         #[serde(default)]
         types: BTreeMap<String, ConceptCode>,
     },
+}
+
+/// Deserialise a map whose keys are class indices written as strings.
+fn index_keys<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<BTreeMap<u32, String>, D::Error> {
+    let raw: BTreeMap<String, String> = BTreeMap::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            k.trim().parse::<u32>().map(|k| (k, v)).map_err(|_| {
+                serde::de::Error::custom(format!("label key {k:?} is not a class index"))
+            })
+        })
+        .collect()
 }
 
 /// The model's output tensor and its meaning. (Unknown fields are refused

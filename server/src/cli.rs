@@ -58,6 +58,13 @@ pub struct InferArgs {
     /// the decisions with its labels.
     #[arg(long)]
     pub dataset: Option<PathBuf>,
+    /// Write the DICOM result objects (SR, SEG, summary image) under this
+    /// folder, as STUDY/SERIES/SOP.dcm.
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Also write the summary image (overrides results.summary_image).
+    #[arg(long)]
+    pub summary: bool,
     /// DICOM files or folders (searched recursively).
     pub paths: Vec<PathBuf>,
 }

@@ -21,6 +21,29 @@ pub struct Config {
     pub appliance: ApplianceConfig,
     /// Models and runtimes.
     pub inference: InferenceConfig,
+    /// Result objects.
+    pub results: ResultsConfig,
+}
+
+/// `[results]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResultsConfig {
+    /// Root under which result UIDs are generated (default: the
+    /// UUID-derived root 2.25).
+    pub uid_root: String,
+    /// Also create a Secondary Capture summary image with the result
+    /// burned in, for viewers that do not display SR.
+    pub summary_image: bool,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        Self {
+            uid_root: vigie_dicom_io::uid::UUID_ROOT.into(),
+            summary_image: false,
+        }
+    }
 }
 
 /// `[appliance]`.
@@ -106,6 +129,9 @@ impl Config {
                 "inference.onnxruntime_library: {} does not exist",
                 lib.display()
             ));
+        }
+        if let Err(e) = vigie_dicom_io::uid::UidGenerator::new(&self.results.uid_root) {
+            problems.push(format!("results.uid_root: {e}"));
         }
         if !problems.is_empty() {
             bail!("invalid configuration:\n  {}", problems.join("\n  "));

@@ -1,7 +1,7 @@
 """Test oracle: read a TID 1500 SR with highdicom (template parsing) and
 pydicom (attributes), print what it found as JSON.
 
-Usage: read_sr.py FILE
+Usage: read_sr.py FILE...   (one JSON line per file)
 """
 import json
 import sys
@@ -18,40 +18,45 @@ def text_of(items, code_value):
     return None
 
 
-ds = pydicom.dcmread(sys.argv[1])
-sr = hd.sr.srread(sys.argv[1])
-report = hd.sr.MeasurementReport.from_sequence([sr])
-groups = []
-for g in report.get_image_measurement_groups():
-    probabilities = g.get_measurements(name=codes.DCM.Probability)
-    children = g[0].ContentSequence
-    thresholds = [
-        item for item in children
-        if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == "DECISIONTHRESH"
+def read(path):
+    ds = pydicom.dcmread(path)
+    sr = hd.sr.srread(path)
+    report = hd.sr.MeasurementReport.from_sequence([sr])
+    groups = []
+    for g in report.get_image_measurement_groups():
+        probabilities = g.get_measurements(name=codes.DCM.Probability)
+        children = g[0].ContentSequence
+        thresholds = [
+            item for item in children
+            if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == "DECISIONTHRESH"
+        ]
+        groups.append({
+            "tracking": g.tracking_identifier,
+            "finding": g.finding_type.value if g.finding_type is not None else None,
+            "probability": float(probabilities[0].value) if probabilities else None,
+            "unit": probabilities[0].unit.value if probabilities else None,
+            "algorithm": text_of(children, "111001"),
+            "algorithm_version": text_of(children, "111003"),
+            "source": [img.referenced_sop_instance_uid for img in g.source_images],
+            "threshold": float(thresholds[0].MeasuredValueSequence[0].FloatingPointValue) if thresholds else None,
+        })
+    evidence = [
+        sop.ReferencedSOPInstanceUID
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
     ]
-    groups.append({
-        "tracking": g.tracking_identifier,
-        "finding": g.finding_type.value if g.finding_type is not None else None,
-        "probability": float(probabilities[0].value) if probabilities else None,
-        "unit": probabilities[0].unit.value if probabilities else None,
-        "algorithm": text_of(children, "111001"),
-        "algorithm_version": text_of(children, "111003"),
-        "source": [img.referenced_sop_instance_uid for img in g.source_images],
-        "threshold": float(thresholds[0].MeasuredValueSequence[0].FloatingPointValue) if thresholds else None,
-    })
-evidence = [
-    sop.ReferencedSOPInstanceUID
-    for study in ds.CurrentRequestedProcedureEvidenceSequence
-    for series in study.ReferencedSeriesSequence
-    for sop in series.ReferencedSOPSequence
-]
-observer = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121005"]
-print(json.dumps({
-    "patient_id": ds.PatientID,
-    "study_instance_uid": ds.StudyInstanceUID,
-    "series_description": ds.SeriesDescription,
-    "template": ds.ContentTemplateSequence[0].TemplateIdentifier,
-    "observer_type": observer[0].ConceptCodeSequence[0].CodeValue,
-    "evidence": evidence,
-    "groups": groups,
-}))
+    observer = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121005"]
+    return {
+        "patient_id": ds.PatientID,
+        "study_instance_uid": ds.StudyInstanceUID,
+        "series_description": ds.SeriesDescription,
+        "template": ds.ContentTemplateSequence[0].TemplateIdentifier,
+        "observer_type": observer[0].ConceptCodeSequence[0].CodeValue,
+        "evidence": evidence,
+        "groups": groups,
+    }
+
+
+for path in sys.argv[1:]:
+    print(json.dumps(read(path)))

@@ -6,6 +6,7 @@
 //!   files and ground truth, and the dataset's content hash.
 //! - [`import`]: build a dataset of synthetic DICOM MR studies from
 //!   labelled pictures (`vigie validate import-images`).
+//! - [`reporting`]: model results → SR / SEG / summary image.
 //! - [`pipeline`]: DICOM instance → decoded pixels → model → result. The
 //!   appliance (`vigie infer`, `vigie serve`) and the validation suite call
 //!   this same function, so what is validated is what runs.
@@ -16,5 +17,6 @@ pub mod dataset;
 pub mod error;
 pub mod import;
 pub mod pipeline;
+pub mod reporting;
 
 pub use error::{Error, Result};

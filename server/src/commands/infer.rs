@@ -11,6 +11,7 @@ use vigie_inference::postprocess::Finding;
 use vigie_inference::{Model, ModelPackage};
 use vigie_validation::dataset::Dataset;
 use vigie_validation::pipeline::{self, InstanceAnalysis};
+use vigie_validation::reporting::ResultBuilder;
 
 use crate::cli::{BackendArg, InferArgs};
 use crate::config::Config;
@@ -103,6 +104,51 @@ struct InstanceReport<'a> {
 }
 
 #[derive(Debug, Serialize)]
+struct WrittenResult {
+    source: PathBuf,
+    kind: vigie_validation::reporting::ResultKind,
+    sop_instance_uid: String,
+    path: PathBuf,
+}
+
+/// Build and write the result objects of every analysis.
+fn write_results(
+    config: &Config,
+    model: &Model,
+    analyses: &[InstanceAnalysis],
+    dir: &Path,
+    summary: bool,
+) -> anyhow::Result<Vec<WrittenResult>> {
+    let mut builder = ResultBuilder::new(
+        &config.appliance.id,
+        &config.results.uid_root,
+        summary || config.results.summary_image,
+    )?;
+    let manifest = model.package().manifest();
+    let mut written = Vec::new();
+    for analysis in analyses {
+        let file = vigie_dicom_io::DicomFile::open(&analysis.path)?;
+        for (frame, result) in analysis.results.iter().enumerate() {
+            for object in builder.build(&file, frame, analysis.results.len(), manifest, result)? {
+                // UIDs were validated when generated or read: safe as names.
+                let path = dir
+                    .join(&object.study_instance_uid)
+                    .join(&object.series_instance_uid)
+                    .join(format!("{}.dcm", object.sop_instance_uid));
+                vigie_dicom_io::write::write_part10(object.dataset, &path)?;
+                written.push(WrittenResult {
+                    source: analysis.path.clone(),
+                    kind: object.kind,
+                    sop_instance_uid: object.sop_instance_uid,
+                    path,
+                });
+            }
+        }
+    }
+    Ok(written)
+}
+
+#[derive(Debug, Serialize)]
 struct Failure {
     path: PathBuf,
     error: String,
@@ -177,6 +223,11 @@ pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let written = match &args.results {
+        Some(dir) => write_results(config, &model, &analyses, dir, args.summary)
+            .context("writing result objects")?,
+        None => Vec::new(),
+    };
     let reports: Vec<InstanceReport<'_>> = analyses
         .iter()
         .map(|a| InstanceReport {
@@ -199,11 +250,20 @@ pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
             "execution": model.execution(),
             "instances": reports,
             "failures": failures,
+            "results": written,
             "summary": summary,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print_text(&model, &reports, &failures, &summary);
+        for w in &written {
+            println!(
+                "wrote {:?} {} for {}",
+                w.kind,
+                w.path.display(),
+                w.source.display()
+            );
+        }
     }
     Ok(if failures.is_empty() {
         ExitCode::SUCCESS
