@@ -98,7 +98,13 @@ fn bad_inputs_are_reported_and_do_not_stop_the_good_ones() {
         .current_dir(tmp.path())
         .env("VIGIE__INFERENCE__MODELS_DIR", root().join("models"))
         .env("VIGIE__INFERENCE__ONNXRUNTIME_LIBRARY", &lib)
-        .args(["infer", "--json", input.to_str().expect("utf-8")])
+        .args([
+            "infer",
+            "--json",
+            "--results",
+            tmp.path().join("results").to_str().expect("utf-8"),
+            input.to_str().expect("utf-8"),
+        ])
         .output()
         .expect("vigie runs");
     assert_eq!(
@@ -126,6 +132,16 @@ fn bad_inputs_are_reported_and_do_not_stop_the_good_ones() {
         })
         .collect();
     assert_eq!(decisions, ["glioma", "pituitary"]);
+    let written = doc["results"].as_array().expect("results");
+    assert_eq!(
+        written.len(),
+        2,
+        "one SR per analysed instance: {written:?}"
+    );
+    for w in written {
+        assert_eq!(w["kind"], "sr");
+        assert!(Path::new(w["path"].as_str().expect("path")).is_file());
+    }
     let failures = doc["failures"].as_array().expect("failures");
     let reason = |file: &str| -> String {
         failures
