@@ -278,3 +278,152 @@ fn synthetic_mr_source_passes_dciodvfy() {
     println!("dciodvfy warnings:\n{}", warnings.join("\n"));
     assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
 }
+
+/// Orthanc started by hand on loopback with `tests/peers/orthanc.json`;
+/// killed when dropped.
+struct Orthanc {
+    child: std::process::Child,
+    http: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Orthanc {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (http, dicom) = (free_port(), free_port());
+        let config = std::fs::read_to_string(root().join("tests/peers/orthanc.json"))
+            .expect("config template")
+            .replace("@STORAGE@", &dir.path().join("db").display().to_string())
+            .replace("@HTTP_PORT@", &http.to_string())
+            .replace("@DICOM_PORT@", &dicom.to_string());
+        let config_path = dir.path().join("orthanc.json");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("orthanc.log")).expect("log");
+        let child = Command::new("Orthanc")
+            .arg(&config_path)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("Orthanc starts (apt-get install orthanc)");
+        let orthanc = Self {
+            child,
+            http,
+            _dir: dir,
+        };
+        for _ in 0..300 {
+            if orthanc
+                .curl(&["-f", "-s", &orthanc.url("/system")])
+                .status
+                .success()
+            {
+                return orthanc;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("Orthanc did not answer on port {http} within 30 s");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    fn curl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("curl").args(args).output().expect("curl runs")
+    }
+}
+
+#[test]
+fn result_objects_go_through_orthanc_unchanged() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = source(tmp.path());
+    let uids = UidGenerator::default();
+    let sr = build_classification_sr(&source, &report(&source, &uids, None), || uids.generate())
+        .expect("sr");
+    let label_map: Vec<u8> = (0..48 * 64).map(|i| u8::from(i % 64 < 10)).collect();
+    let seg = build_segmentation(
+        &source,
+        &SegmentationInput {
+            label_map: &label_map,
+            segments: vec![Segment {
+                number: 1,
+                label: "band".into(),
+                category: Code::new("91723000", "SCT", "Anatomical Structure"),
+                property_type: Code::new("BAND", "99VIGIE", "Band"),
+            }],
+            algorithm: Algorithm {
+                name: "m".into(),
+                version: "1".into(),
+                parameters: vec![],
+            },
+            instance: new_instance(&uids, "AI SEG"),
+        },
+    )
+    .expect("seg");
+    let display = source
+        .decode(&vigie_dicom_io::PixelOptions::with_voi(
+            vigie_dicom_io::VoiSelection::FromFile,
+        ))
+        .expect("decodes");
+    let sc = build_summary_image(
+        &source,
+        &display,
+        &["result".to_string()],
+        &new_instance(&uids, "AI summary"),
+    )
+    .expect("sc");
+    let orthanc = Orthanc::start();
+    for (name, object) in [("sr", sr), ("seg", seg), ("sc", sc)] {
+        let path = tmp.path().join(format!("{name}.dcm"));
+        write_part10(object, &path).expect("writes");
+        let sent = std::fs::read(&path).expect("read");
+        let out = orthanc.curl(&[
+            "-f",
+            "-s",
+            "-X",
+            "POST",
+            "--data-binary",
+            &format!("@{}", path.display()),
+            &orthanc.url("/instances"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: upload refused: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(answer["Status"], "Success", "{name}: {answer}");
+        let id = answer["ID"].as_str().expect("id");
+        let back = orthanc.curl(&["-f", "-s", &orthanc.url(&format!("/instances/{id}/file"))]);
+        assert!(back.status.success());
+        assert_eq!(
+            back.stdout, sent,
+            "{name}: Orthanc returned different bytes"
+        );
+        let tags = orthanc.curl(&[
+            "-f",
+            "-s",
+            &orthanc.url(&format!("/instances/{id}/simplified-tags")),
+        ]);
+        let tags: serde_json::Value = serde_json::from_slice(&tags.stdout).expect("json");
+        assert_eq!(
+            tags["StudyInstanceUID"],
+            source.header().study_instance_uid.as_str(),
+            "{name}: filed in the source's study"
+        );
+    }
+}
