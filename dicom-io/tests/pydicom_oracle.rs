@@ -11,19 +11,7 @@ use std::process::Command;
 
 use vigie_dicom_io::{DicomFile, Error, PixelOptions};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    let p = repo_root().join(".venv/bin/python");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/setup.sh first",
-        p.display()
-    );
-    p
-}
+use vigie_test_support::{python, repo_root};
 
 /// The folders holding pydicom's test files and the pydicom-data corpus.
 fn corpus_dirs() -> (PathBuf, PathBuf) {

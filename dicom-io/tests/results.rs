@@ -4,7 +4,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use vigie_dicom_io::DicomFile;
@@ -15,15 +15,7 @@ use vigie_dicom_io::results::{Algorithm, Code, DeviceObserver, NewInstance, Sour
 use vigie_dicom_io::uid::UidGenerator;
 use vigie_dicom_io::write::write_part10;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    let p = root().join(".venv/bin/python");
-    assert!(p.is_file(), "run scripts/setup.sh first");
-    p
-}
+use vigie_test_support::{Orthanc, python, repo_root as root};
 
 /// A source MR instance made by the crate's own writer.
 fn source(dir: &Path) -> DicomFile {
@@ -37,26 +29,7 @@ fn source(dir: &Path) -> DicomFile {
     DicomFile::open(&path).expect("opens")
 }
 
-/// dciodvfy's complaints, as (errors, warnings).
-fn dciodvfy(path: &Path) -> (Vec<String>, Vec<String>) {
-    let out = Command::new("dciodvfy")
-        .arg(path)
-        .output()
-        .expect("dciodvfy runs (apt-get install dicom3tools)");
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    let errors = text
-        .lines()
-        .filter(|l| l.starts_with("Error"))
-        .map(str::to_string)
-        .collect();
-    let warnings = text
-        .lines()
-        .filter(|l| l.starts_with("Warning"))
-        .map(str::to_string)
-        .collect();
-    (errors, warnings)
-}
+use vigie_test_support::dciodvfy;
 
 fn report(source: &DicomFile, uids: &UidGenerator, threshold: Option<f64>) -> ClassificationReport {
     ClassificationReport {
@@ -277,74 +250,6 @@ fn synthetic_mr_source_passes_dciodvfy() {
     let (errors, warnings) = dciodvfy(source.path());
     println!("dciodvfy warnings:\n{}", warnings.join("\n"));
     assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
-}
-
-/// Orthanc started by hand on loopback with `tests/peers/orthanc.json`;
-/// killed when dropped.
-struct Orthanc {
-    child: std::process::Child,
-    http: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Orthanc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-impl Orthanc {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (http, dicom) = (free_port(), free_port());
-        let config = std::fs::read_to_string(root().join("tests/peers/orthanc.json"))
-            .expect("config template")
-            .replace("@STORAGE@", &dir.path().join("db").display().to_string())
-            .replace("@HTTP_PORT@", &http.to_string())
-            .replace("@DICOM_PORT@", &dicom.to_string());
-        let config_path = dir.path().join("orthanc.json");
-        std::fs::write(&config_path, config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("orthanc.log")).expect("log");
-        let child = Command::new("Orthanc")
-            .arg(&config_path)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("Orthanc starts (apt-get install orthanc)");
-        let orthanc = Self {
-            child,
-            http,
-            _dir: dir,
-        };
-        for _ in 0..300 {
-            if orthanc
-                .curl(&["-f", "-s", &orthanc.url("/system")])
-                .status
-                .success()
-            {
-                return orthanc;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("Orthanc did not answer on port {http} within 30 s");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http)
-    }
-
-    fn curl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("curl").args(args).output().expect("curl runs")
-    }
 }
 
 #[test]

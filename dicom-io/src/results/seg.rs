@@ -8,8 +8,8 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use super::{
-    Algorithm, Code, NewInstance, SourceImage, copy_patient_and_study, ds, put_new_instance,
-    put_sequence,
+    Algorithm, Code, NewInstance, SourceImage, copy_patient_and_study, ds,
+    put_grayscale_pixel_module, put_new_instance, put_sequence,
 };
 use crate::error::{Error, Result};
 use crate::file::DicomFile;
@@ -150,19 +150,7 @@ pub fn build_segmentation(
     put_str(&mut obj, tags::CONTENT_CREATOR_NAME, VR::PN, "");
     put_str(&mut obj, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
     put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
-    put_u16(&mut obj, tags::SAMPLES_PER_PIXEL, 1);
-    put_str(
-        &mut obj,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
-    put_u16(&mut obj, tags::ROWS, rows as u16);
-    put_u16(&mut obj, tags::COLUMNS, columns as u16);
-    put_u16(&mut obj, tags::BITS_ALLOCATED, 1);
-    put_u16(&mut obj, tags::BITS_STORED, 1);
-    put_u16(&mut obj, tags::HIGH_BIT, 0);
-    put_u16(&mut obj, tags::PIXEL_REPRESENTATION, 0);
+    put_grayscale_pixel_module(&mut obj, rows as u16, columns as u16, 1);
     let algorithm_family = code_item("123109", "DCM", "Artificial Intelligence");
     let segments: Vec<InMemDicomObject> = input
         .segments

@@ -9,11 +9,14 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use font8x8::legacy::BASIC_LEGACY;
 
-use super::{NewInstance, SourceImage, copy_patient_and_study, put_new_instance, put_sequence};
+use super::{
+    NewInstance, SourceImage, copy_patient_and_study, put_grayscale_pixel_module, put_new_instance,
+    put_sequence,
+};
 use crate::error::{Error, Result};
 use crate::file::DicomFile;
 use crate::pixels::PixelArray;
-use crate::write::{put_str, put_u16};
+use crate::write::put_str;
 
 /// Secondary Capture Image Storage.
 pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
@@ -151,23 +154,12 @@ pub fn build_summary_image(
         vec![purpose],
     );
     put_sequence(&mut obj, tags::SOURCE_IMAGE_SEQUENCE, vec![src]);
-    put_u16(&mut obj, tags::SAMPLES_PER_PIXEL, 1);
-    put_str(
+    put_grayscale_pixel_module(
         &mut obj,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
-    put_u16(&mut obj, tags::ROWS, total_rows_u16);
-    put_u16(
-        &mut obj,
-        tags::COLUMNS,
+        total_rows_u16,
         u16::try_from(columns).unwrap_or(u16::MAX),
+        8,
     );
-    put_u16(&mut obj, tags::BITS_ALLOCATED, 8);
-    put_u16(&mut obj, tags::BITS_STORED, 8);
-    put_u16(&mut obj, tags::HIGH_BIT, 7);
-    put_u16(&mut obj, tags::PIXEL_REPRESENTATION, 0);
     obj.put(DataElement::new(
         tags::PIXEL_DATA,
         VR::OB,

@@ -1,0 +1,169 @@
+//! Helpers shared by Vigie's integration tests (a dev-dependency only).
+//!
+//! Everything here fails loudly with the command to run when a set-up asset
+//! is missing: tests never skip.
+#![deny(missing_docs)]
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `path`, which must exist (made by `scripts/setup.sh`).
+pub fn require(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/setup.sh first",
+        path.display()
+    );
+    path
+}
+
+/// The project's Python with the test peers.
+pub fn python() -> PathBuf {
+    require(repo_root().join(".venv/bin/python"))
+}
+
+/// The ONNX Runtime library placed by the setup step.
+pub fn onnxruntime_library() -> PathBuf {
+    require(repo_root().join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1"))
+}
+
+/// A model package folder under `models/`.
+pub fn model_dir(id: &str) -> PathBuf {
+    require(repo_root().join("models").join(id))
+}
+
+/// The 17 demo pictures.
+pub fn demo_images() -> PathBuf {
+    require(repo_root().join(".cache/vigie/demo/images"))
+}
+
+/// Run a test oracle script from `tests/oracle` with `args`; panics with its
+/// stderr when it fails.
+pub fn oracle<I, S>(script: &str, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/oracle").join(script))
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// pydicom's test files folder.
+pub fn pydicom_test_files() -> PathBuf {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import os, pydicom; print(os.path.dirname(pydicom.__file__))",
+        ])
+        .output()
+        .expect("python runs");
+    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim()).join("data/test_files")
+}
+
+/// `dciodvfy`'s errors and warnings for a file.
+pub fn dciodvfy(path: &Path) -> (Vec<String>, Vec<String>) {
+    let out = Command::new("dciodvfy")
+        .arg(path)
+        .output()
+        .expect("dciodvfy runs (apt-get install dicom3tools)");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let pick = |prefix: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| format!("{}: {l}", path.display()))
+            .collect()
+    };
+    (pick("Error"), pick("Warning"))
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Orthanc started by hand on loopback from `tests/peers/orthanc.json`,
+/// killed when dropped.
+#[derive(Debug)]
+pub struct Orthanc {
+    child: Child,
+    http: u16,
+    /// DICOM port.
+    pub dicom: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Orthanc {
+    /// Start it and wait until its REST API answers (30 s at most).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (http, dicom) = (free_port(), free_port());
+        let config = std::fs::read_to_string(repo_root().join("tests/peers/orthanc.json"))
+            .expect("config template")
+            .replace("@STORAGE@", &dir.path().join("db").display().to_string())
+            .replace("@HTTP_PORT@", &http.to_string())
+            .replace("@DICOM_PORT@", &dicom.to_string());
+        let config_path = dir.path().join("orthanc.json");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("orthanc.log")).expect("log");
+        let child = Command::new("Orthanc")
+            .arg(&config_path)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("Orthanc starts (apt-get install orthanc)");
+        let orthanc = Self {
+            child,
+            http,
+            dicom,
+            _dir: dir,
+        };
+        for _ in 0..300 {
+            if orthanc
+                .curl(&["-f", "-s", &orthanc.url("/system")])
+                .status
+                .success()
+            {
+                return orthanc;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("Orthanc did not answer on port {http} within 30 s");
+    }
+
+    /// The URL of a REST path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    /// Run curl with `args`.
+    pub fn curl(&self, args: &[&str]) -> Output {
+        Command::new("curl").args(args).output().expect("curl runs")
+    }
+}
