@@ -1,6 +1,7 @@
 //! DICOM for Vigie: everything that reads or writes DICOM and nothing else.
 //!
 //! Modules:
+//! - [`dimse`]: DIMSE command sets (C-ECHO, C-STORE) and statuses.
 //! - [`file`]: open Part 10 files and read the header attributes the
 //!   appliance needs (UIDs, modality, geometry) into [`InstanceHeader`].
 //! - [`pixels`]: decode native and compressed pixel data into stored sample
@@ -19,6 +20,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+pub mod dimse;
 pub mod error;
 pub mod file;
 pub mod lut;

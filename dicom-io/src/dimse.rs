@@ -1,0 +1,333 @@
+//! DIMSE command sets (PS3.7 §9.3, §E): the group 0000 elements that start
+//! every DIMSE message, always encoded in Implicit VR Little Endian.
+//!
+//! This is the message layer the DICOM node will put on top of
+//! `dicom-ul`'s association and P-DATA handling; it is complete for the
+//! C-ECHO and C-STORE services and their statuses, and tested against
+//! pydicom's encoding. (The network services themselves are not written
+//! yet.)
+
+use thiserror::Error;
+
+/// DIMSE status codes Vigie sends or interprets (PS3.7 Annex C, PS3.4 B.2.3).
+pub mod status {
+    /// Success.
+    pub const SUCCESS: u16 = 0x0000;
+    /// Refused: out of resources (storage full, queue full).
+    pub const OUT_OF_RESOURCES: u16 = 0xA700;
+    /// Error: data set does not match SOP class.
+    pub const DATASET_DOES_NOT_MATCH_SOP_CLASS: u16 = 0xA900;
+    /// Error: cannot understand.
+    pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+    /// Refused: SOP class not supported.
+    pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+    /// Warning: coercion of data elements.
+    pub const COERCION_OF_DATA_ELEMENTS: u16 = 0xB000;
+
+    /// The status category of a code.
+    pub fn category(code: u16) -> &'static str {
+        match code {
+            0x0000 => "success",
+            0x0001 | 0xB000..=0xBFFF | 0x0107 | 0x0116 => "warning",
+            0xFE00 => "cancel",
+            0xFF00 | 0xFF01 => "pending",
+            0xA700..=0xA7FF | 0x0122 | 0x0124 | 0x0210..=0x0213 => "failure (refused)",
+            _ => "failure",
+        }
+    }
+}
+
+/// Command Field (0000,0100) values.
+pub mod field {
+    /// C-STORE-RQ.
+    pub const C_STORE_RQ: u16 = 0x0001;
+    /// C-STORE-RSP.
+    pub const C_STORE_RSP: u16 = 0x8001;
+    /// C-ECHO-RQ.
+    pub const C_ECHO_RQ: u16 = 0x0030;
+    /// C-ECHO-RSP.
+    pub const C_ECHO_RSP: u16 = 0x8030;
+}
+
+/// Command Data Set Type (0000,0800) value meaning "no data set".
+pub const NO_DATA_SET: u16 = 0x0101;
+
+/// A command set that cannot be decoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The bytes end inside an element.
+    #[error("command set truncated at offset {offset}")]
+    Truncated {
+        /// Where.
+        offset: usize,
+    },
+    /// An element outside group 0000.
+    #[error("element ({group:04X},{element:04X}) is not a command element")]
+    NotCommandGroup {
+        /// Group.
+        group: u16,
+        /// Element.
+        element: u16,
+    },
+    /// An element has the wrong length for its VR.
+    #[error("command element (0000,{element:04X}) has length {length}, expected {expected}")]
+    BadLength {
+        /// Element.
+        element: u16,
+        /// Found.
+        length: usize,
+        /// Expected.
+        expected: usize,
+    },
+    /// A required element is absent.
+    #[error("command set lacks {0}")]
+    Missing(&'static str),
+}
+
+/// A decoded command set. Unknown command elements are ignored, as PS3.7
+/// asks of a receiver.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Command {
+    /// Command Field (0000,0100).
+    pub field: u16,
+    /// Message ID (0000,0110), requests.
+    pub message_id: Option<u16>,
+    /// Message ID Being Responded To (0000,0120), responses.
+    pub responding_to: Option<u16>,
+    /// Affected SOP Class UID (0000,0002).
+    pub affected_sop_class_uid: Option<String>,
+    /// Affected SOP Instance UID (0000,1000).
+    pub affected_sop_instance_uid: Option<String>,
+    /// Priority (0000,0700).
+    pub priority: Option<u16>,
+    /// Whether a data set follows (Command Data Set Type ≠ 0x0101).
+    pub has_data_set: bool,
+    /// Status (0000,0900), responses.
+    pub status: Option<u16>,
+    /// Error Comment (0000,0902).
+    pub error_comment: Option<String>,
+    /// Move Originator Application Entity Title (0000,1030).
+    pub move_originator_ae_title: Option<String>,
+    /// Move Originator Message ID (0000,1031).
+    pub move_originator_message_id: Option<u16>,
+}
+
+const AFFECTED_SOP_CLASS: u16 = 0x0002;
+const COMMAND_FIELD: u16 = 0x0100;
+const MESSAGE_ID: u16 = 0x0110;
+const RESPONDING_TO: u16 = 0x0120;
+const PRIORITY: u16 = 0x0700;
+const DATA_SET_TYPE: u16 = 0x0800;
+const STATUS: u16 = 0x0900;
+const ERROR_COMMENT: u16 = 0x0902;
+const AFFECTED_SOP_INSTANCE: u16 = 0x1000;
+const MOVE_ORIGINATOR_AE: u16 = 0x1030;
+const MOVE_ORIGINATOR_ID: u16 = 0x1031;
+
+fn put(out: &mut Vec<u8>, element: u16, value: &[u8]) {
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&element.to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value);
+}
+
+fn text(value: &str, pad: u8) -> Vec<u8> {
+    let mut bytes = value.as_bytes().to_vec();
+    if bytes.len() % 2 == 1 {
+        bytes.push(pad);
+    }
+    bytes
+}
+
+impl Command {
+    /// C-ECHO-RQ.
+    pub fn echo_request(message_id: u16) -> Self {
+        Self {
+            field: field::C_ECHO_RQ,
+            message_id: Some(message_id),
+            affected_sop_class_uid: Some("1.2.840.10008.1.1".into()),
+            ..Self::default()
+        }
+    }
+
+    /// C-STORE-RQ for an instance.
+    pub fn store_request(message_id: u16, sop_class_uid: &str, sop_instance_uid: &str) -> Self {
+        Self {
+            field: field::C_STORE_RQ,
+            message_id: Some(message_id),
+            affected_sop_class_uid: Some(sop_class_uid.into()),
+            affected_sop_instance_uid: Some(sop_instance_uid.into()),
+            priority: Some(0),
+            has_data_set: true,
+            ..Self::default()
+        }
+    }
+
+    /// The response to this request with `status` (C-ECHO-RSP or
+    /// C-STORE-RSP), echoing what PS3.7 requires the response to carry.
+    pub fn response(&self, status: u16, error_comment: Option<&str>) -> Self {
+        Self {
+            field: self.field | 0x8000,
+            responding_to: self.message_id,
+            affected_sop_class_uid: self.affected_sop_class_uid.clone(),
+            affected_sop_instance_uid: self.affected_sop_instance_uid.clone(),
+            status: Some(status),
+            error_comment: error_comment.map(|c| c.chars().take(64).collect()),
+            ..Self::default()
+        }
+    }
+
+    /// Encode as an Implicit VR Little Endian command set, group length
+    /// first, elements in ascending tag order.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        if let Some(uid) = &self.affected_sop_class_uid {
+            put(&mut body, AFFECTED_SOP_CLASS, &text(uid, 0));
+        }
+        put(&mut body, COMMAND_FIELD, &self.field.to_le_bytes());
+        if let Some(id) = self.message_id {
+            put(&mut body, MESSAGE_ID, &id.to_le_bytes());
+        }
+        if let Some(id) = self.responding_to {
+            put(&mut body, RESPONDING_TO, &id.to_le_bytes());
+        }
+        if let Some(p) = self.priority {
+            put(&mut body, PRIORITY, &p.to_le_bytes());
+        }
+        let data_set_type: u16 = if self.has_data_set {
+            0x0000
+        } else {
+            NO_DATA_SET
+        };
+        put(&mut body, DATA_SET_TYPE, &data_set_type.to_le_bytes());
+        if let Some(s) = self.status {
+            put(&mut body, STATUS, &s.to_le_bytes());
+        }
+        if let Some(c) = &self.error_comment {
+            put(&mut body, ERROR_COMMENT, &text(c, b' '));
+        }
+        if let Some(uid) = &self.affected_sop_instance_uid {
+            put(&mut body, AFFECTED_SOP_INSTANCE, &text(uid, 0));
+        }
+        if let Some(ae) = &self.move_originator_ae_title {
+            put(&mut body, MOVE_ORIGINATOR_AE, &text(ae, b' '));
+        }
+        if let Some(id) = self.move_originator_message_id {
+            put(&mut body, MOVE_ORIGINATOR_ID, &id.to_le_bytes());
+        }
+        let mut out = Vec::with_capacity(body.len() + 12);
+        put(&mut out, 0x0000, &(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decode a command set (the concatenated command fragments of one
+    /// message).
+    pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
+        let mut command = Self::default();
+        let mut field = None;
+        let mut data_set_type = None;
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let header = bytes
+                .get(offset..offset + 8)
+                .ok_or(CommandError::Truncated { offset })?;
+            let group = u16::from_le_bytes([header[0], header[1]]);
+            let element = u16::from_le_bytes([header[2], header[3]]);
+            let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+            let value = bytes
+                .get(offset + 8..offset + 8 + length)
+                .ok_or(CommandError::Truncated { offset })?;
+            offset += 8 + length;
+            if group != 0 {
+                return Err(CommandError::NotCommandGroup { group, element });
+            }
+            let us = || -> Result<u16, CommandError> {
+                <[u8; 2]>::try_from(value)
+                    .map(u16::from_le_bytes)
+                    .map_err(|_| CommandError::BadLength {
+                        element,
+                        length,
+                        expected: 2,
+                    })
+            };
+            let string = || {
+                String::from_utf8_lossy(value)
+                    .trim_end_matches(['\0', ' '])
+                    .trim_start()
+                    .to_string()
+            };
+            match element {
+                AFFECTED_SOP_CLASS => command.affected_sop_class_uid = Some(string()),
+                COMMAND_FIELD => field = Some(us()?),
+                MESSAGE_ID => command.message_id = Some(us()?),
+                RESPONDING_TO => command.responding_to = Some(us()?),
+                PRIORITY => command.priority = Some(us()?),
+                DATA_SET_TYPE => data_set_type = Some(us()?),
+                STATUS => command.status = Some(us()?),
+                ERROR_COMMENT => command.error_comment = Some(string()),
+                AFFECTED_SOP_INSTANCE => command.affected_sop_instance_uid = Some(string()),
+                MOVE_ORIGINATOR_AE => command.move_originator_ae_title = Some(string()),
+                MOVE_ORIGINATOR_ID => command.move_originator_message_id = Some(us()?),
+                _ => {}
+            }
+        }
+        command.field = field.ok_or(CommandError::Missing("Command Field (0000,0100)"))?;
+        command.has_data_set = data_set_type
+            .ok_or(CommandError::Missing("Command Data Set Type (0000,0800)"))?
+            != NO_DATA_SET;
+        Ok(command)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_request_bytes_follow_ps3_7() {
+        let bytes = Command::echo_request(7).encode();
+        // Group length covers everything after its own 12 bytes.
+        let length = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        assert_eq!(length, bytes.len() - 12);
+        // Affected SOP Class UID "1.2.840.10008.1.1" (17 chars) padded with NUL to 18.
+        assert_eq!(&bytes[12..20], &[0, 0, 2, 0, 18, 0, 0, 0]);
+        assert_eq!(&bytes[20..38], b"1.2.840.10008.1.1\0");
+        let decoded = Command::decode(&bytes).expect("decodes");
+        assert_eq!(decoded, Command::echo_request(7));
+        assert!(!decoded.has_data_set);
+    }
+
+    #[test]
+    fn store_response_echoes_the_request() {
+        let rq = Command::store_request(3, "1.2.840.10008.5.1.4.1.1.4", "2.25.1");
+        let rsp = rq.response(status::OUT_OF_RESOURCES, Some("disk full"));
+        let decoded = Command::decode(&rsp.encode()).expect("decodes");
+        assert_eq!(decoded.field, field::C_STORE_RSP);
+        assert_eq!(decoded.responding_to, Some(3));
+        assert_eq!(decoded.affected_sop_instance_uid.as_deref(), Some("2.25.1"));
+        assert_eq!(decoded.status, Some(0xA700));
+        assert_eq!(decoded.error_comment.as_deref(), Some("disk full"));
+        assert_eq!(status::category(0xA700), "failure (refused)");
+    }
+
+    #[test]
+    fn malformed_command_sets_are_errors() {
+        let bytes = Command::echo_request(1).encode();
+        assert!(matches!(
+            Command::decode(&bytes[..bytes.len() - 3]),
+            Err(CommandError::Truncated { .. })
+        ));
+        let mut other_group = bytes.clone();
+        other_group.extend_from_slice(&[0x08, 0, 0x18, 0, 0, 0, 0, 0]);
+        assert!(matches!(
+            Command::decode(&other_group),
+            Err(CommandError::NotCommandGroup { group: 8, .. })
+        ));
+        assert_eq!(
+            Command::decode(&[]),
+            Err(CommandError::Missing("Command Field (0000,0100)"))
+        );
+    }
+}
