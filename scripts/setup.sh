@@ -16,9 +16,10 @@ say() { printf '[setup] %s\n' "$*"; }
 
 # 1. System packages: cmake (CharLS, the JPEG-LS codec), protoc (candle-onnx),
 #    dicom3tools (dciodvfy, the conformance checker the tests use), Orthanc
-#    and curl (the PACS peer of the tests, started by hand on loopback).
+#    and curl (the PACS peer of the tests, started by hand on loopback), DCMTK
+#    (echoscu, the DICOM peer of the network tests).
 missing=()
-for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config dciodvfy:dicom3tools Orthanc:orthanc curl:curl; do
+for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config dciodvfy:dicom3tools Orthanc:orthanc curl:curl echoscu:dcmtk; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -4,8 +4,8 @@
 //! This is the message layer the DICOM node will put on top of
 //! `dicom-ul`'s association and P-DATA handling; it is complete for the
 //! C-ECHO and C-STORE services and their statuses, and tested against
-//! pydicom's encoding. (The network services themselves are not written
-//! yet.)
+//! pydicom's encoding. [`crate::net::echo`] uses it; the C-STORE services
+//! are not written yet.
 
 use thiserror::Error;
 

@@ -6,6 +6,7 @@
 //!   appliance needs (UIDs, modality, geometry) into [`InstanceHeader`].
 //! - [`pixels`]: decode native and compressed pixel data into stored sample
 //!   values ([`PixelArray`]); the list of supported transfer syntaxes.
+//! - [`net`]: network services on dicom-ul (C-ECHO SCP so far).
 //! - [`lut`]: the grayscale pipeline of PS3.3 C.11 — Modality LUT (rescale or
 //!   LUT sequence), VOI LUT (window LINEAR / LINEAR_EXACT / SIGMOID or LUT
 //!   sequence), MONOCHROME1 inversion — in that order.
@@ -24,6 +25,7 @@ pub mod dimse;
 pub mod error;
 pub mod file;
 pub mod lut;
+pub mod net;
 pub mod pixels;
 pub mod results;
 pub mod uid;
