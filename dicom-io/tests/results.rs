@@ -5,7 +5,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::Command;
 
 use vigie_dicom_io::DicomFile;
 use vigie_dicom_io::results::seg::{Segment, SegmentationInput, build_segmentation};
@@ -15,7 +14,7 @@ use vigie_dicom_io::results::{Algorithm, Code, DeviceObserver, NewInstance, Sour
 use vigie_dicom_io::uid::UidGenerator;
 use vigie_dicom_io::write::write_part10;
 
-use vigie_test_support::{Orthanc, python, repo_root as root};
+use vigie_test_support::Orthanc;
 
 /// A source MR instance made by the crate's own writer.
 fn source(dir: &Path) -> DicomFile {
@@ -82,16 +81,8 @@ fn classification_sr_passes_dciodvfy_and_reads_back_in_highdicom() {
     if std::env::var_os("VIGIE_KEEP_SR").is_some() {
         std::fs::copy(&path, "/tmp/vigie-sr.dcm").expect("copy");
     }
-    let out = Command::new(python())
-        .arg(root().join("tests/oracle/read_sr.py"))
-        .arg(&path)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        vigie_test_support::run_ok(vigie_test_support::oracle_command("read_sr.py").arg(&path));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(doc["patient_id"], "TEST-0001");
     assert_eq!(
@@ -174,17 +165,11 @@ fn segmentation_passes_dciodvfy_and_masks_read_back_equal() {
     println!("dciodvfy warnings:\n{}", warnings.join("\n"));
     assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
     let prefix = tmp.path().join("mask");
-    let out = Command::new(python())
-        .arg(root().join("tests/oracle/read_seg.py"))
-        .arg(&path)
-        .arg(&source.header().sop_instance_uid)
-        .arg(&prefix)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = vigie_test_support::run_ok(
+        vigie_test_support::oracle_command("read_seg.py")
+            .arg(&path)
+            .arg(&source.header().sop_instance_uid)
+            .arg(&prefix),
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(doc["type"], "BINARY");

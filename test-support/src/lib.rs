@@ -43,24 +43,32 @@ pub fn demo_images() -> PathBuf {
     require(repo_root().join(".cache/vigie/demo/images"))
 }
 
-/// Run a test oracle script from `tests/oracle` with `args`; panics with its
-/// stderr when it fails.
+/// A command running the test oracle script `tests/oracle/<script>`.
+pub fn oracle_command(script: &str) -> Command {
+    let mut command = Command::new(python());
+    command.arg(repo_root().join("tests/oracle").join(script));
+    command
+}
+
+/// Run `command`; panics with its stderr when it fails.
+pub fn run_ok(command: &mut Command) -> Output {
+    let out = command.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run the test oracle `script` with `args`; panics with its stderr when it
+/// fails.
 pub fn oracle<I, S>(script: &str, args: I) -> Output
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = Command::new(python())
-        .arg(repo_root().join("tests/oracle").join(script))
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{script} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_ok(oracle_command(script).args(args))
 }
 
 /// pydicom's test files folder.

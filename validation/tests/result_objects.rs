@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use vigie_dicom_io::DicomFile;
 use vigie_dicom_io::uid::UidGenerator;
@@ -22,7 +21,7 @@ use vigie_validation::import::{ImportOptions, import_images};
 use vigie_validation::pipeline;
 use vigie_validation::reporting::{ResultBuilder, ResultKind};
 
-use vigie_test_support::{python, repo_root as root, require};
+use vigie_test_support::{repo_root as root, require};
 
 fn model(id: &str) -> Model {
     let lib = require(root().join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1"));
@@ -98,16 +97,8 @@ fn demo_studies_get_conformant_srs_that_match_the_inference() {
     }
     assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
     assert_eq!((srs.len(), summaries), (17, 17));
-    let out = Command::new(python())
-        .arg(root().join("tests/oracle/read_sr.py"))
-        .args(&srs)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        vigie_test_support::run_ok(vigie_test_support::oracle_command("read_sr.py").args(&srs));
     let docs: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .expect("utf-8")
         .lines()
@@ -195,17 +186,11 @@ fn fixture_segmentation_becomes_a_seg_whose_masks_equal_the_model_output() {
         let errors = dciodvfy_errors(&path);
         assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
         let prefix = tmp.path().join(format!("mask{index}"));
-        let out = Command::new(python())
-            .arg(root().join("tests/oracle/read_seg.py"))
-            .arg(&path)
-            .arg(&file.header().sop_instance_uid)
-            .arg(&prefix)
-            .output()
-            .expect("python runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = vigie_test_support::run_ok(
+            vigie_test_support::oracle_command("read_seg.py")
+                .arg(&path)
+                .arg(&file.header().sop_instance_uid)
+                .arg(&prefix),
         );
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         assert_eq!(doc["segments"][0]["label"], "bright disk");
