@@ -7,8 +7,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -29,7 +31,7 @@ const PACKAGE_TOLERANCE: f32 = 0.02;
 const CANDLE_TOLERANCE: f32 = 1e-3;
 const THREADS: usize = 2;
 
-use vigie_test_support::{python, repo_root as root, require};
+use vigie_test_support::{python, repo_root as root};
 
 fn options() -> BackendOptions {
     BackendOptions::new(
@@ -44,32 +46,16 @@ fn package() -> ModelPackage {
         .expect("reference package loads")
 }
 
-/// The demo dataset, imported once per test process into a temporary folder.
-fn dataset() -> &'static (PathBuf, Dataset) {
-    static DATASET: OnceLock<(tempfile::TempDir, PathBuf, Dataset)> = OnceLock::new();
-    let (_, dir, dataset) = DATASET.get_or_init(|| {
-        let images = require(root().join(".cache/vigie/demo/images"));
+/// The demo dataset, imported once per test process into a temporary
+/// folder that lives as long as the process.
+fn dataset() -> (&'static Path, &'static Dataset) {
+    static DATASET: OnceLock<(tempfile::TempDir, Dataset)> = OnceLock::new();
+    let (dir, dataset) = DATASET.get_or_init(|| {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let labels: BTreeMap<String, String> = [
-            ("gl", "glioma"),
-            ("me", "meningioma"),
-            ("no", "notumor"),
-            ("pi", "pituitary"),
-        ]
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .into();
-        let opts = ImportOptions::new(
-            regex::Regex::new("^Te-(gl|me|no|pi)_").expect("regex"),
-            labels,
-            "demo".into(),
-        );
-        let dataset = import_images(&images, tmp.path(), &opts).expect("import");
-        let dir = tmp.path().to_path_buf();
-        (tmp, dir, dataset)
+        let dataset = common::import_demo(tmp.path());
+        (tmp, dataset)
     });
-    // Leak-free: the TempDir lives in the static for the whole process.
-    static VIEW: OnceLock<(PathBuf, Dataset)> = OnceLock::new();
-    VIEW.get_or_init(|| (dir.clone(), dataset.clone()))
+    (dir.path(), dataset)
 }
 
 fn classification(finding: &Finding) -> &vigie_inference::postprocess::Classification {

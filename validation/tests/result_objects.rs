@@ -8,7 +8,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::Path;
 
 use vigie_dicom_io::DicomFile;
@@ -17,7 +18,6 @@ use vigie_dicom_io::write::{MrImage, write_part10};
 use vigie_inference::backend::{BackendOptions, Device};
 use vigie_inference::postprocess::Finding;
 use vigie_inference::{Model, ModelPackage};
-use vigie_validation::import::{ImportOptions, import_images};
 use vigie_validation::pipeline;
 use vigie_validation::reporting::{ResultBuilder, ResultKind};
 
@@ -37,25 +37,7 @@ fn dciodvfy_errors(path: &Path) -> Vec<String> {
 #[test]
 fn demo_studies_get_conformant_srs_that_match_the_inference() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let labels: BTreeMap<String, String> = [
-        ("gl", "glioma"),
-        ("me", "meningioma"),
-        ("no", "notumor"),
-        ("pi", "pituitary"),
-    ]
-    .map(|(a, b)| (a.to_string(), b.to_string()))
-    .into();
-    let opts = ImportOptions::new(
-        regex::Regex::new("^Te-(gl|me|no|pi)_").expect("regex"),
-        labels,
-        "demo".into(),
-    );
-    let dataset = import_images(
-        &require(root().join(".cache/vigie/demo/images")),
-        tmp.path(),
-        &opts,
-    )
-    .expect("import");
+    let dataset = common::import_demo(tmp.path());
     let mut model = model("brain-tumour-vgg16");
     let manifest = model.package().manifest().clone();
     let mut builder = ResultBuilder::new("vigie-test", "2.25", true).expect("builder");
