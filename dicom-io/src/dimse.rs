@@ -1,11 +1,10 @@
 //! DIMSE command sets (PS3.7 §9.3, §E): the group 0000 elements that start
 //! every DIMSE message, always encoded in Implicit VR Little Endian.
 //!
-//! This is the message layer the DICOM node will put on top of
-//! `dicom-ul`'s association and P-DATA handling; it is complete for the
-//! C-ECHO and C-STORE services and their statuses, and tested against
-//! pydicom's encoding. [`crate::net::echo`] uses it; the C-STORE services
-//! are not written yet.
+//! [`crate::net::message`] carries these over `dicom-ul`'s P-DATA; the
+//! SCP and SCU of [`crate::net`] use both. Complete for the C-ECHO and
+//! C-STORE services and their statuses, and tested against pydicom's
+//! encoding.
 
 use thiserror::Error;
 
@@ -21,6 +20,10 @@ pub mod status {
     pub const CANNOT_UNDERSTAND: u16 = 0xC000;
     /// Refused: SOP class not supported.
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+    /// Failure: processing failure.
+    pub const PROCESSING_FAILURE: u16 = 0x0110;
+    /// Failure: unrecognized operation.
+    pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
     /// Warning: coercion of data elements.
     pub const COERCION_OF_DATA_ELEMENTS: u16 = 0xB000;
 

@@ -6,7 +6,8 @@
 //!   appliance needs (UIDs, modality, geometry) into [`InstanceHeader`].
 //! - [`pixels`]: decode native and compressed pixel data into stored sample
 //!   values ([`PixelArray`]); the list of supported transfer syntaxes.
-//! - [`net`]: network services on dicom-ul (C-ECHO SCP so far).
+//! - [`net`]: network services on dicom-ul: the DIMSE message layer,
+//!   C-ECHO/C-STORE SCP (durable ingest through a handler) and C-STORE SCU.
 //! - [`lut`]: the grayscale pipeline of PS3.3 C.11 — Modality LUT (rescale or
 //!   LUT sequence), VOI LUT (window LINEAR / LINEAR_EXACT / SIGMOID or LUT
 //!   sequence), MONOCHROME1 inversion — in that order.

@@ -1,7 +1,14 @@
 //! DICOM network services on `dicom-ul` associations (tokio).
 //!
-//! Today: the Verification service (C-ECHO) as SCP, with AE title checks and
-//! a cap on concurrent associations. C-STORE SCP/SCU, the store and the job
-//! pipeline are the DICOM-node work still to come.
+//! - [`message`]: the DIMSE message layer over P-DATA (command and data set
+//!   fragments, reassembly, splitting to the peer's maximum PDU length).
+//! - [`scp`]: Verification and Storage SCP with AE title and address checks,
+//!   a cap on concurrent associations, ARTIM and idle timeouts, data sets
+//!   streamed to disk, and a [`scp::StoreHandler`] deciding each status.
+//! - [`scu`]: Storage SCU sending Part 10 files to a remote AE.
+//! - [`storage_classes`]: the image storage SOP classes accepted by default.
 
-pub mod echo;
+pub mod message;
+pub mod scp;
+pub mod scu;
+pub mod storage_classes;

@@ -1,0 +1,732 @@
+//! The appliance's service class provider: Verification (C-ECHO, PS3.4
+//! Annex A) and Storage (C-STORE, PS3.4 Annex B) on one listener.
+//!
+//! Each association runs on its own tokio task. A C-STORE data set is
+//! streamed, fragment by fragment, into a Part 10 file in the staging
+//! folder (file meta group first, built from the command and the
+//! negotiated transfer syntax); only then is the [`StoreHandler`] called,
+//! on a blocking thread, to validate, persist and index the instance. Its
+//! answer becomes the C-STORE-RSP status, so the peer hears Success only
+//! when the handler says the instance is safe.
+//!
+//! Association limits: beyond `max_associations`, a request is answered
+//! with A-ASSOCIATE-RJ (transient, local limit exceeded) rather than left
+//! waiting; the ARTIM timer bounds how long a peer may take to send its
+//! A-ASSOCIATE-RQ, the idle timeout how long an association may stay silent.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_object::FileMetaTableBuilder;
+use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, PDataValueType, Pdu,
+    PresentationContextResultReason, UserIdentity,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::message::{MessageAssembler, Step, fragment};
+use super::storage_classes::IMAGE_STORAGE;
+use crate::dimse::{Command, field, status};
+use crate::pixels::DECODABLE_TRANSFER_SYNTAXES;
+use crate::uid;
+use crate::write::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+
+/// Verification SOP Class.
+pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+
+/// Default maximum PDU length we announce (bytes).
+pub const DEFAULT_MAX_PDU_LENGTH: u32 = 116_794;
+
+/// A peer allowed to open associations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedCaller {
+    /// Its calling AE title.
+    pub ae_title: String,
+    /// Its IP address, when the title alone is not trusted.
+    pub address: Option<IpAddr>,
+}
+
+/// Settings of the listener.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ScpOptions {
+    /// Our AE title; associations calling another title are rejected.
+    pub ae_title: String,
+    /// Peers allowed to associate; empty accepts any calling AE title.
+    pub allowed_callers: Vec<AllowedCaller>,
+    /// Storage SOP classes accepted (Verification is always accepted).
+    pub sop_classes: Vec<String>,
+    /// Transfer syntaxes accepted, in order of preference.
+    pub transfer_syntaxes: Vec<String>,
+    /// Maximum PDU length we announce.
+    pub max_pdu_length: u32,
+    /// How long a peer has to send its A-ASSOCIATE-RQ after connecting.
+    pub artim_timeout: Duration,
+    /// How long an established association may stay silent.
+    pub idle_timeout: Duration,
+    /// Associations served at once; beyond, new ones are rejected (transient).
+    pub max_associations: usize,
+    /// Folder for data sets being received (same file system as the store,
+    /// so the handler can rename them into place).
+    pub staging_dir: PathBuf,
+}
+
+impl ScpOptions {
+    /// Defaults: every non-retired image storage SOP class, every transfer
+    /// syntax the pixel decoder handles, 30 s ARTIM, 5 min idle, 16
+    /// associations.
+    pub fn new(ae_title: &str, staging_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            ae_title: ae_title.into(),
+            allowed_callers: Vec::new(),
+            sop_classes: default_sop_classes(),
+            transfer_syntaxes: default_transfer_syntaxes(),
+            max_pdu_length: DEFAULT_MAX_PDU_LENGTH,
+            artim_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            max_associations: 16,
+            staging_dir: staging_dir.into(),
+        }
+    }
+}
+
+/// Every non-retired image storage SOP class UID.
+pub fn default_sop_classes() -> Vec<String> {
+    IMAGE_STORAGE
+        .iter()
+        .map(|(u, _)| (*u).to_string())
+        .collect()
+}
+
+/// Every transfer syntax the pixel decoder handles, uncompressed first.
+pub fn default_transfer_syntaxes() -> Vec<String> {
+    DECODABLE_TRANSFER_SYNTAXES
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect()
+}
+
+/// A data set received by C-STORE, written as a Part 10 file in the
+/// staging folder. The handler owns the file: it must move it into the
+/// store or delete it.
+#[derive(Debug, Clone)]
+pub struct ReceivedInstance {
+    /// The staged Part 10 file (not yet fsynced).
+    pub path: PathBuf,
+    /// Affected SOP Class UID of the command.
+    pub sop_class_uid: String,
+    /// Affected SOP Instance UID of the command.
+    pub sop_instance_uid: String,
+    /// Negotiated transfer syntax (that of the data set).
+    pub transfer_syntax: String,
+    /// Calling AE title of the sender.
+    pub calling_ae_title: String,
+    /// Network address of the sender.
+    pub peer: SocketAddr,
+    /// Size of the data set in bytes.
+    pub bytes: u64,
+}
+
+/// The handler's answer to a C-STORE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOutcome {
+    /// DIMSE status for the C-STORE-RSP.
+    pub status: u16,
+    /// Error Comment, for failures (64 characters at most are sent).
+    pub comment: Option<String>,
+}
+
+impl StoreOutcome {
+    /// Success.
+    pub fn success() -> Self {
+        Self {
+            status: status::SUCCESS,
+            comment: None,
+        }
+    }
+
+    /// A failure or warning status with its reason.
+    pub fn failure(status: u16, comment: impl Into<String>) -> Self {
+        Self {
+            status,
+            comment: Some(comment.into()),
+        }
+    }
+}
+
+/// What happened on the listener, for the caller's log and audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScpEvent {
+    /// An association was accepted.
+    Accepted {
+        /// Peer address.
+        peer: SocketAddr,
+        /// Calling AE title.
+        calling_ae_title: String,
+        /// Presentation contexts accepted.
+        contexts: usize,
+    },
+    /// An association request was rejected or failed before being
+    /// established.
+    Rejected {
+        /// Peer address.
+        peer: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A C-ECHO was answered with Success.
+    Echoed {
+        /// Calling AE title.
+        calling_ae_title: String,
+    },
+    /// A C-STORE was answered.
+    StoreAnswered {
+        /// Calling AE title.
+        calling_ae_title: String,
+        /// Affected SOP Instance UID (as sent).
+        sop_instance_uid: String,
+        /// Status sent.
+        status: u16,
+        /// Error comment sent, if any.
+        comment: Option<String>,
+    },
+    /// The association was released normally.
+    Released {
+        /// Calling AE title.
+        calling_ae_title: String,
+        /// C-STORE requests answered on it.
+        stores: usize,
+    },
+    /// The association ended abnormally (abort, protocol error, timeout,
+    /// connection lost); an instance being received is discarded, never
+    /// acknowledged.
+    Aborted {
+        /// Calling AE title.
+        calling_ae_title: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the service does with received instances.
+pub trait StoreHandler: Send + Sync + 'static {
+    /// Validate and persist a received instance; runs on a blocking thread.
+    /// Return Success only once the instance is durably stored.
+    fn store(&self, instance: ReceivedInstance) -> StoreOutcome;
+
+    /// Observe an event (logging, audit). Must not block for long.
+    fn event(&self, event: ScpEvent);
+}
+
+struct Access {
+    callers: Arc<Vec<AllowedCaller>>,
+    peer: IpAddr,
+}
+
+fn trim_ae(title: &str) -> &str {
+    title.trim_matches(|c: char| c == ' ' || c == '\0')
+}
+
+impl AccessControl for Access {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if trim_ae(called_ae_title) != trim_ae(this_ae_title) {
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        if self.callers.is_empty() {
+            return Ok(());
+        }
+        let calling = trim_ae(calling_ae_title);
+        let known = self.callers.iter().any(|c| {
+            c.ae_title == calling && c.address.is_none_or(|a| a == self.peer.to_canonical())
+        });
+        if known {
+            Ok(())
+        } else {
+            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        }
+    }
+}
+
+/// Serve C-ECHO and C-STORE on `listener` until the task is dropped.
+pub async fn serve<H: StoreHandler>(
+    listener: TcpListener,
+    options: ScpOptions,
+    handler: Arc<H>,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(&options.staging_dir)?;
+    let limit = Arc::new(Semaphore::new(options.max_associations.max(1)));
+    let options = Arc::new(options);
+    let callers = Arc::new(options.allowed_callers.clone());
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Back off on accept errors (e.g. too many open files).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let options = options.clone();
+        let handler = handler.clone();
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let reason = reject_busy(socket, options.artim_timeout).await;
+                handler.event(ScpEvent::Rejected { peer, reason });
+            });
+            continue;
+        };
+        let callers = callers.clone();
+        tokio::spawn(async move {
+            Association::run(socket, peer, options, callers, handler).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Read the A-ASSOCIATE-RQ of a peer we have no room for and answer
+/// A-ASSOCIATE-RJ (transient, service provider presentation, local limit
+/// exceeded), as PS3.8 §7.1.1.9 allows.
+async fn reject_busy(mut socket: TcpStream, artim: Duration) -> String {
+    let read = async {
+        let mut header = [0u8; 6];
+        socket.read_exact(&mut header).await?;
+        let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
+        let mut rest = (&mut socket).take(u64::from(length));
+        tokio::io::copy(&mut rest, &mut tokio::io::sink()).await?;
+        let mut out = Vec::new();
+        dicom_ul::pdu::write_pdu(
+            &mut out,
+            &Pdu::AssociationRJ(AssociationRJ {
+                result: AssociationRJResult::Transient,
+                source: AssociationRJSource::ServiceProviderPresentation(
+                    AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                ),
+            }),
+        )
+        .map_err(std::io::Error::other)?;
+        socket.write_all(&out).await?;
+        socket.shutdown().await
+    };
+    match tokio::time::timeout(artim, read).await {
+        Ok(Ok(())) => "too many concurrent associations: rejected (transient)".into(),
+        Ok(Err(e)) => format!("too many concurrent associations; rejecting failed: {e}"),
+        Err(_) => "too many concurrent associations; ARTIM timeout".into(),
+    }
+}
+
+/// A C-STORE data set being received into the staging folder.
+struct Incoming {
+    context: u8,
+    request: Command,
+    transfer_syntax: String,
+    path: PathBuf,
+    writer: Option<BufWriter<File>>,
+    bytes: u64,
+    /// Set once something failed; the rest of the data set is discarded.
+    failure: Option<StoreOutcome>,
+}
+
+impl Incoming {
+    fn start(context: u8, request: Command, transfer_syntax: &str, options: &ScpOptions) -> Self {
+        let path = options
+            .staging_dir
+            .join(format!("{}.dcm.part", uuid::Uuid::new_v4().simple()));
+        let mut incoming = Self {
+            context,
+            request,
+            transfer_syntax: transfer_syntax.to_string(),
+            path,
+            writer: None,
+            bytes: 0,
+            failure: None,
+        };
+        let class = incoming.request.affected_sop_class_uid.clone();
+        let instance = incoming.request.affected_sop_instance_uid.clone();
+        let (Some(class), Some(instance)) = (class, instance) else {
+            incoming.failure = Some(StoreOutcome::failure(
+                status::CANNOT_UNDERSTAND,
+                "C-STORE-RQ without Affected SOP Class/Instance UID",
+            ));
+            return incoming;
+        };
+        if let Err(e) = uid::validate(&class).and_then(|_| uid::validate(&instance)) {
+            incoming.failure = Some(StoreOutcome::failure(
+                status::CANNOT_UNDERSTAND,
+                e.to_string(),
+            ));
+            return incoming;
+        }
+        match incoming.open(&class, &instance) {
+            Ok(writer) => incoming.writer = Some(writer),
+            Err(e) => {
+                incoming.failure = Some(StoreOutcome::failure(
+                    status::OUT_OF_RESOURCES,
+                    format!("cannot stage instance: {e}"),
+                ))
+            }
+        }
+        incoming
+    }
+
+    fn open(&self, class: &str, instance: &str) -> std::io::Result<BufWriter<File>> {
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(class)
+            .media_storage_sop_instance_uid(instance)
+            .transfer_syntax(self.transfer_syntax.as_str())
+            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+            .build()
+            .map_err(std::io::Error::other)?;
+        let mut writer = BufWriter::with_capacity(256 * 1024, File::create(&self.path)?);
+        writer.write_all(&[0u8; 128])?;
+        writer.write_all(b"DICM")?;
+        meta.write(&mut writer).map_err(std::io::Error::other)?;
+        Ok(writer)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.bytes += bytes.len() as u64;
+        if let Some(writer) = self.writer.as_mut()
+            && let Err(e) = writer.write_all(bytes)
+        {
+            self.writer = None;
+            self.failure = Some(StoreOutcome::failure(
+                status::OUT_OF_RESOURCES,
+                format!("cannot write instance: {e}"),
+            ));
+        }
+    }
+
+    /// Close the staged file; `None` when it failed (and is removed).
+    fn close(&mut self) -> Option<PathBuf> {
+        let writer = self.writer.take()?;
+        match writer.into_inner() {
+            Ok(_) => Some(self.path.clone()),
+            Err(e) => {
+                self.failure = Some(StoreOutcome::failure(
+                    status::OUT_OF_RESOURCES,
+                    format!("cannot write instance: {}", e.error()),
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // A data set never handed to the handler is discarded. Once handed
+        // over the handler owns the file (it renamed or removed it), so this
+        // is a no-op then.
+        if self.writer.is_some() || self.failure.is_some() {
+            self.writer = None;
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+struct Association<H> {
+    inner: dicom_ul::association::server::AsyncServerAssociation<TcpStream>,
+    calling: String,
+    peer: SocketAddr,
+    options: Arc<ScpOptions>,
+    handler: Arc<H>,
+    stores: usize,
+}
+
+impl<H: StoreHandler> Association<H> {
+    async fn run(
+        socket: TcpStream,
+        peer: SocketAddr,
+        options: Arc<ScpOptions>,
+        callers: Arc<Vec<AllowedCaller>>,
+        handler: Arc<H>,
+    ) {
+        let mut server = ServerAssociationOptions::new()
+            .ae_access_control(Access {
+                callers,
+                peer: peer.ip().to_canonical(),
+            })
+            .ae_title(options.ae_title.as_str())
+            .max_pdu_length(options.max_pdu_length)
+            .with_abstract_syntax(VERIFICATION);
+        for class in &options.sop_classes {
+            server = server.with_abstract_syntax(class.as_str());
+        }
+        for ts in &options.transfer_syntaxes {
+            server = server.with_transfer_syntax(ts.as_str());
+        }
+        let inner =
+            match tokio::time::timeout(options.artim_timeout, server.establish_async(socket)).await
+            {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    handler.event(ScpEvent::Rejected {
+                        peer,
+                        reason: e.to_string(),
+                    });
+                    return;
+                }
+                Err(_) => {
+                    handler.event(ScpEvent::Rejected {
+                        peer,
+                        reason: "ARTIM timeout waiting for A-ASSOCIATE-RQ".into(),
+                    });
+                    return;
+                }
+            };
+        let calling =
+            trim_ae(dicom_ul::association::Association::peer_ae_title(&inner)).to_string();
+        let contexts = inner
+            .presentation_contexts()
+            .iter()
+            .filter(|c| c.reason == PresentationContextResultReason::Acceptance)
+            .count();
+        handler.event(ScpEvent::Accepted {
+            peer,
+            calling_ae_title: calling.clone(),
+            contexts,
+        });
+        let mut association = Self {
+            inner,
+            calling,
+            peer,
+            options,
+            handler,
+            stores: 0,
+        };
+        let end = association.serve_messages().await;
+        let event = match end {
+            Ok(()) => ScpEvent::Released {
+                calling_ae_title: association.calling.clone(),
+                stores: association.stores,
+            },
+            Err(reason) => {
+                let _ = association.inner.abort().await;
+                ScpEvent::Aborted {
+                    calling_ae_title: association.calling.clone(),
+                    reason,
+                }
+            }
+        };
+        association.handler.event(event);
+    }
+
+    /// Serve messages until release (`Ok`) or an abnormal end (`Err`).
+    async fn serve_messages(&mut self) -> Result<(), String> {
+        let mut assembler = MessageAssembler::new();
+        let mut incoming: Option<Incoming> = None;
+        loop {
+            let pdu =
+                match tokio::time::timeout(self.options.idle_timeout, self.inner.receive()).await {
+                    Err(_) => return Err("idle timeout".into()),
+                    Ok(Err(e)) => return Err(format!("connection lost: {e}")),
+                    Ok(Ok(pdu)) => pdu,
+                };
+            match pdu {
+                Pdu::PData { data } => {
+                    for value in data {
+                        match assembler.push(value).map_err(|e| e.to_string())? {
+                            Step::Pending => {}
+                            Step::Command { context, command } => {
+                                incoming = self.command(context, command).await?;
+                            }
+                            Step::Data {
+                                context,
+                                bytes,
+                                last,
+                            } => {
+                                let Some(current) = incoming.as_mut() else {
+                                    return Err("data set without a C-STORE-RQ".into());
+                                };
+                                if current.context != context {
+                                    return Err("data set on another presentation context".into());
+                                }
+                                current.write(&bytes);
+                                if last && let Some(done) = incoming.take() {
+                                    self.finish_store(done).await?;
+                                }
+                            }
+                        }
+                    }
+                }
+                Pdu::ReleaseRQ => {
+                    if incoming.is_some() || assembler.in_message() {
+                        return Err("release requested in the middle of a message".into());
+                    }
+                    let _ = self.inner.send(&Pdu::ReleaseRP).await;
+                    return Ok(());
+                }
+                Pdu::AbortRQ { source } => return Err(format!("aborted by peer ({source:?})")),
+                other => return Err(format!("unexpected PDU {other:?}")),
+            }
+        }
+    }
+
+    fn context_syntaxes(&self, context: u8) -> Option<(String, String)> {
+        self.inner
+            .presentation_contexts()
+            .iter()
+            .find(|c| c.id == context && c.reason == PresentationContextResultReason::Acceptance)
+            .map(|c| (c.abstract_syntax.clone(), c.transfer_syntax.clone()))
+    }
+
+    /// Handle a complete command; returns the C-STORE to receive, if any.
+    async fn command(&mut self, context: u8, command: Command) -> Result<Option<Incoming>, String> {
+        let Some((abstract_syntax, transfer_syntax)) = self.context_syntaxes(context) else {
+            return Err(format!(
+                "message on presentation context {context}, which was not accepted"
+            ));
+        };
+        match command.field {
+            field::C_ECHO_RQ => {
+                self.respond(context, &command, status::SUCCESS, None)
+                    .await?;
+                self.handler.event(ScpEvent::Echoed {
+                    calling_ae_title: self.calling.clone(),
+                });
+                Ok(None)
+            }
+            field::C_STORE_RQ if command.has_data_set => {
+                let mut incoming =
+                    Incoming::start(context, command, &transfer_syntax, &self.options);
+                let class = incoming.request.affected_sop_class_uid.as_deref();
+                if incoming.failure.is_none() && class != Some(trim_uid(&abstract_syntax)) {
+                    // PS3.7 §9.1.1.1: the Affected SOP Class UID must be
+                    // that of the presentation context.
+                    incoming.writer = None;
+                    incoming.failure = Some(StoreOutcome::failure(
+                        status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                        "Affected SOP Class UID differs from the presentation context",
+                    ));
+                }
+                Ok(Some(incoming))
+            }
+            _ => {
+                // Anything else has no data set we could skip reliably when
+                // it claims one; answer "unrecognized operation" when it
+                // has none, abort otherwise.
+                if command.has_data_set {
+                    return Err(format!(
+                        "unsupported command 0x{:04X} with a data set",
+                        command.field
+                    ));
+                }
+                self.respond(context, &command, status::UNRECOGNIZED_OPERATION, None)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn finish_store(&mut self, mut incoming: Incoming) -> Result<(), String> {
+        let staged = incoming.close();
+        let outcome = match (incoming.failure.clone(), staged) {
+            (Some(failure), _) => failure,
+            (None, None) => StoreOutcome::failure(status::OUT_OF_RESOURCES, "instance not staged"),
+            (None, Some(path)) => {
+                let received = ReceivedInstance {
+                    path,
+                    sop_class_uid: incoming
+                        .request
+                        .affected_sop_class_uid
+                        .clone()
+                        .unwrap_or_default(),
+                    sop_instance_uid: incoming
+                        .request
+                        .affected_sop_instance_uid
+                        .clone()
+                        .unwrap_or_default(),
+                    transfer_syntax: incoming.transfer_syntax.clone(),
+                    calling_ae_title: self.calling.clone(),
+                    peer: self.peer,
+                    bytes: incoming.bytes,
+                };
+                let handler = self.handler.clone();
+                tokio::task::spawn_blocking(move || handler.store(received))
+                    .await
+                    .unwrap_or_else(|e| {
+                        StoreOutcome::failure(
+                            status::PROCESSING_FAILURE,
+                            format!("store handler failed: {e}"),
+                        )
+                    })
+            }
+        };
+        self.stores += 1;
+        let request = incoming.request.clone();
+        self.respond(
+            incoming.context,
+            &request,
+            outcome.status,
+            outcome.comment.as_deref(),
+        )
+        .await?;
+        self.handler.event(ScpEvent::StoreAnswered {
+            calling_ae_title: self.calling.clone(),
+            sop_instance_uid: request.affected_sop_instance_uid.unwrap_or_default(),
+            status: outcome.status,
+            comment: outcome.comment,
+        });
+        Ok(())
+    }
+
+    async fn respond(
+        &mut self,
+        context: u8,
+        request: &Command,
+        code: u16,
+        comment: Option<&str>,
+    ) -> Result<(), String> {
+        let bytes = request.response(code, comment).encode();
+        for pdu in fragment(
+            context,
+            PDataValueType::Command,
+            &bytes,
+            self.inner.requestor_max_pdu_length(),
+        ) {
+            self.inner
+                .send(&pdu)
+                .await
+                .map_err(|e| format!("cannot send response: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn trim_uid(uid: &str) -> &str {
+    uid.trim_end_matches(['\0', ' '])
+}
+
+/// Remove staged files left by a previous run (a crash mid-transfer); none
+/// of them was acknowledged.
+pub fn clean_staging(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    if !dir.exists() {
+        return Ok(0);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "part") {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,283 @@
+//! The Storage/Verification SCP and the Storage SCU, against real peers:
+//! DCMTK's `echoscu` and `storescu` (pydicom's test files in several
+//! transfer syntaxes, compressed included) and our own SCU; pydicom checks
+//! that what was stored is what was sent.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vigie_dicom_io::net::scp::{
+    AllowedCaller, ReceivedInstance, ScpEvent, ScpOptions, StoreHandler, StoreOutcome, serve,
+};
+use vigie_dicom_io::net::scu::{RemoteAe, ScuOptions, send_files};
+use vigie_test_support::{oracle, pydicom_test_files};
+
+/// Moves each staged file to `<dir>/<SOP Instance UID>.dcm`.
+struct Sink {
+    dir: PathBuf,
+    events: Mutex<Vec<ScpEvent>>,
+}
+
+impl StoreHandler for Sink {
+    fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
+        let to = self.dir.join(format!("{}.dcm", instance.sop_instance_uid));
+        match std::fs::rename(&instance.path, &to) {
+            Ok(()) => StoreOutcome::success(),
+            Err(e) => StoreOutcome::failure(0xA700, e.to_string()),
+        }
+    }
+    fn event(&self, event: ScpEvent) {
+        self.events.lock().unwrap().push(event);
+    }
+}
+
+struct Running {
+    port: u16,
+    sink: Arc<Sink>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn events(&self) -> Vec<ScpEvent> {
+        self.sink.events.lock().unwrap().clone()
+    }
+    fn stored(&self, sop_instance_uid: &str) -> PathBuf {
+        self.sink.dir.join(format!("{sop_instance_uid}.dcm"))
+    }
+}
+
+async fn start(configure: impl FnOnce(&mut ScpOptions)) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut options = ScpOptions::new("VIGIE", dir.path().join("staging"));
+    configure(&mut options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sink = Arc::new(Sink {
+        dir: out,
+        events: Mutex::new(Vec::new()),
+    });
+    let task = tokio::spawn(serve(listener, options, sink.clone()));
+    Running {
+        port,
+        sink,
+        task,
+        _dir: dir,
+    }
+}
+
+async fn dcmtk(program: &'static str, args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(program)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} runs (apt-get install dcmtk): {e}"))
+    })
+    .await
+    .unwrap()
+}
+
+fn scu_args(port: u16, called: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["-aet", "TESTSCU", "-aec", called, "-to", "10"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("127.0.0.1".into());
+    args.push(port.to_string());
+    args
+}
+
+fn sop_instance_uid(path: &Path) -> String {
+    vigie_dicom_io::DicomFile::open(path)
+        .unwrap()
+        .header()
+        .sop_instance_uid
+        .clone()
+}
+
+fn same_dataset(a: &Path, b: &Path) -> serde_json::Value {
+    let out = oracle("same_dataset.py", [a, b]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoscu_gets_success_and_a_wrong_called_ae_title_is_rejected() {
+    let scp = start(|_| {}).await;
+    let ok = dcmtk("echoscu", scu_args(scp.port, "VIGIE", &[])).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let wrong = dcmtk("echoscu", scu_args(scp.port, "SOMEONE", &[])).await;
+    assert!(
+        !wrong.status.success(),
+        "another called AE title is refused"
+    );
+    let events = scp.events();
+    assert!(events.contains(&ScpEvent::Echoed {
+        calling_ae_title: "TESTSCU".into()
+    }));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ScpEvent::Rejected { reason, .. } if reason.contains("called"))),
+        "{events:?}"
+    );
+    scp.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storescu_stores_native_and_compressed_files_unchanged() {
+    let scp = start(|_| {}).await;
+    let root = pydicom_test_files();
+    // Each file with the storescu option proposing its own transfer syntax,
+    // so compressed data sets travel compressed.
+    let cases = [
+        ("CT_small.dcm", "-xe"),                  // Explicit VR Little Endian
+        ("MR_small_implicit.dcm", "-xi"),         // Implicit VR Little Endian
+        ("MR_small_bigendian.dcm", "-xb"),        // Explicit VR Big Endian
+        ("image_dfl.dcm", "-xd"),                 // Deflated Explicit VR LE
+        ("MR_small_RLE.dcm", "-xr"),              // RLE Lossless
+        ("SC_rgb_jpeg_dcmtk.dcm", "-xy"),         // JPEG Baseline
+        ("MR_small_jpeg_ls_lossless.dcm", "-xt"), // JPEG-LS Lossless
+        ("MR_small_jp2klossless.dcm", "-xv"),     // JPEG 2000 Lossless
+        ("JPEG2000.dcm", "-xw"),                  // JPEG 2000
+    ];
+    let files: Vec<PathBuf> = cases.iter().map(|(n, _)| root.join(n)).collect();
+    for ((_, option), file) in cases.iter().zip(&files) {
+        let mut args = scu_args(scp.port, "VIGIE", &[option, "-R"]);
+        args.push(file.display().to_string());
+        let out = dcmtk("storescu", args).await;
+        assert!(
+            out.status.success(),
+            "storescu {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Checked before the next send: several of pydicom's variants of
+        // one image share its SOP Instance UID.
+        let stored = scp.stored(&sop_instance_uid(file));
+        assert!(stored.exists(), "{} stored", file.display());
+        let compared = same_dataset(file, &stored);
+        assert_eq!(compared["same"], true, "{}: {compared}", file.display());
+        let ts = &compared["transfer_syntaxes"];
+        assert_eq!(ts[0], ts[1], "{} kept its transfer syntax", file.display());
+    }
+    let answered: Vec<u16> = scp
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            ScpEvent::StoreAnswered { status, .. } => Some(*status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answered, vec![0; files.len()]);
+    assert!(
+        scp.events()
+            .iter()
+            .any(|e| matches!(e, ScpEvent::Released { stores, .. } if *stores == 1))
+    );
+    scp.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_scu_sends_to_our_scp_in_small_pdus() {
+    // Tiny PDUs on both sides: every data set crosses many fragments.
+    let scp = start(|o| o.max_pdu_length = 4096).await;
+    let root = pydicom_test_files();
+    let files = vec![root.join("CT_small.dcm"), root.join("MR_small_RLE.dcm")];
+    let mut options = ScuOptions::new("VIGIE-SCU");
+    options.max_pdu_length = 4096;
+    let remote = RemoteAe {
+        ae_title: "VIGIE".into(),
+        host: "127.0.0.1".into(),
+        port: scp.port,
+    };
+    let outcomes = send_files(&remote, &options, &files).await.unwrap();
+    assert_eq!(outcomes.len(), 2);
+    for (file, outcome) in files.iter().zip(&outcomes) {
+        assert!(outcome.delivered(), "{outcome:?}");
+        let stored = scp.stored(&outcome.sop_instance_uid);
+        assert_eq!(same_dataset(file, &stored)["same"], true);
+    }
+    scp.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_limit_associations_are_rejected_transiently_and_artim_closes_silent_peers() {
+    let scp = start(|o| {
+        o.max_associations = 1;
+        o.artim_timeout = Duration::from_secs(2);
+    })
+    .await;
+    // A peer that connects and says nothing holds the only slot...
+    let silent = tokio::net::TcpStream::connect(("127.0.0.1", scp.port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so echoscu is rejected, transiently, at once.
+    let started = std::time::Instant::now();
+    let busy = dcmtk("echoscu", scu_args(scp.port, "VIGIE", &["-d"])).await;
+    assert!(!busy.status.success());
+    assert!(started.elapsed() < Duration::from_secs(2), "no hanging");
+    let text =
+        String::from_utf8_lossy(&busy.stdout).to_string() + &String::from_utf8_lossy(&busy.stderr);
+    assert!(text.contains("Transient"), "{text}");
+    assert!(text.contains("Local Limit Exceeded"), "{text}");
+    // ARTIM: the silent peer is dropped, and the slot frees up.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ok = dcmtk("echoscu", scu_args(scp.port, "VIGIE", &[])).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        scp.events()
+            .iter()
+            .any(|e| matches!(e, ScpEvent::Rejected { reason, .. } if reason.contains("ARTIM")))
+    );
+    drop(silent);
+    scp.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_calling_ae_titles_and_addresses_are_rejected() {
+    let scp = start(|o| {
+        o.allowed_callers = vec![
+            AllowedCaller {
+                ae_title: "PACS".into(),
+                address: Some("127.0.0.1".parse().unwrap()),
+            },
+            AllowedCaller {
+                ae_title: "FARAWAY".into(),
+                address: Some("10.1.2.3".parse().unwrap()),
+            },
+        ]
+    })
+    .await;
+    let with_title = |title: &str| {
+        let mut args = scu_args(scp.port, "VIGIE", &[]);
+        args[1] = title.to_string();
+        args
+    };
+    let pacs = dcmtk("echoscu", with_title("PACS")).await;
+    assert!(
+        pacs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pacs.stderr)
+    );
+    let stranger = dcmtk("echoscu", with_title("STRANGER")).await;
+    assert!(!stranger.status.success());
+    let wrong_address = dcmtk("echoscu", with_title("FARAWAY")).await;
+    assert!(!wrong_address.status.success());
+    scp.task.abort();
+}
