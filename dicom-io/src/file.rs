@@ -63,6 +63,22 @@ impl DicomFile {
         Self::from_object(path, object)
     }
 
+    /// Open a Part 10 file reading only the attributes before Pixel Data:
+    /// enough for [`DicomFile::header`], and fast on large instances (the
+    /// pixel data is neither read nor decoded). Pixel functions then find no
+    /// pixel data.
+    pub fn open_header(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let object = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(&path)
+            .map_err(|e| Error::Open {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        Self::from_object(path, object)
+    }
+
     /// Wrap an object already in memory; `path` names where it came from
     /// in error messages.
     pub fn from_object(path: PathBuf, object: DefaultDicomObject) -> Result<Self> {

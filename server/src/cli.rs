@@ -23,6 +23,9 @@ pub struct Cli {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the appliance: DICOM node, job pipeline, result delivery, HTTP
+    /// status. Runs until SIGINT/SIGTERM.
+    Serve(ServeArgs),
     /// Run a model on DICOM files or folders and print the results.
     Infer(InferArgs),
     /// Datasets and validation.
@@ -31,6 +34,21 @@ pub enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// `vigie serve`: command-line overrides of the configuration, so that
+/// several instances can run side by side.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory (overrides appliance.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// DICOM port (overrides dicom.port).
+    #[arg(long)]
+    pub dicom_port: Option<u16>,
+    /// HTTP port (overrides http.port).
+    #[arg(long)]
+    pub http_port: Option<u16>,
 }
 
 /// Backend choice on the command line.

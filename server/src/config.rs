@@ -2,6 +2,8 @@
 //! `VIGIE__SECTION__KEY` environment variables; validated field by field,
 //! then resolved into runtime settings.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -23,6 +25,220 @@ pub struct Config {
     pub inference: InferenceConfig,
     /// Result objects.
     pub results: ResultsConfig,
+    /// The DICOM node (C-ECHO/C-STORE SCP, and SCU for results).
+    pub dicom: DicomConfig,
+    /// The HTTP side (health, status API).
+    pub http: HttpConfig,
+    /// Local storage of received instances.
+    pub storage: StorageConfig,
+    /// Study assembly and jobs.
+    pub pipeline: PipelineConfig,
+    /// Result delivery retries.
+    pub delivery: DeliveryConfig,
+    /// Which models run on which studies, and where results go.
+    pub routing: RoutingConfig,
+    /// Remote AEs results are sent to, by name.
+    pub destinations: BTreeMap<String, DestinationConfig>,
+}
+
+/// `[dicom]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomConfig {
+    /// Our AE title (called AE title for peers, calling AE title when we send).
+    pub ae_title: String,
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// DICOM port.
+    pub port: u16,
+    /// Peers allowed to associate; empty: any calling AE title.
+    pub allowed_callers: Vec<CallerConfig>,
+    /// Storage SOP class UIDs accepted; empty: every image storage class.
+    pub sop_classes: Vec<String>,
+    /// Transfer syntax UIDs accepted; empty: every syntax the decoder handles.
+    pub transfer_syntaxes: Vec<String>,
+    /// Maximum PDU length announced (bytes).
+    pub max_pdu_length: u32,
+    /// Seconds a peer has to send its association request (ARTIM).
+    pub artim_timeout_s: u64,
+    /// Seconds an association may stay silent before it is aborted.
+    pub idle_timeout_s: u64,
+    /// Associations served at once; more are rejected (transient).
+    pub max_associations: usize,
+    /// Seconds to wait for a destination when sending results.
+    pub scu_timeout_s: u64,
+}
+
+/// One allowed peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    /// Its calling AE title.
+    pub ae_title: String,
+    /// Its IP address; unset: any address.
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        Self {
+            ae_title: "VIGIE".into(),
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 11112,
+            allowed_callers: Vec::new(),
+            sop_classes: Vec::new(),
+            transfer_syntaxes: Vec::new(),
+            max_pdu_length: vigie_dicom_io::net::scp::DEFAULT_MAX_PDU_LENGTH,
+            artim_timeout_s: 30,
+            idle_timeout_s: 300,
+            max_associations: 16,
+            scu_timeout_s: 30,
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// HTTP port.
+    pub port: u16,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+        }
+    }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Refuse new instances (status A700, out of resources) when the data
+    /// directory's file system has less free space than this, in MiB.
+    pub min_free_mib: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { min_free_mib: 1024 }
+    }
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Seconds without a new instance after which a study is complete.
+    pub stable_age_s: f64,
+    /// Inference worker threads; 0 queues jobs without running them.
+    pub workers: usize,
+    /// Jobs handed to workers ahead of time (the bounded queue).
+    pub queue_capacity: usize,
+    /// Attempts per job before it is marked failed.
+    pub max_attempts: u32,
+    /// Seconds before the first retry of a failed job (doubling each time).
+    pub retry_delay_s: f64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            stable_age_s: 10.0,
+            workers: 1,
+            queue_capacity: 4,
+            max_attempts: 3,
+            retry_delay_s: 30.0,
+        }
+    }
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Seconds before the first retry of a failed send (doubling each time).
+    pub retry_initial_s: f64,
+    /// Longest wait between retries, seconds.
+    pub retry_max_s: f64,
+    /// Hours after which an undelivered result is marked failed.
+    pub give_up_after_h: f64,
+    /// Instances sent per association at most.
+    pub batch_size: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retry_initial_s: 10.0,
+            retry_max_s: 600.0,
+            give_up_after_h: 168.0,
+            batch_size: 64,
+        }
+    }
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Rules, all evaluated on every complete study.
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            rules: vec![RuleConfig {
+                name: "default".into(),
+                ..RuleConfig::default()
+            }],
+        }
+    }
+}
+
+/// `[[routing.rules]]`: which series a rule takes (every set criterion must
+/// match; lists match any of their values, case-insensitively), which
+/// models run on them and where the results go.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleConfig {
+    /// Name, in logs and job records.
+    pub name: String,
+    /// Modality (0008,0060) values.
+    pub modalities: Vec<String>,
+    /// Body Part Examined (0018,0015) values.
+    pub body_parts: Vec<String>,
+    /// SOP Class UIDs.
+    pub sop_classes: Vec<String>,
+    /// Regular expression on Series Description (0008,103E).
+    pub series_description: Option<String>,
+    /// Calling AE titles of the sender.
+    pub calling_ae_titles: Vec<String>,
+    /// Model package ids; empty: `inference.default_model`. A model also
+    /// only takes the series its package declares it applies to.
+    pub models: Vec<String>,
+    /// Names of `[destinations.*]` results are sent to; empty: kept locally.
+    pub destinations: Vec<String>,
+}
+
+/// `[destinations.NAME]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Called AE title.
+    pub ae_title: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
 }
 
 /// `[results]`.
@@ -133,10 +349,67 @@ impl Config {
         if let Err(e) = vigie_dicom_io::uid::UidGenerator::new(&self.results.uid_root) {
             problems.push(format!("results.uid_root: {e}"));
         }
+        self.validate_node(&mut problems);
         if !problems.is_empty() {
             bail!("invalid configuration:\n  {}", problems.join("\n  "));
         }
         Ok(())
+    }
+
+    fn validate_node(&self, problems: &mut Vec<String>) {
+        let ae = self.dicom.ae_title.trim();
+        if ae.is_empty() || ae.len() > 16 || ae.contains('\\') {
+            problems.push("dicom.ae_title: 1 to 16 characters, no backslash".into());
+        }
+        for (list, name) in [
+            (&self.dicom.sop_classes, "dicom.sop_classes"),
+            (&self.dicom.transfer_syntaxes, "dicom.transfer_syntaxes"),
+        ] {
+            for uid in list {
+                if let Err(e) = vigie_dicom_io::uid::validate(uid) {
+                    problems.push(format!("{name}: {e}"));
+                }
+            }
+        }
+        if self.dicom.max_associations == 0 {
+            problems.push("dicom.max_associations: must be at least 1".into());
+        }
+        if !(self.pipeline.stable_age_s >= 0.0) {
+            problems.push("pipeline.stable_age_s: must be 0 or more".into());
+        }
+        if self.pipeline.max_attempts == 0 {
+            problems.push("pipeline.max_attempts: must be at least 1".into());
+        }
+        if self.pipeline.queue_capacity == 0 {
+            problems.push("pipeline.queue_capacity: must be at least 1".into());
+        }
+        if self.delivery.batch_size == 0 {
+            problems.push("delivery.batch_size: must be at least 1".into());
+        }
+        for (name, d) in &self.destinations {
+            if d.ae_title.trim().is_empty() || d.ae_title.len() > 16 {
+                problems.push(format!("destinations.{name}.ae_title: 1 to 16 characters"));
+            }
+        }
+        for (i, rule) in self.routing.rules.iter().enumerate() {
+            let label = format!("routing.rules[{i}] ({})", rule.name);
+            if rule.name.trim().is_empty() {
+                problems.push(format!("{label}: name must not be empty"));
+            }
+            if let Some(pattern) = &rule.series_description
+                && let Err(e) = regex::Regex::new(pattern)
+            {
+                problems.push(format!("{label}.series_description: {e}"));
+            }
+            for d in &rule.destinations {
+                if !self.destinations.contains_key(d) {
+                    problems.push(format!("{label}: unknown destination {d:?}"));
+                }
+            }
+            if rule.models.is_empty() && self.inference.default_model.is_none() {
+                problems.push(format!("{label}: no models and no inference.default_model"));
+            }
+        }
     }
 
     /// Resolve backend options: device, threads and the library path.

@@ -7,6 +7,11 @@
 mod cli;
 mod commands;
 mod config;
+mod http;
+mod ingest;
+mod pipeline;
+mod routing;
+mod store;
 
 use std::process::ExitCode;
 
@@ -14,7 +19,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(cli.verbose);
+    // The service logs what it does by default; one-shot commands only warn.
+    let serving = matches!(cli.command, cli::Command::Serve(_));
+    init_logging(cli.verbose + u8::from(serving));
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -35,5 +42,6 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

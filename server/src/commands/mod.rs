@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::config::Config;
 
-mod infer;
+pub mod infer;
+mod serve;
 mod validate;
 
 /// Run the parsed command line.
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", Config::load(cli.config.as_deref())?.to_toml()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(args) => serve::run(Config::load(cli.config.as_deref())?, args),
         Command::Infer(args) => infer::run(&Config::load(cli.config.as_deref())?, args),
         Command::Validate(cmd) => validate::run(cmd),
     }

@@ -1,0 +1,205 @@
+//! Durable ingest: what happens to each instance the SCP receives.
+//!
+//! The SCP has streamed the data set into a staged Part 10 file. Here it is
+//! checked (parsable, matches the command, UIDs safe as path names), the
+//! file is fsynced and renamed into `studies/<Study>/<Series>/<SOP>.dcm`,
+//! the folder fsynced, and the instance recorded in the catalog (a durable
+//! transaction). Only then is Success returned to the peer.
+//!
+//! Statuses: A700 out of resources (free space below the configured
+//! reserve, write or index failure), A900 data set does not match the SOP
+//! class (other SOP Class/Instance UID than the command, required
+//! attribute missing or invalid), C000 cannot understand (not parsable,
+//! UIDs unusable).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vigie_dicom_io::dimse::status;
+use vigie_dicom_io::net::scp::{ReceivedInstance, ScpEvent, StoreHandler, StoreOutcome};
+use vigie_dicom_io::{DicomFile, Error as DicomError};
+
+use crate::store::layout::{Layout, commit_file};
+use crate::store::{Catalog, InstanceRecord, now_ms};
+
+/// Counters of the ingest side.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Instances stored.
+    pub stored: AtomicU64,
+    /// C-STORE requests refused.
+    pub refused: AtomicU64,
+    /// Bytes stored.
+    pub bytes: AtomicU64,
+}
+
+/// The store handler of `vigie serve`.
+pub struct Ingest {
+    layout: Layout,
+    catalog: Arc<dyn Catalog>,
+    min_free_bytes: u64,
+    /// Counters.
+    pub stats: Arc<IngestStats>,
+}
+
+impl Ingest {
+    /// Ingest into `layout`, indexing in `catalog`, refusing instances when
+    /// less than `min_free_bytes` are free.
+    pub fn new(layout: Layout, catalog: Arc<dyn Catalog>, min_free_bytes: u64) -> Self {
+        Self {
+            layout,
+            catalog,
+            min_free_bytes,
+            stats: Arc::default(),
+        }
+    }
+
+    fn free_bytes(&self) -> std::io::Result<u64> {
+        let stat = rustix::fs::statvfs(self.layout.root()).map_err(std::io::Error::from)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    fn try_store(&self, received: &ReceivedInstance) -> Result<(), StoreOutcome> {
+        let free = self
+            .free_bytes()
+            .map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string()))?;
+        if free < self.min_free_bytes {
+            return Err(StoreOutcome::failure(
+                status::OUT_OF_RESOURCES,
+                format!(
+                    "storage full: {} MiB free, {} MiB reserved",
+                    free >> 20,
+                    self.min_free_bytes >> 20
+                ),
+            ));
+        }
+        let file = DicomFile::open_header(&received.path).map_err(|e| match e {
+            DicomError::MissingAttribute { attribute, .. } => StoreOutcome::failure(
+                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                format!("required attribute {attribute} missing"),
+            ),
+            DicomError::InvalidAttribute { attribute, .. } => StoreOutcome::failure(
+                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                format!("attribute {attribute} invalid"),
+            ),
+            other => StoreOutcome::failure(
+                status::CANNOT_UNDERSTAND,
+                format!("data set not parsable: {}", short(&other.to_string())),
+            ),
+        })?;
+        let header = file.header();
+        if header.sop_class_uid != received.sop_class_uid {
+            return Err(StoreOutcome::failure(
+                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Class UID of the data set differs from the command",
+            ));
+        }
+        if header.sop_instance_uid != received.sop_instance_uid {
+            return Err(StoreOutcome::failure(
+                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Instance UID of the data set differs from the command",
+            ));
+        }
+        let to = self
+            .layout
+            .instance(
+                &header.study_instance_uid,
+                &header.series_instance_uid,
+                &header.sop_instance_uid,
+            )
+            .map_err(|e| StoreOutcome::failure(status::CANNOT_UNDERSTAND, e.to_string()))?;
+        commit_file(&received.path, &to).map_err(|e| {
+            StoreOutcome::failure(
+                status::OUT_OF_RESOURCES,
+                format!("cannot store instance: {e}"),
+            )
+        })?;
+        let size = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
+        let record = InstanceRecord {
+            sop_instance_uid: header.sop_instance_uid.clone(),
+            sop_class_uid: header.sop_class_uid.clone(),
+            study_instance_uid: header.study_instance_uid.clone(),
+            series_instance_uid: header.series_instance_uid.clone(),
+            modality: header.modality.clone(),
+            body_part: header.body_part_examined.clone(),
+            series_description: header.series_description.clone(),
+            transfer_syntax: received.transfer_syntax.clone(),
+            calling_ae_title: received.calling_ae_title.clone(),
+            path: to,
+            size,
+        };
+        self.catalog
+            .record_instance(&record, now_ms())
+            .map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string()))?;
+        self.stats.bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Error comments go on the wire (64 characters) and in logs: keep the
+/// head, which says what failed.
+fn short(text: &str) -> String {
+    text.chars().take(160).collect()
+}
+
+impl StoreHandler for Ingest {
+    fn store(&self, received: ReceivedInstance) -> StoreOutcome {
+        match self.try_store(&received) {
+            Ok(()) => {
+                self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                StoreOutcome::success()
+            }
+            Err(outcome) => {
+                let _ = std::fs::remove_file(&received.path);
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                outcome
+            }
+        }
+    }
+
+    fn event(&self, event: ScpEvent) {
+        // UIDs and AE titles only: no patient identifiers in the log.
+        match event {
+            ScpEvent::Accepted {
+                peer,
+                calling_ae_title,
+                contexts,
+            } => {
+                tracing::info!(%peer, calling = %calling_ae_title, contexts, "association accepted")
+            }
+            ScpEvent::Rejected { peer, reason } => {
+                tracing::warn!(%peer, %reason, "association rejected")
+            }
+            ScpEvent::Echoed { calling_ae_title } => {
+                tracing::info!(calling = %calling_ae_title, "C-ECHO answered")
+            }
+            ScpEvent::StoreAnswered {
+                calling_ae_title,
+                sop_instance_uid,
+                status: code,
+                comment,
+            } => {
+                if code == status::SUCCESS {
+                    tracing::debug!(calling = %calling_ae_title, sop_instance_uid, "instance stored");
+                } else {
+                    tracing::warn!(
+                        calling = %calling_ae_title,
+                        sop_instance_uid,
+                        status = format!("0x{code:04X}"),
+                        reason = comment.unwrap_or_default(),
+                        "C-STORE refused"
+                    );
+                }
+            }
+            ScpEvent::Released {
+                calling_ae_title,
+                stores,
+            } => tracing::info!(calling = %calling_ae_title, stores, "association released"),
+            ScpEvent::Aborted {
+                calling_ae_title,
+                reason,
+            } => tracing::warn!(calling = %calling_ae_title, %reason, "association aborted"),
+            _ => {}
+        }
+    }
+}

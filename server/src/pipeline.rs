@@ -1,0 +1,377 @@
+//! The job pipeline of `vigie serve`: study assembly, inference workers and
+//! result delivery, all driven by the persisted [`Catalog`].
+//!
+//! - **Assembly** (async task): a study is complete when no instance has
+//!   arrived for `pipeline.stable_age_s`. Routing turns it into jobs in the
+//!   same transaction that marks it complete. Instances arriving after that
+//!   open the study's next *generation*: when it is quiet again, jobs run on
+//!   those late instances only (earlier results stand).
+//! - **Workers** (dedicated OS threads, off the async runtime): a dispatcher
+//!   claims due jobs into a bounded queue of `pipeline.queue_capacity`;
+//!   each of the `pipeline.workers` threads keeps its loaded models and runs
+//!   jobs: analyse each instance, write the result objects durably under
+//!   `results/`, then in one transaction mark the job done and queue every
+//!   result for every destination. A failed attempt is retried after
+//!   `retry_delay_s` (doubling) up to `max_attempts`, then the job is
+//!   marked failed with its reason. Jobs found running at start-up (a
+//!   crash) go back to pending.
+//! - **Delivery** (async task): due outbox items are sent by C-STORE, a
+//!   batch per destination and association; failures are retried with
+//!   exponential backoff (`delivery.retry_initial_s` to `retry_max_s`) until
+//!   `give_up_after_h`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use vigie_dicom_io::DicomFile;
+use vigie_dicom_io::net::scu::{RemoteAe, ScuOptions, send_files};
+use vigie_inference::Model;
+use vigie_validation::pipeline;
+use vigie_validation::reporting::ResultBuilder;
+
+use crate::config::Config;
+use crate::routing::Router;
+use crate::store::layout::Layout;
+use crate::store::{Catalog, Job, OutboxItem, ResultFile, now_ms};
+
+/// Shared state of the pipeline's parts.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// Effective configuration.
+    pub config: Arc<Config>,
+    /// Persistent state.
+    pub catalog: Arc<dyn Catalog>,
+    /// Data directory layout.
+    pub layout: Layout,
+    /// Set to stop the worker threads.
+    pub stopping: Arc<AtomicBool>,
+}
+
+fn seconds_ms(seconds: f64) -> i64 {
+    (seconds * 1000.0).round() as i64
+}
+
+impl Pipeline {
+    /// Complete every study quiet for the stable age; returns how many.
+    pub fn assemble_once(&self, router: &Router, now: i64) -> anyhow::Result<usize> {
+        let cutoff = now - seconds_ms(self.config.pipeline.stable_age_s);
+        let mut completed = 0;
+        for study in self.catalog.stable_studies(cutoff)? {
+            let (jobs, note) = router.route(&study);
+            if self
+                .catalog
+                .complete_study(&study, cutoff, &jobs, note.as_deref(), now)?
+            {
+                completed += 1;
+                let instances: usize = study.series.iter().map(|s| s.instances).sum();
+                match &note {
+                    Some(note) => tracing::warn!(
+                        study = %study.study_instance_uid,
+                        generation = study.generation,
+                        instances,
+                        %note,
+                        "study complete, nothing to run"
+                    ),
+                    None => tracing::info!(
+                        study = %study.study_instance_uid,
+                        generation = study.generation,
+                        instances,
+                        jobs = jobs.len(),
+                        models = ?jobs.iter().map(|j| j.model.as_str()).collect::<Vec<_>>(),
+                        "study complete, jobs queued"
+                    ),
+                }
+            }
+        }
+        Ok(completed)
+    }
+
+    /// The assembly loop.
+    pub async fn assembly_loop(self, router: Router) {
+        let period =
+            Duration::from_secs_f64((self.config.pipeline.stable_age_s / 4.0).clamp(0.1, 1.0));
+        loop {
+            let this = self.clone();
+            let router = router.clone();
+            let result =
+                tokio::task::spawn_blocking(move || this.assemble_once(&router, now_ms())).await;
+            match result {
+                Ok(Err(e)) => tracing::error!(error = %e, "study assembly failed"),
+                Err(e) => tracing::error!(error = %e, "study assembly panicked"),
+                Ok(Ok(_)) => {}
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+
+    /// Start the dispatcher and worker threads.
+    pub fn spawn_workers(&self) -> Vec<std::thread::JoinHandle<()>> {
+        let workers = self.config.pipeline.workers;
+        let mut handles = Vec::new();
+        if workers == 0 {
+            tracing::warn!("pipeline.workers = 0: jobs are queued but not run");
+            return handles;
+        }
+        let (tx, rx) = sync_channel::<Job>(self.config.pipeline.queue_capacity);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let this = self.clone();
+        handles.push(std::thread::spawn(move || this.dispatch(tx)));
+        for n in 0..workers {
+            let this = self.clone();
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vigie-worker-{n}"))
+                .spawn(move || this.work(&rx));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => tracing::error!(error = %e, "cannot start worker thread"),
+            }
+        }
+        handles
+    }
+
+    fn dispatch(&self, tx: SyncSender<Job>) {
+        while !self.stopping.load(Ordering::Relaxed) {
+            match self.catalog.claim_job(now_ms()) {
+                Ok(Some(job)) => {
+                    // Blocks while the queue is full: back-pressure.
+                    if tx.send(job).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(200)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim jobs");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn work(&self, rx: &std::sync::Mutex<Receiver<Job>>) {
+        let mut models: HashMap<String, Model> = HashMap::new();
+        loop {
+            let job = {
+                let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                guard.recv()
+            };
+            let Ok(job) = job else { return };
+            let started = Instant::now();
+            let outcome = self.run_job(&job, &mut models);
+            let now = now_ms();
+            match outcome {
+                Ok((results, notes)) => {
+                    if let Err(e) = self
+                        .catalog
+                        .finish_job(&job, &results, notes.as_deref(), now)
+                    {
+                        tracing::error!(job = job.id, error = %e, "cannot record finished job");
+                        continue;
+                    }
+                    tracing::info!(
+                        job = job.id,
+                        study = %job.study_instance_uid,
+                        model = %job.model,
+                        results = results.len(),
+                        destinations = ?job.destinations,
+                        ms = started.elapsed().as_millis() as u64,
+                        notes = notes.as_deref().unwrap_or(""),
+                        "job done"
+                    );
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    let retry = (job.attempts < self.config.pipeline.max_attempts).then(|| {
+                        let factor = 2f64.powi(job.attempts.saturating_sub(1).min(16) as i32);
+                        now + seconds_ms(self.config.pipeline.retry_delay_s * factor)
+                    });
+                    if let Err(e) = self.catalog.job_attempt_failed(job.id, &error, retry, now) {
+                        tracing::error!(job = job.id, error = %e, "cannot record job failure");
+                    }
+                    match retry {
+                        Some(_) => tracing::warn!(
+                            job = job.id, attempt = job.attempts, %error, "job attempt failed, will retry"
+                        ),
+                        None => tracing::error!(
+                            job = job.id, attempts = job.attempts, %error, "job failed, giving up"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run one job: results written, and notes on instances not analysed.
+    fn run_job(
+        &self,
+        job: &Job,
+        models: &mut HashMap<String, Model>,
+    ) -> anyhow::Result<(Vec<ResultFile>, Option<String>)> {
+        let instances = self.catalog.job_instances(job)?;
+        if instances.is_empty() {
+            anyhow::bail!("no instances found for the job's series");
+        }
+        if !models.contains_key(&job.model) {
+            let model = crate::commands::infer::load_model(&self.config, Some(&job.model), None)?;
+            models.insert(job.model.clone(), model);
+        }
+        let Some(model) = models.get_mut(&job.model) else {
+            anyhow::bail!("model {} not loaded", job.model);
+        };
+        let mut builder = ResultBuilder::new(
+            &self.config.appliance.id,
+            &self.config.results.uid_root,
+            self.config.results.summary_image,
+        )?;
+        let mut results = Vec::new();
+        let mut failures = Vec::new();
+        for instance in &instances {
+            let analysed = DicomFile::open(&instance.path)
+                .map_err(anyhow::Error::from)
+                .and_then(|file| {
+                    let analysis = pipeline::analyse(model, &file)?;
+                    Ok((file, analysis))
+                });
+            let (file, analysis) = match analysed {
+                Ok(done) => done,
+                Err(e) => {
+                    failures.push(format!("{}: {e:#}", instance.sop_instance_uid));
+                    continue;
+                }
+            };
+            let manifest = model.package().manifest();
+            let frames = analysis.results.len();
+            for (frame, result) in analysis.results.iter().enumerate() {
+                for object in builder.build(&file, frame, frames, manifest, result)? {
+                    let path = self.layout.result(
+                        &object.study_instance_uid,
+                        &object.series_instance_uid,
+                        &object.sop_instance_uid,
+                    )?;
+                    vigie_dicom_io::write::write_part10(object.dataset, &path)?;
+                    results.push(ResultFile {
+                        path,
+                        sop_instance_uid: object.sop_instance_uid,
+                    });
+                }
+            }
+        }
+        if results.is_empty() && !failures.is_empty() {
+            anyhow::bail!("no instance could be analysed: {}", failures.join("; "));
+        }
+        let notes = (!failures.is_empty()).then(|| {
+            format!(
+                "{} of {} instances not analysed: {}",
+                failures.len(),
+                instances.len(),
+                failures.join("; ")
+            )
+        });
+        Ok((results, notes))
+    }
+
+    /// Send what is due once; returns the number of items delivered.
+    pub async fn deliver_once(&self) -> anyhow::Result<usize> {
+        let catalog = self.catalog.clone();
+        let batch = self.config.delivery.batch_size;
+        let due =
+            tokio::task::spawn_blocking(move || catalog.due_outbox(now_ms(), batch * 8)).await??;
+        let mut by_destination: BTreeMap<String, Vec<OutboxItem>> = BTreeMap::new();
+        for item in due {
+            by_destination
+                .entry(item.destination.clone())
+                .or_default()
+                .push(item);
+        }
+        let mut delivered = 0;
+        let mut scu = ScuOptions::new(&self.config.dicom.ae_title);
+        scu.timeout = Duration::from_secs(self.config.dicom.scu_timeout_s.max(1));
+        for (name, items) in by_destination {
+            let Some(destination) = self.config.destinations.get(&name) else {
+                for item in &items {
+                    self.catalog.outbox_failed(
+                        item.id,
+                        &format!("destination {name:?} is no longer configured"),
+                        None,
+                        now_ms(),
+                    )?;
+                }
+                continue;
+            };
+            let remote = RemoteAe {
+                ae_title: destination.ae_title.clone(),
+                host: destination.host.clone(),
+                port: destination.port,
+            };
+            for chunk in items.chunks(batch) {
+                let paths: Vec<PathBuf> = chunk.iter().map(|i| i.path.clone()).collect();
+                match send_files(&remote, &scu, &paths).await {
+                    Ok(outcomes) => {
+                        for (item, outcome) in chunk.iter().zip(&outcomes) {
+                            if outcome.delivered() {
+                                self.catalog.outbox_sent(item.id, now_ms())?;
+                                delivered += 1;
+                            } else {
+                                let why = format!(
+                                    "{} answered {}: {}",
+                                    name,
+                                    outcome
+                                        .status
+                                        .map(|s| format!("0x{s:04X}"))
+                                        .unwrap_or_else(|| "nothing".into()),
+                                    outcome.comment.as_deref().unwrap_or("")
+                                );
+                                self.retry_item(item, &why)?;
+                            }
+                        }
+                        for item in chunk.iter().skip(outcomes.len()) {
+                            self.retry_item(item, "not sent")?;
+                        }
+                        tracing::info!(
+                            destination = %name,
+                            sent = outcomes.iter().filter(|o| o.delivered()).count(),
+                            of = chunk.len(),
+                            "results delivered"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(destination = %name, error = %e, "delivery failed, will retry");
+                        for item in chunk {
+                            self.retry_item(item, &e.to_string())?;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn retry_item(&self, item: &OutboxItem, error: &str) -> anyhow::Result<()> {
+        let d = &self.config.delivery;
+        let now = now_ms();
+        let give_up = now - item.created_ms > seconds_ms(d.give_up_after_h * 3600.0);
+        let delay =
+            (d.retry_initial_s * 2f64.powi(item.attempts.min(30) as i32)).min(d.retry_max_s);
+        let retry = (!give_up).then(|| now + seconds_ms(delay));
+        if retry.is_none() {
+            tracing::error!(item = item.id, destination = %item.destination, %error, "result undeliverable, giving up");
+        }
+        self.catalog.outbox_failed(item.id, error, retry, now)?;
+        Ok(())
+    }
+
+    /// The delivery loop.
+    pub async fn delivery_loop(self) {
+        loop {
+            if let Err(e) = self.deliver_once().await {
+                tracing::error!(error = %e, "result delivery failed");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}

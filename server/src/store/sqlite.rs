@@ -1,0 +1,654 @@
+//! The embedded catalog: one SQLite file in WAL mode with
+//! `synchronous=FULL`, so a committed transaction survives a crash or a
+//! power cut. One connection behind a mutex: the statements are short and
+//! the appliance's write rate (instances per second) is far below SQLite's.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{
+    Catalog, InstanceRecord, Job, JobState, NewJob, OutboxItem, OutboxStatus, ResultFile,
+    SeriesSummary, StableStudy, StoreError, StoreResult, StudyStatus, rfc3339,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid    TEXT PRIMARY KEY,
+    sop_class_uid       TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    modality            TEXT,
+    body_part           TEXT,
+    series_description  TEXT,
+    transfer_syntax     TEXT NOT NULL,
+    calling_ae_title    TEXT NOT NULL,
+    path                TEXT NOT NULL,
+    size                INTEGER NOT NULL,
+    generation          INTEGER NOT NULL,
+    received_ms         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid, generation);
+CREATE TABLE IF NOT EXISTS studies (
+    study_instance_uid TEXT PRIMARY KEY,
+    state              TEXT NOT NULL,
+    generation         INTEGER NOT NULL DEFAULT 0,
+    last_received_ms   INTEGER NOT NULL,
+    note               TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_instance_uid TEXT NOT NULL,
+    generation         INTEGER NOT NULL,
+    rule               TEXT NOT NULL,
+    model              TEXT NOT NULL,
+    series             TEXT NOT NULL,
+    destinations       TEXT NOT NULL,
+    state              TEXT NOT NULL,
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    not_before_ms      INTEGER NOT NULL,
+    last_error         TEXT,
+    results            TEXT NOT NULL DEFAULT '[]',
+    created_ms         INTEGER NOT NULL,
+    updated_ms         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before_ms);
+CREATE TABLE IF NOT EXISTS outbox (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id           INTEGER NOT NULL,
+    destination      TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    not_before_ms    INTEGER NOT NULL,
+    last_error       TEXT,
+    created_ms       INTEGER NOT NULL,
+    updated_ms       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, not_before_ms);
+";
+
+/// The SQLite catalog.
+#[derive(Debug)]
+pub struct SqliteCatalog {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+}
+
+fn json_list(values: &[String]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: row.get("id")?,
+        study_instance_uid: row.get("study_instance_uid")?,
+        generation: row.get("generation")?,
+        rule: row.get("rule")?,
+        model: row.get("model")?,
+        series: parse_list(&row.get::<_, String>("series")?),
+        destinations: parse_list(&row.get::<_, String>("destinations")?),
+        state: JobState::parse(&row.get::<_, String>("state")?),
+        attempts: row.get("attempts")?,
+        last_error: row.get("last_error")?,
+        results: parse_list(&row.get::<_, String>("results")?),
+        created_at: rfc3339(row.get("created_ms")?),
+        updated_at: rfc3339(row.get("updated_ms")?),
+    })
+}
+
+fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
+    Ok(InstanceRecord {
+        sop_instance_uid: row.get("sop_instance_uid")?,
+        sop_class_uid: row.get("sop_class_uid")?,
+        study_instance_uid: row.get("study_instance_uid")?,
+        series_instance_uid: row.get("series_instance_uid")?,
+        modality: row.get("modality")?,
+        body_part: row.get("body_part")?,
+        series_description: row.get("series_description")?,
+        transfer_syntax: row.get("transfer_syntax")?,
+        calling_ae_title: row.get("calling_ae_title")?,
+        path: PathBuf::from(row.get::<_, String>("path")?),
+        size: row.get::<_, i64>("size")?.max(0).unsigned_abs(),
+    })
+}
+
+impl SqliteCatalog {
+    /// Open (creating if needed) the catalog at `path`.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let err = |e: rusqlite::Error| StoreError::Database {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        }
+        let connection = Connection::open(path).map_err(err)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        connection.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let mut guard = self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard).map_err(|e| StoreError::Database {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl Catalog for SqliteCatalog {
+    fn record_instance(&self, i: &InstanceRecord, now_ms: i64) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO studies (study_instance_uid, state, generation, last_received_ms)
+                 VALUES (?1, 'receiving', 0, ?2)
+                 ON CONFLICT (study_instance_uid) DO UPDATE
+                 SET state = 'receiving', last_received_ms = ?2",
+                params![i.study_instance_uid, now_ms],
+            )?;
+            let generation: i64 = tx.query_row(
+                "SELECT generation FROM studies WHERE study_instance_uid = ?1",
+                params![i.study_instance_uid],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid,
+                    study_instance_uid, series_instance_uid, modality, body_part,
+                    series_description, transfer_syntax, calling_ae_title, path, size,
+                    generation, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    i.sop_instance_uid,
+                    i.sop_class_uid,
+                    i.study_instance_uid,
+                    i.series_instance_uid,
+                    i.modality,
+                    i.body_part,
+                    i.series_description,
+                    i.transfer_syntax,
+                    i.calling_ae_title,
+                    i.path.to_string_lossy(),
+                    i64::try_from(i.size).unwrap_or(i64::MAX),
+                    generation,
+                    now_ms
+                ],
+            )?;
+            tx.commit()
+        })
+    }
+
+    fn stable_studies(&self, cutoff_ms: i64) -> StoreResult<Vec<StableStudy>> {
+        self.with(|c| {
+            let mut studies: Vec<StableStudy> = {
+                let mut stmt = c.prepare(
+                    "SELECT study_instance_uid, generation FROM studies
+                     WHERE state = 'receiving' AND last_received_ms <= ?1
+                     ORDER BY last_received_ms",
+                )?;
+                stmt.query_map(params![cutoff_ms], |r| {
+                    Ok(StableStudy {
+                        study_instance_uid: r.get(0)?,
+                        generation: r.get(1)?,
+                        series: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?
+            };
+            let mut stmt = c.prepare(
+                "SELECT series_instance_uid, modality, body_part, series_description,
+                        group_concat(DISTINCT sop_class_uid),
+                        group_concat(DISTINCT calling_ae_title), count(*)
+                 FROM instances WHERE study_instance_uid = ?1 AND generation = ?2
+                 GROUP BY series_instance_uid ORDER BY min(received_ms)",
+            )?;
+            for study in &mut studies {
+                study.series = stmt
+                    .query_map(params![study.study_instance_uid, study.generation], |r| {
+                        let split = |s: Option<String>| -> Vec<String> {
+                            s.map(|s| s.split(',').map(str::to_string).collect())
+                                .unwrap_or_default()
+                        };
+                        Ok(SeriesSummary {
+                            series_instance_uid: r.get(0)?,
+                            modality: r.get(1)?,
+                            body_part: r.get(2)?,
+                            series_description: r.get(3)?,
+                            sop_classes: split(r.get(4)?),
+                            calling_ae_titles: split(r.get(5)?),
+                            instances: r.get::<_, i64>(6)?.max(0).unsigned_abs() as usize,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+            }
+            Ok(studies)
+        })
+    }
+
+    fn complete_study(
+        &self,
+        study: &StableStudy,
+        cutoff_ms: i64,
+        jobs: &[NewJob],
+        note: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let changed = tx.execute(
+                "UPDATE studies SET state = 'complete', generation = generation + 1, note = ?4
+                 WHERE study_instance_uid = ?1 AND generation = ?2 AND state = 'receiving'
+                   AND last_received_ms <= ?3",
+                params![study.study_instance_uid, study.generation, cutoff_ms, note],
+            )?;
+            if changed == 0 {
+                return Ok(false);
+            }
+            for job in jobs {
+                tx.execute(
+                    "INSERT INTO jobs (study_instance_uid, generation, rule, model, series,
+                        destinations, state, not_before_ms, created_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
+                    params![
+                        study.study_instance_uid,
+                        study.generation,
+                        job.rule,
+                        job.model,
+                        json_list(&job.series),
+                        json_list(&job.destinations),
+                        now_ms
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn job_instances(&self, job: &Job) -> StoreResult<Vec<InstanceRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT * FROM instances WHERE study_instance_uid = ?1 AND generation = ?2
+                 ORDER BY series_instance_uid, received_ms",
+            )?;
+            let all: Vec<InstanceRecord> = stmt
+                .query_map(
+                    params![job.study_instance_uid, job.generation],
+                    instance_from_row,
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(all
+                .into_iter()
+                .filter(|i| job.series.contains(&i.series_instance_uid))
+                .collect())
+        })
+    }
+
+    fn reset_running_jobs(&self) -> StoreResult<usize> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE jobs SET state = 'pending' WHERE state = 'running'",
+                [],
+            )
+        })
+    }
+
+    fn claim_job(&self, now_ms: i64) -> StoreResult<Option<Job>> {
+        self.with(|c| {
+            c.query_row(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_ms = ?1
+                 WHERE id = (SELECT id FROM jobs WHERE state = 'pending' AND not_before_ms <= ?1
+                             ORDER BY not_before_ms, id LIMIT 1)
+                 RETURNING *",
+                params![now_ms],
+                job_from_row,
+            )
+            .optional()
+        })
+    }
+
+    fn finish_job(
+        &self,
+        job: &Job,
+        results: &[ResultFile],
+        notes: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        let paths: Vec<String> = results
+            .iter()
+            .map(|r| r.path.to_string_lossy().into_owned())
+            .collect();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE jobs SET state = 'done', results = ?2, last_error = ?3, updated_ms = ?4
+                 WHERE id = ?1",
+                params![job.id, json_list(&paths), notes, now_ms],
+            )?;
+            for destination in &job.destinations {
+                for result in results {
+                    tx.execute(
+                        "INSERT INTO outbox (job_id, destination, path, sop_instance_uid, state,
+                            not_before_ms, created_ms, updated_ms)
+                         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5)",
+                        params![
+                            job.id,
+                            destination,
+                            result.path.to_string_lossy(),
+                            result.sop_instance_uid,
+                            now_ms
+                        ],
+                    )?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn job_attempt_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        self.with(|c| {
+            match retry_at_ms {
+                Some(at) => c.execute(
+                    "UPDATE jobs SET state = 'pending', not_before_ms = ?2, last_error = ?3,
+                        updated_ms = ?4 WHERE id = ?1",
+                    params![id, at, error, now_ms],
+                )?,
+                None => c.execute(
+                    "UPDATE jobs SET state = 'failed', last_error = ?2, updated_ms = ?3
+                     WHERE id = ?1",
+                    params![id, error, now_ms],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    fn due_outbox(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<OutboxItem>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, job_id, destination, path, sop_instance_uid, attempts, created_ms
+                 FROM outbox WHERE state = 'pending' AND not_before_ms <= ?1
+                 ORDER BY destination, id LIMIT ?2",
+            )?;
+            stmt.query_map(
+                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(OutboxItem {
+                        id: r.get(0)?,
+                        job_id: r.get(1)?,
+                        destination: r.get(2)?,
+                        path: PathBuf::from(r.get::<_, String>(3)?),
+                        sop_instance_uid: r.get(4)?,
+                        attempts: r.get(5)?,
+                        created_ms: r.get(6)?,
+                    })
+                },
+            )?
+            .collect()
+        })
+    }
+
+    fn outbox_sent(&self, id: i64, now_ms: i64) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE outbox SET state = 'sent', attempts = attempts + 1, last_error = NULL,
+                    updated_ms = ?2 WHERE id = ?1",
+                params![id, now_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn outbox_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE outbox SET state = ?2, attempts = attempts + 1, last_error = ?3,
+                    not_before_ms = coalesce(?4, not_before_ms), updated_ms = ?5 WHERE id = ?1",
+                params![
+                    id,
+                    if retry_at_ms.is_some() {
+                        "pending"
+                    } else {
+                        "failed"
+                    },
+                    error,
+                    retry_at_ms,
+                    now_ms
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn jobs(&self, limit: usize) -> StoreResult<Vec<Job>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT * FROM jobs ORDER BY id DESC LIMIT ?1")?;
+            stmt.query_map(
+                params![i64::try_from(limit).unwrap_or(i64::MAX)],
+                job_from_row,
+            )?
+            .collect()
+        })
+    }
+
+    fn studies(&self, limit: usize) -> StoreResult<Vec<StudyStatus>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT s.study_instance_uid, s.state, s.generation, s.note, s.last_received_ms,
+                    (SELECT count(*) FROM instances i
+                     WHERE i.study_instance_uid = s.study_instance_uid)
+                 FROM studies s ORDER BY s.last_received_ms DESC LIMIT ?1",
+            )?;
+            stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok(StudyStatus {
+                    study_instance_uid: r.get(0)?,
+                    state: r.get(1)?,
+                    generation: r.get(2)?,
+                    note: r.get(3)?,
+                    last_received_at: rfc3339(r.get(4)?),
+                    instances: r.get::<_, i64>(5)?.max(0).unsigned_abs(),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn outbox_status(&self) -> StoreResult<OutboxStatus> {
+        self.with(|c| {
+            let mut status = OutboxStatus::default();
+            let mut stmt = c.prepare("SELECT state, count(*) FROM outbox GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (state, n) = row?;
+                let n = n.max(0).unsigned_abs();
+                match state.as_str() {
+                    "pending" => status.pending = n,
+                    "sent" => status.sent = n,
+                    _ => status.failed = n,
+                }
+            }
+            Ok(status)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(study: &str, series: &str, sop: &str) -> InstanceRecord {
+        InstanceRecord {
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.4".into(),
+            study_instance_uid: study.into(),
+            series_instance_uid: series.into(),
+            modality: Some("MR".into()),
+            body_part: Some("BRAIN".into()),
+            series_description: Some("T1".into()),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            calling_ae_title: "PACS".into(),
+            path: PathBuf::from(format!("/x/{sop}.dcm")),
+            size: 10,
+        }
+    }
+
+    fn job(series: &str) -> NewJob {
+        NewJob {
+            rule: "r".into(),
+            model: "m".into(),
+            series: vec![series.into()],
+            destinations: vec!["pacs".into()],
+        }
+    }
+
+    #[test]
+    fn studies_complete_after_quiet_and_late_instances_open_a_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = SqliteCatalog::open(&dir.path().join("index.sqlite")).unwrap();
+        catalog
+            .record_instance(&instance("1.1", "1.1.1", "1.1.1.1"), 1000)
+            .unwrap();
+        catalog
+            .record_instance(&instance("1.1", "1.1.1", "1.1.1.2"), 2000)
+            .unwrap();
+        assert!(
+            catalog.stable_studies(1500).unwrap().is_empty(),
+            "not quiet yet"
+        );
+        let stable = catalog.stable_studies(2000).unwrap();
+        assert_eq!(stable.len(), 1);
+        assert_eq!(stable[0].generation, 0);
+        assert_eq!(stable[0].series[0].instances, 2);
+        assert_eq!(stable[0].series[0].calling_ae_titles, vec!["PACS"]);
+        // An instance arriving between the query and the completion wins.
+        catalog
+            .record_instance(&instance("1.1", "1.1.1", "1.1.1.3"), 2500)
+            .unwrap();
+        assert!(
+            !catalog
+                .complete_study(&stable[0], 2000, &[job("1.1.1")], None, 2600)
+                .unwrap()
+        );
+        let stable = catalog.stable_studies(3000).unwrap();
+        assert!(
+            catalog
+                .complete_study(&stable[0], 3000, &[job("1.1.1")], None, 3000)
+                .unwrap()
+        );
+        let claimed = catalog.claim_job(3000).unwrap().unwrap();
+        assert_eq!(catalog.job_instances(&claimed).unwrap().len(), 3);
+        assert_eq!(claimed.attempts, 1);
+        assert!(catalog.claim_job(3000).unwrap().is_none(), "claimed once");
+        // A late instance: a new generation with only itself.
+        catalog
+            .record_instance(&instance("1.1", "1.1.1", "1.1.1.9"), 9000)
+            .unwrap();
+        let late = catalog.stable_studies(9000).unwrap();
+        assert_eq!(late[0].generation, 1);
+        assert_eq!(late[0].series[0].instances, 1);
+    }
+
+    #[test]
+    fn jobs_retry_then_fail_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        {
+            let catalog = SqliteCatalog::open(&path).unwrap();
+            catalog
+                .record_instance(&instance("1.2", "1.2.1", "1.2.1.1"), 0)
+                .unwrap();
+            let stable = catalog.stable_studies(0).unwrap();
+            catalog
+                .complete_study(&stable[0], 0, &[job("1.2.1")], None, 0)
+                .unwrap();
+            let claimed = catalog.claim_job(0).unwrap().unwrap();
+            catalog
+                .job_attempt_failed(claimed.id, "boom", Some(100), 1)
+                .unwrap();
+            assert!(
+                catalog.claim_job(50).unwrap().is_none(),
+                "not before its retry time"
+            );
+            assert!(catalog.claim_job(100).unwrap().is_some());
+            // Crash while running.
+        }
+        let catalog = SqliteCatalog::open(&path).unwrap();
+        assert_eq!(catalog.reset_running_jobs().unwrap(), 1);
+        let claimed = catalog.claim_job(200).unwrap().unwrap();
+        assert_eq!(claimed.attempts, 3);
+        catalog
+            .job_attempt_failed(claimed.id, "still broken", None, 300)
+            .unwrap();
+        let jobs = catalog.jobs(10).unwrap();
+        assert_eq!(jobs[0].state, JobState::Failed);
+        assert_eq!(jobs[0].last_error.as_deref(), Some("still broken"));
+    }
+
+    #[test]
+    fn finished_jobs_fill_the_outbox_per_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = SqliteCatalog::open(&dir.path().join("index.sqlite")).unwrap();
+        catalog
+            .record_instance(&instance("1.3", "1.3.1", "1.3.1.1"), 0)
+            .unwrap();
+        let stable = catalog.stable_studies(0).unwrap();
+        let mut two = job("1.3.1");
+        two.destinations.push("archive".into());
+        catalog
+            .complete_study(&stable[0], 0, &[two], None, 0)
+            .unwrap();
+        let claimed = catalog.claim_job(0).unwrap().unwrap();
+        let results = [ResultFile {
+            path: PathBuf::from("/r/1.dcm"),
+            sop_instance_uid: "1.9".into(),
+        }];
+        catalog.finish_job(&claimed, &results, None, 5).unwrap();
+        let due = catalog.due_outbox(5, 10).unwrap();
+        assert_eq!(due.len(), 2);
+        catalog.outbox_sent(due[0].id, 6).unwrap();
+        catalog
+            .outbox_failed(due[1].id, "refused", Some(1000), 6)
+            .unwrap();
+        assert!(catalog.due_outbox(999, 10).unwrap().is_empty());
+        assert_eq!(catalog.due_outbox(1000, 10).unwrap().len(), 1);
+        let status = catalog.outbox_status().unwrap();
+        assert_eq!((status.pending, status.sent, status.failed), (1, 1, 0));
+    }
+}
