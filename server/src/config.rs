@@ -374,8 +374,16 @@ impl Config {
         if self.dicom.max_associations == 0 {
             problems.push("dicom.max_associations: must be at least 1".into());
         }
-        if !(self.pipeline.stable_age_s >= 0.0) {
-            problems.push("pipeline.stable_age_s: must be 0 or more".into());
+        for (value, name) in [
+            (self.pipeline.stable_age_s, "pipeline.stable_age_s"),
+            (self.pipeline.retry_delay_s, "pipeline.retry_delay_s"),
+            (self.delivery.retry_initial_s, "delivery.retry_initial_s"),
+            (self.delivery.retry_max_s, "delivery.retry_max_s"),
+            (self.delivery.give_up_after_h, "delivery.give_up_after_h"),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                problems.push(format!("{name}: must be a number, 0 or more"));
+            }
         }
         if self.pipeline.max_attempts == 0 {
             problems.push("pipeline.max_attempts: must be at least 1".into());

@@ -130,8 +130,13 @@ impl Drop for Orthanc {
 impl Orthanc {
     /// Start it and wait until its REST API answers (30 s at most).
     pub fn start() -> Self {
+        Self::start_on_dicom_port(free_port())
+    }
+
+    /// Start it with this DICOM port.
+    pub fn start_on_dicom_port(dicom: u16) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (http, dicom) = (free_port(), free_port());
+        let http = free_port();
         let config = std::fs::read_to_string(repo_root().join("tests/peers/orthanc.json"))
             .expect("config template")
             .replace("@STORAGE@", &dir.path().join("db").display().to_string())

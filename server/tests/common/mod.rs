@@ -1,0 +1,290 @@
+//! `vigie serve` as a child process on loopback ports, for the DICOM node
+//! tests.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vigie_test_support::{free_port, repo_root, require};
+use vigie_validation::import::{ImportOptions, import_images};
+
+/// A running `vigie serve`.
+pub struct Vigie {
+    child: Option<Child>,
+    /// DICOM port.
+    pub dicom: u16,
+    /// HTTP port.
+    pub http: u16,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Configuration file.
+    pub config: PathBuf,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Drop for Vigie {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Configuration every test starts from: loopback, quick stable age, no
+/// free-space reserve, the repository's model packages.
+pub fn base_config(extra: &str) -> String {
+    format!(
+        r#"
+[appliance]
+id = "vigie-test"
+
+[dicom]
+bind = "127.0.0.1"
+artim_timeout_s = 5
+
+[http]
+bind = "127.0.0.1"
+
+[inference]
+models_dir = "{models}"
+onnxruntime_library = "{lib}"
+intra_threads = 2
+
+[storage]
+min_free_mib = 0
+
+[pipeline]
+stable_age_s = 1.0
+retry_delay_s = 0.5
+
+[delivery]
+retry_initial_s = 0.5
+retry_max_s = 2.0
+{extra}
+"#,
+        models = repo_root().join("models").display(),
+        lib = require(repo_root().join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1"))
+            .display(),
+    )
+}
+
+impl Vigie {
+    /// Write `config` in `dir` and start `vigie serve` on fresh ports with
+    /// data under `dir/data`.
+    pub fn start(dir: &Path, config: &str) -> Self {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// Same, with environment overrides.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        let path = dir.join("vigie.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut vigie = Self {
+            child: None,
+            dicom: free_port(),
+            http: free_port(),
+            data: dir.join("data"),
+            config: path,
+            log: dir.join("vigie.log"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        vigie.spawn();
+        vigie
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vigie"));
+        command
+            .env_remove("VIGIE_CONFIG")
+            .env_remove("ORT_DYLIB_PATH")
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--dicom-port", &self.dicom.to_string()])
+            .args(["--http-port", &self.http.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        self.child = Some(command.spawn().expect("vigie starts"));
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if self.get("/healthz").is_some() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("vigie serve exited with {status}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("vigie serve did not answer /healthz:\n{}", self.log_text());
+    }
+
+    /// Stop it with SIGKILL (no chance to clean up), as a power cut would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Replace environment overrides (for the next start).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// What it logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET a path of the HTTP side; the body when the status is 200.
+    pub fn get(&self, path: &str) -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    }
+
+    /// GET a JSON document.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let body = self
+            .get(path)
+            .unwrap_or_else(|| panic!("GET {path} failed:\n{}", self.log_text()));
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// Jobs, oldest first.
+    pub fn jobs(&self) -> Vec<serde_json::Value> {
+        let mut jobs = self
+            .json("/api/v1/jobs?limit=1000")
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        jobs.reverse();
+        jobs
+    }
+
+    /// Wait until `done` holds (polling every 200 ms), or panic with the log.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut(&Self) -> bool) {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if done(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("timed out waiting for {what}:\n{}", self.log_text());
+    }
+
+    /// The stored file of an instance.
+    pub fn stored(&self, study: &str, series: &str, sop: &str) -> PathBuf {
+        self.data
+            .join("studies")
+            .join(study)
+            .join(series)
+            .join(format!("{sop}.dcm"))
+    }
+}
+
+/// Import `count` demo pictures as labelled single-image MR studies in
+/// `dir`; returns the DICOM files.
+pub fn demo_studies(dir: &Path, count: usize) -> Vec<PathBuf> {
+    let labels: BTreeMap<String, String> = [
+        ("gl", "glioma"),
+        ("me", "meningioma"),
+        ("no", "notumor"),
+        ("pi", "pituitary"),
+    ]
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .into();
+    let pictures = dir.join("pictures");
+    std::fs::create_dir_all(&pictures).expect("mkdir");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(vigie_test_support::demo_images())
+        .expect("demo images")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    names.sort();
+    // Spread over the labels.
+    let step = (names.len() / count.max(1)).max(1);
+    for picture in names.iter().step_by(step).take(count) {
+        std::fs::copy(picture, pictures.join(picture.file_name().expect("name"))).expect("copy");
+    }
+    let options = ImportOptions::new(
+        regex::Regex::new("^Te-(gl|me|no|pi)_").expect("regex"),
+        labels,
+        "test".into(),
+    );
+    let out = dir.join("dicom");
+    let dataset = import_images(&pictures, &out, &options).expect("import");
+    dataset
+        .studies
+        .iter()
+        .flat_map(|s| s.files.iter().map(|f| out.join(f)))
+        .collect()
+}
+
+/// Header UIDs of a file: (study, series, SOP instance).
+pub fn uids(path: &Path) -> (String, String, String) {
+    let file = vigie_dicom_io::DicomFile::open(path).expect("opens");
+    let h = file.header();
+    (
+        h.study_instance_uid.clone(),
+        h.series_instance_uid.clone(),
+        h.sop_instance_uid.clone(),
+    )
+}
+
+/// Run a DCMTK tool; its output.
+pub fn dcmtk(program: &str, args: &[String]) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs (apt-get install dcmtk): {e}"))
+}
+
+/// storescu arguments to send `files` to `port`, proposing `proposal`
+/// (e.g. "-xr" for RLE) and only what the files need.
+pub fn storescu_args(port: u16, proposal: &str, files: &[PathBuf]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-aet", "MODALITY", "-aec", "VIGIE", "-to", "20", proposal, "-R",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("127.0.0.1".into());
+    args.push(port.to_string());
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    args
+}

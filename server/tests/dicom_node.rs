@@ -1,0 +1,237 @@
+//! `vigie serve` as a DICOM node, against DCMTK's echoscu and storescu:
+//! native and compressed instances stored unchanged where the layout says,
+//! studies assembled and routed, jobs run; bad input answered with the
+//! right status while the service keeps running.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Cursor, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Vigie, base_config, dcmtk, demo_studies, storescu_args, uids};
+use dicom_object::{FileMetaTable, FileMetaTableBuilder};
+use vigie_dicom_io::net::scu::{RemoteAe, ScuOptions, SendOutcome, send_files};
+use vigie_test_support::{oracle, pydicom_test_files};
+
+fn echo(port: u16) -> bool {
+    let args: Vec<String> = ["-aec", "VIGIE", "-to", "10", "127.0.0.1", &port.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    dcmtk("echoscu", &args).status.success()
+}
+
+fn storescu_ok(port: u16, proposal: &str, files: &[PathBuf]) {
+    let out = dcmtk("storescu", &storescu_args(port, proposal, files));
+    assert!(
+        out.status.success(),
+        "storescu {proposal} {files:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn storescu_and_echoscu_against_vigie_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 3);
+    let vigie = Vigie::start(tmp.path(), &base_config(""));
+    assert!(echo(vigie.dicom), "C-ECHO:\n{}", vigie.log_text());
+
+    storescu_ok(vigie.dicom, "-xe", &demo);
+    for file in &demo {
+        let (study, series, sop) = uids(file);
+        let stored = vigie.stored(&study, &series, &sop);
+        assert!(
+            stored.is_file(),
+            "{} stored at {}",
+            file.display(),
+            stored.display()
+        );
+    }
+
+    // pydicom's files, each in its own transfer syntax (several share UIDs,
+    // so each is checked before the next is sent).
+    let root = pydicom_test_files();
+    let cases = [
+        ("CT_small.dcm", "-xe"),
+        ("MR_small_bigendian.dcm", "-xb"),
+        ("image_dfl.dcm", "-xd"),
+        ("MR_small_RLE.dcm", "-xr"),
+        ("SC_rgb_jpeg_dcmtk.dcm", "-xy"),
+        ("MR_small_jpeg_ls_lossless.dcm", "-xt"),
+        ("JPEG2000.dcm", "-xw"),
+    ];
+    for (name, proposal) in cases {
+        let file = root.join(name);
+        storescu_ok(vigie.dicom, proposal, std::slice::from_ref(&file));
+        let (study, series, sop) = uids(&file);
+        let stored = vigie.stored(&study, &series, &sop);
+        let compared: serde_json::Value =
+            serde_json::from_slice(&oracle("same_dataset.py", [&file, &stored]).stdout).unwrap();
+        assert_eq!(compared["same"], true, "{name}: {compared}");
+        let ts = &compared["transfer_syntaxes"];
+        assert_eq!(ts[0], ts[1], "{name} kept its transfer syntax");
+    }
+
+    // The demo studies are brain MR: each gets a job, which writes an SR.
+    vigie.wait_for("the demo jobs", Duration::from_secs(120), |v| {
+        v.jobs().iter().filter(|j| j["state"] == "done").count() >= demo.len()
+    });
+    let jobs = vigie.jobs();
+    for file in &demo {
+        let (study, _, _) = uids(file);
+        let job = jobs
+            .iter()
+            .find(|j| j["study_instance_uid"] == study.as_str())
+            .unwrap_or_else(|| panic!("a job for {study}: {jobs:?}"));
+        assert_eq!(job["model"], "brain-tumour-vgg16");
+        let results = job["results"].as_array().unwrap();
+        assert!(!results.is_empty());
+        for result in results {
+            let path = PathBuf::from(result.as_str().unwrap());
+            assert!(path.starts_with(vigie.data.join("results").join(&study)));
+            let sr = vigie_dicom_io::DicomFile::open(&path).unwrap();
+            assert_eq!(sr.header().modality.as_deref(), Some("SR"));
+        }
+    }
+    // The CT study matches no model: reported, not dropped.
+    let (ct_study, _, _) = uids(&root.join("CT_small.dcm"));
+    vigie.wait_for("the CT study to complete", Duration::from_secs(30), |v| {
+        v.json("/api/v1/studies")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["study_instance_uid"] == ct_study.as_str() && s["state"] == "complete")
+    });
+    let studies = vigie.json("/api/v1/studies");
+    let ct = studies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["study_instance_uid"] == ct_study.as_str())
+        .unwrap();
+    assert!(
+        ct["note"].as_str().unwrap().contains("no routing rule"),
+        "{ct}"
+    );
+    assert!(
+        !jobs
+            .iter()
+            .any(|j| j["study_instance_uid"] == ct_study.as_str())
+    );
+    let status = vigie.json("/api/v1/status");
+    assert_eq!(status["ingest"]["stored"], demo.len() + cases.len());
+    assert_eq!(status["ingest"]["refused"], 0);
+    assert!(vigie.log_text().contains("study complete, jobs queued"));
+}
+
+/// The data set bytes of a Part 10 file (after its meta group).
+fn dataset_bytes(path: &Path) -> (FileMetaTable, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut cursor = Cursor::new(bytes);
+    cursor.seek(SeekFrom::Start(128)).unwrap();
+    let meta = FileMetaTable::from_reader(&mut cursor).unwrap();
+    let position = cursor.position() as usize;
+    (meta, cursor.into_inner().split_off(position))
+}
+
+/// A Part 10 file with this meta group and these data set bytes.
+fn wrap(path: &Path, class: &str, instance: &str, dataset: &[u8]) {
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(class)
+        .media_storage_sop_instance_uid(instance)
+        .transfer_syntax("1.2.840.10008.1.2.1")
+        .implementation_class_uid("2.25.1")
+        .build()
+        .unwrap();
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out).unwrap();
+    out.extend_from_slice(dataset);
+    std::fs::write(path, out).unwrap();
+}
+
+fn send(port: u16, files: &[PathBuf]) -> Vec<SendOutcome> {
+    let remote = RemoteAe {
+        ae_title: "VIGIE".into(),
+        host: "127.0.0.1".into(),
+        port,
+    };
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(send_files(&remote, &ScuOptions::new("BADSCU"), files))
+        .unwrap()
+}
+
+#[test]
+fn bad_input_gets_the_right_status_and_the_service_keeps_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let vigie = Vigie::start(tmp.path(), &base_config(""));
+    let (_, dataset) = dataset_bytes(&demo[0]);
+    let (study, series, sop) = uids(&demo[0]);
+
+    // An MR data set sent as a CT instance: A900.
+    let mismatch = tmp.path().join("mismatch.dcm");
+    wrap(&mismatch, "1.2.840.10008.5.1.4.1.1.2", &sop, &dataset);
+    // A data set that is not one: C000.
+    let garbage = tmp.path().join("garbage.dcm");
+    let mut junk = vec![0x08, 0x00, 0x16, 0x00, b'U', b'I', 0xF0, 0x7F];
+    junk.extend_from_slice(b"not a data set at all");
+    wrap(&garbage, "1.2.840.10008.5.1.4.1.1.4", "2.25.77", &junk);
+
+    let outcomes = send(vigie.dicom, &[mismatch, garbage, demo[0].clone()]);
+    let statuses: Vec<Option<u16>> = outcomes.iter().map(|o| o.status).collect();
+    assert_eq!(
+        statuses,
+        vec![Some(0xA900), Some(0xC000), Some(0x0000)],
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes[0]
+            .comment
+            .as_deref()
+            .unwrap()
+            .contains("SOP Class")
+    );
+    // The good one is stored, the bad ones left nothing behind.
+    assert!(vigie.stored(&study, &series, &sop).is_file());
+    let staging: Vec<_> = std::fs::read_dir(vigie.data.join("staging"))
+        .unwrap()
+        .collect();
+    assert!(staging.is_empty(), "staging cleaned: {staging:?}");
+    assert!(echo(vigie.dicom), "still serving");
+    let log = vigie.log_text();
+    assert!(log.contains("C-STORE refused") && log.contains("0xA900") && log.contains("0xC000"));
+    // No patient identifiers in the application log.
+    let patient = vigie_dicom_io::DicomFile::open(&demo[0])
+        .unwrap()
+        .string(dicom_dictionary_std::tags::PATIENT_NAME)
+        .unwrap();
+    assert!(
+        !patient.is_empty() && !log.contains(&patient),
+        "patient name not logged"
+    );
+
+    // Below the free-space reserve: A700, and nothing stored.
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = Vigie::start(
+        full_dir.path(),
+        &base_config("").replace("min_free_mib = 0", "min_free_mib = 1099511627776"),
+    );
+    let outcomes = send(full.dicom, &demo);
+    assert_eq!(outcomes[0].status, Some(0xA700), "{outcomes:?}");
+    assert!(
+        outcomes[0]
+            .comment
+            .as_deref()
+            .unwrap()
+            .contains("storage full")
+    );
+    assert!(!full.stored(&study, &series, &sop).exists());
+    assert!(echo(full.dicom), "still serving");
+    assert_eq!(full.json("/api/v1/status")["ingest"]["refused"], 1);
+}
