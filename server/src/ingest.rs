@@ -19,7 +19,7 @@ use vigie_dicom_io::dimse::status;
 use vigie_dicom_io::net::scp::{ReceivedInstance, ScpEvent, StoreHandler, StoreOutcome};
 use vigie_dicom_io::{DicomFile, Error as DicomError};
 
-use crate::store::layout::{Layout, commit_file};
+use crate::store::layout::{Layout, commit_file_then};
 use crate::store::{Catalog, InstanceRecord, now_ms};
 
 /// Counters of the ingest side.
@@ -108,13 +108,9 @@ impl Ingest {
                 &header.sop_instance_uid,
             )
             .map_err(|e| StoreOutcome::failure(status::CANNOT_UNDERSTAND, e.to_string()))?;
-        commit_file(&received.path, &to).map_err(|e| {
-            StoreOutcome::failure(
-                status::OUT_OF_RESOURCES,
-                format!("cannot store instance: {e}"),
-            )
-        })?;
-        let size = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
+        let size = std::fs::metadata(&received.path)
+            .map(|m| m.len())
+            .unwrap_or(0);
         let record = InstanceRecord {
             sop_instance_uid: header.sop_instance_uid.clone(),
             sop_class_uid: header.sop_class_uid.clone(),
@@ -125,12 +121,21 @@ impl Ingest {
             series_description: header.series_description.clone(),
             transfer_syntax: received.transfer_syntax.clone(),
             calling_ae_title: received.calling_ae_title.clone(),
-            path: to,
+            path: to.clone(),
             size,
         };
-        self.catalog
-            .record_instance(&record, now_ms())
-            .map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string()))?;
+        // The index commit (its own fsync) overlaps the folder's fsync;
+        // Success is answered only once both are durable.
+        let indexed = commit_file_then(&received.path, &to, || {
+            Ok(self.catalog.record_instance(&record, now_ms()))
+        })
+        .map_err(|e| {
+            StoreOutcome::failure(
+                status::OUT_OF_RESOURCES,
+                format!("cannot store instance: {e}"),
+            )
+        })?;
+        indexed.map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string()))?;
         self.stats.bytes.fetch_add(size, Ordering::Relaxed);
         Ok(())
     }

@@ -156,8 +156,10 @@ fn orthanc_sends_studies_and_gets_the_results_back() {
     assert!(source_sops.contains(evidence), "{read}");
     assert!(expected.contains(read["study_instance_uid"].as_str().unwrap()));
     assert_eq!(read["groups"][0]["algorithm"], "brain-tumour-vgg16");
-    let status = vigie.json("/api/v1/status");
-    assert_eq!(status["outbox"]["sent"], demo.len(), "{status}");
+    // Orthanc has them; Vigie records each delivery once the response is in.
+    vigie.wait_for("deliveries recorded", Duration::from_secs(10), |v| {
+        v.json("/api/v1/status")["outbox"]["sent"] == demo.len()
+    });
     assert!(vigie.log_text().contains("results delivered"));
 }
 
@@ -188,5 +190,8 @@ fn results_wait_in_the_outbox_while_the_pacs_is_down() {
         Duration::from_secs(60),
         |_| studies_with_sr(&orthanc) == expected,
     );
-    assert_eq!(vigie.json("/api/v1/status")["outbox"]["sent"], 1);
+    vigie.wait_for("the delivery recorded", Duration::from_secs(10), |v| {
+        let outbox = &v.json("/api/v1/status")["outbox"];
+        outbox["sent"] == 1 && outbox["pending"] == 0
+    });
 }

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# C-STORE ingest benchmark: `vigie serve` (fsync of file, folder and index
+# before each Success) against DCMTK's `storescp` (writes files, no fsync),
+# same files over loopback, same sender (DCMTK storescu), in one run,
+# alternating servers round by round.
+#
+# Usage: benches/ingest/run.sh [INSTANCES] [ROUNDS] [PARALLEL]
+#   INSTANCES  synthetic 512x512 16-bit MR instances (default 300)
+#   ROUNDS     rounds per server (default 3)
+#   PARALLEL   storescu processes sending at once, each a share of the files
+#              (default 1; storescp serves them one association at a time)
+# DCMTK runs with TCP_NODELAY=1 (sender and storescp): without it, Nagle's
+# algorithm costs storescp ~40 ms per instance on loopback (7x slower), and
+# the baseline must be DCMTK at its best. Vigie sets TCP_NODELAY itself.
+# Data directories are created under target/ (the repository's file
+# system, not tmpfs) so that fsync costs what it costs on this disk.
+set -euo pipefail
+export TCP_NODELAY=1
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+N=${1:-300}
+ROUNDS=${2:-3}
+PARALLEL=${3:-1}
+WORK="$ROOT/target/ingest-bench"
+rm -rf "$WORK"
+mkdir -p "$WORK/files"
+cargo build --release --locked -q -p vigie-server
+.venv/bin/python benches/ingest/make_instances.py "$N" "$WORK/files"
+BYTES=$(du -sb "$WORK/files" | cut -f1)
+PORT_STORESCP=11190
+PORT_VIGIE=11191
+HTTP_VIGIE=18191
+
+send() { # port -> nanoseconds
+  local port=$1 start end
+  mapfile -t files < <(ls "$WORK"/files/*.dcm)
+  start=$(date +%s%N)
+  local pids=()
+  for ((p = 0; p < PARALLEL; p++)); do
+    share=()
+    for ((i = p; i < ${#files[@]}; i += PARALLEL)); do share+=("${files[$i]}"); done
+    storescu -aec BENCH -xe -R 127.0.0.1 "$port" "${share[@]}" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  end=$(date +%s%N)
+  echo $((end - start))
+}
+
+wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 not open" >&2; exit 1; }
+
+results=()
+for ((r = 1; r <= ROUNDS; r++)); do
+  rm -rf "$WORK/storescp" "$WORK/vigie"; mkdir -p "$WORK/storescp"
+  storescp -aet BENCH -od "$WORK/storescp" "$PORT_STORESCP" & SCP=$!
+  wait_port "$PORT_STORESCP"
+  t_dcmtk=$(send "$PORT_STORESCP")
+  kill "$SCP"; wait "$SCP" 2>/dev/null || true
+  stored=$(ls "$WORK/storescp" | wc -l)
+  [ "$stored" -eq "$N" ] || { echo "storescp stored $stored of $N" >&2; exit 1; }
+
+  VIGIE__DICOM__AE_TITLE=BENCH VIGIE__PIPELINE__WORKERS=0 VIGIE__PIPELINE__STABLE_AGE_S=3600 \
+  VIGIE__STORAGE__MIN_FREE_MIB=0 VIGIE__DICOM__MAX_ASSOCIATIONS=64 VIGIE_LOG=warn \
+    ./target/release/vigie serve --data-dir "$WORK/vigie" --dicom-port "$PORT_VIGIE" --http-port "$HTTP_VIGIE" & VIG=$!
+  wait_port "$PORT_VIGIE"
+  t_vigie=$(send "$PORT_VIGIE")
+  stored=$(curl -s "http://127.0.0.1:$HTTP_VIGIE/api/v1/status" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["ingest"]["stored"])')
+  kill "$VIG"; wait "$VIG" 2>/dev/null || true
+  [ "$stored" -eq "$N" ] || { echo "vigie stored $stored of $N" >&2; exit 1; }
+  results+=("$t_dcmtk $t_vigie")
+  echo "round $r: storescp $((t_dcmtk / 1000000)) ms, vigie $((t_vigie / 1000000)) ms" >&2
+done
+printf '%s\n' "${results[@]}" | .venv/bin/python -c '
+import json, sys, statistics
+n, b, par = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rows = [tuple(int(x) / 1e9 for x in l.split()) for l in sys.stdin if l.strip()]
+d = statistics.median(r[0] for r in rows); v = statistics.median(r[1] for r in rows)
+print(json.dumps({
+  "instances": n, "mib": round(b / 2**20, 1), "parallel_senders": par, "rounds": len(rows),
+  "storescp_instances_per_s": round(n / d, 1), "vigie_instances_per_s": round(n / v, 1),
+  "ratio_vigie_over_storescp": round(d / v, 3),
+  "rounds_s": [[round(x, 3) for x in r] for r in rows],
+}, indent=2))' "$N" "$BYTES" "$PARALLEL"
+rm -rf "$WORK"
