@@ -235,3 +235,85 @@ fn bad_input_gets_the_right_status_and_the_service_keeps_running() {
     assert!(echo(full.dicom), "still serving");
     assert_eq!(full.json("/api/v1/status")["ingest"]["refused"], 1);
 }
+
+/// A copy of `from` as another instance of the same series.
+fn another_instance(from: &Path, to: &Path, sop: &str) {
+    let mut object = dicom_object::open_file(from).unwrap();
+    object.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::SOP_INSTANCE_UID,
+        dicom_core::VR::UI,
+        dicom_core::PrimitiveValue::from(sop),
+    ));
+    object.update_meta(|m| m.media_storage_sop_instance_uid = sop.to_string());
+    object.write_to_file(to).unwrap();
+}
+
+#[test]
+fn late_instances_start_a_new_job_on_themselves_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let vigie = Vigie::start(tmp.path(), &base_config(""));
+    storescu_ok(vigie.dicom, "-xe", &demo);
+    vigie.wait_for("the first job", Duration::from_secs(60), |v| {
+        v.jobs().first().is_some_and(|j| j["state"] == "done")
+    });
+    // The study is complete; an instance arrives late.
+    let late = tmp.path().join("late.dcm");
+    another_instance(&demo[0], &late, "2.25.123456789012345678901234567890");
+    storescu_ok(vigie.dicom, "-xe", std::slice::from_ref(&late));
+    vigie.wait_for("the second job", Duration::from_secs(60), |v| {
+        let jobs = v.jobs();
+        jobs.len() == 2 && jobs[1]["state"] == "done"
+    });
+    let jobs = vigie.jobs();
+    let (study, _, _) = uids(&demo[0]);
+    assert_eq!(jobs[1]["study_instance_uid"], study.as_str());
+    assert_eq!(jobs[0]["generation"], 0);
+    assert_eq!(jobs[1]["generation"], 1);
+    // One SR per analysed instance: the late job analysed the late one only.
+    assert_eq!(jobs[1]["results"].as_array().unwrap().len(), 1);
+    let sr = PathBuf::from(jobs[1]["results"][0].as_str().unwrap());
+    let read: serde_json::Value =
+        serde_json::from_slice(&oracle("read_sr.py", [&sr]).stdout).unwrap();
+    assert_eq!(
+        read["evidence"],
+        serde_json::json!(["2.25.123456789012345678901234567890"])
+    );
+}
+
+#[test]
+fn a_job_that_cannot_run_is_retried_then_failed_with_its_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    // A file that is not an ONNX Runtime library: every attempt fails.
+    let not_a_library = tmp.path().join("libonnxruntime.so");
+    std::fs::write(&not_a_library, b"not a shared library").unwrap();
+    let config = base_config("").replace(
+        &format!(
+            "onnxruntime_library = \"{}\"",
+            vigie_test_support::onnxruntime_library().display()
+        ),
+        &format!("onnxruntime_library = \"{}\"", not_a_library.display()),
+    );
+    assert!(config.contains(&not_a_library.display().to_string()));
+    let config = config.replace(
+        "retry_delay_s = 0.5",
+        "retry_delay_s = 0.2\nmax_attempts = 2",
+    );
+    let vigie = Vigie::start(tmp.path(), &config);
+    storescu_ok(vigie.dicom, "-xe", &demo);
+    vigie.wait_for("the job to fail", Duration::from_secs(60), |v| {
+        v.jobs().first().is_some_and(|j| j["state"] == "failed")
+    });
+    let job = &vigie.jobs()[0];
+    assert_eq!(job["attempts"], 2, "{job}");
+    let error = job["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("brain-tumour-vgg16") || error.to_lowercase().contains("onnx"),
+        "{error}"
+    );
+    let log = vigie.log_text();
+    assert!(log.contains("job attempt failed, will retry"));
+    assert!(log.contains("job failed, giving up"));
+    assert!(echo(vigie.dicom), "still serving");
+}
