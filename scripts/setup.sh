@@ -17,11 +17,14 @@ say() { printf '[setup] %s\n' "$*"; }
 # 1. System packages: cmake (CharLS, the JPEG-LS codec), protoc (candle-onnx),
 #    dicom3tools (dciodvfy, the conformance checker the tests use), Orthanc
 #    and curl (the PACS peer of the tests, started by hand on loopback), DCMTK
-#    (echoscu, the DICOM peer of the network tests).
+#    (echoscu, storescu, storescp: the DICOM peers of the network tests and
+#    the ingest baseline) and Orthanc's DICOMweb plugin (the HTTP-side peer).
 missing=()
 for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config dciodvfy:dicom3tools Orthanc:orthanc curl:curl echoscu:dcmtk; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
+[ -e /usr/share/orthanc/plugins-available/libOrthancDicomWeb.so ] || [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+  || missing+=(orthanc-dicomweb)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing system packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -491,3 +491,70 @@ mod tests {
         assert!(err.contains("devise"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    fn keys(value: &toml::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (k, v) in table {
+                    let name = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    keys(v, &name, out);
+                }
+            }
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
+                for item in items {
+                    keys(item, &format!("{prefix}[]"), out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn the_deploy_example_is_valid_and_sets_every_option() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/vigie.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let example: Config = toml::from_str(&text).unwrap();
+        example.validate().unwrap();
+        assert_eq!(example.destinations["pacs"].port, 104);
+        let mut documented = std::collections::BTreeSet::new();
+        keys(&toml::from_str(&text).unwrap(), "", &mut documented);
+        let mut defaults = std::collections::BTreeSet::new();
+        keys(
+            &toml::Value::try_from(Config::default()).unwrap(),
+            "",
+            &mut defaults,
+        );
+        let missing: Vec<&String> = defaults.difference(&documented).collect();
+        assert!(
+            missing.is_empty(),
+            "options missing from the example: {missing:?}"
+        );
+        // Every option set in the file comes with a comment line above it
+        // (or above its block).
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let is_option =
+                line.contains(" = ") && !line.starts_with('#') && !line.starts_with(' ');
+            if is_option && i > 0 {
+                let above = lines[..i].iter().rev().find(|l| !l.trim().is_empty());
+                assert!(
+                    above.is_some_and(|l| l.starts_with('#')
+                        || l.starts_with('[')
+                        || l.contains(" = ")),
+                    "line {}: {line}",
+                    i + 1
+                );
+            }
+        }
+    }
+}

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use vigie_dicom_io::DicomFile;
 use vigie_dicom_io::net::scu::{RemoteAe, ScuOptions, send_files};
 use vigie_inference::Model;
+use vigie_inference::postprocess::Finding;
 use vigie_validation::pipeline;
 use vigie_validation::reporting::ResultBuilder;
 
@@ -37,6 +38,40 @@ use crate::config::Config;
 use crate::routing::Router;
 use crate::store::layout::Layout;
 use crate::store::{Catalog, Job, OutboxItem, ResultFile, now_ms};
+
+/// Say what the model found, in plain words (UIDs only, no patient data).
+fn log_finding(job: &Job, sop_instance_uid: &str, frame: usize, finding: &Finding) {
+    match finding {
+        Finding::Classification(c) => {
+            let p = c
+                .labels
+                .iter()
+                .position(|l| *l == c.decision)
+                .and_then(|i| c.probabilities.get(i))
+                .copied()
+                .unwrap_or(f32::NAN);
+            tracing::info!(
+                job = job.id,
+                model = %job.model,
+                sop_instance_uid,
+                frame,
+                "finding: {} (probability {p:.3}, rule {})",
+                c.decision,
+                c.rule
+            );
+        }
+        Finding::Segmentation(s) => {
+            let foreground = s.mask.iter().filter(|v| **v != 0).count();
+            tracing::info!(
+                job = job.id,
+                model = %job.model,
+                sop_instance_uid,
+                frame,
+                "finding: segmentation with {foreground} foreground pixels"
+            );
+        }
+    }
+}
 
 /// Shared state of the pipeline's parts.
 #[derive(Clone)]
@@ -246,6 +281,7 @@ impl Pipeline {
             let manifest = model.package().manifest();
             let frames = analysis.results.len();
             for (frame, result) in analysis.results.iter().enumerate() {
+                log_finding(job, &instance.sop_instance_uid, frame, &result.finding);
                 for object in builder.build(&file, frame, frames, manifest, result)? {
                     let path = self.layout.result(
                         &object.study_instance_uid,
