@@ -1,29 +1,51 @@
 #!/usr/bin/env bash
 # Fresh machine to the appliance's main job: set everything up, start
 # `vigie serve` on its embedded defaults (demo model from models/, local
-# storage under .cache/vigie/demo/data), send it the 17 demo studies through
-# its own DICOM port with DCMTK's storescu, as a modality or PACS would, and
-# wait until every study has been assembled, analysed and its results
-# written (DICOM SR under .cache/vigie/demo/data/results). The service log
-# (stderr) says what happened, study by study; the status is printed at the
-# end.
+# storage under .cache/vigie/demo/data) plus one destination, a stand-in
+# PACS (DCMTK's storescp writing to .cache/vigie/demo/pacs); send it the 17
+# demo studies through its own DICOM port with DCMTK's storescu, as a
+# modality or PACS would; wait until every study has been assembled,
+# analysed, and its result (DICOM SR) delivered to the stand-in PACS. The
+# service log (stderr) says what happened, study by study; the status is
+# printed at the end.
 #
 # Environment: VIGIE_DEMO_DICOM_PORT (11112), VIGIE_DEMO_HTTP_PORT (8080),
-# VIGIE_DEMO_KEEP_RUNNING=1 to leave the service running afterwards.
+# VIGIE_DEMO_PACS_PORT (11113), VIGIE_DEMO_KEEP_RUNNING=1 to leave the
+# service running afterwards.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 scripts/setup.sh
 DICOM_PORT=${VIGIE_DEMO_DICOM_PORT:-11112}
 HTTP_PORT=${VIGIE_DEMO_HTTP_PORT:-8080}
+PACS_PORT=${VIGIE_DEMO_PACS_PORT:-11113}
 DATA=.cache/vigie/demo/data
-rm -rf "$DATA"
-# The only departure from the defaults: a 2 s stable age instead of 10 s, so
-# the demo does not wait.
-VIGIE__PIPELINE__STABLE_AGE_S=2 ./target/release/vigie serve \
+PACS=.cache/vigie/demo/pacs
+rm -rf "$DATA" "$PACS"
+mkdir -p "$PACS"
+storescp -aet DEMO-PACS -od "$PACS" "$PACS_PORT" &
+STORESCP=$!
+# Departures from the embedded defaults: the stand-in PACS as destination of
+# the default rule, and a 2 s stable age instead of 10 s so the demo does
+# not wait.
+CONFIG=.cache/vigie/demo/vigie-demo.toml
+cat > "$CONFIG" <<TOML
+[pipeline]
+stable_age_s = 2.0
+
+[[routing.rules]]
+name = "default"
+destinations = ["demo-pacs"]
+
+[destinations.demo-pacs]
+ae_title = "DEMO-PACS"
+host = "127.0.0.1"
+port = $PACS_PORT
+TOML
+./target/release/vigie serve --config "$CONFIG" \
   --data-dir "$DATA" --dicom-port "$DICOM_PORT" --http-port "$HTTP_PORT" &
 VIGIE=$!
-trap '[ "${VIGIE_DEMO_KEEP_RUNNING:-0}" = 1 ] || kill "$VIGIE" 2>/dev/null || true' EXIT
+trap '[ "${VIGIE_DEMO_KEEP_RUNNING:-0}" = 1 ] || kill "$VIGIE" "$STORESCP" 2>/dev/null || true' EXIT
 status() { curl -sf "http://127.0.0.1:$HTTP_PORT/api/v1/status"; }
 for _ in $(seq 300); do status >/dev/null 2>&1 && break; sleep 0.2; done
 status >/dev/null || { echo "[demo] vigie serve did not start" >&2; exit 1; }
@@ -33,18 +55,17 @@ echoscu -aet DEMO-MODALITY -aec VIGIE 127.0.0.1 "$DICOM_PORT"
 storescu -aet DEMO-MODALITY -aec VIGIE 127.0.0.1 "$DICOM_PORT" .cache/vigie/demo/dicom/*.dcm
 N=$(ls .cache/vigie/demo/dicom/*.dcm | wc -l)
 echo "[demo] $N instances acknowledged; waiting for the studies to be analysed"
-done_jobs() { status | .venv/bin/python -c 'import json,sys; s=json.load(sys.stdin); print(s["jobs"].get("done",0), s["jobs"].get("failed",0))'; }
+progress() { status | .venv/bin/python -c 'import json,sys; s=json.load(sys.stdin); print(s["jobs"].get("done",0), s["jobs"].get("failed",0), s["outbox"]["sent"], s["outbox"]["failed"])'; }
 for _ in $(seq 600); do
-  read -r ok failed < <(done_jobs)
-  [ $((ok + failed)) -ge "$N" ] && break
+  read -r ok failed sent undeliverable < <(progress)
+  [ $((ok + failed)) -ge "$N" ] && [ $((sent + undeliverable)) -ge "$ok" ] && break
   sleep 0.5
 done
-read -r ok failed < <(done_jobs)
+read -r ok failed sent undeliverable < <(progress)
 echo "[demo] status: $(status)"
-echo "[demo] $ok jobs done, $failed failed; result objects:"
-find "$DATA/results" -name '*.dcm' | head -n 3
-echo "[demo]   ... $(find "$DATA/results" -name '*.dcm' | wc -l) files under $DATA/results"
-[ "$ok" -eq "$N" ] && [ "$failed" -eq 0 ] || exit 1
+echo "[demo] $ok jobs done, $failed failed; $sent results delivered to DEMO-PACS, $(ls "$PACS" | wc -l) files in $PACS:"
+ls "$PACS" | head -n 3
+[ "$ok" -eq "$N" ] && [ "$failed" -eq 0 ] && [ "$sent" -eq "$N" ] || exit 1
 if [ "${VIGIE_DEMO_KEEP_RUNNING:-0}" = 1 ]; then
   echo "[demo] vigie serve keeps running (pid $VIGIE): DICOM port $DICOM_PORT, http://127.0.0.1:$HTTP_PORT/api/v1/jobs"
   wait "$VIGIE"
