@@ -317,3 +317,66 @@ fn a_job_that_cannot_run_is_retried_then_failed_with_its_reason() {
     assert!(log.contains("job failed, giving up"));
     assert!(echo(vigie.dicom), "still serving");
 }
+
+#[test]
+fn a_large_instance_is_streamed_to_disk_not_held_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    // The demo image made into a 128 MiB multi-frame instance.
+    let mut object = dicom_object::open_file(&demo[0]).unwrap();
+    let rows = object
+        .element_by_name("Rows")
+        .unwrap()
+        .to_int::<usize>()
+        .unwrap();
+    let columns = object
+        .element_by_name("Columns")
+        .unwrap()
+        .to_int::<usize>()
+        .unwrap();
+    let frame_bytes = rows * columns * 2;
+    let frames = (128usize << 20).div_ceil(frame_bytes);
+    object.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::NUMBER_OF_FRAMES,
+        dicom_core::VR::IS,
+        dicom_core::PrimitiveValue::from(frames.to_string()),
+    ));
+    let pixels: Vec<u16> = (0..frames * rows * columns)
+        .map(|i| (i % 4096) as u16)
+        .collect();
+    object.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::PIXEL_DATA,
+        dicom_core::VR::OW,
+        dicom_core::PrimitiveValue::U16(pixels.into()),
+    ));
+    let large = tmp.path().join("large.dcm");
+    object.write_to_file(&large).unwrap();
+    drop(object);
+    let size = std::fs::metadata(&large).unwrap().len();
+    assert!(size > 128 << 20);
+
+    let vigie = Vigie::start_with_env(
+        tmp.path(),
+        &base_config(""),
+        &[("VIGIE__PIPELINE__WORKERS", "0")],
+    );
+    storescu_ok(vigie.dicom, "-xe", std::slice::from_ref(&large));
+    let (study, series, sop) = uids(&large);
+    let stored = vigie.stored(&study, &series, &sop);
+    assert!(stored.is_file());
+    let compared: serde_json::Value =
+        serde_json::from_slice(&oracle("same_dataset.py", [&large, &stored]).stdout).unwrap();
+    assert_eq!(compared["same"], true, "{compared}");
+    let peak = vigie.peak_memory();
+    eprintln!(
+        "peak memory of vigie serve: {} MiB for a {} MiB instance",
+        peak >> 20,
+        size >> 20
+    );
+    assert!(
+        peak < 64 << 20,
+        "peak memory {} MiB while receiving a {} MiB instance",
+        peak >> 20,
+        size >> 20
+    );
+}
