@@ -24,6 +24,12 @@ struct Sink {
 
 impl StoreHandler for Sink {
     fn store(&self, instance: ReceivedInstance) -> StoreOutcome {
+        // The hash computed while receiving is that of the staged file.
+        let bytes = std::fs::read(&instance.path).unwrap();
+        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if actual != instance.sha256 {
+            return StoreOutcome::failure(0xC000, "hash mismatch");
+        }
         let to = self.dir.join(format!("{}.dcm", instance.sop_instance_uid));
         match std::fs::rename(&instance.path, &to) {
             Ok(()) => StoreOutcome::success(),
@@ -215,25 +221,26 @@ async fn our_scu_sends_to_our_scp_in_small_pdus() {
 async fn beyond_the_limit_associations_are_rejected_transiently_and_artim_closes_silent_peers() {
     let scp = start(|o| {
         o.max_associations = 1;
-        o.artim_timeout = Duration::from_secs(2);
+        o.artim_timeout = Duration::from_secs(4);
     })
     .await;
     // A peer that connects and says nothing holds the only slot...
     let silent = tokio::net::TcpStream::connect(("127.0.0.1", scp.port))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // ...so echoscu is rejected, transiently, at once.
+    // (time for the listener to take it, even on a loaded machine)
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // ...so echoscu is rejected, transiently, at once (well before ARTIM).
     let started = std::time::Instant::now();
     let busy = dcmtk("echoscu", scu_args(scp.port, "VIGIE", &["-d"])).await;
     assert!(!busy.status.success());
-    assert!(started.elapsed() < Duration::from_secs(2), "no hanging");
+    assert!(started.elapsed() < Duration::from_secs(3), "no hanging");
     let text =
         String::from_utf8_lossy(&busy.stdout).to_string() + &String::from_utf8_lossy(&busy.stderr);
     assert!(text.contains("Transient"), "{text}");
     assert!(text.contains("Local Limit Exceeded"), "{text}");
     // ARTIM: the silent peer is dropped, and the slot frees up.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     let ok = dcmtk("echoscu", scu_args(scp.port, "VIGIE", &[])).await;
     assert!(
         ok.status.success(),

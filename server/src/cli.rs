@@ -34,6 +34,68 @@ pub enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The audit trail: verify, export, public key.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `vigie audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole chain, the signed checkpoints and the head; report
+    /// the first bad record. Exit status 0 only when everything verifies.
+    Verify {
+        /// Data directory (overrides appliance.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Verify against this public key (hex, from `vigie audit
+        /// public-key` kept elsewhere) instead of the appliance's own key.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the inference records, one row per analysed image.
+    Export(ExportArgs),
+    /// Print the public key that verifies the checkpoints (hex Ed25519).
+    PublicKey {
+        /// Data directory (overrides appliance.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header line.
+    Csv,
+}
+
+/// `vigie audit export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Data directory (overrides appliance.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// From this date (YYYY-MM-DD, UTC) or RFC 3339 time, inclusive.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Until this date or time, exclusive.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this model id.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: ExportFormat,
+    /// Write to this file (durably) instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `vigie serve`: command-line overrides of the configuration, so that

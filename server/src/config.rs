@@ -39,6 +39,31 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Remote AEs results are sent to, by name.
     pub destinations: BTreeMap<String, DestinationConfig>,
+    /// The audit trail.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Sign a checkpoint every this many records.
+    pub checkpoint_every: u32,
+    /// Also sign one every this many seconds when records were added.
+    pub checkpoint_interval_s: u64,
+    /// Patient ID in the audit trail: `hmac` (keyed hash under the site
+    /// secret), `clear` or `omit`.
+    pub patient_id: crate::audit::PatientIdPolicy,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1000,
+            checkpoint_interval_s: 300,
+            patient_id: crate::audit::PatientIdPolicy::Hmac,
+        }
+    }
 }
 
 /// `[dicom]`.
@@ -390,6 +415,9 @@ impl Config {
         }
         if self.pipeline.queue_capacity == 0 {
             problems.push("pipeline.queue_capacity: must be at least 1".into());
+        }
+        if self.audit.checkpoint_every == 0 {
+            problems.push("audit.checkpoint_every: must be at least 1".into());
         }
         if self.delivery.batch_size == 0 {
             problems.push("delivery.batch_size: must be at least 1".into());

@@ -19,6 +19,7 @@ use vigie_dicom_io::dimse::status;
 use vigie_dicom_io::net::scp::{ReceivedInstance, ScpEvent, StoreHandler, StoreOutcome};
 use vigie_dicom_io::{DicomFile, Error as DicomError};
 
+use crate::audit::{Audit, AuditEvent};
 use crate::store::layout::{Layout, commit_file_then};
 use crate::store::{Catalog, InstanceRecord, now_ms};
 
@@ -37,6 +38,7 @@ pub struct IngestStats {
 pub struct Ingest {
     layout: Layout,
     catalog: Arc<dyn Catalog>,
+    audit: Audit,
     min_free_bytes: u64,
     /// Counters.
     pub stats: Arc<IngestStats>,
@@ -45,10 +47,16 @@ pub struct Ingest {
 impl Ingest {
     /// Ingest into `layout`, indexing in `catalog`, refusing instances when
     /// less than `min_free_bytes` are free.
-    pub fn new(layout: Layout, catalog: Arc<dyn Catalog>, min_free_bytes: u64) -> Self {
+    pub fn new(
+        layout: Layout,
+        catalog: Arc<dyn Catalog>,
+        audit: Audit,
+        min_free_bytes: u64,
+    ) -> Self {
         Self {
             layout,
             catalog,
+            audit,
             min_free_bytes,
             stats: Arc::default(),
         }
@@ -59,7 +67,10 @@ impl Ingest {
         Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
-    fn try_store(&self, received: &ReceivedInstance) -> Result<(), StoreOutcome> {
+    fn try_store(
+        &self,
+        received: &ReceivedInstance,
+    ) -> Result<(InstanceRecord, Option<String>), StoreOutcome> {
         let free = self
             .free_bytes()
             .map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string()))?;
@@ -88,6 +99,7 @@ impl Ingest {
             ),
         })?;
         let header = file.header();
+        let patient_id = file.string(dicom_dictionary_std::tags::PATIENT_ID);
         if header.sop_class_uid != received.sop_class_uid {
             return Err(StoreOutcome::failure(
                 status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -123,6 +135,7 @@ impl Ingest {
             calling_ae_title: received.calling_ae_title.clone(),
             path: to.clone(),
             size,
+            sha256: received.sha256.clone(),
         };
         // The index commit (its own fsync) overlaps the folder's fsync;
         // Success is answered only once both are durable.
@@ -137,7 +150,7 @@ impl Ingest {
         })?;
         indexed.map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string()))?;
         self.stats.bytes.fetch_add(size, Ordering::Relaxed);
-        Ok(())
+        Ok((record, patient_id))
     }
 }
 
@@ -150,7 +163,35 @@ fn short(text: &str) -> String {
 impl StoreHandler for Ingest {
     fn store(&self, received: ReceivedInstance) -> StoreOutcome {
         match self.try_store(&received) {
-            Ok(()) => {
+            Ok((record, patient_id)) => {
+                // The audit record is durable before Success is answered.
+                let event = AuditEvent::new(
+                    "instance_stored",
+                    "ok",
+                    serde_json::json!({
+                        "calling_ae_title": received.calling_ae_title,
+                        "peer": received.peer.to_string(),
+                        "sop_class_uid": record.sop_class_uid,
+                        "series_instance_uid": record.series_instance_uid,
+                        "transfer_syntax": record.transfer_syntax,
+                        "modality": record.modality,
+                        "file_sha256": record.sha256,
+                        "bytes": record.size,
+                        "path": record.path,
+                        "patient_id": self.audit.patient_id(patient_id.as_deref()),
+                    }),
+                )
+                .instance(
+                    Some(&record.study_instance_uid),
+                    Some(&record.sop_instance_uid),
+                );
+                if let Err(e) = self.audit.record(event) {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    return StoreOutcome::failure(
+                        status::OUT_OF_RESOURCES,
+                        format!("audit trail unavailable: {e}"),
+                    );
+                }
                 self.stats.stored.fetch_add(1, Ordering::Relaxed);
                 StoreOutcome::success()
             }
@@ -187,23 +228,50 @@ impl StoreHandler for Ingest {
                 if code == status::SUCCESS {
                     tracing::debug!(calling = %calling_ae_title, sop_instance_uid, "instance stored");
                 } else {
+                    let reason = comment.unwrap_or_default();
                     tracing::warn!(
                         calling = %calling_ae_title,
                         sop_instance_uid,
                         status = format!("0x{code:04X}"),
-                        reason = comment.unwrap_or_default(),
+                        %reason,
                         "C-STORE refused"
+                    );
+                    self.audit.note(
+                        AuditEvent::new(
+                            "instance_refused",
+                            "refused",
+                            serde_json::json!({
+                                "calling_ae_title": calling_ae_title,
+                                "status": format!("0x{code:04X}"),
+                                "reason": reason,
+                            }),
+                        )
+                        .instance(None, Some(&sop_instance_uid)),
                     );
                 }
             }
             ScpEvent::Released {
                 calling_ae_title,
                 stores,
-            } => tracing::info!(calling = %calling_ae_title, stores, "association released"),
+            } => {
+                tracing::info!(calling = %calling_ae_title, stores, "association released");
+                self.audit.note(AuditEvent::new(
+                    "association",
+                    "released",
+                    serde_json::json!({ "calling_ae_title": calling_ae_title, "stores": stores }),
+                ));
+            }
             ScpEvent::Aborted {
                 calling_ae_title,
                 reason,
-            } => tracing::warn!(calling = %calling_ae_title, %reason, "association aborted"),
+            } => {
+                tracing::warn!(calling = %calling_ae_title, %reason, "association aborted");
+                self.audit.note(AuditEvent::new(
+                    "association",
+                    "aborted",
+                    serde_json::json!({ "calling_ae_title": calling_ae_title, "reason": reason }),
+                ));
+            }
             _ => {}
         }
     }

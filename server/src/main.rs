@@ -4,6 +4,7 @@
 //! Error policy: `anyhow` is used here, in the binary only; library crates
 //! return their typed errors, which are printed with their context.
 
+mod audit;
 mod cli;
 mod commands;
 mod config;

@@ -34,10 +34,79 @@ use vigie_inference::postprocess::Finding;
 use vigie_validation::pipeline;
 use vigie_validation::reporting::ResultBuilder;
 
+use crate::audit::{Audit, AuditEvent};
 use crate::config::Config;
 use crate::routing::Router;
 use crate::store::layout::Layout;
 use crate::store::{Catalog, Job, OutboxItem, ResultFile, now_ms};
+
+/// Raw outputs are recorded in full up to this many values; longer ones
+/// (segmentation maps) by SHA-256 and length.
+const RAW_OUTPUT_IN_FULL: usize = 256;
+
+/// The audit record of one analysed instance.
+fn inference_event(
+    job: &Job,
+    instance: &crate::store::InstanceRecord,
+    analysis: &pipeline::InstanceAnalysis,
+    model: &Model,
+) -> AuditEvent {
+    let package = model.package();
+    let frames: Vec<serde_json::Value> = analysis
+        .results
+        .iter()
+        .enumerate()
+        .map(|(frame, r)| {
+            let raw = if r.raw_output.len() <= RAW_OUTPUT_IN_FULL {
+                serde_json::json!(r.raw_output)
+            } else {
+                serde_json::json!({
+                    "sha256": pipeline::hash_samples(&r.raw_output),
+                    "values": r.raw_output.len(),
+                })
+            };
+            serde_json::json!({
+                "frame": frame,
+                "raw_output": raw,
+                "finding": r.finding,
+                "preprocess": r.preprocess,
+                "timings_ms": r.timings,
+            })
+        })
+        .collect();
+    let decision = analysis.results.first().map(|r| match &r.finding {
+        Finding::Classification(c) => c.decision.clone(),
+        Finding::Segmentation(_) => "segmentation".to_string(),
+    });
+    AuditEvent::new(
+        "inference",
+        "ok",
+        serde_json::json!({
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "rule": job.rule,
+            "input": {
+                "sop_class_uid": instance.sop_class_uid,
+                "series_instance_uid": instance.series_instance_uid,
+                "transfer_syntax": instance.transfer_syntax,
+                "file_sha256": instance.sha256,
+                "pixels_sha256": analysis.pixels_sha256,
+                "frames": analysis.results.len(),
+            },
+            "model_sha256": package.sha256(),
+            "execution": model.execution(),
+            "preprocessing": package.manifest().preprocess,
+            "decode_ms": analysis.decode_ms,
+            "decision": decision,
+            "frames": frames,
+        }),
+    )
+    .instance(
+        Some(&instance.study_instance_uid),
+        Some(&instance.sop_instance_uid),
+    )
+    .model(package.id(), package.version())
+}
 
 /// Say what the model found, in plain words (UIDs only, no patient data).
 fn log_finding(job: &Job, sop_instance_uid: &str, frame: usize, finding: &Finding) {
@@ -84,6 +153,8 @@ pub struct Pipeline {
     pub layout: Layout,
     /// Set to stop the worker threads.
     pub stopping: Arc<AtomicBool>,
+    /// The audit trail.
+    pub audit: Audit,
 }
 
 fn seconds_ms(seconds: f64) -> i64 {
@@ -103,6 +174,32 @@ impl Pipeline {
             {
                 completed += 1;
                 let instances: usize = study.series.iter().map(|s| s.instances).sum();
+                let study_uid = Some(study.study_instance_uid.as_str());
+                self.audit.note(
+                    AuditEvent::new(
+                        "study_complete",
+                        "ok",
+                        serde_json::json!({
+                            "generation": study.generation,
+                            "instances": instances,
+                            "series": study.series,
+                            "stable_age_s": self.config.pipeline.stable_age_s,
+                        }),
+                    )
+                    .instance(study_uid, None),
+                );
+                self.audit.note(
+                    AuditEvent::new(
+                        "routing_decision",
+                        if jobs.is_empty() { "none" } else { "routed" },
+                        serde_json::json!({
+                            "generation": study.generation,
+                            "jobs": jobs,
+                            "reason": note,
+                        }),
+                    )
+                    .instance(study_uid, None),
+                );
                 match &note {
                     Some(note) => tracing::warn!(
                         study = %study.study_instance_uid,
@@ -207,6 +304,22 @@ impl Pipeline {
                         tracing::error!(job = job.id, error = %e, "cannot record finished job");
                         continue;
                     }
+                    self.audit.note(
+                        AuditEvent::new(
+                            "job_done",
+                            "ok",
+                            serde_json::json!({
+                                "job_id": job.id,
+                                "rule": job.rule,
+                                "attempt": job.attempts,
+                                "results": results.len(),
+                                "destinations": job.destinations,
+                                "notes": notes,
+                                "ms": started.elapsed().as_millis() as u64,
+                            }),
+                        )
+                        .instance(Some(&job.study_instance_uid), None),
+                    );
                     tracing::info!(
                         job = job.id,
                         study = %job.study_instance_uid,
@@ -224,6 +337,25 @@ impl Pipeline {
                         let factor = 2f64.powi(job.attempts.saturating_sub(1).min(16) as i32);
                         now + seconds_ms(self.config.pipeline.retry_delay_s * factor)
                     });
+                    self.audit.note(
+                        AuditEvent::new(
+                            "job_failed",
+                            if retry.is_some() {
+                                "will_retry"
+                            } else {
+                                "gave_up"
+                            },
+                            serde_json::json!({
+                                "job_id": job.id,
+                                "rule": job.rule,
+                                "model": job.model,
+                                "attempt": job.attempts,
+                                "max_attempts": self.config.pipeline.max_attempts,
+                                "error": error,
+                            }),
+                        )
+                        .instance(Some(&job.study_instance_uid), None),
+                    );
                     if let Err(e) = self.catalog.job_attempt_failed(job.id, &error, retry, now) {
                         tracing::error!(job = job.id, error = %e, "cannot record job failure");
                     }
@@ -251,8 +383,35 @@ impl Pipeline {
             anyhow::bail!("no instances found for the job's series");
         }
         if !models.contains_key(&job.model) {
-            let model = crate::commands::infer::load_model(&self.config, Some(&job.model), None)?;
-            models.insert(job.model.clone(), model);
+            match crate::commands::infer::load_model(&self.config, Some(&job.model), None) {
+                Ok(model) => {
+                    let package = model.package();
+                    self.audit.note(
+                        AuditEvent::new(
+                            "model_loaded",
+                            "ok",
+                            serde_json::json!({
+                                "sha256": package.sha256(),
+                                "package": package.dir(),
+                                "execution": model.execution(),
+                                "regulatory_status": package.manifest().model.regulatory_status,
+                            }),
+                        )
+                        .model(package.id(), package.version()),
+                    );
+                    models.insert(job.model.clone(), model);
+                }
+                Err(e) => {
+                    let mut event = AuditEvent::new(
+                        "model_refused",
+                        "failed",
+                        serde_json::json!({ "error": format!("{e:#}"), "job_id": job.id }),
+                    );
+                    event.model_id = Some(job.model.clone());
+                    self.audit.note(event);
+                    return Err(e);
+                }
+            }
         }
         let Some(model) = models.get_mut(&job.model) else {
             anyhow::bail!("model {} not loaded", job.model);
@@ -274,10 +433,28 @@ impl Pipeline {
             let (file, analysis) = match analysed {
                 Ok(done) => done,
                 Err(e) => {
+                    let mut event = AuditEvent::new(
+                        "inference",
+                        "failed",
+                        serde_json::json!({
+                            "job_id": job.id,
+                            "attempt": job.attempts,
+                            "input": { "file_sha256": instance.sha256 },
+                            "error": format!("{e:#}"),
+                        }),
+                    )
+                    .instance(
+                        Some(&instance.study_instance_uid),
+                        Some(&instance.sop_instance_uid),
+                    );
+                    event.model_id = Some(job.model.clone());
+                    self.audit.note(event);
                     failures.push(format!("{}: {e:#}", instance.sop_instance_uid));
                     continue;
                 }
             };
+            self.audit
+                .record(inference_event(job, instance, &analysis, model))?;
             let manifest = model.package().manifest();
             let frames = analysis.results.len();
             for (frame, result) in analysis.results.iter().enumerate() {
@@ -289,6 +466,26 @@ impl Pipeline {
                         &object.sop_instance_uid,
                     )?;
                     vigie_dicom_io::write::write_part10(object.dataset, &path)?;
+                    self.audit.record(
+                        AuditEvent::new(
+                            "result_created",
+                            "ok",
+                            serde_json::json!({
+                                "job_id": job.id,
+                                "kind": object.kind,
+                                "series_instance_uid": object.series_instance_uid,
+                                "source_sop_instance_uid": instance.sop_instance_uid,
+                                "frame": frame,
+                                "path": path,
+                                "file_sha256": vigie_inference::package::sha256_file(&path)?,
+                            }),
+                        )
+                        .instance(
+                            Some(&object.study_instance_uid),
+                            Some(&object.sop_instance_uid),
+                        )
+                        .model(&manifest.model.id, &manifest.model.version),
+                    )?;
                     results.push(ResultFile {
                         path,
                         sop_instance_uid: object.sop_instance_uid,
@@ -348,6 +545,26 @@ impl Pipeline {
                 match send_files(&remote, &scu, &paths).await {
                     Ok(outcomes) => {
                         for (item, outcome) in chunk.iter().zip(&outcomes) {
+                            self.audit.note(
+                                AuditEvent::new(
+                                    "result_delivery",
+                                    if outcome.delivered() {
+                                        "delivered"
+                                    } else {
+                                        "refused"
+                                    },
+                                    serde_json::json!({
+                                        "destination": name,
+                                        "ae_title": remote.ae_title,
+                                        "address": format!("{}:{}", remote.host, remote.port),
+                                        "status": outcome.status.map(|s| format!("0x{s:04X}")),
+                                        "comment": outcome.comment,
+                                        "attempt": item.attempts + 1,
+                                        "job_id": item.job_id,
+                                    }),
+                                )
+                                .instance(None, Some(&item.sop_instance_uid)),
+                            );
                             if outcome.delivered() {
                                 self.catalog.outbox_sent(item.id, now_ms())?;
                                 delivered += 1;
@@ -377,6 +594,21 @@ impl Pipeline {
                     Err(e) => {
                         tracing::warn!(destination = %name, error = %e, "delivery failed, will retry");
                         for item in chunk {
+                            self.audit.note(
+                                AuditEvent::new(
+                                    "result_delivery",
+                                    "failed",
+                                    serde_json::json!({
+                                        "destination": name,
+                                        "ae_title": remote.ae_title,
+                                        "address": format!("{}:{}", remote.host, remote.port),
+                                        "error": e.to_string(),
+                                        "attempt": item.attempts + 1,
+                                        "job_id": item.job_id,
+                                    }),
+                                )
+                                .instance(None, Some(&item.sop_instance_uid)),
+                            );
                             self.retry_item(item, &e.to_string())?;
                         }
                         break;

@@ -46,6 +46,11 @@ pub struct InstanceAnalysis {
     pub header: InstanceHeader,
     /// Milliseconds spent decoding pixel data.
     pub decode_ms: f64,
+    /// SHA-256 (hex) of the decoded pixel array the model was given (after
+    /// the Modality LUT and VOI of the package's preprocessing; `f32`
+    /// little endian, `[frame][row][column][sample]`): which pixels exactly
+    /// produced the result.
+    pub pixels_sha256: String,
     /// One result per frame.
     pub results: Vec<ModelResult>,
 }
@@ -82,6 +87,7 @@ pub fn analyse(model: &mut Model, file: &DicomFile) -> Result<InstanceAnalysis> 
     let started = Instant::now();
     let pixels = file.decode(&options)?;
     let decode_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let pixels_sha256 = hash_samples(&pixels.data);
     let images: Vec<Image<'_>> = (0..pixels.frames)
         .filter_map(|f| pixels.frame(f))
         .map(|data| Image {
@@ -96,6 +102,41 @@ pub fn analyse(model: &mut Model, file: &DicomFile) -> Result<InstanceAnalysis> 
         path: file.path().to_path_buf(),
         header: header.clone(),
         decode_ms,
+        pixels_sha256,
         results,
     })
+}
+
+/// SHA-256 of samples as `f32` little endian.
+pub fn hash_samples(samples: &[f32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut buffer = Vec::with_capacity(16 * 1024);
+    for chunk in samples.chunks(4096) {
+        buffer.clear();
+        for v in chunk {
+            buffer.extend_from_slice(&v.to_le_bytes());
+        }
+        hasher.update(&buffer);
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn the_pixel_hash_is_that_of_the_little_endian_samples() {
+        let samples: Vec<f32> = (0..10_000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let bytes: Vec<u8> = samples.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            super::hash_samples(&samples),
+            hex::encode(Sha256::digest(&bytes))
+        );
+        assert_ne!(
+            super::hash_samples(&samples[1..]),
+            super::hash_samples(&samples)
+        );
+    }
 }

@@ -28,6 +28,7 @@ use dicom_ul::pdu::{
     AssociationRJServiceUserReason, AssociationRJSource, PDataValueType, Pdu,
     PresentationContextResultReason, UserIdentity,
 };
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -133,6 +134,9 @@ pub struct ReceivedInstance {
     pub peer: SocketAddr,
     /// Size of the data set in bytes.
     pub bytes: u64,
+    /// SHA-256 (hex) of the staged Part 10 file as written, computed while
+    /// receiving.
+    pub sha256: String,
 }
 
 /// The handler's answer to a C-STORE.
@@ -337,6 +341,7 @@ struct Incoming {
     transfer_syntax: String,
     path: PathBuf,
     writer: Option<BufWriter<File>>,
+    hasher: Sha256,
     bytes: u64,
     /// Set once something failed; the rest of the data set is discarded.
     failure: Option<StoreOutcome>,
@@ -353,6 +358,7 @@ impl Incoming {
             transfer_syntax: transfer_syntax.to_string(),
             path,
             writer: None,
+            hasher: Sha256::new(),
             bytes: 0,
             failure: None,
         };
@@ -384,7 +390,7 @@ impl Incoming {
         incoming
     }
 
-    fn open(&self, class: &str, instance: &str) -> std::io::Result<BufWriter<File>> {
+    fn open(&mut self, class: &str, instance: &str) -> std::io::Result<BufWriter<File>> {
         let meta = FileMetaTableBuilder::new()
             .media_storage_sop_class_uid(class)
             .media_storage_sop_instance_uid(instance)
@@ -393,15 +399,18 @@ impl Incoming {
             .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
             .build()
             .map_err(std::io::Error::other)?;
+        let mut head = vec![0u8; 128];
+        head.extend_from_slice(b"DICM");
+        meta.write(&mut head).map_err(std::io::Error::other)?;
         let mut writer = BufWriter::with_capacity(256 * 1024, File::create(&self.path)?);
-        writer.write_all(&[0u8; 128])?;
-        writer.write_all(b"DICM")?;
-        meta.write(&mut writer).map_err(std::io::Error::other)?;
+        writer.write_all(&head)?;
+        self.hasher.update(&head);
         Ok(writer)
     }
 
     fn write(&mut self, bytes: &[u8]) {
         self.bytes += bytes.len() as u64;
+        self.hasher.update(bytes);
         if let Some(writer) = self.writer.as_mut()
             && let Err(e) = writer.write_all(bytes)
         {
@@ -657,6 +666,7 @@ impl<H: StoreHandler> Association<H> {
                     calling_ae_title: self.calling.clone(),
                     peer: self.peer,
                     bytes: incoming.bytes,
+                    sha256: hex::encode(std::mem::take(&mut incoming.hasher).finalize()),
                 };
                 let handler = self.handler.clone();
                 tokio::task::spawn_blocking(move || handler.store(received))

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::config::Config;
 
+mod audit;
 pub mod infer;
 mod serve;
 mod validate;
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", Config::load(cli.config.as_deref())?.to_toml()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit(cmd) => audit::run(&Config::load(cli.config.as_deref())?, cmd),
         Command::Serve(args) => serve::run(Config::load(cli.config.as_deref())?, args),
         Command::Infer(args) => infer::run(&Config::load(cli.config.as_deref())?, args),
         Command::Validate(cmd) => validate::run(cmd),

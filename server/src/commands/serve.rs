@@ -14,6 +14,9 @@ use vigie_dicom_io::net::scp::{self, AllowedCaller, ScpOptions};
 use vigie_inference::ModelPackage;
 use vigie_inference::manifest::Manifest;
 
+use sha2::Digest;
+
+use crate::audit::{Audit, AuditEvent};
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::http::{HttpState, router};
@@ -44,6 +47,7 @@ fn effective(mut config: Config, args: &ServeArgs) -> anyhow::Result<Config> {
 /// so that a broken package stops the start, not the first study.
 fn models(
     config: &Config,
+    audit: &Audit,
 ) -> anyhow::Result<BTreeMap<String, vigie_inference::manifest::AppliesTo>> {
     let root = &config.inference.models_dir;
     let mut applies = BTreeMap::new();
@@ -75,8 +79,33 @@ fn models(
     used.sort();
     used.dedup();
     for id in used {
-        let package = ModelPackage::load(root.join(id))
-            .with_context(|| format!("model package {id:?} used by the routing rules"))?;
+        let package = match ModelPackage::load(root.join(id)) {
+            Ok(p) => p,
+            Err(e) => {
+                let mut event = AuditEvent::new(
+                    "model_refused",
+                    "failed",
+                    serde_json::json!({ "error": e.to_string(), "when": "start-up verification" }),
+                );
+                event.model_id = Some(id.clone());
+                audit.note(event);
+                return Err(anyhow::Error::new(e)
+                    .context(format!("model package {id:?} used by the routing rules")));
+            }
+        };
+        audit.record(
+            AuditEvent::new(
+                "model_verified",
+                "ok",
+                serde_json::json!({
+                    "sha256": package.sha256(),
+                    "package": package.dir(),
+                    "regulatory_status": package.manifest().model.regulatory_status,
+                    "intended_use": package.manifest().model.intended_use,
+                }),
+            )
+            .model(package.id(), package.version()),
+        )?;
         tracing::info!(
             model = id.as_str(),
             version = package.version(),
@@ -132,7 +161,31 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             "jobs interrupted by the previous run are pending again"
         );
     }
-    let router_table = Router::new(&config, models(&config)?)?;
+    let audit = Audit::open(layout.root(), &config.appliance.id, &config.audit)?;
+    let effective_toml = config.to_toml()?;
+    audit.record(AuditEvent::new(
+        "configuration_loaded",
+        "ok",
+        serde_json::json!({
+            "sha256": hex::encode(sha2::Sha256::digest(effective_toml.as_bytes())),
+            "effective": effective_toml,
+        }),
+    ))?;
+    audit.record(AuditEvent::new(
+        "service_started",
+        "ok",
+        serde_json::json!({
+            "pid": std::process::id(),
+            "data_dir": layout.root(),
+            "dicom": format!("{}:{}", config.dicom.bind, config.dicom.port),
+            "http": format!("{}:{}", config.http.bind, config.http.port),
+            "audit_public_key": audit.public_key(),
+            "partial_transfers_discarded": removed,
+            "jobs_resumed": reset,
+        }),
+    ))?;
+    let router_table = Router::new(&config, models(&config, &audit)?)?;
+    audit.checkpoint()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vigie-io")
@@ -157,6 +210,7 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let ingest = Arc::new(Ingest::new(
             layout.clone(),
             catalog.clone(),
+            audit.clone(),
             config.storage.min_free_mib.saturating_mul(1 << 20),
         ));
         let stats = ingest.stats.clone();
@@ -165,6 +219,7 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             catalog: catalog.clone(),
             layout: layout.clone(),
             stopping: Arc::new(AtomicBool::new(false)),
+            audit: audit.clone(),
         };
         let options = scp_options(&config, &layout);
         tracing::info!(
@@ -183,6 +238,20 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(pipeline.clone().assembly_loop(router_table));
         tokio::spawn(pipeline.clone().delivery_loop());
         let _workers = pipeline.spawn_workers();
+        let periodic = audit.clone();
+        let interval = Duration::from_secs(config.audit.checkpoint_interval_s.max(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let audit = periodic.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = audit.checkpoint() {
+                        tracing::error!(error = %e, "audit checkpoint failed");
+                    }
+                })
+                .await;
+            }
+        });
         let app = router(HttpState {
             catalog: catalog.clone(),
             ingest: stats,
@@ -201,6 +270,12 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         pipeline.stopping.store(true, Ordering::Relaxed);
+        audit.record(AuditEvent::new(
+            "service_stopped",
+            "ok",
+            serde_json::json!({ "pid": std::process::id(), "reason": "signal" }),
+        ))?;
+        audit.checkpoint()?;
         anyhow::Ok(())
     })?;
     // Worker threads may be inside a job: the process exits anyway; the job

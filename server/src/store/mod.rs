@@ -55,6 +55,8 @@ pub struct InstanceRecord {
     pub path: PathBuf,
     /// Size in bytes.
     pub size: u64,
+    /// SHA-256 (hex) of the file as received.
+    pub sha256: String,
 }
 
 /// One series of a study as routing sees it.

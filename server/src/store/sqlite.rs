@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS instances (
     calling_ae_title    TEXT NOT NULL,
     path                TEXT NOT NULL,
     size                INTEGER NOT NULL,
+    sha256              TEXT NOT NULL,
     generation          INTEGER NOT NULL,
     received_ms         INTEGER NOT NULL
 );
@@ -116,6 +117,7 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
         calling_ae_title: row.get("calling_ae_title")?,
         path: PathBuf::from(row.get::<_, String>("path")?),
         size: row.get::<_, i64>("size")?.max(0).unsigned_abs(),
+        sha256: row.get("sha256")?,
     })
 }
 
@@ -181,8 +183,8 @@ impl Catalog for SqliteCatalog {
                 "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid,
                     study_instance_uid, series_instance_uid, modality, body_part,
                     series_description, transfer_syntax, calling_ae_title, path, size,
-                    generation, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    sha256, generation, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     i.sop_instance_uid,
                     i.sop_class_uid,
@@ -195,6 +197,7 @@ impl Catalog for SqliteCatalog {
                     i.calling_ae_title,
                     i.path.to_string_lossy(),
                     i64::try_from(i.size).unwrap_or(i64::MAX),
+                    i.sha256,
                     generation,
                     now_ms
                 ],
@@ -526,6 +529,7 @@ mod tests {
             calling_ae_title: "PACS".into(),
             path: PathBuf::from(format!("/x/{sop}.dcm")),
             size: 10,
+            sha256: "ab".into(),
         }
     }
 

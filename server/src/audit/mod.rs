@@ -1,0 +1,372 @@
+//! The audit trail: an append-only, hash-chained, signed record of
+//! everything the appliance does (MDR performance evaluation, AI Act
+//! Art. 12 record keeping). See `docs/traceability.md`.
+//!
+//! - Every record carries a sequence number, a UTC timestamp, the appliance
+//!   id, the software version and git commit, what happened (`kind`,
+//!   `outcome`, indexed UIDs and model, and a JSON `details` object), the
+//!   SHA-256 of the previous record and its own SHA-256 over all of that.
+//! - Every `checkpoint_every` records, at start, at stop and on demand, a
+//!   checkpoint (sequence number and hash of the last record) is signed with
+//!   the appliance's Ed25519 key and written both into the log and, durably,
+//!   into the head file `audit-head.json` beside it. Editing, deleting or
+//!   reordering records breaks the chain; rewriting the chain breaks the
+//!   signatures; truncating the tail leaves the head pointing past the end.
+//! - Patient ID is kept as an HMAC-SHA256 under a site secret by default
+//!   (`audit.patient_id = "hmac"`), in clear, or not at all.
+//!
+//! [`AuditLog`] is the storage trait; [`sqlite::SqliteAudit`] the embedded
+//! implementation.
+
+pub mod keys;
+pub mod sqlite;
+pub mod verify;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Hash of "no previous record".
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Software version written in every record.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Git commit the binary was built from (`unknown` outside a checkout).
+pub const GIT_COMMIT: &str = match option_env!("VIGIE_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// Errors of the audit trail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The audit database failed.
+    #[error("audit log {path}: {reason}")]
+    Database {
+        /// Database file.
+        path: std::path::PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A key file cannot be read, written or used.
+    #[error("audit key {path}: {reason}")]
+    Key {
+        /// Key file.
+        path: std::path::PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Result with [`AuditError`].
+pub type AuditResult<T> = Result<T, AuditError>;
+
+/// What happened, to be appended.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AuditEvent {
+    /// Event type (`instance_stored`, `inference`, …; see docs).
+    pub kind: String,
+    /// `ok`, `refused`, `failed`, … (event-specific).
+    pub outcome: String,
+    /// Study concerned.
+    pub study_instance_uid: Option<String>,
+    /// Instance concerned.
+    pub sop_instance_uid: Option<String>,
+    /// Model concerned.
+    pub model_id: Option<String>,
+    /// Its version.
+    pub model_version: Option<String>,
+    /// Everything else, as a JSON object.
+    pub details: serde_json::Value,
+}
+
+impl AuditEvent {
+    /// An event of `kind` with `outcome` and `details`.
+    pub fn new(kind: &str, outcome: &str, details: serde_json::Value) -> Self {
+        Self {
+            kind: kind.into(),
+            outcome: outcome.into(),
+            details,
+            ..Self::default()
+        }
+    }
+
+    /// With the study and instance.
+    pub fn instance(mut self, study: Option<&str>, sop: Option<&str>) -> Self {
+        self.study_instance_uid = study.map(str::to_string);
+        self.sop_instance_uid = sop.map(str::to_string);
+        self
+    }
+
+    /// With the model.
+    pub fn model(mut self, id: &str, version: &str) -> Self {
+        self.model_id = Some(id.into());
+        self.model_version = Some(version.into());
+        self
+    }
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Sequence number, from 1, without gaps.
+    pub seq: i64,
+    /// UTC time, RFC 3339 with microseconds.
+    pub timestamp: String,
+    /// Appliance id.
+    pub appliance: String,
+    /// Software version.
+    pub software_version: String,
+    /// Git commit.
+    pub git_commit: String,
+    /// Event type.
+    pub kind: String,
+    /// Outcome.
+    pub outcome: String,
+    /// Study.
+    pub study_instance_uid: Option<String>,
+    /// Instance.
+    pub sop_instance_uid: Option<String>,
+    /// Model id.
+    pub model_id: Option<String>,
+    /// Model version.
+    pub model_version: Option<String>,
+    /// Details, as the exact JSON text that was hashed.
+    pub details: String,
+    /// SHA-256 of the previous record (GENESIS for the first).
+    pub prev_hash: String,
+    /// SHA-256 of this record.
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// The SHA-256 this record must carry: over every field but `hash`, as
+    /// a JSON array in a fixed order.
+    pub fn compute_hash(&self) -> String {
+        let body = serde_json::json!([
+            self.seq,
+            self.timestamp,
+            self.appliance,
+            self.software_version,
+            self.git_commit,
+            self.kind,
+            self.outcome,
+            self.study_instance_uid,
+            self.sop_instance_uid,
+            self.model_id,
+            self.model_version,
+            self.details,
+            self.prev_hash,
+        ]);
+        hex::encode(Sha256::digest(body.to_string().as_bytes()))
+    }
+}
+
+/// A signed checkpoint: the log up to `seq` ends with the record `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Last record covered.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: String,
+    /// When it was signed.
+    pub timestamp: String,
+    /// Ed25519 public key (hex) that signed it.
+    pub public_key: String,
+    /// Ed25519 signature (hex) of [`Checkpoint::message`].
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The signed bytes.
+    pub fn message(seq: i64, hash: &str, timestamp: &str) -> Vec<u8> {
+        format!("vigie-audit-checkpoint\n{seq}\n{hash}\n{timestamp}").into_bytes()
+    }
+}
+
+/// Filters for reading records back.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// From this time (RFC 3339, inclusive).
+    pub from: Option<String>,
+    /// Until this time (RFC 3339, exclusive).
+    pub to: Option<String>,
+    /// Event type.
+    pub kind: Option<String>,
+    /// Study.
+    pub study_instance_uid: Option<String>,
+    /// Model id.
+    pub model_id: Option<String>,
+    /// Model version.
+    pub model_version: Option<String>,
+    /// Outcome.
+    pub outcome: Option<String>,
+}
+
+/// Storage of the audit trail.
+pub trait AuditLog: Send + Sync + 'static {
+    /// Append `event` durably (committed and fsynced when this returns);
+    /// signs a checkpoint when one is due.
+    fn append(&self, event: &AuditEvent) -> AuditResult<AuditRecord>;
+
+    /// Sign a checkpoint of the current end of the log now (no-op when the
+    /// last checkpoint already covers it).
+    fn checkpoint(&self) -> AuditResult<Option<Checkpoint>>;
+
+    /// Records matching `query`, in sequence order.
+    fn records(&self, query: &Query) -> AuditResult<Vec<AuditRecord>>;
+
+    /// Every record and checkpoint, and the head, for verification.
+    fn snapshot(&self) -> AuditResult<verify::Snapshot>;
+}
+
+/// How Patient ID is kept in the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatientIdPolicy {
+    /// HMAC-SHA256 under the site secret (hex): linkable, not readable.
+    Hmac,
+    /// In clear.
+    Clear,
+    /// Not recorded.
+    Omit,
+}
+
+/// Applies the [`PatientIdPolicy`].
+#[derive(Clone)]
+pub struct Pseudonymiser {
+    policy: PatientIdPolicy,
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Pseudonymiser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pseudonymiser")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pseudonymiser {
+    /// With this policy and site secret.
+    pub fn new(policy: PatientIdPolicy, secret: Vec<u8>) -> Self {
+        Self { policy, secret }
+    }
+
+    /// The JSON value to record for a Patient ID (`null` when omitted or
+    /// absent).
+    pub fn patient_id(&self, patient_id: Option<&str>) -> serde_json::Value {
+        use hmac::{Mac, SimpleHmac};
+        let Some(id) = patient_id.map(str::trim).filter(|s| !s.is_empty()) else {
+            return serde_json::Value::Null;
+        };
+        match self.policy {
+            PatientIdPolicy::Omit => serde_json::Value::Null,
+            PatientIdPolicy::Clear => serde_json::json!({ "clear": id }),
+            PatientIdPolicy::Hmac => {
+                let Ok(mut mac) = SimpleHmac::<Sha256>::new_from_slice(&self.secret) else {
+                    return serde_json::Value::Null;
+                };
+                mac.update(id.as_bytes());
+                serde_json::json!({ "hmac_sha256": hex::encode(mac.finalize().into_bytes()) })
+            }
+        }
+    }
+}
+
+/// File of the checkpoint signing key in the data directory.
+pub const SIGNING_KEY_FILE: &str = "audit-signing.key";
+/// File of the Patient ID HMAC secret in the data directory.
+pub const HMAC_KEY_FILE: &str = "audit-hmac.key";
+
+/// The audit trail as the rest of the service uses it.
+#[derive(Clone)]
+pub struct Audit {
+    log: std::sync::Arc<dyn AuditLog>,
+    pseudonymiser: Pseudonymiser,
+    public_key: String,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("public_key", &self.public_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Audit {
+    /// Open the embedded audit log of `data_dir` (creating keys at first
+    /// use).
+    pub fn open(
+        data_dir: &std::path::Path,
+        appliance: &str,
+        config: &crate::config::AuditConfig,
+    ) -> AuditResult<Self> {
+        let key = keys::signing_key(&data_dir.join(SIGNING_KEY_FILE))?;
+        let secret = keys::load_or_create_secret(&data_dir.join(HMAC_KEY_FILE))?;
+        let log = sqlite::SqliteAudit::open(data_dir, appliance, key, config.checkpoint_every)?;
+        Ok(Self {
+            public_key: log.public_key(),
+            log: std::sync::Arc::new(log),
+            pseudonymiser: Pseudonymiser::new(config.patient_id, secret.to_vec()),
+        })
+    }
+
+    /// Append durably; the caller decides what a failure means.
+    pub fn record(&self, event: AuditEvent) -> AuditResult<AuditRecord> {
+        self.log.append(&event).inspect_err(|e| {
+            tracing::error!(kind = %event.kind, error = %e, "audit record not written");
+        })
+    }
+
+    /// Append, logging a failure (for events nothing waits on).
+    pub fn note(&self, event: AuditEvent) {
+        let _ = self.record(event);
+    }
+
+    /// Sign a checkpoint now.
+    pub fn checkpoint(&self) -> AuditResult<Option<Checkpoint>> {
+        self.log.checkpoint()
+    }
+
+    /// The public key (hex) verifying the checkpoints.
+    pub fn public_key(&self) -> &str {
+        &self.public_key
+    }
+
+    /// What to record of a Patient ID.
+    pub fn patient_id(&self, id: Option<&str>) -> serde_json::Value {
+        self.pseudonymiser.patient_id(id)
+    }
+}
+
+/// UTC now, RFC 3339 with microseconds.
+pub fn timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patient_ids_are_keyed_hashes_by_default() {
+        let p = Pseudonymiser::new(PatientIdPolicy::Hmac, b"site secret".to_vec());
+        let a = p.patient_id(Some("12345"));
+        assert_eq!(a, p.patient_id(Some("12345 ")), "stable");
+        assert_ne!(a, p.patient_id(Some("12346")));
+        let other_site = Pseudonymiser::new(PatientIdPolicy::Hmac, b"other".to_vec());
+        assert_ne!(a, other_site.patient_id(Some("12345")), "keyed");
+        assert!(!a.to_string().contains("12345"));
+        assert_eq!(
+            Pseudonymiser::new(PatientIdPolicy::Clear, vec![]).patient_id(Some("12345")),
+            serde_json::json!({ "clear": "12345" })
+        );
+        assert!(
+            Pseudonymiser::new(PatientIdPolicy::Omit, vec![])
+                .patient_id(Some("1"))
+                .is_null()
+        );
+    }
+}

@@ -1,0 +1,488 @@
+//! The embedded audit log: `audit.sqlite` (WAL, `synchronous=FULL`) in the
+//! data directory, and the head file `audit-head.json` beside it. Appends
+//! take the database's write lock and read the last record inside the
+//! transaction, so several processes (`vigie serve`, `vigie audit export`)
+//! extend one chain.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ed25519_dalek::{Signer, SigningKey};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::verify::Snapshot;
+use super::{
+    AuditError, AuditEvent, AuditLog, AuditRecord, AuditResult, Checkpoint, GENESIS, GIT_COMMIT,
+    Query, SOFTWARE_VERSION, timestamp,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    seq                INTEGER PRIMARY KEY,
+    timestamp          TEXT NOT NULL,
+    appliance          TEXT NOT NULL,
+    software_version   TEXT NOT NULL,
+    git_commit         TEXT NOT NULL,
+    kind               TEXT NOT NULL,
+    outcome            TEXT NOT NULL,
+    study_instance_uid TEXT,
+    sop_instance_uid   TEXT,
+    model_id           TEXT,
+    model_version      TEXT,
+    details            TEXT NOT NULL,
+    prev_hash          TEXT NOT NULL,
+    hash               TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_time ON records (timestamp);
+CREATE INDEX IF NOT EXISTS records_study ON records (study_instance_uid);
+CREATE INDEX IF NOT EXISTS records_model ON records (model_id, model_version);
+CREATE INDEX IF NOT EXISTS records_kind ON records (kind, outcome);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq        INTEGER PRIMARY KEY,
+    hash       TEXT NOT NULL,
+    timestamp  TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    signature  TEXT NOT NULL
+);
+";
+
+/// File names in the data directory.
+pub const DATABASE: &str = "audit.sqlite";
+/// The head file.
+pub const HEAD: &str = "audit-head.json";
+
+/// The SQLite audit log.
+pub struct SqliteAudit {
+    path: PathBuf,
+    head: PathBuf,
+    connection: Mutex<Connection>,
+    key: SigningKey,
+    appliance: String,
+    checkpoint_every: i64,
+}
+
+impl std::fmt::Debug for SqliteAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteAudit")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: row.get("seq")?,
+        timestamp: row.get("timestamp")?,
+        appliance: row.get("appliance")?,
+        software_version: row.get("software_version")?,
+        git_commit: row.get("git_commit")?,
+        kind: row.get("kind")?,
+        outcome: row.get("outcome")?,
+        study_instance_uid: row.get("study_instance_uid")?,
+        sop_instance_uid: row.get("sop_instance_uid")?,
+        model_id: row.get("model_id")?,
+        model_version: row.get("model_version")?,
+        details: row.get("details")?,
+        prev_hash: row.get("prev_hash")?,
+        hash: row.get("hash")?,
+    })
+}
+
+fn checkpoint_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
+    Ok(Checkpoint {
+        seq: row.get(0)?,
+        hash: row.get(1)?,
+        timestamp: row.get(2)?,
+        public_key: row.get(3)?,
+        signature: row.get(4)?,
+    })
+}
+
+impl SqliteAudit {
+    /// Open (creating) the audit log in `data_dir`, signing with `key`, a
+    /// checkpoint every `checkpoint_every` records.
+    pub fn open(
+        data_dir: &Path,
+        appliance: &str,
+        key: SigningKey,
+        checkpoint_every: u32,
+    ) -> AuditResult<Self> {
+        let path = data_dir.join(DATABASE);
+        let err = |e: rusqlite::Error| AuditError::Database {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| AuditError::Database {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let connection = Connection::open(&path).map_err(err)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(err)?;
+        connection.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Self {
+            head: data_dir.join(HEAD),
+            path,
+            connection: Mutex::new(connection),
+            key,
+            appliance: appliance.into(),
+            checkpoint_every: i64::from(checkpoint_every.max(1)),
+        })
+    }
+
+    /// The public key (hex) that verifies this log's checkpoints.
+    pub fn public_key(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+
+    fn db_err(&self, e: impl std::fmt::Display) -> AuditError {
+        AuditError::Database {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn sign(&self, seq: i64, hash: &str) -> Checkpoint {
+        let timestamp = timestamp();
+        let signature = self.key.sign(&Checkpoint::message(seq, hash, &timestamp));
+        Checkpoint {
+            seq,
+            hash: hash.into(),
+            timestamp,
+            public_key: self.public_key(),
+            signature: hex::encode(signature.to_bytes()),
+        }
+    }
+
+    fn write_head(&self, checkpoint: &Checkpoint) -> AuditResult<()> {
+        let text = serde_json::to_string_pretty(checkpoint).map_err(|e| self.db_err(e))?;
+        vigie_dicom_io::write::write_durably(&self.head, |w| {
+            std::io::Write::write_all(w, text.as_bytes())
+        })
+        .map_err(|e| self.db_err(e))
+    }
+
+    fn insert_checkpoint(tx: &rusqlite::Transaction<'_>, c: &Checkpoint) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT OR REPLACE INTO checkpoints (seq, hash, timestamp, public_key, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![c.seq, c.hash, c.timestamp, c.public_key, c.signature],
+        )?;
+        Ok(())
+    }
+
+    fn read_head(&self) -> Result<Option<Checkpoint>, String> {
+        match std::fs::read_to_string(&self.head) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl AuditLog for SqliteAudit {
+    fn append(&self, event: &AuditEvent) -> AuditResult<AuditRecord> {
+        let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = guard
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db_err(e))?;
+        let last: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))?;
+        let (seq, prev_hash) = match last {
+            Some((seq, hash)) => (seq + 1, hash),
+            None => (1, GENESIS.to_string()),
+        };
+        let mut record = AuditRecord {
+            seq,
+            timestamp: timestamp(),
+            appliance: self.appliance.clone(),
+            software_version: SOFTWARE_VERSION.into(),
+            git_commit: GIT_COMMIT.into(),
+            kind: event.kind.clone(),
+            outcome: event.outcome.clone(),
+            study_instance_uid: event.study_instance_uid.clone(),
+            sop_instance_uid: event.sop_instance_uid.clone(),
+            model_id: event.model_id.clone(),
+            model_version: event.model_version.clone(),
+            details: event.details.to_string(),
+            prev_hash,
+            hash: String::new(),
+        };
+        record.hash = record.compute_hash();
+        tx.execute(
+            "INSERT INTO records (seq, timestamp, appliance, software_version, git_commit, kind,
+                outcome, study_instance_uid, sop_instance_uid, model_id, model_version, details,
+                prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                record.seq,
+                record.timestamp,
+                record.appliance,
+                record.software_version,
+                record.git_commit,
+                record.kind,
+                record.outcome,
+                record.study_instance_uid,
+                record.sop_instance_uid,
+                record.model_id,
+                record.model_version,
+                record.details,
+                record.prev_hash,
+                record.hash
+            ],
+        )
+        .map_err(|e| self.db_err(e))?;
+        let last_checkpoint: i64 = tx
+            .query_row("SELECT coalesce(max(seq), 0) FROM checkpoints", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.db_err(e))?;
+        let checkpoint =
+            (seq - last_checkpoint >= self.checkpoint_every).then(|| self.sign(seq, &record.hash));
+        if let Some(c) = &checkpoint {
+            Self::insert_checkpoint(&tx, c).map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        if let Some(c) = &checkpoint {
+            self.write_head(c)?;
+        }
+        Ok(record)
+    }
+
+    fn checkpoint(&self) -> AuditResult<Option<Checkpoint>> {
+        let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = guard
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db_err(e))?;
+        let last: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))?;
+        let Some((seq, hash)) = last else {
+            return Ok(None);
+        };
+        let covered: i64 = tx
+            .query_row("SELECT coalesce(max(seq), 0) FROM checkpoints", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.db_err(e))?;
+        if covered >= seq
+            && self
+                .read_head()
+                .ok()
+                .flatten()
+                .is_some_and(|h| h.seq >= seq)
+        {
+            return Ok(None);
+        }
+        let checkpoint = self.sign(seq, &hash);
+        Self::insert_checkpoint(&tx, &checkpoint).map_err(|e| self.db_err(e))?;
+        tx.commit().map_err(|e| self.db_err(e))?;
+        self.write_head(&checkpoint)?;
+        Ok(Some(checkpoint))
+    }
+
+    fn records(&self, query: &Query) -> AuditResult<Vec<AuditRecord>> {
+        let guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sql = String::from("SELECT * FROM records WHERE 1 = 1");
+        let mut values: Vec<String> = Vec::new();
+        let mut filter = |column: &str, op: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                values.push(v.clone());
+                sql.push_str(&format!(" AND {column} {op} ?{}", values.len()));
+            }
+        };
+        filter("timestamp", ">=", &query.from);
+        filter("timestamp", "<", &query.to);
+        filter("kind", "=", &query.kind);
+        filter("study_instance_uid", "=", &query.study_instance_uid);
+        filter("model_id", "=", &query.model_id);
+        filter("model_version", "=", &query.model_version);
+        filter("outcome", "=", &query.outcome);
+        sql.push_str(" ORDER BY seq");
+        let mut stmt = guard.prepare(&sql).map_err(|e| self.db_err(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(values.iter()), record_from_row)
+            .map_err(|e| self.db_err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn snapshot(&self) -> AuditResult<Snapshot> {
+        let records = self.records(&Query::default())?;
+        let guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = guard
+            .prepare(
+                "SELECT seq, hash, timestamp, public_key, signature FROM checkpoints ORDER BY seq",
+            )
+            .map_err(|e| self.db_err(e))?;
+        let checkpoints = stmt
+            .query_map([], checkpoint_from_row)
+            .map_err(|e| self.db_err(e))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.db_err(e))?;
+        Ok(Snapshot {
+            records,
+            checkpoints,
+            head: self.read_head(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::verify::verify;
+
+    fn log(dir: &Path, every: u32) -> SqliteAudit {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        SqliteAudit::open(dir, "test", key, every).unwrap()
+    }
+
+    fn fill(audit: &SqliteAudit, n: usize) {
+        for i in 0..n {
+            audit
+                .append(
+                    &AuditEvent::new("instance_stored", "ok", serde_json::json!({ "i": i }))
+                        .instance(Some("1.2"), Some(&format!("1.2.{i}"))),
+                )
+                .unwrap();
+        }
+    }
+
+    fn sql(dir: &Path, statement: &str) {
+        let c = Connection::open(dir.join(DATABASE)).unwrap();
+        c.execute_batch(statement).unwrap();
+    }
+
+    fn verdict(dir: &Path) -> crate::audit::verify::Report {
+        let audit = log(dir, 4);
+        verify(&audit.snapshot().unwrap(), &audit.key.verifying_key())
+    }
+
+    #[test]
+    fn an_untouched_log_verifies_and_records_are_queryable() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = log(dir.path(), 4);
+        fill(&audit, 10);
+        audit.checkpoint().unwrap();
+        let report = verdict(dir.path());
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.records, 10);
+        assert_eq!(report.checkpoints_verified, 3, "at 4, 8 and 10");
+        assert_eq!(report.unsigned_tail, 0);
+        let stored = audit
+            .records(&Query {
+                kind: Some("instance_stored".into()),
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(stored.len(), 10);
+        assert_eq!(stored[3].sop_instance_uid.as_deref(), Some("1.2.3"));
+    }
+
+    #[test]
+    fn each_kind_of_tampering_is_found_at_the_right_record() {
+        let cases: &[(&str, i64, &str)] = &[
+            (
+                "UPDATE records SET outcome = 'refused' WHERE seq = 5",
+                5,
+                "edited",
+            ),
+            ("DELETE FROM records WHERE seq = 6", 6, "missing"),
+            (
+                "UPDATE records SET seq = -1 WHERE seq = 3; UPDATE records SET seq = 3 WHERE seq = 4; UPDATE records SET seq = 4 WHERE seq = -1",
+                3,
+                "previous-hash",
+            ),
+            ("DELETE FROM records WHERE seq >= 9", 9, "truncated"),
+        ];
+        for (statement, seq, words) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            fill(&log(dir.path(), 4), 10);
+            log(dir.path(), 4).checkpoint().unwrap();
+            sql(dir.path(), statement);
+            let report = verdict(dir.path());
+            assert!(!report.ok, "{statement}");
+            assert_eq!(
+                report.first_bad_record,
+                Some(*seq),
+                "{statement}: {report:?}"
+            );
+            assert!(
+                report.reason.as_deref().unwrap().contains(words),
+                "{statement}: {report:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_chain_rewritten_without_the_key_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        fill(&log(dir.path(), 4), 10);
+        // Rewrite record 2 and re-chain everything after it, as someone
+        // without the signing key could.
+        let c = Connection::open(dir.path().join(DATABASE)).unwrap();
+        let mut records: Vec<AuditRecord> = {
+            let mut stmt = c.prepare("SELECT * FROM records ORDER BY seq").unwrap();
+            stmt.query_map([], record_from_row)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        records[1].outcome = "refused".into();
+        let mut prev = GENESIS.to_string();
+        for r in &mut records {
+            r.prev_hash = prev.clone();
+            r.hash = r.compute_hash();
+            prev = r.hash.clone();
+            c.execute(
+                "UPDATE records SET outcome = ?2, prev_hash = ?3, hash = ?4 WHERE seq = ?1",
+                params![r.seq, r.outcome, r.prev_hash, r.hash],
+            )
+            .unwrap();
+        }
+        let report = verdict(dir.path());
+        assert!(!report.ok);
+        assert_eq!(report.first_bad_record, Some(4), "{report:?}");
+        assert!(report.reason.unwrap().contains("rewritten"));
+        // Deleting the checkpoints too still leaves the head file.
+        sql(dir.path(), "DELETE FROM checkpoints");
+        let report = verdict(dir.path());
+        assert!(!report.ok);
+        assert!(report.reason.unwrap().contains("head"));
+    }
+
+    #[test]
+    fn another_process_appending_extends_the_same_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = log(dir.path(), 100);
+        let b = log(dir.path(), 100);
+        fill(&a, 2);
+        fill(&b, 2);
+        fill(&a, 1);
+        a.checkpoint().unwrap();
+        let report = verdict(dir.path());
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.records, 5);
+    }
+}

@@ -1,0 +1,228 @@
+//! Verification of an audit trail: the chain, the checkpoints and the head.
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use serde::Serialize;
+
+use super::{AuditRecord, Checkpoint, GENESIS};
+
+/// Everything verification looks at.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Records in storage order (by sequence number).
+    pub records: Vec<AuditRecord>,
+    /// Checkpoints stored in the log, by sequence number.
+    pub checkpoints: Vec<Checkpoint>,
+    /// The head file: the latest checkpoint, kept outside the database.
+    /// `Err` holds why it could not be read.
+    pub head: Result<Option<Checkpoint>, String>,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Whether everything verifies.
+    pub ok: bool,
+    /// Records examined.
+    pub records: usize,
+    /// Checkpoints whose signature verified.
+    pub checkpoints_verified: usize,
+    /// Sequence number of the first bad record (or of the record where the
+    /// log should have continued), when not ok.
+    pub first_bad_record: Option<i64>,
+    /// Why, in words.
+    pub reason: Option<String>,
+    /// Records after the last signed checkpoint (chained, not yet signed).
+    pub unsigned_tail: usize,
+}
+
+fn fail(records: usize, verified: usize, seq: i64, reason: String) -> Report {
+    Report {
+        ok: false,
+        records,
+        checkpoints_verified: verified,
+        first_bad_record: Some(seq),
+        reason: Some(reason),
+        unsigned_tail: 0,
+    }
+}
+
+fn check_signature(c: &Checkpoint, key: &VerifyingKey) -> Result<(), String> {
+    if !c
+        .public_key
+        .eq_ignore_ascii_case(&hex::encode(key.as_bytes()))
+    {
+        return Err(format!(
+            "checkpoint at record {} was signed by another key ({})",
+            c.seq, c.public_key
+        ));
+    }
+    let bytes = hex::decode(&c.signature).map_err(|e| e.to_string())?;
+    let signature = Signature::from_slice(&bytes).map_err(|e| e.to_string())?;
+    key.verify(
+        &Checkpoint::message(c.seq, &c.hash, &c.timestamp),
+        &signature,
+    )
+    .map_err(|_| format!("checkpoint at record {}: signature does not verify", c.seq))
+}
+
+/// Verify `snapshot` against the appliance's public key.
+pub fn verify(snapshot: &Snapshot, key: &VerifyingKey) -> Report {
+    let records = &snapshot.records;
+    let n = records.len();
+    // 1. The chain.
+    let mut previous_hash = GENESIS.to_string();
+    let mut expected_seq = 1;
+    for record in records {
+        if record.seq != expected_seq {
+            let reason = if record.seq > expected_seq {
+                format!(
+                    "sequence jumps from {} to {}: record {expected_seq} is missing",
+                    expected_seq - 1,
+                    record.seq
+                )
+            } else {
+                format!(
+                    "record {} appears where {expected_seq} was expected (reordered or duplicated)",
+                    record.seq
+                )
+            };
+            return fail(n, 0, expected_seq, reason);
+        }
+        if record.prev_hash != previous_hash {
+            return fail(
+                n,
+                0,
+                record.seq,
+                format!(
+                    "record {} does not follow record {} (previous-hash link broken: reordered, inserted or edited)",
+                    record.seq,
+                    record.seq - 1
+                ),
+            );
+        }
+        if record.compute_hash() != record.hash {
+            return fail(
+                n,
+                0,
+                record.seq,
+                format!("record {} does not match its hash (edited)", record.seq),
+            );
+        }
+        previous_hash = record.hash.clone();
+        expected_seq += 1;
+    }
+    let hash_of = |seq: i64| -> Option<&str> {
+        usize::try_from(seq - 1)
+            .ok()
+            .and_then(|i| records.get(i))
+            .map(|r| r.hash.as_str())
+    };
+    let last_seq = expected_seq - 1;
+    // 2. The checkpoints.
+    let mut verified = 0;
+    let mut last_signed = 0;
+    for c in &snapshot.checkpoints {
+        if let Err(reason) = check_signature(c, key) {
+            return fail(n, verified, c.seq, reason);
+        }
+        match hash_of(c.seq) {
+            None => {
+                return fail(
+                    n,
+                    verified,
+                    last_seq + 1,
+                    format!(
+                        "a signed checkpoint covers record {} but the log ends at record {last_seq} (truncated)",
+                        c.seq
+                    ),
+                );
+            }
+            Some(h) if h != c.hash => {
+                return fail(
+                    n,
+                    verified,
+                    c.seq,
+                    format!(
+                        "record {} differs from what its signed checkpoint says (chain rewritten)",
+                        c.seq
+                    ),
+                );
+            }
+            Some(_) => {}
+        }
+        verified += 1;
+        last_signed = last_signed.max(c.seq);
+    }
+    // 3. The head, kept outside the database.
+    let head = match &snapshot.head {
+        Err(reason) => {
+            return fail(
+                n,
+                verified,
+                last_seq + 1,
+                format!("head file unreadable: {reason}"),
+            );
+        }
+        Ok(None) if n > 0 => {
+            return fail(
+                n,
+                verified,
+                1,
+                "head file missing although the log has records (log replaced or head deleted)"
+                    .into(),
+            );
+        }
+        Ok(None) => None,
+        Ok(Some(head)) => Some(head),
+    };
+    if let Some(head) = head {
+        if let Err(reason) = check_signature(head, key) {
+            return fail(n, verified, head.seq, format!("head: {reason}"));
+        }
+        match hash_of(head.seq) {
+            None => {
+                return fail(
+                    n,
+                    verified,
+                    last_seq + 1,
+                    format!(
+                        "the signed head covers record {} but the log ends at record {last_seq} (tail truncated)",
+                        head.seq
+                    ),
+                );
+            }
+            Some(h) if h != head.hash => {
+                return fail(
+                    n,
+                    verified,
+                    head.seq,
+                    format!(
+                        "record {} differs from the signed head (chain rewritten)",
+                        head.seq
+                    ),
+                );
+            }
+            Some(_) => {}
+        }
+        if head.seq < last_signed {
+            return fail(
+                n,
+                verified,
+                head.seq,
+                format!(
+                    "the head file is older than the latest checkpoint in the log ({} < {last_signed}): head rolled back",
+                    head.seq
+                ),
+            );
+        }
+        last_signed = last_signed.max(head.seq);
+    }
+    Report {
+        ok: true,
+        records: n,
+        checkpoints_verified: verified,
+        first_bad_record: None,
+        reason: None,
+        unsigned_tail: usize::try_from(last_seq - last_signed).unwrap_or(0),
+    }
+}

@@ -1,0 +1,275 @@
+//! `vigie audit verify|export|public-key`: check and read an appliance's
+//! audit trail, from its data directory (the service may be running or
+//! stopped). Reading the trail is itself recorded in it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use sha2::Digest;
+
+use crate::audit::sqlite::{DATABASE, SqliteAudit};
+use crate::audit::verify::verify;
+use crate::audit::{AuditEvent, AuditLog, AuditRecord, Query, SIGNING_KEY_FILE, keys};
+use crate::cli::{AuditCommand, ExportArgs, ExportFormat};
+use crate::config::Config;
+
+fn data_dir(config: &Config, over: Option<&PathBuf>) -> PathBuf {
+    over.cloned()
+        .unwrap_or_else(|| config.appliance.data_dir.clone())
+}
+
+/// Open an existing audit log (never creates one or its key).
+fn open_existing(config: &Config, dir: &Path) -> anyhow::Result<SqliteAudit> {
+    if !dir.join(DATABASE).is_file() {
+        bail!("no audit log in {} ({DATABASE} missing)", dir.display());
+    }
+    let key_path = dir.join(SIGNING_KEY_FILE);
+    if !key_path.is_file() {
+        bail!(
+            "{} missing: cannot sign the record of this access",
+            key_path.display()
+        );
+    }
+    let key = keys::signing_key(&key_path)?;
+    Ok(SqliteAudit::open(
+        dir,
+        &config.appliance.id,
+        key,
+        config.audit.checkpoint_every,
+    )?)
+}
+
+/// Who runs this command, for the record.
+fn who() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    match std::env::var("USER") {
+        Ok(user) if !user.is_empty() => format!("{user} (uid {uid})"),
+        _ => format!("uid {uid}"),
+    }
+}
+
+pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Verify {
+            data_dir: over,
+            public_key,
+            json,
+        } => {
+            let dir = data_dir(config, over.as_ref());
+            let audit = open_existing(config, &dir)?;
+            let key = match &public_key {
+                Some(hex) => {
+                    keys::verifying_key(hex).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?
+                }
+                None => keys::verifying_key(&audit.public_key())
+                    .map_err(|e| anyhow::anyhow!("appliance key: {e}"))?,
+            };
+            let report = verify(&audit.snapshot()?, &key);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.ok {
+                println!(
+                    "audit trail OK: {} records, {} signed checkpoints verified, {} records after the last checkpoint",
+                    report.records, report.checkpoints_verified, report.unsigned_tail
+                );
+            } else {
+                println!(
+                    "audit trail NOT OK at record {}: {}",
+                    report.first_bad_record.unwrap_or(0),
+                    report.reason.as_deref().unwrap_or("")
+                );
+            }
+            // The verification itself goes on record, after the check.
+            audit.append(&AuditEvent::new(
+                "audit_accessed",
+                if report.ok {
+                    "verified"
+                } else {
+                    "verification_failed"
+                },
+                serde_json::json!({
+                    "who": who(),
+                    "what": "verify",
+                    "records": report.records,
+                    "first_bad_record": report.first_bad_record,
+                    "reason": report.reason,
+                    "public_key": hex::encode(key.as_bytes()),
+                }),
+            ))?;
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::PublicKey { data_dir: over } => {
+            let dir = data_dir(config, over.as_ref());
+            let key = keys::signing_key_existing(&dir.join(SIGNING_KEY_FILE))?;
+            println!("{}", hex::encode(key.verifying_key().as_bytes()));
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export(args) => export(config, args),
+    }
+}
+
+/// The columns of an inference row, in order.
+const COLUMNS: &[&str] = &[
+    "seq",
+    "timestamp",
+    "appliance",
+    "software_version",
+    "git_commit",
+    "study_instance_uid",
+    "sop_instance_uid",
+    "model_id",
+    "model_version",
+    "model_sha256",
+    "backend",
+    "provider",
+    "device",
+    "intra_threads",
+    "file_sha256",
+    "pixels_sha256",
+    "decision",
+    "rule",
+    "threshold",
+    "labels",
+    "probabilities",
+    "decode_ms",
+    "preprocess_ms",
+    "inference_ms",
+    "postprocess_ms",
+    "job_id",
+    "attempt",
+    "record_hash",
+];
+
+/// One row per analysed frame of an `inference` record.
+fn rows(record: &AuditRecord) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    let details: serde_json::Value = serde_json::from_str(&record.details)
+        .with_context(|| format!("record {}: details are not JSON", record.seq))?;
+    let d = &details;
+    let mut out = Vec::new();
+    let frames = d["frames"].as_array().cloned().unwrap_or_default();
+    for frame in frames {
+        let finding = &frame["finding"];
+        let values: Vec<serde_json::Value> = vec![
+            record.seq.into(),
+            record.timestamp.clone().into(),
+            record.appliance.clone().into(),
+            record.software_version.clone().into(),
+            record.git_commit.clone().into(),
+            record.study_instance_uid.clone().into(),
+            record.sop_instance_uid.clone().into(),
+            record.model_id.clone().into(),
+            record.model_version.clone().into(),
+            d["model_sha256"].clone(),
+            d["execution"]["backend"].clone(),
+            d["execution"]["provider"].clone(),
+            d["execution"]["device"].clone(),
+            d["execution"]["intra_threads"].clone(),
+            d["input"]["file_sha256"].clone(),
+            d["input"]["pixels_sha256"].clone(),
+            finding["decision"].clone(),
+            finding["rule"].clone(),
+            finding["threshold"].clone(),
+            finding["labels"].clone(),
+            finding["probabilities"].clone(),
+            d["decode_ms"].clone(),
+            frame["timings_ms"]["preprocess_ms"].clone(),
+            frame["timings_ms"]["inference_ms"].clone(),
+            frame["timings_ms"]["postprocess_ms"].clone(),
+            d["job_id"].clone(),
+            d["attempt"].clone(),
+            record.hash.clone().into(),
+        ];
+        out.push(COLUMNS.iter().map(|c| c.to_string()).zip(values).collect());
+    }
+    Ok(out)
+}
+
+fn csv_field(value: &serde_json::Value) -> String {
+    let text = match value {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+/// Accept a date (`2026-11-22`) or an RFC 3339 time.
+fn time_bound(text: &str) -> anyhow::Result<String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t
+            .with_timezone(&chrono::Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let t = d.and_hms_opt(0, 0, 0).context("midnight")?.and_utc();
+        return Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
+    bail!("{text:?} is neither a date (YYYY-MM-DD) nor an RFC 3339 time")
+}
+
+fn export(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let dir = data_dir(config, args.data_dir.as_ref());
+    let audit = open_existing(config, &dir)?;
+    let query = Query {
+        from: args.from.as_deref().map(time_bound).transpose()?,
+        to: args.to.as_deref().map(time_bound).transpose()?,
+        kind: Some("inference".into()),
+        outcome: Some("ok".into()),
+        model_id: args.model.clone(),
+        ..Query::default()
+    };
+    let mut all = Vec::new();
+    for record in audit.records(&query)? {
+        all.extend(rows(&record)?);
+    }
+    let mut text = String::new();
+    match args.format {
+        ExportFormat::Jsonl => {
+            for row in &all {
+                text.push_str(&serde_json::to_string(row)?);
+                text.push('\n');
+            }
+        }
+        ExportFormat::Csv => {
+            text.push_str(&COLUMNS.join(","));
+            text.push('\n');
+            for row in &all {
+                let fields: Vec<String> = COLUMNS.iter().map(|c| csv_field(&row[*c])).collect();
+                text.push_str(&fields.join(","));
+                text.push('\n');
+            }
+        }
+    }
+    match &args.out {
+        Some(path) => vigie_dicom_io::write::write_durably(path, |w| w.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    audit.append(&AuditEvent::new(
+        "audit_accessed",
+        "exported",
+        serde_json::json!({
+            "who": who(),
+            "what": "export",
+            "from": query.from,
+            "to": query.to,
+            "model": args.model,
+            "format": match args.format { ExportFormat::Jsonl => "jsonl", ExportFormat::Csv => "csv" },
+            "rows": all.len(),
+            "output": args.out,
+            "output_sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),
+        }),
+    ))?;
+    eprintln!("exported {} inference rows", all.len());
+    Ok(ExitCode::SUCCESS)
+}
