@@ -4,15 +4,14 @@
 //! Error policy: `anyhow` is used here, in the binary only; library crates
 //! return their typed errors, which are printed with their context.
 
-mod audit;
 mod cli;
 mod commands;
-mod config;
 mod http;
 mod ingest;
 mod pipeline;
 mod routing;
-mod store;
+
+use vigie_server::{audit, config, store};
 
 use std::process::ExitCode;
 

@@ -453,8 +453,9 @@ impl Pipeline {
                     continue;
                 }
             };
-            self.audit
-                .record(inference_event(job, instance, &analysis, model))?;
+            // The inference and its result objects go on record together,
+            // in one durable transaction, before the job can be done.
+            let mut events = vec![inference_event(job, instance, &analysis, model)];
             let manifest = model.package().manifest();
             let frames = analysis.results.len();
             for (frame, result) in analysis.results.iter().enumerate() {
@@ -466,7 +467,7 @@ impl Pipeline {
                         &object.sop_instance_uid,
                     )?;
                     vigie_dicom_io::write::write_part10(object.dataset, &path)?;
-                    self.audit.record(
+                    events.push(
                         AuditEvent::new(
                             "result_created",
                             "ok",
@@ -485,13 +486,14 @@ impl Pipeline {
                             Some(&object.sop_instance_uid),
                         )
                         .model(&manifest.model.id, &manifest.model.version),
-                    )?;
+                    );
                     results.push(ResultFile {
                         path,
                         sop_instance_uid: object.sop_instance_uid,
                     });
                 }
             }
+            self.audit.record_all(&events)?;
         }
         if results.is_empty() && !failures.is_empty() {
             anyhow::bail!("no instance could be analysed: {}", failures.join("; "));

@@ -111,13 +111,13 @@ pub fn analyse(model: &mut Model, file: &DicomFile) -> Result<InstanceAnalysis> 
 pub fn hash_samples(samples: &[f32]) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    let mut buffer = Vec::with_capacity(16 * 1024);
-    for chunk in samples.chunks(4096) {
-        buffer.clear();
-        for v in chunk {
-            buffer.extend_from_slice(&v.to_le_bytes());
+    if cfg!(target_endian = "little") {
+        // In memory they already are: hash them in place.
+        hasher.update(bytemuck::cast_slice::<f32, u8>(samples));
+    } else {
+        for v in samples {
+            hasher.update(v.to_le_bytes());
         }
-        hasher.update(&buffer);
     }
     hex::encode(hasher.finalize())
 }

@@ -209,6 +209,9 @@ pub trait AuditLog: Send + Sync + 'static {
     /// signs a checkpoint when one is due.
     fn append(&self, event: &AuditEvent) -> AuditResult<AuditRecord>;
 
+    /// Append several events in one durable transaction, in order.
+    fn append_all(&self, events: &[AuditEvent]) -> AuditResult<Vec<AuditRecord>>;
+
     /// Sign a checkpoint of the current end of the log now (no-op when the
     /// last checkpoint already covers it).
     fn checkpoint(&self) -> AuditResult<Option<Checkpoint>>;
@@ -317,6 +320,13 @@ impl Audit {
     pub fn record(&self, event: AuditEvent) -> AuditResult<AuditRecord> {
         self.log.append(&event).inspect_err(|e| {
             tracing::error!(kind = %event.kind, error = %e, "audit record not written");
+        })
+    }
+
+    /// Append several events in one durable transaction.
+    pub fn record_all(&self, events: &[AuditEvent]) -> AuditResult<Vec<AuditRecord>> {
+        self.log.append_all(events).inspect_err(|e| {
+            tracing::error!(records = events.len(), error = %e, "audit records not written");
         })
     }
 

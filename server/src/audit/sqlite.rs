@@ -191,6 +191,11 @@ impl SqliteAudit {
 
 impl AuditLog for SqliteAudit {
     fn append(&self, event: &AuditEvent) -> AuditResult<AuditRecord> {
+        let mut records = self.append_all(std::slice::from_ref(event))?;
+        records.pop().ok_or_else(|| self.db_err("nothing appended"))
+    }
+
+    fn append_all(&self, events: &[AuditEvent]) -> AuditResult<Vec<AuditRecord>> {
         let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         let tx = guard
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -203,57 +208,63 @@ impl AuditLog for SqliteAudit {
             )
             .optional()
             .map_err(|e| self.db_err(e))?;
-        let (seq, prev_hash) = match last {
-            Some((seq, hash)) => (seq + 1, hash),
-            None => (1, GENESIS.to_string()),
+        let (mut seq, mut prev_hash) = match last {
+            Some((seq, hash)) => (seq, hash),
+            None => (0, GENESIS.to_string()),
         };
-        let mut record = AuditRecord {
-            seq,
-            timestamp: timestamp(),
-            appliance: self.appliance.clone(),
-            software_version: SOFTWARE_VERSION.into(),
-            git_commit: GIT_COMMIT.into(),
-            kind: event.kind.clone(),
-            outcome: event.outcome.clone(),
-            study_instance_uid: event.study_instance_uid.clone(),
-            sop_instance_uid: event.sop_instance_uid.clone(),
-            model_id: event.model_id.clone(),
-            model_version: event.model_version.clone(),
-            details: event.details.to_string(),
-            prev_hash,
-            hash: String::new(),
-        };
-        record.hash = record.compute_hash();
-        tx.execute(
-            "INSERT INTO records (seq, timestamp, appliance, software_version, git_commit, kind,
-                outcome, study_instance_uid, sop_instance_uid, model_id, model_version, details,
-                prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            params![
-                record.seq,
-                record.timestamp,
-                record.appliance,
-                record.software_version,
-                record.git_commit,
-                record.kind,
-                record.outcome,
-                record.study_instance_uid,
-                record.sop_instance_uid,
-                record.model_id,
-                record.model_version,
-                record.details,
-                record.prev_hash,
-                record.hash
-            ],
-        )
-        .map_err(|e| self.db_err(e))?;
+        let mut written = Vec::with_capacity(events.len());
+        for event in events {
+            seq += 1;
+            let mut record = AuditRecord {
+                seq,
+                timestamp: timestamp(),
+                appliance: self.appliance.clone(),
+                software_version: SOFTWARE_VERSION.into(),
+                git_commit: GIT_COMMIT.into(),
+                kind: event.kind.clone(),
+                outcome: event.outcome.clone(),
+                study_instance_uid: event.study_instance_uid.clone(),
+                sop_instance_uid: event.sop_instance_uid.clone(),
+                model_id: event.model_id.clone(),
+                model_version: event.model_version.clone(),
+                details: event.details.to_string(),
+                prev_hash: prev_hash.clone(),
+                hash: String::new(),
+            };
+            record.hash = record.compute_hash();
+            tx.execute(
+                "INSERT INTO records (seq, timestamp, appliance, software_version, git_commit,
+                    kind, outcome, study_instance_uid, sop_instance_uid, model_id,
+                    model_version, details, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    record.seq,
+                    record.timestamp,
+                    record.appliance,
+                    record.software_version,
+                    record.git_commit,
+                    record.kind,
+                    record.outcome,
+                    record.study_instance_uid,
+                    record.sop_instance_uid,
+                    record.model_id,
+                    record.model_version,
+                    record.details,
+                    record.prev_hash,
+                    record.hash
+                ],
+            )
+            .map_err(|e| self.db_err(e))?;
+            prev_hash = record.hash.clone();
+            written.push(record);
+        }
         let last_checkpoint: i64 = tx
             .query_row("SELECT coalesce(max(seq), 0) FROM checkpoints", [], |r| {
                 r.get(0)
             })
             .map_err(|e| self.db_err(e))?;
         let checkpoint =
-            (seq - last_checkpoint >= self.checkpoint_every).then(|| self.sign(seq, &record.hash));
+            (seq - last_checkpoint >= self.checkpoint_every).then(|| self.sign(seq, &prev_hash));
         if let Some(c) = &checkpoint {
             Self::insert_checkpoint(&tx, c).map_err(|e| self.db_err(e))?;
         }
@@ -261,7 +272,7 @@ impl AuditLog for SqliteAudit {
         if let Some(c) = &checkpoint {
             self.write_head(c)?;
         }
-        Ok(record)
+        Ok(written)
     }
 
     fn checkpoint(&self) -> AuditResult<Option<Checkpoint>> {

@@ -1,0 +1,10 @@
+//! The parts of `vigie-server` that benchmarks and tools use directly: the
+//! audit trail, the configuration and the catalog. The `vigie` binary
+//! (`main.rs`) builds the service from these and its own modules.
+//!
+//! Error policy: typed errors here (`AuditError`, `StoreError`); the
+//! configuration loader, used by the binary only, returns `anyhow`.
+
+pub mod audit;
+pub mod config;
+pub mod store;
