@@ -211,13 +211,32 @@ impl StoreHandler for Ingest {
                 calling_ae_title,
                 contexts,
             } => {
-                tracing::info!(%peer, calling = %calling_ae_title, contexts, "association accepted")
+                tracing::info!(%peer, calling = %calling_ae_title, contexts, "association accepted");
+                self.audit.note(AuditEvent::new(
+                    "association",
+                    "accepted",
+                    serde_json::json!({
+                        "calling_ae_title": calling_ae_title,
+                        "peer": peer.to_string(),
+                        "presentation_contexts": contexts,
+                    }),
+                ));
             }
             ScpEvent::Rejected { peer, reason } => {
-                tracing::warn!(%peer, %reason, "association rejected")
+                tracing::warn!(%peer, %reason, "association rejected");
+                self.audit.note(AuditEvent::new(
+                    "association",
+                    "rejected",
+                    serde_json::json!({ "peer": peer.to_string(), "reason": reason }),
+                ));
             }
             ScpEvent::Echoed { calling_ae_title } => {
-                tracing::info!(calling = %calling_ae_title, "C-ECHO answered")
+                tracing::info!(calling = %calling_ae_title, "C-ECHO answered");
+                self.audit.note(AuditEvent::new(
+                    "echo",
+                    "ok",
+                    serde_json::json!({ "calling_ae_title": calling_ae_title }),
+                ));
             }
             ScpEvent::StoreAnswered {
                 calling_ae_title,

@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::io::{Cursor, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Vigie, base_config, dcmtk, demo_studies, storescu_args, uids};
-use dicom_object::{FileMetaTable, FileMetaTableBuilder};
-use vigie_dicom_io::net::scu::{RemoteAe, ScuOptions, SendOutcome, send_files};
+use common::{
+    Vigie, base_config, dataset_bytes, dcmtk, demo_studies, send, storescu_args, uids, wrap,
+};
 use vigie_test_support::{oracle, pydicom_test_files};
 
 fn echo(port: u16) -> bool {
@@ -126,44 +125,6 @@ fn storescu_and_echoscu_against_vigie_serve() {
     assert_eq!(status["ingest"]["stored"], demo.len() + cases.len());
     assert_eq!(status["ingest"]["refused"], 0);
     assert!(vigie.log_text().contains("study complete, jobs queued"));
-}
-
-/// The data set bytes of a Part 10 file (after its meta group).
-fn dataset_bytes(path: &Path) -> (FileMetaTable, Vec<u8>) {
-    let bytes = std::fs::read(path).unwrap();
-    let mut cursor = Cursor::new(bytes);
-    cursor.seek(SeekFrom::Start(128)).unwrap();
-    let meta = FileMetaTable::from_reader(&mut cursor).unwrap();
-    let position = cursor.position() as usize;
-    (meta, cursor.into_inner().split_off(position))
-}
-
-/// A Part 10 file with this meta group and these data set bytes.
-fn wrap(path: &Path, class: &str, instance: &str, dataset: &[u8]) {
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(class)
-        .media_storage_sop_instance_uid(instance)
-        .transfer_syntax("1.2.840.10008.1.2.1")
-        .implementation_class_uid("2.25.1")
-        .build()
-        .unwrap();
-    let mut out = vec![0u8; 128];
-    out.extend_from_slice(b"DICM");
-    meta.write(&mut out).unwrap();
-    out.extend_from_slice(dataset);
-    std::fs::write(path, out).unwrap();
-}
-
-fn send(port: u16, files: &[PathBuf]) -> Vec<SendOutcome> {
-    let remote = RemoteAe {
-        ae_title: "VIGIE".into(),
-        host: "127.0.0.1".into(),
-        port,
-    };
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(send_files(&remote, &ScuOptions::new("BADSCU"), files))
-        .unwrap()
 }
 
 #[test]
@@ -316,6 +277,20 @@ fn a_job_that_cannot_run_is_retried_then_failed_with_its_reason() {
     assert!(log.contains("job attempt failed, will retry"));
     assert!(log.contains("job failed, giving up"));
     assert!(echo(vigie.dicom), "still serving");
+    // And in the audit trail: each failed attempt, and the model refused.
+    let audit = rusqlite::Connection::open(vigie.data.join("audit.sqlite")).unwrap();
+    let count = |kind: &str, outcome: &str| -> i64 {
+        audit
+            .query_row(
+                "SELECT count(*) FROM records WHERE kind = ?1 AND outcome = ?2",
+                [kind, outcome],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(count("job_failed", "will_retry"), 1);
+    assert_eq!(count("job_failed", "gave_up"), 1);
+    assert_eq!(count("model_refused", "failed"), 2);
 }
 
 #[test]

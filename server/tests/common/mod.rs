@@ -141,6 +141,42 @@ impl Vigie {
         }
     }
 
+    /// Stop it with SIGTERM and wait for a clean exit (30 s at most).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(
+                        status.success(),
+                        "vigie serve exited with {status}:\n{}",
+                        self.log_text()
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            panic!("vigie serve did not stop on SIGTERM:\n{}", self.log_text());
+        }
+    }
+
+    /// Run another `vigie` command on the same configuration and data.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.push("--data-dir".into());
+        all.push(self.data.display().to_string());
+        Command::new(env!("CARGO_BIN_EXE_vigie"))
+            .env_remove("VIGIE_CONFIG")
+            .arg("--config")
+            .arg(&self.config)
+            .args(&all)
+            .output()
+            .expect("vigie runs")
+    }
+
     /// Start it again on the same ports and data.
     pub fn restart(&mut self) {
         self.kill();
@@ -303,4 +339,46 @@ pub fn storescu_args(port: u16, proposal: &str, files: &[PathBuf]) -> Vec<String
     args.push(port.to_string());
     args.extend(files.iter().map(|f| f.display().to_string()));
     args
+}
+
+/// The data set bytes of a Part 10 file (after its meta group).
+pub fn dataset_bytes(path: &Path) -> (dicom_object::FileMetaTable, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut cursor = std::io::Cursor::new(bytes);
+    std::io::Seek::seek(&mut cursor, std::io::SeekFrom::Start(128)).unwrap();
+    let meta = dicom_object::FileMetaTable::from_reader(&mut cursor).unwrap();
+    let position = cursor.position() as usize;
+    (meta, cursor.into_inner().split_off(position))
+}
+
+/// A Part 10 file with this meta group and these data set bytes.
+pub fn wrap(path: &Path, class: &str, instance: &str, dataset: &[u8]) {
+    let meta = dicom_object::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(class)
+        .media_storage_sop_instance_uid(instance)
+        .transfer_syntax("1.2.840.10008.1.2.1")
+        .implementation_class_uid("2.25.1")
+        .build()
+        .unwrap();
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out).unwrap();
+    out.extend_from_slice(dataset);
+    std::fs::write(path, out).unwrap();
+}
+
+pub fn send(port: u16, files: &[PathBuf]) -> Vec<vigie_dicom_io::net::scu::SendOutcome> {
+    let remote = vigie_dicom_io::net::scu::RemoteAe {
+        ae_title: "VIGIE".into(),
+        host: "127.0.0.1".into(),
+        port,
+    };
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(vigie_dicom_io::net::scu::send_files(
+            &remote,
+            &vigie_dicom_io::net::scu::ScuOptions::new("BADSCU"),
+            files,
+        ))
+        .unwrap()
 }
