@@ -22,16 +22,17 @@ fn sha256_file(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
-/// (kind, outcome, study, sop, details) of every record.
-fn records(
-    data: &Path,
-) -> Vec<(
+/// (kind, outcome, study, sop, details) of a record.
+type Row = (
     String,
     String,
     Option<String>,
     Option<String>,
     serde_json::Value,
-)> {
+);
+
+/// Every record.
+fn records(data: &Path) -> Vec<Row> {
     let c = Connection::open(data.join("audit.sqlite")).unwrap();
     let mut stmt = c
         .prepare("SELECT kind, outcome, study_instance_uid, sop_instance_uid, details FROM records ORDER BY seq")
