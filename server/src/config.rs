@@ -54,6 +54,12 @@ pub struct AuditConfig {
     /// Patient ID in the audit trail: `hmac` (keyed hash under the site
     /// secret), `clear` or `omit`.
     pub patient_id: crate::audit::PatientIdPolicy,
+    /// Days records are kept; older ones are pruned (at start and daily)
+    /// behind a signed anchor, so the rest still verifies.
+    pub retention_days: f64,
+    /// Forward every record as a DICOM PS3.15 audit message in RFC 5424
+    /// syslog over UDP to this `host:port` (unset: no forwarding).
+    pub syslog: Option<String>,
 }
 
 impl Default for AuditConfig {
@@ -62,6 +68,8 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval_s: 300,
             patient_id: crate::audit::PatientIdPolicy::Hmac,
+            retention_days: 3652.5,
+            syslog: None,
         }
     }
 }
@@ -405,6 +413,7 @@ impl Config {
             (self.delivery.retry_initial_s, "delivery.retry_initial_s"),
             (self.delivery.retry_max_s, "delivery.retry_max_s"),
             (self.delivery.give_up_after_h, "delivery.give_up_after_h"),
+            (self.audit.retention_days, "audit.retention_days"),
         ] {
             if !value.is_finite() || value < 0.0 {
                 problems.push(format!("{name}: must be a number, 0 or more"));
@@ -415,6 +424,11 @@ impl Config {
         }
         if self.pipeline.queue_capacity == 0 {
             problems.push("pipeline.queue_capacity: must be at least 1".into());
+        }
+        if let Some(target) = &self.audit.syslog
+            && !is_host_port(target)
+        {
+            problems.push(format!("audit.syslog: {target:?} is not host:port"));
         }
         if self.audit.checkpoint_every == 0 {
             problems.push("audit.checkpoint_every: must be at least 1".into());
@@ -472,6 +486,13 @@ impl Config {
     pub fn to_toml(&self) -> anyhow::Result<String> {
         toml::to_string_pretty(self).context("serialising the configuration")
     }
+}
+
+/// Whether `text` is `host:port` with a port number (the host is resolved
+/// when used).
+fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// Parse `cpu` or `cuda:N`.

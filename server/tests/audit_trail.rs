@@ -84,6 +84,7 @@ fn config_with_pacs(port: u16, extra: &str) -> String {
         r#"
 [audit]
 checkpoint_every = 5
+{extra}
 
 [[routing.rules]]
 name = "all"
@@ -93,7 +94,6 @@ destinations = ["pacs"]
 ae_title = "PACS"
 host = "127.0.0.1"
 port = {port}
-{extra}
 "#
     ))
 }
@@ -103,7 +103,31 @@ fn every_event_type_is_recorded_and_the_trail_verifies_and_exports() {
     let tmp = tempfile::tempdir().unwrap();
     let demo = demo_studies(&tmp.path().join("demo"), 2);
     let pacs = storescp(&tmp.path().join("pacs"));
-    let mut vigie = Vigie::start(tmp.path(), &config_with_pacs(pacs.port, ""));
+    // The site's audit repository: a syslog receiver on loopback.
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let syslog = receiver.local_addr().unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let collector = std::thread::spawn(move || {
+        let mut messages = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        let mut idle = 0;
+        while idle < 20 {
+            match receiver.recv(&mut buf) {
+                Ok(n) => {
+                    idle = 0;
+                    messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+                Err(_) => idle += 1,
+            }
+        }
+        messages
+    });
+    let mut vigie = Vigie::start(
+        tmp.path(),
+        &config_with_pacs(pacs.port, &format!("syslog = \"{syslog}\"")),
+    );
     let echo: Vec<String> = ["-aec", "VIGIE", "127.0.0.1", &vigie.dicom.to_string()]
         .iter()
         .map(|s| s.to_string())
@@ -266,6 +290,44 @@ fn every_event_type_is_recorded_and_the_trail_verifies_and_exports() {
         .collect();
     assert_eq!(created, delivered);
     assert_eq!(created.len(), 2);
+
+    // Every record reached the audit repository as a DICOM audit message.
+    let messages = collector.join().unwrap();
+    let file = tmp.path().join("syslog.json");
+    std::fs::write(&file, serde_json::to_string(&messages).unwrap()).unwrap();
+    let parsed: Vec<serde_json::Value> = serde_json::from_slice(
+        &vigie_test_support::oracle("parse_syslog_audit.py", [&file]).stdout,
+    )
+    .unwrap();
+    let forwarded: BTreeSet<i64> = parsed
+        .iter()
+        .map(|m| m["record"].as_i64().unwrap())
+        .collect();
+    let total = all.len() as i64;
+    assert_eq!(
+        forwarded,
+        (1..=total).collect::<BTreeSet<i64>>(),
+        "one message per record"
+    );
+    assert!(
+        parsed
+            .iter()
+            .all(|m| m["msgid"] == "DICOM+RFC3881" && m["app"] == "vigie")
+    );
+    let stored_study = uids(&demo[0]).0;
+    assert!(parsed.iter().any(|m| m["event_id"] == "110104"
+        && m["action"] == "C"
+        && m["outcome"] == "0"
+        && m["study"] == stored_study.as_str()));
+    assert!(
+        parsed
+            .iter()
+            .any(|m| m["event_id"] == "110100" && m["event_type"] == "110120")
+    );
+    assert!(
+        parsed.iter().any(|m| m["event_id"] == "110101"),
+        "audit log use reported"
+    );
 }
 
 /// A short run: a few associations, then a clean stop; returns the data
@@ -400,6 +462,51 @@ fn vigie_audit_verify_names_the_tampered_record() {
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stdout)
+    );
+}
+
+#[test]
+fn retention_prunes_old_records_and_the_rest_still_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut vigie = short_run(tmp.path());
+    let before: i64 = Connection::open(vigie.data.join("audit.sqlite"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    // Everything so far is older than a retention of ~0.9 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    let config = std::fs::read_to_string(&vigie.config).unwrap().replace(
+        "checkpoint_every = 4",
+        "checkpoint_every = 4\nretention_days = 0.00001",
+    );
+    std::fs::write(&vigie.config, config).unwrap();
+    vigie.restart();
+    vigie.stop();
+    let c = Connection::open(vigie.data.join("audit.sqlite")).unwrap();
+    let first: i64 = c
+        .query_row("SELECT min(seq) FROM records", [], |r| r.get(0))
+        .unwrap();
+    let pruned: String = c
+        .query_row(
+            "SELECT details FROM records WHERE kind = 'audit_pruned'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        first > before - 1,
+        "records before the restart pruned (first is {first})"
+    );
+    let pruned: serde_json::Value = serde_json::from_str(&pruned).unwrap();
+    assert!(
+        pruned["records_removed"].as_i64().unwrap() >= before - 1,
+        "{pruned}"
+    );
+    let verify = vigie.command(&["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
     );
 }
 

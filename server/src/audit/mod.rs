@@ -20,6 +20,7 @@
 
 pub mod keys;
 pub mod sqlite;
+pub mod syslog;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
@@ -216,6 +217,12 @@ pub trait AuditLog: Send + Sync + 'static {
     /// last checkpoint already covers it).
     fn checkpoint(&self) -> AuditResult<Option<Checkpoint>>;
 
+    /// Delete records older than `before` (RFC 3339), except the last
+    /// record, behind a signed anchor holding the last deleted record's
+    /// sequence number and hash; returns (that sequence number, records
+    /// deleted), or `None` when nothing was old enough.
+    fn prune(&self, before: &str) -> AuditResult<Option<(i64, usize)>>;
+
     /// Records matching `query`, in sequence order.
     fn records(&self, query: &Query) -> AuditResult<Vec<AuditRecord>>;
 
@@ -288,6 +295,7 @@ pub struct Audit {
     log: std::sync::Arc<dyn AuditLog>,
     pseudonymiser: Pseudonymiser,
     public_key: String,
+    forwarder: Option<std::sync::Arc<syslog::Forwarder>>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -309,30 +317,73 @@ impl Audit {
         let key = keys::signing_key(&data_dir.join(SIGNING_KEY_FILE))?;
         let secret = keys::load_or_create_secret(&data_dir.join(HMAC_KEY_FILE))?;
         let log = sqlite::SqliteAudit::open(data_dir, appliance, key, config.checkpoint_every)?;
+        let forwarder = match &config.syslog {
+            Some(target) => Some(std::sync::Arc::new(
+                syslog::Forwarder::new(target).map_err(|e| AuditError::Database {
+                    path: data_dir.join(sqlite::DATABASE),
+                    reason: format!("syslog forwarding to {target}: {e}"),
+                })?,
+            )),
+            None => None,
+        };
         Ok(Self {
             public_key: log.public_key(),
             log: std::sync::Arc::new(log),
             pseudonymiser: Pseudonymiser::new(config.patient_id, secret.to_vec()),
+            forwarder,
         })
     }
 
     /// Append durably; the caller decides what a failure means.
     pub fn record(&self, event: AuditEvent) -> AuditResult<AuditRecord> {
-        self.log.append(&event).inspect_err(|e| {
+        let record = self.log.append(&event).inspect_err(|e| {
             tracing::error!(kind = %event.kind, error = %e, "audit record not written");
-        })
+        })?;
+        if let Some(f) = &self.forwarder {
+            f.send(&record);
+        }
+        Ok(record)
     }
 
     /// Append several events in one durable transaction.
     pub fn record_all(&self, events: &[AuditEvent]) -> AuditResult<Vec<AuditRecord>> {
-        self.log.append_all(events).inspect_err(|e| {
+        let records = self.log.append_all(events).inspect_err(|e| {
             tracing::error!(records = events.len(), error = %e, "audit records not written");
-        })
+        })?;
+        if let Some(f) = &self.forwarder {
+            for record in &records {
+                f.send(record);
+            }
+        }
+        Ok(records)
     }
 
     /// Append, logging a failure (for events nothing waits on).
     pub fn note(&self, event: AuditEvent) {
         let _ = self.record(event);
+    }
+
+    /// Apply the retention period: prune what is older than `days`, record
+    /// that, and sign a checkpoint after it.
+    pub fn apply_retention(&self, days: f64) -> AuditResult<Option<(i64, usize)>> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::milliseconds((days * 86_400_000.0).round() as i64);
+        let before = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let pruned = self.log.prune(&before)?;
+        if let Some((seq, removed)) = pruned {
+            self.record(AuditEvent::new(
+                "audit_pruned",
+                "ok",
+                serde_json::json!({
+                    "retention_days": days,
+                    "before": before,
+                    "up_to_record": seq,
+                    "records_removed": removed,
+                }),
+            ))?;
+            self.checkpoint()?;
+        }
+        Ok(pruned)
     }
 
     /// Sign a checkpoint now.

@@ -37,6 +37,14 @@ CREATE INDEX IF NOT EXISTS records_time ON records (timestamp);
 CREATE INDEX IF NOT EXISTS records_study ON records (study_instance_uid);
 CREATE INDEX IF NOT EXISTS records_model ON records (model_id, model_version);
 CREATE INDEX IF NOT EXISTS records_kind ON records (kind, outcome);
+CREATE TABLE IF NOT EXISTS anchor (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    seq        INTEGER NOT NULL,
+    hash       TEXT NOT NULL,
+    timestamp  TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    signature  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq        INTEGER PRIMARY KEY,
     hash       TEXT NOT NULL,
@@ -312,6 +320,47 @@ impl AuditLog for SqliteAudit {
         Ok(Some(checkpoint))
     }
 
+    fn prune(&self, before: &str) -> AuditResult<Option<(i64, usize)>> {
+        let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = guard
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db_err(e))?;
+        // The newest record older than the cutoff, never the last record.
+        let found: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM records WHERE timestamp < ?1
+                   AND seq < (SELECT max(seq) FROM records)
+                 ORDER BY seq DESC LIMIT 1",
+                params![before],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))?;
+        let Some((seq, hash)) = found else {
+            return Ok(None);
+        };
+        let anchor = self.sign(seq, &hash);
+        let removed = tx
+            .execute("DELETE FROM records WHERE seq <= ?1", params![seq])
+            .map_err(|e| self.db_err(e))?;
+        tx.execute("DELETE FROM checkpoints WHERE seq <= ?1", params![seq])
+            .map_err(|e| self.db_err(e))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO anchor (id, seq, hash, timestamp, public_key, signature)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            params![
+                anchor.seq,
+                anchor.hash,
+                anchor.timestamp,
+                anchor.public_key,
+                anchor.signature
+            ],
+        )
+        .map_err(|e| self.db_err(e))?;
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(Some((seq, removed)))
+    }
+
     fn records(&self, query: &Query) -> AuditResult<Vec<AuditRecord>> {
         let guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         let mut sql = String::from("SELECT * FROM records WHERE 1 = 1");
@@ -351,10 +400,19 @@ impl AuditLog for SqliteAudit {
             .map_err(|e| self.db_err(e))?
             .collect::<rusqlite::Result<_>>()
             .map_err(|e| self.db_err(e))?;
+        let anchor = guard
+            .query_row(
+                "SELECT seq, hash, timestamp, public_key, signature FROM anchor WHERE id = 1",
+                [],
+                checkpoint_from_row,
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))?;
         Ok(Snapshot {
             records,
             checkpoints,
             head: self.read_head(),
+            anchor,
         })
     }
 }
@@ -481,6 +539,27 @@ mod tests {
         let report = verdict(dir.path());
         assert!(!report.ok);
         assert!(report.reason.unwrap().contains("head"));
+    }
+
+    #[test]
+    fn pruning_keeps_the_rest_verifiable_and_a_forged_prune_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = log(dir.path(), 4);
+        fill(&audit, 10);
+        let cutoff = audit.records(&Query::default()).unwrap()[5]
+            .timestamp
+            .clone();
+        assert_eq!(audit.prune(&cutoff).unwrap(), Some((5, 5)));
+        fill(&audit, 1);
+        audit.checkpoint().unwrap();
+        let report = verdict(dir.path());
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.records, 6);
+        // Removing the anchor (hiding a deletion) is found.
+        sql(dir.path(), "DELETE FROM anchor");
+        let report = verdict(dir.path());
+        assert!(!report.ok);
+        assert_eq!(report.first_bad_record, Some(1), "{report:?}");
     }
 
     #[test]

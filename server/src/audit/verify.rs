@@ -15,6 +15,9 @@ pub struct Snapshot {
     /// The head file: the latest checkpoint, kept outside the database.
     /// `Err` holds why it could not be read.
     pub head: Result<Option<Checkpoint>, String>,
+    /// After pruning: the signed anchor (sequence number and hash of the
+    /// last pruned record) the remaining chain starts from.
+    pub anchor: Option<Checkpoint>,
 }
 
 /// The verdict.
@@ -69,9 +72,17 @@ fn check_signature(c: &Checkpoint, key: &VerifyingKey) -> Result<(), String> {
 pub fn verify(snapshot: &Snapshot, key: &VerifyingKey) -> Report {
     let records = &snapshot.records;
     let n = records.len();
-    // 1. The chain.
-    let mut previous_hash = GENESIS.to_string();
-    let mut expected_seq = 1;
+    // 1. The chain, from the start or from the signed prune anchor.
+    let (mut previous_hash, mut expected_seq) = match &snapshot.anchor {
+        None => (GENESIS.to_string(), 1),
+        Some(anchor) => {
+            if let Err(reason) = check_signature(anchor, key) {
+                return fail(n, 0, anchor.seq + 1, format!("prune anchor: {reason}"));
+            }
+            (anchor.hash.clone(), anchor.seq + 1)
+        }
+    };
+    let first_seq = expected_seq;
     for record in records {
         if record.seq != expected_seq {
             let reason = if record.seq > expected_seq {
@@ -112,7 +123,7 @@ pub fn verify(snapshot: &Snapshot, key: &VerifyingKey) -> Report {
         expected_seq += 1;
     }
     let hash_of = |seq: i64| -> Option<&str> {
-        usize::try_from(seq - 1)
+        usize::try_from(seq - first_seq)
             .ok()
             .and_then(|i| records.get(i))
             .map(|r| r.hash.as_str())

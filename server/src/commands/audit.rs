@@ -41,6 +41,17 @@ fn open_existing(config: &Config, dir: &Path) -> anyhow::Result<SqliteAudit> {
     )?)
 }
 
+/// Append the record of this access, and forward it like the service does.
+fn record_access(config: &Config, audit: &SqliteAudit, event: AuditEvent) -> anyhow::Result<()> {
+    let record = audit.append(&event)?;
+    if let Some(target) = &config.audit.syslog {
+        crate::audit::syslog::Forwarder::new(target)
+            .with_context(|| format!("syslog forwarding to {target}"))?
+            .send(&record);
+    }
+    Ok(())
+}
+
 /// Who runs this command, for the record.
 fn who() -> String {
     let uid = rustix::process::getuid().as_raw();
@@ -82,22 +93,26 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             // The verification itself goes on record, after the check.
-            audit.append(&AuditEvent::new(
-                "audit_accessed",
-                if report.ok {
-                    "verified"
-                } else {
-                    "verification_failed"
-                },
-                serde_json::json!({
-                    "who": who(),
-                    "what": "verify",
-                    "records": report.records,
-                    "first_bad_record": report.first_bad_record,
-                    "reason": report.reason,
-                    "public_key": hex::encode(key.as_bytes()),
-                }),
-            ))?;
+            record_access(
+                config,
+                &audit,
+                AuditEvent::new(
+                    "audit_accessed",
+                    if report.ok {
+                        "verified"
+                    } else {
+                        "verification_failed"
+                    },
+                    serde_json::json!({
+                        "who": who(),
+                        "what": "verify",
+                        "records": report.records,
+                        "first_bad_record": report.first_bad_record,
+                        "reason": report.reason,
+                        "public_key": hex::encode(key.as_bytes()),
+                    }),
+                ),
+            )?;
             Ok(if report.ok {
                 ExitCode::SUCCESS
             } else {
@@ -255,21 +270,25 @@ fn export(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?,
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
-    audit.append(&AuditEvent::new(
-        "audit_accessed",
-        "exported",
-        serde_json::json!({
-            "who": who(),
-            "what": "export",
-            "from": query.from,
-            "to": query.to,
-            "model": args.model,
-            "format": match args.format { ExportFormat::Jsonl => "jsonl", ExportFormat::Csv => "csv" },
-            "rows": all.len(),
-            "output": args.out,
-            "output_sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),
-        }),
-    ))?;
+    record_access(
+        config,
+        &audit,
+        AuditEvent::new(
+            "audit_accessed",
+            "exported",
+            serde_json::json!({
+                "who": who(),
+                "what": "export",
+                "from": query.from,
+                "to": query.to,
+                "model": args.model,
+                "format": match args.format { ExportFormat::Jsonl => "jsonl", ExportFormat::Csv => "csv" },
+                "rows": all.len(),
+                "output": args.out,
+                "output_sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),
+            }),
+        ),
+    )?;
     eprintln!("exported {} inference rows", all.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -184,6 +184,9 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             "jobs_resumed": reset,
         }),
     ))?;
+    if let Some((seq, removed)) = audit.apply_retention(config.audit.retention_days)? {
+        tracing::info!(up_to = seq, removed, "audit records past retention pruned");
+    }
     let router_table = Router::new(&config, models(&config, &audit)?)?;
     audit.checkpoint()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -240,11 +243,20 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _workers = pipeline.spawn_workers();
         let periodic = audit.clone();
         let interval = Duration::from_secs(config.audit.checkpoint_interval_s.max(1));
+        let retention_days = config.audit.retention_days;
         tokio::spawn(async move {
+            let mut last_retention = std::time::Instant::now();
             loop {
                 tokio::time::sleep(interval).await;
                 let audit = periodic.clone();
+                let retention_due = last_retention.elapsed() >= Duration::from_secs(86_400);
+                if retention_due {
+                    last_retention = std::time::Instant::now();
+                }
                 let _ = tokio::task::spawn_blocking(move || {
+                    if retention_due && let Err(e) = audit.apply_retention(retention_days) {
+                        tracing::error!(error = %e, "audit retention failed");
+                    }
                     if let Err(e) = audit.checkpoint() {
                         tracing::error!(error = %e, "audit checkpoint failed");
                     }
