@@ -58,6 +58,8 @@ pub enum AuditCommand {
     },
     /// Export the inference records, one row per analysed image.
     Export(ExportArgs),
+    /// Print the records matching filters, one JSON object per line.
+    Query(QueryArgs),
     /// Print the public key that verifies the checkpoints (hex Ed25519).
     PublicKey {
         /// Data directory (overrides appliance.data_dir).
@@ -73,6 +75,35 @@ pub enum ExportFormat {
     Jsonl,
     /// Comma-separated values with a header line.
     Csv,
+}
+
+/// `vigie audit query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Data directory (overrides appliance.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// From this date (YYYY-MM-DD, UTC) or RFC 3339 time, inclusive.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Until this date or time, exclusive.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Event type (e.g. `inference`, `instance_stored`).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Study Instance UID.
+    #[arg(long)]
+    pub study: Option<String>,
+    /// Model id.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Model version.
+    #[arg(long)]
+    pub model_version: Option<String>,
+    /// Outcome (e.g. `ok`, `refused`, `failed`).
+    #[arg(long)]
+    pub outcome: Option<String>,
 }
 
 /// `vigie audit export`.

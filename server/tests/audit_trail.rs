@@ -220,6 +220,27 @@ fn every_event_type_is_recorded_and_the_trail_verifies_and_exports() {
         assert_eq!(fields[col("decision")], row["decision"].as_str().unwrap());
     }
 
+    // Queryable by study, kind and model version.
+    let study = uids(&demo[1]).0;
+    let query = vigie.command(&[
+        "audit",
+        "query",
+        "--study",
+        &study,
+        "--kind",
+        "inference",
+        "--model-version",
+        "0.1.1",
+    ]);
+    assert!(query.status.success());
+    let found: Vec<serde_json::Value> = String::from_utf8_lossy(&query.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["study_instance_uid"], study.as_str());
+    assert_eq!(found[0]["details"]["input"]["frames"], 1);
+
     let all = records(&vigie.data);
     let seen: BTreeSet<(String, String)> = all.iter().map(|r| (r.0.clone(), r.1.clone())).collect();
     for (kind, outcome) in [
@@ -242,6 +263,7 @@ fn every_event_type_is_recorded_and_the_trail_verifies_and_exports() {
         ("service_stopped", "ok"),
         ("audit_accessed", "verified"),
         ("audit_accessed", "exported"),
+        ("audit_accessed", "queried"),
     ] {
         assert!(
             seen.contains(&(kind.to_string(), outcome.to_string())),

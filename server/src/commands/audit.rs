@@ -12,7 +12,7 @@ use sha2::Digest;
 use crate::audit::sqlite::{DATABASE, SqliteAudit};
 use crate::audit::verify::verify;
 use crate::audit::{AuditEvent, AuditLog, AuditRecord, Query, SIGNING_KEY_FILE, keys};
-use crate::cli::{AuditCommand, ExportArgs, ExportFormat};
+use crate::cli::{AuditCommand, ExportArgs, ExportFormat, QueryArgs};
 use crate::config::Config;
 
 fn data_dir(config: &Config, over: Option<&PathBuf>) -> PathBuf {
@@ -126,6 +126,7 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Export(args) => export(config, args),
+        AuditCommand::Query(args) => query(config, args),
     }
 }
 
@@ -290,5 +291,48 @@ fn export(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
         ),
     )?;
     eprintln!("exported {} inference rows", all.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn query(config: &Config, args: QueryArgs) -> anyhow::Result<ExitCode> {
+    let dir = data_dir(config, args.data_dir.as_ref());
+    let audit = open_existing(config, &dir)?;
+    let query = Query {
+        from: args.from.as_deref().map(time_bound).transpose()?,
+        to: args.to.as_deref().map(time_bound).transpose()?,
+        kind: args.kind.clone(),
+        study_instance_uid: args.study.clone(),
+        model_id: args.model.clone(),
+        model_version: args.model_version.clone(),
+        outcome: args.outcome.clone(),
+    };
+    let records = audit.records(&query)?;
+    let mut out = std::io::stdout().lock();
+    for record in &records {
+        let mut value = serde_json::to_value(record)?;
+        // Details as JSON, not as the hashed text.
+        value["details"] = serde_json::from_str(&record.details)
+            .unwrap_or_else(|_| serde_json::Value::String(record.details.clone()));
+        writeln!(out, "{value}")?;
+    }
+    record_access(
+        config,
+        &audit,
+        AuditEvent::new(
+            "audit_accessed",
+            "queried",
+            serde_json::json!({
+                "who": who(),
+                "what": "query",
+                "filters": {
+                    "from": query.from, "to": query.to, "kind": query.kind,
+                    "study_instance_uid": query.study_instance_uid,
+                    "model_id": query.model_id, "model_version": query.model_version,
+                    "outcome": query.outcome,
+                },
+                "records": records.len(),
+            }),
+        ),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
