@@ -66,6 +66,13 @@ echo "[demo] status: $(status)"
 echo "[demo] $ok jobs done, $failed failed; $sent results delivered to DEMO-PACS, $(ls "$PACS" | wc -l) files in $PACS:"
 ls "$PACS" | head -n 3
 [ "$ok" -eq "$N" ] && [ "$failed" -eq 0 ] && [ "$sent" -eq "$N" ] || exit 1
+if [ "${VIGIE_DEMO_KEEP_RUNNING:-0}" != 1 ]; then
+  kill -TERM "$VIGIE"; wait "$VIGIE" || true
+  echo "[demo] the audit trail of this run:"
+  ./target/release/vigie audit verify --data-dir "$DATA"
+  ./target/release/vigie audit export --data-dir "$DATA" --format csv --out "$DATA/inferences.csv"
+  echo "[demo] one row per inference in $DATA/inferences.csv"
+fi
 if [ "${VIGIE_DEMO_KEEP_RUNNING:-0}" = 1 ]; then
   echo "[demo] vigie serve keeps running (pid $VIGIE): DICOM port $DICOM_PORT, http://127.0.0.1:$HTTP_PORT/api/v1/jobs"
   wait "$VIGIE"

@@ -220,6 +220,22 @@ fn every_event_type_is_recorded_and_the_trail_verifies_and_exports() {
         assert_eq!(fields[col("decision")], row["decision"].as_str().unwrap());
     }
 
+    // Records name the build: version and git commit.
+    let build: (String, String) = Connection::open(vigie.data.join("audit.sqlite"))
+        .unwrap()
+        .query_row(
+            "SELECT software_version, git_commit FROM records WHERE seq = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(build.0, env!("CARGO_PKG_VERSION"));
+    let commit = build.1.trim_end_matches("-dirty");
+    assert!(
+        commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "git commit recorded: {build:?}"
+    );
+
     // Queryable by study, kind and model version.
     let study = uids(&demo[1]).0;
     let query = vigie.command(&[
