@@ -39,6 +39,7 @@ pub struct Ingest {
     layout: Layout,
     catalog: Arc<dyn Catalog>,
     audit: Audit,
+    pixels: std::sync::mpsc::Sender<InstanceRecord>,
     min_free_bytes: u64,
     /// Counters.
     pub stats: Arc<IngestStats>,
@@ -53,10 +54,19 @@ impl Ingest {
         audit: Audit,
         min_free_bytes: u64,
     ) -> Self {
+        let (pixels, queue) = std::sync::mpsc::channel();
+        let hasher = audit.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vigie-pixel-hash".into())
+            .spawn(move || hash_pixels(&hasher, &queue));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the pixel hashing thread");
+        }
         Self {
             layout,
             catalog,
             audit,
+            pixels,
             min_free_bytes,
             stats: Arc::default(),
         }
@@ -154,6 +164,41 @@ impl Ingest {
     }
 }
 
+/// The decoded-pixel records, off the acknowledgement path: for each stored
+/// instance, decode the stored sample values (no LUT) and record their
+/// SHA-256 (`f32` little endian, `[frame][row][column][sample]`), which
+/// does not depend on the transfer syntax of a lossless transfer.
+fn hash_pixels(audit: &Audit, queue: &std::sync::mpsc::Receiver<InstanceRecord>) {
+    while let Ok(record) = queue.recv() {
+        let started = std::time::Instant::now();
+        let decoded = DicomFile::open(&record.path).and_then(|f| f.decode_stored());
+        let event = match decoded {
+            Ok(pixels) => AuditEvent::new(
+                "instance_pixels",
+                "ok",
+                serde_json::json!({
+                    "pixels_sha256": vigie_validation::pipeline::hash_samples(&pixels.data),
+                    "frames": pixels.frames,
+                    "rows": pixels.rows,
+                    "columns": pixels.columns,
+                    "samples_per_pixel": pixels.samples_per_pixel,
+                    "file_sha256": record.sha256,
+                    "decode_ms": started.elapsed().as_secs_f64() * 1000.0,
+                }),
+            ),
+            Err(e) => AuditEvent::new(
+                "instance_pixels",
+                "failed",
+                serde_json::json!({ "error": e.to_string(), "file_sha256": record.sha256 }),
+            ),
+        };
+        audit.note(event.instance(
+            Some(&record.study_instance_uid),
+            Some(&record.sop_instance_uid),
+        ));
+    }
+}
+
 /// Error comments go on the wire (64 characters) and in logs: keep the
 /// head, which says what failed.
 fn short(text: &str) -> String {
@@ -193,6 +238,7 @@ impl StoreHandler for Ingest {
                     );
                 }
                 self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                let _ = self.pixels.send(record);
                 StoreOutcome::success()
             }
             Err(outcome) => {

@@ -269,6 +269,7 @@ fn every_event_type_is_recorded_and_the_trail_verifies_and_exports() {
         ("echo", "ok"),
         ("instance_stored", "ok"),
         ("instance_refused", "refused"),
+        ("instance_pixels", "ok"),
         ("study_complete", "ok"),
         ("routing_decision", "routed"),
         ("model_loaded", "ok"),
@@ -309,6 +310,23 @@ fn every_event_type_is_recorded_and_the_trail_verifies_and_exports() {
                 .len(),
             64
         );
+    }
+    // The decoded stored pixels of each instance, hashed after the
+    // acknowledgement, as pydicom decodes them.
+    let expected = vigie_test_support::oracle("pixel_hash.py", &demo);
+    let expected: Vec<String> = String::from_utf8(expected.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for (file, digest) in demo.iter().zip(&expected) {
+        let sop = uids(file).2;
+        let pixels = all
+            .iter()
+            .find(|r| r.0 == "instance_pixels" && r.3.as_deref() == Some(sop.as_str()))
+            .unwrap_or_else(|| panic!("instance_pixels record of {sop}"));
+        assert_eq!(pixels.1, "ok");
+        assert_eq!(pixels.4["pixels_sha256"], digest.as_str(), "{sop}");
     }
     let everything: String = all.iter().map(|r| r.4.to_string()).collect();
     assert!(
