@@ -8,7 +8,6 @@
 //! - `GET /api/v1/studies?limit=N`: latest studies and their state.
 //! - `GET /api/v1/jobs?limit=N`: latest jobs, their state, errors, results.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -61,26 +60,20 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 
 async fn status(State(state): State<HttpState>) -> Response {
     let catalog = state.catalog.clone();
-    let result = blocking(move || Ok((catalog.jobs(100_000)?, catalog.outbox_status()?))).await;
+    let result = blocking(move || Ok((catalog.job_counts()?, catalog.outbox_status()?))).await;
     match result {
-        Ok((jobs, outbox)) => {
-            let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
-            for job in &jobs {
-                *by_state.entry(job.state.as_str().to_string()).or_default() += 1;
-            }
-            Json(serde_json::json!({
-                "appliance": state.appliance,
-                "version": env!("CARGO_PKG_VERSION"),
-                "ingest": {
-                    "stored": state.ingest.stored.load(Ordering::Relaxed),
-                    "refused": state.ingest.refused.load(Ordering::Relaxed),
-                    "bytes": state.ingest.bytes.load(Ordering::Relaxed),
-                },
-                "jobs": by_state,
-                "outbox": outbox,
-            }))
-            .into_response()
-        }
+        Ok((by_state, outbox)) => Json(serde_json::json!({
+            "appliance": state.appliance,
+            "version": env!("CARGO_PKG_VERSION"),
+            "ingest": {
+                "stored": state.ingest.stored.load(Ordering::Relaxed),
+                "refused": state.ingest.refused.load(Ordering::Relaxed),
+                "bytes": state.ingest.bytes.load(Ordering::Relaxed),
+            },
+            "jobs": by_state,
+            "outbox": outbox,
+        }))
+        .into_response(),
         Err(r) => r,
     }
 }

@@ -299,6 +299,9 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Outbox counts.
     fn outbox_status(&self) -> StoreResult<OutboxStatus>;
+
+    /// Number of jobs in each state.
+    fn job_counts(&self) -> StoreResult<std::collections::BTreeMap<String, u64>>;
 }
 
 /// Milliseconds since the Unix epoch.

@@ -493,6 +493,19 @@ impl Catalog for SqliteCatalog {
         })
     }
 
+    fn job_counts(&self) -> StoreResult<std::collections::BTreeMap<String, u64>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT state, count(*) FROM jobs GROUP BY state")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?.max(0).unsigned_abs(),
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
     fn outbox_status(&self) -> StoreResult<OutboxStatus> {
         self.with(|c| {
             let mut status = OutboxStatus::default();
@@ -644,6 +657,7 @@ mod tests {
             sop_instance_uid: "1.9".into(),
         }];
         catalog.finish_job(&claimed, &results, None, 5).unwrap();
+        assert_eq!(catalog.job_counts().unwrap().get("done"), Some(&1));
         let due = catalog.due_outbox(5, 10).unwrap();
         assert_eq!(due.len(), 2);
         catalog.outbox_sent(due[0].id, 6).unwrap();
