@@ -7,6 +7,8 @@
 //! - [`import`]: build a dataset of synthetic DICOM MR studies from
 //!   labelled pictures (`vigie validate import-images`).
 //! - [`reporting`]: model results → SR / SEG / summary image.
+//! - [`stats`]: classification metrics with 95 % intervals (Wilson,
+//!   DeLong), tested against scikit-learn and scipy.
 //! - [`pipeline`]: DICOM instance → decoded pixels → model → result. The
 //!   appliance (`vigie infer`, `vigie serve`) and the validation suite call
 //!   this same function, so what is validated is what runs.
@@ -18,5 +20,6 @@ pub mod error;
 pub mod import;
 pub mod pipeline;
 pub mod reporting;
+pub mod stats;
 
 pub use error::{Error, Result};

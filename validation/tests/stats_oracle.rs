@@ -1,0 +1,147 @@
+//! The statistics of `vigie_validation::stats` against scikit-learn and
+//! scipy on randomized predictions (ties included): equal within 1e-9.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use vigie_validation::stats::{Proportion, classification};
+
+/// A small deterministic generator (xorshift64*), so the test is
+/// reproducible without a random-number dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn close(a: f64, b: f64, what: &str) {
+    assert!((a - b).abs() <= 1e-9, "{what}: vigie {a} vs oracle {b}");
+}
+
+fn check_proportion(ours: &Option<Proportion>, theirs: &serde_json::Value, what: &str) {
+    match (ours, theirs.as_array()) {
+        (None, None) => {}
+        (Some(p), Some(t)) => {
+            close(p.value, t[0].as_f64().unwrap(), what);
+            close(
+                p.ci95.lower,
+                t[1].as_f64().unwrap(),
+                &format!("{what} lower"),
+            );
+            close(
+                p.ci95.upper,
+                t[2].as_f64().unwrap(),
+                &format!("{what} upper"),
+            );
+        }
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
+#[test]
+fn classification_metrics_match_scikit_learn_and_scipy() {
+    let labels: Vec<String> = ["glioma", "meningioma", "notumor"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for seed in [1u64, 7, 42] {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let n = 150 + (seed as usize % 50);
+        let mut truth = Vec::new();
+        let mut predicted = Vec::new();
+        let mut probabilities = Vec::new();
+        for _ in 0..n {
+            let t = (rng.next() * 3.0) as usize % 3;
+            // Informative but imperfect scores, rounded so that ties occur.
+            let mut logits: Vec<f64> = (0..3).map(|_| rng.next() * 2.0).collect();
+            logits[t] += 1.2;
+            let sum: f64 = logits.iter().map(|l| l.exp()).sum();
+            let p: Vec<f64> = logits
+                .iter()
+                .map(|l| ((l.exp() / sum) * 50.0).round() / 50.0)
+                .collect();
+            let decided = (0..3).max_by(|a, b| p[*a].total_cmp(&p[*b])).unwrap();
+            truth.push(t);
+            predicted.push(decided);
+            probabilities.push(p);
+        }
+        let ours = classification(&labels, &truth, &predicted, &probabilities);
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("predictions.json");
+        std::fs::write(
+            &input,
+            serde_json::json!({
+                "labels": labels, "truth": truth, "predicted": predicted,
+                "probabilities": probabilities,
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let out = vigie_test_support::oracle("classification_metrics.py", [&input]);
+        let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(serde_json::json!(ours.confusion), theirs["confusion"]);
+        check_proportion(&ours.accuracy, &theirs["accuracy"], "accuracy");
+        close(
+            ours.balanced_accuracy.unwrap(),
+            theirs["balanced_accuracy"].as_f64().unwrap(),
+            "balanced accuracy",
+        );
+        close(
+            ours.cohen_kappa.unwrap(),
+            theirs["cohen_kappa"].as_f64().unwrap(),
+            "kappa",
+        );
+        for (c, class) in ours.classes.iter().enumerate() {
+            let t = &theirs["classes"][c];
+            let what = |m: &str| format!("seed {seed} class {} {m}", class.label);
+            check_proportion(&class.sensitivity, &t["sensitivity"], &what("sensitivity"));
+            check_proportion(&class.specificity, &t["specificity"], &what("specificity"));
+            check_proportion(&class.ppv, &t["ppv"], &what("ppv"));
+            check_proportion(&class.npv, &t["npv"], &what("npv"));
+            close(class.f1.unwrap(), t["f1"].as_f64().unwrap(), &what("f1"));
+            let auc = class.roc_auc.unwrap();
+            close(auc.value, t["roc_auc"].as_f64().unwrap(), &what("roc auc"));
+            close(
+                auc.standard_error,
+                t["roc_auc_se"].as_f64().unwrap(),
+                &what("delong se"),
+            );
+            close(
+                class.pr_auc.unwrap(),
+                t["pr_auc"].as_f64().unwrap(),
+                &what("average precision"),
+            );
+            close(
+                class.brier.unwrap(),
+                t["brier"].as_f64().unwrap(),
+                &what("brier"),
+            );
+            let observed: Vec<f64> = class.calibration.iter().map(|b| b.observed).collect();
+            let predicted: Vec<f64> = class.calibration.iter().map(|b| b.predicted).collect();
+            let t_obs: Vec<f64> = t["calibration_true"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let t_pred: Vec<f64> = t["calibration_pred"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(observed.len(), t_obs.len(), "{}", what("calibration bins"));
+            for (a, b) in observed
+                .iter()
+                .zip(&t_obs)
+                .chain(predicted.iter().zip(&t_pred))
+            {
+                close(*a, *b, &what("calibration"));
+            }
+        }
+    }
+}
