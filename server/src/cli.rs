@@ -185,11 +185,35 @@ pub struct InferArgs {
 pub enum ValidateCommand {
     /// Build a labelled dataset of synthetic DICOM MR studies from pictures.
     ImportImages(ImportArgs),
+    /// Run a classification model on a labelled dataset and write the
+    /// performance report (report.json, report.md) with 95% intervals.
+    Run(RunArgs),
     /// Check a dataset's files against its manifest and print its hash.
     Verify {
         /// Dataset folder or dataset.toml.
         dataset: PathBuf,
     },
+}
+
+/// `vigie validate run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Dataset folder or dataset.toml.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Model package id (default: the configured default).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Folder for report.json and report.md.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Data directory whose audit trail records the run (overrides
+    /// appliance.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print report.json on standard output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `vigie validate import-images`.

@@ -9,6 +9,7 @@ mod audit;
 pub mod infer;
 mod serve;
 mod validate;
+mod validate_run;
 
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -25,6 +26,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => audit::run(&Config::load(cli.config.as_deref())?, cmd),
         Command::Serve(args) => serve::run(Config::load(cli.config.as_deref())?, args),
         Command::Infer(args) => infer::run(&Config::load(cli.config.as_deref())?, args),
-        Command::Validate(cmd) => validate::run(cmd),
+        Command::Validate(cmd) => validate::run(&Config::load(cli.config.as_deref())?, cmd),
     }
 }

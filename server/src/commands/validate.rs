@@ -8,9 +8,11 @@ use vigie_validation::dataset::Dataset;
 use vigie_validation::import::{ImportOptions, import_images};
 
 use crate::cli::ValidateCommand;
+use crate::config::Config;
 
-pub fn run(command: ValidateCommand) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, command: ValidateCommand) -> anyhow::Result<ExitCode> {
     match command {
+        ValidateCommand::Run(args) => super::validate_run::run(config, args),
         ValidateCommand::ImportImages(args) => {
             let pattern = regex::Regex::new(&args.label_pattern)
                 .context("--label-pattern is not a valid regular expression")?;

@@ -1,0 +1,365 @@
+//! `vigie validate run`: the performance of a classification model package
+//! on a labelled dataset, through the production analysis function, with
+//! 95 % intervals, latency and failures, written as `report.json` and
+//! `report.md`, every inference recorded in the audit trail.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use sha2::Digest;
+use vigie_inference::manifest::OutputKind;
+use vigie_inference::postprocess::Finding;
+use vigie_validation::dataset::Dataset;
+use vigie_validation::pipeline;
+use vigie_validation::stats::{self, ClassificationMetrics, Proportion};
+
+use crate::audit::{Audit, AuditEvent, GIT_COMMIT, SOFTWARE_VERSION};
+use crate::cli::RunArgs;
+use crate::config::Config;
+
+#[derive(Debug, Serialize)]
+struct Case {
+    study_instance_uid: String,
+    file: PathBuf,
+    file_sha256: String,
+    pixels_sha256: String,
+    truth: String,
+    decision: String,
+    probabilities: Vec<f64>,
+    correct: bool,
+    audit_record: i64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Latency {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    mean: f64,
+}
+
+/// Percentiles by linear interpolation between order statistics (numpy's
+/// default).
+fn latency(mut values: Vec<f64>) -> Latency {
+    if values.is_empty() {
+        return Latency::default();
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let pos = q * (values.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        values[lo] + (values[hi] - values[lo]) * (pos - lo as f64)
+    };
+    Latency {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        mean: values.iter().sum::<f64>() / values.len() as f64,
+    }
+}
+
+fn pct(p: &Option<Proportion>) -> String {
+    match p {
+        Some(p) => format!(
+            "{:.3} ({}/{}; 95% CI {:.3}–{:.3})",
+            p.value, p.successes, p.n, p.ci95.lower, p.ci95.upper
+        ),
+        None => "n/a".into(),
+    }
+}
+
+fn markdown(report: &serde_json::Value, metrics: &ClassificationMetrics) -> String {
+    let r = &report["reproducibility"];
+    let mut md = String::new();
+    md.push_str(&format!(
+        "# Validation report: {} {} on {}\n\n",
+        r["model"]["id"].as_str().unwrap_or(""),
+        r["model"]["version"].as_str().unwrap_or(""),
+        r["dataset"]["name"].as_str().unwrap_or("")
+    ));
+    md.push_str(&format!(
+        "{}\n\n## Result\n\n- Cases analysed: {} (failures: {})\n- Accuracy: {}\n- Balanced accuracy: {}\n- Cohen's kappa: {}\n\n",
+        r["model"]["regulatory_status"].as_str().unwrap_or(""),
+        metrics.n,
+        report["operational"]["failures"].as_object().map(|f| f.values().filter_map(|v| v.as_u64()).sum::<u64>()).unwrap_or(0),
+        pct(&metrics.accuracy),
+        metrics.balanced_accuracy.map(|v| format!("{v:.3}")).unwrap_or("n/a".into()),
+        metrics.cohen_kappa.map(|v| format!("{v:.3}")).unwrap_or("n/a".into()),
+    ));
+    md.push_str("## Per class (one vs rest)\n\n| class | n | sensitivity | specificity | PPV | NPV | F1 | ROC AUC (DeLong 95% CI) | PR AUC | Brier |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for c in &metrics.classes {
+        let auc = c
+            .roc_auc
+            .map(|a| format!("{:.3} ({:.3}–{:.3})", a.value, a.ci95.lower, a.ci95.upper))
+            .unwrap_or("n/a".into());
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            c.label,
+            c.support,
+            pct(&c.sensitivity),
+            pct(&c.specificity),
+            pct(&c.ppv),
+            pct(&c.npv),
+            c.f1.map(|v| format!("{v:.3}")).unwrap_or("n/a".into()),
+            auc,
+            c.pr_auc.map(|v| format!("{v:.3}")).unwrap_or("n/a".into()),
+            c.brier.map(|v| format!("{v:.4}")).unwrap_or("n/a".into()),
+        ));
+    }
+    md.push_str("\n## Confusion matrix (rows: ground truth, columns: decision)\n\n|  |");
+    for l in &metrics.labels {
+        md.push_str(&format!(" {l} |"));
+    }
+    md.push_str("\n|---|");
+    for _ in &metrics.labels {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    for (l, row) in metrics.labels.iter().zip(&metrics.confusion) {
+        md.push_str(&format!("| **{l}** |"));
+        for v in row {
+            md.push_str(&format!(" {v} |"));
+        }
+        md.push('\n');
+    }
+    md.push_str("\n## Latency per image (ms)\n\n| stage | p50 | p95 | p99 | mean |\n|---|---|---|---|---|\n");
+    if let Some(stages) = report["operational"]["latency_ms"].as_object() {
+        for (stage, l) in stages {
+            md.push_str(&format!(
+                "| {stage} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                l["p50"].as_f64().unwrap_or(0.0),
+                l["p95"].as_f64().unwrap_or(0.0),
+                l["p99"].as_f64().unwrap_or(0.0),
+                l["mean"].as_f64().unwrap_or(0.0)
+            ));
+        }
+    }
+    md.push_str(&format!(
+        "\nThroughput: {:.2} images/s.\n\n## Methods\n\nProportions: Wilson score interval (95%, no continuity correction). ROC AUC: Mann–Whitney statistic with DeLong's variance, normal interval clipped to [0, 1]. PR AUC: average precision (step-wise). Brier score per class, one vs rest. Metrics computed by `vigie_validation::stats`, tested against scikit-learn and scipy to 1e-9.\n\n## Reproducibility\n\n```json\n{}\n```\n",
+        report["operational"]["throughput_images_per_s"].as_f64().unwrap_or(0.0),
+        serde_json::to_string_pretty(r).unwrap_or_default()
+    ));
+    md
+}
+
+pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let command_line: Vec<String> = std::env::args().collect();
+    let (root, dataset) = Dataset::load(&args.dataset)?;
+    dataset
+        .verify(&root)
+        .context("the dataset does not match its manifest")?;
+    let mut model = super::infer::load_model(config, args.model.as_deref(), None)?;
+    let manifest = model.package().manifest().clone();
+    let OutputKind::Classification { labels, .. } = &manifest.output.kind else {
+        bail!(
+            "model {} is not a classifier: segmentation validation is not implemented",
+            manifest.model.id
+        );
+    };
+    let labels = labels.clone();
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.appliance.data_dir.clone());
+    let audit = Audit::open(&data_dir, &config.appliance.id, &config.audit)?;
+    let package = model.package();
+    let reproducibility = serde_json::json!({
+        "model": {
+            "id": package.id(), "version": package.version(), "sha256": package.sha256(),
+            "regulatory_status": manifest.model.regulatory_status,
+            "intended_use": manifest.model.intended_use,
+        },
+        "software": { "version": SOFTWARE_VERSION, "git_commit": GIT_COMMIT },
+        "dataset": {
+            "name": dataset.name, "content_sha256": dataset.content_sha256,
+            "studies": dataset.studies.len(), "path": root,
+        },
+        "execution": model.execution(),
+        "host": std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
+        "date": crate::audit::timestamp(),
+        "command": command_line,
+    });
+    let started_record = audit.record(
+        AuditEvent::new("validation_started", "ok", reproducibility.clone())
+            .model(package.id(), package.version()),
+    )?;
+    let total_files: usize = dataset.studies.iter().map(|s| s.files.len()).sum();
+    let progress = std::io::stderr().is_terminal() && !args.json;
+    let mut cases = Vec::new();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stages: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let started = Instant::now();
+    let mut done = 0;
+    for study in &dataset.studies {
+        for (file, file_sha256) in study.files.iter().zip(&study.sha256) {
+            done += 1;
+            if progress {
+                eprint!("\r[{done}/{total_files}] analysing");
+            }
+            let image_started = Instant::now();
+            let analysis = match pipeline::analyse_path(&mut model, &root.join(file)) {
+                Ok(a) => a,
+                Err(e) => {
+                    let reason = e.to_string();
+                    let key = reason.split(':').next().unwrap_or("error").to_string();
+                    *failures.entry(key).or_default() += 1;
+                    audit.note(
+                        AuditEvent::new(
+                            "inference",
+                            "failed",
+                            serde_json::json!({ "rule": "validation", "file": file, "error": reason }),
+                        )
+                        .instance(Some(&study.study_instance_uid), None),
+                    );
+                    continue;
+                }
+            };
+            let total_ms = image_started.elapsed().as_secs_f64() * 1000.0;
+            stages.entry("decode").or_default().push(analysis.decode_ms);
+            for result in &analysis.results {
+                stages
+                    .entry("preprocess")
+                    .or_default()
+                    .push(result.timings.preprocess_ms);
+                stages
+                    .entry("inference")
+                    .or_default()
+                    .push(result.timings.inference_ms);
+                stages
+                    .entry("postprocess")
+                    .or_default()
+                    .push(result.timings.postprocess_ms);
+                let Finding::Classification(c) = &result.finding else {
+                    continue;
+                };
+                let record = audit.record(
+                    AuditEvent::new(
+                        "inference",
+                        "ok",
+                        serde_json::json!({
+                            "rule": "validation",
+                            "dataset_sha256": dataset.content_sha256,
+                            "input": {
+                                "file": file,
+                                "file_sha256": file_sha256,
+                                "pixels_sha256": analysis.pixels_sha256,
+                            },
+                            "model_sha256": result.model_sha256,
+                            "execution": result.execution,
+                            "decision": c.decision,
+                            "frames": [{
+                                "raw_output": result.raw_output,
+                                "finding": result.finding,
+                                "timings_ms": result.timings,
+                            }],
+                            "ground_truth": study.label,
+                        }),
+                    )
+                    .instance(
+                        Some(&study.study_instance_uid),
+                        Some(&analysis.header.sop_instance_uid),
+                    )
+                    .model(&result.model_id, &result.model_version),
+                )?;
+                cases.push(Case {
+                    study_instance_uid: study.study_instance_uid.clone(),
+                    file: file.clone(),
+                    file_sha256: file_sha256.clone(),
+                    pixels_sha256: analysis.pixels_sha256.clone(),
+                    truth: study.label.clone(),
+                    decision: c.decision.clone(),
+                    probabilities: c.probabilities.iter().map(|p| f64::from(*p)).collect(),
+                    correct: c.decision == study.label,
+                    audit_record: record.seq,
+                });
+            }
+            stages.entry("total").or_default().push(total_ms);
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let index = |label: &str| labels.iter().position(|l| l == label);
+    let mut truth = Vec::new();
+    let mut predicted = Vec::new();
+    let mut probabilities = Vec::new();
+    for case in &cases {
+        let (Some(t), Some(p)) = (index(&case.truth), index(&case.decision)) else {
+            *failures
+                .entry(format!(
+                    "ground truth {:?} is not a class of the model",
+                    case.truth
+                ))
+                .or_default() += 1;
+            continue;
+        };
+        truth.push(t);
+        predicted.push(p);
+        probabilities.push(case.probabilities.clone());
+    }
+    let metrics = stats::classification(&labels, &truth, &predicted, &probabilities);
+    let operational = serde_json::json!({
+        "latency_ms": stages.into_iter().map(|(k, v)| (k.to_string(), latency(v))).collect::<BTreeMap<_, _>>(),
+        "throughput_images_per_s": if elapsed > 0.0 { cases.len() as f64 / elapsed } else { 0.0 },
+        "failures": failures,
+    });
+    let last_record = cases.last().map(|c| c.audit_record);
+    let mut report = serde_json::json!({
+        "reproducibility": reproducibility,
+        "metrics": metrics,
+        "operational": operational,
+        "cases": cases,
+    });
+    report["reproducibility"]["audit"] = serde_json::json!({
+        "data_dir": data_dir,
+        "public_key": audit.public_key(),
+        "first_record": started_record.seq,
+        "last_inference_record": last_record,
+    });
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let json_text = serde_json::to_string_pretty(&report)?;
+    let md_text = markdown(&report, &metrics);
+    let write = |name: &str, text: &str| -> anyhow::Result<()> {
+        let path = args.out.join(name);
+        vigie_dicom_io::write::write_durably(&path, |w| w.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    write("report.json", &json_text)?;
+    write("report.md", &md_text)?;
+    audit.record(
+        AuditEvent::new(
+            "validation_finished",
+            "ok",
+            serde_json::json!({
+                "report_json_sha256": hex::encode(sha2::Sha256::digest(json_text.as_bytes())),
+                "report_md_sha256": hex::encode(sha2::Sha256::digest(md_text.as_bytes())),
+                "out": args.out,
+                "cases": metrics.n,
+                "accuracy": metrics.accuracy,
+            }),
+        )
+        .model(&manifest.model.id, &manifest.model.version),
+    )?;
+    audit.checkpoint()?;
+    if args.json {
+        println!("{json_text}");
+    } else {
+        println!(
+            "{} {} on {} ({} cases): accuracy {}",
+            manifest.model.id,
+            manifest.model.version,
+            dataset.name,
+            metrics.n,
+            pct(&metrics.accuracy)
+        );
+        println!("report: {}", args.out.join("report.md").display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

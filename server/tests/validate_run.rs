@@ -1,0 +1,146 @@
+//! `vigie validate run` on the 17 demo studies: 17/17 with the Wilson
+//! interval of 17/17, reproducibility block, every inference in the audit
+//! trail, and a model that is not a classifier refused with a reason.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::demo_studies;
+use vigie_test_support::{onnxruntime_library, repo_root};
+
+fn vigie(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vigie"))
+        .env_remove("VIGIE_CONFIG")
+        .env("VIGIE__INFERENCE__MODELS_DIR", repo_root().join("models"))
+        .env(
+            "VIGIE__INFERENCE__ONNXRUNTIME_LIBRARY",
+            onnxruntime_library(),
+        )
+        .env("VIGIE__INFERENCE__INTRA_THREADS", "2")
+        .args(args)
+        .output()
+        .expect("vigie runs")
+}
+
+#[test]
+fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = demo_studies(tmp.path(), 17);
+    assert_eq!(files.len(), 17);
+    let dataset = tmp.path().join("dicom");
+    let out = tmp.path().join("report");
+    let data = tmp.path().join("data");
+    let run = vigie(&[
+        "validate",
+        "run",
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let accuracy = &report["metrics"]["accuracy"];
+    assert_eq!(accuracy["successes"], 17);
+    assert_eq!(accuracy["n"], 17);
+    // scipy.stats.binomtest(17, 17).proportion_ci(method="wilson")
+    assert!((accuracy["ci95"]["lower"].as_f64().unwrap() - 0.815_681_864_991_148_3).abs() < 1e-12);
+    assert_eq!(accuracy["ci95"]["upper"], 1.0);
+    let classes = report["metrics"]["classes"].as_array().unwrap();
+    assert_eq!(
+        classes
+            .iter()
+            .map(|c| c["support"].as_u64().unwrap())
+            .sum::<u64>(),
+        17
+    );
+    let manifest = vigie_validation::dataset::Dataset::load(&dataset)
+        .unwrap()
+        .1;
+    let r = &report["reproducibility"];
+    assert_eq!(
+        r["dataset"]["content_sha256"],
+        manifest.content_sha256.as_str()
+    );
+    assert_eq!(r["model"]["id"], "brain-tumour-vgg16");
+    assert_eq!(r["model"]["sha256"].as_str().unwrap().len(), 64);
+    assert!(r["software"]["git_commit"].as_str().unwrap().len() >= 40);
+    assert!(
+        report["operational"]["latency_ms"]["inference"]["p95"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("17/17; 95% CI 0.816–1.000"), "{md}");
+    assert!(
+        md.contains("NOT a CE-marked"),
+        "the regulatory status is stated"
+    );
+    // Every case traced to its audit record, and the trail verifies.
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 17);
+    let seqs: std::collections::BTreeSet<i64> = cases
+        .iter()
+        .map(|c| c["audit_record"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 17);
+    let verify = vigie(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let query = vigie(&[
+        "audit",
+        "query",
+        "--kind",
+        "inference",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&query.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 17);
+    for case in cases {
+        let record = records
+            .iter()
+            .find(|r| r["seq"] == case["audit_record"])
+            .unwrap();
+        assert_eq!(record["details"]["decision"], case["decision"]);
+        assert_eq!(
+            record["details"]["input"]["pixels_sha256"],
+            case["pixels_sha256"]
+        );
+    }
+
+    // The segmentation fixture is refused with the reason.
+    let seg = vigie(&[
+        "validate",
+        "run",
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--model",
+        "fixture-bright-disk",
+        "--out",
+        out.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!seg.status.success());
+    assert!(
+        String::from_utf8_lossy(&seg.stderr).contains("segmentation validation is not implemented")
+    );
+}
