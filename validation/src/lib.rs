@@ -7,6 +7,7 @@
 //! - [`import`]: build a dataset of synthetic DICOM MR studies from
 //!   labelled pictures (`vigie validate import-images`).
 //! - [`reporting`]: model results → SR / SEG / summary image.
+//! - [`compare`]: non-inferiority of a candidate against a baseline.
 //! - [`stats`]: classification metrics with 95 % intervals (Wilson,
 //!   DeLong), tested against scikit-learn and scipy.
 //! - [`pipeline`]: DICOM instance → decoded pixels → model → result. The
@@ -15,6 +16,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+pub mod compare;
 pub mod dataset;
 pub mod error;
 pub mod import;

@@ -13,6 +13,12 @@ use crate::config::Config;
 pub fn run(config: &Config, command: ValidateCommand) -> anyhow::Result<ExitCode> {
     match command {
         ValidateCommand::Run(args) => super::validate_run::run(config, args),
+        ValidateCommand::Compare {
+            baseline,
+            candidate,
+            margin,
+            json,
+        } => super::validate_run::compare(&baseline, &candidate, margin, json),
         ValidateCommand::ImportImages(args) => {
             let pattern = regex::Regex::new(&args.label_pattern)
                 .context("--label-pattern is not a valid regular expression")?;

@@ -363,3 +363,114 @@ pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Per-case outcomes of a report: (file, truth, correct).
+fn outcomes(report: &serde_json::Value) -> Vec<(String, String, bool)> {
+    report["cases"]
+        .as_array()
+        .map(|cases| {
+            cases
+                .iter()
+                .map(|c| {
+                    (
+                        c["file"].as_str().unwrap_or("").to_string(),
+                        c["truth"].as_str().unwrap_or("").to_string(),
+                        c["correct"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `vigie validate compare`.
+pub fn compare(
+    baseline: &std::path::Path,
+    candidate: &std::path::Path,
+    margin: f64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use vigie_validation::compare::{Verdict, paired, unpaired};
+    let read = |p: &std::path::Path| -> anyhow::Result<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a report.json", p.display()))
+    };
+    let (b, c) = (read(baseline)?, read(candidate)?);
+    let (ob, oc) = (outcomes(&b), outcomes(&c));
+    let same_dataset = b["reproducibility"]["dataset"]["content_sha256"]
+        == c["reproducibility"]["dataset"]["content_sha256"];
+    let is_paired = same_dataset
+        && ob.len() == oc.len()
+        && ob.iter().zip(&oc).all(|(x, y)| x.0 == y.0 && x.1 == y.1);
+    let mut groups: Vec<(String, Option<String>)> = vec![("accuracy".into(), None)];
+    let mut labels: Vec<String> = ob.iter().map(|o| o.1.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    groups.extend(
+        labels
+            .into_iter()
+            .map(|l| (format!("sensitivity {l}"), Some(l))),
+    );
+    let mut verdicts: Vec<Verdict> = Vec::new();
+    for (name, label) in groups {
+        let pick = |o: &[(String, String, bool)]| -> Vec<bool> {
+            o.iter()
+                .filter(|x| label.as_ref().is_none_or(|l| &x.1 == l))
+                .map(|x| x.2)
+                .collect()
+        };
+        let (xb, xc) = (pick(&ob), pick(&oc));
+        let count = |v: &[bool]| (v.iter().filter(|x| **x).count() as u64, v.len() as u64);
+        let verdict = if is_paired {
+            paired(&name, &xb, &xc, margin)
+        } else {
+            unpaired(&name, count(&xb), count(&xc), margin)
+        };
+        if let Some(v) = verdict {
+            verdicts.push(v);
+        }
+    }
+    if verdicts.is_empty() {
+        bail!("nothing to compare: the reports hold no cases");
+    }
+    let ok = verdicts.iter().all(|v| v.non_inferior);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "margin": margin, "paired": is_paired, "non_inferior": ok, "verdicts": verdicts,
+            }))?
+        );
+    } else {
+        println!(
+            "non-inferiority, margin {margin} ({}):",
+            if is_paired {
+                "paired, same cases"
+            } else {
+                "unpaired"
+            }
+        );
+        for v in &verdicts {
+            println!(
+                "  {:<28} baseline {:.3}  candidate {:.3}  difference {:+.3} (95% CI {:+.3} to {:+.3})  {}",
+                v.metric,
+                v.baseline,
+                v.candidate,
+                v.difference,
+                v.ci95.lower,
+                v.ci95.upper,
+                if v.non_inferior {
+                    "non-inferior"
+                } else {
+                    "REGRESSION"
+                }
+            );
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
