@@ -25,6 +25,8 @@ for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config dciodvfy:
 done
 [ -e /usr/share/orthanc/plugins-available/libOrthancDicomWeb.so ] || [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
   || missing+=(orthanc-dicomweb)
+# Headless Chromium renders the validation report's HTML in a test.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing system packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

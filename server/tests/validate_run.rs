@@ -130,6 +130,43 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
         );
     }
 
+    // The HTML report renders, plots included (headless Chromium).
+    let png = tmp.path().join("report.png");
+    let shot = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1400,2400",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", out.join("report.html").display()))
+        .output()
+        .expect("chromium runs (apt-get install chromium)");
+    assert!(png.is_file(), "{}", String::from_utf8_lossy(&shot.stderr));
+    let image = image::open(&png).unwrap().to_rgb8();
+    let pixels = image.pixels().count();
+    let ink = image.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    assert!(
+        ink * 50 > pixels,
+        "the page is not blank: {ink} of {pixels} pixels drawn"
+    );
+    // The confusion matrix's darkest cell and a curve's colour are there.
+    let near = |p: &image::Rgb<u8>, c: [u8; 3]| p.0.iter().zip(c).all(|(a, b)| a.abs_diff(b) < 12);
+    assert!(
+        image.pixels().any(|p| near(p, [55, 55, 255])),
+        "confusion matrix drawn"
+    );
+    assert!(
+        image
+            .pixels()
+            .filter(|p| near(p, [0xCC, 0x79, 0xA7]) || near(p, [0x00, 0x72, 0xB2]))
+            .count()
+            > 200,
+        "curves drawn"
+    );
+
     // Non-inferiority: an identical candidate passes...
     let again = tmp.path().join("again");
     let run = vigie(&[

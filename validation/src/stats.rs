@@ -136,6 +136,60 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<Auc> {
     })
 }
 
+/// Points of the ROC curve (false positive rate, true positive rate) from
+/// (0, 0) to (1, 1), one per distinct score; empty unless both classes
+/// are present.
+pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
+    let p = positive.iter().filter(|x| **x).count();
+    let n = positive.len() - p;
+    if p == 0 || n == 0 {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
+    let mut points = vec![(0.0, 0.0)];
+    let (mut tp, mut fp, mut i) = (0usize, 0usize, 0usize);
+    while i < order.len() {
+        let threshold = scores[order[i]];
+        while i < order.len() && scores[order[i]] == threshold {
+            if positive[order[i]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        points.push((fp as f64 / n as f64, tp as f64 / p as f64));
+    }
+    points
+}
+
+/// Points of the precision–recall curve (recall, precision), one per
+/// distinct score, highest score first; empty without positives.
+pub fn pr_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
+    let p = positive.iter().filter(|x| **x).count();
+    if p == 0 {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
+    let mut points = Vec::new();
+    let (mut tp, mut fp, mut i) = (0usize, 0usize, 0usize);
+    while i < order.len() {
+        let threshold = scores[order[i]];
+        while i < order.len() && scores[order[i]] == threshold {
+            if positive[order[i]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        points.push((tp as f64 / p as f64, tp as f64 / (tp + fp) as f64));
+    }
+    points
+}
+
 /// Average precision (area under the precision–recall curve, step-wise, as
 /// scikit-learn); `None` without positives.
 pub fn average_precision(scores: &[f64], positive: &[bool]) -> Option<f64> {
@@ -248,6 +302,10 @@ pub struct ClassMetrics {
     pub brier: Option<f64>,
     /// Reliability curve of this class's probability (10 bins).
     pub calibration: Vec<CalibrationBin>,
+    /// ROC curve points (FPR, TPR).
+    pub roc_curve: Vec<(f64, f64)>,
+    /// Precision–recall curve points (recall, precision).
+    pub pr_curve: Vec<(f64, f64)>,
 }
 
 /// Performance of a classifier.
@@ -318,6 +376,8 @@ pub fn classification(
             pr_auc: average_precision(&scores, &positive),
             brier: brier(&scores, &positive),
             calibration: calibration_curve(&scores, &positive, 10),
+            roc_curve: roc_curve(&scores, &positive),
+            pr_curve: pr_curve(&scores, &positive),
         });
     }
     let kappa = (total > 0).then(|| {
@@ -367,6 +427,24 @@ mod tests {
         assert!((ci.lower - 0.81566).abs() < 5e-5, "{ci:?}");
         assert_eq!(ci.upper, 1.0);
         assert!(wilson(1, 0, Z95).is_none());
+    }
+
+    #[test]
+    fn curves_run_from_corner_to_corner_and_match_the_auc() {
+        let scores = [0.9, 0.8, 0.8, 0.4, 0.3, 0.1];
+        let positive = [true, false, true, true, false, false];
+        let roc = roc_curve(&scores, &positive);
+        assert_eq!(roc.first(), Some(&(0.0, 0.0)));
+        assert_eq!(roc.last(), Some(&(1.0, 1.0)));
+        // Trapezoidal area under the points equals the Mann-Whitney AUC.
+        let area: f64 = roc
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+            .sum();
+        assert!((area - roc_auc(&scores, &positive).unwrap().value).abs() < 1e-12);
+        let pr = pr_curve(&scores, &positive);
+        assert_eq!(pr[0], (1.0 / 3.0, 1.0));
+        assert_eq!(pr.last().map(|p| p.0), Some(1.0));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::config::Config;
 
 mod audit;
 pub mod infer;
+mod report_html;
 mod serve;
 mod validate;
 mod validate_run;

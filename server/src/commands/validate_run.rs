@@ -331,8 +331,10 @@ pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         vigie_dicom_io::write::write_durably(&path, |w| w.write_all(text.as_bytes()))
             .with_context(|| format!("writing {}", path.display()))
     };
+    let html_text = super::report_html::html(&report, &metrics, &md_text);
     write("report.json", &json_text)?;
     write("report.md", &md_text)?;
+    write("report.html", &html_text)?;
     audit.record(
         AuditEvent::new(
             "validation_finished",
@@ -340,6 +342,7 @@ pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             serde_json::json!({
                 "report_json_sha256": hex::encode(sha2::Sha256::digest(json_text.as_bytes())),
                 "report_md_sha256": hex::encode(sha2::Sha256::digest(md_text.as_bytes())),
+                "report_html_sha256": hex::encode(sha2::Sha256::digest(html_text.as_bytes())),
                 "out": args.out,
                 "cases": metrics.n,
                 "accuracy": metrics.accuracy,
