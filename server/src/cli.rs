@@ -228,6 +228,15 @@ pub struct RunArgs {
     /// Print report.json on standard output.
     #[arg(long)]
     pub json: bool,
+    /// Claimed performance, repeatable: `accuracy=0.9` or `sensitivity=0.9`
+    /// (every class); subgroups whose whole interval lies below a claim are
+    /// flagged.
+    #[arg(long = "claim")]
+    pub claims: Vec<String>,
+    /// Extra operating points, repeatable: `CLASS:sensitivity=0.95` or
+    /// `CLASS:specificity=0.9` (threshold on that class's probability).
+    #[arg(long = "operating-point")]
+    pub operating_points: Vec<String>,
 }
 
 /// `vigie validate import-images`.

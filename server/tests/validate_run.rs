@@ -35,6 +35,17 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
     let files = demo_studies(tmp.path(), 17);
     assert_eq!(files.len(), 17);
     let dataset = tmp.path().join("dicom");
+    // Two sites, given in the manifest as subgroup attributes.
+    let (_, mut manifest) = vigie_validation::dataset::Dataset::load(&dataset).unwrap();
+    for (i, study) in manifest.studies.iter_mut().enumerate() {
+        let site = if i % 2 == 0 { "A" } else { "B" };
+        study.attributes.insert("site".into(), site.into());
+    }
+    std::fs::write(
+        dataset.join("dataset.toml"),
+        toml::to_string(&manifest).unwrap(),
+    )
+    .unwrap();
     let out = tmp.path().join("report");
     let data = tmp.path().join("data");
     let run = vigie(&[
@@ -46,6 +57,10 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
         out.to_str().unwrap(),
         "--data-dir",
         data.to_str().unwrap(),
+        "--claim",
+        "accuracy=0.95",
+        "--operating-point",
+        "glioma:sensitivity=0.95",
     ]);
     assert!(
         run.status.success(),
@@ -85,6 +100,29 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
             .unwrap()
             > 0.0
     );
+    // Subgroups from the manifest (site) and the headers (manufacturer).
+    let groups = report["subgroups"].as_array().unwrap();
+    let site = |v: &str| {
+        groups
+            .iter()
+            .find(|g| g["attribute"] == "site" && g["value"] == v)
+            .unwrap()
+    };
+    assert_eq!(site("A")["n"], 9);
+    assert_eq!(site("B")["n"], 8);
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["attribute"] == "manufacturer" && g["n"] == 17)
+    );
+    assert!(
+        groups
+            .iter()
+            .all(|g| g["below_claim"].as_array().unwrap().is_empty())
+    );
+    // The operating point reaches its target.
+    let point = &report["operating_points"][0]["point"];
+    assert!(point["sensitivity"]["value"].as_f64().unwrap() >= 0.95);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("17/17; 95% CI 0.816–1.000"), "{md}");
     assert!(
@@ -226,6 +264,8 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
             degraded.to_str().unwrap(),
             "--data-dir",
             data.to_str().unwrap(),
+            "--claim",
+            "accuracy=0.95",
         ],
     );
     assert!(
@@ -233,6 +273,22 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    // Its subgroups fall below the claim, and say so.
+    let bad: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(degraded.join("report.json")).unwrap()).unwrap();
+    let flagged = bad["subgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["attribute"] == "site")
+        .all(|g| {
+            g["below_claim"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "accuracy")
+        });
+    assert!(flagged, "{}", bad["subgroups"]);
     let worse = compare(&degraded);
     let text = String::from_utf8_lossy(&worse.stdout).to_string();
     assert_eq!(worse.status.code(), Some(1), "{text}");

@@ -41,6 +41,11 @@ pub struct StudyEntry {
     /// Where the study came from (e.g. the source picture's name).
     #[serde(default)]
     pub source: Option<String>,
+    /// Subgroup attributes given by the dataset's authors (e.g. `site`,
+    /// `scanner`); attributes found in the DICOM headers are added by the
+    /// validation run.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl Dataset {

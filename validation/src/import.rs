@@ -146,6 +146,7 @@ pub fn import_images(source: &Path, out: &Path, options: &ImportOptions) -> Resu
             files: vec![file],
             sha256: vec![sha],
             source: Some(name),
+            attributes: Default::default(),
         });
     }
     if studies.is_empty() {

@@ -12,13 +12,13 @@
 //!   `brier_score_loss` and `calibration_curve`;
 //! - balanced accuracy, F1 per class, Cohen's kappa as scikit-learn.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// z for a two-sided 95 % interval.
 pub const Z95: f64 = 1.959_963_984_540_054;
 
 /// A confidence interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     /// Lower bound.
     pub lower: f64,
@@ -27,7 +27,7 @@ pub struct Interval {
 }
 
 /// A proportion k/n with its Wilson interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Proportion {
     /// k / n.
     pub value: f64,
@@ -133,6 +133,87 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<Auc> {
             lower: (auc - Z95 * se).max(0.0),
             upper: (auc + Z95 * se).min(1.0),
         },
+    })
+}
+
+/// What an operating point is chosen for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Sensitivity at least the target (the highest such threshold).
+    Sensitivity,
+    /// Specificity at least the target (the lowest such threshold).
+    Specificity,
+}
+
+/// A decision threshold on one class's probability and its performance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperatingPoint {
+    /// Which quantity was targeted.
+    pub target: Target,
+    /// The target value.
+    pub target_value: f64,
+    /// Positive when the probability is at least this.
+    pub threshold: f64,
+    /// Sensitivity at the threshold.
+    pub sensitivity: Option<Proportion>,
+    /// Specificity at the threshold.
+    pub specificity: Option<Proportion>,
+}
+
+/// The operating point meeting `target` ≥ `value` with the best other
+/// quantity: among thresholds on `scores` (positive when score ≥
+/// threshold), the highest reaching the sensitivity, or the lowest reaching
+/// the specificity. `None` when no threshold reaches it or a class is
+/// absent.
+pub fn operating_point(
+    scores: &[f64],
+    positive: &[bool],
+    target: Target,
+    value: f64,
+) -> Option<OperatingPoint> {
+    let p = positive.iter().filter(|x| **x).count() as u64;
+    let n = positive.len() as u64 - p;
+    if p == 0 || n == 0 {
+        return None;
+    }
+    let mut thresholds: Vec<f64> = scores.to_vec();
+    thresholds.sort_by(|a, b| b.total_cmp(a));
+    thresholds.dedup();
+    let at = |t: f64| {
+        let tp = scores
+            .iter()
+            .zip(positive)
+            .filter(|(s, y)| **y && **s >= t)
+            .count() as u64;
+        let tn = scores
+            .iter()
+            .zip(positive)
+            .filter(|(s, y)| !**y && **s < t)
+            .count() as u64;
+        (tp, tn)
+    };
+    let chosen = match target {
+        // Thresholds from high to low: sensitivity grows; take the first
+        // that reaches the target.
+        Target::Sensitivity => thresholds
+            .iter()
+            .copied()
+            .find(|t| at(*t).0 as f64 / p as f64 >= value),
+        // From low to high: specificity grows.
+        Target::Specificity => thresholds
+            .iter()
+            .rev()
+            .copied()
+            .find(|t| at(*t).1 as f64 / n as f64 >= value),
+    }?;
+    let (tp, tn) = at(chosen);
+    Some(OperatingPoint {
+        target,
+        target_value: value,
+        threshold: chosen,
+        sensitivity: proportion(tp, p),
+        specificity: proportion(tn, n),
     })
 }
 
@@ -445,6 +526,20 @@ mod tests {
         let pr = pr_curve(&scores, &positive);
         assert_eq!(pr[0], (1.0 / 3.0, 1.0));
         assert_eq!(pr.last().map(|p| p.0), Some(1.0));
+    }
+
+    #[test]
+    fn operating_points_meet_their_target_with_the_best_other_quantity() {
+        let scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2];
+        let positive = [true, true, false, true, false, true, false, false];
+        let op = operating_point(&scores, &positive, Target::Sensitivity, 0.75).unwrap();
+        assert_eq!(op.threshold, 0.6);
+        assert_eq!(op.sensitivity.unwrap().successes, 3);
+        assert_eq!(op.specificity.unwrap().successes, 3);
+        let op = operating_point(&scores, &positive, Target::Specificity, 1.0).unwrap();
+        assert_eq!(op.threshold, 0.8);
+        assert_eq!(op.sensitivity.unwrap().successes, 2);
+        assert!(operating_point(&scores, &positive, Target::Sensitivity, 1.1).is_none());
     }
 
     #[test]

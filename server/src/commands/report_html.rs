@@ -272,7 +272,37 @@ pub fn html(
             c.brier.map(|v| format!("{v:.4}")).unwrap_or("n/a".into()),
         );
     }
-    page.push_str("</table><h2>Plots</h2><div class=\"plots\">");
+    page.push_str("</table>");
+    if let Some(groups) = report["subgroups"].as_array().filter(|g| !g.is_empty()) {
+        page.push_str("<h2>Subgroups</h2><table><tr><th>attribute</th><th>value</th><th>n</th><th>accuracy (95% Wilson CI)</th><th>below the claim</th></tr>");
+        for g in groups {
+            let accuracy = serde_json::from_value::<Option<Proportion>>(g["accuracy"].clone())
+                .ok()
+                .flatten();
+            let flags: Vec<&str> = g["below_claim"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(g["attribute"].as_str().unwrap_or("")),
+                escape(g["value"].as_str().unwrap_or("")),
+                g["n"],
+                pct(&accuracy),
+                if flags.is_empty() {
+                    "—".to_string()
+                } else {
+                    format!(
+                        "<strong style=\"color:#b00\">{}</strong>",
+                        escape(&flags.join(", "))
+                    )
+                }
+            );
+        }
+        page.push_str("</table>");
+    }
+    page.push_str("<h2>Plots</h2><div class=\"plots\">");
     page.push_str(&unit_plot(
         "ROC curves",
         "1 − specificity",

@@ -24,6 +24,7 @@ use crate::config::Config;
 
 #[derive(Debug, Serialize)]
 struct Case {
+    subgroups: BTreeMap<String, String>,
     study_instance_uid: String,
     file: PathBuf,
     file_sha256: String,
@@ -127,6 +128,60 @@ fn markdown(report: &serde_json::Value, metrics: &ClassificationMetrics) -> Stri
         }
         md.push('\n');
     }
+    if let Some(points) = report["operating_points"]
+        .as_array()
+        .filter(|p| !p.is_empty())
+    {
+        md.push_str("\n## Operating points\n\n| class | target | threshold | sensitivity | specificity |\n|---|---|---|---|---|\n");
+        for p in points {
+            let point = &p["point"];
+            if point.is_null() {
+                md.push_str(&format!(
+                    "| {} | not reachable | | | |\n",
+                    p["class"].as_str().unwrap_or("")
+                ));
+                continue;
+            }
+            let prop = |v: &serde_json::Value| {
+                serde_json::from_value::<Option<Proportion>>(v.clone())
+                    .ok()
+                    .flatten()
+            };
+            md.push_str(&format!(
+                "| {} | {} ≥ {} | {:.4} | {} | {} |\n",
+                p["class"].as_str().unwrap_or(""),
+                point["target"].as_str().unwrap_or(""),
+                point["target_value"],
+                point["threshold"].as_f64().unwrap_or(f64::NAN),
+                pct(&prop(&point["sensitivity"])),
+                pct(&prop(&point["specificity"])),
+            ));
+        }
+    }
+    if let Some(groups) = report["subgroups"].as_array().filter(|g| !g.is_empty()) {
+        md.push_str("\n## Subgroups\n\n| attribute | value | n | accuracy | below the claim |\n|---|---|---|---|---|\n");
+        for g in groups {
+            let accuracy = serde_json::from_value::<Option<Proportion>>(g["accuracy"].clone())
+                .ok()
+                .flatten();
+            let flags: Vec<&str> = g["below_claim"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                g["attribute"].as_str().unwrap_or(""),
+                g["value"].as_str().unwrap_or(""),
+                g["n"],
+                pct(&accuracy),
+                if flags.is_empty() {
+                    "—".to_string()
+                } else {
+                    format!("**{}**", flags.join(", "))
+                },
+            ));
+        }
+    }
     md.push_str("\n## Latency per image (ms)\n\n| stage | p50 | p95 | p99 | mean |\n|---|---|---|---|---|\n");
     if let Some(stages) = report["operational"]["latency_ms"].as_object() {
         for (stage, l) in stages {
@@ -202,7 +257,14 @@ pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
                 eprint!("\r[{done}/{total_files}] analysing");
             }
             let image_started = Instant::now();
-            let analysis = match pipeline::analyse_path(&mut model, &root.join(file)) {
+            let opened = vigie_dicom_io::DicomFile::open(root.join(file));
+            // Header attributes, overridden by the manifest's own.
+            let mut subgroups = opened.as_ref().map(header_subgroups).unwrap_or_default();
+            subgroups.extend(study.attributes.clone());
+            let analysis = match opened
+                .map_err(vigie_validation::Error::from)
+                .and_then(|f| pipeline::analyse(&mut model, &f))
+            {
                 Ok(a) => a,
                 Err(e) => {
                     let reason = e.to_string();
@@ -267,6 +329,7 @@ pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
                     .model(&result.model_id, &result.model_version),
                 )?;
                 cases.push(Case {
+                    subgroups: subgroups.clone(),
                     study_instance_uid: study.study_instance_uid.clone(),
                     file: file.clone(),
                     file_sha256: file_sha256.clone(),
@@ -304,6 +367,10 @@ pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         probabilities.push(case.probabilities.clone());
     }
     let metrics = stats::classification(&labels, &truth, &predicted, &probabilities);
+    let claims = parse_claims(&args.claims)?;
+    let subgroups = subgroup_metrics(&cases, &labels, &claims);
+    let operating_points =
+        operating_points(&args.operating_points, &labels, &truth, &probabilities)?;
     let operational = serde_json::json!({
         "latency_ms": stages.into_iter().map(|(k, v)| (k.to_string(), latency(v))).collect::<BTreeMap<_, _>>(),
         "throughput_images_per_s": if elapsed > 0.0 { cases.len() as f64 / elapsed } else { 0.0 },
@@ -313,6 +380,9 @@ pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut report = serde_json::json!({
         "reproducibility": reproducibility,
         "metrics": metrics,
+        "claims": claims,
+        "subgroups": subgroups,
+        "operating_points": operating_points,
         "operational": operational,
         "cases": cases,
     });
@@ -476,4 +546,156 @@ pub fn compare(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Subgroup attributes found in the DICOM header.
+fn header_subgroups(file: &vigie_dicom_io::DicomFile) -> BTreeMap<String, String> {
+    use dicom_dictionary_std::tags;
+    let mut out = BTreeMap::new();
+    for (name, tag) in [
+        ("manufacturer", tags::MANUFACTURER),
+        ("scanner_model", tags::MANUFACTURER_MODEL_NAME),
+        ("field_strength_T", tags::MAGNETIC_FIELD_STRENGTH),
+        ("patient_sex", tags::PATIENT_SEX),
+        ("site", tags::INSTITUTION_NAME),
+    ] {
+        if let Some(v) = file.string(tag).filter(|v| !v.is_empty()) {
+            out.insert(name.to_string(), v);
+        }
+    }
+    // Patient Age (AS, e.g. "047Y") as a decade band.
+    if let Some(age) = file.string(tags::PATIENT_AGE)
+        && let Some(years) = age
+            .strip_suffix('Y')
+            .and_then(|n| n.trim().parse::<u32>().ok())
+    {
+        let low = years / 10 * 10;
+        out.insert("age_band".into(), format!("{low}-{}", low + 9));
+    }
+    out
+}
+
+/// `accuracy=0.9`, `sensitivity=0.9`.
+fn parse_claims(claims: &[String]) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for claim in claims {
+        let Some((metric, value)) = claim.split_once('=') else {
+            bail!("--claim {claim:?} is not METRIC=VALUE");
+        };
+        if metric != "accuracy" && metric != "sensitivity" {
+            bail!("--claim {claim:?}: only accuracy and sensitivity can be claimed");
+        }
+        let value: f64 = value
+            .parse()
+            .with_context(|| format!("--claim {claim:?}: not a number"))?;
+        out.insert(metric.to_string(), value);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+struct Subgroup {
+    attribute: String,
+    value: String,
+    n: u64,
+    accuracy: Option<Proportion>,
+    sensitivity: BTreeMap<String, Option<Proportion>>,
+    /// Metrics whose whole 95 % interval lies below the claim.
+    below_claim: Vec<String>,
+}
+
+fn subgroup_metrics(
+    cases: &[Case],
+    labels: &[String],
+    claims: &BTreeMap<String, f64>,
+) -> Vec<Subgroup> {
+    let mut groups: BTreeMap<(String, String), Vec<&Case>> = BTreeMap::new();
+    for case in cases {
+        for (attribute, value) in &case.subgroups {
+            groups
+                .entry((attribute.clone(), value.clone()))
+                .or_default()
+                .push(case);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((attribute, value), members)| {
+            let n = members.len() as u64;
+            let correct = members.iter().filter(|c| c.correct).count() as u64;
+            let accuracy = stats::proportion(correct, n);
+            let sensitivity: BTreeMap<String, Option<Proportion>> = labels
+                .iter()
+                .map(|l| {
+                    let of: Vec<&&Case> = members.iter().filter(|c| &c.truth == l).collect();
+                    let hit = of.iter().filter(|c| c.correct).count() as u64;
+                    (l.clone(), stats::proportion(hit, of.len() as u64))
+                })
+                .collect();
+            let mut below_claim = Vec::new();
+            if let (Some(claim), Some(a)) = (claims.get("accuracy"), accuracy)
+                && a.ci95.upper < *claim
+            {
+                below_claim.push("accuracy".to_string());
+            }
+            if let Some(claim) = claims.get("sensitivity") {
+                for (l, s) in &sensitivity {
+                    if let Some(s) = s
+                        && s.ci95.upper < *claim
+                    {
+                        below_claim.push(format!("sensitivity {l}"));
+                    }
+                }
+            }
+            Subgroup {
+                attribute,
+                value,
+                n,
+                accuracy,
+                sensitivity,
+                below_claim,
+            }
+        })
+        .collect()
+}
+
+/// `CLASS:sensitivity=0.95` → the operating point on that class.
+fn operating_points(
+    specs: &[String],
+    labels: &[String],
+    truth: &[usize],
+    probabilities: &[Vec<f64>],
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let parsed = spec
+            .split_once(':')
+            .and_then(|(class, rest)| rest.split_once('=').map(|(t, v)| (class, t, v)));
+        let Some((class, target, value)) = parsed else {
+            bail!("--operating-point {spec:?} is not CLASS:sensitivity=V or CLASS:specificity=V");
+        };
+        let Some(c) = labels.iter().position(|l| l == class) else {
+            bail!("--operating-point {spec:?}: no class {class:?} (classes: {labels:?})");
+        };
+        let target = match target {
+            "sensitivity" => stats::Target::Sensitivity,
+            "specificity" => stats::Target::Specificity,
+            other => {
+                bail!("--operating-point {spec:?}: {other:?} is not sensitivity or specificity")
+            }
+        };
+        let value: f64 = value
+            .parse()
+            .with_context(|| format!("--operating-point {spec:?}: not a number"))?;
+        let scores: Vec<f64> = probabilities
+            .iter()
+            .map(|p| p.get(c).copied().unwrap_or(0.0))
+            .collect();
+        let positive: Vec<bool> = truth.iter().map(|t| *t == c).collect();
+        out.push(serde_json::json!({
+            "class": class,
+            "point": stats::operating_point(&scores, &positive, target, value),
+        }));
+    }
+    Ok(out)
 }
