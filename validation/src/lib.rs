@@ -8,6 +8,7 @@
 //!   labelled pictures (`vigie validate import-images`).
 //! - [`reporting`]: model results → SR / SEG / summary image.
 //! - [`compare`]: non-inferiority of a candidate against a baseline.
+//! - [`segmentation`]: Dice, IoU, HD95 and ASSD (mm) of a predicted mask.
 //! - [`stats`]: classification metrics with 95 % intervals (Wilson,
 //!   DeLong), tested against scikit-learn and scipy.
 //! - [`pipeline`]: DICOM instance → decoded pixels → model → result. The
@@ -22,6 +23,7 @@ pub mod error;
 pub mod import;
 pub mod pipeline;
 pub mod reporting;
+pub mod segmentation;
 pub mod stats;
 
 pub use error::{Error, Result};

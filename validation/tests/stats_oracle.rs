@@ -145,3 +145,90 @@ fn classification_metrics_match_scikit_learn_and_scipy() {
         }
     }
 }
+
+#[test]
+fn segmentation_metrics_match_medpy_definitions_on_scipy() {
+    use vigie_validation::segmentation::{Mask, score};
+    let mut rng = Rng(0x5EED_0001);
+    let mut cases = Vec::new();
+    let mut ours = Vec::new();
+    for i in 0..12 {
+        let (rows, columns) = (24 + i % 5, 30 + (i * 3) % 7);
+        // Blobs: union of random disks, with noise, some touching the edge.
+        let blob = |rng: &mut Rng| -> Vec<bool> {
+            let disks: Vec<(f64, f64, f64)> = (0..3)
+                .map(|_| {
+                    (
+                        rng.next() * rows as f64,
+                        rng.next() * columns as f64,
+                        2.0 + rng.next() * 6.0,
+                    )
+                })
+                .collect();
+            (0..rows * columns)
+                .map(|k| {
+                    let (r, c) = ((k / columns) as f64, (k % columns) as f64);
+                    disks
+                        .iter()
+                        .any(|(cr, cc, rad)| (r - cr).powi(2) + (c - cc).powi(2) <= rad * rad)
+                        || rng.next() < 0.01
+                })
+                .collect()
+        };
+        let prediction = blob(&mut rng);
+        let reference = if i == 11 {
+            vec![false; rows * columns]
+        } else {
+            blob(&mut rng)
+        };
+        let spacing = (0.5 + rng.next(), 0.5 + rng.next());
+        ours.push(
+            score(
+                &Mask {
+                    rows,
+                    columns,
+                    data: &prediction,
+                },
+                &Mask {
+                    rows,
+                    columns,
+                    data: &reference,
+                },
+                spacing,
+            )
+            .unwrap(),
+        );
+        let bits = |v: &[bool]| v.iter().map(|b| u8::from(*b)).collect::<Vec<u8>>();
+        cases.push(serde_json::json!({
+            "rows": rows, "columns": columns, "prediction": bits(&prediction),
+            "reference": bits(&reference), "spacing": [spacing.0, spacing.1],
+        }));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("masks.json");
+    std::fs::write(&input, serde_json::Value::Array(cases).to_string()).unwrap();
+    let out = vigie_test_support::oracle("segmentation_metrics.py", [&input]);
+    let theirs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+        close(
+            o.dice,
+            t["dice"].as_f64().unwrap(),
+            &format!("case {i} dice"),
+        );
+        close(o.iou, t["iou"].as_f64().unwrap(), &format!("case {i} iou"));
+        match (o.hd95_mm, t["hd95"].as_f64()) {
+            (Some(a), Some(b)) => close(a, b, &format!("case {i} hd95")),
+            (None, None) => {}
+            other => panic!("case {i} hd95: {other:?}"),
+        }
+        match (o.assd_mm, t["assd"].as_f64()) {
+            (Some(a), Some(b)) => close(a, b, &format!("case {i} assd")),
+            (None, None) => {}
+            other => panic!("case {i} assd: {other:?}"),
+        }
+    }
+    assert!(
+        ours[11].hd95_mm.is_none(),
+        "an empty reference has no surface distance"
+    );
+}
