@@ -293,13 +293,75 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
     let text = String::from_utf8_lossy(&worse.stdout).to_string();
     assert_eq!(worse.status.code(), Some(1), "{text}");
     assert!(text.contains("REGRESSION"), "{text}");
+}
 
-    // The segmentation fixture is refused with the reason.
-    let seg = vigie(&[
+#[test]
+fn a_segmentation_model_is_scored_against_reference_masks_in_millimetres() {
+    use vigie_validation::dataset::{Dataset, StudyEntry, content_hash};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("seg");
+    std::fs::create_dir_all(&dir).unwrap();
+    let uids = vigie_dicom_io::uid::UidGenerator::new("2.25").unwrap();
+    let mut studies = Vec::new();
+    let mut hashes = Vec::new();
+    for (i, (cr, cc, radius)) in [
+        (40.0, 50.0, 22.0),
+        (70.0, 60.0, 28.0),
+        (60.0, 80.0, 18.0),
+        (64.0, 64.0, 30.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (rows, cols) = (128usize, 128usize);
+        let inside = |k: usize| {
+            let (r, c) = ((k / cols) as f64, (k % cols) as f64);
+            (r - cr).powi(2) + (c - cc).powi(2) <= radius * radius
+        };
+        let pixels: Vec<u8> = (0..rows * cols)
+            .map(|k| if inside(k) { 200 } else { 20 })
+            .collect();
+        let mut image =
+            vigie_dicom_io::write::MrImage::new(rows as u16, cols as u16, &pixels, &uids);
+        image.pixel_spacing = 0.8;
+        let study = image.study_instance_uid.clone();
+        let file = std::path::PathBuf::from(format!("disk{i}.dcm"));
+        vigie_dicom_io::write::write_part10(image.build().unwrap(), &dir.join(&file)).unwrap();
+        let mask = image::GrayImage::from_fn(cols as u32, rows as u32, |c, r| {
+            image::Luma([if inside(r as usize * cols + c as usize) {
+                255
+            } else {
+                0
+            }])
+        });
+        let reference = std::path::PathBuf::from(format!("disk{i}-mask.png"));
+        mask.save(dir.join(&reference)).unwrap();
+        let sha = vigie_inference::package::sha256_file(&dir.join(&file)).unwrap();
+        hashes.push((file.clone(), sha.clone()));
+        studies.push(StudyEntry {
+            study_instance_uid: study,
+            label: "disk".into(),
+            files: vec![file],
+            sha256: vec![sha],
+            source: None,
+            attributes: Default::default(),
+            references: vec![reference],
+        });
+    }
+    let dataset = Dataset {
+        name: "bright disks".into(),
+        created_by: "validate_run test".into(),
+        content_sha256: content_hash(&hashes),
+        studies,
+    };
+    std::fs::write(dir.join("dataset.toml"), toml::to_string(&dataset).unwrap()).unwrap();
+    let out = tmp.path().join("report");
+    let data = tmp.path().join("data");
+    let run = vigie(&[
         "validate",
         "run",
         "--dataset",
-        dataset.to_str().unwrap(),
+        dir.to_str().unwrap(),
         "--model",
         "fixture-bright-disk",
         "--out",
@@ -307,8 +369,28 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
         "--data-dir",
         data.to_str().unwrap(),
     ]);
-    assert!(!seg.status.success());
     assert!(
-        String::from_utf8_lossy(&seg.stderr).contains("segmentation validation is not implemented")
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
     );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let segment = &report["segmentation"][0];
+    assert_eq!(segment["n"], 4, "{report}");
+    let dice = segment["dice"]["mean"].as_f64().unwrap();
+    assert!(dice > 0.85 && dice <= 1.0, "dice {dice}");
+    let lower = segment["dice"]["ci95"]["lower"].as_f64().unwrap();
+    assert!(lower <= dice);
+    // Distances in mm: the 0.8 mm spacing is applied (a few pixels' error).
+    let hd95 = segment["hd95_mm"]["mean"].as_f64().unwrap();
+    assert!(hd95 > 0.0 && hd95 < 8.0, "hd95 {hd95} mm");
+    assert_eq!(
+        report["cases"][0]["spacing_mm"],
+        serde_json::json!([0.8, 0.8])
+    );
+    let verify = vigie(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+    assert!(verify.status.success());
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("Dice") && md.contains("HD95 (mm)"), "{md}");
 }

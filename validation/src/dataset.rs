@@ -46,6 +46,11 @@ pub struct StudyEntry {
     /// validation run.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// Reference segmentations, one grayscale PNG per file (same order,
+    /// relative to the dataset folder; pixel value = segment label, 0 =
+    /// background), for segmentation models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<PathBuf>,
 }
 
 impl Dataset {

@@ -147,6 +147,7 @@ pub fn import_images(source: &Path, out: &Path, options: &ImportOptions) -> Resu
             sha256: vec![sha],
             source: Some(name),
             attributes: Default::default(),
+            references: Vec::new(),
         });
     }
     if studies.is_empty() {
