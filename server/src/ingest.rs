@@ -164,6 +164,9 @@ impl Ingest {
     }
 }
 
+/// Instances larger than this get no decoded-pixel hash at reception.
+const PIXEL_HASH_MAX_BYTES: u64 = 64 << 20;
+
 /// The decoded-pixel records, off the acknowledgement path: for each stored
 /// instance, decode the stored sample values (no LUT) and record their
 /// SHA-256 (`f32` little endian, `[frame][row][column][sample]`), which
@@ -171,6 +174,29 @@ impl Ingest {
 fn hash_pixels(audit: &Audit, queue: &std::sync::mpsc::Receiver<InstanceRecord>) {
     while let Ok(record) = queue.recv() {
         let started = std::time::Instant::now();
+        if record.size > PIXEL_HASH_MAX_BYTES {
+            // Decoding needs the whole instance in memory, twice over as
+            // floats: not in the background of a receiving appliance.
+            audit.note(
+                AuditEvent::new(
+                    "instance_pixels",
+                    "skipped",
+                    serde_json::json!({
+                        "reason": format!(
+                            "instance of {} MiB, above the {} MiB limit of the background pixel hash; its file SHA-256 is recorded",
+                            record.size >> 20,
+                            PIXEL_HASH_MAX_BYTES >> 20
+                        ),
+                        "file_sha256": record.sha256,
+                    }),
+                )
+                .instance(
+                    Some(&record.study_instance_uid),
+                    Some(&record.sop_instance_uid),
+                ),
+            );
+            continue;
+        }
         let decoded = DicomFile::open(&record.path).and_then(|f| f.decode_stored());
         let event = match decoded {
             Ok(pixels) => AuditEvent::new(

@@ -342,6 +342,18 @@ fn a_large_instance_is_streamed_to_disk_not_held_in_memory() {
     let compared: serde_json::Value =
         serde_json::from_slice(&oracle("same_dataset.py", [&large, &stored]).stdout).unwrap();
     assert_eq!(compared["same"], true, "{compared}");
+    // The audit trail says why it has no decoded-pixel hash for it.
+    vigie.wait_for("the instance_pixels record", Duration::from_secs(10), |v| {
+        let audit = rusqlite::Connection::open(v.data.join("audit.sqlite")).unwrap();
+        audit
+            .query_row(
+                "SELECT count(*) FROM records WHERE kind = 'instance_pixels' AND outcome = 'skipped'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 1
+    });
     let peak = vigie.peak_memory();
     eprintln!(
         "peak memory of vigie serve: {} MiB for a {} MiB instance",
