@@ -217,73 +217,13 @@ pub fn operating_point(
     })
 }
 
-/// Points of the ROC curve (false positive rate, true positive rate) from
-/// (0, 0) to (1, 1), one per distinct score; empty unless both classes
-/// are present.
-pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
-    let p = positive.iter().filter(|x| **x).count();
-    let n = positive.len() - p;
-    if p == 0 || n == 0 {
-        return Vec::new();
-    }
+/// Cumulative (true positives, false positives) after each distinct score,
+/// highest score first: every threshold's confusion counts.
+fn sweep(scores: &[f64], positive: &[bool]) -> Vec<(usize, usize)> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
-    let mut points = vec![(0.0, 0.0)];
+    let mut out = Vec::new();
     let (mut tp, mut fp, mut i) = (0usize, 0usize, 0usize);
-    while i < order.len() {
-        let threshold = scores[order[i]];
-        while i < order.len() && scores[order[i]] == threshold {
-            if positive[order[i]] {
-                tp += 1;
-            } else {
-                fp += 1;
-            }
-            i += 1;
-        }
-        points.push((fp as f64 / n as f64, tp as f64 / p as f64));
-    }
-    points
-}
-
-/// Points of the precision–recall curve (recall, precision), one per
-/// distinct score, highest score first; empty without positives.
-pub fn pr_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
-    let p = positive.iter().filter(|x| **x).count();
-    if p == 0 {
-        return Vec::new();
-    }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
-    let mut points = Vec::new();
-    let (mut tp, mut fp, mut i) = (0usize, 0usize, 0usize);
-    while i < order.len() {
-        let threshold = scores[order[i]];
-        while i < order.len() && scores[order[i]] == threshold {
-            if positive[order[i]] {
-                tp += 1;
-            } else {
-                fp += 1;
-            }
-            i += 1;
-        }
-        points.push((tp as f64 / p as f64, tp as f64 / (tp + fp) as f64));
-    }
-    points
-}
-
-/// Average precision (area under the precision–recall curve, step-wise, as
-/// scikit-learn); `None` without positives.
-pub fn average_precision(scores: &[f64], positive: &[bool]) -> Option<f64> {
-    let total_pos = positive.iter().filter(|p| **p).count();
-    if total_pos == 0 {
-        return None;
-    }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
-    let (mut tp, mut fp) = (0usize, 0usize);
-    let mut previous_recall = 0.0;
-    let mut ap = 0.0;
-    let mut i = 0;
     while i < order.len() {
         // All samples at this threshold together.
         let threshold = scores[order[i]];
@@ -295,8 +235,52 @@ pub fn average_precision(scores: &[f64], positive: &[bool]) -> Option<f64> {
             }
             i += 1;
         }
-        let recall = tp as f64 / total_pos as f64;
-        let precision = tp as f64 / (tp + fp) as f64;
+        out.push((tp, fp));
+    }
+    out
+}
+
+/// Points of the ROC curve (false positive rate, true positive rate) from
+/// (0, 0) to (1, 1), one per distinct score; empty unless both classes
+/// are present.
+pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
+    let p = positive.iter().filter(|x| **x).count();
+    let n = positive.len() - p;
+    if p == 0 || n == 0 {
+        return Vec::new();
+    }
+    std::iter::once((0.0, 0.0))
+        .chain(
+            sweep(scores, positive)
+                .into_iter()
+                .map(|(tp, fp)| (fp as f64 / n as f64, tp as f64 / p as f64)),
+        )
+        .collect()
+}
+
+/// Points of the precision–recall curve (recall, precision), one per
+/// distinct score, highest score first; empty without positives.
+pub fn pr_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
+    let p = positive.iter().filter(|x| **x).count();
+    if p == 0 {
+        return Vec::new();
+    }
+    sweep(scores, positive)
+        .into_iter()
+        .map(|(tp, fp)| (tp as f64 / p as f64, tp as f64 / (tp + fp) as f64))
+        .collect()
+}
+
+/// Average precision (area under the precision–recall curve, step-wise, as
+/// scikit-learn); `None` without positives.
+pub fn average_precision(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let curve = pr_curve(scores, positive);
+    if curve.is_empty() {
+        return None;
+    }
+    let mut previous_recall = 0.0;
+    let mut ap = 0.0;
+    for (recall, precision) in curve {
         ap += (recall - previous_recall) * precision;
         previous_recall = recall;
     }

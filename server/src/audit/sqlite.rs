@@ -96,6 +96,23 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     })
 }
 
+/// (sequence number, hash) of the last record, inside a transaction.
+fn last_record(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Option<(i64, String)>> {
+    tx.query_row(
+        "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+/// The last record a checkpoint covers (0 for none).
+fn last_checkpoint(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
+    tx.query_row("SELECT coalesce(max(seq), 0) FROM checkpoints", [], |r| {
+        r.get(0)
+    })
+}
+
 fn checkpoint_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
     Ok(Checkpoint {
         seq: row.get(0)?,
@@ -116,25 +133,12 @@ impl SqliteAudit {
         checkpoint_every: u32,
     ) -> AuditResult<Self> {
         let path = data_dir.join(DATABASE);
-        let err = |e: rusqlite::Error| AuditError::Database {
-            path: path.clone(),
-            reason: e.to_string(),
-        };
-        std::fs::create_dir_all(data_dir).map_err(|e| AuditError::Database {
-            path: path.clone(),
-            reason: e.to_string(),
+        let connection = crate::store::sqlite::open_durable(&path, SCHEMA).map_err(|reason| {
+            AuditError::Database {
+                path: path.clone(),
+                reason,
+            }
         })?;
-        let connection = Connection::open(&path).map_err(err)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        connection
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(err)?;
-        connection.execute_batch(SCHEMA).map_err(err)?;
         Ok(Self {
             head: data_dir.join(HEAD),
             path,
@@ -208,14 +212,7 @@ impl AuditLog for SqliteAudit {
         let tx = guard
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.db_err(e))?;
-        let last: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.db_err(e))?;
+        let last = last_record(&tx).map_err(|e| self.db_err(e))?;
         let (mut seq, mut prev_hash) = match last {
             Some((seq, hash)) => (seq, hash),
             None => (0, GENESIS.to_string()),
@@ -266,11 +263,7 @@ impl AuditLog for SqliteAudit {
             prev_hash = record.hash.clone();
             written.push(record);
         }
-        let last_checkpoint: i64 = tx
-            .query_row("SELECT coalesce(max(seq), 0) FROM checkpoints", [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| self.db_err(e))?;
+        let last_checkpoint = last_checkpoint(&tx).map_err(|e| self.db_err(e))?;
         let checkpoint =
             (seq - last_checkpoint >= self.checkpoint_every).then(|| self.sign(seq, &prev_hash));
         if let Some(c) = &checkpoint {
@@ -288,22 +281,11 @@ impl AuditLog for SqliteAudit {
         let tx = guard
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.db_err(e))?;
-        let last: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.db_err(e))?;
+        let last = last_record(&tx).map_err(|e| self.db_err(e))?;
         let Some((seq, hash)) = last else {
             return Ok(None);
         };
-        let covered: i64 = tx
-            .query_row("SELECT coalesce(max(seq), 0) FROM checkpoints", [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| self.db_err(e))?;
+        let covered = last_checkpoint(&tx).map_err(|e| self.db_err(e))?;
         if covered >= seq
             && self
                 .read_head()

@@ -121,30 +121,30 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
     })
 }
 
+/// Open (creating it and its folder) a SQLite database for durable
+/// writes: WAL journal, `synchronous=FULL` (a committed transaction survives
+/// a power cut), a busy timeout for other processes, then `schema`.
+pub fn open_durable(path: &Path, schema: &str) -> Result<Connection, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let connection = Connection::open(path).map_err(|e| e.to_string())?;
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
+        .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(30)))
+        .and_then(|()| connection.execute_batch(schema))
+        .map_err(|e| e.to_string())?;
+    Ok(connection)
+}
+
 impl SqliteCatalog {
     /// Open (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let err = |e: rusqlite::Error| StoreError::Database {
+        let connection = open_durable(path, SCHEMA).map_err(|reason| StoreError::Database {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        }
-        let connection = Connection::open(path).map_err(err)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        connection
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        connection.execute_batch(SCHEMA).map_err(err)?;
+            reason,
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             connection: Mutex::new(connection),
