@@ -336,6 +336,11 @@ fn a_segmentation_model_is_scored_against_reference_masks_in_millimetres() {
         });
         let reference = std::path::PathBuf::from(format!("disk{i}-mask.png"));
         mask.save(dir.join(&reference)).unwrap();
+        // The reference masks are part of the dataset's content hash.
+        hashes.push((
+            reference.clone(),
+            vigie_inference::package::sha256_file(&dir.join(&reference)).unwrap(),
+        ));
         let sha = vigie_inference::package::sha256_file(&dir.join(&file)).unwrap();
         hashes.push((file.clone(), sha.clone()));
         studies.push(StudyEntry {
@@ -393,4 +398,24 @@ fn a_segmentation_model_is_scored_against_reference_masks_in_millimetres() {
     assert!(verify.status.success());
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("Dice") && md.contains("HD95 (mm)"), "{md}");
+    // A changed reference mask no longer matches the dataset's hash.
+    let first = dir.join("disk0-mask.png");
+    let mut bytes = std::fs::read(&first).unwrap();
+    let last = bytes.len() - 20;
+    bytes[last] ^= 0xFF;
+    std::fs::write(&first, bytes).unwrap();
+    let tampered = vigie(&[
+        "validate",
+        "run",
+        "--dataset",
+        dir.to_str().unwrap(),
+        "--model",
+        "fixture-bright-disk",
+        "--out",
+        out.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!tampered.status.success());
+    assert!(String::from_utf8_lossy(&tampered.stderr).contains("content hash"));
 }

@@ -18,8 +18,9 @@ pub struct Dataset {
     pub name: String,
     /// What made it (tool and version).
     pub created_by: String,
-    /// SHA-256 over every file's relative path and content hash, in order:
-    /// two datasets with the same hash hold the same bytes.
+    /// SHA-256 over every file's (and reference mask's) relative path and
+    /// content hash, in order: two datasets with the same hash hold the same
+    /// bytes.
     pub content_sha256: String,
     /// Studies.
     #[serde(default)]
@@ -73,8 +74,8 @@ impl Dataset {
         Ok((root, dataset))
     }
 
-    /// Recompute the content hash from the files on disk and compare it, and
-    /// each file's hash, with the manifest.
+    /// Recompute the content hash from the files (and reference masks) on
+    /// disk and compare it, and each file's hash, with the manifest.
     pub fn verify(&self, root: &Path) -> Result<()> {
         let mut hashes = Vec::new();
         for study in &self.studies {
@@ -106,6 +107,17 @@ impl Dataset {
                     });
                 }
                 hashes.push((file.clone(), actual));
+            }
+            // Reference segmentations are ground truth: in the content
+            // hash too.
+            for reference in &study.references {
+                let path = root.join(reference);
+                let actual =
+                    vigie_inference::package::sha256_file(&path).map_err(|source| Error::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                hashes.push((reference.clone(), actual));
             }
         }
         let actual = content_hash(&hashes);

@@ -276,9 +276,10 @@ pub fn html(
     if let Some(groups) = report["subgroups"].as_array().filter(|g| !g.is_empty()) {
         page.push_str("<h2>Subgroups</h2><table><tr><th>attribute</th><th>value</th><th>n</th><th>accuracy (95% Wilson CI)</th><th>below the claim</th></tr>");
         for g in groups {
-            let accuracy = serde_json::from_value::<Option<Proportion>>(g["accuracy"].clone())
-                .ok()
-                .flatten();
+            let accuracy =
+                serde_json::from_value::<Option<Proportion>>(g["metrics"]["accuracy"].clone())
+                    .ok()
+                    .flatten();
             let flags: Vec<&str> = g["below_claim"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_str()).collect())

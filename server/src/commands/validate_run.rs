@@ -161,9 +161,10 @@ fn markdown(report: &serde_json::Value, metrics: &ClassificationMetrics) -> Stri
     if let Some(groups) = report["subgroups"].as_array().filter(|g| !g.is_empty()) {
         md.push_str("\n## Subgroups\n\n| attribute | value | n | accuracy | below the claim |\n|---|---|---|---|---|\n");
         for g in groups {
-            let accuracy = serde_json::from_value::<Option<Proportion>>(g["accuracy"].clone())
-                .ok()
-                .flatten();
+            let accuracy =
+                serde_json::from_value::<Option<Proportion>>(g["metrics"]["accuracy"].clone())
+                    .ok()
+                    .flatten();
             let flags: Vec<&str> = g["below_claim"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
@@ -610,8 +611,8 @@ struct Subgroup {
     attribute: String,
     value: String,
     n: u64,
-    accuracy: Option<Proportion>,
-    sensitivity: BTreeMap<String, Option<Proportion>>,
+    /// Every metric of the whole run, on this subgroup's cases.
+    metrics: ClassificationMetrics,
     /// Metrics whose whole 95 % interval lies below the claim.
     below_claim: Vec<String>,
 }
@@ -633,38 +634,46 @@ fn subgroup_metrics(
     groups
         .into_iter()
         .map(|((attribute, value), members)| {
-            let n = members.len() as u64;
-            let correct = members.iter().filter(|c| c.correct).count() as u64;
-            let accuracy = stats::proportion(correct, n);
-            let sensitivity: BTreeMap<String, Option<Proportion>> = labels
+            let index = |label: &str| labels.iter().position(|l| l == label);
+            let known: Vec<&&Case> = members
                 .iter()
-                .map(|l| {
-                    let of: Vec<&&Case> = members.iter().filter(|c| &c.truth == l).collect();
-                    let hit = of.iter().filter(|c| c.correct).count() as u64;
-                    (l.clone(), stats::proportion(hit, of.len() as u64))
-                })
+                .filter(|c| index(&c.truth).is_some() && index(&c.decision).is_some())
                 .collect();
+            let metrics = stats::classification(
+                labels,
+                &known
+                    .iter()
+                    .filter_map(|c| index(&c.truth))
+                    .collect::<Vec<_>>(),
+                &known
+                    .iter()
+                    .filter_map(|c| index(&c.decision))
+                    .collect::<Vec<_>>(),
+                &known
+                    .iter()
+                    .map(|c| c.probabilities.clone())
+                    .collect::<Vec<_>>(),
+            );
             let mut below_claim = Vec::new();
-            if let (Some(claim), Some(a)) = (claims.get("accuracy"), accuracy)
+            if let (Some(claim), Some(a)) = (claims.get("accuracy"), metrics.accuracy)
                 && a.ci95.upper < *claim
             {
                 below_claim.push("accuracy".to_string());
             }
             if let Some(claim) = claims.get("sensitivity") {
-                for (l, s) in &sensitivity {
-                    if let Some(s) = s
+                for class in &metrics.classes {
+                    if let Some(s) = class.sensitivity
                         && s.ci95.upper < *claim
                     {
-                        below_claim.push(format!("sensitivity {l}"));
+                        below_claim.push(format!("sensitivity {}", class.label));
                     }
                 }
             }
             Subgroup {
                 attribute,
                 value,
-                n,
-                accuracy,
-                sensitivity,
+                n: members.len() as u64,
+                metrics,
                 below_claim,
             }
         })
