@@ -398,6 +398,41 @@ fn a_segmentation_model_is_scored_against_reference_masks_in_millimetres() {
     assert!(verify.status.success());
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("Dice") && md.contains("HD95 (mm)"), "{md}");
+    // Subgroups from the headers, latency, and the HTML page with its chart.
+    let groups = report["subgroups"].as_array().unwrap();
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["attribute"] == "manufacturer" && g["segments"][0]["n"] == 4)
+    );
+    assert!(
+        report["operational"]["latency_ms"]["inference"]["p50"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let png = tmp.path().join("seg.png");
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1200,1400",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", out.join("report.html").display()))
+        .output()
+        .expect("chromium runs");
+    let image = image::open(&png).unwrap().to_rgb8();
+    let bars = image
+        .pixels()
+        .filter(|p| {
+            p.0.iter()
+                .zip([0x00u8, 0x72, 0xB2])
+                .all(|(a, b)| a.abs_diff(b) < 12)
+        })
+        .count();
+    assert!(bars > 1000, "the Dice bars are drawn ({bars} pixels)");
     // A changed reference mask no longer matches the dataset's hash.
     let first = dir.join("disk0-mask.png");
     let mut bytes = std::fs::read(&first).unwrap();

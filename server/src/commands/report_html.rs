@@ -337,3 +337,98 @@ pub fn html(
     );
     page
 }
+
+fn mean_cell(v: &serde_json::Value) -> String {
+    if v.is_null() {
+        return "n/a".into();
+    }
+    format!(
+        "{:.3} <small>({:.3}–{:.3})</small>",
+        v["mean"].as_f64().unwrap_or(f64::NAN),
+        v["ci95"]["lower"].as_f64().unwrap_or(f64::NAN),
+        v["ci95"]["upper"].as_f64().unwrap_or(f64::NAN)
+    )
+}
+
+/// The page of a segmentation run: per-segment and per-subgroup means with
+/// their intervals, latency, and the Dice of every case as a bar chart.
+pub fn segmentation_html(report: &serde_json::Value, markdown_md: &str) -> String {
+    let r = &report["reproducibility"];
+    let title = format!(
+        "Validation report: {} {} on {}",
+        r["model"]["id"].as_str().unwrap_or(""),
+        r["model"]["version"].as_str().unwrap_or(""),
+        r["dataset"]["name"].as_str().unwrap_or("")
+    );
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{t}</title><style>body{{font-family:sans-serif;margin:24px;color:#111}}table{{border-collapse:collapse;margin:12px 0}}td,th{{border:1px solid #bbb;padding:4px 8px;text-align:left;font-size:13px}}th{{background:#eef}}.status{{background:#fff3cd;border:1px solid #e0c060;padding:8px}}pre{{background:#f6f6f6;padding:8px;font-size:12px;white-space:pre-wrap}}</style></head><body><h1>{t}</h1><p class="status">{status}</p><h2>Segmentation (mean, seeded bootstrap 95% CI)</h2><table><tr><th>segment</th><th>n</th><th>Dice</th><th>IoU</th><th>HD95 (mm)</th><th>ASSD (mm)</th></tr>"#,
+        t = escape(&title),
+        status = escape(r["model"]["regulatory_status"].as_str().unwrap_or(""))
+    );
+    for s in report["segmentation"].as_array().into_iter().flatten() {
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(s["segment"].as_str().unwrap_or("")),
+            s["n"],
+            mean_cell(&s["dice"]),
+            mean_cell(&s["iou"]),
+            mean_cell(&s["hd95_mm"]),
+            mean_cell(&s["assd_mm"])
+        );
+    }
+    page.push_str("</table><h2>Subgroups</h2><table><tr><th>attribute</th><th>value</th><th>segment</th><th>n</th><th>Dice</th><th>HD95 (mm)</th></tr>");
+    for g in report["subgroups"].as_array().into_iter().flatten() {
+        for s in g["segments"].as_array().into_iter().flatten() {
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(g["attribute"].as_str().unwrap_or("")),
+                escape(g["value"].as_str().unwrap_or("")),
+                escape(s["segment"].as_str().unwrap_or("")),
+                s["n"],
+                mean_cell(&s["dice"]),
+                mean_cell(&s["hd95_mm"])
+            );
+        }
+    }
+    page.push_str("</table><h2>Dice per case</h2>");
+    let dice: Vec<(String, f64)> = report["cases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["file"].as_str().unwrap_or("").to_string(),
+                c["scores"]["dice"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    let (bar, gap, height, left) = (22.0, 6.0, 240.0, 40.0);
+    let width = left + (bar + gap) * dice.len().max(1) as f64 + 20.0;
+    let _ = write!(
+        page,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img" aria-label="Dice per case"><rect width="100%" height="100%" fill="white"/><line x1="{left}" y1="10" x2="{left}" y2="{base}" stroke="#333"/><line x1="{left}" y1="{base}" x2="{width}" y2="{base}" stroke="#333"/><text x="4" y="14" font-size="10">1.0</text><text x="4" y="{base}" font-size="10">0.0</text>"##,
+        h = height + 40.0,
+        base = 10.0 + height
+    );
+    for (i, (file, d)) in dice.iter().enumerate() {
+        let x = left + gap + (bar + gap) * i as f64;
+        let h = d.clamp(0.0, 1.0) * height;
+        let _ = write!(
+            page,
+            r##"<rect x="{x}" y="{y}" width="{bar}" height="{h}" fill="#0072B2"><title>{f}: {d:.3}</title></rect>"##,
+            y = 10.0 + height - h,
+            f = escape(file)
+        );
+    }
+    page.push_str("</svg>");
+    let _ = write!(
+        page,
+        "<h2>Full report (Markdown)</h2><pre>{}</pre></body></html>",
+        escape(markdown_md)
+    );
+    page
+}

@@ -723,6 +723,7 @@ fn operating_points(
 
 #[derive(Debug, Serialize)]
 struct SegmentationCase {
+    subgroups: BTreeMap<String, String>,
     study_instance_uid: String,
     file: PathBuf,
     reference: PathBuf,
@@ -746,6 +747,9 @@ fn run_segmentation(
     use vigie_validation::segmentation::{Mask, load_mask, mean_ci, resample_nearest, score};
     let mut cases = Vec::new();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stages: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let started = Instant::now();
+    let mut images = 0usize;
     for study in &dataset.studies {
         for (i, file) in study.files.iter().enumerate() {
             let Some(reference_path) = study.references.get(i) else {
@@ -754,7 +758,13 @@ fn run_segmentation(
                     .or_default() += 1;
                 continue;
             };
-            let analysed = pipeline::analyse_path(model, &root.join(file));
+            let image_started = Instant::now();
+            let opened = vigie_dicom_io::DicomFile::open(root.join(file));
+            let mut subgroups = opened.as_ref().map(header_subgroups).unwrap_or_default();
+            subgroups.extend(study.attributes.clone());
+            let analysed = opened
+                .map_err(vigie_validation::Error::from)
+                .and_then(|f| pipeline::analyse(model, &f));
             let (analysis, (ref_rows, ref_cols, reference)) =
                 match analysed.and_then(|a| Ok((a, load_mask(&root.join(reference_path))?))) {
                     Ok(x) => x,
@@ -771,10 +781,28 @@ fn run_segmentation(
                 .pixel_spacing
                 .map(|s| (s[0], s[1]))
                 .unwrap_or((1.0, 1.0));
+            images += 1;
+            stages.entry("decode").or_default().push(analysis.decode_ms);
+            stages
+                .entry("total")
+                .or_default()
+                .push(image_started.elapsed().as_secs_f64() * 1000.0);
             for result in &analysis.results {
                 let Finding::Segmentation(seg) = &result.finding else {
                     continue;
                 };
+                stages
+                    .entry("preprocess")
+                    .or_default()
+                    .push(result.timings.preprocess_ms);
+                stages
+                    .entry("inference")
+                    .or_default()
+                    .push(result.timings.inference_ms);
+                stages
+                    .entry("postprocess")
+                    .or_default()
+                    .push(result.timings.postprocess_ms);
                 // The model's map back to the reference's grid.
                 let predicted =
                     resample_nearest(&seg.mask, seg.rows, seg.columns, ref_rows, ref_cols);
@@ -832,6 +860,7 @@ fn run_segmentation(
                 )?;
                 for (name, scores) in per_segment {
                     cases.push(SegmentationCase {
+                        subgroups: subgroups.clone(),
                         study_instance_uid: study.study_instance_uid.clone(),
                         file: file.clone(),
                         reference: reference_path.clone(),
@@ -861,10 +890,46 @@ fn run_segmentation(
             })
         })
         .collect();
+    // Per subgroup: each segment's means, with their n.
+    let mut keys: Vec<(String, String)> = cases
+        .iter()
+        .flat_map(|c| c.subgroups.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let subgroups: Vec<serde_json::Value> = keys
+        .into_iter()
+        .map(|(attribute, value)| {
+            let per_segment: Vec<serde_json::Value> = segments
+                .values()
+                .map(|name| {
+                    let of: Vec<&SegmentationCase> = cases
+                        .iter()
+                        .filter(|c| &c.segment == name && c.subgroups.get(&attribute) == Some(&value))
+                        .collect();
+                    serde_json::json!({
+                        "segment": name,
+                        "n": of.len(),
+                        "dice": mean_ci(&of.iter().map(|c| c.scores.dice).collect::<Vec<_>>()),
+                        "iou": mean_ci(&of.iter().map(|c| c.scores.iou).collect::<Vec<_>>()),
+                        "hd95_mm": mean_ci(&of.iter().filter_map(|c| c.scores.hd95_mm).collect::<Vec<_>>()),
+                        "assd_mm": mean_ci(&of.iter().filter_map(|c| c.scores.assd_mm).collect::<Vec<_>>()),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "attribute": attribute, "value": value, "segments": per_segment })
+        })
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
     let mut report = serde_json::json!({
         "reproducibility": reproducibility,
         "segmentation": summary,
-        "operational": { "failures": failures },
+        "subgroups": subgroups,
+        "operational": {
+            "latency_ms": stages.into_iter().map(|(k, v)| (k.to_string(), latency(v))).collect::<BTreeMap<_, _>>(),
+            "throughput_images_per_s": if elapsed > 0.0 { images as f64 / elapsed } else { 0.0 },
+            "failures": failures,
+        },
         "cases": cases,
     });
     report["reproducibility"]["audit"] = serde_json::json!({
@@ -907,7 +972,12 @@ fn run_segmentation(
     ));
     std::fs::create_dir_all(&args.out)?;
     let json_text = serde_json::to_string_pretty(&report)?;
-    for (name, text) in [("report.json", &json_text), ("report.md", &md)] {
+    let html_text = super::report_html::segmentation_html(&report, &md);
+    for (name, text) in [
+        ("report.json", &json_text),
+        ("report.md", &md),
+        ("report.html", &html_text),
+    ] {
         let path = args.out.join(name);
         vigie_dicom_io::write::write_durably(&path, |w| w.write_all(text.as_bytes()))
             .with_context(|| format!("writing {}", path.display()))?;
