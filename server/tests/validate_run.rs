@@ -15,6 +15,26 @@ fn vigie(args: &[&str]) -> std::process::Output {
     vigie_with_models(&repo_root().join("models"), args)
 }
 
+/// `vigie validate run` on `dataset`, reports in `out`, audit in `data`.
+fn validate(
+    models: Option<&std::path::Path>,
+    dataset: &std::path::Path,
+    out: &std::path::Path,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["validate", "run", "--dataset", dataset.to_str().unwrap()];
+    args.extend([
+        "--out",
+        out.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    args.extend_from_slice(extra);
+    let default = repo_root().join("models");
+    vigie_with_models(models.unwrap_or(&default), &args)
+}
+
 fn vigie_with_models(models: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_vigie"))
         .env_remove("VIGIE_CONFIG")
@@ -48,20 +68,18 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
     .unwrap();
     let out = tmp.path().join("report");
     let data = tmp.path().join("data");
-    let run = vigie(&[
-        "validate",
-        "run",
-        "--dataset",
-        dataset.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--claim",
-        "accuracy=0.95",
-        "--operating-point",
-        "glioma:sensitivity=0.95",
-    ]);
+    let run = validate(
+        None,
+        &dataset,
+        &out,
+        &data,
+        &[
+            "--claim",
+            "accuracy=0.95",
+            "--operating-point",
+            "glioma:sensitivity=0.95",
+        ],
+    );
     assert!(
         run.status.success(),
         "{}",
@@ -207,16 +225,7 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
 
     // Non-inferiority: an identical candidate passes...
     let again = tmp.path().join("again");
-    let run = vigie(&[
-        "validate",
-        "run",
-        "--dataset",
-        dataset.to_str().unwrap(),
-        "--out",
-        again.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let run = validate(None, &dataset, &again, &data, &[]);
     assert!(run.status.success());
     let baseline = out.join("report.json");
     let compare = |candidate: &std::path::Path| {
@@ -253,20 +262,12 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
     assert!(manifest.contains("threshold = 0.0"));
     std::fs::write(models.join("model.toml"), manifest).unwrap();
     let degraded = tmp.path().join("degraded");
-    let run = vigie_with_models(
-        &tmp.path().join("models"),
-        &[
-            "validate",
-            "run",
-            "--dataset",
-            dataset.to_str().unwrap(),
-            "--out",
-            degraded.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--claim",
-            "accuracy=0.95",
-        ],
+    let run = validate(
+        Some(&tmp.path().join("models")),
+        &dataset,
+        &degraded,
+        &data,
+        &["--claim", "accuracy=0.95"],
     );
     assert!(
         run.status.success(),
@@ -362,18 +363,7 @@ fn a_segmentation_model_is_scored_against_reference_masks_in_millimetres() {
     std::fs::write(dir.join("dataset.toml"), toml::to_string(&dataset).unwrap()).unwrap();
     let out = tmp.path().join("report");
     let data = tmp.path().join("data");
-    let run = vigie(&[
-        "validate",
-        "run",
-        "--dataset",
-        dir.to_str().unwrap(),
-        "--model",
-        "fixture-bright-disk",
-        "--out",
-        out.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let run = validate(None, &dir, &out, &data, &["--model", "fixture-bright-disk"]);
     assert!(
         run.status.success(),
         "{}",
@@ -439,18 +429,7 @@ fn a_segmentation_model_is_scored_against_reference_masks_in_millimetres() {
     let last = bytes.len() - 20;
     bytes[last] ^= 0xFF;
     std::fs::write(&first, bytes).unwrap();
-    let tampered = vigie(&[
-        "validate",
-        "run",
-        "--dataset",
-        dir.to_str().unwrap(),
-        "--model",
-        "fixture-bright-disk",
-        "--out",
-        out.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let tampered = validate(None, &dir, &out, &data, &["--model", "fixture-bright-disk"]);
     assert!(!tampered.status.success());
     assert!(String::from_utf8_lossy(&tampered.stderr).contains("content hash"));
 }

@@ -276,20 +276,12 @@ pub fn html(
     if let Some(groups) = report["subgroups"].as_array().filter(|g| !g.is_empty()) {
         page.push_str("<h2>Subgroups</h2><table><tr><th>attribute</th><th>value</th><th>n</th><th>accuracy (95% Wilson CI)</th><th>below the claim</th></tr>");
         for g in groups {
-            let accuracy =
-                serde_json::from_value::<Option<Proportion>>(g["metrics"]["accuracy"].clone())
-                    .ok()
-                    .flatten();
-            let flags: Vec<&str> = g["below_claim"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-                .unwrap_or_default();
+            let (attribute, value, n, accuracy, flags) = super::validate_run::subgroup_row(g);
             let _ = write!(
                 page,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(g["attribute"].as_str().unwrap_or("")),
-                escape(g["value"].as_str().unwrap_or("")),
-                g["n"],
+                "<tr><td>{}</td><td>{}</td><td>{n}</td><td>{}</td><td>{}</td></tr>",
+                escape(attribute),
+                escape(value),
                 pct(&accuracy),
                 if flags.is_empty() {
                     "—".to_string()

@@ -44,6 +44,40 @@ struct Latency {
     mean: f64,
 }
 
+/// Add one result's stage timings to the latency samples.
+fn record_timings(stages: &mut BTreeMap<&str, Vec<f64>>, t: &vigie_inference::model::StageTimings) {
+    stages
+        .entry("preprocess")
+        .or_default()
+        .push(t.preprocess_ms);
+    stages.entry("inference").or_default().push(t.inference_ms);
+    stages
+        .entry("postprocess")
+        .or_default()
+        .push(t.postprocess_ms);
+}
+
+/// A subgroup of report.json as the tables show it: attribute, value, n,
+/// accuracy, and the metrics below the claim.
+pub(super) fn subgroup_row(
+    g: &serde_json::Value,
+) -> (&str, &str, u64, Option<Proportion>, Vec<&str>) {
+    let accuracy = serde_json::from_value::<Option<Proportion>>(g["metrics"]["accuracy"].clone())
+        .ok()
+        .flatten();
+    let flags = g["below_claim"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    (
+        g["attribute"].as_str().unwrap_or(""),
+        g["value"].as_str().unwrap_or(""),
+        g["n"].as_u64().unwrap_or(0),
+        accuracy,
+        flags,
+    )
+}
+
 /// Percentiles by linear interpolation between order statistics (numpy's
 /// default).
 fn latency(mut values: Vec<f64>) -> Latency {
@@ -161,19 +195,9 @@ fn markdown(report: &serde_json::Value, metrics: &ClassificationMetrics) -> Stri
     if let Some(groups) = report["subgroups"].as_array().filter(|g| !g.is_empty()) {
         md.push_str("\n## Subgroups\n\n| attribute | value | n | accuracy | below the claim |\n|---|---|---|---|---|\n");
         for g in groups {
-            let accuracy =
-                serde_json::from_value::<Option<Proportion>>(g["metrics"]["accuracy"].clone())
-                    .ok()
-                    .flatten();
-            let flags: Vec<&str> = g["below_claim"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-                .unwrap_or_default();
+            let (attribute, value, n, accuracy, flags) = subgroup_row(g);
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
-                g["attribute"].as_str().unwrap_or(""),
-                g["value"].as_str().unwrap_or(""),
-                g["n"],
+                "| {attribute} | {value} | {n} | {} | {} |\n",
                 pct(&accuracy),
                 if flags.is_empty() {
                     "—".to_string()
@@ -297,18 +321,7 @@ pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             let total_ms = image_started.elapsed().as_secs_f64() * 1000.0;
             stages.entry("decode").or_default().push(analysis.decode_ms);
             for result in &analysis.results {
-                stages
-                    .entry("preprocess")
-                    .or_default()
-                    .push(result.timings.preprocess_ms);
-                stages
-                    .entry("inference")
-                    .or_default()
-                    .push(result.timings.inference_ms);
-                stages
-                    .entry("postprocess")
-                    .or_default()
-                    .push(result.timings.postprocess_ms);
+                record_timings(&mut stages, &result.timings);
                 let Finding::Classification(c) = &result.finding else {
                     continue;
                 };
@@ -791,18 +804,7 @@ fn run_segmentation(
                 let Finding::Segmentation(seg) = &result.finding else {
                     continue;
                 };
-                stages
-                    .entry("preprocess")
-                    .or_default()
-                    .push(result.timings.preprocess_ms);
-                stages
-                    .entry("inference")
-                    .or_default()
-                    .push(result.timings.inference_ms);
-                stages
-                    .entry("postprocess")
-                    .or_default()
-                    .push(result.timings.postprocess_ms);
+                record_timings(&mut stages, &result.timings);
                 // The model's map back to the reference's grid.
                 let predicted =
                     resample_nearest(&seg.mask, seg.rows, seg.columns, ref_rows, ref_cols);
