@@ -41,6 +41,49 @@ pub struct InstanceHeader {
     pub pixel_spacing: Option<[f64; 2]>,
 }
 
+/// The file meta information of a Part 10 file (group 0002).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileMeta {
+    /// Media Storage SOP Class UID (0002,0002).
+    pub sop_class_uid: String,
+    /// Media Storage SOP Instance UID (0002,0003).
+    pub sop_instance_uid: String,
+    /// Transfer Syntax UID (0002,0010).
+    pub transfer_syntax: String,
+}
+
+/// Read only the file meta group of a Part 10 file (with or without the
+/// 128-byte preamble): what a C-STORE command would say of the instance,
+/// for files received other than by DIMSE (STOW-RS, import).
+pub fn read_meta(path: impl AsRef<Path>) -> Result<FileMeta> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = path.as_ref();
+    let failed = |reason: String| Error::Open {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file =
+        std::io::BufReader::new(std::fs::File::open(path).map_err(|e| failed(e.to_string()))?);
+    let mut head = [0u8; 132];
+    let read = file.read(&mut head).map_err(|e| failed(e.to_string()))?;
+    let start = if read >= 132 && &head[128..132] == b"DICM" {
+        128
+    } else {
+        0
+    };
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| failed(e.to_string()))?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader(file)
+        .map_err(|e| failed(format!("no valid file meta information: {e}")))?;
+    let clean = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
+    Ok(FileMeta {
+        sop_class_uid: clean(meta.media_storage_sop_class_uid()),
+        sop_instance_uid: clean(meta.media_storage_sop_instance_uid()),
+        transfer_syntax: clean(meta.transfer_syntax()),
+    })
+}
+
 /// An opened DICOM Part 10 file and its header.
 #[derive(Debug)]
 pub struct DicomFile {

@@ -14,6 +14,8 @@
 //! - [`volume`]: assemble single-frame instances of a series into a volume
 //!   ordered by Image Position (Patient).
 //! - [`uid`]: UID validation and generation under a configurable root.
+//! - [`web`]: the DICOM side of DICOMweb: indexed and returned attributes
+//!   per level, C-FIND matching, the DICOM JSON model, transcoding.
 //! - [`write`]: build and write new instances (the synthetic MR images of
 //!   the demo dataset), durably.
 //!
@@ -31,9 +33,10 @@ pub mod pixels;
 pub mod results;
 pub mod uid;
 pub mod volume;
+pub mod web;
 pub mod write;
 
 pub use error::{Error, Result};
-pub use file::{DicomFile, InstanceHeader};
+pub use file::{DicomFile, FileMeta, InstanceHeader, read_meta};
 pub use lut::{PixelOptions, VoiSelection, WindowFunction};
 pub use pixels::{Photometric, PixelArray, TransferSyntaxSupport, transfer_syntax_support};

@@ -272,12 +272,41 @@ pub async fn serve<H: StoreHandler>(
     options: ScpOptions,
     handler: Arc<H>,
 ) -> std::io::Result<()> {
+    serve_until(
+        listener,
+        options,
+        handler,
+        std::future::pending(),
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// Serve C-ECHO and C-STORE on `listener` until `shutdown` completes; then
+/// accept no new association and give the running ones up to `grace` to
+/// finish (a peer in the middle of a transfer gets its answers) before
+/// returning. Associations still running after that are dropped with the
+/// task; their unacknowledged instances stay in staging and are discarded
+/// at the next start.
+pub async fn serve_until<H: StoreHandler>(
+    listener: TcpListener,
+    options: ScpOptions,
+    handler: Arc<H>,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(&options.staging_dir)?;
-    let limit = Arc::new(Semaphore::new(options.max_associations.max(1)));
+    let max = options.max_associations.max(1);
+    let limit = Arc::new(Semaphore::new(max));
     let options = Arc::new(options);
     let callers = Arc::new(options.allowed_callers.clone());
+    tokio::pin!(shutdown);
     loop {
-        let (socket, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (socket, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(_) => {
                 // Back off on accept errors (e.g. too many open files).
@@ -301,6 +330,10 @@ pub async fn serve<H: StoreHandler>(
             drop(permit);
         });
     }
+    drop(listener);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(grace, limit.acquire_many(all)).await;
+    Ok(())
 }
 
 /// Read the A-ASSOCIATE-RQ of a peer we have no room for and answer
