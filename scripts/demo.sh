@@ -29,7 +29,16 @@ STORESCP=$!
 # the default rule, and a 2 s stable age instead of 10 s so the demo does
 # not wait.
 CONFIG=.cache/vigie/demo/vigie-demo.toml
+# An operator token for this run of the demo (only its SHA-256 goes in the
+# configuration; see docs/api.md).
+TOKEN="vigie_$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+TOKEN_SHA256=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
 cat > "$CONFIG" <<TOML
+[[http.tokens]]
+name = "demo"
+role = "operator"
+sha256 = "$TOKEN_SHA256"
+
 [pipeline]
 stable_age_s = 2.0
 
@@ -46,7 +55,7 @@ TOML
   --data-dir "$DATA" --dicom-port "$DICOM_PORT" --http-port "$HTTP_PORT" &
 VIGIE=$!
 trap '[ "${VIGIE_DEMO_KEEP_RUNNING:-0}" = 1 ] || kill "$VIGIE" "$STORESCP" 2>/dev/null || true' EXIT
-status() { curl -sf "http://127.0.0.1:$HTTP_PORT/api/v1/status"; }
+status() { curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$HTTP_PORT/api/v1/status"; }
 for _ in $(seq 300); do status >/dev/null 2>&1 && break; sleep 0.2; done
 status >/dev/null || { echo "[demo] vigie serve did not start" >&2; exit 1; }
 

@@ -37,6 +37,25 @@ pub enum Command {
     /// The audit trail: verify, export, public key.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// HTTP API bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `vigie token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a new random token: prints the token (give it to the client;
+    /// it is not stored anywhere) and the `[[http.tokens]]` entry with its
+    /// SHA-256 to add to the configuration.
+    New {
+        /// Who will hold it (appears in the audit log).
+        #[arg(long)]
+        name: String,
+        /// reader, operator, auditor or admin.
+        #[arg(long)]
+        role: crate::config::Role,
+    },
 }
 
 /// `vigie audit …`.

@@ -139,6 +139,26 @@ pub struct HttpConfig {
     pub bind: IpAddr,
     /// HTTP port.
     pub port: u16,
+    /// Bearer tokens allowed to call the API, each with a role. Without
+    /// any, every endpoint but `/healthz` and `/readyz` answers 401.
+    pub tokens: Vec<TokenConfig>,
+    /// Serve HTTPS with these PEM files instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// Largest STOW-RS request body, in MiB.
+    pub max_stow_mib: u64,
+    /// Largest JSON request body, in KiB.
+    pub max_json_kib: u64,
+    /// Time allowed to any request but STOW-RS, in seconds (408 after).
+    pub request_timeout_s: u64,
+    /// Time allowed to a STOW-RS request, in seconds.
+    pub stow_timeout_s: u64,
+    /// Requests handled at once; more are answered 503 with Retry-After.
+    pub max_concurrent_requests: usize,
+    /// Serve `/metrics` without a token (for a Prometheus on a trusted
+    /// network).
+    pub metrics_public: bool,
+    /// On SIGTERM, time given to requests in flight, in seconds.
+    pub shutdown_grace_s: u64,
 }
 
 impl Default for HttpConfig {
@@ -146,8 +166,68 @@ impl Default for HttpConfig {
         Self {
             bind: IpAddr::from([127, 0, 0, 1]),
             port: 8080,
+            tokens: Vec::new(),
+            tls: None,
+            max_stow_mib: 4096,
+            max_json_kib: 64,
+            request_timeout_s: 60,
+            stow_timeout_s: 3600,
+            max_concurrent_requests: 64,
+            metrics_public: false,
+            shutdown_grace_s: 30,
         }
     }
+}
+
+/// A role of the HTTP API. Each endpoint names the roles it admits.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads studies, results, jobs, models, metrics (QIDO-RS, WADO-RS).
+    Reader,
+    /// A reader that also stores (STOW-RS), retries and submits jobs.
+    Operator,
+    /// Reads and verifies the audit trail.
+    Auditor,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reader => "reader",
+            Self::Operator => "operator",
+            Self::Auditor => "auditor",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// One `[[http.tokens]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (in the audit log; also the source name of STOW-RS
+    /// instances for routing, like a calling AE title).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// SHA-256 (hex) of the token; `vigie token new` makes both.
+    pub sha256: String,
+}
+
+/// `[http.tls]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// Private key (PEM, PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
 }
 
 /// `[storage]`.
@@ -389,6 +469,48 @@ impl Config {
         Ok(())
     }
 
+    fn validate_http(&self, problems: &mut Vec<String>) {
+        let h = &self.http;
+        let mut names = std::collections::BTreeSet::new();
+        for (i, token) in h.tokens.iter().enumerate() {
+            let label = format!("http.tokens[{i}]");
+            if token.name.trim().is_empty() || token.name.len() > 64 {
+                problems.push(format!("{label}.name: 1 to 64 characters"));
+            }
+            if !names.insert(token.name.as_str()) {
+                problems.push(format!("{label}.name: {:?} is used twice", token.name));
+            }
+            if token.sha256.len() != 64 || !token.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                problems.push(format!(
+                    "{label}.sha256: 64 hexadecimal digits (the SHA-256 of the token)"
+                ));
+            }
+        }
+        if let Some(tls) = &h.tls {
+            for (path, key) in [
+                (&tls.certificate, "certificate"),
+                (&tls.private_key, "private_key"),
+            ] {
+                if !path.is_file() {
+                    problems.push(format!("http.tls.{key}: {} does not exist", path.display()));
+                }
+            }
+        }
+        for (value, name) in [
+            (h.max_stow_mib, "http.max_stow_mib"),
+            (h.max_json_kib, "http.max_json_kib"),
+            (h.request_timeout_s, "http.request_timeout_s"),
+            (h.stow_timeout_s, "http.stow_timeout_s"),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if h.max_concurrent_requests == 0 {
+            problems.push("http.max_concurrent_requests: must be at least 1".into());
+        }
+    }
+
     fn validate_node(&self, problems: &mut Vec<String>) {
         let ae = self.dicom.ae_title.trim();
         if ae.is_empty() || ae.len() > 16 || ae.contains('\\') {
@@ -436,6 +558,7 @@ impl Config {
         if self.delivery.batch_size == 0 {
             problems.push("delivery.batch_size: must be at least 1".into());
         }
+        self.validate_http(problems);
         for (name, d) in &self.destinations {
             if d.ae_title.trim().is_empty() || d.ae_title.len() > 16 {
                 problems.push(format!("destinations.{name}.ae_title: 1 to 16 characters"));

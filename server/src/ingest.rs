@@ -20,6 +20,7 @@ use vigie_dicom_io::net::scp::{ReceivedInstance, ScpEvent, StoreHandler, StoreOu
 use vigie_dicom_io::{DicomFile, Error as DicomError};
 
 use crate::audit::{Audit, AuditEvent};
+use crate::metrics::Metrics;
 use crate::store::layout::{Layout, commit_file_then};
 use crate::store::{Catalog, InstanceRecord, now_ms};
 
@@ -34,6 +35,25 @@ pub struct IngestStats {
     pub bytes: AtomicU64,
 }
 
+/// How an instance reached the appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// C-STORE on the DICOM listener.
+    Dimse,
+    /// STOW-RS on the HTTP listener.
+    Stow,
+}
+
+impl Source {
+    /// Its name in metrics and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dimse => "dimse",
+            Self::Stow => "stow-rs",
+        }
+    }
+}
+
 /// The store handler of `vigie serve`.
 pub struct Ingest {
     layout: Layout,
@@ -41,9 +61,18 @@ pub struct Ingest {
     audit: Audit,
     pixels: std::sync::mpsc::Sender<InstanceRecord>,
     min_free_bytes: u64,
+    metrics: Arc<Metrics>,
     /// Counters.
     pub stats: Arc<IngestStats>,
 }
+
+const STORED: &str = "vigie_instances_stored_total";
+const STORED_HELP: &str = "Instances stored durably and acknowledged, by source.";
+const REFUSED: &str = "vigie_instances_refused_total";
+const REFUSED_HELP: &str = "Instances refused, by source and DICOM status (A700 out of resources, A900 mismatch, C000 cannot understand, 0122 SOP class, C122 transfer syntax).";
+const ASSOCIATIONS: &str = "vigie_dicom_associations_total";
+const ASSOCIATIONS_HELP: &str =
+    "DICOM associations by outcome (accepted, rejected, released, aborted).";
 
 impl Ingest {
     /// Ingest into `layout`, indexing in `catalog`, refusing instances when
@@ -53,6 +82,7 @@ impl Ingest {
         catalog: Arc<dyn Catalog>,
         audit: Audit,
         min_free_bytes: u64,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let (pixels, queue) = std::sync::mpsc::channel();
         let hasher = audit.clone();
@@ -68,6 +98,7 @@ impl Ingest {
             audit,
             pixels,
             min_free_bytes,
+            metrics,
             stats: Arc::default(),
         }
     }
@@ -146,6 +177,7 @@ impl Ingest {
             path: to.clone(),
             size,
             sha256: received.sha256.clone(),
+            attributes: vigie_dicom_io::web::index_attributes(&file),
         };
         // The index commit (its own fsync) overlaps the folder's fsync;
         // Success is answered only once both are durable.
@@ -231,8 +263,11 @@ fn short(text: &str) -> String {
     text.chars().take(160).collect()
 }
 
-impl StoreHandler for Ingest {
-    fn store(&self, received: ReceivedInstance) -> StoreOutcome {
+impl Ingest {
+    /// Store a staged instance (checks, durable commit, index, audit
+    /// record) and say what to answer. Refusals are not audited here: the
+    /// caller knows its protocol's context and calls [`Ingest::refused`].
+    pub fn store_from(&self, received: ReceivedInstance, source: Source) -> StoreOutcome {
         match self.try_store(&received) {
             Ok((record, patient_id)) => {
                 // The audit record is durable before Success is answered.
@@ -240,6 +275,7 @@ impl StoreHandler for Ingest {
                     "instance_stored",
                     "ok",
                     serde_json::json!({
+                        "source": source.as_str(),
                         "calling_ae_title": received.calling_ae_title,
                         "peer": received.peer.to_string(),
                         "sop_class_uid": record.sop_class_uid,
@@ -264,15 +300,62 @@ impl StoreHandler for Ingest {
                     );
                 }
                 self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .inc(STORED, STORED_HELP, &[("source", source.as_str())]);
                 let _ = self.pixels.send(record);
                 StoreOutcome::success()
             }
             Err(outcome) => {
                 let _ = std::fs::remove_file(&received.path);
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 outcome
             }
         }
+    }
+
+    /// Account for and audit a refused instance: `caller` is the calling AE
+    /// title or the HTTP token name.
+    pub fn refused(
+        &self,
+        source: Source,
+        caller: &str,
+        sop_instance_uid: &str,
+        code: u16,
+        reason: &str,
+    ) {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let status = format!("{code:04X}");
+        self.metrics.inc(
+            REFUSED,
+            REFUSED_HELP,
+            &[("source", source.as_str()), ("status", &status)],
+        );
+        tracing::warn!(
+            source = source.as_str(),
+            caller,
+            sop_instance_uid,
+            status = format!("0x{status}"),
+            reason,
+            "instance refused"
+        );
+        self.audit.note(
+            AuditEvent::new(
+                "instance_refused",
+                "refused",
+                serde_json::json!({
+                    "source": source.as_str(),
+                    "calling_ae_title": caller,
+                    "status": format!("0x{status}"),
+                    "reason": reason,
+                }),
+            )
+            .instance(None, Some(sop_instance_uid).filter(|s| !s.is_empty())),
+        );
+    }
+}
+
+impl StoreHandler for Ingest {
+    fn store(&self, received: ReceivedInstance) -> StoreOutcome {
+        self.store_from(received, Source::Dimse)
     }
 
     fn event(&self, event: ScpEvent) {
@@ -284,6 +367,8 @@ impl StoreHandler for Ingest {
                 contexts,
             } => {
                 tracing::info!(%peer, calling = %calling_ae_title, contexts, "association accepted");
+                self.metrics
+                    .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "accepted")]);
                 self.audit.note(AuditEvent::new(
                     "association",
                     "accepted",
@@ -296,6 +381,8 @@ impl StoreHandler for Ingest {
             }
             ScpEvent::Rejected { peer, reason } => {
                 tracing::warn!(%peer, %reason, "association rejected");
+                self.metrics
+                    .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "rejected")]);
                 self.audit.note(AuditEvent::new(
                     "association",
                     "rejected",
@@ -319,25 +406,12 @@ impl StoreHandler for Ingest {
                 if code == status::SUCCESS {
                     tracing::debug!(calling = %calling_ae_title, sop_instance_uid, "instance stored");
                 } else {
-                    let reason = comment.unwrap_or_default();
-                    tracing::warn!(
-                        calling = %calling_ae_title,
-                        sop_instance_uid,
-                        status = format!("0x{code:04X}"),
-                        %reason,
-                        "C-STORE refused"
-                    );
-                    self.audit.note(
-                        AuditEvent::new(
-                            "instance_refused",
-                            "refused",
-                            serde_json::json!({
-                                "calling_ae_title": calling_ae_title,
-                                "status": format!("0x{code:04X}"),
-                                "reason": reason,
-                            }),
-                        )
-                        .instance(None, Some(&sop_instance_uid)),
+                    self.refused(
+                        Source::Dimse,
+                        &calling_ae_title,
+                        &sop_instance_uid,
+                        code,
+                        &comment.unwrap_or_default(),
                     );
                 }
             }
@@ -346,6 +420,8 @@ impl StoreHandler for Ingest {
                 stores,
             } => {
                 tracing::info!(calling = %calling_ae_title, stores, "association released");
+                self.metrics
+                    .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "released")]);
                 self.audit.note(AuditEvent::new(
                     "association",
                     "released",
@@ -357,6 +433,8 @@ impl StoreHandler for Ingest {
                 reason,
             } => {
                 tracing::warn!(calling = %calling_ae_title, %reason, "association aborted");
+                self.metrics
+                    .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "aborted")]);
                 self.audit.note(AuditEvent::new(
                     "association",
                     "aborted",

@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod http;
 mod ingest;
+mod metrics;
 mod pipeline;
 mod routing;
 

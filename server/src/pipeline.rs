@@ -38,7 +38,7 @@ use crate::audit::{Audit, AuditEvent};
 use crate::config::Config;
 use crate::routing::Router;
 use crate::store::layout::Layout;
-use crate::store::{Catalog, Job, OutboxItem, ResultFile, now_ms};
+use crate::store::{Catalog, Job, Origin, OutboxItem, ResultFile, now_ms};
 
 /// Raw outputs are recorded in full up to this many values; longer ones
 /// (segmentation maps) by SHA-256 and length.
@@ -155,7 +155,16 @@ pub struct Pipeline {
     pub stopping: Arc<AtomicBool>,
     /// The audit trail.
     pub audit: Audit,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
+
+const JOBS_FINISHED: &str = "vigie_job_attempts_total";
+const JOBS_FINISHED_HELP: &str = "Job attempts ended, by model and outcome (done, retry: failed and will retry, failed: gave up).";
+const DELIVERIES: &str = "vigie_deliveries_total";
+const DELIVERIES_HELP: &str = "Result instances sent, by destination and outcome (delivered, refused by the peer, failed to send).";
+const STAGES: &str = "vigie_stage_duration_seconds";
+const STAGES_HELP: &str = "Time per analysed image and stage (decode per instance; preprocess, inference, postprocess per frame), by model.";
 
 fn seconds_ms(seconds: f64) -> i64 {
     (seconds * 1000.0).round() as i64
@@ -320,6 +329,17 @@ impl Pipeline {
                         )
                         .instance(Some(&job.study_instance_uid), None),
                     );
+                    self.metrics.inc(
+                        JOBS_FINISHED,
+                        JOBS_FINISHED_HELP,
+                        &[("model", &job.model), ("outcome", "done")],
+                    );
+                    self.metrics.observe(
+                        "vigie_job_duration_seconds",
+                        "Time a worker spent on a job (all its instances, results written), by model.",
+                        &[("model", &job.model)],
+                        started.elapsed().as_secs_f64(),
+                    );
                     tracing::info!(
                         job = job.id,
                         study = %job.study_instance_uid,
@@ -355,6 +375,14 @@ impl Pipeline {
                             }),
                         )
                         .instance(Some(&job.study_instance_uid), None),
+                    );
+                    self.metrics.inc(
+                        JOBS_FINISHED,
+                        JOBS_FINISHED_HELP,
+                        &[
+                            ("model", &job.model),
+                            ("outcome", if retry.is_some() { "retry" } else { "failed" }),
+                        ],
                     );
                     if let Err(e) = self.catalog.job_attempt_failed(job.id, &error, retry, now) {
                         tracing::error!(job = job.id, error = %e, "cannot record job failure");
@@ -399,9 +427,25 @@ impl Pipeline {
                         )
                         .model(package.id(), package.version()),
                     );
+                    let execution = model.execution();
+                    self.metrics.add(
+                        "vigie_model_loads_total",
+                        "Models loaded by a worker (one warm session per worker and model), by model, version and execution provider.",
+                        &[
+                            ("model", package.id()),
+                            ("version", package.version()),
+                            ("provider", &execution.provider),
+                        ],
+                        1,
+                    );
                     models.insert(job.model.clone(), model);
                 }
                 Err(e) => {
+                    self.metrics.inc(
+                        "vigie_model_load_failures_total",
+                        "Models a worker could not load (the job fails or retries), by model.",
+                        &[("model", &job.model)],
+                    );
                     let mut event = AuditEvent::new(
                         "model_refused",
                         "failed",
@@ -456,6 +500,7 @@ impl Pipeline {
             // The inference and its result objects go on record together,
             // in one durable transaction, before the job can be done.
             let mut events = vec![inference_event(job, instance, &analysis, model)];
+            self.observe_stages(&job.model, &analysis);
             let manifest = model.package().manifest();
             let frames = analysis.results.len();
             for (frame, result) in analysis.results.iter().enumerate() {
@@ -487,10 +532,10 @@ impl Pipeline {
                         )
                         .model(&manifest.model.id, &manifest.model.version),
                     );
-                    results.push(ResultFile {
-                        path,
-                        sop_instance_uid: object.sop_instance_uid,
-                    });
+                    results.push(
+                        ResultFile::read(&path, Origin::Result)
+                            .map_err(|e| anyhow::anyhow!("cannot index result: {e}"))?,
+                    );
                 }
             }
             self.audit.record_all(&events)?;
@@ -544,9 +589,32 @@ impl Pipeline {
             };
             for chunk in items.chunks(batch) {
                 let paths: Vec<PathBuf> = chunk.iter().map(|i| i.path.clone()).collect();
-                match send_files(&remote, &scu, &paths).await {
+                let sending = Instant::now();
+                let sent = send_files(&remote, &scu, &paths).await;
+                self.metrics.observe(
+                    "vigie_delivery_duration_seconds",
+                    "Time to send one batch of results by C-STORE (association included), by destination.",
+                    &[("destination", &name)],
+                    sending.elapsed().as_secs_f64(),
+                );
+                match sent {
                     Ok(outcomes) => {
                         for (item, outcome) in chunk.iter().zip(&outcomes) {
+                            self.metrics.inc(
+                                DELIVERIES,
+                                DELIVERIES_HELP,
+                                &[
+                                    ("destination", &name),
+                                    (
+                                        "outcome",
+                                        if outcome.delivered() {
+                                            "delivered"
+                                        } else {
+                                            "refused"
+                                        },
+                                    ),
+                                ],
+                            );
                             self.audit.note(
                                 AuditEvent::new(
                                     "result_delivery",
@@ -565,7 +633,10 @@ impl Pipeline {
                                         "job_id": item.job_id,
                                     }),
                                 )
-                                .instance(None, Some(&item.sop_instance_uid)),
+                                .instance(
+                                    Some(&item.study_instance_uid),
+                                    Some(&item.sop_instance_uid),
+                                ),
                             );
                             if outcome.delivered() {
                                 self.catalog.outbox_sent(item.id, now_ms())?;
@@ -595,6 +666,12 @@ impl Pipeline {
                     }
                     Err(e) => {
                         tracing::warn!(destination = %name, error = %e, "delivery failed, will retry");
+                        self.metrics.add(
+                            DELIVERIES,
+                            DELIVERIES_HELP,
+                            &[("destination", &name), ("outcome", "failed")],
+                            chunk.len() as u64,
+                        );
                         for item in chunk {
                             self.audit.note(
                                 AuditEvent::new(
@@ -609,7 +686,10 @@ impl Pipeline {
                                         "job_id": item.job_id,
                                     }),
                                 )
-                                .instance(None, Some(&item.sop_instance_uid)),
+                                .instance(
+                                    Some(&item.study_instance_uid),
+                                    Some(&item.sop_instance_uid),
+                                ),
                             );
                             self.retry_item(item, &e.to_string())?;
                         }
@@ -619,6 +699,24 @@ impl Pipeline {
             }
         }
         Ok(delivered)
+    }
+
+    /// Per-stage latency histograms of one analysed instance.
+    fn observe_stages(&self, model: &str, analysis: &pipeline::InstanceAnalysis) {
+        let observe = |stage: &str, ms: f64| {
+            self.metrics.observe(
+                STAGES,
+                STAGES_HELP,
+                &[("model", model), ("stage", stage)],
+                ms / 1000.0,
+            );
+        };
+        observe("decode", analysis.decode_ms);
+        for result in &analysis.results {
+            observe("preprocess", result.timings.preprocess_ms);
+            observe("inference", result.timings.inference_ms);
+            observe("postprocess", result.timings.postprocess_ms);
+        }
     }
 
     fn retry_item(&self, item: &OutboxItem, error: &str) -> anyhow::Result<()> {

@@ -166,7 +166,7 @@ fn bad_input_gets_the_right_status_and_the_service_keeps_running() {
     assert!(staging.is_empty(), "staging cleaned: {staging:?}");
     assert!(echo(vigie.dicom), "still serving");
     let log = vigie.log_text();
-    assert!(log.contains("C-STORE refused") && log.contains("0xA900") && log.contains("0xC000"));
+    assert!(log.contains("instance refused") && log.contains("0xA900") && log.contains("0xC000"));
     // No patient identifiers in the application log.
     let patient = vigie_dicom_io::DicomFile::open(&demo[0])
         .unwrap()

@@ -135,10 +135,24 @@ impl Orthanc {
 
     /// Start it with this DICOM port.
     pub fn start_on_dicom_port(dicom: u16) -> Self {
+        Self::start_from("tests/peers/orthanc.json", dicom, &[])
+    }
+
+    /// Start it from another configuration template (relative to the
+    /// repository), replacing each placeholder by its value.
+    pub fn start_with(template: &str, replace: &[(&str, &str)]) -> Self {
+        Self::start_from(template, free_port(), replace)
+    }
+
+    fn start_from(template: &str, dicom: u16, replace: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let http = free_port();
-        let config = std::fs::read_to_string(repo_root().join("tests/peers/orthanc.json"))
-            .expect("config template")
+        let mut config =
+            std::fs::read_to_string(repo_root().join(template)).expect("config template");
+        for (placeholder, value) in replace {
+            config = config.replace(placeholder, value);
+        }
+        let config = config
             .replace("@STORAGE@", &dir.path().join("db").display().to_string())
             .replace("@HTTP_PORT@", &http.to_string())
             .replace("@DICOM_PORT@", &dicom.to_string());
@@ -168,6 +182,11 @@ impl Orthanc {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         panic!("Orthanc did not answer on port {http} within 30 s");
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("orthanc.log")).unwrap_or_default()
     }
 
     /// The URL of a REST path.

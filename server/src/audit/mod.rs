@@ -202,6 +202,10 @@ pub struct Query {
     pub model_version: Option<String>,
     /// Outcome.
     pub outcome: Option<String>,
+    /// Records after this sequence number.
+    pub after_seq: Option<i64>,
+    /// At most this many, in order.
+    pub limit: Option<usize>,
 }
 
 /// Storage of the audit trail.
@@ -389,6 +393,28 @@ impl Audit {
     /// Sign a checkpoint now.
     pub fn checkpoint(&self) -> AuditResult<Option<Checkpoint>> {
         self.log.checkpoint()
+    }
+
+    /// Records matching `query`, in order.
+    pub fn records(&self, query: &Query) -> AuditResult<Vec<AuditRecord>> {
+        self.log.records(query)
+    }
+
+    /// Verify the whole trail (chain, checkpoint signatures, head) with
+    /// the appliance's own key.
+    pub fn verify(&self) -> AuditResult<verify::Report> {
+        let snapshot = self.log.snapshot()?;
+        match keys::verifying_key(&self.public_key) {
+            Ok(key) => Ok(verify::verify(&snapshot, &key)),
+            Err(reason) => Ok(verify::Report {
+                ok: false,
+                records: snapshot.records.len(),
+                checkpoints_verified: 0,
+                first_bad_record: None,
+                reason: Some(format!("appliance public key unusable: {reason}")),
+                unsigned_tail: 0,
+            }),
+        }
     }
 
     /// The public key (hex) verifying the checkpoints.

@@ -360,7 +360,11 @@ impl AuditLog for SqliteAudit {
         filter("model_id", "=", &query.model_id);
         filter("model_version", "=", &query.model_version);
         filter("outcome", "=", &query.outcome);
+        filter("seq", ">", &query.after_seq.map(|s| s.to_string()));
         sql.push_str(" ORDER BY seq");
+        if let Some(limit) = query.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
         let mut stmt = guard.prepare(&sql).map_err(|e| self.db_err(e))?;
         let rows = stmt
             .query_map(rusqlite::params_from_iter(values.iter()), record_from_row)

@@ -220,7 +220,7 @@ fn csv_field(value: &serde_json::Value) -> String {
 }
 
 /// Accept a date (`2026-11-22`) or an RFC 3339 time.
-fn time_bound(text: &str) -> anyhow::Result<String> {
+pub(crate) fn time_bound(text: &str) -> anyhow::Result<String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t
             .with_timezone(&chrono::Utc)
@@ -305,6 +305,7 @@ fn query(config: &Config, args: QueryArgs) -> anyhow::Result<ExitCode> {
         model_id: args.model.clone(),
         model_version: args.model_version.clone(),
         outcome: args.outcome.clone(),
+        ..Query::default()
     };
     let records = audit.records(&query)?;
     let mut out = std::io::stdout().lock();

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{Cli, Command, ConfigCommand, TokenCommand};
 use crate::config::Config;
 
 mod audit;
@@ -22,6 +22,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", Config::load(cli.config.as_deref())?.to_toml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::New { name, role }) => {
+            let (token, sha256) = crate::http::auth::new_token()
+                .map_err(|e| anyhow::anyhow!("no randomness from the system: {e}"))?;
+            let entry = crate::config::TokenConfig { name, role, sha256 };
+            let mut table = toml::Table::new();
+            table.insert(
+                "http".into(),
+                toml::Value::Table(toml::Table::from_iter([(
+                    "tokens".to_string(),
+                    toml::Value::try_from(vec![entry])?,
+                )])),
+            );
+            println!("# Token (give it to the client; Vigie keeps only its SHA-256):");
+            println!("# {token}");
+            println!("# Add to the configuration file:");
+            print!("{}", toml::to_string(&table)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(cmd) => audit::run(&Config::load(cli.config.as_deref())?, cmd),

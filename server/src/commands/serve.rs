@@ -19,8 +19,9 @@ use sha2::Digest;
 use crate::audit::{Audit, AuditEvent};
 use crate::cli::ServeArgs;
 use crate::config::Config;
-use crate::http::{HttpState, router};
+use crate::http::ModelInfo;
 use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::routing::Router;
 use crate::store::Catalog;
@@ -45,24 +46,53 @@ fn effective(mut config: Config, args: &ServeArgs) -> anyhow::Result<Config> {
 /// Each model package's `[applies_to]`, by package folder name; the
 /// packages the routing rules use are loaded fully (weights hash-checked)
 /// so that a broken package stops the start, not the first study.
+type Applies = BTreeMap<String, vigie_inference::manifest::AppliesTo>;
+
 fn models(
     config: &Config,
     audit: &Audit,
-) -> anyhow::Result<BTreeMap<String, vigie_inference::manifest::AppliesTo>> {
+    metrics: &Metrics,
+) -> anyhow::Result<(Applies, Vec<ModelInfo>)> {
     let root = &config.inference.models_dir;
     let mut applies = BTreeMap::new();
+    let mut infos = Vec::new();
     for dir in ModelPackage::discover(root)
         .with_context(|| format!("cannot list model packages in {}", root.display()))?
     {
         let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             continue;
         };
+        let rules: Vec<String> = config
+            .routing
+            .rules
+            .iter()
+            .filter(|r| {
+                r.models.contains(&name)
+                    || (r.models.is_empty()
+                        && config.inference.default_model.as_ref() == Some(&name))
+            })
+            .map(|r| r.name.clone())
+            .collect();
+        let mut info = ModelInfo {
+            id: name.clone(),
+            manifest: None,
+            sha256: None,
+            verified: false,
+            active: !rules.is_empty(),
+            rules,
+            error: None,
+        };
         match Manifest::from_file(&dir.join(vigie_inference::package::MANIFEST_FILE)) {
             Ok(manifest) => {
+                info.manifest = serde_json::to_value(&manifest).ok();
                 applies.insert(name, manifest.applies_to);
             }
-            Err(e) => tracing::warn!(package = %dir.display(), error = %e, "model package skipped"),
+            Err(e) => {
+                tracing::warn!(package = %dir.display(), error = %e, "model package skipped");
+                info.error = Some(e.to_string());
+            }
         }
+        infos.push(info);
     }
     let mut used: Vec<&String> = config
         .routing
@@ -112,8 +142,34 @@ fn models(
             sha256 = package.sha256(),
             "model package verified"
         );
+        metrics.set(
+            "vigie_model_verified",
+            "Routed model packages whose weights were hash-checked at start (1), by model and version.",
+            &[("model", package.id()), ("version", package.version())],
+            1.0,
+        );
+        if let Some(info) = infos.iter_mut().find(|i| &i.id == id) {
+            info.sha256 = Some(package.sha256().to_string());
+            info.verified = true;
+        }
     }
-    Ok(applies)
+    Ok((applies, infos))
+}
+
+/// Whether the ONNX Runtime library loads, for `/readyz`.
+fn onnxruntime(config: &Config) -> Result<String, String> {
+    let options = config.backend_options().map_err(|e| format!("{e:#}"))?;
+    let library = options.onnxruntime_library.clone();
+    vigie_inference::backend::onnx::init_runtime(library.as_deref())
+        .map(|_| {
+            format!(
+                "loaded from {}",
+                library
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "ORT_DYLIB_PATH".into())
+            )
+        })
+        .map_err(|e| e.to_string())
 }
 
 fn scp_options(config: &Config, layout: &Layout) -> ScpOptions {
@@ -187,7 +243,13 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some((seq, removed)) = audit.apply_retention(config.audit.retention_days)? {
         tracing::info!(up_to = seq, removed, "audit records past retention pruned");
     }
-    let router_table = Router::new(&config, models(&config, &audit)?)?;
+    let metrics = Arc::new(Metrics::default());
+    let (applies, model_infos) = models(&config, &audit, &metrics)?;
+    let router_table = Router::new(&config, applies)?;
+    let ort = onnxruntime(&config);
+    if let Err(reason) = &ort {
+        tracing::warn!(%reason, "ONNX Runtime not loaded: ONNX models cannot run; /readyz says not ready");
+    }
     audit.checkpoint()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -205,24 +267,33 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 )
             })?;
         let http_addr = (config.http.bind, config.http.port);
-        let http = tokio::net::TcpListener::bind(http_addr)
-            .await
-            .with_context(|| {
-                format!("cannot listen for HTTP on {}:{}", http_addr.0, http_addr.1)
-            })?;
+        let http = std::net::TcpListener::bind(http_addr).with_context(|| {
+            format!("cannot listen for HTTP on {}:{}", http_addr.0, http_addr.1)
+        })?;
+        let tls = match &config.http.tls {
+            Some(tls) => Some(crate::http::tls_config(tls).await.with_context(|| {
+                format!(
+                    "cannot load the TLS certificate {} and key {}",
+                    tls.certificate.display(),
+                    tls.private_key.display()
+                )
+            })?),
+            None => None,
+        };
         let ingest = Arc::new(Ingest::new(
             layout.clone(),
             catalog.clone(),
             audit.clone(),
             config.storage.min_free_mib.saturating_mul(1 << 20),
+            metrics.clone(),
         ));
-        let stats = ingest.stats.clone();
         let pipeline = Pipeline {
             config: config.clone(),
             catalog: catalog.clone(),
             layout: layout.clone(),
             stopping: Arc::new(AtomicBool::new(false)),
             audit: audit.clone(),
+            metrics: metrics.clone(),
         };
         let options = scp_options(&config, &layout);
         tracing::info!(
@@ -237,7 +308,37 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             destinations = ?config.destinations.keys().collect::<Vec<_>>(),
             "vigie serving"
         );
-        let scp_task = tokio::spawn(scp::serve(dicom, options, ingest));
+        let tokens = crate::http::auth::Tokens::new(&config.http.tokens);
+        if tokens.is_empty() {
+            tracing::warn!(
+                "no HTTP tokens configured: every endpoint but /healthz and /readyz answers 401; see `vigie token new`"
+            );
+        }
+        let app = crate::http::app(crate::http::AppState(Arc::new(crate::http::App {
+            config: config.clone(),
+            catalog: catalog.clone(),
+            ingest: ingest.clone(),
+            audit: audit.clone(),
+            layout: layout.clone(),
+            tokens,
+            metrics: metrics.clone(),
+            models: model_infos,
+            onnxruntime: ort,
+            acceptance: crate::http::Acceptance {
+                sop_classes: options.sop_classes.clone(),
+                transfer_syntaxes: options.transfer_syntaxes.clone(),
+            },
+            tls: tls.is_some(),
+            started: std::time::Instant::now(),
+        })));
+        let grace = Duration::from_secs(config.http.shutdown_grace_s);
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let dicom_stop = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        let mut scp_task = tokio::spawn(scp::serve_until(dicom, options, ingest, dicom_stop, grace));
+        let handle = axum_server::Handle::new();
+        let mut http_task = tokio::spawn(crate::http::serve(http, app, tls, handle.clone()));
         tokio::spawn(pipeline.clone().assembly_loop(router_table));
         tokio::spawn(pipeline.clone().delivery_loop());
         let _workers = pipeline.spawn_workers();
@@ -264,22 +365,28 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .await;
             }
         });
-        let app = router(HttpState {
-            catalog: catalog.clone(),
-            ingest: stats,
-            appliance: config.appliance.id.clone(),
-        });
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, app).await {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
         tokio::select! {
             _ = shutdown_signal() => tracing::info!("stopping on signal"),
-            result = scp_task => {
+            result = &mut scp_task => {
                 pipeline.stopping.store(true, Ordering::Relaxed);
                 anyhow::bail!("DICOM listener stopped: {result:?}");
             }
+            result = &mut http_task => {
+                pipeline.stopping.store(true, Ordering::Relaxed);
+                anyhow::bail!("HTTP listener stopped: {result:?}");
+            }
+        }
+        // Both listeners stop accepting; requests and associations in
+        // flight get the grace period to finish.
+        let _ = stop_tx.send(true);
+        handle.graceful_shutdown(Some(grace));
+        let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
+            let _ = (&mut http_task).await;
+            let _ = (&mut scp_task).await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace_s = grace.as_secs(), "requests still in flight after the grace period were dropped");
         }
         pipeline.stopping.store(true, Ordering::Relaxed);
         audit.record(AuditEvent::new(

@@ -9,6 +9,7 @@
 pub mod layout;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -57,6 +58,9 @@ pub struct InstanceRecord {
     pub size: u64,
     /// SHA-256 (hex) of the file as received.
     pub sha256: String,
+    /// The attributes indexed for DICOMweb searches, by tag
+    /// ([`vigie_dicom_io::web::index_attributes`]).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// One series of a study as routing sees it.
@@ -169,13 +173,148 @@ pub struct Job {
     pub updated_at: String,
 }
 
-/// A result file written by a job.
+/// Where an instance served over DICOMweb comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Received by C-STORE or STOW-RS.
+    Received,
+    /// Created by Vigie (SR, SEG, SC of a job).
+    Result,
+}
+
+impl Origin {
+    /// Its name in the catalog.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Result => "result",
+        }
+    }
+}
+
+/// An instance the DICOMweb side can find and serve.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ResultFile {
-    /// Where.
-    pub path: PathBuf,
-    /// Its SOP Instance UID.
+pub struct WebInstance {
+    /// SOP Instance UID.
     pub sop_instance_uid: String,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// Series Instance UID.
+    pub series_instance_uid: String,
+    /// Received or created.
+    pub origin: Origin,
+    /// Transfer syntax of the stored file.
+    pub transfer_syntax: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Indexed attributes by tag ([`vigie_dicom_io::web::index_attributes`]).
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl WebInstance {
+    /// Read the index entry of a stored file.
+    pub fn read(path: &std::path::Path, origin: Origin) -> vigie_dicom_io::Result<Self> {
+        let file = vigie_dicom_io::DicomFile::open_header(path)?;
+        let h = file.header();
+        Ok(Self {
+            sop_instance_uid: h.sop_instance_uid.clone(),
+            sop_class_uid: h.sop_class_uid.clone(),
+            study_instance_uid: h.study_instance_uid.clone(),
+            series_instance_uid: h.series_instance_uid.clone(),
+            origin,
+            transfer_syntax: h.transfer_syntax.clone(),
+            path: path.to_path_buf(),
+            size: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            attributes: vigie_dicom_io::web::index_attributes(&file),
+        })
+    }
+}
+
+/// Which instances a DICOMweb request concerns: every field that is set
+/// must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WebScope {
+    /// Study Instance UID.
+    pub study: Option<String>,
+    /// Series Instance UID.
+    pub series: Option<String>,
+    /// SOP Instance UID.
+    pub instance: Option<String>,
+}
+
+/// A result file written by a job, with its index entry.
+pub type ResultFile = WebInstance;
+
+/// Which jobs to list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFilter {
+    /// In this state.
+    pub state: Option<JobState>,
+    /// Of this model package.
+    pub model: Option<String>,
+    /// On this study.
+    pub study: Option<String>,
+    /// Created at or after (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Created before (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: usize,
+    /// After skipping this many.
+    pub offset: usize,
+}
+
+impl Default for JobFilter {
+    fn default() -> Self {
+        Self {
+            state: None,
+            model: None,
+            study: None,
+            since_ms: None,
+            until_ms: None,
+            limit: 100,
+            offset: 0,
+        }
+    }
+}
+
+/// One result sent (or to send) to one destination.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    /// Destination name.
+    pub destination: String,
+    /// Result instance.
+    pub sop_instance_uid: String,
+    /// `pending`, `sent` or `failed`.
+    pub state: String,
+    /// Sends tried.
+    pub attempts: u32,
+    /// Why the last send failed.
+    pub last_error: Option<String>,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+}
+
+/// What a retry request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum RetryOutcome {
+    /// The failed job is pending again, attempts reset.
+    JobRequeued,
+    /// The job was done; this many failed deliveries are pending again.
+    DeliveriesRequeued {
+        /// How many.
+        deliveries: usize,
+    },
+    /// Nothing failed: nothing to retry.
+    NothingFailed,
+    /// No such job.
+    NotFound,
 }
 
 /// A result to send.
@@ -185,6 +324,8 @@ pub struct OutboxItem {
     pub id: i64,
     /// Job that produced it.
     pub job_id: i64,
+    /// Study of that job.
+    pub study_instance_uid: String,
     /// Destination name.
     pub destination: String,
     /// File.
@@ -292,7 +433,34 @@ pub trait Catalog: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Latest jobs, newest first.
-    fn jobs(&self, limit: usize) -> StoreResult<Vec<Job>>;
+    fn jobs(&self, limit: usize) -> StoreResult<Vec<Job>> {
+        self.find_jobs(&JobFilter {
+            limit,
+            ..JobFilter::default()
+        })
+    }
+
+    /// Jobs matching `filter`, newest first.
+    fn find_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
+
+    /// One job.
+    fn job(&self, id: i64) -> StoreResult<Option<Job>>;
+
+    /// The deliveries of a job's results.
+    fn deliveries(&self, job_id: i64) -> StoreResult<Vec<Delivery>>;
+
+    /// Retry a failed job (pending again, attempts reset), or the failed
+    /// deliveries of a done one.
+    fn retry_job(&self, id: i64, now_ms: i64) -> StoreResult<RetryOutcome>;
+
+    /// Queue a new analysis of every instance of `study` stored so far
+    /// (all reception rounds; `job.series` empty for all series). `None`
+    /// when the study is not in the store.
+    fn submit_job(&self, study: &str, job: &NewJob, now_ms: i64) -> StoreResult<Option<i64>>;
+
+    /// Instances served over DICOMweb within `scope`, by study, series and
+    /// instance number order of storage.
+    fn web_instances(&self, scope: &WebScope) -> StoreResult<Vec<WebInstance>>;
 
     /// Latest studies, most recently received first.
     fn studies(&self, limit: usize) -> StoreResult<Vec<StudyStatus>>;

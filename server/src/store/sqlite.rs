@@ -3,14 +3,16 @@
 //! power cut. One connection behind a mutex: the statements are short and
 //! the appliance's write rate (instances per second) is far below SQLite's.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    Catalog, InstanceRecord, Job, JobState, NewJob, OutboxItem, OutboxStatus, ResultFile,
-    SeriesSummary, StableStudy, StoreError, StoreResult, StudyStatus, rfc3339,
+    Catalog, Delivery, InstanceRecord, Job, JobFilter, JobState, NewJob, Origin, OutboxItem,
+    OutboxStatus, ResultFile, RetryOutcome, SeriesSummary, StableStudy, StoreError, StoreResult,
+    StudyStatus, WebInstance, WebScope, rfc3339,
 };
 
 const SCHEMA: &str = "
@@ -69,7 +71,60 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_ms       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, not_before_ms);
+CREATE TABLE IF NOT EXISTS web_index (
+    sop_instance_uid    TEXT PRIMARY KEY,
+    sop_class_uid       TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    origin              TEXT NOT NULL,
+    transfer_syntax     TEXT NOT NULL,
+    path                TEXT NOT NULL,
+    size                INTEGER NOT NULL,
+    attributes          TEXT NOT NULL,
+    stored_ms           INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS web_index_study ON web_index (study_instance_uid, series_instance_uid);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid);
 ";
+
+fn index_web(tx: &rusqlite::Transaction<'_>, w: &WebInstance, now_ms: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO web_index (sop_instance_uid, sop_class_uid, study_instance_uid,
+            series_instance_uid, origin, transfer_syntax, path, size, attributes, stored_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            w.sop_instance_uid,
+            w.sop_class_uid,
+            w.study_instance_uid,
+            w.series_instance_uid,
+            w.origin.as_str(),
+            w.transfer_syntax,
+            w.path.to_string_lossy(),
+            i64::try_from(w.size).unwrap_or(i64::MAX),
+            serde_json::to_string(&w.attributes).unwrap_or_else(|_| "{}".into()),
+            now_ms
+        ],
+    )?;
+    Ok(())
+}
+
+fn web_from_row(row: &Row<'_>) -> rusqlite::Result<WebInstance> {
+    Ok(WebInstance {
+        sop_instance_uid: row.get("sop_instance_uid")?,
+        sop_class_uid: row.get("sop_class_uid")?,
+        study_instance_uid: row.get("study_instance_uid")?,
+        series_instance_uid: row.get("series_instance_uid")?,
+        origin: if row.get::<_, String>("origin")? == "result" {
+            Origin::Result
+        } else {
+            Origin::Received
+        },
+        transfer_syntax: row.get("transfer_syntax")?,
+        path: PathBuf::from(row.get::<_, String>("path")?),
+        size: row.get::<_, i64>("size")?.max(0).unsigned_abs(),
+        attributes: serde_json::from_str(&row.get::<_, String>("attributes")?).unwrap_or_default(),
+    })
+}
 
 /// The SQLite catalog.
 #[derive(Debug)]
@@ -118,6 +173,7 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
         path: PathBuf::from(row.get::<_, String>("path")?),
         size: row.get::<_, i64>("size")?.max(0).unsigned_abs(),
         sha256: row.get("sha256")?,
+        attributes: BTreeMap::new(),
     })
 }
 
@@ -201,6 +257,21 @@ impl Catalog for SqliteCatalog {
                     generation,
                     now_ms
                 ],
+            )?;
+            index_web(
+                &tx,
+                &WebInstance {
+                    sop_instance_uid: i.sop_instance_uid.clone(),
+                    sop_class_uid: i.sop_class_uid.clone(),
+                    study_instance_uid: i.study_instance_uid.clone(),
+                    series_instance_uid: i.series_instance_uid.clone(),
+                    origin: Origin::Received,
+                    transfer_syntax: i.transfer_syntax.clone(),
+                    path: i.path.clone(),
+                    size: i.size,
+                    attributes: i.attributes.clone(),
+                },
+                now_ms,
             )?;
             tx.commit()
         })
@@ -296,7 +367,8 @@ impl Catalog for SqliteCatalog {
     fn job_instances(&self, job: &Job) -> StoreResult<Vec<InstanceRecord>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT * FROM instances WHERE study_instance_uid = ?1 AND generation = ?2
+                "SELECT * FROM instances WHERE study_instance_uid = ?1
+                    AND (?2 < 0 OR generation = ?2)
                  ORDER BY series_instance_uid, received_ms",
             )?;
             let all: Vec<InstanceRecord> = stmt
@@ -307,7 +379,7 @@ impl Catalog for SqliteCatalog {
                 .collect::<rusqlite::Result<_>>()?;
             Ok(all
                 .into_iter()
-                .filter(|i| job.series.contains(&i.series_instance_uid))
+                .filter(|i| job.series.is_empty() || job.series.contains(&i.series_instance_uid))
                 .collect())
         })
     }
@@ -353,6 +425,9 @@ impl Catalog for SqliteCatalog {
                  WHERE id = ?1",
                 params![job.id, json_list(&paths), notes, now_ms],
             )?;
+            for result in results {
+                index_web(&tx, result, now_ms)?;
+            }
             for destination in &job.destinations {
                 for result in results {
                     tx.execute(
@@ -400,9 +475,11 @@ impl Catalog for SqliteCatalog {
     fn due_outbox(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<OutboxItem>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, job_id, destination, path, sop_instance_uid, attempts, created_ms
-                 FROM outbox WHERE state = 'pending' AND not_before_ms <= ?1
-                 ORDER BY destination, id LIMIT ?2",
+                "SELECT o.id, o.job_id, o.destination, o.path, o.sop_instance_uid, o.attempts,
+                        o.created_ms, j.study_instance_uid
+                 FROM outbox o JOIN jobs j ON j.id = o.job_id
+                 WHERE o.state = 'pending' AND o.not_before_ms <= ?1
+                 ORDER BY o.destination, o.id LIMIT ?2",
             )?;
             stmt.query_map(
                 params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
@@ -415,6 +492,7 @@ impl Catalog for SqliteCatalog {
                         sop_instance_uid: r.get(4)?,
                         attempts: r.get(5)?,
                         created_ms: r.get(6)?,
+                        study_instance_uid: r.get(7)?,
                     })
                 },
             )?
@@ -460,12 +538,140 @@ impl Catalog for SqliteCatalog {
         })
     }
 
-    fn jobs(&self, limit: usize) -> StoreResult<Vec<Job>> {
+    fn find_jobs(&self, f: &JobFilter) -> StoreResult<Vec<Job>> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT * FROM jobs ORDER BY id DESC LIMIT ?1")?;
+            let mut stmt = c.prepare(
+                "SELECT * FROM jobs
+                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR model = ?2)
+                   AND (?3 IS NULL OR study_instance_uid = ?3)
+                   AND (?4 IS NULL OR created_ms >= ?4) AND (?5 IS NULL OR created_ms < ?5)
+                 ORDER BY id DESC LIMIT ?6 OFFSET ?7",
+            )?;
             stmt.query_map(
-                params![i64::try_from(limit).unwrap_or(i64::MAX)],
+                params![
+                    f.state.map(JobState::as_str),
+                    f.model,
+                    f.study,
+                    f.since_ms,
+                    f.until_ms,
+                    i64::try_from(f.limit).unwrap_or(i64::MAX),
+                    i64::try_from(f.offset).unwrap_or(i64::MAX)
+                ],
                 job_from_row,
+            )?
+            .collect()
+        })
+    }
+
+    fn job(&self, id: i64) -> StoreResult<Option<Job>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT * FROM jobs WHERE id = ?1",
+                params![id],
+                job_from_row,
+            )
+            .optional()
+        })
+    }
+
+    fn deliveries(&self, job_id: i64) -> StoreResult<Vec<Delivery>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT destination, sop_instance_uid, state, attempts, last_error, updated_ms
+                 FROM outbox WHERE job_id = ?1 ORDER BY id",
+            )?;
+            stmt.query_map(params![job_id], |r| {
+                Ok(Delivery {
+                    destination: r.get(0)?,
+                    sop_instance_uid: r.get(1)?,
+                    state: r.get(2)?,
+                    attempts: r.get(3)?,
+                    last_error: r.get(4)?,
+                    updated_at: rfc3339(r.get(5)?),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn retry_job(&self, id: i64, now_ms: i64) -> StoreResult<RetryOutcome> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let outcome = match state.as_deref() {
+                None => RetryOutcome::NotFound,
+                Some("failed") => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'pending', attempts = 0, not_before_ms = ?2,
+                            updated_ms = ?2 WHERE id = ?1",
+                        params![id, now_ms],
+                    )?;
+                    RetryOutcome::JobRequeued
+                }
+                Some(_) => {
+                    let deliveries = tx.execute(
+                        "UPDATE outbox SET state = 'pending', attempts = 0, not_before_ms = ?2,
+                            updated_ms = ?2 WHERE job_id = ?1 AND state = 'failed'",
+                        params![id, now_ms],
+                    )?;
+                    if deliveries == 0 {
+                        RetryOutcome::NothingFailed
+                    } else {
+                        RetryOutcome::DeliveriesRequeued { deliveries }
+                    }
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+    }
+
+    fn submit_job(&self, study: &str, job: &NewJob, now_ms: i64) -> StoreResult<Option<i64>> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let known: i64 = tx.query_row(
+                "SELECT count(*) FROM instances WHERE study_instance_uid = ?1",
+                params![study],
+                |r| r.get(0),
+            )?;
+            if known == 0 {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO jobs (study_instance_uid, generation, rule, model, series,
+                    destinations, state, not_before_ms, created_ms, updated_ms)
+                 VALUES (?1, -1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?6)",
+                params![
+                    study,
+                    job.rule,
+                    job.model,
+                    json_list(&job.series),
+                    json_list(&job.destinations),
+                    now_ms
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(Some(id))
+        })
+    }
+
+    fn web_instances(&self, scope: &WebScope) -> StoreResult<Vec<WebInstance>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT * FROM web_index
+                 WHERE (?1 IS NULL OR study_instance_uid = ?1)
+                   AND (?2 IS NULL OR series_instance_uid = ?2)
+                   AND (?3 IS NULL OR sop_instance_uid = ?3)
+                 ORDER BY study_instance_uid, series_instance_uid, stored_ms, sop_instance_uid",
+            )?;
+            stmt.query_map(
+                params![scope.study, scope.series, scope.instance],
+                web_from_row,
             )?
             .collect()
         })
@@ -543,6 +749,7 @@ mod tests {
             path: PathBuf::from(format!("/x/{sop}.dcm")),
             size: 10,
             sha256: "ab".into(),
+            attributes: BTreeMap::from([("00100020".into(), "P1".into())]),
         }
     }
 
@@ -655,8 +862,30 @@ mod tests {
         let results = [ResultFile {
             path: PathBuf::from("/r/1.dcm"),
             sop_instance_uid: "1.9".into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.88.22".into(),
+            study_instance_uid: "1.3".into(),
+            series_instance_uid: "1.3.9".into(),
+            origin: Origin::Result,
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            size: 1,
+            attributes: BTreeMap::new(),
         }];
         catalog.finish_job(&claimed, &results, None, 5).unwrap();
+        // Received and created instances are both served over DICOMweb.
+        let web = catalog
+            .web_instances(&WebScope {
+                study: Some("1.3".into()),
+                ..WebScope::default()
+            })
+            .unwrap();
+        assert_eq!(web.len(), 2);
+        assert_eq!(web[0].origin, Origin::Received);
+        assert_eq!(
+            web[0].attributes.get("00100020").map(String::as_str),
+            Some("P1")
+        );
+        assert_eq!(web[1].origin, Origin::Result);
+        assert_eq!(web[1].series_instance_uid, "1.3.9");
         assert_eq!(catalog.job_counts().unwrap().get("done"), Some(&1));
         let due = catalog.due_outbox(5, 10).unwrap();
         assert_eq!(due.len(), 2);
@@ -668,5 +897,62 @@ mod tests {
         assert_eq!(catalog.due_outbox(1000, 10).unwrap().len(), 1);
         let status = catalog.outbox_status().unwrap();
         assert_eq!((status.pending, status.sent, status.failed), (1, 1, 0));
+    }
+
+    #[test]
+    fn jobs_are_filtered_retried_and_resubmitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = SqliteCatalog::open(&dir.path().join("index.sqlite")).unwrap();
+        catalog
+            .record_instance(&instance("1.4", "1.4.1", "1.4.1.1"), 0)
+            .unwrap();
+        let stable = catalog.stable_studies(0).unwrap();
+        catalog
+            .complete_study(&stable[0], 0, &[job("1.4.1")], None, 10)
+            .unwrap();
+        // A late instance in another round: re-analysis covers both.
+        catalog
+            .record_instance(&instance("1.4", "1.4.2", "1.4.2.1"), 20)
+            .unwrap();
+        let claimed = catalog.claim_job(10).unwrap().unwrap();
+        catalog
+            .job_attempt_failed(claimed.id, "broken", None, 11)
+            .unwrap();
+        let failed = JobFilter {
+            state: Some(JobState::Failed),
+            ..JobFilter::default()
+        };
+        assert_eq!(catalog.find_jobs(&failed).unwrap().len(), 1);
+        let other_model = JobFilter {
+            model: Some("other".into()),
+            ..JobFilter::default()
+        };
+        assert!(catalog.find_jobs(&other_model).unwrap().is_empty());
+        let later = JobFilter {
+            since_ms: Some(11),
+            ..JobFilter::default()
+        };
+        assert!(catalog.find_jobs(&later).unwrap().is_empty());
+        assert_eq!(
+            catalog.retry_job(claimed.id, 30).unwrap(),
+            RetryOutcome::JobRequeued
+        );
+        let again = catalog.job(claimed.id).unwrap().unwrap();
+        assert_eq!((again.state, again.attempts), (JobState::Pending, 0));
+        assert_eq!(
+            catalog.retry_job(claimed.id, 31).unwrap(),
+            RetryOutcome::NothingFailed
+        );
+        assert_eq!(catalog.retry_job(999, 31).unwrap(), RetryOutcome::NotFound);
+        let whole = NewJob {
+            rule: "api".into(),
+            model: "m".into(),
+            series: Vec::new(),
+            destinations: Vec::new(),
+        };
+        assert_eq!(catalog.submit_job("9.9", &whole, 40).unwrap(), None);
+        let id = catalog.submit_job("1.4", &whole, 40).unwrap().unwrap();
+        let submitted = catalog.job(id).unwrap().unwrap();
+        assert_eq!(catalog.job_instances(&submitted).unwrap().len(), 2);
     }
 }

@@ -25,6 +25,7 @@ pub struct Vigie {
     pub config: PathBuf,
     log: PathBuf,
     env: Vec<(String, String)>,
+    probe: bool,
 }
 
 impl Drop for Vigie {
@@ -47,6 +48,7 @@ artim_timeout_s = 5
 
 [http]
 bind = "127.0.0.1"
+{tokens}
 
 [inference]
 models_dir = "{models}"
@@ -65,21 +67,206 @@ retry_initial_s = 0.5
 retry_max_s = 2.0
 {extra}
 "#,
+        tokens = token_entries(),
         models = repo_root().join("models").display(),
         lib = require(repo_root().join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1"))
             .display(),
     )
 }
 
+/// The test tokens, one per role: (role, token).
+pub const TOKENS: [(&str, &str); 4] = [
+    ("reader", "test-token-reader"),
+    ("operator", "test-token-operator"),
+    ("auditor", "test-token-auditor"),
+    ("admin", "test-token-admin"),
+];
+
+/// The token of `role`.
+pub fn token(role: &str) -> &'static str {
+    TOKENS
+        .iter()
+        .find(|(r, _)| *r == role)
+        .map(|(_, t)| *t)
+        .expect("a test role")
+}
+
+fn token_entries() -> String {
+    use sha2::Digest;
+    TOKENS
+        .iter()
+        .map(|(role, token)| {
+            format!(
+                "[[http.tokens]]\nname = \"test-{role}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+                hex::encode(sha2::Sha256::digest(token.as_bytes()))
+            )
+        })
+        .collect()
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// First header named `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    // A server may answer (413) and close before the whole body is sent:
+    // its answer is what counts.
+    let written = stream.write_all(body);
+    let mut raw = Vec::new();
+    let read = stream.read_to_end(&mut raw);
+    match parse_response(&raw) {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            written?;
+            read?;
+            Err(e)
+        }
+    }
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| bad("chunk size"))?;
+            let size_text = String::from_utf8_lossy(&rest[..line_end]).to_string();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| bad("chunk size"))?;
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = out;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
 impl Vigie {
+    /// An HTTP request to this service.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpResponse {
+        http(self.http, method, path, token, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_text()))
+    }
+
+    /// Audit records through `GET /api/v1/audit` (auditor token), with
+    /// `query` (`kind=…&study=…`; at most 10 000 unless it sets `limit`).
+    pub fn audit_records(&self, query: &str) -> Vec<serde_json::Value> {
+        let query = if query.contains("limit=") {
+            query.to_string()
+        } else {
+            format!("limit=10000&{query}")
+        };
+        let r = self.http(
+            "GET",
+            &format!("/api/v1/audit?{query}"),
+            Some(token("auditor")),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json().as_array().cloned().unwrap_or_default()
+    }
+
     /// Write `config` in `dir` and start `vigie serve` on fresh ports with
     /// data under `dir/data`.
     pub fn start(dir: &Path, config: &str) -> Self {
         Self::start_with_env(dir, config, &[])
     }
 
+    /// Start without waiting for `/healthz` over plain HTTP (TLS tests).
+    pub fn start_without_probe(dir: &Path, config: &str) -> Self {
+        Self::start_inner(dir, config, &[], false)
+    }
+
     /// Same, with environment overrides.
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_inner(dir, config, env, true)
+    }
+
+    fn start_inner(dir: &Path, config: &str, env: &[(&str, &str)], probe: bool) -> Self {
         let path = dir.join("vigie.toml");
         std::fs::write(&path, config).expect("write config");
         let mut vigie = Self {
@@ -89,11 +276,13 @@ impl Vigie {
             data: dir.join("data"),
             config: path,
             log: dir.join("vigie.log"),
+            probe: true,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
+        vigie.probe = probe;
         vigie.spawn();
         vigie
     }
@@ -120,6 +309,9 @@ impl Vigie {
             command.env(k, v);
         }
         self.child = Some(command.spawn().expect("vigie starts"));
+        if !self.probe {
+            return;
+        }
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             if self.get("/healthz").is_some() {
@@ -183,6 +375,27 @@ impl Vigie {
         self.spawn();
     }
 
+    /// Process id of the running service.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    /// Wait for the process to exit by itself (after a signal sent by the
+    /// test); its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("vigie serve did not exit:\n{}", self.log_text());
+    }
+
     /// Replace environment overrides (for the next start).
     pub fn set_env(&mut self, env: &[(&str, &str)]) {
         self.env = env
@@ -220,7 +433,8 @@ impl Vigie {
             .ok()?;
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+            token("admin")
         )
         .ok()?;
         let mut response = String::new();

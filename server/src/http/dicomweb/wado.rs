@@ -1,0 +1,269 @@
+//! WADO-RS (PS3.18 10.4): retrieve studies, series and instances as
+//! `multipart/related; type="application/dicom"`, and their metadata as
+//! DICOM JSON.
+//!
+//! Transfer syntax (PS3.18 8.7.3.5): `transfer-syntax=*` sends each
+//! instance as stored; no parameter means Explicit VR Little Endian, as
+//! does naming it; stored instances in another syntax are transcoded
+//! (compressed pixel data decoded) when the decoders support it, else the
+//! request gets 406. Other syntaxes are served only where the stored one
+//! matches. Instances stream one after the other: memory does not grow
+//! with the size of the study.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use vigie_dicom_io::{TransferSyntaxSupport, transfer_syntax_support};
+
+use super::DICOM_JSON;
+use super::qido::accepts_json;
+use crate::audit::AuditEvent;
+use crate::http::auth::Caller;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::multipart::{media_type, param, split_unquoted};
+use crate::http::{AppState, blocking};
+use crate::store::{WebInstance, WebScope};
+
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+/// Every WADO-RS resource: `/studies/{study}[/series/{series}[/instances/{instance}]]`,
+/// each with or without `/metadata`.
+pub async fn retrieve_resource(
+    State(app): State<AppState>,
+    caller: Option<axum::Extension<Caller>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let mut segments: Vec<&str> = uri
+        .path()
+        .trim_start_matches("/dicomweb/")
+        .split('/')
+        .collect();
+    let wants_metadata = segments.last() == Some(&"metadata");
+    if wants_metadata {
+        segments.pop();
+    }
+    let owned = |s: &&str| Some((*s).to_string());
+    let scope = match segments.as_slice() {
+        ["studies", study] => WebScope {
+            study: owned(study),
+            ..WebScope::default()
+        },
+        ["studies", study, "series", series] => WebScope {
+            study: owned(study),
+            series: owned(series),
+            instance: None,
+        },
+        ["studies", study, "series", series, "instances", instance] => WebScope {
+            study: owned(study),
+            series: owned(series),
+            instance: owned(instance),
+        },
+        _ => return ApiError::not_found("no such WADO-RS resource").into_response(),
+    };
+    if wants_metadata {
+        metadata(app, headers, scope).await
+    } else {
+        retrieve(app, caller, headers, scope).await
+    }
+}
+
+async fn find(app: &AppState, scope: WebScope) -> ApiResult<Vec<WebInstance>> {
+    let state = app.clone();
+    let found = blocking(move || Ok(state.catalog.web_instances(&scope)?)).await?;
+    if found.is_empty() {
+        return Err(ApiError::not_found("no such study, series or instance"));
+    }
+    Ok(found)
+}
+
+async fn metadata(app: AppState, headers: HeaderMap, scope: WebScope) -> Response {
+    let run = async {
+        accepts_json(&headers)?;
+        let instances = find(&app, scope).await?;
+        let items = blocking(move || {
+            instances
+                .iter()
+                .map(|i| {
+                    vigie_dicom_io::web::metadata(&i.path).map_err(|e| {
+                        ApiError::internal(
+                            "unreadable_instance",
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            &e,
+                        )
+                    })
+                })
+                .collect::<ApiResult<Vec<_>>>()
+        })
+        .await?;
+        Ok::<_, ApiError>(
+            (
+                [(header::CONTENT_TYPE, DICOM_JSON)],
+                serde_json::to_vec(&items).unwrap_or_default(),
+            )
+                .into_response(),
+        )
+    };
+    run.await.unwrap_or_else(|e| e.into_response())
+}
+
+/// What the client asked for: a transfer syntax, or `None` for as stored.
+fn wanted_syntax(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let accept: Vec<String> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| split_unquoted(v, ','))
+        .filter(|r| !r.trim().is_empty())
+        .collect();
+    if accept.is_empty() {
+        return Ok(Some(EXPLICIT_LE.into()));
+    }
+    for range in &accept {
+        let (essence, params) = media_type(range);
+        if param(&params, "q").is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0)) {
+            continue;
+        }
+        let dicom_parts =
+            param(&params, "type").is_none_or(|t| t.eq_ignore_ascii_case("application/dicom"));
+        if (essence == "multipart/related" && dicom_parts)
+            || essence == "*/*"
+            || essence == "multipart/*"
+        {
+            return Ok(match param(&params, "transfer-syntax") {
+                Some("*") => None,
+                Some(ts) => Some(ts.to_string()),
+                None => Some(EXPLICIT_LE.into()),
+            });
+        }
+    }
+    Err(ApiError::not_acceptable(
+        "instances are served as multipart/related; type=\"application/dicom\"",
+    ))
+}
+
+async fn retrieve(
+    app: AppState,
+    caller: Option<axum::Extension<Caller>>,
+    headers: HeaderMap,
+    scope: WebScope,
+) -> Response {
+    let run = async {
+        let wanted = wanted_syntax(&headers)?;
+        let study = scope.study.clone().unwrap_or_default();
+        let instances = find(&app, scope).await?;
+        // Everything that cannot be served is refused before streaming.
+        if let Some(ts) = &wanted {
+            for i in &instances {
+                if &i.transfer_syntax == ts {
+                    continue;
+                }
+                let decodable = matches!(
+                    transfer_syntax_support(&i.transfer_syntax),
+                    TransferSyntaxSupport::Supported { .. }
+                );
+                if ts != EXPLICIT_LE || !decodable {
+                    return Err(ApiError::not_acceptable(format!(
+                        "instance {} is stored as {} and cannot be served as {ts}; ask for transfer-syntax=*",
+                        i.sop_instance_uid, i.transfer_syntax
+                    )));
+                }
+            }
+        }
+        let audit = app.audit.clone();
+        let event = AuditEvent::new(
+            "dicomweb_retrieve",
+            "ok",
+            serde_json::json!({
+                "token": caller.map(|c| c.0.name.clone()),
+                "instances": instances.len(),
+                "transfer_syntax": wanted.as_deref().unwrap_or("*"),
+            }),
+        )
+        .instance(Some(&study), None);
+        let _ = tokio::task::spawn_blocking(move || audit.note(event)).await;
+        let boundary = uuid::Uuid::new_v4().simple().to_string();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+        let tail = boundary.clone();
+        tokio::task::spawn_blocking(move || {
+            for i in instances {
+                let (bytes, ts) = match &wanted {
+                    Some(ts) if ts != &i.transfer_syntax => (
+                        vigie_dicom_io::web::transcode_to_explicit_le(&i.path)
+                            .map_err(|e| std::io::Error::other(e.to_string())),
+                        ts.clone(),
+                    ),
+                    _ => (std::fs::read(&i.path), i.transfer_syntax.clone()),
+                };
+                let head = format!(
+                    "--{tail}\r\nContent-Type: application/dicom; transfer-syntax={ts}\r\nContent-Length: {}\r\n\r\n",
+                    bytes.as_ref().map(Vec::len).unwrap_or(0)
+                );
+                let failed = bytes.is_err();
+                let sent = tx
+                    .blocking_send(Ok(Bytes::from(head)))
+                    .and_then(|()| tx.blocking_send(bytes.map(Bytes::from)))
+                    .and_then(|()| tx.blocking_send(Ok(Bytes::from_static(b"\r\n"))));
+                if sent.is_err() || failed {
+                    // The client left, or the instance is unreadable: the
+                    // stream ends without its closing delimiter.
+                    return;
+                }
+            }
+            let _ = tx.blocking_send(Ok(Bytes::from(format!("--{tail}--\r\n"))));
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok::<_, ApiError>(
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
+                )],
+                Body::from_stream(stream),
+            )
+                .into_response(),
+        )
+    };
+    run.await.unwrap_or_else(|e| e.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn accept_headers_choose_the_transfer_syntax() {
+        assert_eq!(
+            wanted_syntax(&HeaderMap::new()).unwrap().as_deref(),
+            Some(EXPLICIT_LE)
+        );
+        assert_eq!(
+            wanted_syntax(&accept(
+                "multipart/related; type=\"application/dicom\"; transfer-syntax=*"
+            ))
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            wanted_syntax(&accept("multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2.4.50"))
+                .unwrap()
+                .as_deref(),
+            Some("1.2.840.10008.1.2.4.50")
+        );
+        assert_eq!(
+            wanted_syntax(&accept("*/*")).unwrap().as_deref(),
+            Some(EXPLICIT_LE)
+        );
+        assert!(wanted_syntax(&accept("application/json")).is_err());
+        assert!(wanted_syntax(&accept("multipart/related; type=\"image/jpeg\"")).is_err());
+    }
+}

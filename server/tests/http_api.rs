@@ -1,0 +1,603 @@
+//! The HTTP side through the real server: the auth matrix for every
+//! endpoint the OpenAPI description lists (401 without a token, 403 for a
+//! role not admitted, both audited), the jobs, models and audit API,
+//! readiness and metrics, load shedding, and graceful shutdown with a
+//! request in flight.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{TOKENS, Vigie, base_config, demo_studies, send, token, uids};
+use vigie_test_support::repo_root;
+
+const STOW_TYPE: &str = "multipart/related; type=\"application/dicom\"; boundary=B0UNDARY";
+
+fn part(file: &Path) -> Vec<u8> {
+    let mut body = b"--B0UNDARY\r\nContent-Type: application/dicom\r\n\r\n".to_vec();
+    body.extend(std::fs::read(file).unwrap());
+    body.extend(b"\r\n--B0UNDARY--\r\n");
+    body
+}
+
+#[test]
+fn every_endpoint_enforces_its_roles_and_denials_are_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vigie = Vigie::start(tmp.path(), &base_config(""));
+    let description = vigie
+        .http("GET", "/api/v1/openapi.json", None, &[], b"")
+        .json();
+    let paths = description["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20, "{}", paths.len());
+    let mut denied = 0;
+    let mut checked = 0;
+    for (path, operations) in paths {
+        // Path parameters get values that exist nowhere.
+        let concrete = path
+            .replace("{id}", "999999")
+            .replace("{study}", "1.2.3")
+            .replace("{series}", "1.2.3.4")
+            .replace("{instance}", "1.2.3.4.5");
+        for (method, op) in operations.as_object().unwrap() {
+            let roles: Vec<&str> = op["x-vigie-roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap())
+                .collect();
+            let method = method.to_uppercase();
+            let public = op.get("security").is_some();
+            assert_eq!(public, roles.is_empty(), "{method} {path}");
+            let anonymous = vigie.http(&method, &concrete, None, &[], b"");
+            if public {
+                assert_ne!(anonymous.status, 401, "{method} {path}");
+                continue;
+            }
+            assert_eq!(anonymous.status, 401, "{method} {path} without a token");
+            assert!(
+                anonymous
+                    .header("www-authenticate")
+                    .unwrap()
+                    .starts_with("Bearer")
+            );
+            assert_eq!(anonymous.json()["error"]["code"], "unauthorized");
+            let bad = vigie.http(&method, &concrete, Some("not-a-token"), &[], b"");
+            assert_eq!(bad.status, 401, "{method} {path} with a wrong token");
+            denied += 2;
+            for (role, secret) in TOKENS {
+                let r = vigie.http(&method, &concrete, Some(secret), &[], b"");
+                if roles.contains(&role) {
+                    assert!(
+                        r.status != 401 && r.status != 403,
+                        "{method} {path} as {role}: {}",
+                        r.status
+                    );
+                } else {
+                    assert_eq!(r.status, 403, "{method} {path} as {role}");
+                    assert_eq!(r.json()["error"]["code"], "forbidden");
+                    denied += 1;
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 80, "{checked}");
+    // Each denial is on record, with the path but never a query string.
+    let on_record = vigie.audit_records("kind=http_access&outcome=denied");
+    assert_eq!(on_record.len(), denied);
+    let statuses: std::collections::BTreeSet<u64> = on_record
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(r["details"].as_str().unwrap()).unwrap()["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [401, 403].into());
+}
+
+/// The repository's model packages, plus a copy of the fixture model whose
+/// weights no longer match their hash (it fails when loaded).
+fn models_with_a_broken_package(dir: &Path) -> PathBuf {
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for entry in std::fs::read_dir(repo_root().join("models")).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), models.join(entry.file_name())).unwrap();
+    }
+    let broken = models.join("broken-fixture");
+    std::fs::create_dir_all(&broken).unwrap();
+    let source = repo_root().join("models/fixture-bright-disk");
+    let manifest = std::fs::read_to_string(source.join("model.toml")).unwrap();
+    std::fs::write(
+        broken.join("model.toml"),
+        manifest.replace("id = \"fixture-bright-disk\"", "id = \"broken-fixture\""),
+    )
+    .unwrap();
+    let mut weights = std::fs::read(source.join("fixture-bright-disk.onnx")).unwrap();
+    weights.push(0);
+    std::fs::write(broken.join("fixture-bright-disk.onnx"), weights).unwrap();
+    models
+}
+
+#[test]
+fn jobs_models_and_audit_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 2);
+    let models = models_with_a_broken_package(tmp.path());
+    let config = base_config(
+        r#"
+[[routing.rules]]
+name = "brain-mr"
+modalities = ["MR"]
+destinations = ["nowhere"]
+
+[destinations.nowhere]
+ae_title = "NOWHERE"
+host = "127.0.0.1"
+port = 9
+"#,
+    )
+    .replace(
+        &repo_root().join("models").display().to_string(),
+        &models.display().to_string(),
+    )
+    .replace("[pipeline]\n", "[pipeline]\nmax_attempts = 1\n")
+    .replace("[delivery]\n", "[delivery]\ngive_up_after_h = 0.0\n");
+    let vigie = Vigie::start(tmp.path(), &config);
+    assert!(send(vigie.dicom, &demo).iter().all(|o| o.delivered()));
+    let (study, _, _) = uids(&demo[0]);
+    vigie.wait_for(
+        "2 jobs done, deliveries given up",
+        Duration::from_secs(120),
+        |v| {
+            v.jobs().iter().filter(|j| j["state"] == "done").count() == 2
+                && v.json("/api/v1/status")["outbox"]["failed"] == 2
+        },
+    );
+    let get = |path: &str, role: &str| vigie.http("GET", path, Some(token(role)), &[], b"");
+    let post = |path: &str, role: &str, body: &str| {
+        vigie.http(
+            "POST",
+            path,
+            Some(token(role)),
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+
+    // Models: the routed package verified, the others listed as they are.
+    let models = get("/api/v1/models", "reader").json();
+    let by_id = |id: &str| {
+        models
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let vgg = by_id("brain-tumour-vgg16");
+    assert_eq!(
+        (vgg["active"].as_bool(), vgg["verified"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(vgg["rules"], serde_json::json!(["brain-mr"]));
+    assert_eq!(vgg["sha256"], vgg["manifest"]["weights"]["sha256"]);
+    assert_eq!(by_id("broken-fixture")["verified"], false);
+
+    // Filters.
+    let jobs = get(&format!("/api/v1/jobs?study={study}"), "reader").json();
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+    let id = jobs[0]["id"].as_i64().unwrap();
+    assert_eq!(
+        get("/api/v1/jobs?state=done&model=brain-tumour-vgg16", "reader")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        get("/api/v1/jobs?state=failed", "reader")
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        get("/api/v1/jobs?since=2999-01-01", "reader")
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        get("/api/v1/jobs?until=2999-01-01T00:00:00Z&limit=1", "reader")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(get("/api/v1/jobs?state=bogus", "reader").status, 400);
+    assert_eq!(get("/api/v1/jobs?since=yesterday", "reader").status, 400);
+
+    // Detail: stages, results, deliveries, events.
+    let detail = get(&format!("/api/v1/jobs/{id}"), "reader").json();
+    assert_eq!(detail["job"]["id"], id);
+    assert!(
+        detail["stage_totals_ms"]["inference_ms"].as_f64().unwrap() > 0.0,
+        "{detail}"
+    );
+    assert_eq!(detail["results"][0]["kind"], "sr");
+    assert_eq!(detail["deliveries"][0]["state"], "failed");
+    assert_eq!(detail["deliveries"][0]["destination"], "nowhere");
+    let kinds: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"inference")
+            && kinds.contains(&"job_done")
+            && kinds.contains(&"result_delivery"),
+        "{kinds:?}"
+    );
+    assert_eq!(get("/api/v1/jobs/999999", "reader").status, 404);
+
+    // Retry: a done job's failed deliveries are queued again.
+    let retry = post(&format!("/api/v1/jobs/{id}/retry"), "operator", "");
+    assert_eq!(retry.status, 200);
+    assert_eq!(retry.json()["outcome"], "deliveries_requeued");
+    assert_eq!(retry.json()["deliveries"], 1);
+
+    // Re-analysis with a model the routing does not use; that package is
+    // broken, so the job fails; a retry puts it back to pending.
+    for (body, status) in [
+        (r#"{"model": "no-such-model"}"#, 422),
+        (
+            r#"{"model": "brain-tumour-vgg16", "destinations": ["nope"]}"#,
+            422,
+        ),
+        (r#"{"model": 3}"#, 422),
+        ("not json", 400),
+    ] {
+        assert_eq!(
+            post(
+                &format!("/api/v1/studies/{study}/analyses"),
+                "operator",
+                body
+            )
+            .status,
+            status,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        post(
+            "/api/v1/studies/1.2.3/analyses",
+            "operator",
+            r#"{"model": "broken-fixture"}"#
+        )
+        .status,
+        404
+    );
+    let submitted = post(
+        &format!("/api/v1/studies/{study}/analyses"),
+        "operator",
+        r#"{"model": "broken-fixture"}"#,
+    );
+    assert_eq!(
+        submitted.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&submitted.body)
+    );
+    let new_id = submitted.json()["job_id"].as_i64().unwrap();
+    assert_eq!(
+        submitted.header("location"),
+        Some(format!("/api/v1/jobs/{new_id}").as_str())
+    );
+    vigie.wait_for("the re-analysis to fail", Duration::from_secs(60), |v| {
+        v.json(&format!("/api/v1/jobs/{new_id}"))["job"]["state"] == "failed"
+    });
+    let failed = get(&format!("/api/v1/jobs/{new_id}"), "reader").json();
+    assert!(
+        failed["job"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("broken-fixture"),
+        "{failed}"
+    );
+    let retry = post(&format!("/api/v1/jobs/{new_id}/retry"), "admin", "");
+    assert_eq!(retry.json()["outcome"], "job_requeued");
+    vigie.wait_for(
+        "the retried job to run and fail again",
+        Duration::from_secs(60),
+        |v| {
+            let job = &v.json(&format!("/api/v1/jobs/{new_id}"))["job"];
+            job["state"] == "failed" && job["attempts"] == 1
+        },
+    );
+    assert_eq!(
+        post("/api/v1/jobs/999999/retry", "operator", "").status,
+        404
+    );
+
+    // Audit: query and verify, each access itself on record.
+    let requested = vigie.audit_records("kind=analysis_requested");
+    assert_eq!(requested.len(), 1);
+    assert_eq!(requested[0]["model_id"], "broken-fixture");
+    let retries = vigie.audit_records("kind=job_retry_requested");
+    assert_eq!(retries.len(), 2);
+    let verify = post("/api/v1/audit/verify", "auditor", "");
+    assert_eq!(verify.status, 200);
+    assert_eq!(verify.json()["ok"], true);
+    let accesses = vigie.audit_records("kind=audit_accessed");
+    // Two queries and the verification (this query goes on record after).
+    assert_eq!(accesses.len(), 3);
+    assert!(accesses.iter().any(|r| r["outcome"] == "verified"));
+    let page = vigie.audit_records("limit=5&after=2");
+    assert_eq!(page.len(), 5);
+    assert_eq!(page[0]["seq"], 3);
+    assert_eq!(get("/api/v1/audit?from=never", "auditor").status, 400);
+}
+
+#[test]
+fn readiness_metrics_and_load_shedding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let config = base_config("[[routing.rules]]\nname = \"all\"\n").replace(
+        "[http]\nbind = \"127.0.0.1\"",
+        "[http]\nbind = \"127.0.0.1\"\nmax_concurrent_requests = 2",
+    );
+    let mut vigie = Vigie::start(tmp.path(), &config);
+    let ready = vigie.http("GET", "/readyz", None, &[], b"");
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
+    let checks = ready.json()["checks"].clone();
+    assert_eq!(checks.as_array().unwrap().len(), 4);
+    assert!(
+        checks.as_array().unwrap().iter().all(|c| c["ok"] == true),
+        "{checks}"
+    );
+
+    assert!(send(vigie.dicom, &demo).iter().all(|o| o.delivered()));
+    vigie.wait_for("the job", Duration::from_secs(60), |v| {
+        v.jobs().iter().any(|j| j["state"] == "done")
+    });
+    let metrics = vigie.http("GET", "/metrics", Some(token("reader")), &[], b"");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(metrics.body).unwrap();
+    for expected in [
+        "vigie_instances_stored_total{source=\"dimse\"} 1\n",
+        "vigie_dicom_associations_total{outcome=\"accepted\"} 1\n",
+        "vigie_job_attempts_total{model=\"brain-tumour-vgg16\",outcome=\"done\"} 1\n",
+        "vigie_stage_duration_seconds_count{model=\"brain-tumour-vgg16\",stage=\"inference\"} 1\n",
+        "vigie_jobs{state=\"done\"} 1\n",
+        "vigie_outbox{state=\"pending\"} 0\n",
+        "vigie_model_verified{model=\"brain-tumour-vgg16\",version=",
+        "vigie_model_loads_total{model=\"brain-tumour-vgg16\",version=",
+        "# TYPE vigie_store_free_bytes gauge\nvigie_store_free_bytes ",
+        "vigie_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"200\"} 1\n",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    // No patient data and no UIDs in the labels.
+    let (study, _, _) = uids(&demo[0]);
+    assert!(!text.contains(&study));
+
+    // Two requests in flight (uploads left open): the third is shed.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", vigie.http)).unwrap();
+        write!(
+            s,
+            "POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: {STOW_TYPE}\r\nContent-Length: 100000\r\n\r\n--B0UNDARY\r\n",
+            token("operator")
+        )
+        .unwrap();
+        open.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let shed = vigie.http("GET", "/healthz", None, &[], b"");
+    assert_eq!(shed.status, 503);
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    assert_eq!(shed.json()["error"]["code"], "overloaded");
+    drop(open);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(vigie.http("GET", "/healthz", None, &[], b"").status, 200);
+
+    // Not ready when the reserve cannot be met: the reason says so.
+    vigie.stop();
+    vigie.set_env(&[("VIGIE__STORAGE__MIN_FREE_MIB", "999999999")]);
+    vigie.restart();
+    let ready = vigie.http("GET", "/readyz", None, &[], b"");
+    assert_eq!(ready.status, 503);
+    let store = ready.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "store")
+        .cloned()
+        .unwrap();
+    assert_eq!(store["ok"], false);
+    assert!(
+        store["detail"].as_str().unwrap().contains("reserve"),
+        "{store}"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 9);
+    let mut vigie = Vigie::start(tmp.path(), &base_config(""));
+    // A C-STORE association in flight, sending eight studies fifty times
+    // over (storescu waits on delayed acknowledgements: seconds).
+    let files: Vec<PathBuf> = (0..50).flat_map(|_| demo[1..].to_vec()).collect();
+    let mut storescu = std::process::Command::new("storescu")
+        .args(common::storescu_args(vigie.dicom, "-xe", &files))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("storescu runs");
+    std::thread::sleep(Duration::from_millis(200));
+    let body = part(&demo[0]);
+    let (head, tail) = body.split_at(body.len() / 2);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", vigie.http)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: {STOW_TYPE}\r\nContent-Length: {}\r\n\r\n",
+        token("operator"),
+        body.len()
+    )
+    .unwrap();
+    s.write_all(head).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(status) = storescu.try_wait().unwrap() {
+        let mut err = String::new();
+        storescu
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        panic!("storescu no longer sending at SIGTERM ({status}): {err}");
+    }
+    let pid = vigie.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // The listener is closed to new requests…
+    assert!(common::http(vigie.http, "GET", "/healthz", None, &[], b"").is_err());
+    // …while the upload in flight completes and is answered.
+    s.write_all(tail).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let status = vigie.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    // The association in flight was allowed to finish too.
+    let sent = storescu.wait_with_output().unwrap();
+    assert!(
+        sent.status.success(),
+        "storescu: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    // Everything acknowledged is stored and on record after a restart.
+    vigie.restart();
+    assert_eq!(vigie.json("/api/v1/studies").as_array().unwrap().len(), 9);
+    let stored = vigie.audit_records("kind=instance_stored");
+    assert_eq!(stored.len(), 1 + files.len());
+    // The stop was recorded as clean.
+    assert_eq!(vigie.audit_records("kind=service_stopped").len(), 1);
+}
+
+#[test]
+fn https_with_the_configured_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("vigie.crt"), tmp.path().join("vigie.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = base_config("").replace(
+        "[http]\nbind = \"127.0.0.1\"",
+        &format!(
+            "[http]\nbind = \"127.0.0.1\"\ntls = {{ certificate = \"{}\", private_key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    // The test helper's health probe speaks plain HTTP: wait on the log.
+    let vigie = Vigie::start_without_probe(tmp.path(), &config);
+    let curl = |args: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-s", "--max-time", "10"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let base = format!("https://127.0.0.1:{}", vigie.http);
+    let mut ok = None;
+    for _ in 0..100 {
+        let out = curl(&[
+            "--cacert",
+            &cert.display().to_string(),
+            &format!("{base}/healthz"),
+        ]);
+        if out.status.success() {
+            ok = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ok = ok.unwrap_or_else(|| panic!("no HTTPS answer:\n{}", vigie.log_text()));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "ok\n");
+    // Tokens work as over HTTP; TLS 1.2 is accepted too.
+    let auth = format!("Authorization: Bearer {}", token("reader"));
+    let models = curl(&[
+        "--cacert",
+        &cert.display().to_string(),
+        "--tlsv1.2",
+        "--tls-max",
+        "1.2",
+        "-H",
+        &auth,
+        &format!("{base}/api/v1/models"),
+    ]);
+    assert!(models.status.success());
+    assert!(String::from_utf8_lossy(&models.stdout).contains("brain-tumour-vgg16"));
+    // An untrusted certificate is refused by the client; plain HTTP gets no answer.
+    assert!(!curl(&[&format!("{base}/healthz")]).status.success());
+    let plain = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:{}/healthz", vigie.http),
+    ]);
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+}
