@@ -18,9 +18,10 @@ say() { printf '[setup] %s\n' "$*"; }
 #    dicom3tools (dciodvfy, the conformance checker the tests use), Orthanc
 #    and curl (the PACS peer of the tests, started by hand on loopback), DCMTK
 #    (echoscu, storescu, storescp: the DICOM peers of the network tests and
-#    the ingest baseline) and Orthanc's DICOMweb plugin (the HTTP-side peer).
+#    the ingest baseline), Orthanc's DICOMweb plugin (the HTTP-side peer),
+#    systemd-analyze (checks the service unit) and openssl (test certificates).
 missing=()
-for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config dciodvfy:dicom3tools Orthanc:orthanc curl:curl echoscu:dcmtk; do
+for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config dciodvfy:dicom3tools Orthanc:orthanc curl:curl echoscu:dcmtk systemd-analyze:systemd openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 [ -e /usr/share/orthanc/plugins-available/libOrthancDicomWeb.so ] || [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
@@ -39,7 +40,7 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import pydicom, data_store, onnxruntime, PIL, numpy, pylibjpeg, pydantic, highdicom, onnx, sklearn, scipy' 2>/dev/null; then
+if ! .venv/bin/python -c 'import pydicom, data_store, onnxruntime, PIL, numpy, pylibjpeg, pydantic, highdicom, onnx, sklearn, scipy, dicomweb_client' 2>/dev/null; then
   say "installing Python test peers"
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi

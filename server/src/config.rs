@@ -41,6 +41,39 @@ pub struct Config {
     pub destinations: BTreeMap<String, DestinationConfig>,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// Application logs of `vigie serve`.
+    pub log: LogConfig,
+}
+
+/// Format of the application log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for journald, Loki, Elasticsearch).
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// directives (`info,vigie::pipeline=debug`). `VIGIE_LOG` overrides it.
+    /// Re-read on SIGHUP.
+    pub level: String,
+    /// `text` or `json`. Re-read on SIGHUP.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
 }
 
 /// `[audit]`.
@@ -438,7 +471,10 @@ impl Config {
             let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
             anyhow::anyhow!("invalid configuration:\n  {}", messages.join("\n  "))
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| match file {
+            Some(f) => e.context(format!("in {} (and VIGIE__* variables)", f.display())),
+            None => e,
+        })?;
         Ok(config)
     }
 
@@ -463,6 +499,9 @@ impl Config {
             problems.push(format!("results.uid_root: {e}"));
         }
         self.validate_node(&mut problems);
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!("log.level: {e}"));
+        }
         if !problems.is_empty() {
             bail!("invalid configuration:\n  {}", problems.join("\n  "));
         }
@@ -605,9 +644,20 @@ impl Config {
         Ok(BackendOptions::new(device, threads, library))
     }
 
-    /// Secrets masked; nothing secret yet, kept as the one way to print.
+    /// The configuration as TOML (what the audit trail records).
     pub fn to_toml(&self) -> anyhow::Result<String> {
         toml::to_string_pretty(self).context("serialising the configuration")
+    }
+
+    /// The configuration as TOML for people to read (`vigie config show`):
+    /// token hashes abbreviated. Nothing else in it is secret.
+    pub fn to_toml_masked(&self) -> anyhow::Result<String> {
+        let mut shown = self.clone();
+        for token in &mut shown.http.tokens {
+            let head: String = token.sha256.chars().take(8).collect();
+            token.sha256 = format!("{head}… (SHA-256 of the token, abbreviated)");
+        }
+        shown.to_toml()
     }
 }
 
@@ -727,6 +777,99 @@ mod example_tests {
                     i + 1
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+
+    /// `key` → default text of every row of `docs/configuration.md`.
+    fn documented() -> BTreeMap<String, String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+                (cells[0].trim_matches('`').to_string(), cells[1].to_string())
+            })
+            .collect()
+    }
+
+    fn flatten(value: &toml::Value, prefix: &str, out: &mut BTreeMap<String, String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (k, v) in table {
+                    let name = match prefix {
+                        "" => k.clone(),
+                        "destinations" => "destinations.<name>".to_string(),
+                        p => format!("{p}.{k}"),
+                    };
+                    flatten(v, &name, out);
+                }
+            }
+            toml::Value::Array(items)
+                if !items.is_empty() && items.iter().all(toml::Value::is_table) =>
+            {
+                for item in items {
+                    flatten(item, &format!("{prefix}[]"), out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), format!("`{other}`"));
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_and_default_is_documented_as_the_code_has_it() {
+        let doc = documented();
+        let mut defaults = BTreeMap::new();
+        flatten(
+            &toml::Value::try_from(Config::default()).unwrap(),
+            "",
+            &mut defaults,
+        );
+        for (key, value) in &defaults {
+            if key.starts_with("routing.rules[]") {
+                continue; // the implicit default rule, documented in prose
+            }
+            let table_list = format!("{key}[].");
+            if value == "`[]`" && doc.keys().any(|k| k.starts_with(&table_list)) {
+                continue; // an empty list of tables: its fields are documented
+            }
+            assert_eq!(doc.get(key), Some(value), "default of {key}");
+        }
+        // Every option of the complete example is documented…
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/vigie.example.toml");
+        let mut all = BTreeMap::new();
+        let example: toml::Table =
+            toml::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+        flatten(&toml::Value::Table(example), "", &mut all);
+        // …with the options that default to unset.
+        for optional in [
+            "inference.onnxruntime_library",
+            "audit.syslog",
+            "http.tls.certificate",
+            "http.tls.private_key",
+        ] {
+            all.insert(optional.into(), String::new());
+        }
+        for key in all.keys() {
+            assert!(
+                doc.contains_key(key),
+                "{key} is not in docs/configuration.md"
+            );
+        }
+        // …and nothing else is.
+        for key in doc.keys() {
+            assert!(
+                all.contains_key(key),
+                "docs/configuration.md documents {key}, which does not exist"
+            );
         }
     }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod http;
 mod ingest;
+mod logging;
 mod metrics;
 mod pipeline;
 mod routing;
@@ -33,16 +34,9 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
+    logging::init(match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
-    };
-    let filter = EnvFilter::try_from_env("VIGIE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    });
 }

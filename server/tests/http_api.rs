@@ -351,7 +351,7 @@ fn readiness_metrics_and_load_shedding() {
     let demo = demo_studies(&tmp.path().join("demo"), 1);
     let config = base_config("[[routing.rules]]\nname = \"all\"\n").replace(
         "[http]\nbind = \"127.0.0.1\"",
-        "[http]\nbind = \"127.0.0.1\"\nmax_concurrent_requests = 2",
+        "[http]\nbind = \"127.0.0.1\"\nmax_concurrent_requests = 2\nrequest_timeout_s = 1",
     );
     let mut vigie = Vigie::start(tmp.path(), &config);
     let ready = vigie.http("GET", "/readyz", None, &[], b"");
@@ -398,6 +398,23 @@ fn readiness_metrics_and_load_shedding() {
     // No patient data and no UIDs in the labels.
     let (study, _, _) = uids(&demo[0]);
     assert!(!text.contains(&study));
+
+    // A JSON request whose body never comes: 408 after request_timeout_s
+    // (STOW-RS has its own, longer, limit: the uploads below are not cut).
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", vigie.http)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        slow,
+        "POST /api/v1/studies/1.2.3/analyses HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"mo",
+        token("operator")
+    )
+    .unwrap();
+    let waited = std::time::Instant::now();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(waited.elapsed() < Duration::from_secs(5));
 
     // Two requests in flight (uploads left open): the third is shed.
     let mut open = Vec::new();

@@ -21,7 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Show) => {
-            print!("{}", Config::load(cli.config.as_deref())?.to_toml()?);
+            print!("{}", Config::load(cli.config.as_deref())?.to_toml_masked()?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::New { name, role }) => {
@@ -43,7 +43,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(cmd) => audit::run(&Config::load(cli.config.as_deref())?, cmd),
-        Command::Serve(args) => serve::run(Config::load(cli.config.as_deref())?, args),
+        Command::Serve(args) => serve::run(
+            Config::load(cli.config.as_deref())?,
+            args,
+            cli.config.clone(),
+        ),
         Command::Infer(args) => infer::run(&Config::load(cli.config.as_deref())?, args),
         Command::Validate(cmd) => validate::run(&Config::load(cli.config.as_deref())?, cmd),
     }

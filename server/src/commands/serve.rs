@@ -4,6 +4,7 @@
 //! with a small HTTP status side. Runs until SIGINT/SIGTERM.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -196,8 +197,9 @@ fn scp_options(config: &Config, layout: &Layout) -> ScpOptions {
     options
 }
 
-pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = Arc::new(effective(config, &args)?);
+    crate::logging::apply(&config.log).map_err(|e| anyhow::anyhow!(e))?;
     let layout = Layout::new(&config.appliance.data_dir);
     create_dir_durably(layout.root())
         .with_context(|| format!("cannot create data directory {}", layout.root().display()))?;
@@ -267,9 +269,14 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 )
             })?;
         let http_addr = (config.http.bind, config.http.port);
-        let http = std::net::TcpListener::bind(http_addr).with_context(|| {
-            format!("cannot listen for HTTP on {}:{}", http_addr.0, http_addr.1)
-        })?;
+        // tokio's bind sets SO_REUSEADDR: a restart does not wait for the
+        // previous run's connections in TIME_WAIT.
+        let http = tokio::net::TcpListener::bind(http_addr)
+            .await
+            .and_then(|l| l.into_std())
+            .with_context(|| {
+                format!("cannot listen for HTTP on {}:{}", http_addr.0, http_addr.1)
+            })?;
         let tls = match &config.http.tls {
             Some(tls) => Some(crate::http::tls_config(tls).await.with_context(|| {
                 format!(
@@ -365,6 +372,7 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .await;
             }
         });
+        tokio::spawn(reload_logging_on_sighup(file));
         tokio::select! {
             _ = shutdown_signal() => tracing::info!("stopping on signal"),
             result = &mut scp_task => {
@@ -401,6 +409,28 @@ pub fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // is pending again at the next start.
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok(ExitCode::SUCCESS)
+}
+
+/// On SIGHUP, read the configuration file anew and apply its `[log]`
+/// (level, format); the rest of the configuration needs a restart.
+async fn reload_logging_on_sighup(file: Option<PathBuf>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let applied = Config::load(file.as_deref())
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|c| crate::logging::apply(&c.log).map(|()| c.log));
+        match applied {
+            Ok(log) => tracing::warn!(
+                level = %log.level,
+                format = ?log.format,
+                "SIGHUP: log settings applied (other settings need a restart)"
+            ),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

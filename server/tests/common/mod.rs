@@ -26,6 +26,7 @@ pub struct Vigie {
     log: PathBuf,
     env: Vec<(String, String)>,
     probe: bool,
+    binary: PathBuf,
 }
 
 impl Drop for Vigie {
@@ -266,7 +267,28 @@ impl Vigie {
         Self::start_inner(dir, config, env, true)
     }
 
+    /// Start another build of `vigie` (an installed copy).
+    pub fn start_binary(binary: &Path, dir: &Path, config: &str) -> Self {
+        Self::start_from(binary, dir, config, &[], true)
+    }
+
     fn start_inner(dir: &Path, config: &str, env: &[(&str, &str)], probe: bool) -> Self {
+        Self::start_from(
+            Path::new(env!("CARGO_BIN_EXE_vigie")),
+            dir,
+            config,
+            env,
+            probe,
+        )
+    }
+
+    fn start_from(
+        binary: &Path,
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        probe: bool,
+    ) -> Self {
         let path = dir.join("vigie.toml");
         std::fs::write(&path, config).expect("write config");
         let mut vigie = Self {
@@ -277,6 +299,7 @@ impl Vigie {
             config: path,
             log: dir.join("vigie.log"),
             probe: true,
+            binary: binary.to_path_buf(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -293,7 +316,7 @@ impl Vigie {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vigie"));
+        let mut command = Command::new(&self.binary);
         command
             .env_remove("VIGIE_CONFIG")
             .env_remove("ORT_DYLIB_PATH")
@@ -360,7 +383,7 @@ impl Vigie {
         let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         all.push("--data-dir".into());
         all.push(self.data.display().to_string());
-        Command::new(env!("CARGO_BIN_EXE_vigie"))
+        Command::new(&self.binary)
             .env_remove("VIGIE_CONFIG")
             .arg("--config")
             .arg(&self.config)

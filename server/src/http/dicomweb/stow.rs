@@ -36,8 +36,6 @@ use crate::http::multipart::{Event, Parser, media_type, param};
 use crate::http::{AppState, base_url};
 use crate::ingest::Source;
 
-/// Failure Reason: SOP class not supported.
-const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
 /// Failure Reason: transfer syntax not supported.
 const TRANSFER_SYNTAX_NOT_SUPPORTED: u16 = 0xC122;
 
@@ -322,7 +320,7 @@ fn check_and_store(
     if !app.acceptance.sop_classes.contains(&meta.sop_class_uid) {
         return refuse(
             outcome,
-            SOP_CLASS_NOT_SUPPORTED,
+            status::SOP_CLASS_NOT_SUPPORTED,
             format!("SOP class {} is not accepted", meta.sop_class_uid),
         );
     }

@@ -1,0 +1,123 @@
+//! `docs/conformance-statement.md` states what the code does: its tables
+//! of SOP classes, transfer syntaxes, statuses, created objects and its
+//! identifiers are compared with the constants the service uses.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+
+use vigie_dicom_io::dimse::status;
+use vigie_dicom_io::net::scp::{VERIFICATION, default_transfer_syntaxes};
+use vigie_dicom_io::net::storage_classes::IMAGE_STORAGE;
+use vigie_dicom_io::results::{seg, sr, summary};
+use vigie_dicom_io::write::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use vigie_server::config::Config;
+use vigie_test_support::repo_root;
+
+fn statement() -> String {
+    std::fs::read_to_string(repo_root().join("docs/conformance-statement.md")).unwrap()
+}
+
+/// Rows (cells, trimmed, backquotes removed) of the first table after the
+/// heading that contains `heading`.
+fn table(text: &str, heading: &str) -> Vec<Vec<String>> {
+    let start = text
+        .lines()
+        .position(|l| (l.starts_with('#') || l.starts_with("**")) && l.contains(heading))
+        .unwrap_or_else(|| panic!("no heading {heading:?}"));
+    text.lines()
+        .skip(start + 1)
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn storage_sop_classes_are_those_accepted() {
+    let rows = table(&statement(), "Storage SOP classes accepted");
+    let documented: BTreeSet<(String, String)> =
+        rows.iter().map(|r| (r[1].clone(), r[0].clone())).collect();
+    let accepted: BTreeSet<(String, String)> = IMAGE_STORAGE
+        .iter()
+        .map(|(uid, name)| (uid.to_string(), name.to_string()))
+        .collect();
+    assert_eq!(documented, accepted);
+    assert_eq!(rows.len(), IMAGE_STORAGE.len(), "no duplicates");
+}
+
+#[test]
+fn transfer_syntaxes_are_those_accepted() {
+    let rows = table(&statement(), "Transfer syntaxes accepted");
+    let documented: Vec<String> = rows.iter().map(|r| r[1].clone()).collect();
+    assert_eq!(documented, default_transfer_syntaxes());
+}
+
+#[test]
+fn sop_classes_statuses_and_identifiers_match_the_code() {
+    let text = statement();
+    let classes = table(&text, "3.2.1 SOP classes");
+    let uids: BTreeSet<&str> = classes.iter().map(|r| r[1].as_str()).collect();
+    for uid in [
+        VERIFICATION,
+        sr::COMPREHENSIVE_SR,
+        seg::SEGMENTATION,
+        summary::SECONDARY_CAPTURE,
+    ] {
+        assert!(uids.contains(uid), "{uid} missing from 3.2.1");
+    }
+    let created = table(&text, "Annexes: objects created");
+    let created: BTreeSet<&str> = created.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(
+        created,
+        BTreeSet::from([
+            sr::COMPREHENSIVE_SR,
+            seg::SEGMENTATION,
+            summary::SECONDARY_CAPTURE
+        ])
+    );
+    let statuses = table(&text, "Storage SCP");
+    let codes: BTreeSet<u16> = statuses
+        .iter()
+        .map(|r| u16::from_str_radix(&r[0], 16).unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        BTreeSet::from([
+            status::SUCCESS,
+            status::OUT_OF_RESOURCES,
+            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            status::CANNOT_UNDERSTAND,
+            status::PROCESSING_FAILURE,
+            status::UNRECOGNIZED_OPERATION,
+        ])
+    );
+    let ids = table(&text, "Implementation identifying information");
+    assert_eq!(ids[0][1], IMPLEMENTATION_CLASS_UID);
+    assert_eq!(ids[1][1], IMPLEMENTATION_VERSION_NAME);
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .ends_with(env!("CARGO_PKG_VERSION"))
+    );
+    let defaults = Config::default();
+    assert!(text.contains(&format!(
+        "`dicom.max_pdu_length`, default {} bytes",
+        defaults.dicom.max_pdu_length
+    )));
+    assert!(text.contains(&format!(
+        "`dicom.max_associations` at once (default {})",
+        defaults.dicom.max_associations
+    )));
+    assert!(text.contains(&format!(
+        "title `dicom.ae_title` (default `{}`), listening on `dicom.bind`:`dicom.port` (default `{}:{}`)",
+        defaults.dicom.ae_title, defaults.dicom.bind, defaults.dicom.port
+    )));
+}
