@@ -292,6 +292,10 @@ pub struct PipelineConfig {
     pub max_attempts: u32,
     /// Seconds before the first retry of a failed job (doubling each time).
     pub retry_delay_s: f64,
+    /// Jobs waiting or running at most; beyond, new instances are refused
+    /// (A700 out of resources, retried by the sender) and re-analysis
+    /// requests get 503, rather than a backlog that grows without bound.
+    pub max_backlog: u64,
 }
 
 impl Default for PipelineConfig {
@@ -302,6 +306,7 @@ impl Default for PipelineConfig {
             queue_capacity: 4,
             max_attempts: 3,
             retry_delay_s: 30.0,
+            max_backlog: 500,
         }
     }
 }
@@ -582,6 +587,9 @@ impl Config {
         }
         if self.pipeline.max_attempts == 0 {
             problems.push("pipeline.max_attempts: must be at least 1".into());
+        }
+        if self.pipeline.max_backlog == 0 {
+            problems.push("pipeline.max_backlog: must be at least 1".into());
         }
         if self.pipeline.queue_capacity == 0 {
             problems.push("pipeline.queue_capacity: must be at least 1".into());

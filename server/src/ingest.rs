@@ -62,6 +62,7 @@ pub struct Ingest {
     pixels: std::sync::mpsc::Sender<InstanceRecord>,
     min_free_bytes: u64,
     metrics: Arc<Metrics>,
+    backlog: Arc<crate::pipeline::Backlog>,
     /// Counters.
     pub stats: Arc<IngestStats>,
 }
@@ -83,6 +84,7 @@ impl Ingest {
         audit: Audit,
         min_free_bytes: u64,
         metrics: Arc<Metrics>,
+        backlog: Arc<crate::pipeline::Backlog>,
     ) -> Self {
         let (pixels, queue) = std::sync::mpsc::channel();
         let hasher = audit.clone();
@@ -99,6 +101,7 @@ impl Ingest {
             pixels,
             min_free_bytes,
             metrics,
+            backlog,
             stats: Arc::default(),
         }
     }
@@ -112,6 +115,11 @@ impl Ingest {
         &self,
         received: &ReceivedInstance,
     ) -> Result<(InstanceRecord, Option<String>), StoreOutcome> {
+        // Taking more studies than the workers can analyse would only grow
+        // the backlog: the sender keeps them and retries.
+        if let Some(reason) = self.backlog.full() {
+            return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
+        }
         let free = self
             .free_bytes()
             .map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string()))?;

@@ -157,6 +157,8 @@ pub struct Pipeline {
     pub audit: Audit,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Jobs waiting or running, shared with ingest and the API.
+    pub backlog: Arc<Backlog>,
 }
 
 const JOBS_FINISHED: &str = "vigie_job_attempts_total";
@@ -165,6 +167,48 @@ const DELIVERIES: &str = "vigie_deliveries_total";
 const DELIVERIES_HELP: &str = "Result instances sent, by destination and outcome (delivered, refused by the peer, failed to send).";
 const STAGES: &str = "vigie_stage_duration_seconds";
 const STAGES_HELP: &str = "Time per analysed image and stage (decode per instance; preprocess, inference, postprocess per frame), by model.";
+
+/// The number of jobs waiting or running, refreshed by the assembly loop,
+/// read by ingest (C-STORE, STOW-RS) and the API before taking more work.
+#[derive(Debug)]
+pub struct Backlog {
+    jobs: std::sync::atomic::AtomicU64,
+    limit: u64,
+}
+
+impl Backlog {
+    /// A backlog of at most `limit` jobs, holding `jobs` now.
+    pub fn new(limit: u64, jobs: u64) -> Self {
+        Self {
+            jobs: std::sync::atomic::AtomicU64::new(jobs),
+            limit,
+        }
+    }
+
+    /// Record the current count.
+    pub fn set(&self, jobs: u64) {
+        self.jobs.store(jobs, Ordering::Relaxed);
+    }
+
+    /// Why no more work is taken, when the backlog is full.
+    pub fn full(&self) -> Option<String> {
+        let jobs = self.jobs.load(Ordering::Relaxed);
+        (jobs >= self.limit).then(|| {
+            format!(
+                "analysis backlog full: {jobs} jobs waiting or running (pipeline.max_backlog {}); retry later",
+                self.limit
+            )
+        })
+    }
+
+    /// Jobs waiting or running in `counts` (by state).
+    pub fn count(counts: &std::collections::BTreeMap<String, u64>) -> u64 {
+        ["pending", "running"]
+            .iter()
+            .filter_map(|s| counts.get(*s))
+            .sum()
+    }
+}
 
 fn seconds_ms(seconds: f64) -> i64 {
     (seconds * 1000.0).round() as i64
@@ -238,8 +282,15 @@ impl Pipeline {
         loop {
             let this = self.clone();
             let router = router.clone();
-            let result =
-                tokio::task::spawn_blocking(move || this.assemble_once(&router, now_ms())).await;
+            let result = tokio::task::spawn_blocking(move || {
+                let done = this.assemble_once(&router, now_ms());
+                match this.catalog.job_counts() {
+                    Ok(counts) => this.backlog.set(Backlog::count(&counts)),
+                    Err(e) => tracing::error!(error = %e, "cannot count jobs"),
+                }
+                done
+            })
+            .await;
             match result {
                 Ok(Err(e)) => tracing::error!(error = %e, "study assembly failed"),
                 Err(e) => tracing::error!(error = %e, "study assembly panicked"),

@@ -362,7 +362,7 @@ fn readiness_metrics_and_load_shedding() {
         String::from_utf8_lossy(&ready.body)
     );
     let checks = ready.json()["checks"].clone();
-    assert_eq!(checks.as_array().unwrap().len(), 4);
+    assert_eq!(checks.as_array().unwrap().len(), 5);
     assert!(
         checks.as_array().unwrap().iter().all(|c| c["ok"] == true),
         "{checks}"
@@ -617,4 +617,80 @@ fn https_with_the_configured_certificate() {
         &format!("http://127.0.0.1:{}/healthz", vigie.http),
     ]);
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+}
+
+#[test]
+fn a_full_backlog_refuses_work_instead_of_growing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 3);
+    // No worker runs: jobs accumulate until the backlog is full.
+    let config = base_config("[[routing.rules]]\nname = \"all\"\n")
+        .replace("[pipeline]\n", "[pipeline]\nworkers = 0\nmax_backlog = 2\n");
+    let vigie = Vigie::start(tmp.path(), &config);
+    assert!(send(vigie.dicom, &demo[..2]).iter().all(|o| o.delivered()));
+    vigie.wait_for("a full backlog", Duration::from_secs(30), |v| {
+        v.http("GET", "/readyz", None, &[], b"").status == 503
+    });
+    let ready = vigie.http("GET", "/readyz", None, &[], b"").json();
+    let backlog = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "backlog")
+        .cloned()
+        .unwrap();
+    assert!(
+        backlog["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_backlog 2"),
+        "{backlog}"
+    );
+    // C-STORE: A700, the sender keeps the instance and retries later.
+    let refused = send(vigie.dicom, &demo[2..]);
+    assert_eq!(refused[0].status, Some(0xA700), "{refused:?}");
+    assert!(
+        refused[0].comment.as_deref().unwrap().contains("backlog"),
+        "{refused:?}"
+    );
+    // STOW-RS: the instance fails with A700 (409: nothing stored).
+    let r = vigie.http(
+        "POST",
+        "/dicomweb/studies",
+        Some(token("operator")),
+        &[("Content-Type", STOW_TYPE)],
+        &part(&demo[2]),
+    );
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["00081198"]["Value"][0]["00081197"]["Value"][0],
+        0xA700
+    );
+    // A re-analysis request: 503 with Retry-After.
+    let (study, _, _) = uids(&demo[0]);
+    let r = vigie.http(
+        "POST",
+        &format!("/api/v1/studies/{study}/analyses"),
+        Some(token("operator")),
+        &[("Content-Type", "application/json")],
+        br#"{"model": "brain-tumour-vgg16"}"#,
+    );
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("30"));
+    // Nothing of the third study was stored; the refusals are counted.
+    assert_eq!(vigie.json("/api/v1/status")["ingest"]["stored"], 2);
+    let metrics = String::from_utf8(
+        vigie
+            .http("GET", "/metrics", Some(token("reader")), &[], b"")
+            .body,
+    )
+    .unwrap();
+    assert!(
+        metrics.contains("vigie_instances_refused_total{source=\"dimse\",status=\"A700\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vigie_instances_refused_total{source=\"stow-rs\",status=\"A700\"} 1"),
+        "{metrics}"
+    );
 }

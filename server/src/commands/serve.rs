@@ -287,12 +287,17 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             })?),
             None => None,
         };
+        let backlog = Arc::new(crate::pipeline::Backlog::new(
+            config.pipeline.max_backlog,
+            crate::pipeline::Backlog::count(&catalog.job_counts()?),
+        ));
         let ingest = Arc::new(Ingest::new(
             layout.clone(),
             catalog.clone(),
             audit.clone(),
             config.storage.min_free_mib.saturating_mul(1 << 20),
             metrics.clone(),
+            backlog.clone(),
         ));
         let pipeline = Pipeline {
             config: config.clone(),
@@ -301,6 +306,7 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             stopping: Arc::new(AtomicBool::new(false)),
             audit: audit.clone(),
             metrics: metrics.clone(),
+            backlog: backlog.clone(),
         };
         let options = scp_options(&config, &layout);
         tracing::info!(
@@ -337,6 +343,7 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             },
             tls: tls.is_some(),
             started: std::time::Instant::now(),
+            backlog,
         })));
         let grace = Duration::from_secs(config.http.shutdown_grace_s);
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

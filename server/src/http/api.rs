@@ -144,7 +144,7 @@ pub fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         ], None, &[(200, "application/json array of jobs"), (400, "bad filter")], list_jobs),
         endpoint!(get "/api/v1/jobs/{id}", Read, "jobs", "One job: state, attempts, stage timings, result instances, deliveries and its audit events", &[], None, &[(200, "application/json"), (404, "no such job")], job_detail),
         endpoint!(post "/api/v1/jobs/{id}/retry", Operate, "jobs", "Retry a failed job (attempts reset), or the failed deliveries of a done one", &[], None, &[(200, "what was requeued"), (404, "no such job"), (409, "nothing failed")], retry_job),
-        endpoint!(post "/api/v1/studies/{study}/analyses", Operate, "jobs", "Analyse a stored study again with a model: body {\"model\": id, \"destinations\": [names]}", &[], Some("application/json"), &[(202, "job queued: {job_id}"), (404, "study not stored"), (422, "unknown model or destination")], submit_analysis),
+        endpoint!(post "/api/v1/studies/{study}/analyses", Operate, "jobs", "Analyse a stored study again with a model: body {\"model\": id, \"destinations\": [names]}", &[], Some("application/json"), &[(202, "job queued: {job_id}"), (404, "study not stored"), (422, "unknown model or destination"), (503, "analysis backlog full (pipeline.max_backlog), with Retry-After")], submit_analysis),
         endpoint!(get "/api/v1/models", Read, "models", "Installed model packages: manifest, verified weights hash, routing rules using them", &[], None, JSON_OK, models),
         endpoint!(get "/api/v1/audit", Audit, "audit", "Audit records matching filters, in order (the access itself is audited)", &[
             ("kind", "query", "Event type (inference, instance_stored, …)"),
@@ -518,6 +518,11 @@ async fn submit_analysis(
 ) -> ApiResult<Response> {
     let Json(request) =
         body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
+    if let Some(reason) = app.backlog.full() {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", reason);
+        e.retry_after = Some(30);
+        return Err(e);
+    }
     let unprocessable =
         |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", m);
     match app.models.iter().find(|m| m.id == request.model) {

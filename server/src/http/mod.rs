@@ -98,6 +98,8 @@ pub struct App {
     pub tls: bool,
     /// When the service started.
     pub started: Instant,
+    /// Jobs waiting or running.
+    pub backlog: Arc<crate::pipeline::Backlog>,
 }
 
 impl std::fmt::Debug for App {
@@ -208,6 +210,13 @@ fn readiness(app: &App) -> Vec<Check> {
         },
     ));
     checks.push(check("onnxruntime", app.onnxruntime.clone()));
+    checks.push(check(
+        "backlog",
+        match app.backlog.full() {
+            Some(reason) => Err(reason),
+            None => Ok("room for more studies".into()),
+        },
+    ));
     checks
 }
 
