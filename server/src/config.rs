@@ -438,6 +438,29 @@ pub struct InferenceConfig {
     pub device: String,
     /// Intra-op threads per inference; 0 = number of cores.
     pub intra_threads: usize,
+    /// Dynamic batching, by model package id; a model not listed runs one
+    /// instance at a time.
+    pub batching: BTreeMap<String, BatchConfig>,
+}
+
+/// `[inference.batching.<model>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Instances of a job run through the model together, at most.
+    pub max_batch: usize,
+    /// Milliseconds to wait for more decoded instances before running a
+    /// batch that is not full.
+    pub max_delay_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 1,
+            max_delay_ms: 0,
+        }
+    }
 }
 
 impl Default for ApplianceConfig {
@@ -457,6 +480,7 @@ impl Default for InferenceConfig {
             onnxruntime_library: None,
             device: "cpu".into(),
             intra_threads: 0,
+            batching: BTreeMap::new(),
         }
     }
 }
@@ -587,6 +611,13 @@ impl Config {
         }
         if self.pipeline.max_attempts == 0 {
             problems.push("pipeline.max_attempts: must be at least 1".into());
+        }
+        for (model, b) in &self.inference.batching {
+            if b.max_batch == 0 {
+                problems.push(format!(
+                    "inference.batching.{model}.max_batch: must be at least 1"
+                ));
+            }
         }
         if self.pipeline.max_backlog == 0 {
             problems.push("pipeline.max_backlog: must be at least 1".into());
@@ -814,6 +845,7 @@ mod reference_tests {
                     let name = match prefix {
                         "" => k.clone(),
                         "destinations" => "destinations.<name>".to_string(),
+                        "inference.batching" => "inference.batching.<model>".to_string(),
                         p => format!("{p}.{k}"),
                     };
                     flatten(v, &name, out);

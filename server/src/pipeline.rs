@@ -49,9 +49,10 @@ fn inference_event(
     job: &Job,
     instance: &crate::store::InstanceRecord,
     analysis: &pipeline::InstanceAnalysis,
-    model: &Model,
+    batch: usize,
+    model: &Ran,
 ) -> AuditEvent {
-    let package = model.package();
+    let package = &model.package;
     let frames: Vec<serde_json::Value> = analysis
         .results
         .iter()
@@ -94,9 +95,10 @@ fn inference_event(
                 "frames": analysis.results.len(),
             },
             "model_sha256": package.sha256(),
-            "execution": model.execution(),
+            "execution": model.execution,
             "preprocessing": package.manifest().preprocess,
             "decode_ms": analysis.decode_ms,
+            "batch_instances": batch,
             "decision": decision,
             "frames": frames,
         }),
@@ -159,6 +161,20 @@ pub struct Pipeline {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Jobs waiting or running, shared with ingest and the API.
     pub backlog: Arc<Backlog>,
+}
+
+/// The model that ran, as the audit records name it.
+struct Ran {
+    package: vigie_inference::ModelPackage,
+    execution: vigie_inference::backend::Execution,
+}
+
+/// One instance through the model, and the batch it went in.
+struct Analysed<'a> {
+    instance: &'a crate::store::InstanceRecord,
+    file: &'a DicomFile,
+    analysis: &'a pipeline::InstanceAnalysis,
+    batch: usize,
 }
 
 const JOBS_FINISHED: &str = "vigie_job_attempts_total";
@@ -518,79 +534,41 @@ impl Pipeline {
         )?;
         let mut results = Vec::new();
         let mut failures = Vec::new();
-        for instance in &instances {
-            let analysed = DicomFile::open(&instance.path)
-                .map_err(anyhow::Error::from)
-                .and_then(|file| {
-                    let analysis = pipeline::analyse(model, &file)?;
-                    Ok((file, analysis))
-                });
-            let (file, analysis) = match analysed {
-                Ok(done) => done,
-                Err(e) => {
-                    let mut event = AuditEvent::new(
-                        "inference",
-                        "failed",
-                        serde_json::json!({
-                            "job_id": job.id,
-                            "attempt": job.attempts,
-                            "input": { "file_sha256": instance.sha256 },
-                            "error": format!("{e:#}"),
-                        }),
-                    )
-                    .instance(
-                        Some(&instance.study_instance_uid),
-                        Some(&instance.sop_instance_uid),
-                    );
-                    event.model_id = Some(job.model.clone());
-                    self.audit.note(event);
-                    failures.push(format!("{}: {e:#}", instance.sop_instance_uid));
-                    continue;
+        let batching = self
+            .config
+            .inference
+            .batching
+            .get(&job.model)
+            .cloned()
+            .unwrap_or_default();
+        // The hot loop: decoding runs on its own thread ahead of the model,
+        // up to max_batch instances per model run.
+        let paths: Vec<PathBuf> = instances.iter().map(|i| i.path.clone()).collect();
+        let batching = pipeline::Batching {
+            max_batch: batching.max_batch.max(1),
+            max_delay: Duration::from_millis(batching.max_delay_ms),
+        };
+        let ran = Ran {
+            package: model.package().clone(),
+            execution: model.execution().clone(),
+        };
+        // Each instance is written and recorded as soon as the model has
+        // it, on this thread, while the next ones are being decoded.
+        pipeline::analyse_stream(model, &paths, batching, |index, outcome| {
+            match outcome {
+                Ok(streamed) => {
+                    let done = Analysed {
+                        instance: &instances[index],
+                        file: &streamed.file,
+                        analysis: &streamed.analysis,
+                        batch: streamed.batch,
+                    };
+                    self.record_analysis(job, done, &ran, &mut builder, &mut results)?;
                 }
-            };
-            // The inference and its result objects go on record together,
-            // in one durable transaction, before the job can be done.
-            let mut events = vec![inference_event(job, instance, &analysis, model)];
-            self.observe_stages(&job.model, &analysis);
-            let manifest = model.package().manifest();
-            let frames = analysis.results.len();
-            for (frame, result) in analysis.results.iter().enumerate() {
-                log_finding(job, &instance.sop_instance_uid, frame, &result.finding);
-                for object in builder.build(&file, frame, frames, manifest, result)? {
-                    let path = self.layout.result(
-                        &object.study_instance_uid,
-                        &object.series_instance_uid,
-                        &object.sop_instance_uid,
-                    )?;
-                    vigie_dicom_io::write::write_part10(object.dataset, &path)?;
-                    events.push(
-                        AuditEvent::new(
-                            "result_created",
-                            "ok",
-                            serde_json::json!({
-                                "job_id": job.id,
-                                "kind": object.kind,
-                                "series_instance_uid": object.series_instance_uid,
-                                "source_sop_instance_uid": instance.sop_instance_uid,
-                                "frame": frame,
-                                "path": path,
-                                "file_sha256": vigie_inference::package::sha256_file(&path)?,
-                            }),
-                        )
-                        .instance(
-                            Some(&object.study_instance_uid),
-                            Some(&object.sop_instance_uid),
-                        )
-                        .model(&manifest.model.id, &manifest.model.version),
-                    );
-                    results.push(
-                        ResultFile::read(&path, Origin::Result)
-                            .map_err(|e| anyhow::anyhow!("cannot index result: {e}"))?,
-                    );
-                }
+                Err(e) => self.analysis_failed(job, &instances[index], &e.into(), &mut failures),
             }
-            self.audit.record_all(&events)?;
-        }
+            Ok::<(), anyhow::Error>(())
+        })?;
         if results.is_empty() && !failures.is_empty() {
             anyhow::bail!("no instance could be analysed: {}", failures.join("; "));
         }
@@ -750,6 +728,94 @@ impl Pipeline {
             }
         }
         Ok(delivered)
+    }
+
+    /// An instance that could not be analysed: on record, and noted in the
+    /// job (the others still run).
+    fn analysis_failed(
+        &self,
+        job: &Job,
+        instance: &crate::store::InstanceRecord,
+        e: &anyhow::Error,
+        failures: &mut Vec<String>,
+    ) {
+        let mut event = AuditEvent::new(
+            "inference",
+            "failed",
+            serde_json::json!({
+                "job_id": job.id,
+                "attempt": job.attempts,
+                "input": { "file_sha256": instance.sha256 },
+                "error": format!("{e:#}"),
+            }),
+        )
+        .instance(
+            Some(&instance.study_instance_uid),
+            Some(&instance.sop_instance_uid),
+        );
+        event.model_id = Some(job.model.clone());
+        self.audit.note(event);
+        failures.push(format!("{}: {e:#}", instance.sop_instance_uid));
+    }
+
+    /// Write an analysed instance's result objects and put the inference
+    /// and the objects on record together, in one durable transaction,
+    /// before the job can be done.
+    fn record_analysis(
+        &self,
+        job: &Job,
+        done: Analysed<'_>,
+        model: &Ran,
+        builder: &mut ResultBuilder,
+        results: &mut Vec<ResultFile>,
+    ) -> anyhow::Result<()> {
+        let Analysed {
+            instance,
+            file,
+            analysis,
+            batch,
+        } = done;
+        let mut events = vec![inference_event(job, instance, analysis, batch, model)];
+        self.observe_stages(&job.model, analysis);
+        let manifest = model.package.manifest();
+        let frames = analysis.results.len();
+        for (frame, result) in analysis.results.iter().enumerate() {
+            log_finding(job, &instance.sop_instance_uid, frame, &result.finding);
+            for object in builder.build(file, frame, frames, manifest, result)? {
+                let path = self.layout.result(
+                    &object.study_instance_uid,
+                    &object.series_instance_uid,
+                    &object.sop_instance_uid,
+                )?;
+                vigie_dicom_io::write::write_part10(object.dataset, &path)?;
+                events.push(
+                    AuditEvent::new(
+                        "result_created",
+                        "ok",
+                        serde_json::json!({
+                            "job_id": job.id,
+                            "kind": object.kind,
+                            "series_instance_uid": object.series_instance_uid,
+                            "source_sop_instance_uid": instance.sop_instance_uid,
+                            "frame": frame,
+                            "path": path,
+                            "file_sha256": vigie_inference::package::sha256_file(&path)?,
+                        }),
+                    )
+                    .instance(
+                        Some(&object.study_instance_uid),
+                        Some(&object.sop_instance_uid),
+                    )
+                    .model(&manifest.model.id, &manifest.model.version),
+                );
+                results.push(
+                    ResultFile::read(&path, Origin::Result)
+                        .map_err(|e| anyhow::anyhow!("cannot index result: {e}"))?,
+                );
+            }
+        }
+        self.audit.record_all(&events)?;
+        Ok(())
     }
 
     /// Per-stage latency histograms of one analysed instance.

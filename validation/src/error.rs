@@ -31,7 +31,19 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The instance is not one the model applies to.
+    /// The model run of a batch of instances failed (each gets this error).
+    #[error(
+        "{path} (SOP Instance {sop_instance_uid}): the model run of its batch failed: {reason}"
+    )]
+    BatchFailed {
+        /// File.
+        path: PathBuf,
+        /// SOP Instance UID.
+        sop_instance_uid: String,
+        /// Why the batch failed.
+        reason: String,
+    },
+    /// The model does not apply to this instance.
     #[error("{path} (SOP Instance {sop_instance_uid}): model {model_id} does not apply: {reason}")]
     NotApplicable {
         /// File.

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use vigie_dicom_io::{DicomFile, InstanceHeader, PixelOptions, VoiSelection, WindowFunction};
+use vigie_dicom_io::{
+    DicomFile, InstanceHeader, PixelArray, PixelOptions, VoiSelection, WindowFunction,
+};
 use vigie_inference::manifest::{self, Preprocess};
 use vigie_inference::{Image, Model, ModelResult};
 
@@ -61,11 +63,23 @@ pub fn analyse_path(model: &mut Model, path: &Path) -> Result<InstanceAnalysis> 
     analyse(model, &file)
 }
 
-/// Analyse an opened instance: check the model applies, decode, run every
-/// frame through the model.
-pub fn analyse(model: &mut Model, file: &DicomFile) -> Result<InstanceAnalysis> {
+/// An instance's pixels decoded as the model's package asks, and their
+/// hash: everything before the model, so that it can run on another thread
+/// while the model works on the previous instance.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The decoded pixels.
+    pub pixels: PixelArray,
+    /// Milliseconds spent decoding.
+    pub decode_ms: f64,
+    /// SHA-256 of `pixels` (see [`InstanceAnalysis::pixels_sha256`]).
+    pub pixels_sha256: String,
+}
+
+/// Check that `manifest`'s model applies to `file`, then decode its pixels
+/// and hash them. Needs no model: this is the part that runs beside it.
+pub fn decode(manifest: &manifest::Manifest, file: &DicomFile) -> Result<Decoded> {
     let header = file.header();
-    let manifest = model.package().manifest();
     if !manifest.applies_to.matches(
         header.modality.as_deref(),
         header.body_part_examined.as_deref(),
@@ -88,22 +102,169 @@ pub fn analyse(model: &mut Model, file: &DicomFile) -> Result<InstanceAnalysis> 
     let pixels = file.decode(&options)?;
     let decode_ms = started.elapsed().as_secs_f64() * 1000.0;
     let pixels_sha256 = hash_samples(&pixels.data);
-    let images: Vec<Image<'_>> = (0..pixels.frames)
-        .filter_map(|f| pixels.frame(f))
-        .map(|data| Image {
-            rows: pixels.rows,
-            columns: pixels.columns,
-            channels: pixels.samples_per_pixel,
-            data,
-        })
-        .collect();
-    let results = model.run(&images)?;
-    Ok(InstanceAnalysis {
-        path: file.path().to_path_buf(),
-        header: header.clone(),
+    Ok(Decoded {
+        pixels,
         decode_ms,
         pixels_sha256,
-        results,
+    })
+}
+
+/// Run the model on every frame of every decoded instance, in batches of
+/// the model's size (all frames at once when its batch dimension is free),
+/// and give each instance its results.
+pub fn infer(model: &mut Model, items: &[(&DicomFile, &Decoded)]) -> Result<Vec<InstanceAnalysis>> {
+    fn frames_of(d: &Decoded) -> Vec<Image<'_>> {
+        (0..d.pixels.frames)
+            .filter_map(|f| d.pixels.frame(f))
+            .map(|data| Image {
+                rows: d.pixels.rows,
+                columns: d.pixels.columns,
+                channels: d.pixels.samples_per_pixel,
+                data,
+            })
+            .collect()
+    }
+    let images: Vec<Image<'_>> = items.iter().flat_map(|(_, d)| frames_of(d)).collect();
+    let mut results = model.run(&images)?.into_iter();
+    Ok(items
+        .iter()
+        .map(|(file, d)| InstanceAnalysis {
+            path: file.path().to_path_buf(),
+            header: file.header().clone(),
+            decode_ms: d.decode_ms,
+            pixels_sha256: d.pixels_sha256.clone(),
+            results: results.by_ref().take(frames_of(d).len()).collect(),
+        })
+        .collect())
+}
+
+/// How many instances go through the model together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// At most this many instances per model run (1: no batching).
+    pub max_batch: usize,
+    /// How long to wait for more decoded instances before running a batch
+    /// that is not full.
+    pub max_delay: std::time::Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_batch: 1,
+            max_delay: std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// One instance through the model.
+#[derive(Debug)]
+pub struct Streamed {
+    /// The opened file.
+    pub file: DicomFile,
+    /// Its analysis.
+    pub analysis: InstanceAnalysis,
+    /// How many instances shared its model run.
+    pub batch: usize,
+}
+
+/// The hot loop: analyse `paths` in order with `model`, decoding on a
+/// thread of its own ahead of the model (at most two batches ahead, so
+/// memory stays bounded) and running up to `batching.max_batch` decoded
+/// instances per model run. `each` gets every instance's index and outcome
+/// as soon as it is known; an error it returns stops the loop and is
+/// returned.
+pub fn analyse_stream<E>(
+    model: &mut Model,
+    paths: &[PathBuf],
+    batching: Batching,
+    mut each: impl FnMut(usize, Result<Streamed>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let manifest = model.package().manifest().clone();
+    let max_batch = batching.max_batch.max(1);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(max_batch * 2);
+        let manifest = &manifest;
+        scope.spawn(move || {
+            for (index, path) in paths.iter().enumerate() {
+                let decoded = DicomFile::open(path).map_err(Error::from).and_then(|file| {
+                    let decoded = decode(manifest, &file)?;
+                    Ok((file, decoded))
+                });
+                if tx.send((index, decoded)).is_err() {
+                    return;
+                }
+            }
+        });
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            let deadline = Instant::now() + batching.max_delay;
+            while batch.len() < max_batch {
+                let next = match rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(_) if batching.max_delay.is_zero() => None,
+                    Err(_) => rx
+                        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                        .ok(),
+                };
+                match next {
+                    Some(item) => batch.push(item),
+                    None => break,
+                }
+            }
+            let mut ready = Vec::new();
+            for (index, decoded) in batch {
+                match decoded {
+                    Ok(pair) => ready.push((index, pair)),
+                    Err(e) => each(index, Err(e))?,
+                }
+            }
+            if ready.is_empty() {
+                continue;
+            }
+            let items: Vec<(&DicomFile, &Decoded)> =
+                ready.iter().map(|(_, (f, d))| (f, d)).collect();
+            let n = ready.len();
+            match infer(model, &items) {
+                Ok(analyses) => {
+                    for ((index, (file, _)), analysis) in ready.into_iter().zip(analyses) {
+                        each(
+                            index,
+                            Ok(Streamed {
+                                file,
+                                analysis,
+                                batch: n,
+                            }),
+                        )?;
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    for (index, (file, _)) in ready {
+                        let failed = Error::BatchFailed {
+                            path: file.path().to_path_buf(),
+                            sop_instance_uid: file.header().sop_instance_uid.clone(),
+                            reason: reason.clone(),
+                        };
+                        each(index, Err(failed))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Analyse an opened instance: check the model applies, decode, run every
+/// frame through the model.
+pub fn analyse(model: &mut Model, file: &DicomFile) -> Result<InstanceAnalysis> {
+    let decoded = decode(model.package().manifest(), file)?;
+    let mut analysed = infer(model, &[(file, &decoded)])?;
+    analysed.pop().ok_or_else(|| Error::NotApplicable {
+        path: file.path().to_path_buf(),
+        sop_instance_uid: file.header().sop_instance_uid.clone(),
+        model_id: model.package().id().to_string(),
+        reason: "the model returned no result".into(),
     })
 }
 

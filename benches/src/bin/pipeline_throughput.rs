@@ -3,7 +3,14 @@
 //! `session.run` on the same tensors, in one process and interleaved.
 //! Also writes the tensors for the Python onnxruntime baseline.
 //!
-//! Usage: pipeline_throughput ROUNDS THREADS TENSORS_OUT
+//! The pipeline figure is the hot loop of `vigie serve`
+//! (`pipeline::analyse_stream`: decoding on its own thread ahead of the
+//! model, MAX_BATCH instances per model run); "sequential" is the same work
+//! one instance after the other on one thread; "session only" is
+//! `session.run` on ready tensors. Latency: time between consecutive
+//! results of the hot loop.
+//!
+//! Usage: pipeline_throughput ROUNDS THREADS TENSORS_OUT [MAX_BATCH]
 //! Prints one JSON object.
 
 use std::time::Instant;
@@ -18,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     let rounds: usize = args.get(1).context("ROUNDS")?.parse()?;
     let threads: usize = args.get(2).context("THREADS")?.parse()?;
     let tensors_out = args.get(3).context("TENSORS_OUT")?;
+    let max_batch: usize = args.get(4).map_or(Ok(1), |b| b.parse())?;
     let root = vigie_benches::repo_root();
     let files = vigie_benches::demo_files();
     anyhow::ensure!(!files.is_empty(), "run scripts/setup.sh first");
@@ -50,16 +58,29 @@ fn main() -> anyhow::Result<()> {
     for f in &files {
         pipeline::analyse_path(&mut model, f)?;
     }
-    let (mut pipeline_s, mut session_s) = (0.0, 0.0);
+    let batching = pipeline::Batching {
+        max_batch,
+        max_delay: std::time::Duration::from_millis(20),
+    };
+    let (mut pipeline_s, mut sequential_s, mut session_s) = (0.0, 0.0, 0.0);
     let mut latencies = Vec::new();
     for _ in 0..rounds {
+        // The hot loop of `vigie serve`: decode ahead on its own thread.
+        let t = Instant::now();
+        let mut last = Instant::now();
+        pipeline::analyse_stream(&mut model, &files, batching, |_, outcome| {
+            outcome?;
+            latencies.push(last.elapsed().as_secs_f64() * 1000.0);
+            last = Instant::now();
+            Ok::<(), anyhow::Error>(())
+        })?;
+        pipeline_s += t.elapsed().as_secs_f64();
+        // The same, one instance after the other on one thread.
         let t = Instant::now();
         for f in &files {
-            let s = Instant::now();
             pipeline::analyse_path(&mut model, f)?;
-            latencies.push(s.elapsed().as_secs_f64() * 1000.0);
         }
-        pipeline_s += t.elapsed().as_secs_f64();
+        sequential_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
         for tensor in &tensors {
             model.run_tensor(tensor)?;
@@ -74,7 +95,9 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "images": n,
             "threads": threads,
+            "max_batch": max_batch,
             "pipeline_images_per_s": n / pipeline_s,
+            "sequential_images_per_s": n / sequential_s,
             "session_only_images_per_s": n / session_s,
             "pipeline_p50_ms": pct(0.5),
             "pipeline_p95_ms": pct(0.95),
