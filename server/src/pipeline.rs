@@ -161,6 +161,42 @@ pub struct Pipeline {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Jobs waiting or running, shared with ingest and the API.
     pub backlog: Arc<Backlog>,
+    /// Wake-ups between the stages, so that none waits for its polling
+    /// period when there is work.
+    pub wake: Arc<Wake>,
+}
+
+/// Wake-ups between the stages of the pipeline. Each stage still polls
+/// (jobs can also come from the API, retries fall due), but work handed on
+/// by the stage before starts at once.
+#[derive(Debug, Default)]
+pub struct Wake {
+    jobs: (std::sync::Mutex<u64>, std::sync::Condvar),
+    results: tokio::sync::Notify,
+}
+
+impl Wake {
+    /// New jobs are in the catalog.
+    pub fn jobs_ready(&self) {
+        let (count, ready) = &self.jobs;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        ready.notify_all();
+    }
+
+    /// Block until new jobs are announced or `timeout` passes.
+    fn wait_for_jobs(&self, timeout: Duration) {
+        let (count, ready) = &self.jobs;
+        let guard = count.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = *guard;
+        let _ = ready
+            .wait_timeout_while(guard, timeout, |c| *c == seen)
+            .map_err(|p| p.into_inner());
+    }
+
+    /// Results are waiting in the outbox.
+    pub fn results_ready(&self) {
+        self.results.notify_one();
+    }
 }
 
 /// The model that ran, as the audit records name it.
@@ -300,6 +336,9 @@ impl Pipeline {
             let router = router.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let done = this.assemble_once(&router, now_ms());
+                if matches!(done, Ok(n) if n > 0) {
+                    this.wake.jobs_ready();
+                }
                 match this.catalog.job_counts() {
                     Ok(counts) => this.backlog.set(Backlog::count(&counts)),
                     Err(e) => tracing::error!(error = %e, "cannot count jobs"),
@@ -351,7 +390,7 @@ impl Pipeline {
                         return;
                     }
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(200)),
+                Ok(None) => self.wake.wait_for_jobs(Duration::from_millis(200)),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot claim jobs");
                     std::thread::sleep(Duration::from_secs(1));
@@ -379,6 +418,9 @@ impl Pipeline {
                     {
                         tracing::error!(job = job.id, error = %e, "cannot record finished job");
                         continue;
+                    }
+                    if !job.destinations.is_empty() {
+                        self.wake.results_ready();
                     }
                     self.audit.note(
                         AuditEvent::new(
@@ -856,7 +898,10 @@ impl Pipeline {
             if let Err(e) = self.deliver_once().await {
                 tracing::error!(error = %e, "result delivery failed");
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = self.wake.results.notified() => {}
+            }
         }
     }
 }

@@ -307,6 +307,7 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             audit: audit.clone(),
             metrics: metrics.clone(),
             backlog: backlog.clone(),
+            wake: Arc::default(),
         };
         let options = scp_options(&config, &layout);
         tracing::info!(
