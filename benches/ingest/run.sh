@@ -60,11 +60,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
   [ "$stored" -eq "$N" ] || { echo "storescp stored $stored of $N" >&2; exit 1; }
 
   VIGIE__DICOM__AE_TITLE=BENCH VIGIE__PIPELINE__WORKERS=0 VIGIE__PIPELINE__STABLE_AGE_S=3600 \
-  VIGIE__STORAGE__MIN_FREE_MIB=0 VIGIE__DICOM__MAX_ASSOCIATIONS=64 VIGIE_LOG=warn \
+  VIGIE__STORAGE__MIN_FREE_MIB=0 VIGIE__DICOM__MAX_ASSOCIATIONS=64 VIGIE__HTTP__METRICS_PUBLIC=true VIGIE_LOG=warn \
     ./target/release/vigie serve --data-dir "$WORK/vigie" --dicom-port "$PORT_VIGIE" --http-port "$HTTP_VIGIE" & VIG=$!
   wait_port "$PORT_VIGIE"
   t_vigie=$(send "$PORT_VIGIE")
-  stored=$(curl -s "http://127.0.0.1:$HTTP_VIGIE/api/v1/status" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["ingest"]["stored"])')
+  stored=$(curl -s "http://127.0.0.1:$HTTP_VIGIE/metrics" | sed -n 's/^vigie_instances_stored_total{source="dimse"} //p')
   kill "$VIG"; wait "$VIG" 2>/dev/null || true
   [ "$stored" -eq "$N" ] || { echo "vigie stored $stored of $N" >&2; exit 1; }
   results+=("$t_dcmtk $t_vigie")
