@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Vigie, demo_studies, uids};
+use common::{Vigie, demo_studies};
 use vigie_test_support::{Orthanc, repo_root};
 
 fn run(command: &mut Command) -> std::process::Output {
@@ -332,14 +332,20 @@ fn json_logs_and_their_level_change_on_sighup() {
             && v.log_text().contains("log.level")
     });
     // No patient identifier in the application log, in either format.
-    let (study, _, _) = uids(&demo[0]);
     let name = vigie_dicom_io::DicomFile::open(&demo[0])
         .unwrap()
         .string(dicom_dictionary_std::tags::PATIENT_NAME)
         .unwrap();
     assert!(!vigie.log_text().contains(&name));
-    let _ = study;
     vigie.stop();
+}
+
+fn config_check(path: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vigie"))
+        .args(["config", "check"])
+        .arg(path)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -351,24 +357,16 @@ fn configuration_errors_name_their_key() {
         "[dicom]\nae_title = \"THIS_TITLE_IS_FAR_TOO_LONG\"\nport = \"eleven\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vigie"))
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = config_check(&path);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("dicom.port") || err.contains("port"), "{err}");
+    assert!(err.contains("dicom.port"), "{err}");
     std::fs::write(
         &path,
         "[dicom]\nae_title = \"THIS_TITLE_IS_FAR_TOO_LONG\"\n\n[http]\nmax_json_kib = 0\n\n[[http.tokens]]\nname = \"x\"\nrole = \"reader\"\nsha256 = \"abc\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vigie"))
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = config_check(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     for key in [
         "dicom.ae_title",
