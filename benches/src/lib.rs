@@ -4,9 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-/// The repository root.
+/// The repository root: `VIGIE_ROOT` when set (a copy of the repository
+/// on another machine, e.g. the GPU one), else where this crate was built.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    match std::env::var_os("VIGIE_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
 }
 
 /// The demo DICOM studies made by `scripts/setup.sh`.

@@ -305,3 +305,47 @@ fn cuda_provider_that_cannot_register_is_an_error_not_a_cpu_fallback() {
     );
     assert!(err.to_string().contains("CUDA"), "{err}");
 }
+
+/// Largest probability difference accepted between the int8 candidate and
+/// the fp32 model on the same tensors (measured: 0.012).
+const INT8_TOLERANCE: f32 = 0.05;
+
+#[test]
+fn int8_candidate_decides_as_the_fp32_model_on_the_17_demo_studies() {
+    let dir = vigie_test_support::model_dir("candidates/brain-tumour-vgg16-int8");
+    let candidate = ModelPackage::load(&dir).expect("int8 candidate loads, hash verified");
+    assert_eq!(
+        candidate.id(),
+        package().id(),
+        "a version of the same model"
+    );
+    assert_eq!(candidate.version(), "0.1.1-int8");
+    assert_ne!(candidate.sha256(), package().sha256());
+    // Really quantized: the graph holds int8 weights, about a quarter of the size.
+    let size = |p: &Path| std::fs::metadata(p).expect("weights").len();
+    assert!(size(candidate.weights_path()) * 3 < size(package().weights_path()));
+    let mut fp32 = Model::load(package(), &options()).expect("fp32 loads");
+    let mut int8 = Model::load(candidate, &options()).expect("int8 loads");
+    let (root, dataset) = dataset();
+    let (mut worst, mut identical) = (0.0f32, true);
+    for study in &dataset.studies {
+        let path = root.join(&study.files[0]);
+        let a = pipeline::analyse_path(&mut fp32, &path).expect("fp32 analysed");
+        let b = pipeline::analyse_path(&mut int8, &path).expect("int8 analysed");
+        let (a, b) = (
+            classification(&a.results[0].finding),
+            classification(&b.results[0].finding),
+        );
+        assert_eq!(a.decision, b.decision, "{}", study.files[0].display());
+        assert_eq!(b.decision, study.label, "{}", study.files[0].display());
+        for (x, y) in a.probabilities.iter().zip(&b.probabilities) {
+            worst = worst.max((x - y).abs());
+            identical &= x == y;
+        }
+    }
+    assert!(worst <= INT8_TOLERANCE, "int8 differs by {worst}");
+    assert!(
+        !identical,
+        "the int8 model gave the fp32 model's exact outputs"
+    );
+}

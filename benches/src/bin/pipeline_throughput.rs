@@ -11,7 +11,10 @@
 //! results of the hot loop.
 //!
 //! Usage: pipeline_throughput ROUNDS THREADS TENSORS_OUT [MAX_BATCH]
-//! Prints one JSON object.
+//! Prints one JSON object. Environment: `VIGIE_BENCH_DEVICE` (`cpu`, the
+//! default, or `cuda:N`), `VIGIE_BENCH_MODEL` (package folder, default the
+//! reference model), `VIGIE_BENCH_ORT` (the ONNX Runtime library, default
+//! the CPU one fetched by `scripts/setup.sh`).
 
 use std::time::Instant;
 
@@ -29,12 +32,26 @@ fn main() -> anyhow::Result<()> {
     let root = vigie_benches::repo_root();
     let files = vigie_benches::demo_files();
     anyhow::ensure!(!files.is_empty(), "run scripts/setup.sh first");
-    let lib = root.join(".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1");
-    let package = ModelPackage::load(root.join("models/brain-tumour-vgg16"))?;
-    let mut model = Model::load(
-        package,
-        &BackendOptions::new(Device::Cpu, threads, Some(lib)),
-    )?;
+    let env_path = |name: &str, default: &str| {
+        std::env::var_os(name).map_or_else(|| root.join(default), std::path::PathBuf::from)
+    };
+    let lib = env_path(
+        "VIGIE_BENCH_ORT",
+        ".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1",
+    );
+    let device = match std::env::var("VIGIE_BENCH_DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Device::Cpu,
+        Ok(other) => {
+            let id = other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .context("VIGIE_BENCH_DEVICE is `cpu` or `cuda:N`")?;
+            Device::Cuda { device_id: id }
+        }
+    };
+    let package = ModelPackage::load(env_path("VIGIE_BENCH_MODEL", "models/brain-tumour-vgg16"))?;
+    let mut model = Model::load(package, &BackendOptions::new(device, threads, Some(lib)))?;
+    let provider = model.execution().provider.clone();
     // Tensors for the bare-runtime measurements, made by the same pipeline.
     let pre = model.package().manifest().preprocess.clone();
     let mut tensors = Vec::new();
@@ -95,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "images": n,
             "threads": threads,
+            "provider": provider,
             "max_batch": max_batch,
             "pipeline_images_per_s": n / pipeline_s,
             "sequential_images_per_s": n / sequential_s,
