@@ -14,8 +14,10 @@
 # the baseline must be DCMTK at its best. Vigie sets TCP_NODELAY itself.
 # Data directories are created under target/ (the repository's file
 # system, not tmpfs) so that fsync costs what it costs on this disk.
+# DCMTK_NODELAY=0 runs DCMTK as installed instead (Nagle on: the issue's
+# "storescp as it is" baseline; Vigie must not wait on delayed acks).
 set -euo pipefail
-export TCP_NODELAY=1
+if [ "${DCMTK_NODELAY:-1}" = 1 ]; then export TCP_NODELAY=1; else unset TCP_NODELAY; fi
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 N=${1:-300}

@@ -52,6 +52,19 @@ impl Running {
     fn events(&self) -> Vec<ScpEvent> {
         self.sink.events.lock().unwrap().clone()
     }
+    /// The events once `done` holds for them: the server records an
+    /// association's end after the peer may already have exited. Gives up
+    /// after 10 s and returns what it has (the caller's assertion fails).
+    async fn events_when(&self, done: impl Fn(&[ScpEvent]) -> bool) -> Vec<ScpEvent> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let events = self.events();
+            if done(&events) || std::time::Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     fn stored(&self, sop_instance_uid: &str) -> PathBuf {
         self.sink.dir.join(format!("{sop_instance_uid}.dcm"))
     }
@@ -127,16 +140,16 @@ async fn echoscu_gets_success_and_a_wrong_called_ae_title_is_rejected() {
         !wrong.status.success(),
         "another called AE title is refused"
     );
-    let events = scp.events();
-    assert!(events.contains(&ScpEvent::Echoed {
-        calling_ae_title: "TESTSCU".into()
-    }));
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, ScpEvent::Rejected { reason, .. } if reason.contains("called"))),
-        "{events:?}"
-    );
+    let echoed = ScpEvent::Echoed {
+        calling_ae_title: "TESTSCU".into(),
+    };
+    let rejected =
+        |e: &ScpEvent| matches!(e, ScpEvent::Rejected { reason, .. } if reason.contains("called"));
+    let events = scp
+        .events_when(|events| events.contains(&echoed) && events.iter().any(rejected))
+        .await;
+    assert!(events.contains(&echoed), "{events:?}");
+    assert!(events.iter().any(rejected), "{events:?}");
     scp.task.abort();
 }
 
