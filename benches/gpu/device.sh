@@ -45,8 +45,9 @@ case "${1:-}" in
         zstd -d -q -f .gpu/a/ort.zst -o "$VG/lib/libonnxruntime.so.1.31.1"
         cp .gpu/a/libonnxruntime_providers_shared.so "$VG/lib/"
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-        echo "CUDA libraries: $(cuda_libs)"
-        LD_LIBRARY_PATH="$VG/lib:$(cuda_libs)" ldd "$VG/lib/libonnxruntime_providers_cuda.so" | grep -E "not found|cu" || true
+        libs=$(cuda_libs)
+        echo "CUDA libraries: $libs"
+        LD_LIBRARY_PATH="$VG/lib:$libs" ldd "$VG/lib/libonnxruntime_providers_cuda.so" | grep -E "not found|cu" || true
         ldd --version | head -n 1
         ;;
       b)
