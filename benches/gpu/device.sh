@@ -77,7 +77,11 @@ case "${1:-}" in
     FP32=$VG/root/models/brain-tumour-vgg16
     INT8=$VG/root/models/candidates/brain-tumour-vgg16-int8
     TENSORS=$(mktemp)
-    THREADS=$(nproc)
+    # The appliance's derived defaults (inference/src/threads.rs): intra-op
+    # threads leave the decode threads their cores beyond 4 CPUs; decode
+    # threads: 1 on CPU, a quarter of the CPUs (1 to 8) on GPU.
+    THREADS=$(nproc); [ "$THREADS" -gt 4 ] && THREADS=$((THREADS - 1))
+    GPU_DECODE=$(( $(nproc) / 4 )); [ "$GPU_DECODE" -lt 1 ] && GPU_DECODE=1; [ "$GPU_DECODE" -gt 8 ] && GPU_DECODE=8
     py() { python3 benches/baselines/ort_throughput.py "$1/$(sed -n 's/^file = "\(.*\)"/\1/p' "$1/model.toml")" "$TENSORS" "$ROUNDS" "$THREADS" "$2" "$3"; }
     # 1. The appliance on the GPU: decisions on the demo dataset, and the
     #    error when the GPU asked for does not exist.
@@ -100,7 +104,8 @@ case "${1:-}" in
           export VIGIE_BENCH_DEVICE=$device VIGIE_BENCH_MODEL=$model
           "$VG/bin/pipeline_throughput" 1 "$THREADS" "$TENSORS" > /dev/null
           a=$(py "$model" "$batch" "$provider")
-          v=$("$VG/bin/pipeline_throughput" "$ROUNDS" "$THREADS" "$TENSORS" "$batch")
+          decode=1; [ "$device" != cpu ] && decode=$GPU_DECODE
+          v=$("$VG/bin/pipeline_throughput" "$ROUNDS" "$THREADS" "$TENSORS" "$batch" "$decode")
           b=$(py "$model" "$batch" "$provider")
           printf '{"model":"%s","device":"%s","batch":%s,"python_before":%s,"vigie":%s,"python_after":%s}\n' \
             "$(basename "$model")" "$device" "$batch" "$a" "$v" "$b" | tee -a "$OUTDIR/gpu-bench.jsonl"

@@ -14,7 +14,9 @@
 //!   serves.
 //! - [`postprocess`]: activations, labels and decision rules.
 //! - [`model`]: [`model::Model`], a loaded package ready to run: the one
-//!   code path from image to typed result, with stage timings.
+//!   code path from image to typed result, with stage timings; its
+//!   [`model::Preparer`] runs the preprocessing on other threads.
+//! - [`threads`]: thread counts derived from the machine, and pinning.
 //!
 //! The crate knows nothing of DICOM networking, HTTP or configuration files.
 #![deny(missing_docs)]
@@ -28,8 +30,9 @@ pub mod package;
 pub mod postprocess;
 pub mod preprocess;
 pub mod resize;
+pub mod threads;
 
 pub use error::{Error, Result};
 pub use manifest::Manifest;
-pub use model::{Image, Model, ModelResult};
+pub use model::{Image, Model, ModelResult, Prepared, Preparer};
 pub use package::ModelPackage;

@@ -47,6 +47,52 @@ pub struct ModelResult {
     pub timings: StageTimings,
 }
 
+/// One image already turned into the model's input tensor, on whatever
+/// thread made it (see [`Preparer`]), waiting for [`Model::run_prepared`].
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The tensor of one image (length: the model's per-image input size).
+    pub tensor: Vec<f32>,
+    /// Preprocessing sizes, recorded with the result.
+    pub applied: AppliedPreprocess,
+    /// Milliseconds spent preprocessing.
+    pub preprocess_ms: f64,
+}
+
+/// Preprocessing for one model, apart from the model: each decode thread of
+/// the hot loop holds one and prepares tensors while the model runs.
+#[derive(Debug)]
+pub struct Preparer {
+    model_id: String,
+    preprocessor: Preprocessor,
+}
+
+impl Preparer {
+    /// Number of `f32` in one image's tensor.
+    pub fn tensor_len(&self) -> usize {
+        self.preprocessor.tensor_len()
+    }
+
+    /// Preprocess `image` into `tensor` (reused: give back a tensor a
+    /// previous [`Prepared`] held and nothing is allocated).
+    pub fn prepare(&mut self, image: &Image<'_>, mut tensor: Vec<f32>) -> Result<Prepared> {
+        let started = Instant::now();
+        tensor.resize(self.preprocessor.tensor_len(), 0.0);
+        let applied = self
+            .preprocessor
+            .run_into(image, &mut tensor)
+            .map_err(|reason| Error::Preprocess {
+                model_id: self.model_id.clone(),
+                reason,
+            })?;
+        Ok(Prepared {
+            tensor,
+            applied,
+            preprocess_ms: ms(started),
+        })
+    }
+}
+
 /// A model ready to run.
 #[derive(Debug)]
 pub struct Model {
@@ -113,23 +159,96 @@ impl Model {
     }
 
     fn run_batch(&mut self, images: &[Image<'_>]) -> Result<Vec<ModelResult>> {
-        let model_id = self.package.id().to_string();
         let n = images.len();
         let per = self.preprocessor.tensor_len();
         let started = Instant::now();
-        self.input.resize(per * n, 0.0);
+        let mut input = std::mem::take(&mut self.input);
+        input.resize(per * n, 0.0);
         let mut applied = Vec::with_capacity(n);
-        for (image, slot) in images.iter().zip(self.input.chunks_exact_mut(per)) {
-            applied.push(self.preprocessor.run_into(image, slot).map_err(|reason| {
-                Error::Preprocess {
-                    model_id: model_id.clone(),
-                    reason,
+        for (image, slot) in images.iter().zip(input.chunks_exact_mut(per)) {
+            match self.preprocessor.run_into(image, slot) {
+                Ok(a) => applied.push(a),
+                Err(reason) => {
+                    self.input = input;
+                    return Err(Error::Preprocess {
+                        model_id: self.package.id().to_string(),
+                        reason,
+                    });
                 }
-            })?);
+            }
         }
-        let preprocess_ms = ms(started);
+        let preprocess_ms = vec![ms(started) / n as f64; n];
+        let results = self.infer(&input, applied, &preprocess_ms);
+        self.input = input;
+        results
+    }
+
+    /// A [`Preparer`] for this model: its preprocessing, to run on another
+    /// thread.
+    pub fn preparer(&self) -> Result<Preparer> {
+        let manifest = self.package.manifest();
+        let preprocessor =
+            Preprocessor::new(&manifest.preprocess, &manifest.input).ok_or_else(|| {
+                Error::ManifestInvalid {
+                    model_id: self.package.id().to_string(),
+                    field: "input.shape".into(),
+                    reason: "not an image tensor".into(),
+                }
+            })?;
+        Ok(Preparer {
+            model_id: self.package.id().to_string(),
+            preprocessor,
+        })
+    }
+
+    /// Run the model on tensors prepared by a [`Preparer`] (one batch, or
+    /// several if the model's batch size is fixed and smaller). A single
+    /// tensor goes to the runtime as it is; several are laid end to end in
+    /// the model's own input buffer, allocated once.
+    pub fn run_prepared(&mut self, items: &[&Prepared]) -> Result<Vec<ModelResult>> {
+        let per = self.preprocessor.tensor_len();
+        if let Some(bad) = items.iter().find(|p| p.tensor.len() != per) {
+            return Err(Error::Preprocess {
+                model_id: self.package.id().to_string(),
+                reason: format!(
+                    "prepared tensor of {} values, the model takes {per}",
+                    bad.tensor.len()
+                ),
+            });
+        }
+        let max = self.backend.max_batch().unwrap_or(items.len().max(1));
+        let mut results = Vec::with_capacity(items.len());
+        for chunk in items.chunks(max.max(1)) {
+            let applied = chunk.iter().map(|p| p.applied.clone()).collect();
+            let preprocess_ms: Vec<f64> = chunk.iter().map(|p| p.preprocess_ms).collect();
+            if let [one] = chunk {
+                results.extend(self.infer(&one.tensor, applied, &preprocess_ms)?);
+            } else {
+                let mut input = std::mem::take(&mut self.input);
+                input.clear();
+                for p in chunk {
+                    input.extend_from_slice(&p.tensor);
+                }
+                let ran = self.infer(&input, applied, &preprocess_ms);
+                self.input = input;
+                results.extend(ran?);
+            }
+        }
+        Ok(results)
+    }
+
+    /// The backend and postprocessing on a batch of ready tensors laid end
+    /// to end in `input`.
+    fn infer(
+        &mut self,
+        input: &[f32],
+        applied: Vec<AppliedPreprocess>,
+        preprocess_ms: &[f64],
+    ) -> Result<Vec<ModelResult>> {
+        let model_id = self.package.id().to_string();
+        let n = applied.len();
         let started = Instant::now();
-        let (dims, output) = self.backend.run(&self.input, n)?;
+        let (dims, output) = self.backend.run(input, n)?;
         let inference_ms = ms(started);
         let started = Instant::now();
         let manifest = self.package.manifest();
@@ -160,20 +279,23 @@ impl Model {
             .into_iter()
             .zip(output.chunks_exact(per_out))
             .zip(applied)
-            .map(|((finding, raw), preprocess)| ModelResult {
-                model_id: model_id.clone(),
-                model_version: self.package.version().to_string(),
-                model_sha256: self.package.sha256().to_string(),
-                execution: self.backend.execution().clone(),
-                preprocess,
-                raw_output: raw.to_vec(),
-                finding,
-                timings: StageTimings {
-                    preprocess_ms: share(preprocess_ms),
-                    inference_ms: share(inference_ms),
-                    postprocess_ms: share(postprocess_ms),
+            .zip(preprocess_ms)
+            .map(
+                |(((finding, raw), preprocess), &preprocess_ms)| ModelResult {
+                    model_id: model_id.clone(),
+                    model_version: self.package.version().to_string(),
+                    model_sha256: self.package.sha256().to_string(),
+                    execution: self.backend.execution().clone(),
+                    preprocess,
+                    raw_output: raw.to_vec(),
+                    finding,
+                    timings: StageTimings {
+                        preprocess_ms,
+                        inference_ms: share(inference_ms),
+                        postprocess_ms: share(postprocess_ms),
+                    },
                 },
-            })
+            )
             .collect())
     }
 

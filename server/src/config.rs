@@ -11,6 +11,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use vigie_inference::backend::{BackendOptions, Device};
+use vigie_inference::threads::ThreadPlan;
 
 /// Where the setup script puts the ONNX Runtime library.
 pub const SETUP_ONNXRUNTIME: &str = ".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1";
@@ -436,8 +437,18 @@ pub struct InferenceConfig {
     pub onnxruntime_library: Option<PathBuf>,
     /// `cpu` or `cuda:N`.
     pub device: String,
-    /// Intra-op threads per inference; 0 = number of cores.
+    /// ONNX Runtime intra-op threads per worker; 0 = derived from the
+    /// machine: every allowed CPU up to 4, beyond that all but those of the
+    /// decode threads.
     pub intra_threads: usize,
+    /// Threads per worker that open, decode and preprocess instances ahead
+    /// of the model; 0 = derived: 1 on CPU, a quarter of the CPUs (1 to 8)
+    /// on a GPU.
+    pub decode_threads: usize,
+    /// Pin the model thread and intra-op threads to the first allowed CPUs
+    /// and the decode threads to the last ones (needs `pipeline.workers =
+    /// 1`).
+    pub pin_threads: bool,
     /// Dynamic batching, by model package id; a model not listed runs one
     /// instance at a time.
     pub batching: BTreeMap<String, BatchConfig>,
@@ -480,6 +491,8 @@ impl Default for InferenceConfig {
             onnxruntime_library: None,
             device: "cpu".into(),
             intra_threads: 0,
+            decode_threads: 0,
+            pin_threads: false,
             batching: BTreeMap::new(),
         }
     }
@@ -612,6 +625,12 @@ impl Config {
         if self.pipeline.max_attempts == 0 {
             problems.push("pipeline.max_attempts: must be at least 1".into());
         }
+        if self.inference.pin_threads && self.pipeline.workers > 1 {
+            problems.push(format!(
+                "inference.pin_threads: needs pipeline.workers = 1 ({} workers would share the same CPUs)",
+                self.pipeline.workers
+            ));
+        }
         for (model, b) in &self.inference.batching {
             if b.max_batch == 0 {
                 problems.push(format!(
@@ -674,13 +693,22 @@ impl Config {
                 std::env::var_os(vigie_inference::backend::onnx::DYLIB_ENV).map(PathBuf::from)
             })
             .or_else(|| Some(PathBuf::from(SETUP_ONNXRUNTIME)).filter(|p| p.is_file()));
-        let threads = match self.inference.intra_threads {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            n => n,
-        };
-        Ok(BackendOptions::new(device, threads, library))
+        let plan = self.thread_plan()?;
+        Ok(BackendOptions::new(device, plan.intra_threads, library)
+            .with_intra_cpus(plan.model_cpus))
+    }
+
+    /// Threads of one worker and, with `inference.pin_threads`, their CPUs,
+    /// from the configuration and the CPUs this process may use.
+    pub fn thread_plan(&self) -> anyhow::Result<ThreadPlan> {
+        let device = parse_device(&self.inference.device)?;
+        Ok(ThreadPlan::derive(
+            &vigie_inference::threads::allowed_cpus(),
+            device,
+            self.inference.intra_threads,
+            self.inference.decode_threads,
+            self.inference.pin_threads,
+        ))
     }
 
     /// The configuration as TOML (what the audit trail records).
@@ -750,6 +778,36 @@ mod tests {
         std::fs::write(&file, "[inference]\ndevise = \"cpu\"\n").unwrap();
         let err = Config::load(Some(&file)).unwrap_err().to_string();
         assert!(err.contains("devise"), "{err}");
+    }
+
+    #[test]
+    fn thread_settings_reach_the_runtime_and_pinning_needs_one_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vigie.toml");
+        std::fs::write(
+            &file,
+            "[inference]\nintra_threads = 2\ndecode_threads = 3\npin_threads = true\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        let plan = config.thread_plan().unwrap();
+        assert_eq!((plan.intra_threads, plan.decode_threads), (2, 3));
+        let cpus = vigie_inference::threads::allowed_cpus();
+        assert_eq!(plan.model_cpus, vec![cpus[0], cpus[1 % cpus.len()]]);
+        let options = config.backend_options().unwrap();
+        assert_eq!(options.intra_threads, 2);
+        assert_eq!(options.intra_cpus, plan.model_cpus);
+        // Derived: never zero threads, whatever the machine.
+        let derived = Config::default().thread_plan().unwrap();
+        assert!(derived.intra_threads >= 1 && derived.decode_threads >= 1);
+        assert!(derived.model_cpus.is_empty() && derived.decode_cpus.is_empty());
+        std::fs::write(
+            &file,
+            "[inference]\npin_threads = true\n[pipeline]\nworkers = 2\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Config::load(Some(&file)).unwrap_err());
+        assert!(err.contains("inference.pin_threads"), "{err}");
     }
 }
 

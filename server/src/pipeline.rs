@@ -164,6 +164,8 @@ pub struct Pipeline {
     /// Wake-ups between the stages, so that none waits for its polling
     /// period when there is work.
     pub wake: Arc<Wake>,
+    /// Threads of each worker and, when pinned, their CPUs.
+    pub threads: vigie_inference::threads::ThreadPlan,
 }
 
 /// Wake-ups between the stages of the pipeline. Each stage still polls
@@ -401,6 +403,11 @@ impl Pipeline {
 
     fn work(&self, rx: &std::sync::Mutex<Receiver<Job>>) {
         let mut models: HashMap<String, Model> = HashMap::new();
+        // With inference.pin_threads, this thread calls the runtime: it
+        // takes the first of the model's CPUs (the runtime pins the rest).
+        if let Some(&cpu) = self.threads.model_cpus.first() {
+            vigie_inference::threads::pin_current_thread(cpu);
+        }
         loop {
             let job = {
                 let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -583,12 +590,16 @@ impl Pipeline {
             .get(&job.model)
             .cloned()
             .unwrap_or_default();
-        // The hot loop: decoding runs on its own thread ahead of the model,
-        // up to max_batch instances per model run.
+        // The hot loop: decoding and preprocessing run on their own threads
+        // ahead of the model, up to max_batch instances per model run.
         let paths: Vec<PathBuf> = instances.iter().map(|i| i.path.clone()).collect();
-        let batching = pipeline::Batching {
-            max_batch: batching.max_batch.max(1),
-            max_delay: Duration::from_millis(batching.max_delay_ms),
+        let hot_loop = pipeline::HotLoop {
+            batching: pipeline::Batching {
+                max_batch: batching.max_batch.max(1),
+                max_delay: Duration::from_millis(batching.max_delay_ms),
+            },
+            decode_threads: self.threads.decode_threads,
+            decode_cpus: self.threads.decode_cpus.clone(),
         };
         let ran = Ran {
             package: model.package().clone(),
@@ -596,7 +607,7 @@ impl Pipeline {
         };
         // Each instance is written and recorded as soon as the model has
         // it, on this thread, while the next ones are being decoded.
-        pipeline::analyse_stream(model, &paths, batching, |index, outcome| {
+        pipeline::analyse_stream(model, &paths, &hot_loop, |index, outcome| {
             match outcome {
                 Ok(streamed) => {
                     let done = Analysed {

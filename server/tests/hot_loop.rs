@@ -1,6 +1,6 @@
-//! The inference loop: decoding runs ahead of the model on its own thread,
-//! and a model can take several instances of a job per run (dynamic
-//! batching). Batched and one-by-one runs give the same findings; an
+//! The inference loop: decoding and preprocessing run ahead of the model on
+//! threads of their own (several, pinned, in the batched run), and a model
+//! can take several instances of a job per run (dynamic batching). Batched and one-by-one runs give the same findings; an
 //! instance that cannot be analysed does not stop the others.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -74,11 +74,16 @@ fn batched_and_single_runs_agree_and_a_bad_instance_does_not_stop_the_job() {
     std::fs::create_dir_all(&single_dir).unwrap();
     std::fs::create_dir_all(&batched_dir).unwrap();
     let single = Vigie::start(&single_dir, &base_config(rule));
-    let batched = Vigie::start(
+    // Batched, with two decode threads, threads pinned.
+    let batched = Vigie::start_with_env(
         &batched_dir,
         &base_config(&format!(
             "{rule}\n[inference.batching.brain-tumour-vgg16]\nmax_batch = 4\nmax_delay_ms = 200\n"
         )),
+        &[
+            ("VIGIE__INFERENCE__DECODE_THREADS", "2"),
+            ("VIGIE__INFERENCE__PIN_THREADS", "true"),
+        ],
     );
     for v in [&single, &batched] {
         assert!(send(v.dicom, &series).iter().all(|o| o.delivered()));

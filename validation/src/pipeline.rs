@@ -9,7 +9,7 @@ use vigie_dicom_io::{
     DicomFile, InstanceHeader, PixelArray, PixelOptions, VoiSelection, WindowFunction,
 };
 use vigie_inference::manifest::{self, Preprocess};
-use vigie_inference::{Image, Model, ModelResult};
+use vigie_inference::{Image, Model, ModelResult, Prepared, Preparer};
 
 use crate::error::{Error, Result};
 
@@ -63,22 +63,27 @@ pub fn analyse_path(model: &mut Model, path: &Path) -> Result<InstanceAnalysis> 
     analyse(model, &file)
 }
 
-/// An instance's pixels decoded as the model's package asks, and their
-/// hash: everything before the model, so that it can run on another thread
-/// while the model works on the previous instance.
+/// An instance's pixels decoded and preprocessed as the model's package
+/// asks, and their hash: everything before the model, so that it can run on
+/// other threads while the model works on previous instances.
 #[derive(Debug)]
 pub struct Decoded {
-    /// The decoded pixels.
-    pub pixels: PixelArray,
-    /// Milliseconds spent decoding.
+    /// One input tensor per frame.
+    pub frames: Vec<Prepared>,
+    /// Milliseconds spent decoding (preprocessing is timed per frame).
     pub decode_ms: f64,
-    /// SHA-256 of `pixels` (see [`InstanceAnalysis::pixels_sha256`]).
+    /// SHA-256 of the decoded pixels (see
+    /// [`InstanceAnalysis::pixels_sha256`]).
     pub pixels_sha256: String,
 }
 
 /// Check that `manifest`'s model applies to `file`, then decode its pixels
-/// and hash them. Needs no model: this is the part that runs beside it.
-pub fn decode(manifest: &manifest::Manifest, file: &DicomFile) -> Result<Decoded> {
+/// and hash them; returns the pixels, the milliseconds spent decoding and
+/// the hash.
+fn decode_pixels(
+    manifest: &manifest::Manifest,
+    file: &DicomFile,
+) -> Result<(PixelArray, f64, String)> {
     let header = file.header();
     if !manifest.applies_to.matches(
         header.modality.as_deref(),
@@ -102,30 +107,79 @@ pub fn decode(manifest: &manifest::Manifest, file: &DicomFile) -> Result<Decoded
     let pixels = file.decode(&options)?;
     let decode_ms = started.elapsed().as_secs_f64() * 1000.0;
     let pixels_sha256 = hash_samples(&pixels.data);
+    Ok((pixels, decode_ms, pixels_sha256))
+}
+
+/// The frames of decoded pixels as images.
+fn frames_of(pixels: &PixelArray) -> impl Iterator<Item = Image<'_>> {
+    (0..pixels.frames)
+        .filter_map(|f| pixels.frame(f))
+        .map(|data| Image {
+            rows: pixels.rows,
+            columns: pixels.columns,
+            channels: pixels.samples_per_pixel,
+            data,
+        })
+}
+
+/// Check that `manifest`'s model applies to `file`, decode its pixels, hash
+/// them and preprocess every frame with `preparer`, taking tensors from
+/// `pool` before allocating. Needs no model: this is the part that runs
+/// beside it.
+pub fn decode(
+    manifest: &manifest::Manifest,
+    preparer: &mut Preparer,
+    pool: &TensorPool,
+    file: &DicomFile,
+) -> Result<Decoded> {
+    let (pixels, decode_ms, pixels_sha256) = decode_pixels(manifest, file)?;
+    let mut frames = Vec::with_capacity(pixels.frames);
+    for image in frames_of(&pixels) {
+        match preparer.prepare(&image, pool.take()) {
+            Ok(prepared) => frames.push(prepared),
+            Err(e) => {
+                pool.give_back(frames);
+                return Err(e.into());
+            }
+        }
+    }
     Ok(Decoded {
-        pixels,
+        frames,
         decode_ms,
         pixels_sha256,
     })
+}
+
+/// Input tensors given back after the model ran, for the decode threads to
+/// fill again: the hot loop allocates tensors only until as many are in
+/// flight as it allows, then reuses them.
+#[derive(Debug, Default)]
+pub struct TensorPool(std::sync::Mutex<Vec<Vec<f32>>>);
+
+impl TensorPool {
+    /// A tensor to fill (empty if the pool has none).
+    pub fn take(&self) -> Vec<f32> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut free| free.pop())
+            .unwrap_or_default()
+    }
+
+    /// Give back the tensors of prepared frames.
+    pub fn give_back(&self, frames: impl IntoIterator<Item = Prepared>) {
+        if let Ok(mut free) = self.0.lock() {
+            free.extend(frames.into_iter().map(|p| p.tensor));
+        }
+    }
 }
 
 /// Run the model on every frame of every decoded instance, in batches of
 /// the model's size (all frames at once when its batch dimension is free),
 /// and give each instance its results.
 pub fn infer(model: &mut Model, items: &[(&DicomFile, &Decoded)]) -> Result<Vec<InstanceAnalysis>> {
-    fn frames_of(d: &Decoded) -> Vec<Image<'_>> {
-        (0..d.pixels.frames)
-            .filter_map(|f| d.pixels.frame(f))
-            .map(|data| Image {
-                rows: d.pixels.rows,
-                columns: d.pixels.columns,
-                channels: d.pixels.samples_per_pixel,
-                data,
-            })
-            .collect()
-    }
-    let images: Vec<Image<'_>> = items.iter().flat_map(|(_, d)| frames_of(d)).collect();
-    let mut results = model.run(&images)?.into_iter();
+    let frames: Vec<&Prepared> = items.iter().flat_map(|(_, d)| &d.frames).collect();
+    let mut results = model.run_prepared(&frames)?.into_iter();
     Ok(items
         .iter()
         .map(|(file, d)| InstanceAnalysis {
@@ -133,7 +187,7 @@ pub fn infer(model: &mut Model, items: &[(&DicomFile, &Decoded)]) -> Result<Vec<
             header: file.header().clone(),
             decode_ms: d.decode_ms,
             pixels_sha256: d.pixels_sha256.clone(),
-            results: results.by_ref().take(frames_of(d).len()).collect(),
+            results: results.by_ref().take(d.frames.len()).collect(),
         })
         .collect())
 }
@@ -157,6 +211,29 @@ impl Default for Batching {
     }
 }
 
+/// How the hot loop runs: batching, and how many threads decode and
+/// preprocess ahead of the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotLoop {
+    /// Dynamic batching.
+    pub batching: Batching,
+    /// Threads that open, decode and preprocess instances (at least 1).
+    pub decode_threads: usize,
+    /// Logical CPUs to pin the decode threads to, one per thread in turn
+    /// (empty: not pinned).
+    pub decode_cpus: Vec<usize>,
+}
+
+impl Default for HotLoop {
+    fn default() -> Self {
+        Self {
+            batching: Batching::default(),
+            decode_threads: 1,
+            decode_cpus: Vec::new(),
+        }
+    }
+}
+
 /// One instance through the model.
 #[derive(Debug)]
 pub struct Streamed {
@@ -168,87 +245,134 @@ pub struct Streamed {
     pub batch: usize,
 }
 
-/// The hot loop: analyse `paths` in order with `model`, decoding on a
-/// thread of its own ahead of the model (at most two batches ahead, so
-/// memory stays bounded) and running up to `batching.max_batch` decoded
-/// instances per model run. `each` gets every instance's index and outcome
-/// as soon as it is known; an error it returns stops the loop and is
-/// returned.
+type Ready = (usize, Result<(DicomFile, Decoded)>);
+
+/// The hot loop: analyse `paths` with `model`, `options.decode_threads`
+/// threads opening, decoding and preprocessing ahead of the model (thread
+/// `w` takes instances `w`, `w + n`, `w + 2n`…, each at most a few
+/// instances ahead, so memory stays bounded), up to
+/// `options.batching.max_batch` instances per model run. `each` gets every
+/// instance's index and outcome in the order of `paths`, as soon as it is
+/// known; an error it returns stops the loop and is returned.
 pub fn analyse_stream<E>(
     model: &mut Model,
     paths: &[PathBuf],
-    batching: Batching,
+    options: &HotLoop,
     mut each: impl FnMut(usize, Result<Streamed>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
+    if paths.is_empty() {
+        return Ok(());
+    }
     let manifest = model.package().manifest().clone();
+    let batching = options.batching;
     let max_batch = batching.max_batch.max(1);
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel(max_batch * 2);
-        let manifest = &manifest;
-        scope.spawn(move || {
-            for (index, path) in paths.iter().enumerate() {
-                let decoded = DicomFile::open(path).map_err(Error::from).and_then(|file| {
-                    let decoded = decode(manifest, &file)?;
-                    Ok((file, decoded))
-                });
-                if tx.send((index, decoded)).is_err() {
-                    return;
+    let threads = options.decode_threads.clamp(1, paths.len());
+    let mut preparers = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        match model.preparer() {
+            Ok(p) => preparers.push(p),
+            Err(e) => {
+                let reason = e.to_string();
+                for (index, path) in paths.iter().enumerate() {
+                    let failed = Error::BatchFailed {
+                        path: path.clone(),
+                        sop_instance_uid: String::new(),
+                        reason: reason.clone(),
+                    };
+                    each(index, Err(failed))?;
                 }
+                return Ok(());
             }
-        });
-        while let Ok(first) = rx.recv() {
+        }
+    }
+    // Each thread keeps this many instances ready beyond the one it works
+    // on: together, about two batches ahead of the model.
+    let ahead = (2 * max_batch).div_ceil(threads).max(1);
+    let pool = TensorPool::default();
+    std::thread::scope(|scope| {
+        let mut queues = Vec::with_capacity(threads);
+        for (w, mut preparer) in preparers.into_iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Ready>(ahead);
+            queues.push(rx);
+            let (manifest, pool) = (&manifest, &pool);
+            let cpu = (!options.decode_cpus.is_empty())
+                .then(|| options.decode_cpus[w % options.decode_cpus.len()]);
+            scope.spawn(move || {
+                if let Some(cpu) = cpu {
+                    vigie_inference::threads::pin_current_thread(cpu);
+                }
+                for index in (w..paths.len()).step_by(threads) {
+                    let decoded = DicomFile::open(&paths[index])
+                        .map_err(Error::from)
+                        .and_then(|file| {
+                            let decoded = decode(manifest, &mut preparer, pool, &file)?;
+                            Ok((file, decoded))
+                        });
+                    if tx.send((index, decoded)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        // Instance `i` comes from queue `i % threads`: reading the queues
+        // in turn gives the instances in order.
+        let next_of = |i: usize| &queues[i % threads];
+        let mut next = 0;
+        while next < paths.len() {
+            let Ok(first) = next_of(next).recv() else {
+                break;
+            };
             let mut batch = vec![first];
             let deadline = Instant::now() + batching.max_delay;
-            while batch.len() < max_batch {
-                let next = match rx.try_recv() {
+            while batch.len() < max_batch && next + batch.len() < paths.len() {
+                let queue = next_of(next + batch.len());
+                let item = match queue.try_recv() {
                     Ok(item) => Some(item),
                     Err(_) if batching.max_delay.is_zero() => None,
-                    Err(_) => rx
+                    Err(_) => queue
                         .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                         .ok(),
                 };
-                match next {
+                match item {
                     Some(item) => batch.push(item),
                     None => break,
                 }
             }
-            let mut ready = Vec::new();
+            next += batch.len();
+            let items: Vec<(&DicomFile, &Decoded)> = batch
+                .iter()
+                .filter_map(|(_, d)| d.as_ref().ok().map(|(f, d)| (f, d)))
+                .collect();
+            let n = items.len();
+            let ran = if items.is_empty() {
+                Ok(Vec::new())
+            } else {
+                infer(model, &items)
+            };
+            let (mut analyses, reason) = match ran {
+                Ok(analyses) => (analyses.into_iter(), None),
+                Err(e) => (Vec::new().into_iter(), Some(e.to_string())),
+            };
+            // In the order of `paths`: failures to decode among the results.
             for (index, decoded) in batch {
-                match decoded {
-                    Ok(pair) => ready.push((index, pair)),
-                    Err(e) => each(index, Err(e))?,
-                }
-            }
-            if ready.is_empty() {
-                continue;
-            }
-            let items: Vec<(&DicomFile, &Decoded)> =
-                ready.iter().map(|(_, (f, d))| (f, d)).collect();
-            let n = ready.len();
-            match infer(model, &items) {
-                Ok(analyses) => {
-                    for ((index, (file, _)), analysis) in ready.into_iter().zip(analyses) {
-                        each(
-                            index,
-                            Ok(Streamed {
-                                file,
-                                analysis,
-                                batch: n,
-                            }),
-                        )?;
-                    }
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    for (index, (file, _)) in ready {
-                        let failed = Error::BatchFailed {
+                let outcome = decoded.and_then(|(file, decoded)| {
+                    pool.give_back(decoded.frames);
+                    match (&reason, analyses.next()) {
+                        (None, Some(analysis)) => Ok(Streamed {
+                            file,
+                            analysis,
+                            batch: n,
+                        }),
+                        (reason, _) => Err(Error::BatchFailed {
                             path: file.path().to_path_buf(),
                             sop_instance_uid: file.header().sop_instance_uid.clone(),
-                            reason: reason.clone(),
-                        };
-                        each(index, Err(failed))?;
+                            reason: reason
+                                .clone()
+                                .unwrap_or_else(|| "the model returned no result".into()),
+                        }),
                     }
-                }
+                });
+                each(index, outcome)?;
             }
         }
         Ok(())
@@ -258,13 +382,15 @@ pub fn analyse_stream<E>(
 /// Analyse an opened instance: check the model applies, decode, run every
 /// frame through the model.
 pub fn analyse(model: &mut Model, file: &DicomFile) -> Result<InstanceAnalysis> {
-    let decoded = decode(model.package().manifest(), file)?;
-    let mut analysed = infer(model, &[(file, &decoded)])?;
-    analysed.pop().ok_or_else(|| Error::NotApplicable {
+    let (pixels, decode_ms, pixels_sha256) = decode_pixels(model.package().manifest(), file)?;
+    let images: Vec<Image<'_>> = frames_of(&pixels).collect();
+    let results = model.run(&images)?;
+    Ok(InstanceAnalysis {
         path: file.path().to_path_buf(),
-        sop_instance_uid: file.header().sop_instance_uid.clone(),
-        model_id: model.package().id().to_string(),
-        reason: "the model returned no result".into(),
+        header: file.header().clone(),
+        decode_ms,
+        pixels_sha256,
+        results,
     })
 }
 

@@ -349,3 +349,78 @@ fn int8_candidate_decides_as_the_fp32_model_on_the_17_demo_studies() {
         "the int8 model gave the fp32 model's exact outputs"
     );
 }
+
+#[test]
+fn the_hot_loop_with_several_decode_threads_gives_the_sequential_results_in_order() {
+    let (root, dataset) = dataset();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let not_dicom = tmp.path().join("not-dicom.dcm");
+    std::fs::write(&not_dicom, b"this is not a DICOM file").expect("write");
+    let mut paths: Vec<PathBuf> = dataset
+        .studies
+        .iter()
+        .map(|s| root.join(&s.files[0]))
+        .collect();
+    // Bad inputs among good ones: each fails alone, in its place.
+    paths.insert(3, not_dicom);
+    paths.insert(8, tmp.path().join("missing.dcm"));
+    let bad = [3usize, 8];
+    // Pinned as `inference.pin_threads` does: ONNX Runtime takes the
+    // affinities of its intra-op threads, the decode threads pin themselves.
+    let cpus = vigie_inference::threads::allowed_cpus();
+    let pinned = options().with_intra_cpus(cpus.clone());
+    let mut model = Model::load(package(), &pinned).expect("model loads, pinned");
+    let sequential: Vec<_> = paths
+        .iter()
+        .map(|p| pipeline::analyse_path(&mut model, p).ok())
+        .collect();
+    for (index, outcome) in sequential.iter().enumerate() {
+        assert_eq!(outcome.is_none(), bad.contains(&index), "instance {index}");
+    }
+    for (decode_threads, max_batch, tolerance) in [(3, 1, 0.0f32), (2, 3, 1e-4)] {
+        let hot_loop = pipeline::HotLoop {
+            batching: pipeline::Batching {
+                max_batch,
+                max_delay: std::time::Duration::from_millis(50),
+            },
+            decode_threads,
+            decode_cpus: cpus.clone(),
+        };
+        let mut seen = Vec::new();
+        pipeline::analyse_stream(&mut model, &paths, &hot_loop, |index, outcome| {
+            seen.push(index);
+            match (outcome, &sequential[index]) {
+                (Err(_), None) => {}
+                (Ok(streamed), Some(expected)) => {
+                    assert!(streamed.batch >= 1 && streamed.batch <= max_batch);
+                    let got = &streamed.analysis;
+                    assert_eq!(got.path, paths[index]);
+                    assert_eq!(got.pixels_sha256, expected.pixels_sha256);
+                    assert_eq!(got.results.len(), expected.results.len());
+                    for (a, b) in got.results.iter().zip(&expected.results) {
+                        assert_eq!(a.preprocess, b.preprocess);
+                        assert_eq!(a.raw_output.len(), b.raw_output.len());
+                        for (x, y) in a.raw_output.iter().zip(&b.raw_output) {
+                            assert!(
+                                (x - y).abs() <= tolerance,
+                                "instance {index}: {x} vs {y} ({decode_threads} threads, batch {max_batch})"
+                            );
+                        }
+                    }
+                }
+                (outcome, expected) => panic!(
+                    "instance {index}: streamed {:?}, sequential {}",
+                    outcome.map(|_| ()),
+                    expected.is_some()
+                ),
+            }
+            Ok::<(), ()>(())
+        })
+        .expect("stream ran");
+        assert_eq!(
+            seen,
+            (0..paths.len()).collect::<Vec<_>>(),
+            "in order, each once"
+        );
+    }
+}

@@ -4,13 +4,13 @@
 //! Also writes the tensors for the Python onnxruntime baseline.
 //!
 //! The pipeline figure is the hot loop of `vigie serve`
-//! (`pipeline::analyse_stream`: decoding on its own thread ahead of the
-//! model, MAX_BATCH instances per model run); "sequential" is the same work
+//! (`pipeline::analyse_stream`: DECODE_THREADS threads opening, decoding
+//! and preprocessing ahead of the model, MAX_BATCH instances per model run); "sequential" is the same work
 //! one instance after the other on one thread; "session only" is
 //! `session.run` on ready tensors. Latency: time between consecutive
 //! results of the hot loop.
 //!
-//! Usage: pipeline_throughput ROUNDS THREADS TENSORS_OUT [MAX_BATCH]
+//! Usage: pipeline_throughput ROUNDS THREADS TENSORS_OUT [MAX_BATCH [DECODE_THREADS]]
 //! Prints one JSON object. Environment: `VIGIE_BENCH_DEVICE` (`cpu`, the
 //! default, or `cuda:N`), `VIGIE_BENCH_MODEL` (package folder, default the
 //! reference model), `VIGIE_BENCH_ORT` (the ONNX Runtime library, default
@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
     let threads: usize = args.get(2).context("THREADS")?.parse()?;
     let tensors_out = args.get(3).context("TENSORS_OUT")?;
     let max_batch: usize = args.get(4).map_or(Ok(1), |b| b.parse())?;
+    let decode_threads: usize = args.get(5).map_or(Ok(1), |b| b.parse())?;
     let root = vigie_benches::repo_root();
     let files = vigie_benches::demo_files();
     anyhow::ensure!(!files.is_empty(), "run scripts/setup.sh first");
@@ -75,17 +76,21 @@ fn main() -> anyhow::Result<()> {
     for f in &files {
         pipeline::analyse_path(&mut model, f)?;
     }
-    let batching = pipeline::Batching {
-        max_batch,
-        max_delay: std::time::Duration::from_millis(20),
+    let hot_loop = pipeline::HotLoop {
+        batching: pipeline::Batching {
+            max_batch,
+            max_delay: std::time::Duration::from_millis(20),
+        },
+        decode_threads,
+        decode_cpus: Vec::new(),
     };
     let (mut pipeline_s, mut sequential_s, mut session_s) = (0.0, 0.0, 0.0);
     let mut latencies = Vec::new();
     for _ in 0..rounds {
-        // The hot loop of `vigie serve`: decode ahead on its own thread.
+        // The hot loop of `vigie serve`: decode and preprocess ahead.
         let t = Instant::now();
         let mut last = Instant::now();
-        pipeline::analyse_stream(&mut model, &files, batching, |_, outcome| {
+        pipeline::analyse_stream(&mut model, &files, &hot_loop, |_, outcome| {
             outcome?;
             latencies.push(last.elapsed().as_secs_f64() * 1000.0);
             last = Instant::now();
@@ -114,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             "threads": threads,
             "provider": provider,
             "max_batch": max_batch,
+            "decode_threads": decode_threads,
             "pipeline_images_per_s": n / pipeline_s,
             "sequential_images_per_s": n / sequential_s,
             "session_only_images_per_s": n / session_s,

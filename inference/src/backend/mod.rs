@@ -46,6 +46,11 @@ pub struct BackendOptions {
     pub intra_threads: usize,
     /// The ONNX Runtime shared library (`libonnxruntime.so.1.31.1`).
     pub onnxruntime_library: Option<PathBuf>,
+    /// Logical CPUs of the intra-op threads, the calling (model) thread's
+    /// first: ONNX Runtime pins its other intra-op threads to the rest (see
+    /// [`crate::threads::ThreadPlan`]); the caller pins its own thread.
+    /// Empty: not pinned.
+    pub intra_cpus: Vec<usize>,
 }
 
 impl BackendOptions {
@@ -56,7 +61,15 @@ impl BackendOptions {
             device,
             intra_threads,
             onnxruntime_library,
+            intra_cpus: Vec::new(),
         }
+    }
+
+    /// The same options with the intra-op threads pinned to `cpus` (the
+    /// model thread's first).
+    pub fn with_intra_cpus(mut self, cpus: Vec<usize>) -> Self {
+        self.intra_cpus = cpus;
+        self
     }
 }
 

@@ -96,6 +96,19 @@ impl OnnxBackend {
             builder = builder
                 .with_intra_threads(options.intra_threads)
                 .map_err(|e| session_err(e.to_string()))?;
+            // One CPU per intra-op thread (ONNX Runtime requires exactly
+            // that many), reusing the list if it is shorter.
+            let cpus: Vec<usize> = (0..options.intra_threads)
+                .filter_map(|i| {
+                    let n = options.intra_cpus.len();
+                    (n > 0).then(|| options.intra_cpus[i % n])
+                })
+                .collect();
+            if let Some(affinities) = crate::threads::onnxruntime_affinities(&cpus) {
+                builder = builder
+                    .with_config_entry("session.intra_op_thread_affinities", affinities)
+                    .map_err(|e| session_err(e.to_string()))?;
+            }
         }
         let provider = match options.device {
             Device::Cpu => {

@@ -308,6 +308,7 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             metrics: metrics.clone(),
             backlog: backlog.clone(),
             wake: Arc::default(),
+            threads: config.thread_plan()?,
         };
         let options = scp_options(&config, &layout);
         tracing::info!(
@@ -318,6 +319,9 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             sop_classes = options.sop_classes.len(),
             transfer_syntaxes = options.transfer_syntaxes.len(),
             workers = config.pipeline.workers,
+            intra_threads = pipeline.threads.intra_threads,
+            decode_threads = pipeline.threads.decode_threads,
+            pinned = !pipeline.threads.model_cpus.is_empty(),
             stable_age_s = config.pipeline.stable_age_s,
             destinations = ?config.destinations.keys().collect::<Vec<_>>(),
             "vigie serving"
