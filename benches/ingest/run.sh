@@ -4,8 +4,18 @@
 # same files over loopback, same sender (DCMTK storescu), in one run,
 # alternating servers round by round.
 #
-# Usage: benches/ingest/run.sh [INSTANCES] [ROUNDS] [PARALLEL]
-#   INSTANCES  synthetic 512x512 16-bit MR instances (default 300)
+# Each round also runs storescp without fsync and with TCP_NODELAY on both
+# sides: the sender's ceiling, what storescu and the protocol cost with a
+# receiver that does nothing durable. Also measures, on the same files and
+# disk, the durable-write floor
+# (write + fsync + rename per file; and with the folder fsync too:
+# benches/src/bin/fsync_floor.rs) and gives Vigie's time per instance as a
+# multiple of it.
+#
+# Usage: [KIND=mr|ct] benches/ingest/run.sh [INSTANCES] [ROUNDS] [PARALLEL]
+#   KIND       mr: synthetic 512x512 16-bit MR, ~512 KiB (default);
+#              ct: 128x128 16-bit CT, ~40 KB (the issue's files)
+#   INSTANCES  number of instances (default 300)
 #   ROUNDS     rounds per server (default 3)
 #   PARALLEL   storescu processes sending at once, each a share of the files
 #              (default 1; storescp serves them one association at a time)
@@ -26,8 +36,10 @@ PARALLEL=${3:-1}
 WORK="$ROOT/target/ingest-bench"
 rm -rf "$WORK"
 mkdir -p "$WORK/files"
-cargo build --release --locked -q -p vigie-server
-.venv/bin/python benches/ingest/make_instances.py "$N" "$WORK/files"
+KIND=${KIND:-mr}
+cargo build --release --locked -q -p vigie-server -p vigie-benches
+.venv/bin/python benches/ingest/make_instances.py "$N" "$WORK/files" "$KIND"
+FLOOR=$(./target/release/fsync_floor "$WORK/files" "$WORK/floor" "$ROUNDS")
 BYTES=$(du -sb "$WORK/files" | cut -f1)
 PORT_STORESCP=11190
 PORT_VIGIE=11191
@@ -41,7 +53,7 @@ send() { # port -> nanoseconds
   for ((p = 0; p < PARALLEL; p++)); do
     share=()
     for ((i = p; i < ${#files[@]}; i += PARALLEL)); do share+=("${files[$i]}"); done
-    storescu -aec BENCH -xe -R 127.0.0.1 "$port" "${share[@]}" &
+    storescu -aec BENCH -xe -R -ta 600 127.0.0.1 "$port" "${share[@]}" &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
@@ -69,18 +81,35 @@ for ((r = 1; r <= ROUNDS; r++)); do
   stored=$(curl -s "http://127.0.0.1:$HTTP_VIGIE/metrics" | sed -n 's/^vigie_instances_stored_total{source="dimse"} //p')
   kill "$VIG"; wait "$VIG" 2>/dev/null || true
   [ "$stored" -eq "$N" ] || { echo "vigie stored $stored of $N" >&2; exit 1; }
-  results+=("$t_dcmtk $t_vigie")
-  echo "round $r: storescp $((t_dcmtk / 1000000)) ms, vigie $((t_vigie / 1000000)) ms" >&2
+  # The sender's own ceiling: storescp writing without fsync, DCMTK with
+  # TCP_NODELAY on both sides. No receiver on this machine can take the
+  # files faster from this sender.
+  rm -rf "$WORK/ceiling"; mkdir -p "$WORK/ceiling"
+  TCP_NODELAY=1 storescp -aet BENCH -od "$WORK/ceiling" "$PORT_STORESCP" & SCP=$!
+  wait_port "$PORT_STORESCP"
+  t_ceiling=$(TCP_NODELAY=1 send "$PORT_STORESCP")
+  kill "$SCP"; wait "$SCP" 2>/dev/null || true
+  results+=("$t_dcmtk $t_vigie $t_ceiling")
+  echo "round $r: storescp $((t_dcmtk / 1000000)) ms, vigie $((t_vigie / 1000000)) ms, sender ceiling $((t_ceiling / 1000000)) ms" >&2
 done
 printf '%s\n' "${results[@]}" | .venv/bin/python -c '
 import json, sys, statistics
-n, b, par = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+n, b, par, kind = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
+floor = json.loads(sys.argv[4])
 rows = [tuple(int(x) / 1e9 for x in l.split()) for l in sys.stdin if l.strip()]
 d = statistics.median(r[0] for r in rows); v = statistics.median(r[1] for r in rows)
+c = statistics.median(r[2] for r in rows)
+vigie_ms = v / n * 1000
 print(json.dumps({
-  "instances": n, "mib": round(b / 2**20, 1), "parallel_senders": par, "rounds": len(rows),
+  "kind": kind, "instances": n, "mib": round(b / 2**20, 1), "parallel_senders": par, "rounds": len(rows),
   "storescp_instances_per_s": round(n / d, 1), "vigie_instances_per_s": round(n / v, 1),
   "ratio_vigie_over_storescp": round(d / v, 3),
+  "vigie_ms_per_instance": round(vigie_ms, 3),
+  "sender_ceiling_ms_per_instance": round(c / n * 1000, 3),
+  "vigie_durable_ms_beyond_ceiling": round((v - c) / n * 1000, 3),
+  "floor_write_fsync_rename_ms": round(floor["write_fsync_rename_ms_per_file"], 3),
+  "floor_with_folder_fsync_ms": round(floor["write_fsync_rename_fsync_folder_ms_per_file"], 3),
+  "vigie_over_floor": round(vigie_ms / floor["write_fsync_rename_ms_per_file"], 2),
   "rounds_s": [[round(x, 3) for x in r] for r in rows],
-}, indent=2))' "$N" "$BYTES" "$PARALLEL"
+}, indent=2))' "$N" "$BYTES" "$PARALLEL" "$FLOOR" "$KIND"
 rm -rf "$WORK"

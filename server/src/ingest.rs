@@ -1,10 +1,14 @@
 //! Durable ingest: what happens to each instance the SCP receives.
 //!
 //! The SCP has streamed the data set into a staged Part 10 file. Here it is
-//! checked (parsable, matches the command, UIDs safe as path names), the
-//! file is fsynced and renamed into `studies/<Study>/<Series>/<SOP>.dcm`,
-//! the folder fsynced, and the instance recorded in the catalog (a durable
-//! transaction). Only then is Success returned to the peer.
+//! checked (parsable, matches the command, UIDs safe as path names) while
+//! its data is fdatasynced, then renamed into
+//! `studies/<Study>/<Series>/<SOP>.dcm`; the folder's fsync, the catalog
+//! transaction and the audit record (each durable) then run at the same
+//! time. Only once all are done is Success returned to the peer. Because
+//! the last three overlap, a catalog failure can follow an `instance_stored`
+//! audit record: the trail then also has the instance's refusal (A700), as
+//! the peer was told.
 //!
 //! Statuses: A700 out of resources (free space below the configured
 //! reserve, write or index failure), A900 data set does not match the SOP
@@ -21,7 +25,7 @@ use vigie_dicom_io::{DicomFile, Error as DicomError};
 
 use crate::audit::{Audit, AuditEvent};
 use crate::metrics::Metrics;
-use crate::store::layout::{Layout, commit_file_then};
+use crate::store::layout::{Layout, commit_synced_file_then};
 use crate::store::{Catalog, InstanceRecord, now_ms};
 
 /// Counters of the ingest side.
@@ -52,6 +56,17 @@ impl Source {
             Self::Stow => "stow-rs",
         }
     }
+}
+
+/// What [`Ingest::store_checked`] did.
+#[derive(Debug)]
+pub struct Stored {
+    /// What to answer.
+    pub outcome: StoreOutcome,
+    /// Study Instance UID from the header, when it could be read.
+    pub study_instance_uid: Option<String>,
+    /// Series Instance UID from the header, when it could be read.
+    pub series_instance_uid: Option<String>,
 }
 
 /// The store handler of `vigie serve`.
@@ -114,7 +129,10 @@ impl Ingest {
     fn try_store(
         &self,
         received: &ReceivedInstance,
-    ) -> Result<(InstanceRecord, Option<String>), StoreOutcome> {
+        source: Source,
+        study: Option<&str>,
+        uids: &mut Option<(String, String)>,
+    ) -> Result<InstanceRecord, StoreOutcome> {
         // Taking more studies than the workers can analyse would only grow
         // the backlog: the sender keeps them and retries.
         if let Some(reason) = self.backlog.full() {
@@ -133,6 +151,60 @@ impl Ingest {
                 ),
             ));
         }
+        // The data's fdatasync (the longest wait) overlaps the checks; an
+        // instance the checks refuse has only cost a flush.
+        let cannot_store = |e: std::io::Error| {
+            StoreOutcome::failure(
+                status::OUT_OF_RESOURCES,
+                format!("cannot store instance: {e}"),
+            )
+        };
+        let (checked, synced) = std::thread::scope(|scope| {
+            let synced = scope.spawn(|| std::fs::File::open(&received.path)?.sync_data());
+            let checked = self.check(received, source, study, uids);
+            let synced = synced
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("fdatasync thread panicked")));
+            (checked, synced)
+        });
+        let (record, event) = checked?;
+        synced.map_err(cannot_store)?;
+        // The folder's fsync, the index commit and the audit record overlap;
+        // Success is answered only once all three are durable.
+        let (indexed, audited) = commit_synced_file_then(&received.path, &record.path, || {
+            Ok(std::thread::scope(|scope| {
+                let indexed = scope.spawn(|| self.catalog.record_instance(&record, now_ms()));
+                let audited = self.audit.record(event);
+                let indexed = match indexed.join() {
+                    Ok(done) => done.map_err(|e| e.to_string()),
+                    Err(_) => Err("index thread panicked".to_string()),
+                };
+                (indexed, audited)
+            }))
+        })
+        .map_err(cannot_store)?;
+        indexed.map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e))?;
+        audited.map_err(|e| {
+            StoreOutcome::failure(
+                status::OUT_OF_RESOURCES,
+                format!("audit trail unavailable: {e}"),
+            )
+        })?;
+        self.stats.bytes.fetch_add(record.size, Ordering::Relaxed);
+        Ok(record)
+    }
+
+    /// Parse the staged instance's header and check it against the command
+    /// and, for STOW-RS with a study in its URL, that study; give the
+    /// catalog record and the audit event of its storage. `uids` gets the
+    /// study and series UIDs as soon as they are known.
+    fn check(
+        &self,
+        received: &ReceivedInstance,
+        source: Source,
+        study: Option<&str>,
+        uids: &mut Option<(String, String)>,
+    ) -> Result<(InstanceRecord, AuditEvent), StoreOutcome> {
         let file = DicomFile::open_header(&received.path).map_err(|e| match e {
             DicomError::MissingAttribute { attribute, .. } => StoreOutcome::failure(
                 status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -149,6 +221,18 @@ impl Ingest {
         })?;
         let header = file.header();
         let patient_id = file.string(dicom_dictionary_std::tags::PATIENT_ID);
+        *uids = Some((
+            header.study_instance_uid.clone(),
+            header.series_instance_uid.clone(),
+        ));
+        if let Some(study) = study
+            && header.study_instance_uid != study
+        {
+            return Err(StoreOutcome::failure(
+                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "instance of another study than the one in the request URL",
+            ));
+        }
         if header.sop_class_uid != received.sop_class_uid {
             return Err(StoreOutcome::failure(
                 status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -187,20 +271,28 @@ impl Ingest {
             sha256: received.sha256.clone(),
             attributes: vigie_dicom_io::web::index_attributes(&file),
         };
-        // The index commit (its own fsync) overlaps the folder's fsync;
-        // Success is answered only once both are durable.
-        let indexed = commit_file_then(&received.path, &to, || {
-            Ok(self.catalog.record_instance(&record, now_ms()))
-        })
-        .map_err(|e| {
-            StoreOutcome::failure(
-                status::OUT_OF_RESOURCES,
-                format!("cannot store instance: {e}"),
-            )
-        })?;
-        indexed.map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string()))?;
-        self.stats.bytes.fetch_add(size, Ordering::Relaxed);
-        Ok((record, patient_id))
+        let event = AuditEvent::new(
+            "instance_stored",
+            "ok",
+            serde_json::json!({
+                "source": source.as_str(),
+                "calling_ae_title": received.calling_ae_title,
+                "peer": received.peer.to_string(),
+                "sop_class_uid": record.sop_class_uid,
+                "series_instance_uid": record.series_instance_uid,
+                "transfer_syntax": record.transfer_syntax,
+                "modality": record.modality,
+                "file_sha256": record.sha256,
+                "bytes": record.size,
+                "path": record.path,
+                "patient_id": self.audit.patient_id(patient_id.as_deref()),
+            }),
+        )
+        .instance(
+            Some(&record.study_instance_uid),
+            Some(&record.sop_instance_uid),
+        );
+        Ok((record, event))
     }
 }
 
@@ -212,33 +304,42 @@ const PIXEL_HASH_MAX_BYTES: u64 = 64 << 20;
 /// SHA-256 (`f32` little endian, `[frame][row][column][sample]`), which
 /// does not depend on the transfer syntax of a lossless transfer.
 fn hash_pixels(audit: &Audit, queue: &std::sync::mpsc::Receiver<InstanceRecord>) {
-    while let Ok(record) = queue.recv() {
-        let started = std::time::Instant::now();
-        if record.size > PIXEL_HASH_MAX_BYTES {
-            // Decoding needs the whole instance in memory, twice over as
-            // floats: not in the background of a receiving appliance.
-            audit.note(
-                AuditEvent::new(
-                    "instance_pixels",
-                    "skipped",
-                    serde_json::json!({
-                        "reason": format!(
-                            "instance of {} MiB, above the {} MiB limit of the background pixel hash; its file SHA-256 is recorded",
-                            record.size >> 20,
-                            PIXEL_HASH_MAX_BYTES >> 20
-                        ),
-                        "file_sha256": record.sha256,
-                    }),
-                )
-                .instance(
-                    Some(&record.study_instance_uid),
-                    Some(&record.sop_instance_uid),
-                ),
-            );
-            continue;
+    // What has queued up while the last records were written goes into the
+    // trail in one transaction: one fsync for many instances, so that this
+    // thread does not hold the audit log's lock once per instance while
+    // instances wait for their own durable record.
+    while let Ok(first) = queue.recv() {
+        let mut events = vec![pixel_event(&first)];
+        while events.len() < 64 {
+            match queue.try_recv() {
+                Ok(record) => events.push(pixel_event(&record)),
+                Err(_) => break,
+            }
         }
-        let decoded = DicomFile::open(&record.path).and_then(|f| f.decode_stored());
-        let event = match decoded {
+        let _ = audit.record_all(&events);
+    }
+}
+
+/// The `instance_pixels` audit event of a stored instance.
+fn pixel_event(record: &InstanceRecord) -> AuditEvent {
+    let started = std::time::Instant::now();
+    let event = if record.size > PIXEL_HASH_MAX_BYTES {
+        // Decoding needs the whole instance in memory, twice over as
+        // floats: not in the background of a receiving appliance.
+        AuditEvent::new(
+            "instance_pixels",
+            "skipped",
+            serde_json::json!({
+                "reason": format!(
+                    "instance of {} MiB, above the {} MiB limit of the background pixel hash; its file SHA-256 is recorded",
+                    record.size >> 20,
+                    PIXEL_HASH_MAX_BYTES >> 20
+                ),
+                "file_sha256": record.sha256,
+            }),
+        )
+    } else {
+        match DicomFile::open(&record.path).and_then(|f| f.decode_stored()) {
             Ok(pixels) => AuditEvent::new(
                 "instance_pixels",
                 "ok",
@@ -257,12 +358,12 @@ fn hash_pixels(audit: &Audit, queue: &std::sync::mpsc::Receiver<InstanceRecord>)
                 "failed",
                 serde_json::json!({ "error": e.to_string(), "file_sha256": record.sha256 }),
             ),
-        };
-        audit.note(event.instance(
-            Some(&record.study_instance_uid),
-            Some(&record.sop_instance_uid),
-        ));
-    }
+        }
+    };
+    event.instance(
+        Some(&record.study_instance_uid),
+        Some(&record.sop_instance_uid),
+    )
 }
 
 /// Error comments go on the wire (64 characters) and in logs: keep the
@@ -276,37 +377,21 @@ impl Ingest {
     /// record) and say what to answer. Refusals are not audited here: the
     /// caller knows its protocol's context and calls [`Ingest::refused`].
     pub fn store_from(&self, received: ReceivedInstance, source: Source) -> StoreOutcome {
-        match self.try_store(&received) {
-            Ok((record, patient_id)) => {
-                // The audit record is durable before Success is answered.
-                let event = AuditEvent::new(
-                    "instance_stored",
-                    "ok",
-                    serde_json::json!({
-                        "source": source.as_str(),
-                        "calling_ae_title": received.calling_ae_title,
-                        "peer": received.peer.to_string(),
-                        "sop_class_uid": record.sop_class_uid,
-                        "series_instance_uid": record.series_instance_uid,
-                        "transfer_syntax": record.transfer_syntax,
-                        "modality": record.modality,
-                        "file_sha256": record.sha256,
-                        "bytes": record.size,
-                        "path": record.path,
-                        "patient_id": self.audit.patient_id(patient_id.as_deref()),
-                    }),
-                )
-                .instance(
-                    Some(&record.study_instance_uid),
-                    Some(&record.sop_instance_uid),
-                );
-                if let Err(e) = self.audit.record(event) {
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    return StoreOutcome::failure(
-                        status::OUT_OF_RESOURCES,
-                        format!("audit trail unavailable: {e}"),
-                    );
-                }
+        self.store_checked(received, source, None).outcome
+    }
+
+    /// [`Ingest::store_from`], refusing with A900 an instance of another
+    /// study than `study` (STOW-RS to `/studies/{study}`), with the study
+    /// and series UIDs read from the instance's header (one parse).
+    pub fn store_checked(
+        &self,
+        received: ReceivedInstance,
+        source: Source,
+        study: Option<&str>,
+    ) -> Stored {
+        let mut uids = None;
+        let outcome = match self.try_store(&received, source, study, &mut uids) {
+            Ok(record) => {
                 self.stats.stored.fetch_add(1, Ordering::Relaxed);
                 self.metrics
                     .inc(STORED, STORED_HELP, &[("source", source.as_str())]);
@@ -317,6 +402,12 @@ impl Ingest {
                 let _ = std::fs::remove_file(&received.path);
                 outcome
             }
+        };
+        let (study_instance_uid, series_instance_uid) = uids.unzip();
+        Stored {
+            outcome,
+            study_instance_uid,
+            series_instance_uid,
         }
     }
 

@@ -110,6 +110,17 @@ pub fn commit_file_then<T>(
 ) -> std::io::Result<T> {
     // fdatasync: the data and the size; timestamps need not be durable.
     File::open(staged)?.sync_data()?;
+    commit_synced_file_then(staged, to, meanwhile)
+}
+
+/// [`commit_file_then`] for a staged file whose data the caller has already
+/// fdatasynced: rename it to `to`, then fsync the destination folder while
+/// `meanwhile` runs on this thread.
+pub fn commit_synced_file_then<T>(
+    staged: &Path,
+    to: &Path,
+    meanwhile: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
     let dir = to.parent().unwrap_or(Path::new("."));
     create_dir_durably(dir)?;
     std::fs::rename(staged, to)?;

@@ -335,22 +335,6 @@ fn check_and_store(
             format!("transfer syntax {} is not accepted", meta.transfer_syntax),
         );
     }
-    // A header that does not parse is left to the ingest, which gives the
-    // precise status (A900 or C000).
-    if let Ok(file) = vigie_dicom_io::DicomFile::open_header(&staged.path) {
-        let h = file.header();
-        outcome.study_instance_uid = Some(h.study_instance_uid.clone());
-        outcome.series_instance_uid = Some(h.series_instance_uid.clone());
-        if let Some(study) = study
-            && h.study_instance_uid != study
-        {
-            return refuse(
-                outcome,
-                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "instance of another study than the one in the request URL".into(),
-            );
-        }
-    }
     let received = ReceivedInstance {
         path: staged.path.clone(),
         sop_class_uid: meta.sop_class_uid,
@@ -361,7 +345,11 @@ fn check_and_store(
         bytes: staged.bytes,
         sha256: hex::encode(staged.hasher.finalize()),
     };
-    let answer = app.ingest.store_from(received, Source::Stow);
+    // One header parse, in the ingest: it checks the study of the URL too.
+    let stored = app.ingest.store_checked(received, Source::Stow, study);
+    outcome.study_instance_uid = stored.study_instance_uid;
+    outcome.series_instance_uid = stored.series_instance_uid;
+    let answer = stored.outcome;
     if answer.status != status::SUCCESS {
         outcome.failure = Some((answer.status, answer.comment.unwrap_or_default()));
     }
