@@ -4,7 +4,7 @@
 # "generated" markers; the analysis below it is written by hand).
 #
 # Usage: benches/run_all.sh   (after scripts/setup.sh and scripts/demo.sh,
-#                              on a machine doing nothing else: ~20 minutes)
+#                              on a machine doing nothing else: ~30 minutes)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -14,12 +14,18 @@ cargo build --release --locked -q -p vigie-server -p vigie-benches
 say "criterion: decode, preprocess, encode, audit, backends"
 cargo bench -q -p vigie-benches --bench decode --bench preprocess --bench encode --bench audit --bench backends \
   -- --warm-up-time 1 --measurement-time 3 >/dev/null 2>&1
-say "inference: hot loop vs Python onnxruntime (2 threads, batch 1 and 4)"
+say "inference: hot loop vs Python onnxruntime (2 threads, batch 1 and 4; int8 candidate)"
 benches/run_inference.sh 3 2 1 > "$OUT/inference_b1.json"
 benches/run_inference.sh 3 2 4 > "$OUT/inference_b4.json"
-say "ingest: vigie serve vs storescp, 1 and 4 associations"
+VIGIE_BENCH_MODEL=models/candidates/brain-tumour-vgg16-int8 benches/run_inference.sh 3 2 1 > "$OUT/inference_int8.json"
+say "feed capacity: hot loop on a model that costs nothing, 1..nproc decode threads"
+benches/feed/run.sh 20 "$(nproc)" > "$OUT/feed.json"
+say "ingest: vigie serve vs storescp at its best (512 KiB MR, 1 and 4 associations)"
 benches/ingest/run.sh 300 3 1 > "$OUT/ingest_1.json"
 benches/ingest/run.sh 300 3 4 > "$OUT/ingest_4.json"
+say "ingest: vigie serve vs storescp as installed (40 KB CT, 1 and 8 associations), floor and sender ceiling"
+KIND=ct DCMTK_NODELAY=0 benches/ingest/run.sh 400 3 1 > "$OUT/ingest_ct_1.json"
+KIND=ct DCMTK_NODELAY=0 benches/ingest/run.sh 400 3 8 > "$OUT/ingest_ct_8.json"
 say "end to end: storescu -> vigie -> SR in Orthanc"
 .venv/bin/python benches/e2e/run.py > "$OUT/e2e.json"
 .venv/bin/python - "$OUT" <<'PY'
@@ -38,8 +44,9 @@ result = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "commit": commit,
     "criterion_median_us": criterion,
-    "inference": [json.loads((out / f).read_text()) for f in ("inference_b1.json", "inference_b4.json")],
-    "ingest": [json.loads((out / f).read_text()) for f in ("ingest_1.json", "ingest_4.json")],
+    "inference": [json.loads((out / f).read_text()) for f in ("inference_b1.json", "inference_b4.json", "inference_int8.json")],
+    "feed": json.loads((out / "feed.json").read_text()),
+    "ingest": [json.loads((out / f).read_text()) for f in ("ingest_1.json", "ingest_4.json", "ingest_ct_1.json", "ingest_ct_8.json")],
     "end_to_end": json.loads((out / "e2e.json").read_text()),
 }
 pathlib.Path("benches/RESULTS.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -54,9 +61,12 @@ lines = [
     "|---|---|",
 ]
 for i in result["inference"]:
-    lines.append(f"| inference, batch {i['max_batch']}: hot loop / Python onnxruntime | {i['ratio_vigie_over_baseline']} ({i['vigie_pipeline_images_per_s']} vs {i['baseline_python_onnxruntime_images_per_s']} img/s) |")
+    lines.append(f"| inference, {pathlib.Path(i['model']).name}, batch {i['max_batch']}: hot loop / Python onnxruntime | {i['ratio_vigie_over_baseline']} ({i['vigie_pipeline_images_per_s']} vs {i['baseline_python_onnxruntime_images_per_s']} img/s) |")
+for f in result["feed"]:
+    lines.append(f"| feed capacity, {f['decode_threads']} decode thread(s) | {f['hot_loop_images_per_s']} instances/s ({f['speedup_over_one_thread']}× one thread) |")
 for g in result["ingest"]:
-    lines.append(f"| ingest, {g['parallel_senders']} association(s): vigie / storescp | {g['ratio_vigie_over_storescp']} ({g['vigie_instances_per_s']} vs {g['storescp_instances_per_s']} instances/s) |")
+    dcmtk = "at its best" if g["dcmtk_tcp_nodelay"] else "as installed"
+    lines.append(f"| ingest {g['kind']} ({g['mib']} MiB), {g['parallel_senders']} association(s): vigie / storescp {dcmtk} | {g['ratio_vigie_over_storescp']} ({g['vigie_instances_per_s']} vs {g['storescp_instances_per_s']} instances/s); vigie {g['vigie_ms_per_instance']} ms per instance = {g['vigie_over_floor']}× the write+fsync+rename floor, sender ceiling {g['sender_ceiling_ms_per_instance']} ms |")
 for l in e["latency"]:
     lines.append(f"| end to end, {l['in_flight']} in flight: latency p50 / p95 | {l['latency_p50_s']} / {l['latency_p95_s']} s ({l['studies_per_s']} studies/s) |")
 lines.append(f"| peak RSS of vigie after 16 in flight | {round(e['peak_rss_bytes_after_16_in_flight'] / 2**20)} MiB |")

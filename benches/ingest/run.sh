@@ -101,7 +101,7 @@ d = statistics.median(r[0] for r in rows); v = statistics.median(r[1] for r in r
 c = statistics.median(r[2] for r in rows)
 vigie_ms = v / n * 1000
 print(json.dumps({
-  "kind": kind, "instances": n, "mib": round(b / 2**20, 1), "parallel_senders": par, "rounds": len(rows),
+  "kind": kind, "dcmtk_tcp_nodelay": sys.argv[6] == "1", "instances": n, "mib": round(b / 2**20, 1), "parallel_senders": par, "rounds": len(rows),
   "storescp_instances_per_s": round(n / d, 1), "vigie_instances_per_s": round(n / v, 1),
   "ratio_vigie_over_storescp": round(d / v, 3),
   "vigie_ms_per_instance": round(vigie_ms, 3),
@@ -111,5 +111,5 @@ print(json.dumps({
   "floor_with_folder_fsync_ms": round(floor["write_fsync_rename_fsync_folder_ms_per_file"], 3),
   "vigie_over_floor": round(vigie_ms / floor["write_fsync_rename_ms_per_file"], 2),
   "rounds_s": [[round(x, 3) for x in r] for r in rows],
-}, indent=2))' "$N" "$BYTES" "$PARALLEL" "$FLOOR" "$KIND"
+}, indent=2))' "$N" "$BYTES" "$PARALLEL" "$FLOOR" "$KIND" "${DCMTK_NODELAY:-1}"
 rm -rf "$WORK"
