@@ -19,13 +19,18 @@ use crate::backend::Device;
 /// model's).
 pub const SHARED_BELOW: usize = 4;
 
-/// The logical CPUs this process may run on (its affinity mask, so a
-/// cgroup cpuset or `taskset` is respected), in increasing order. Falls
-/// back to `0..available_parallelism` where the mask cannot be read.
+/// The logical CPUs this process may use, in increasing order: its
+/// affinity mask (so a cgroup cpuset, `taskset` or systemd `CPUAffinity=`
+/// is respected), cut to the CPU quota when there is one (a container
+/// started with `--cpus=2` on a 64-core host may run on any of the 64 but
+/// only gets the time of 2: [`std::thread::available_parallelism`] reads
+/// that quota). Falls back to `0..available_parallelism` where the mask
+/// cannot be read.
 pub fn allowed_cpus() -> Vec<usize> {
+    let quota = std::thread::available_parallelism().map_or(1, |n| n.get());
     match core_affinity::get_core_ids() {
-        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
-        _ => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).take(quota).collect(),
+        _ => (0..quota).collect(),
     }
 }
 
@@ -162,6 +167,9 @@ mod tests {
         let cpus = allowed_cpus();
         assert!(!cpus.is_empty());
         assert!(cpus.windows(2).all(|w| w[0] < w[1]));
+        // Never more than the CPU time the process gets (cgroup quota).
+        let quota = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(cpus.len() <= quota);
         // Pinning to an allowed CPU works, and the thread then sees only it.
         let first = cpus[0];
         let seen = std::thread::spawn(move || {
