@@ -188,10 +188,31 @@ pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
     );
     let mut analyses: Vec<InstanceAnalysis> = Vec::new();
     let mut failures = Vec::new();
-    for path in &files {
-        match pipeline::analyse_path(&mut model, path) {
-            Ok(analysis) => analyses.push(analysis),
+    // The hot loop of `vigie serve`, with the same thread settings and the
+    // model's batching: decode and preprocessing run ahead of the model.
+    let threads = config.thread_plan()?;
+    let batching = config
+        .inference
+        .batching
+        .get(model.package().id())
+        .cloned()
+        .unwrap_or_default();
+    let hot_loop = pipeline::HotLoop {
+        batching: pipeline::Batching {
+            max_batch: batching.max_batch.max(1),
+            max_delay: std::time::Duration::from_millis(batching.max_delay_ms),
+        },
+        decode_threads: threads.decode_threads,
+        decode_cpus: threads.decode_cpus,
+    };
+    if let Some(&cpu) = threads.model_cpus.first() {
+        vigie_inference::threads::pin_current_thread(cpu);
+    }
+    pipeline::analyse_stream(&mut model, &files, &hot_loop, |index, outcome| {
+        match outcome {
+            Ok(streamed) => analyses.push(streamed.analysis),
             Err(err) => {
+                let path = &files[index];
                 tracing::warn!(file = %path.display(), error = %err, "instance not analysed");
                 failures.push(Failure {
                     path: path.clone(),
@@ -199,7 +220,8 @@ pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
                 });
             }
         }
-    }
+        Ok::<(), std::convert::Infallible>(())
+    })?;
     let mut summary = Summary {
         instances: analyses.len(),
         studies: analyses
