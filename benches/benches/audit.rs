@@ -1,5 +1,6 @@
 //! What the audit trail adds per stored instance and per inference: the
-//! durable append of a record (SQLite WAL, fsync, on this disk: the temp
+//! durable append of a record, alone and from eight threads at once (SQLite
+//! WAL, fsync, on this disk: the temp
 //! folder is on the same file system as the data directory here), the
 //! SHA-256 of a received 512 KiB file, the SHA-256 of a decoded 512×512
 //! image. The audit log is created in the system temp folder; run on the
@@ -60,6 +61,27 @@ fn audit_overhead(c: &mut Criterion) {
         .instance(Some("2.25.1"), Some("2.25.3"));
     group.bench_function("append_instance_stored", |b| {
         b.iter(|| audit.record(stored.clone()).unwrap())
+    });
+    // Eight associations storing at once: each record is durable when its
+    // caller returns; callers that wait behind a commit share the next one.
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("append_instance_stored_8_threads", |b| {
+        b.iter_custom(|iters| {
+            let per_thread = iters.div_ceil(8);
+            let started = std::time::Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..8 {
+                    scope.spawn(|| {
+                        for _ in 0..per_thread {
+                            audit.record(stored.clone()).unwrap();
+                        }
+                    });
+                }
+            });
+            started
+                .elapsed()
+                .mul_f64(iters as f64 / (per_thread * 8) as f64)
+        })
     });
     let inference = AuditEvent::new("inference", "ok", inference_details())
         .instance(Some("2.25.1"), Some("2.25.3"))

@@ -64,9 +64,29 @@ pub struct SqliteAudit {
     path: PathBuf,
     head: PathBuf,
     connection: Mutex<Connection>,
+    /// Appends waiting to be written (group commit: see `append_all`).
+    queue: Mutex<Queue>,
+    /// Transactions that appended records (for tests and diagnostics).
+    transactions: std::sync::atomic::AtomicU64,
     key: SigningKey,
     appliance: String,
     checkpoint_every: i64,
+}
+
+/// Appends waiting to be written, and whether a caller is writing them.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    /// A caller is the writer: it writes what is queued until nothing is.
+    writing: bool,
+    /// Appends queued since the log was opened (diagnostics, tests).
+    queued: u64,
+}
+
+/// One caller's events, and where to send their records once durable.
+struct Pending {
+    events: Vec<AuditEvent>,
+    done: std::sync::mpsc::SyncSender<AuditResult<Vec<AuditRecord>>>,
 }
 
 impl std::fmt::Debug for SqliteAudit {
@@ -143,6 +163,8 @@ impl SqliteAudit {
             head: data_dir.join(HEAD),
             path,
             connection: Mutex::new(connection),
+            queue: Mutex::new(Queue::default()),
+            transactions: std::sync::atomic::AtomicU64::new(0),
             key,
             appliance: appliance.into(),
             checkpoint_every: i64::from(checkpoint_every.max(1)),
@@ -161,55 +183,57 @@ impl SqliteAudit {
         }
     }
 
-    fn sign(&self, seq: i64, hash: &str) -> Checkpoint {
-        let timestamp = timestamp();
-        let signature = self.key.sign(&Checkpoint::message(seq, hash, &timestamp));
-        Checkpoint {
-            seq,
-            hash: hash.into(),
-            timestamp,
-            public_key: self.public_key(),
-            signature: hex::encode(signature.to_bytes()),
+    /// As the writer: write what is queued, batch after batch, answering
+    /// each caller, until the queue is empty; then stop being the writer.
+    fn write_queued(&self) {
+        /// Stops being the writer even if writing panics.
+        struct Writer<'a>(&'a Mutex<Queue>);
+        impl Drop for Writer<'_> {
+            fn drop(&mut self) {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
+            }
+        }
+        let writer = Writer(&self.queue);
+        loop {
+            let batch = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.pending.is_empty() {
+                    queue.writing = false;
+                    std::mem::forget(writer);
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+            let all: Vec<&AuditEvent> = batch.iter().flat_map(|p| &p.events).collect();
+            let written = {
+                let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+                self.write(&mut connection, &all)
+            };
+            match written {
+                Ok(records) => {
+                    let mut records = records.into_iter();
+                    for p in batch {
+                        let theirs = records.by_ref().take(p.events.len()).collect();
+                        let _ = p.done.send(Ok(theirs));
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    for p in batch {
+                        let _ = p.done.send(Err(self.db_err(&reason)));
+                    }
+                }
+            }
         }
     }
 
-    fn write_head(&self, checkpoint: &Checkpoint) -> AuditResult<()> {
-        let text = serde_json::to_string_pretty(checkpoint).map_err(|e| self.db_err(e))?;
-        vigie_dicom_io::write::write_durably(&self.head, |w| {
-            std::io::Write::write_all(w, text.as_bytes())
-        })
-        .map_err(|e| self.db_err(e))
-    }
-
-    fn insert_checkpoint(tx: &rusqlite::Transaction<'_>, c: &Checkpoint) -> rusqlite::Result<()> {
-        tx.execute(
-            "INSERT OR REPLACE INTO checkpoints (seq, hash, timestamp, public_key, signature)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![c.seq, c.hash, c.timestamp, c.public_key, c.signature],
-        )?;
-        Ok(())
-    }
-
-    fn read_head(&self) -> Result<Option<Checkpoint>, String> {
-        match std::fs::read_to_string(&self.head) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| e.to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
-impl AuditLog for SqliteAudit {
-    fn append(&self, event: &AuditEvent) -> AuditResult<AuditRecord> {
-        let mut records = self.append_all(std::slice::from_ref(event))?;
-        records.pop().ok_or_else(|| self.db_err("nothing appended"))
-    }
-
-    fn append_all(&self, events: &[AuditEvent]) -> AuditResult<Vec<AuditRecord>> {
-        let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = guard
+    /// Append `events` in one transaction on `connection` (one fsync).
+    fn write(
+        &self,
+        connection: &mut Connection,
+        events: &[&AuditEvent],
+    ) -> AuditResult<Vec<AuditRecord>> {
+        let tx = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.db_err(e))?;
         let last = last_record(&tx).map_err(|e| self.db_err(e))?;
@@ -270,10 +294,94 @@ impl AuditLog for SqliteAudit {
             Self::insert_checkpoint(&tx, c).map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))?;
+        self.transactions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(c) = &checkpoint {
             self.write_head(c)?;
         }
         Ok(written)
+    }
+
+    fn sign(&self, seq: i64, hash: &str) -> Checkpoint {
+        let timestamp = timestamp();
+        let signature = self.key.sign(&Checkpoint::message(seq, hash, &timestamp));
+        Checkpoint {
+            seq,
+            hash: hash.into(),
+            timestamp,
+            public_key: self.public_key(),
+            signature: hex::encode(signature.to_bytes()),
+        }
+    }
+
+    fn write_head(&self, checkpoint: &Checkpoint) -> AuditResult<()> {
+        let text = serde_json::to_string_pretty(checkpoint).map_err(|e| self.db_err(e))?;
+        vigie_dicom_io::write::write_durably(&self.head, |w| {
+            std::io::Write::write_all(w, text.as_bytes())
+        })
+        .map_err(|e| self.db_err(e))
+    }
+
+    fn insert_checkpoint(tx: &rusqlite::Transaction<'_>, c: &Checkpoint) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT OR REPLACE INTO checkpoints (seq, hash, timestamp, public_key, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![c.seq, c.hash, c.timestamp, c.public_key, c.signature],
+        )?;
+        Ok(())
+    }
+
+    fn read_head(&self) -> Result<Option<Checkpoint>, String> {
+        match std::fs::read_to_string(&self.head) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl AuditLog for SqliteAudit {
+    fn append(&self, event: &AuditEvent) -> AuditResult<AuditRecord> {
+        let mut records = self.append_all(std::slice::from_ref(event))?;
+        records.pop().ok_or_else(|| self.db_err("nothing appended"))
+    }
+
+    /// Group commit: the caller queues its events. If no other caller is
+    /// writing, it becomes the writer: it takes everything queued, writes it
+    /// in one transaction (one fsync for every caller that queued while the
+    /// previous commit was in progress), answers each caller, and goes on
+    /// until the queue is empty. Either way, a caller returns only once its
+    /// own records are durable, with its records in its order.
+    fn append_all(&self, events: &[AuditEvent]) -> AuditResult<Vec<AuditRecord>> {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let mut lead = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.pending.push(Pending {
+                events: events.to_vec(),
+                done,
+            });
+            queue.queued += 1;
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        loop {
+            if lead {
+                self.write_queued();
+            }
+            // A writer that stopped without answering (it panicked) leaves
+            // the queue to whoever finds it without a writer.
+            match result.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(written) => return written,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    lead = !std::mem::replace(&mut queue.writing, true);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.db_err("the audit writer stopped before writing"));
+                }
+            }
+        }
     }
 
     fn checkpoint(&self) -> AuditResult<Option<Checkpoint>> {
@@ -422,6 +530,77 @@ mod tests {
                 )
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn appends_that_wait_behind_a_commit_share_the_next_one_and_keep_their_order() {
+        // fill() queues one append: 9 queued once the eight callers have.
+        let dir = tempfile::tempdir().unwrap();
+        let audit = std::sync::Arc::new(log(dir.path(), 1000));
+        fill(&audit, 1);
+        let before = audit
+            .transactions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(before, 1);
+        // Hold the connection as a commit in progress would, until eight
+        // callers are queued behind it.
+        let held = audit.connection.lock().unwrap();
+        let callers: Vec<_> = (0..8)
+            .map(|t| {
+                let audit = audit.clone();
+                std::thread::spawn(move || {
+                    let events: Vec<AuditEvent> = (0..3)
+                        .map(|i| {
+                            AuditEvent::new(
+                                "instance_stored",
+                                "ok",
+                                serde_json::json!({ "t": t, "i": i }),
+                            )
+                        })
+                        .collect();
+                    audit.append_all(&events).unwrap()
+                })
+            })
+            .collect();
+        let queued = |a: &SqliteAudit| a.queue.lock().unwrap().queued;
+        while queued(&audit) < 9 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(held);
+        let mut seqs = Vec::new();
+        for caller in callers {
+            let records = caller.join().unwrap();
+            // Each caller gets its own three records, in its order, adjacent.
+            assert_eq!(records.len(), 3);
+            let details = |r: &AuditRecord| -> serde_json::Value {
+                serde_json::from_str(&r.details).unwrap()
+            };
+            let t = details(&records[0])["t"].clone();
+            for (i, r) in records.iter().enumerate() {
+                assert_eq!(details(r)["i"], i);
+                assert_eq!(details(r)["t"], t);
+            }
+            assert_eq!(records[2].seq, records[0].seq + 2);
+            seqs.extend(records.iter().map(|r| r.seq));
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (2..=25).collect::<Vec<i64>>());
+        // The first writer took what was queued when it started (its own
+        // events at least) and then waited for the connection; everything
+        // queued meanwhile went into one more transaction: 24 records in at
+        // most two, and the chain holds.
+        let after = audit
+            .transactions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            (1..=2).contains(&(after - before)),
+            "{} transactions",
+            after - before
+        );
+        audit.checkpoint().unwrap();
+        let report = verdict(dir.path());
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.records, 25);
     }
 
     fn sql(dir: &Path, statement: &str) {
