@@ -2,7 +2,9 @@
 //! data directory, and the head file `audit-head.json` beside it. Appends
 //! take the database's write lock and read the last record inside the
 //! transaction, so several processes (`vigie serve`, `vigie audit export`)
-//! extend one chain.
+//! extend one chain. Within a process, appends share commits (group
+//! commit): one caller at a time writes everything queued in one
+//! transaction.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
