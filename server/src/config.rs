@@ -698,6 +698,27 @@ impl Config {
             .with_intra_cpus(plan.model_cpus))
     }
 
+    /// How the hot loop runs `model` with the threads of `plan`: the
+    /// model's `[inference.batching.<model>]` (none: one instance per run)
+    /// and the plan's decode threads and CPUs. `vigie serve` and `vigie
+    /// infer` both use it.
+    pub fn hot_loop(&self, model: &str, plan: &ThreadPlan) -> vigie_validation::pipeline::HotLoop {
+        let batching = self
+            .inference
+            .batching
+            .get(model)
+            .cloned()
+            .unwrap_or_default();
+        vigie_validation::pipeline::HotLoop {
+            batching: vigie_validation::pipeline::Batching {
+                max_batch: batching.max_batch.max(1),
+                max_delay: std::time::Duration::from_millis(batching.max_delay_ms),
+            },
+            decode_threads: plan.decode_threads,
+            decode_cpus: plan.decode_cpus.clone(),
+        }
+    }
+
     /// Threads of one worker and, with `inference.pin_threads`, their CPUs,
     /// from the configuration and the CPUs this process may use.
     pub fn thread_plan(&self) -> anyhow::Result<ThreadPlan> {

@@ -583,24 +583,10 @@ impl Pipeline {
         )?;
         let mut results = Vec::new();
         let mut failures = Vec::new();
-        let batching = self
-            .config
-            .inference
-            .batching
-            .get(&job.model)
-            .cloned()
-            .unwrap_or_default();
         // The hot loop: decoding and preprocessing run on their own threads
         // ahead of the model, up to max_batch instances per model run.
         let paths: Vec<PathBuf> = instances.iter().map(|i| i.path.clone()).collect();
-        let hot_loop = pipeline::HotLoop {
-            batching: pipeline::Batching {
-                max_batch: batching.max_batch.max(1),
-                max_delay: Duration::from_millis(batching.max_delay_ms),
-            },
-            decode_threads: self.threads.decode_threads,
-            decode_cpus: self.threads.decode_cpus.clone(),
-        };
+        let hot_loop = self.config.hot_loop(&job.model, &self.threads);
         let ran = Ran {
             package: model.package().clone(),
             execution: model.execution().clone(),

@@ -191,20 +191,7 @@ pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
     // The hot loop of `vigie serve`, with the same thread settings and the
     // model's batching: decode and preprocessing run ahead of the model.
     let threads = config.thread_plan()?;
-    let batching = config
-        .inference
-        .batching
-        .get(model.package().id())
-        .cloned()
-        .unwrap_or_default();
-    let hot_loop = pipeline::HotLoop {
-        batching: pipeline::Batching {
-            max_batch: batching.max_batch.max(1),
-            max_delay: std::time::Duration::from_millis(batching.max_delay_ms),
-        },
-        decode_threads: threads.decode_threads,
-        decode_cpus: threads.decode_cpus,
-    };
+    let hot_loop = config.hot_loop(model.package().id(), &threads);
     if let Some(&cpu) = threads.model_cpus.first() {
         vigie_inference::threads::pin_current_thread(cpu);
     }
