@@ -483,21 +483,6 @@ impl Drop for Incoming {
     }
 }
 
-/// Acknowledge what arrives at once instead of delaying the ACK (Linux
-/// `TCP_QUICKACK`, which the kernel clears again by itself, hence set before
-/// each PDU is read). A sender with Nagle's algorithm on (DCMTK's default)
-/// holds the small tail of each message until its previous segment is
-/// acknowledged; with delayed ACKs that costs up to 40 ms per instance.
-fn quick_ack(socket: &TcpStream) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        // Best effort: a failure only means the peer may wait on our ACK timer.
-        let _ = socket2::SockRef::from(socket).set_tcp_quickack(true);
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = socket;
-}
-
 struct Association<H> {
     inner: dicom_ul::association::server::AsyncServerAssociation<TcpStream>,
     calling: String,
@@ -590,7 +575,7 @@ impl<H: StoreHandler> Association<H> {
         let mut assembler = MessageAssembler::new();
         let mut incoming: Option<Incoming> = None;
         loop {
-            quick_ack(self.inner.inner_stream());
+            super::quick_ack(self.inner.inner_stream());
             let pdu =
                 match tokio::time::timeout(self.options.idle_timeout, self.inner.receive()).await {
                     Err(_) => return Err("idle timeout".into()),
@@ -767,7 +752,7 @@ impl<H: StoreHandler> Association<H> {
         }
         // Sending made the connection look interactive to the kernel, which
         // then delays its ACKs: leave that mode before the next message.
-        quick_ack(self.inner.inner_stream());
+        super::quick_ack(self.inner.inner_stream());
         Ok(())
     }
 }
