@@ -74,7 +74,9 @@ pub struct Ingest {
     layout: Layout,
     catalog: Arc<dyn Catalog>,
     audit: Audit,
-    pixels: std::sync::mpsc::Sender<InstanceRecord>,
+    /// Queue of the pixel-hash thread; `None` once [`Ingest::close`] ran.
+    pixels: std::sync::Mutex<Option<std::sync::mpsc::Sender<InstanceRecord>>>,
+    pixel_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     min_free_bytes: u64,
     metrics: Arc<Metrics>,
     backlog: Arc<crate::pipeline::Backlog>,
@@ -105,19 +107,44 @@ impl Ingest {
         let hasher = audit.clone();
         let spawned = std::thread::Builder::new()
             .name("vigie-pixel-hash".into())
-            .spawn(move || hash_pixels(&hasher, &queue));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the pixel hashing thread");
-        }
+            .spawn(move || hash_pixels(&hasher, &queue, PIXEL_RECORDS_LINGER));
+        let pixel_thread = match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the pixel hashing thread");
+                None
+            }
+        };
         Self {
             layout,
             catalog,
             audit,
-            pixels,
+            pixels: std::sync::Mutex::new(Some(pixels)),
+            pixel_thread: std::sync::Mutex::new(pixel_thread),
             min_free_bytes,
             metrics,
             backlog,
             stats: Arc::default(),
+        }
+    }
+
+    /// At shutdown, once no instance can arrive any more: the pixel-hash
+    /// thread records what it still holds, then stops. Returns when its
+    /// records are in the audit trail. Instances stored after this get no
+    /// `instance_pixels` record.
+    pub fn close(&self) {
+        let sender = self.pixels.lock().map(|mut p| p.take()).ok().flatten();
+        drop(sender);
+        let handle = self
+            .pixel_thread
+            .lock()
+            .map(|mut t| t.take())
+            .ok()
+            .flatten();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the pixel hashing thread panicked");
         }
     }
 
@@ -299,24 +326,44 @@ impl Ingest {
 /// Instances larger than this get no decoded-pixel hash at reception.
 const PIXEL_HASH_MAX_BYTES: u64 = 64 << 20;
 
+/// How long the pixel-hash thread gathers records before writing them.
+const PIXEL_RECORDS_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Most records written in one transaction.
+const PIXEL_RECORDS_BATCH: usize = 64;
+
 /// The decoded-pixel records, off the acknowledgement path: for each stored
 /// instance, decode the stored sample values (no LUT) and record their
 /// SHA-256 (`f32` little endian, `[frame][row][column][sample]`), which
 /// does not depend on the transfer syntax of a lossless transfer.
-fn hash_pixels(audit: &Audit, queue: &std::sync::mpsc::Receiver<InstanceRecord>) {
-    // What has queued up while the last records were written goes into the
-    // trail in one transaction: one fsync for many instances, so that this
-    // thread does not hold the audit log's lock once per instance while
-    // instances wait for their own durable record.
+///
+/// Instances are gathered for up to `linger` after the first one (or until
+/// [`PIXEL_RECORDS_BATCH`] have arrived), then decoded and their records
+/// written in one transaction: one fsync for many instances, and the
+/// decoding done while the sender's next instances are not waiting. Written one by one, they would add a flush of
+/// the disk and a turn at the audit log's lock per instance, both of which
+/// the acknowledgement path of the next instance waits behind. When the
+/// queue closes, what was gathered is written at once.
+fn hash_pixels(
+    audit: &Audit,
+    queue: &std::sync::mpsc::Receiver<InstanceRecord>,
+    linger: std::time::Duration,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
     while let Ok(first) = queue.recv() {
-        let mut events = vec![pixel_event(&first)];
-        while events.len() < 64 {
-            match queue.try_recv() {
-                Ok(record) => events.push(pixel_event(&record)),
-                Err(_) => break,
+        let deadline = std::time::Instant::now() + linger;
+        let mut records = vec![first];
+        while records.len() < PIXEL_RECORDS_BATCH {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match queue.recv_timeout(left) {
+                Ok(record) => records.push(record),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        let _ = audit.record_all(&events);
+        let events: Vec<AuditEvent> = records.iter().map(pixel_event).collect();
+        if let Err(e) = audit.record_all(&events) {
+            tracing::error!(error = %e, records = events.len(), "cannot write instance_pixels audit records");
+        }
     }
 }
 
@@ -395,7 +442,11 @@ impl Ingest {
                 self.stats.stored.fetch_add(1, Ordering::Relaxed);
                 self.metrics
                     .inc(STORED, STORED_HELP, &[("source", source.as_str())]);
-                let _ = self.pixels.send(record);
+                if let Ok(pixels) = self.pixels.lock()
+                    && let Some(pixels) = pixels.as_ref()
+                {
+                    let _ = pixels.send(record);
+                }
                 StoreOutcome::success()
             }
             Err(outcome) => {
@@ -542,5 +593,74 @@ impl StoreHandler for Ingest {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn record(dir: &std::path::Path, n: usize) -> InstanceRecord {
+        let path = dir.join(format!("{n}.dcm"));
+        std::fs::write(&path, b"not DICOM").unwrap();
+        InstanceRecord {
+            sop_instance_uid: format!("1.2.3.{n}"),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.4".into(),
+            study_instance_uid: "1.2.3".into(),
+            series_instance_uid: "1.2.3.0".into(),
+            modality: Some("MR".into()),
+            body_part: None,
+            series_description: None,
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            calling_ae_title: "TEST".into(),
+            path,
+            size: 9,
+            sha256: "00".repeat(32),
+            attributes: Default::default(),
+        }
+    }
+
+    fn pixel_records(audit: &Audit) -> Vec<crate::audit::AuditRecord> {
+        audit
+            .records(&crate::audit::Query {
+                kind: Some("instance_pixels".into()),
+                ..Default::default()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn pixel_records_are_gathered_then_written_together_and_at_once_when_the_queue_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), "test", &Default::default()).unwrap();
+        let (sender, queue) = std::sync::mpsc::channel();
+        let hasher = audit.clone();
+        // A linger far longer than the test: only the closing queue can
+        // make the thread write before it.
+        let thread =
+            std::thread::spawn(move || hash_pixels(&hasher, &queue, Duration::from_secs(60)));
+        for n in 0..3 {
+            sender.send(record(dir.path(), n)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(pixel_records(&audit).is_empty(), "still gathering");
+        let started = std::time::Instant::now();
+        drop(sender);
+        thread.join().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no linger at close"
+        );
+        let written = pixel_records(&audit);
+        assert_eq!(written.len(), 3);
+        let instances: Vec<_> = written
+            .iter()
+            .map(|r| r.sop_instance_uid.clone().unwrap())
+            .collect();
+        assert_eq!(instances, ["1.2.3.0", "1.2.3.1", "1.2.3.2"]);
+        // Not DICOM: the record says why there is no pixel hash.
+        assert!(written.iter().all(|r| r.outcome == "failed"));
     }
 }

@@ -355,6 +355,7 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
         let dicom_stop = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         };
+        let closing = ingest.clone();
         let mut scp_task = tokio::spawn(scp::serve_until(dicom, options, ingest, dicom_stop, grace));
         let handle = axum_server::Handle::new();
         let mut http_task = tokio::spawn(crate::http::serve(http, app, tls, handle.clone()));
@@ -409,6 +410,9 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             tracing::warn!(grace_s = grace.as_secs(), "requests still in flight after the grace period were dropped");
         }
         pipeline.stopping.store(true, Ordering::Relaxed);
+        // The pixel-hash records still gathered go into the trail before
+        // the service's last record.
+        let _ = tokio::task::spawn_blocking(move || closing.close()).await;
         audit.record(AuditEvent::new(
             "service_stopped",
             "ok",
