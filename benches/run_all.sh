@@ -66,7 +66,7 @@ for f in result["feed"]:
     lines.append(f"| feed capacity, {f['decode_threads']} decode thread(s) | {f['hot_loop_images_per_s']} instances/s ({f['speedup_over_one_thread']}× one thread) |")
 for g in result["ingest"]:
     dcmtk = "at its best" if g["dcmtk_tcp_nodelay"] else "as installed"
-    lines.append(f"| ingest {g['kind']} ({g['mib']} MiB), {g['parallel_senders']} association(s): vigie / storescp {dcmtk} | {g['ratio_vigie_over_storescp']} ({g['vigie_instances_per_s']} vs {g['storescp_instances_per_s']} instances/s); vigie {g['vigie_ms_per_instance']} ms per instance = {g['vigie_over_floor']}× the write+fsync+rename floor, sender ceiling {g['sender_ceiling_ms_per_instance']} ms |")
+    lines.append(f"| ingest {g['kind']} ({g['mib']} MiB), {g['parallel_senders']} association(s): vigie / storescp {dcmtk} | {g['ratio_vigie_over_storescp']} ({g['vigie_instances_per_s']} vs {g['storescp_instances_per_s']} instances/s); vigie {g['vigie_ms_per_instance']} ms per instance = {g['vigie_over_floor']}× the write+fsync+rename floor, sender ceiling {g['sender_ceiling_ms_per_instance']} ms; from Vigie's SCU {g['vigie_scu_to_vigie_ms_per_instance']} ms = {g['vigie_from_vigie_scu_over_floor']}× the floor (that sender's ceiling {g['vigie_scu_ceiling_ms_per_instance']} ms) |")
 for l in e["latency"]:
     lines.append(f"| end to end, {l['in_flight']} in flight: latency p50 / p95 | {l['latency_p50_s']} / {l['latency_p95_s']} s ({l['studies_per_s']} studies/s) |")
 lines.append(f"| peak RSS of vigie after 16 in flight | {round(e['peak_rss_bytes_after_16_in_flight'] / 2**20)} MiB |")

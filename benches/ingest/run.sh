@@ -12,6 +12,11 @@
 # benches/src/bin/fsync_floor.rs) and gives Vigie's time per instance as a
 # multiple of it.
 #
+# A second sender isolates the receiver from storescu's own cost: Vigie's
+# storage SCU (benches/src/bin/store_sender.rs: TCP_NODELAY, the same
+# PARALLEL associations), to Vigie and to storescp without fsync (that
+# sender's ceiling), in the same rounds.
+#
 # Usage: [KIND=mr|ct] benches/ingest/run.sh [INSTANCES] [ROUNDS] [PARALLEL]
 #   KIND       mr: synthetic 512x512 16-bit MR, ~512 KiB (default);
 #              ct: 128x128 16-bit CT, ~40 KB (the issue's files)
@@ -63,6 +68,20 @@ send() { # port -> nanoseconds
 
 wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 not open" >&2; exit 1; }
 
+start_vigie() {
+  VIGIE__DICOM__AE_TITLE=BENCH VIGIE__PIPELINE__WORKERS=0 VIGIE__PIPELINE__STABLE_AGE_S=3600 \
+  VIGIE__STORAGE__MIN_FREE_MIB=0 VIGIE__DICOM__MAX_ASSOCIATIONS=64 VIGIE__HTTP__METRICS_PUBLIC=true VIGIE_LOG=warn \
+    ./target/release/vigie serve --data-dir "$WORK/vigie" --dicom-port "$PORT_VIGIE" --http-port "$HTTP_VIGIE" & VIG=$!
+  wait_port "$PORT_VIGIE"
+}
+
+stop_vigie() { # checks that every instance was stored
+  local stored
+  stored=$(curl -s "http://127.0.0.1:$HTTP_VIGIE/metrics" | sed -n 's/^vigie_instances_stored_total{source="dimse"} //p')
+  kill "$VIG"; wait "$VIG" 2>/dev/null || true
+  [ "$stored" -eq "$N" ] || { echo "vigie stored $stored of $N" >&2; exit 1; }
+}
+
 results=()
 for ((r = 1; r <= ROUNDS; r++)); do
   rm -rf "$WORK/storescp" "$WORK/vigie"; mkdir -p "$WORK/storescp"
@@ -73,14 +92,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
   stored=$(ls "$WORK/storescp" | wc -l)
   [ "$stored" -eq "$N" ] || { echo "storescp stored $stored of $N" >&2; exit 1; }
 
-  VIGIE__DICOM__AE_TITLE=BENCH VIGIE__PIPELINE__WORKERS=0 VIGIE__PIPELINE__STABLE_AGE_S=3600 \
-  VIGIE__STORAGE__MIN_FREE_MIB=0 VIGIE__DICOM__MAX_ASSOCIATIONS=64 VIGIE__HTTP__METRICS_PUBLIC=true VIGIE_LOG=warn \
-    ./target/release/vigie serve --data-dir "$WORK/vigie" --dicom-port "$PORT_VIGIE" --http-port "$HTTP_VIGIE" & VIG=$!
-  wait_port "$PORT_VIGIE"
+  start_vigie
   t_vigie=$(send "$PORT_VIGIE")
-  stored=$(curl -s "http://127.0.0.1:$HTTP_VIGIE/metrics" | sed -n 's/^vigie_instances_stored_total{source="dimse"} //p')
-  kill "$VIG"; wait "$VIG" 2>/dev/null || true
-  [ "$stored" -eq "$N" ] || { echo "vigie stored $stored of $N" >&2; exit 1; }
+  stop_vigie
   # The sender's own ceiling: storescp writing without fsync, DCMTK with
   # TCP_NODELAY on both sides. No receiver on this machine can take the
   # files faster from this sender.
@@ -89,8 +103,19 @@ for ((r = 1; r <= ROUNDS; r++)); do
   wait_port "$PORT_STORESCP"
   t_ceiling=$(TCP_NODELAY=1 send "$PORT_STORESCP")
   kill "$SCP"; wait "$SCP" 2>/dev/null || true
-  results+=("$t_dcmtk $t_vigie $t_ceiling")
-  echo "round $r: storescp $((t_dcmtk / 1000000)) ms, vigie $((t_vigie / 1000000)) ms, sender ceiling $((t_ceiling / 1000000)) ms" >&2
+  # The same receivers from a sender that never waits on delayed
+  # acknowledgements (Vigie's SCU): Vigie, then storescp without fsync.
+  rm -rf "$WORK/vigie"
+  start_vigie
+  t_fast_vigie=$(./target/release/store_sender 127.0.0.1 "$PORT_VIGIE" BENCH "$PARALLEL" "$WORK/files")
+  stop_vigie
+  rm -rf "$WORK/ceiling"; mkdir -p "$WORK/ceiling"
+  TCP_NODELAY=1 storescp -aet BENCH -od "$WORK/ceiling" "$PORT_STORESCP" & SCP=$!
+  wait_port "$PORT_STORESCP"
+  t_fast_ceiling=$(./target/release/store_sender 127.0.0.1 "$PORT_STORESCP" BENCH "$PARALLEL" "$WORK/files")
+  kill "$SCP"; wait "$SCP" 2>/dev/null || true
+  results+=("$t_dcmtk $t_vigie $t_ceiling $t_fast_vigie $t_fast_ceiling")
+  echo "round $r: storescp $((t_dcmtk / 1000000)) ms, vigie $((t_vigie / 1000000)) ms, sender ceiling $((t_ceiling / 1000000)) ms; Vigie's SCU: to vigie $((t_fast_vigie / 1000000)) ms, to storescp (no fsync) $((t_fast_ceiling / 1000000)) ms" >&2
 done
 printf '%s\n' "${results[@]}" | .venv/bin/python -c '
 import json, sys, statistics
@@ -99,7 +124,9 @@ floor = json.loads(sys.argv[4])
 rows = [tuple(int(x) / 1e9 for x in l.split()) for l in sys.stdin if l.strip()]
 d = statistics.median(r[0] for r in rows); v = statistics.median(r[1] for r in rows)
 c = statistics.median(r[2] for r in rows)
+fv = statistics.median(r[3] for r in rows); fc = statistics.median(r[4] for r in rows)
 vigie_ms = v / n * 1000
+fast_ms = fv / n * 1000
 print(json.dumps({
   "kind": kind, "dcmtk_tcp_nodelay": sys.argv[6] == "1", "instances": n, "mib": round(b / 2**20, 1), "parallel_senders": par, "rounds": len(rows),
   "storescp_instances_per_s": round(n / d, 1), "vigie_instances_per_s": round(n / v, 1),
@@ -110,6 +137,10 @@ print(json.dumps({
   "floor_write_fsync_rename_ms": round(floor["write_fsync_rename_ms_per_file"], 3),
   "floor_with_folder_fsync_ms": round(floor["write_fsync_rename_fsync_folder_ms_per_file"], 3),
   "vigie_over_floor": round(vigie_ms / floor["write_fsync_rename_ms_per_file"], 2),
+  "vigie_scu_to_vigie_ms_per_instance": round(fast_ms, 3),
+  "vigie_scu_ceiling_ms_per_instance": round(fc / n * 1000, 3),
+  "vigie_from_vigie_scu_over_floor": round(fast_ms / floor["write_fsync_rename_ms_per_file"], 2),
+  "vigie_from_vigie_scu_over_storescp_from_same": round(fv / fc, 2),
   "rounds_s": [[round(x, 3) for x in r] for r in rows],
 }, indent=2))' "$N" "$BYTES" "$PARALLEL" "$FLOOR" "$KIND" "${DCMTK_NODELAY:-1}"
 rm -rf "$WORK"
