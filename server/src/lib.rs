@@ -1,5 +1,6 @@
 //! The parts of `vigie-server` that benchmarks and tools use directly: the
-//! audit trail, the configuration and the catalog. The `vigie` binary
+//! audit trail, the configuration, the catalog and the group commit they
+//! share. The `vigie` binary
 //! (`main.rs`) builds the service from these and its own modules.
 //!
 //! Error policy: typed errors here (`AuditError`, `StoreError`); the
@@ -7,4 +8,5 @@
 
 pub mod audit;
 pub mod config;
+pub mod group_commit;
 pub mod store;

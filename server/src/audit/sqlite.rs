@@ -17,6 +17,7 @@ use super::{
     AuditError, AuditEvent, AuditLog, AuditRecord, AuditResult, Checkpoint, GENESIS, GIT_COMMIT,
     Query, SOFTWARE_VERSION, timestamp,
 };
+use crate::group_commit::GroupCommit;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
@@ -67,28 +68,10 @@ pub struct SqliteAudit {
     head: PathBuf,
     connection: Mutex<Connection>,
     /// Appends waiting to be written (group commit: see `append_all`).
-    queue: Mutex<Queue>,
-    /// Transactions that appended records (for tests and diagnostics).
-    transactions: std::sync::atomic::AtomicU64,
+    queue: GroupCommit<AuditEvent, AuditRecord>,
     key: SigningKey,
     appliance: String,
     checkpoint_every: i64,
-}
-
-/// Appends waiting to be written, and whether a caller is writing them.
-#[derive(Default)]
-struct Queue {
-    pending: Vec<Pending>,
-    /// A caller is the writer: it writes what is queued until nothing is.
-    writing: bool,
-    /// Appends queued since the log was opened (diagnostics, tests).
-    queued: u64,
-}
-
-/// One caller's events, and where to send their records once durable.
-struct Pending {
-    events: Vec<AuditEvent>,
-    done: std::sync::mpsc::SyncSender<AuditResult<Vec<AuditRecord>>>,
 }
 
 impl std::fmt::Debug for SqliteAudit {
@@ -165,8 +148,7 @@ impl SqliteAudit {
             head: data_dir.join(HEAD),
             path,
             connection: Mutex::new(connection),
-            queue: Mutex::new(Queue::default()),
-            transactions: std::sync::atomic::AtomicU64::new(0),
+            queue: GroupCommit::default(),
             key,
             appliance: appliance.into(),
             checkpoint_every: i64::from(checkpoint_every.max(1)),
@@ -182,50 +164,6 @@ impl SqliteAudit {
         AuditError::Database {
             path: self.path.clone(),
             reason: e.to_string(),
-        }
-    }
-
-    /// As the writer: write what is queued, batch after batch, answering
-    /// each caller, until the queue is empty; then stop being the writer.
-    fn write_queued(&self) {
-        /// Stops being the writer even if writing panics.
-        struct Writer<'a>(&'a Mutex<Queue>);
-        impl Drop for Writer<'_> {
-            fn drop(&mut self) {
-                self.0.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
-            }
-        }
-        let writer = Writer(&self.queue);
-        loop {
-            let batch = {
-                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if queue.pending.is_empty() {
-                    queue.writing = false;
-                    std::mem::forget(writer);
-                    return;
-                }
-                std::mem::take(&mut queue.pending)
-            };
-            let all: Vec<&AuditEvent> = batch.iter().flat_map(|p| &p.events).collect();
-            let written = {
-                let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-                self.write(&mut connection, &all)
-            };
-            match written {
-                Ok(records) => {
-                    let mut records = records.into_iter();
-                    for p in batch {
-                        let theirs = records.by_ref().take(p.events.len()).collect();
-                        let _ = p.done.send(Ok(theirs));
-                    }
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    for p in batch {
-                        let _ = p.done.send(Err(self.db_err(&reason)));
-                    }
-                }
-            }
         }
     }
 
@@ -296,8 +234,6 @@ impl SqliteAudit {
             Self::insert_checkpoint(&tx, c).map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))?;
-        self.transactions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(c) = &checkpoint {
             self.write_head(c)?;
         }
@@ -350,40 +286,16 @@ impl AuditLog for SqliteAudit {
         records.pop().ok_or_else(|| self.db_err("nothing appended"))
     }
 
-    /// Group commit: the caller queues its events. If no other caller is
-    /// writing, it becomes the writer: it takes everything queued, writes it
-    /// in one transaction (one fsync for every caller that queued while the
-    /// previous commit was in progress), answers each caller, and goes on
-    /// until the queue is empty. Either way, a caller returns only once its
-    /// own records are durable, with its records in its order.
+    /// Group commit ([`GroupCommit`]): a caller returns only once its own
+    /// records are durable, with its records in its order, and callers that
+    /// queued while a commit was in progress share the next one.
     fn append_all(&self, events: &[AuditEvent]) -> AuditResult<Vec<AuditRecord>> {
-        let (done, result) = std::sync::mpsc::sync_channel(1);
-        let mut lead = {
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.pending.push(Pending {
-                events: events.to_vec(),
-                done,
-            });
-            queue.queued += 1;
-            !std::mem::replace(&mut queue.writing, true)
-        };
-        loop {
-            if lead {
-                self.write_queued();
-            }
-            // A writer that stopped without answering (it panicked) leaves
-            // the queue to whoever finds it without a writer.
-            match result.recv_timeout(std::time::Duration::from_millis(100)) {
-                Ok(written) => return written,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                    lead = !std::mem::replace(&mut queue.writing, true);
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(self.db_err("the audit writer stopped before writing"));
-                }
-            }
-        }
+        self.queue
+            .submit(events.to_vec(), |all| {
+                let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+                self.write(&mut connection, all).map_err(|e| e.to_string())
+            })
+            .map_err(|reason| self.db_err(reason))
     }
 
     fn checkpoint(&self) -> AuditResult<Option<Checkpoint>> {
@@ -540,9 +452,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let audit = std::sync::Arc::new(log(dir.path(), 1000));
         fill(&audit, 1);
-        let before = audit
-            .transactions
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let before = audit.queue.transactions();
         assert_eq!(before, 1);
         // Hold the connection as a commit in progress would, until eight
         // callers are queued behind it.
@@ -564,7 +474,7 @@ mod tests {
                 })
             })
             .collect();
-        let queued = |a: &SqliteAudit| a.queue.lock().unwrap().queued;
+        let queued = |a: &SqliteAudit| a.queue.queued();
         while queued(&audit) < 9 {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -591,9 +501,7 @@ mod tests {
         // events at least) and then waited for the connection; everything
         // queued meanwhile went into one more transaction: 24 records in at
         // most two, and the chain holds.
-        let after = audit
-            .transactions
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let after = audit.queue.transactions();
         assert!(
             (1..=2).contains(&(after - before)),
             "{} transactions",

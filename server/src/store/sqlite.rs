@@ -2,12 +2,17 @@
 //! `synchronous=FULL`, so a committed transaction survives a crash or a
 //! power cut. One connection behind a mutex: the statements are short and
 //! the appliance's write rate (instances per second) is far below SQLite's.
+//! What bounds that rate is the flush each commit costs: received
+//! instances, the one write per acknowledged instance, are indexed with
+//! group commit.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::group_commit::GroupCommit;
 
 use super::{
     Catalog, Delivery, InstanceRecord, Job, JobFilter, JobState, NewJob, Origin, OutboxItem,
@@ -87,7 +92,7 @@ CREATE INDEX IF NOT EXISTS web_index_study ON web_index (study_instance_uid, ser
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid);
 ";
 
-fn index_web(tx: &rusqlite::Transaction<'_>, w: &WebInstance, now_ms: i64) -> rusqlite::Result<()> {
+fn index_web(tx: &Connection, w: &WebInstance, now_ms: i64) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT OR REPLACE INTO web_index (sop_instance_uid, sop_class_uid, study_instance_uid,
             series_instance_uid, origin, transfer_syntax, path, size, attributes, stored_ms)
@@ -131,6 +136,9 @@ fn web_from_row(row: &Row<'_>) -> rusqlite::Result<WebInstance> {
 pub struct SqliteCatalog {
     path: PathBuf,
     connection: Mutex<Connection>,
+    /// Received instances waiting to be indexed (group commit: see
+    /// `record_instance`).
+    received: GroupCommit<(InstanceRecord, i64), Result<(), String>>,
 }
 
 fn json_list(values: &[String]) -> String {
@@ -194,6 +202,85 @@ pub fn open_durable(path: &Path, schema: &str) -> Result<Connection, String> {
     Ok(connection)
 }
 
+/// Index a received instance: its study (receiving again), the instance,
+/// its DICOMweb entry.
+fn insert_instance(tx: &Connection, i: &InstanceRecord, now_ms: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO studies (study_instance_uid, state, generation, last_received_ms)
+         VALUES (?1, 'receiving', 0, ?2)
+         ON CONFLICT (study_instance_uid) DO UPDATE
+         SET state = 'receiving', last_received_ms = ?2",
+        params![i.study_instance_uid, now_ms],
+    )?;
+    let generation: i64 = tx.query_row(
+        "SELECT generation FROM studies WHERE study_instance_uid = ?1",
+        params![i.study_instance_uid],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid,
+            study_instance_uid, series_instance_uid, modality, body_part,
+            series_description, transfer_syntax, calling_ae_title, path, size,
+            sha256, generation, received_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            i.sop_instance_uid,
+            i.sop_class_uid,
+            i.study_instance_uid,
+            i.series_instance_uid,
+            i.modality,
+            i.body_part,
+            i.series_description,
+            i.transfer_syntax,
+            i.calling_ae_title,
+            i.path.to_string_lossy(),
+            i64::try_from(i.size).unwrap_or(i64::MAX),
+            i.sha256,
+            generation,
+            now_ms
+        ],
+    )?;
+    index_web(
+        tx,
+        &WebInstance {
+            sop_instance_uid: i.sop_instance_uid.clone(),
+            sop_class_uid: i.sop_class_uid.clone(),
+            study_instance_uid: i.study_instance_uid.clone(),
+            series_instance_uid: i.series_instance_uid.clone(),
+            origin: Origin::Received,
+            transfer_syntax: i.transfer_syntax.clone(),
+            path: i.path.clone(),
+            size: i.size,
+            attributes: i.attributes.clone(),
+        },
+        now_ms,
+    )?;
+    Ok(())
+}
+
+/// Index received instances in one transaction, each in its own savepoint:
+/// one that fails is rolled back and reported alone.
+fn index_received(
+    connection: &mut Connection,
+    received: &[&(InstanceRecord, i64)],
+) -> rusqlite::Result<Vec<Result<(), String>>> {
+    let mut tx = connection.transaction()?;
+    let mut outcomes = Vec::with_capacity(received.len());
+    for (instance, now_ms) in received {
+        let savepoint = tx.savepoint()?;
+        match insert_instance(&savepoint, instance, *now_ms) {
+            Ok(()) => {
+                savepoint.commit()?;
+                outcomes.push(Ok(()));
+            }
+            // Dropped without commit: rolled back.
+            Err(e) => outcomes.push(Err(e.to_string())),
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
 impl SqliteCatalog {
     /// Open (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
@@ -204,6 +291,7 @@ impl SqliteCatalog {
         Ok(Self {
             path: path.to_path_buf(),
             connection: Mutex::new(connection),
+            received: GroupCommit::default(),
         })
     }
 
@@ -220,61 +308,28 @@ impl SqliteCatalog {
 }
 
 impl Catalog for SqliteCatalog {
+    /// Group commit ([`GroupCommit`]): instances stored by concurrent
+    /// associations share one transaction (one flush), each in its own
+    /// savepoint, so that one that cannot be indexed fails alone. Returns
+    /// once this instance's entry is durable.
     fn record_instance(&self, i: &InstanceRecord, now_ms: i64) -> StoreResult<()> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO studies (study_instance_uid, state, generation, last_received_ms)
-                 VALUES (?1, 'receiving', 0, ?2)
-                 ON CONFLICT (study_instance_uid) DO UPDATE
-                 SET state = 'receiving', last_received_ms = ?2",
-                params![i.study_instance_uid, now_ms],
-            )?;
-            let generation: i64 = tx.query_row(
-                "SELECT generation FROM studies WHERE study_instance_uid = ?1",
-                params![i.study_instance_uid],
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid,
-                    study_instance_uid, series_instance_uid, modality, body_part,
-                    series_description, transfer_syntax, calling_ae_title, path, size,
-                    sha256, generation, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                params![
-                    i.sop_instance_uid,
-                    i.sop_class_uid,
-                    i.study_instance_uid,
-                    i.series_instance_uid,
-                    i.modality,
-                    i.body_part,
-                    i.series_description,
-                    i.transfer_syntax,
-                    i.calling_ae_title,
-                    i.path.to_string_lossy(),
-                    i64::try_from(i.size).unwrap_or(i64::MAX),
-                    i.sha256,
-                    generation,
-                    now_ms
-                ],
-            )?;
-            index_web(
-                &tx,
-                &WebInstance {
-                    sop_instance_uid: i.sop_instance_uid.clone(),
-                    sop_class_uid: i.sop_class_uid.clone(),
-                    study_instance_uid: i.study_instance_uid.clone(),
-                    series_instance_uid: i.series_instance_uid.clone(),
-                    origin: Origin::Received,
-                    transfer_syntax: i.transfer_syntax.clone(),
-                    path: i.path.clone(),
-                    size: i.size,
-                    attributes: i.attributes.clone(),
-                },
-                now_ms,
-            )?;
-            tx.commit()
-        })
+        let mut outcome = self
+            .received
+            .submit(vec![(i.clone(), now_ms)], |all| {
+                let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+                index_received(&mut connection, all).map_err(|e| e.to_string())
+            })
+            .map_err(|reason| StoreError::Database {
+                path: self.path.clone(),
+                reason,
+            })?;
+        outcome
+            .pop()
+            .unwrap_or_else(|| Err("not indexed".into()))
+            .map_err(|reason| StoreError::Database {
+                path: self.path.clone(),
+                reason,
+            })
     }
 
     fn stable_studies(&self, cutoff_ms: i64) -> StoreResult<Vec<StableStudy>> {
@@ -751,6 +806,74 @@ mod tests {
             sha256: "ab".into(),
             attributes: BTreeMap::from([("00100020".into(), "P1".into())]),
         }
+    }
+
+    #[test]
+    fn instances_stored_at_once_share_a_commit_and_one_that_cannot_be_indexed_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog =
+            std::sync::Arc::new(SqliteCatalog::open(&dir.path().join("index.sqlite")).unwrap());
+        catalog
+            .connection
+            .lock()
+            .unwrap()
+            .execute_batch(
+                "CREATE TEMP TRIGGER refuse BEFORE INSERT ON instances
+                 WHEN NEW.sop_instance_uid = '1.2.3.bad'
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+            )
+            .unwrap();
+        // Hold the connection as a commit in progress would, until six
+        // callers are queued behind it.
+        let held = catalog.connection.lock().unwrap();
+        let sops = [
+            "1.2.3.1",
+            "1.2.3.2",
+            "1.2.3.bad",
+            "1.2.3.4",
+            "1.2.3.5",
+            "1.2.3.6",
+        ];
+        let callers: Vec<_> = sops
+            .iter()
+            .map(|sop| {
+                let catalog = catalog.clone();
+                let record = instance("1.2", "1.2.3", sop);
+                std::thread::spawn(move || catalog.record_instance(&record, 1000))
+            })
+            .collect();
+        while catalog.received.queued() < 6 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(held);
+        for (sop, caller) in sops.iter().zip(callers) {
+            let outcome = caller.join().unwrap();
+            if *sop == "1.2.3.bad" {
+                let err = outcome.unwrap_err().to_string();
+                assert!(err.contains("refused by the test"), "{err}");
+            } else {
+                outcome.unwrap();
+            }
+        }
+        // The first writer took what was queued when it started and then
+        // waited for the connection; the rest went into one more commit.
+        let transactions = catalog.received.transactions();
+        assert!((1..=2).contains(&transactions), "{transactions}");
+        let indexed: Vec<String> = catalog
+            .with(|c| {
+                c.prepare("SELECT sop_instance_uid FROM instances ORDER BY 1")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(
+            indexed,
+            ["1.2.3.1", "1.2.3.2", "1.2.3.4", "1.2.3.5", "1.2.3.6"]
+        );
+        let web: i64 = catalog
+            .with(|c| c.query_row("SELECT count(*) FROM web_index", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(web, 5, "the refused instance left nothing behind");
     }
 
     fn job(series: &str) -> NewJob {

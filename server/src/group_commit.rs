@@ -1,0 +1,229 @@
+//! Group commit for the appliance's durable SQLite writes (audit trail,
+//! catalog of received instances).
+//!
+//! Every durable write costs a flush of the disk (0.2–0.5 ms on the
+//! appliance's disks), and concurrent writers to one database take turns.
+//! With eight associations storing at once, eight commits one after the
+//! other would make the eighth caller wait eight flushes. Here each caller
+//! queues its items; if no other caller is writing, it becomes the writer:
+//! it takes everything queued, writes it in one transaction (one flush for
+//! every caller that queued while the previous commit was in progress),
+//! answers each caller, and goes on until the queue is empty. Either way a
+//! caller returns only once its own items are durable, with its outputs in
+//! its order.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender};
+use std::time::Duration;
+
+/// A queue of writes committed together. `I` is what callers submit, `O`
+/// what the write gives back for each item.
+pub struct GroupCommit<I, O> {
+    queue: Mutex<Queue<I, O>>,
+    transactions: AtomicU64,
+}
+
+struct Queue<I, O> {
+    pending: Vec<Pending<I, O>>,
+    /// A caller is the writer: it writes what is queued until nothing is.
+    writing: bool,
+    /// Submissions since creation (diagnostics, tests).
+    queued: u64,
+}
+
+/// One caller's items, and where to send their outputs once durable.
+struct Pending<I, O> {
+    items: Vec<I>,
+    done: SyncSender<Result<Vec<O>, String>>,
+}
+
+impl<I, O> Default for GroupCommit<I, O> {
+    fn default() -> Self {
+        Self {
+            queue: Mutex::new(Queue {
+                pending: Vec::new(),
+                writing: false,
+                queued: 0,
+            }),
+            transactions: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<I, O> std::fmt::Debug for GroupCommit<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("queued", &self.queued())
+            .field("transactions", &self.transactions())
+            .finish()
+    }
+}
+
+impl<I, O> GroupCommit<I, O> {
+    /// Submissions so far.
+    pub fn queued(&self) -> u64 {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).queued
+    }
+
+    /// Transactions written so far (each one flush).
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Queue `items` and return once they are written. `write` gets every
+    /// item queued at the time, callers in queue order and each caller's
+    /// items in its order, writes them in one transaction and gives one
+    /// output per item in the same order, or the reason the transaction
+    /// failed (then every caller of the batch gets it).
+    pub fn submit(
+        &self,
+        items: Vec<I>,
+        write: impl Fn(&[&I]) -> Result<Vec<O>, String>,
+    ) -> Result<Vec<O>, String> {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let mut lead = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.pending.push(Pending { items, done });
+            queue.queued += 1;
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        loop {
+            if lead {
+                self.write_queued(&write);
+            }
+            // A writer that stopped without answering (it panicked) leaves
+            // the queue to whoever finds it without a writer.
+            match result.recv_timeout(Duration::from_millis(100)) {
+                Ok(written) => return written,
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    lead = !std::mem::replace(&mut queue.writing, true);
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err("the writer stopped before writing".into());
+                }
+            }
+        }
+    }
+
+    /// As the writer: write what is queued, batch after batch, answering
+    /// each caller, until the queue is empty.
+    fn write_queued(&self, write: &impl Fn(&[&I]) -> Result<Vec<O>, String>) {
+        /// Stops being the writer even if writing panics.
+        struct Writer<'a, I, O>(&'a Mutex<Queue<I, O>>);
+        impl<I, O> Drop for Writer<'_, I, O> {
+            fn drop(&mut self) {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
+            }
+        }
+        let writer = Writer(&self.queue);
+        loop {
+            let batch = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.pending.is_empty() {
+                    queue.writing = false;
+                    std::mem::forget(writer);
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+            let all: Vec<&I> = batch.iter().flat_map(|p| &p.items).collect();
+            let written = write(&all).and_then(|outputs| {
+                if outputs.len() == all.len() {
+                    Ok(outputs)
+                } else {
+                    Err(format!(
+                        "the write gave {} outputs for {} items",
+                        outputs.len(),
+                        all.len()
+                    ))
+                }
+            });
+            match written {
+                Ok(outputs) => {
+                    self.transactions.fetch_add(1, Ordering::Relaxed);
+                    let mut outputs = outputs.into_iter();
+                    for p in batch {
+                        let theirs = outputs.by_ref().take(p.items.len()).collect();
+                        let _ = p.done.send(Ok(theirs));
+                    }
+                }
+                Err(reason) => {
+                    for p in batch {
+                        let _ = p.done.send(Err(reason.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn callers_queued_behind_a_commit_share_the_next_one_and_get_their_own_outputs() {
+        let commit: Arc<GroupCommit<(u32, u32), String>> = Arc::default();
+        // The "database": a lock a commit in progress holds, and what was
+        // written, transaction by transaction.
+        let database = Arc::new(Mutex::new(Vec::<Vec<(u32, u32)>>::new()));
+        let write = {
+            let database = database.clone();
+            move |items: &[&(u32, u32)]| {
+                database
+                    .lock()
+                    .unwrap()
+                    .push(items.iter().map(|i| **i).collect());
+                Ok(items.iter().map(|(t, i)| format!("{t}.{i}")).collect())
+            }
+        };
+        let first = commit.submit(vec![(99, 0)], &write).unwrap();
+        assert_eq!(first, ["99.0"]);
+        let held = database.lock().unwrap();
+        let callers: Vec<_> = (0..6u32)
+            .map(|t| {
+                let (commit, write) = (commit.clone(), write.clone());
+                std::thread::spawn(move || {
+                    commit
+                        .submit((0..3).map(|i| (t, i)).collect(), write)
+                        .unwrap()
+                })
+            })
+            .collect();
+        while commit.queued() < 7 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(held);
+        for (t, caller) in callers.into_iter().enumerate() {
+            assert_eq!(
+                caller.join().unwrap(),
+                [0, 1, 2].map(|i| format!("{t}.{i}"))
+            );
+        }
+        // The first writer took its own items and waited for the lock;
+        // everything queued meanwhile went into one more transaction.
+        let transactions = commit.transactions() - 1;
+        assert!((1..=2).contains(&transactions), "{transactions}");
+        assert_eq!(database.lock().unwrap().len() as u64, commit.transactions());
+        let written: usize = database.lock().unwrap().iter().map(Vec::len).sum();
+        assert_eq!(written, 1 + 18);
+    }
+
+    #[test]
+    fn a_failed_transaction_fails_every_caller_of_its_batch_and_the_next_one_is_written() {
+        let commit: GroupCommit<u32, u32> = GroupCommit::default();
+        let failing = |_: &[&u32]| Err::<Vec<u32>, _>("disk full".to_string());
+        assert_eq!(commit.submit(vec![1, 2], failing), Err("disk full".into()));
+        let short = |_: &[&u32]| Ok(vec![1]);
+        let err = commit.submit(vec![1, 2], short).unwrap_err();
+        assert!(err.contains("1 outputs for 2 items"), "{err}");
+        assert_eq!(commit.transactions(), 0);
+        let doubled = |items: &[&u32]| Ok(items.iter().map(|i| **i * 2).collect());
+        assert_eq!(commit.submit(vec![3, 4], doubled), Ok(vec![6, 8]));
+        assert_eq!(commit.transactions(), 1);
+    }
+}
