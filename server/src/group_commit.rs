@@ -7,10 +7,12 @@
 //! other would make the eighth caller wait eight flushes. Here each caller
 //! queues its items; if no other caller is writing, it becomes the writer:
 //! it takes everything queued, writes it in one transaction (one flush for
-//! every caller that queued while the previous commit was in progress),
-//! answers each caller, and goes on until the queue is empty. Either way a
-//! caller returns only once its own items are durable, with its outputs in
-//! its order.
+//! every caller that queued while the previous commit was in progress) and
+//! answers each caller. If more was queued meanwhile, it hands the writer's
+//! role to the first caller waiting, so that no caller keeps writing for
+//! others while its own peer waits for an answer. Either way a caller
+//! returns only once its own items are durable, with its outputs in its
+//! order.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,10 +34,19 @@ struct Queue<I, O> {
     queued: u64,
 }
 
-/// One caller's items, and where to send their outputs once durable.
+/// One caller's items, and where to tell it what became of them.
 struct Pending<I, O> {
     items: Vec<I>,
-    done: SyncSender<Result<Vec<O>, String>>,
+    done: SyncSender<Answer<O>>,
+}
+
+/// What a waiting caller is told.
+enum Answer<O> {
+    /// Its items were written (one output each), or why not.
+    Written(Result<Vec<O>, String>),
+    /// It is the writer now: what is queued, its own items included, is
+    /// its to write.
+    Write,
 }
 
 impl<I, O> Default for GroupCommit<I, O> {
@@ -95,7 +106,8 @@ impl<I, O> GroupCommit<I, O> {
             // A writer that stopped without answering (it panicked) leaves
             // the queue to whoever finds it without a writer.
             match result.recv_timeout(Duration::from_millis(100)) {
-                Ok(written) => return written,
+                Ok(Answer::Written(written)) => return written,
+                Ok(Answer::Write) => lead = true,
                 Err(RecvTimeoutError::Timeout) => {
                     let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                     lead = !std::mem::replace(&mut queue.writing, true);
@@ -107,8 +119,9 @@ impl<I, O> GroupCommit<I, O> {
         }
     }
 
-    /// As the writer: write what is queued, batch after batch, answering
-    /// each caller, until the queue is empty.
+    /// As the writer: write what is queued in one transaction and answer
+    /// each caller; then hand the writer's role to the first caller queued
+    /// meanwhile, or stop being the writer when none is.
     fn write_queued(&self, write: &impl Fn(&[&I]) -> Result<Vec<O>, String>) {
         /// Stops being the writer even if writing panics.
         struct Writer<'a, I, O>(&'a Mutex<Queue<I, O>>);
@@ -118,44 +131,55 @@ impl<I, O> GroupCommit<I, O> {
             }
         }
         let writer = Writer(&self.queue);
-        loop {
-            let batch = {
-                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if queue.pending.is_empty() {
-                    queue.writing = false;
-                    std::mem::forget(writer);
-                    return;
+        let batch = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.pending.is_empty() {
+                queue.writing = false;
+                std::mem::forget(writer);
+                return;
+            }
+            std::mem::take(&mut queue.pending)
+        };
+        let all: Vec<&I> = batch.iter().flat_map(|p| &p.items).collect();
+        let written = write(&all).and_then(|outputs| {
+            if outputs.len() == all.len() {
+                Ok(outputs)
+            } else {
+                Err(format!(
+                    "the write gave {} outputs for {} items",
+                    outputs.len(),
+                    all.len()
+                ))
+            }
+        });
+        match written {
+            Ok(outputs) => {
+                self.transactions.fetch_add(1, Ordering::Relaxed);
+                let mut outputs = outputs.into_iter();
+                for p in batch {
+                    let theirs = outputs.by_ref().take(p.items.len()).collect();
+                    let _ = p.done.send(Answer::Written(Ok(theirs)));
                 }
-                std::mem::take(&mut queue.pending)
-            };
-            let all: Vec<&I> = batch.iter().flat_map(|p| &p.items).collect();
-            let written = write(&all).and_then(|outputs| {
-                if outputs.len() == all.len() {
-                    Ok(outputs)
-                } else {
-                    Err(format!(
-                        "the write gave {} outputs for {} items",
-                        outputs.len(),
-                        all.len()
-                    ))
-                }
-            });
-            match written {
-                Ok(outputs) => {
-                    self.transactions.fetch_add(1, Ordering::Relaxed);
-                    let mut outputs = outputs.into_iter();
-                    for p in batch {
-                        let theirs = outputs.by_ref().take(p.items.len()).collect();
-                        let _ = p.done.send(Ok(theirs));
-                    }
-                }
-                Err(reason) => {
-                    for p in batch {
-                        let _ = p.done.send(Err(reason.clone()));
-                    }
+            }
+            Err(reason) => {
+                for p in batch {
+                    let _ = p.done.send(Answer::Written(Err(reason.clone())));
                 }
             }
         }
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        // The role goes to the first caller still waiting (one whose
+        // channel is gone has stopped waiting; the next one gets it).
+        while let Some(first) = queue.pending.first() {
+            if first.done.send(Answer::Write).is_ok() {
+                std::mem::forget(writer);
+                return;
+            }
+            let gone = queue.pending.remove(0);
+            drop(gone);
+        }
+        queue.writing = false;
+        std::mem::forget(writer);
     }
 }
 
@@ -211,6 +235,55 @@ mod tests {
         assert_eq!(database.lock().unwrap().len() as u64, commit.transactions());
         let written: usize = database.lock().unwrap().iter().map(Vec::len).sum();
         assert_eq!(written, 1 + 18);
+    }
+
+    #[test]
+    fn the_writer_answers_its_own_batch_and_hands_the_next_one_to_a_waiting_caller() {
+        type Log = Vec<(std::thread::ThreadId, Vec<u32>)>;
+        let commit: Arc<GroupCommit<u32, u32>> = Arc::default();
+        let database = Arc::new(Mutex::new(Log::new()));
+        let write = {
+            let database = database.clone();
+            move |items: &[&u32]| {
+                let items: Vec<u32> = items.iter().map(|i| **i).collect();
+                database
+                    .lock()
+                    .unwrap()
+                    .push((std::thread::current().id(), items.clone()));
+                Ok(items)
+            }
+        };
+        let held = database.lock().unwrap();
+        let submit = |item: u32| {
+            let (commit, write) = (commit.clone(), write.clone());
+            std::thread::spawn(move || commit.submit(vec![item], write).unwrap())
+        };
+        // The first caller becomes the writer and waits for the database...
+        let first = submit(1);
+        while commit.queued() < 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // ...while two more queue behind it.
+        let others = [submit(2), submit(3)];
+        while commit.queued() < 3 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let first_thread = first.thread().id();
+        let other_threads: Vec<_> = others.iter().map(|h| h.thread().id()).collect();
+        drop(held);
+        assert_eq!(first.join().unwrap(), [1]);
+        let mut rest: Vec<u32> = others.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        rest.sort_unstable();
+        assert_eq!(rest, [2, 3]);
+        let log = database.lock().unwrap();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert_eq!(log[0], (first_thread, vec![1]));
+        // The second batch was written by one of its own callers, not by
+        // the first, which returned as soon as its own item was durable.
+        assert!(other_threads.contains(&log[1].0), "{log:?}");
+        let mut second = log[1].1.clone();
+        second.sort_unstable();
+        assert_eq!(second, [2, 3]);
     }
 
     #[test]
