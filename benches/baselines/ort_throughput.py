@@ -2,7 +2,10 @@
 
 Usage: ort_throughput.py MODEL TENSORS.f32 ROUNDS THREADS [MAX_BATCH [PROVIDER]] ; prints JSON.
 PROVIDER: CPUExecutionProvider (default) or CUDAExecutionProvider.
+Environment: VIGIE_BENCH_CONV_SEARCH (exhaustive, heuristic or default): the
+CUDA provider's cudnn_conv_algo_search, as Vigie's inference.cuda_conv_algo_search.
 """
+import os
 import json
 import sys
 import time
@@ -15,7 +18,11 @@ max_batch = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 provider = sys.argv[6] if len(sys.argv) > 6 else "CPUExecutionProvider"
 options = ort.SessionOptions()
 options.intra_op_num_threads = threads
-session = ort.InferenceSession(model, options, providers=[provider])
+providers = [provider]
+if provider == "CUDAExecutionProvider":
+    search = os.environ.get("VIGIE_BENCH_CONV_SEARCH", "exhaustive").upper()
+    providers = [(provider, {"cudnn_conv_algo_search": search})]
+session = ort.InferenceSession(model, options, providers=providers)
 if session.get_providers()[0] != provider:
     sys.exit(f"{provider} unavailable: {session.get_providers()}")
 data = np.fromfile(tensors, dtype="<f4").reshape(-1, 240, 240, 3)

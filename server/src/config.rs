@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use vigie_inference::backend::{BackendOptions, Device};
+use vigie_inference::backend::{BackendOptions, ConvAlgoSearch, Device};
 use vigie_inference::threads::ThreadPlan;
 
 /// Where the setup script puts the ONNX Runtime library.
@@ -449,6 +449,9 @@ pub struct InferenceConfig {
     /// and the decode threads to the last ones (needs `pipeline.workers =
     /// 1`).
     pub pin_threads: bool,
+    /// cuDNN convolution algorithm search of ONNX Runtime's CUDA provider:
+    /// `exhaustive` (ONNX Runtime's default), `heuristic` or `default`.
+    pub cuda_conv_algo_search: ConvAlgoSearch,
     /// Dynamic batching, by model package id; a model not listed runs one
     /// instance at a time.
     pub batching: BTreeMap<String, BatchConfig>,
@@ -493,6 +496,7 @@ impl Default for InferenceConfig {
             intra_threads: 0,
             decode_threads: 0,
             pin_threads: false,
+            cuda_conv_algo_search: ConvAlgoSearch::default(),
             batching: BTreeMap::new(),
         }
     }
@@ -695,7 +699,8 @@ impl Config {
             .or_else(|| Some(PathBuf::from(SETUP_ONNXRUNTIME)).filter(|p| p.is_file()));
         let plan = self.thread_plan()?;
         Ok(BackendOptions::new(device, plan.intra_threads, library)
-            .with_intra_cpus(plan.model_cpus))
+            .with_intra_cpus(plan.model_cpus)
+            .with_conv_algo_search(self.inference.cuda_conv_algo_search))
     }
 
     /// How the hot loop runs `model` with the threads of `plan`: the
@@ -799,6 +804,32 @@ mod tests {
         std::fs::write(&file, "[inference]\ndevise = \"cpu\"\n").unwrap();
         let err = Config::load(Some(&file)).unwrap_err().to_string();
         assert!(err.contains("devise"), "{err}");
+    }
+
+    #[test]
+    fn cudnn_algorithm_search_reaches_the_backend_options_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vigie.toml");
+        assert_eq!(
+            Config::default()
+                .backend_options()
+                .unwrap()
+                .conv_algo_search,
+            ConvAlgoSearch::Exhaustive
+        );
+        std::fs::write(
+            &file,
+            "[inference]\ncuda_conv_algo_search = \"heuristic\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(
+            config.backend_options().unwrap().conv_algo_search,
+            ConvAlgoSearch::Heuristic
+        );
+        std::fs::write(&file, "[inference]\ncuda_conv_algo_search = \"fastest\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&file)).unwrap_err());
+        assert!(err.contains("fastest"), "{err}");
     }
 
     #[test]

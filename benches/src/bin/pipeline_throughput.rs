@@ -14,12 +14,14 @@
 //! Prints one JSON object. Environment: `VIGIE_BENCH_DEVICE` (`cpu`, the
 //! default, or `cuda:N`), `VIGIE_BENCH_MODEL` (package folder, default the
 //! reference model), `VIGIE_BENCH_ORT` (the ONNX Runtime library, default
-//! the CPU one fetched by `scripts/setup.sh`).
+//! the CPU one fetched by `scripts/setup.sh`), `VIGIE_BENCH_CONV_SEARCH`
+//! (the CUDA provider's cuDNN algorithm search: `exhaustive`, the default,
+//! `heuristic` or `default`).
 
 use std::time::Instant;
 
 use anyhow::Context;
-use vigie_inference::backend::{BackendOptions, Device};
+use vigie_inference::backend::{BackendOptions, ConvAlgoSearch, Device};
 use vigie_inference::{Image, Model, ModelPackage};
 use vigie_validation::pipeline;
 
@@ -51,7 +53,16 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let package = ModelPackage::load(env_path("VIGIE_BENCH_MODEL", "models/brain-tumour-vgg16"))?;
-    let mut model = Model::load(package, &BackendOptions::new(device, threads, Some(lib)))?;
+    let search = match std::env::var("VIGIE_BENCH_CONV_SEARCH").as_deref() {
+        Err(_) | Ok("exhaustive") => ConvAlgoSearch::Exhaustive,
+        Ok("heuristic") => ConvAlgoSearch::Heuristic,
+        Ok("default") => ConvAlgoSearch::Default,
+        Ok(other) => {
+            anyhow::bail!("VIGIE_BENCH_CONV_SEARCH {other:?}: exhaustive, heuristic or default")
+        }
+    };
+    let options = BackendOptions::new(device, threads, Some(lib)).with_conv_algo_search(search);
+    let mut model = Model::load(package, &options)?;
     let provider = model.execution().provider.clone();
     // Tensors for the bare-runtime measurements, made by the same pipeline.
     let pre = model.package().manifest().preprocess.clone();

@@ -36,6 +36,21 @@ impl std::fmt::Display for Device {
     }
 }
 
+/// How ONNX Runtime's CUDA provider chooses cuDNN's convolution
+/// algorithms for each new input shape (its `cudnn_conv_algo_search`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvAlgoSearch {
+    /// Benchmark every algorithm (ONNX Runtime's default): the fastest
+    /// kernels, paid for at the first run of every input shape.
+    #[default]
+    Exhaustive,
+    /// cuDNN's heuristics, no benchmarking.
+    Heuristic,
+    /// cuDNN's default algorithm.
+    Default,
+}
+
 /// How to create backends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -51,6 +66,9 @@ pub struct BackendOptions {
     /// [`crate::threads::ThreadPlan`]); the caller pins its own thread.
     /// Empty: not pinned.
     pub intra_cpus: Vec<usize>,
+    /// cuDNN convolution algorithm search of ONNX Runtime's CUDA provider
+    /// (ignored on CPU and by candle).
+    pub conv_algo_search: ConvAlgoSearch,
 }
 
 impl BackendOptions {
@@ -62,7 +80,14 @@ impl BackendOptions {
             intra_threads,
             onnxruntime_library,
             intra_cpus: Vec::new(),
+            conv_algo_search: ConvAlgoSearch::default(),
         }
+    }
+
+    /// The same options with this cuDNN convolution algorithm search.
+    pub fn with_conv_algo_search(mut self, search: ConvAlgoSearch) -> Self {
+        self.conv_algo_search = search;
+        self
     }
 
     /// The same options with the intra-op threads pinned to `cpus` (the

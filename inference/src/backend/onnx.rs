@@ -11,7 +11,7 @@ use ort::ep;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::{Backend, BackendOptions, Device, Execution, check_name, check_shape};
+use super::{Backend, BackendOptions, ConvAlgoSearch, Device, Execution, check_name, check_shape};
 use crate::error::{Error, Result};
 use crate::package::ModelPackage;
 
@@ -121,6 +121,11 @@ impl OnnxBackend {
                 builder = builder
                     .with_execution_providers([ep::CUDA::default()
                         .with_device_id(device_id)
+                        .with_conv_algorithm_search(match options.conv_algo_search {
+                            ConvAlgoSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                            ConvAlgoSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+                            ConvAlgoSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
+                        })
                         .build()
                         .error_on_failure()])
                     .map_err(|e| Error::ProviderUnavailable {
