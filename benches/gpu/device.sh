@@ -9,12 +9,15 @@
 #   c: release builds of `vigie` and `pipeline_throughput`, the int8
 #      candidate, the demo studies and the onnxruntime-gpu Python package
 #      (the bare-runtime baseline).
+#   d: (optional) `vigie` built with candle's CUDA device
+#      (scripts/build-cuda.sh).
 # CUDA's own libraries (cuBLAS, cuDNN, cuFFT, cuRAND, the runtime) are the
 # ones the machine's Python environment already holds.
 #
 # Usage (on the GPU machine, in the repository root):
-#   benches/gpu/device.sh unpack a|b|c
+#   benches/gpu/device.sh unpack a|b|c|d
 #   benches/gpu/device.sh run OUT_DIR [ROUNDS]
+#   benches/gpu/device.sh candle OUT_DIR     (after a, b and d)
 set -euo pipefail
 VG=/root/vigie-gpu
 ROOT=$(pwd)
@@ -63,6 +66,11 @@ case "${1:-}" in
         zstd -d -q -c .gpu/c/ortpy.tar.zst | tar xf - -C "$VG/py"
         ln -sf "$VG/lib/libonnxruntime_providers_cuda.so" "$VG/py/onnxruntime/capi/"
         ;;
+      d)
+        zstd -d -q -f .gpu/d/vigie-cuda.zst -o "$VG/bin/vigie-cuda"
+        chmod +x "$VG/bin/vigie-cuda"
+        LD_LIBRARY_PATH="$(cuda_libs)" ldd "$VG/bin/vigie-cuda" | grep -E "not found|cu" || true
+        ;;
     esac
     cp models/brain-tumour-vgg16/model.toml "$VG/root/models/brain-tumour-vgg16/"
     cp models/candidates/brain-tumour-vgg16-int8/model.toml "$VG/root/models/candidates/brain-tumour-vgg16-int8/"
@@ -99,22 +107,45 @@ case "${1:-}" in
     for model in "$FP32" "$INT8"; do
       for device in cuda:0 cpu; do
         provider=CUDAExecutionProvider; [ "$device" = cpu ] && provider=CPUExecutionProvider
-        for batch in 1 4 16; do
-          [ "$device" = cpu ] && [ "$batch" != 1 ] && continue
-          export VIGIE_BENCH_DEVICE=$device VIGIE_BENCH_MODEL=$model
+        # On the GPU, batch 4 also with cuDNN's heuristic algorithm choice:
+        # does the exhaustive search per input shape explain why batching
+        # was slower than batch 1 (benches/RESULTS.md, GPU)?
+        for run in 1 4 4h 16; do
+          batch=${run%h}
+          [ "$device" = cpu ] && [ "$run" != 1 ] && continue
+          search=exhaustive; [ "$run" = 4h ] && search=heuristic
+          export VIGIE_BENCH_DEVICE=$device VIGIE_BENCH_MODEL=$model VIGIE_BENCH_CONV_SEARCH=$search
           "$VG/bin/pipeline_throughput" 1 "$THREADS" "$TENSORS" > /dev/null
           a=$(py "$model" "$batch" "$provider")
           decode=1; [ "$device" != cpu ] && decode=$GPU_DECODE
           v=$("$VG/bin/pipeline_throughput" "$ROUNDS" "$THREADS" "$TENSORS" "$batch" "$decode")
           b=$(py "$model" "$batch" "$provider")
-          printf '{"model":"%s","device":"%s","batch":%s,"python_before":%s,"vigie":%s,"python_after":%s}\n' \
-            "$(basename "$model")" "$device" "$batch" "$a" "$v" "$b" | tee -a "$OUTDIR/gpu-bench.jsonl"
+          printf '{"model":"%s","device":"%s","batch":%s,"conv_search":"%s","python_before":%s,"vigie":%s,"python_after":%s}\n' \
+            "$(basename "$model")" "$device" "$batch" "$search" "$a" "$v" "$b" | tee -a "$OUTDIR/gpu-bench.jsonl"
         done
       done
     done
     ;;
+  candle)
+    # candle's CUDA device: the demo dataset on the GPU and on the CPU
+    # (decisions and probabilities must agree), the time each takes, and
+    # the error for a GPU that does not exist.
+    OUTDIR=$2
+    export LD_LIBRARY_PATH="$VG/lib:$(cuda_libs)"
+    export VIGIE__INFERENCE__MODELS_DIR="$VG/root/models" VIGIE__INFERENCE__ONNXRUNTIME_LIBRARY="$VG/lib/libonnxruntime.so.1.31.1"
+    for device in cuda:0 cpu; do
+      start=$(date +%s%N)
+      VIGIE__INFERENCE__DEVICE=$device "$VG/bin/vigie-cuda" infer --backend candle --json --dataset "$VG/root/.cache/vigie/demo/dicom" \
+        > "$OUTDIR/candle-$device.json" 2> "$OUTDIR/candle-$device.log" || echo "candle on $device exited $?"
+      echo "candle on $device: $(( ($(date +%s%N) - start) / 1000000 )) ms for the demo dataset"
+    done
+    set +e
+    VIGIE__INFERENCE__DEVICE=cuda:7 "$VG/bin/vigie-cuda" infer --backend candle --json "$VG/root/.cache/vigie/demo/dicom" > /dev/null 2> "$OUTDIR/candle-cuda7.log"
+    echo "candle on cuda:7 (absent) exited $?: $(tail -n 3 "$OUTDIR/candle-cuda7.log")"
+    set -e
+    ;;
   *)
-    sed -n 2,18p "$0"
+    sed -n 2,22p "$0"
     exit 2
     ;;
 esac

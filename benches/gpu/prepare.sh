@@ -7,6 +7,9 @@
 #   run "benches/gpu/device.sh unpack a"  carry [.gpu/a]
 #   run "benches/gpu/device.sh unpack b"  carry [.gpu/b]
 #   run "benches/gpu/device.sh unpack c && benches/gpu/device.sh run \$OUT 20"  carry [.gpu/c]
+# With candle's CUDA device too (scripts/build-cuda.sh first, which makes
+# target/cuda/release/vigie), a fourth part:
+#   run "benches/gpu/device.sh unpack d && benches/gpu/device.sh candle \$OUT"  carry [.gpu/d]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -19,6 +22,12 @@ unzip -q "$WORK"/onnxruntime_gpu-1.31.1-*.whl -d "$WORK/wheel"
 CAPI=$WORK/wheel/onnxruntime/capi
 cargo build --release --locked -q -p vigie-server -p vigie-benches --bin vigie --bin pipeline_throughput
 rm -rf .gpu && mkdir -p .gpu/a/zbin .gpu/b .gpu/c
+# d: vigie built with candle's CUDA device (it links the driver, cuBLAS
+# and cuRAND, which the GPU machine holds).
+if [ -x target/cuda/release/vigie ]; then
+  mkdir -p .gpu/d
+  zstd -q -12 -T0 target/cuda/release/vigie -o .gpu/d/vigie-cuda.zst
+fi
 # a: ONNX Runtime and its CUDA provider (Hopper code only), and a zstd.
 python3 benches/gpu/strip_fatbin.py "$CAPI/libonnxruntime_providers_cuda.so" "$WORK/cuda90.so" 90
 zstd -q -12 -T0 --long=27 "$WORK/cuda90.so" -o .gpu/a/cuda90.zst

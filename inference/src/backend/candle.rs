@@ -1,8 +1,14 @@
 //! candle backend: the ONNX graph evaluated natively in Rust by
-//! `candle-onnx`, on candle's CPU kernels.
+//! `candle-onnx`, on candle's CPU kernels or (built with the `cuda` feature)
+//! on a CUDA device.
 //!
-//! This build has no CUDA support in candle: a CUDA device is refused with
-//! [`Error::NotCompiledWith`].
+//! The graph's initializers (the weights) are converted to tensors once, at
+//! load, on the chosen device, and handed to every evaluation as named
+//! values: `candle-onnx` would otherwise rebuild every weight tensor from
+//! the protobuf at each run, and always on the CPU. Without the `cuda`
+//! feature a CUDA device is refused with [`Error::NotCompiledWith`]; with
+//! it, a device that cannot be opened (no driver, no GPU, bad ordinal) is
+//! [`Error::ProviderUnavailable`], never a silent CPU fallback.
 
 use std::collections::HashMap;
 
@@ -17,7 +23,11 @@ use crate::package::ModelPackage;
 #[derive(Debug)]
 pub struct CandleBackend {
     model_id: String,
+    /// The graph without its initializers.
     model: ModelProto,
+    /// The initializers, converted once, on `device`.
+    weights: HashMap<String, Tensor>,
+    device: CandleDevice,
     input_name: String,
     output_name: String,
     input_dims: Vec<i64>,
@@ -48,32 +58,33 @@ impl CandleBackend {
     /// Parse the model, verify its contract.
     pub fn load(package: &ModelPackage, options: &BackendOptions) -> Result<Self> {
         let model_id = package.id().to_string();
-        if let Device::Cuda { .. } = options.device {
-            return Err(Error::NotCompiledWith {
-                backend: "candle",
-                feature: "cuda",
-                device: options.device.to_string(),
-            });
-        }
-        let model =
-            candle_onnx::read_file(package.weights_path()).map_err(|e| Error::SessionCreate {
-                model_id: model_id.clone(),
-                backend: "candle",
-                path: package.weights_path().to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        let graph = model.graph.as_ref().ok_or_else(|| Error::SessionCreate {
+        let device = open_device(&model_id, options.device)?;
+        let load_failed = |reason: String| Error::SessionCreate {
             model_id: model_id.clone(),
             backend: "candle",
             path: package.weights_path().to_path_buf(),
-            reason: "the file has no graph".into(),
-        })?;
-        let initializers: std::collections::HashSet<&str> =
-            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+            reason,
+        };
+        let mut model = candle_onnx::read_file(package.weights_path())
+            .map_err(|e| load_failed(reason(e)))?;
+        let graph = model
+            .graph
+            .as_mut()
+            .ok_or_else(|| load_failed("the file has no graph".into()))?;
+        let weights = std::mem::take(&mut graph.initializer)
+            .iter()
+            .map(|t| {
+                candle_onnx::eval::get_tensor(t, &t.name)
+                    .and_then(|w| w.to_device(&device))
+                    .map(|w| (t.name.clone(), w))
+                    .map_err(|e| load_failed(format!("initializer {}: {}", t.name, reason(e))))
+            })
+            .collect::<Result<HashMap<_, _>>>()?;
+        let graph = &*graph;
         let inputs: Vec<_> = graph
             .input
             .iter()
-            .filter(|i| !initializers.contains(i.name.as_str()))
+            .filter(|i| !weights.contains_key(&i.name))
             .collect();
         let manifest = package.manifest();
         check_name(
@@ -106,14 +117,57 @@ impl CandleBackend {
             input_dims,
             execution: Execution {
                 backend: "candle",
-                provider: "candle-cpu".into(),
-                device: Device::Cpu.to_string(),
+                provider: match options.device {
+                    Device::Cpu => "candle-cpu".into(),
+                    Device::Cuda { .. } => "candle-cuda".into(),
+                },
+                device: options.device.to_string(),
                 intra_threads: candle_core::utils::get_num_threads(),
                 runtime_version: "candle-core 0.11.1".into(),
             },
             model_id,
             model,
+            weights,
+            device,
         })
+    }
+}
+
+/// What went wrong, without the stack trace candle attaches to its errors
+/// when `RUST_BACKTRACE` is set (support wants the reason in one line).
+fn reason(error: candle_core::Error) -> String {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => reason(*inner),
+        other => other.to_string(),
+    }
+}
+
+/// The candle device for `device`.
+fn open_device(model_id: &str, device: Device) -> Result<CandleDevice> {
+    match device {
+        Device::Cpu => Ok(CandleDevice::Cpu),
+        #[cfg(feature = "cuda")]
+        Device::Cuda { device_id } => {
+            let ordinal = usize::try_from(device_id).map_err(|_| Error::ProviderUnavailable {
+                model_id: model_id.to_string(),
+                provider: "candle-cuda".into(),
+                reason: format!("CUDA device ordinal {device_id} is negative"),
+            })?;
+            CandleDevice::new_cuda(ordinal).map_err(|e| Error::ProviderUnavailable {
+                model_id: model_id.to_string(),
+                provider: "candle-cuda".into(),
+                reason: format!("CUDA device {ordinal} cannot be opened: {}", reason(e)),
+            })
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda { .. } => {
+            let _ = model_id;
+            Err(Error::NotCompiledWith {
+                backend: "candle",
+                feature: "cuda",
+                device: device.to_string(),
+            })
+        }
     }
 }
 
@@ -127,11 +181,14 @@ impl Backend for CandleBackend {
         if let Some(first) = shape.first_mut() {
             *first = batch;
         }
-        let tensor = Tensor::from_slice(input, shape, &CandleDevice::Cpu)
-            .map_err(|e| fail(e.to_string()))?;
-        let inputs = HashMap::from([(self.input_name.clone(), tensor)]);
+        let tensor =
+            Tensor::from_slice(input, shape, &self.device).map_err(|e| fail(reason(e)))?;
+        // Cloning the map clones names and reference-counted tensors, not
+        // the weights themselves.
+        let mut inputs = self.weights.clone();
+        inputs.insert(self.input_name.clone(), tensor);
         let mut outputs =
-            candle_onnx::simple_eval(&self.model, inputs).map_err(|e| fail(e.to_string()))?;
+            candle_onnx::simple_eval(&self.model, inputs).map_err(|e| fail(reason(e)))?;
         let output = outputs
             .remove(&self.output_name)
             .ok_or_else(|| fail(format!("output {} missing", self.output_name)))?;
@@ -140,7 +197,7 @@ impl Backend for CandleBackend {
             .flatten_all()
             .and_then(|t| t.to_dtype(candle_core::DType::F32))
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(reason(e)))?;
         Ok((dims, data))
     }
 
