@@ -65,8 +65,8 @@ impl CandleBackend {
             path: package.weights_path().to_path_buf(),
             reason,
         };
-        let mut model = candle_onnx::read_file(package.weights_path())
-            .map_err(|e| load_failed(reason(e)))?;
+        let mut model =
+            candle_onnx::read_file(package.weights_path()).map_err(|e| load_failed(reason(e)))?;
         let graph = model
             .graph
             .as_mut()
@@ -181,8 +181,7 @@ impl Backend for CandleBackend {
         if let Some(first) = shape.first_mut() {
             *first = batch;
         }
-        let tensor =
-            Tensor::from_slice(input, shape, &self.device).map_err(|e| fail(reason(e)))?;
+        let tensor = Tensor::from_slice(input, shape, &self.device).map_err(|e| fail(reason(e)))?;
         // Cloning the map clones names and reference-counted tensors, not
         // the weights themselves.
         let mut inputs = self.weights.clone();
