@@ -21,6 +21,30 @@ pub enum Error {
         /// What the parser said.
         reason: String,
     },
+    /// The data set breaks its own structure: a length past the end of the
+    /// file or of its item, an unknown VR, a misplaced delimiter, a
+    /// truncated data set.
+    #[error("{path}: malformed data set at byte {offset}: {reason}")]
+    Malformed {
+        /// File concerned.
+        path: PathBuf,
+        /// Byte offset in the file (in the inflated data set for a
+        /// deflated one).
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The data set exceeds a limit of [`crate::scan::Limits`] (nesting
+    /// depth, number of elements, decoded or inflated size).
+    #[error("{path}: data set beyond the limits of this appliance ({limit}): {reason}")]
+    Limit {
+        /// File concerned.
+        path: PathBuf,
+        /// Which limit.
+        limit: &'static str,
+        /// By how much.
+        reason: String,
+    },
     /// A required attribute is absent or empty.
     #[error("{path} (SOP Instance {sop_instance_uid}): required attribute {attribute} is missing")]
     MissingAttribute {

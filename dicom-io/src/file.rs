@@ -8,6 +8,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
 use crate::error::{Error, Result};
+use crate::scan::{Scanned, scan_file};
 
 /// The header attributes of one instance that routing, grouping and
 /// preprocessing need. Patient identifiers are deliberately absent: this
@@ -57,31 +58,7 @@ pub struct FileMeta {
 /// 128-byte preamble): what a C-STORE command would say of the instance,
 /// for files received other than by DIMSE (STOW-RS, import).
 pub fn read_meta(path: impl AsRef<Path>) -> Result<FileMeta> {
-    use std::io::{Read, Seek, SeekFrom};
-    let path = path.as_ref();
-    let failed = |reason: String| Error::Open {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut file =
-        std::io::BufReader::new(std::fs::File::open(path).map_err(|e| failed(e.to_string()))?);
-    let mut head = [0u8; 132];
-    let read = file.read(&mut head).map_err(|e| failed(e.to_string()))?;
-    let start = if read >= 132 && &head[128..132] == b"DICM" {
-        128
-    } else {
-        0
-    };
-    file.seek(SeekFrom::Start(start))
-        .map_err(|e| failed(e.to_string()))?;
-    let meta = dicom_object::meta::FileMetaTable::from_reader(file)
-        .map_err(|e| failed(format!("no valid file meta information: {e}")))?;
-    let clean = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
-    Ok(FileMeta {
-        sop_class_uid: clean(meta.media_storage_sop_class_uid()),
-        sop_instance_uid: clean(meta.media_storage_sop_instance_uid()),
-        transfer_syntax: clean(meta.transfer_syntax()),
-    })
+    crate::scan::read_file_meta(path)
 }
 
 /// An opened DICOM Part 10 file and its header.
@@ -90,28 +67,38 @@ pub struct DicomFile {
     path: PathBuf,
     object: DefaultDicomObject,
     header: InstanceHeader,
+    scanned: Option<Scanned>,
 }
 
 impl DicomFile {
     /// Open and parse a Part 10 file (preamble optional, file meta group
-    /// required).
+    /// required), once it has passed [`scan_file`] with the process-wide
+    /// [`crate::scan::limits`]: a data set nested too deep, with lengths
+    /// past its end, truncated or inflating beyond the limits is refused
+    /// ([`Error::Malformed`], [`Error::Limit`]) before the recursive parser
+    /// sees it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        let scanned = scan_file(&path, &crate::scan::limits())?;
         let object = OpenFileOptions::new()
             .open_file(&path)
             .map_err(|e| Error::Open {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-        Self::from_object(path, object)
+        let mut file = Self::from_object(path, object)?;
+        file.scanned = Some(scanned);
+        Ok(file)
     }
 
     /// Open a Part 10 file reading only the attributes before Pixel Data:
     /// enough for [`DicomFile::header`], and fast on large instances (the
     /// pixel data is neither read nor decoded). Pixel functions then find no
-    /// pixel data.
+    /// pixel data. The whole file passes [`scan_file`] first, as with
+    /// [`DicomFile::open`].
     pub fn open_header(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        let scanned = scan_file(&path, &crate::scan::limits())?;
         let object = OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
             .open_file(&path)
@@ -119,7 +106,9 @@ impl DicomFile {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-        Self::from_object(path, object)
+        let mut file = Self::from_object(path, object)?;
+        file.scanned = Some(scanned);
+        Ok(file)
     }
 
     /// Wrap an object already in memory; `path` names where it came from
@@ -130,7 +119,15 @@ impl DicomFile {
             path,
             object,
             header,
+            scanned: None,
         })
+    }
+
+    /// What the structural scan found (element counts, depth, the image
+    /// pixel module, the pixel data layout); `None` for an object built in
+    /// memory.
+    pub fn scanned(&self) -> Option<&Scanned> {
+        self.scanned.as_ref()
     }
 
     /// Where the file was read from.

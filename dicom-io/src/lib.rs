@@ -13,6 +13,9 @@
 //!   sequence), MONOCHROME1 inversion — in that order.
 //! - [`volume`]: assemble single-frame instances of a series into a volume
 //!   ordered by Image Position (Patient).
+//! - [`scan`]: the bounded structural check every file passes before it is
+//!   parsed (nesting depth, element count, lengths within the file,
+//!   inflated and decoded sizes) and the image pixel module consistency.
 //! - [`uid`]: UID validation and generation under a configurable root.
 //! - [`web`]: the DICOM side of DICOMweb: indexed and returned attributes
 //!   per level, C-FIND matching, the DICOM JSON model, transcoding.
@@ -31,6 +34,7 @@ pub mod lut;
 pub mod net;
 pub mod pixels;
 pub mod results;
+pub mod scan;
 pub mod uid;
 pub mod volume;
 pub mod web;
@@ -40,3 +44,4 @@ pub use error::{Error, Result};
 pub use file::{DicomFile, FileMeta, InstanceHeader, read_meta};
 pub use lut::{PixelOptions, VoiSelection, WindowFunction};
 pub use pixels::{Photometric, PixelArray, TransferSyntaxSupport, transfer_syntax_support};
+pub use scan::{Limits, Scanned};

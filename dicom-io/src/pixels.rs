@@ -259,10 +259,15 @@ impl DicomFile {
             self.object().get(tags::PIXEL_DATA).map(|e| e.value()),
             Some(dicom_core::value::Value::PixelSequence(_))
         );
-        let decoded = self
-            .object()
-            .decode_pixel_data()
-            .map_err(|e| self.decode_error(e.to_string()))?;
+        self.check_decoded_size(bits_allocated, samples)?;
+        // A decoder must never take the calling thread down: a panic in
+        // one (dicom-rs's RLE decoder indexes out of bounds on corrupt
+        // segments) fails this instance only.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.object().decode_pixel_data()
+        }))
+        .map_err(|panic| self.decode_error(format!("decoder panicked: {}", panic_message(&panic))))?
+        .map_err(|e| self.decode_error(e.to_string()))?;
         let rows = decoded.rows() as usize;
         let columns = decoded.columns() as usize;
         let frames = decoded.number_of_frames() as usize;
@@ -341,6 +346,70 @@ impl DicomFile {
             data,
         })
     }
+}
+
+impl DicomFile {
+    /// Refuse, before decoding, pixel data whose decoded size exceeds
+    /// [`crate::scan::Limits::max_decoded_bytes`] (Rows × Columns × Number
+    /// of Frames × Samples per Pixel × Bits Allocated) or that contradicts
+    /// its own length.
+    fn check_decoded_size(&self, bits_allocated: u16, samples: u16) -> Result<()> {
+        let limits = crate::scan::limits();
+        if let Some(scanned) = self.scanned() {
+            return scanned
+                .check_pixel_data(&limits)
+                .map_err(|problem| match problem {
+                    crate::scan::PixelDataProblem::TooLarge { .. } => Error::Limit {
+                        path: self.path().to_path_buf(),
+                        limit: "max_decoded_bytes",
+                        reason: problem.to_string(),
+                    },
+                    other => self.decode_error(other.to_string()),
+                });
+        }
+        let rows = self
+            .int(tags::ROWS, "Rows")?
+            .unwrap_or(0)
+            .max(0)
+            .unsigned_abs();
+        let columns = self
+            .int(tags::COLUMNS, "Columns")?
+            .unwrap_or(0)
+            .max(0)
+            .unsigned_abs();
+        let frames = self
+            .int(tags::NUMBER_OF_FRAMES, "NumberOfFrames")?
+            .unwrap_or(1)
+            .max(0)
+            .unsigned_abs();
+        let bytes = rows
+            .saturating_mul(columns)
+            .saturating_mul(frames)
+            .saturating_mul(u64::from(samples))
+            .saturating_mul(u64::from(bits_allocated))
+            .div_ceil(8);
+        if bytes > limits.max_decoded_bytes {
+            return Err(Error::Limit {
+                path: self.path().to_path_buf(),
+                limit: "max_decoded_bytes",
+                reason: crate::scan::PixelDataProblem::TooLarge {
+                    bytes,
+                    limit: limits.max_decoded_bytes,
+                }
+                .to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn interleave_planes(raw: &[f32], frames: usize, pixels: usize) -> Vec<f32> {

@@ -481,6 +481,17 @@ pub fn element_json(path: &Path, tag: Tag) -> Result<Option<Value>> {
 /// compressed pixel data), as a Part 10 byte stream, for clients that do
 /// not accept the stored transfer syntax.
 pub fn transcode_to_explicit_le(path: &Path) -> Result<Vec<u8>> {
+    // Decoding happens in memory: the file must pass the scan, and its
+    // decoded pixel data stay within the limit, before anything is read.
+    let limits = crate::scan::limits();
+    let scanned = crate::scan::scan_file(path, &limits)?;
+    if let Err(problem) = scanned.check_pixel_data(&limits) {
+        return Err(Error::Limit {
+            path: path.to_path_buf(),
+            limit: "max_decoded_bytes",
+            reason: format!("not transcoded: {problem}"),
+        });
+    }
     let mut object = OpenFileOptions::new()
         .open_file(path)
         .map_err(|e| Error::Open {

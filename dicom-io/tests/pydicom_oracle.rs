@@ -39,7 +39,8 @@ enum Expect {
     UnsupportedSyntax,
     /// Refused as unsupported pixel data.
     UnsupportedPixels,
-    /// Refused while opening or decoding (corrupt, truncated, not Part 10).
+    /// Refused while opening (the structural scan: truncated, lengths past
+    /// the end) or decoding (corrupt, not Part 10).
     Broken,
 }
 
@@ -259,6 +260,7 @@ fn decoding_matches_pydicom_or_fails_with_the_expected_error() {
                 Broken,
                 Err(
                     Error::Open { .. }
+                    | Error::Malformed { .. }
                     | Error::DecodePixelData { .. }
                     | Error::MissingAttribute { .. },
                 ),

@@ -230,20 +230,25 @@ async fn our_scu_sends_to_our_scp_in_small_pdus() {
     scp.task.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn beyond_the_limit_associations_are_rejected_transiently_and_artim_closes_silent_peers() {
-    let scp = start(|o| {
-        o.max_associations = 1;
-        o.artim_timeout = Duration::from_secs(4);
-    })
-    .await;
-    // A peer that connects and says nothing holds the only slot...
-    let silent = tokio::net::TcpStream::connect(("127.0.0.1", scp.port))
+/// An association that stays open, idle, until dropped.
+async fn idle_association(
+    port: u16,
+) -> dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream> {
+    dicom_ul::ClientAssociationOptions::new()
+        .with_abstract_syntax(vigie_dicom_io::net::scp::VERIFICATION)
+        .calling_ae_title("IDLE")
+        .called_ae_title("VIGIE")
+        .establish_async(("127.0.0.1", port))
         .await
-        .unwrap();
-    // (time for the listener to take it, even on a loaded machine)
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    // ...so echoscu is rejected, transiently, at once (well before ARTIM).
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_limit_associations_are_rejected_transiently() {
+    let scp = start(|o| o.max_associations = 1).await;
+    // An established association holds the only slot...
+    let held = idle_association(scp.port).await;
+    // ...so echoscu is rejected, transiently, at once.
     let started = std::time::Instant::now();
     let busy = dcmtk("echoscu", scu_args(scp.port, "VIGIE", &["-d"])).await;
     assert!(!busy.status.success());
@@ -252,20 +257,168 @@ async fn beyond_the_limit_associations_are_rejected_transiently_and_artim_closes
         String::from_utf8_lossy(&busy.stdout).to_string() + &String::from_utf8_lossy(&busy.stderr);
     assert!(text.contains("Transient"), "{text}");
     assert!(text.contains("Local Limit Exceeded"), "{text}");
-    // ARTIM: the silent peer is dropped, and the slot frees up.
-    tokio::time::sleep(Duration::from_millis(4000)).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let ok = dcmtk("echoscu", scu_args(scp.port, "VIGIE", &[])).await;
     assert!(
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    scp.task.abort();
+}
+
+/// Hardening defect 5: sixteen silent TCP connections took the sixteen
+/// association slots until ARTIM expired and locked every legitimate peer
+/// out. They now wait without a slot, are closed at ARTIM and reported in
+/// one summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_silent_sockets_do_not_lock_legitimate_peers_out() {
+    let scp = start(|o| {
+        o.max_associations = 2;
+        o.max_connections_per_address = 100;
+        o.artim_timeout = Duration::from_secs(2);
+        o.refusal_summary_period = Duration::from_millis(500);
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", scp.port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let ok = dcmtk("echoscu", scu_args(scp.port, "VIGIE", &[])).await;
     assert!(
-        scp.events()
-            .iter()
-            .any(|e| matches!(e, ScpEvent::Rejected { reason, .. } if reason.contains("ARTIM")))
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
     );
-    drop(silent);
+    assert!(started.elapsed() < Duration::from_secs(2), "served at once");
+    // At ARTIM the silent ones are closed and summarised, not one event each.
+    let events = scp
+        .events_when(|events| {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    ScpEvent::ConnectionsRefused { total, .. } => Some(*total),
+                    _ => None,
+                })
+                .sum::<u64>()
+                >= 20
+        })
+        .await;
+    let summarised: u64 = events
+        .iter()
+        .filter_map(|e| match e {
+            ScpEvent::ConnectionsRefused { total, reasons, .. } => {
+                assert!(
+                    reasons.iter().all(|(r, _)| r.contains("ARTIM")),
+                    "{reasons:?}"
+                );
+                Some(*total)
+            }
+            _ => None,
+        })
+        .sum();
+    assert_eq!(summarised, 20);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ScpEvent::Rejected { .. })),
+        "no event per silent connection: {events:?}"
+    );
+    for mut s in silent {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read(&mut s, &mut byte),
+        )
+        .await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "closed: {n:?}");
+    }
+    scp.task.abort();
+}
+
+/// Hardening defect 5: a connection limit per address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_one_address_cannot_take_every_connection() {
+    let scp = start(|o| {
+        o.max_connections_per_address = 3;
+        o.refusal_summary_period = Duration::from_millis(300);
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", scp.port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = tokio::net::TcpStream::connect(("127.0.0.1", scp.port))
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read(&mut fourth, &mut byte),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed at once: {closed:?}"
+    );
+    let events = scp
+        .events_when(|e| {
+            e.iter()
+                .any(|e| matches!(e, ScpEvent::ConnectionsRefused { .. }))
+        })
+        .await;
+    assert!(events.iter().any(|e| matches!(e,
+        ScpEvent::ConnectionsRefused { reasons, .. }
+            if reasons.iter().any(|(r, _)| r.contains("one address")))));
+    drop(held);
+    scp.task.abort();
+}
+
+/// Hardening defect 5: a PDU trickled two bytes at a time held an
+/// association for more than 420 s. Once a PDU has started, it must be
+/// whole within the PDU timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_trickled_pdu_cannot_hold_an_association() {
+    use tokio::io::AsyncWriteExt;
+    let scp = start(|o| {
+        o.pdu_timeout = Duration::from_secs(2);
+        o.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut association = idle_association(scp.port).await;
+    let started = std::time::Instant::now();
+    // A P-DATA-TF header announcing 100 bytes, then two bytes a second.
+    let stream = association.inner_stream();
+    stream.write_all(&[0x04, 0x00, 0, 0, 0, 100]).await.unwrap();
+    let mut cut = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if stream.write_all(&[0, 0]).await.is_err() {
+            cut = true;
+            break;
+        }
+    }
+    let events = scp
+        .events_when(|e| e.iter().any(|e| matches!(e, ScpEvent::Aborted { .. })))
+        .await;
+    assert!(
+        events.iter().any(|e| matches!(e,
+            ScpEvent::Aborted { reason, .. } if reason.contains("PDU not complete"))),
+        "{events:?}"
+    );
+    assert!(cut || started.elapsed() < Duration::from_secs(20));
     scp.task.abort();
 }
 

@@ -79,6 +79,19 @@ pub enum AuditCommand {
     Export(ExportArgs),
     /// Print the records matching filters, one JSON object per line.
     Query(QueryArgs),
+    /// Accept the trail as it is when its head is ahead of the log or
+    /// disagrees with it (a restored backup, a truncation investigated):
+    /// the old head is kept aside, an `audit_restore_accepted` record says
+    /// who accepted what and why, and a new checkpoint is signed. Until
+    /// then `vigie serve` refuses to start.
+    AcceptRestore {
+        /// Data directory (overrides appliance.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Why (recorded): the incident or change ticket, what was checked.
+        #[arg(long)]
+        reason: String,
+    },
     /// Print the public key that verifies the checkpoints (hex Ed25519).
     PublicKey {
         /// Data directory (overrides appliance.data_dir).

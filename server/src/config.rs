@@ -32,6 +32,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Local storage of received instances.
     pub storage: StorageConfig,
+    /// Bounds on received data sets.
+    pub limits: LimitsConfig,
     /// Study assembly and jobs.
     pub pipeline: PipelineConfig,
     /// Result delivery retries.
@@ -134,6 +136,16 @@ pub struct DicomConfig {
     pub max_associations: usize,
     /// Seconds to wait for a destination when sending results.
     pub scu_timeout_s: u64,
+    /// Seconds a peer has to send a whole PDU once its first bytes arrived;
+    /// a slower one is aborted (a trickle cannot hold an association).
+    pub pdu_timeout_s: u64,
+    /// Connections from one IP address at once (associations and
+    /// connections that have not yet sent an association request); more
+    /// are closed at once.
+    pub max_connections_per_address: usize,
+    /// Connections at once that have not yet sent a whole A-ASSOCIATE-RQ;
+    /// they hold no association slot, and more are closed at once.
+    pub max_pending_connections: usize,
 }
 
 /// One allowed peer.
@@ -161,6 +173,9 @@ impl Default for DicomConfig {
             idle_timeout_s: 300,
             max_associations: 16,
             scu_timeout_s: 30,
+            pdu_timeout_s: 30,
+            max_connections_per_address: 8,
+            max_pending_connections: 64,
         }
     }
 }
@@ -279,6 +294,42 @@ impl Default for StorageConfig {
     }
 }
 
+/// `[limits]`: bounds every received data set is checked against before it
+/// is parsed or decoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest decoded pixel data (Rows × Columns × frames × samples × bits
+    /// allocated) and largest inflated deflated data set, in MiB; beyond,
+    /// instances are refused (C000) and never decoded.
+    pub max_decoded_mib: u64,
+    /// Most sequences nested in one another in a data set; beyond, C000.
+    pub max_nesting_depth: usize,
+    /// Most data elements and items in a data set, all levels; beyond, C000.
+    pub max_elements: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_decoded_mib: 512,
+            max_nesting_depth: 32,
+            max_elements: 2_000_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The limits of the DICOM parser.
+    pub fn dicom(&self) -> vigie_dicom_io::Limits {
+        let mut limits = vigie_dicom_io::Limits::default();
+        limits.max_decoded_bytes = self.max_decoded_mib.saturating_mul(1 << 20);
+        limits.max_depth = self.max_nesting_depth;
+        limits.max_elements = self.max_elements;
+        limits
+    }
+}
+
 /// `[pipeline]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -297,6 +348,13 @@ pub struct PipelineConfig {
     /// (A700 out of resources, retried by the sender) and re-analysis
     /// requests get 503, rather than a backlog that grows without bound.
     pub max_backlog: u64,
+    /// Times a job may be found running at start-up (the process stopped
+    /// without finishing it: a crash, a kill) before it is quarantined:
+    /// marked failed and never claimed again until an operator retries it.
+    pub max_interrupted: u32,
+    /// Seconds a worker may spend on one job before `/readyz` reports it
+    /// stuck (and `vigie_workers_unhealthy` counts it).
+    pub stuck_after_s: u64,
 }
 
 impl Default for PipelineConfig {
@@ -308,6 +366,8 @@ impl Default for PipelineConfig {
             max_attempts: 3,
             retry_delay_s: 30.0,
             max_backlog: 500,
+            max_interrupted: 3,
+            stuck_after_s: 900,
         }
     }
 }

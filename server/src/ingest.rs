@@ -89,8 +89,7 @@ const STORED_HELP: &str = "Instances stored durably and acknowledged, by source.
 const REFUSED: &str = "vigie_instances_refused_total";
 const REFUSED_HELP: &str = "Instances refused, by source and DICOM status (A700 out of resources, A900 mismatch, C000 cannot understand, 0122 SOP class, C122 transfer syntax).";
 const ASSOCIATIONS: &str = "vigie_dicom_associations_total";
-const ASSOCIATIONS_HELP: &str =
-    "DICOM associations by outcome (accepted, rejected, released, aborted).";
+const ASSOCIATIONS_HELP: &str = "DICOM associations by outcome (accepted, rejected, released, aborted, refused_before_request: connections closed before a whole A-ASSOCIATE-RQ).";
 
 impl Ingest {
     /// Ingest into `layout`, indexing in `catalog`, refusing instances when
@@ -233,20 +232,8 @@ impl Ingest {
         study: Option<&str>,
         uids: &mut Option<(String, String)>,
     ) -> Result<(InstanceRecord, AuditEvent), StoreOutcome> {
-        let file = DicomFile::open_header(&received.path).map_err(|e| match e {
-            DicomError::MissingAttribute { attribute, .. } => StoreOutcome::failure(
-                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                format!("required attribute {attribute} missing"),
-            ),
-            DicomError::InvalidAttribute { attribute, .. } => StoreOutcome::failure(
-                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                format!("attribute {attribute} invalid"),
-            ),
-            other => StoreOutcome::failure(
-                status::CANNOT_UNDERSTAND,
-                format!("data set not parsable: {}", short(&other.to_string())),
-            ),
-        })?;
+        let file = DicomFile::open_header(&received.path).map_err(|e| refusal(&e))?;
+        check_content(&file)?;
         let header = file.header();
         let patient_id = file.string(dicom_dictionary_std::tags::PATIENT_ID);
         *uids = Some((
@@ -324,6 +311,87 @@ impl Ingest {
     }
 }
 
+/// The status and reason (without file paths, which stay internal) for a
+/// data set that cannot be opened.
+fn refusal(e: &DicomError) -> StoreOutcome {
+    match e {
+        DicomError::MissingAttribute { attribute, .. } => StoreOutcome::failure(
+            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            format!("required attribute {attribute} missing"),
+        ),
+        DicomError::InvalidAttribute {
+            attribute, reason, ..
+        } => StoreOutcome::failure(
+            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            format!("attribute {attribute} invalid: {}", short(reason)),
+        ),
+        DicomError::Malformed { offset, reason, .. } => StoreOutcome::failure(
+            status::CANNOT_UNDERSTAND,
+            format!("malformed data set: {} (byte {offset})", short(reason)),
+        ),
+        DicomError::Limit { reason, .. } => StoreOutcome::failure(
+            status::CANNOT_UNDERSTAND,
+            format!("beyond limits: {}", short(reason)),
+        ),
+        DicomError::Open { reason, .. } => StoreOutcome::failure(
+            status::CANNOT_UNDERSTAND,
+            format!("data set not parsable: {}", short(reason)),
+        ),
+        other => StoreOutcome::failure(
+            status::CANNOT_UNDERSTAND,
+            format!("data set not parsable: {}", short(&other.to_string())),
+        ),
+    }
+}
+
+/// What ingest checks beyond parsing to the end (PS3.3 Type 1 attributes
+/// an AI node relies on, PS3.5 pixel data consistency): the SOP Instance
+/// UID in the data set itself (not only in the file meta group built from
+/// the command), Modality (General Series, Type 1 for every image storage
+/// class), pixel data (Type 1 in every image IOD), and the Image Pixel
+/// module's Type 1
+/// attributes, a native length that covers them and a decoded size within
+/// `limits.max_decoded_mib`. A data set refused here would only have
+/// failed later, in silence.
+fn check_content(file: &DicomFile) -> Result<(), StoreOutcome> {
+    use dicom_dictionary_std::tags;
+    let missing = |attribute: &str| {
+        StoreOutcome::failure(
+            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            format!("required attribute {attribute} missing"),
+        )
+    };
+    if file.string(tags::SOP_INSTANCE_UID).is_none() {
+        return Err(missing("SOPInstanceUID"));
+    }
+    if file.header().modality.is_none() {
+        return Err(missing("Modality"));
+    }
+    if let Some(scanned) = file.scanned() {
+        use vigie_dicom_io::scan::{PixelDataLayout, PixelDataProblem};
+        // Every storage class the node accepts is an image IOD, whose Image
+        // Pixel module has pixel data of Type 1: its absence is also how a
+        // data set truncated between two elements shows.
+        if scanned.pixel_data == PixelDataLayout::Absent {
+            return Err(missing("PixelData"));
+        }
+        scanned
+            .check_pixel_data(&vigie_dicom_io::scan::limits())
+            .map_err(|problem| match problem {
+                PixelDataProblem::Missing(attribute) => missing(attribute),
+                PixelDataProblem::Inconsistent(reason) => StoreOutcome::failure(
+                    status::CANNOT_UNDERSTAND,
+                    format!("pixel data inconsistent: {}", short(&reason)),
+                ),
+                other => StoreOutcome::failure(
+                    status::CANNOT_UNDERSTAND,
+                    format!("beyond limits: {other}"),
+                ),
+            })?;
+    }
+    Ok(())
+}
+
 /// Instances larger than this get no decoded-pixel hash at reception.
 const PIXEL_HASH_MAX_BYTES: u64 = 64 << 20;
 
@@ -360,7 +428,27 @@ fn hash_pixels(
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        let events: Vec<AuditEvent> = records.iter().map(pixel_event).collect();
+        // A panic in a decoder fails that instance's record only: the
+        // thread keeps hashing the next ones.
+        let events: Vec<AuditEvent> = records
+            .iter()
+            .map(|record| {
+                std::panic::catch_unwind(|| pixel_event(record)).unwrap_or_else(|panic| {
+                    AuditEvent::new(
+                        "instance_pixels",
+                        "failed",
+                        serde_json::json!({
+                            "error": format!("decoder panicked: {}", vigie_dicom_io::pixels::panic_message(&panic)),
+                            "file_sha256": record.sha256,
+                        }),
+                    )
+                    .instance(
+                        Some(&record.study_instance_uid),
+                        Some(&record.sop_instance_uid),
+                    )
+                })
+            })
+            .collect();
         // A failure is logged by the audit trail; the instances are stored.
         let _ = audit.record_all(&events);
     }
@@ -575,6 +663,38 @@ impl StoreHandler for Ingest {
                     "association",
                     "released",
                     serde_json::json!({ "calling_ae_title": calling_ae_title, "stores": stores }),
+                ));
+            }
+            ScpEvent::ConnectionsRefused {
+                total,
+                reasons,
+                addresses,
+                period_s,
+            } => {
+                let summary: Vec<String> =
+                    reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                tracing::warn!(
+                    total,
+                    addresses,
+                    period_s,
+                    reasons = %summary.join("; "),
+                    "connections closed before association (summary)"
+                );
+                self.metrics.add(
+                    ASSOCIATIONS,
+                    ASSOCIATIONS_HELP,
+                    &[("outcome", "refused_before_request")],
+                    total,
+                );
+                self.audit.note(AuditEvent::new(
+                    "connections_refused",
+                    "refused",
+                    serde_json::json!({
+                        "total": total,
+                        "addresses": addresses,
+                        "period_s": period_s,
+                        "reasons": reasons.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    }),
                 ));
             }
             ScpEvent::Aborted {

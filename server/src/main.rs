@@ -20,12 +20,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = cli::Cli::parse();
     // The service logs what it does by default; one-shot commands only warn.
     let serving = matches!(cli.command, cli::Command::Serve(_));
     init_logging(cli.verbose + u8::from(serving));
     match commands::run(cli) {
         Ok(code) => code,
+        Err(err) if broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("vigie: error: {err:#}");
             ExitCode::from(2)
@@ -39,4 +41,33 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     });
+}
+
+/// Whether a command failed only because its reader went away (written
+/// with `?` rather than `println!`).
+fn broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Rust ignores SIGPIPE, so `println!` to a closed pipe (`vigie … | head`)
+/// panics. Every command then exits quietly with status 0 instead, as
+/// ripgrep does; any other panic goes to the default hook.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }

@@ -166,6 +166,86 @@ pub struct Pipeline {
     pub wake: Arc<Wake>,
     /// Threads of each worker and, when pinned, their CPUs.
     pub threads: vigie_inference::threads::ThreadPlan,
+    /// Whether each worker thread is alive, and since when it is busy.
+    pub health: Arc<WorkerHealth>,
+}
+
+/// One worker thread as `/readyz` and the metrics see it.
+#[derive(Debug, Clone, Default)]
+struct WorkerSlot {
+    started: bool,
+    alive: bool,
+    busy: Option<(i64, Instant)>,
+}
+
+/// The state of the worker threads: a thread that died or has been on one
+/// job for longer than `pipeline.stuck_after_s` makes `/readyz` fail and
+/// shows in `vigie_workers_unhealthy`.
+#[derive(Debug, Default)]
+pub struct WorkerHealth {
+    slots: std::sync::Mutex<Vec<WorkerSlot>>,
+}
+
+/// Marks its worker dead when the thread ends, however it ends.
+struct AliveGuard {
+    health: Arc<WorkerHealth>,
+    worker: usize,
+}
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.health.update(self.worker, |slot| {
+            slot.alive = false;
+            slot.busy = None;
+        });
+    }
+}
+
+impl WorkerHealth {
+    fn update(&self, worker: usize, f: impl FnOnce(&mut WorkerSlot)) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() <= worker {
+            slots.resize(worker + 1, WorkerSlot::default());
+        }
+        f(&mut slots[worker]);
+    }
+
+    fn alive(self: &Arc<Self>, worker: usize) -> AliveGuard {
+        self.update(worker, |slot| {
+            slot.started = true;
+            slot.alive = true;
+        });
+        AliveGuard {
+            health: self.clone(),
+            worker,
+        }
+    }
+
+    fn busy(&self, worker: usize, job: Option<i64>) {
+        self.update(worker, |slot| {
+            slot.busy = job.map(|id| (id, Instant::now()))
+        });
+    }
+
+    /// Problems with the workers: dead threads, and threads busy on one
+    /// job for longer than `stuck_after`. Empty when all is well.
+    pub fn problems(&self, stuck_after: Duration) -> Vec<String> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut problems = Vec::new();
+        for (n, slot) in slots.iter().enumerate() {
+            if slot.started && !slot.alive {
+                problems.push(format!("worker {n} has stopped"));
+            } else if let Some((job, since)) = slot.busy
+                && since.elapsed() > stuck_after
+            {
+                problems.push(format!(
+                    "worker {n} stuck on job {job} for {} s",
+                    since.elapsed().as_secs()
+                ));
+            }
+        }
+        problems
+    }
 }
 
 /// Wake-ups between the stages of the pipeline. Each stage still polls
@@ -374,7 +454,10 @@ impl Pipeline {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vigie-worker-{n}"))
-                .spawn(move || this.work(&rx));
+                .spawn(move || {
+                    let _alive = this.health.alive(n);
+                    this.work(n, &rx);
+                });
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => tracing::error!(error = %e, "cannot start worker thread"),
@@ -401,7 +484,7 @@ impl Pipeline {
         }
     }
 
-    fn work(&self, rx: &std::sync::Mutex<Receiver<Job>>) {
+    fn work(&self, worker: usize, rx: &std::sync::Mutex<Receiver<Job>>) {
         let mut models: HashMap<String, Model> = HashMap::new();
         // With inference.pin_threads, this thread calls the runtime: it
         // takes the first of the model's CPUs (the runtime pins the rest).
@@ -414,8 +497,32 @@ impl Pipeline {
                 guard.recv()
             };
             let Ok(job) = job else { return };
+            // From here on `attempts` counts this attempt too, as if it
+            // failed: it is the number the retry rule and the records use.
+            let job = Job {
+                attempts: job.attempts + 1,
+                ..job
+            };
             let started = Instant::now();
-            let outcome = self.run_job(&job, &mut models);
+            self.health.busy(worker, Some(job.id));
+            // A panic in decoding, preprocessing, the runtime or result
+            // building fails this attempt only: the thread goes on with the
+            // next job. Its warm sessions may be half-changed: dropped.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run_job(&job, &mut models)
+            }))
+            .unwrap_or_else(|panic| {
+                models.clear();
+                let message = vigie_dicom_io::pixels::panic_message(&panic);
+                tracing::error!(job = job.id, panic = %message, "analysis panicked; the attempt fails and the worker goes on");
+                self.metrics.inc(
+                    "vigie_worker_panics_total",
+                    "Panics caught in worker threads (each failed one job attempt; the worker went on).",
+                    &[("model", &job.model)],
+                );
+                Err(anyhow::anyhow!("internal error: analysis panicked: {message}"))
+            });
+            self.health.busy(worker, None);
             let now = now_ms();
             match outcome {
                 Ok((results, notes)) => {

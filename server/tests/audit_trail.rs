@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Vigie, base_config, dcmtk, demo_studies, storescu_args, uids};
+use common::{Vigie, base_config, dcmtk, demo_studies, storescp, storescu_args, uids};
 use rusqlite::Connection;
 use sha2::Digest;
-use vigie_test_support::free_port;
 
 fn sha256_file(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
@@ -50,33 +49,6 @@ fn records(data: &Path) -> Vec<Row> {
     .unwrap()
     .map(Result::unwrap)
     .collect()
-}
-
-struct StoreScp {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for StoreScp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn storescp(dir: &Path) -> StoreScp {
-    std::fs::create_dir_all(dir).unwrap();
-    let port = free_port();
-    let child = Command::new("storescp")
-        .args(["-aet", "PACS", "-od"])
-        .arg(dir)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("storescp (apt-get install dcmtk)");
-    std::thread::sleep(Duration::from_millis(300));
-    StoreScp { child, port }
 }
 
 fn config_with_pacs(port: u16, extra: &str) -> String {
@@ -351,10 +323,26 @@ fn every_event_type_is_recorded_and_the_trail_verifies_and_exports() {
     let messages = collector.join().unwrap();
     let file = tmp.path().join("syslog.json");
     std::fs::write(&file, serde_json::to_string(&messages).unwrap()).unwrap();
-    let parsed: Vec<serde_json::Value> = serde_json::from_slice(
-        &vigie_test_support::oracle("parse_syslog_audit.py", [&file]).stdout,
-    )
-    .unwrap();
+    let (checkpoints, parsed): (Vec<serde_json::Value>, Vec<serde_json::Value>) =
+        serde_json::from_slice::<Vec<serde_json::Value>>(
+            &vigie_test_support::oracle("parse_syslog_audit.py", [&file]).stdout,
+        )
+        .unwrap()
+        .into_iter()
+        .partition(|m| m["msgid"] == "vigie-checkpoint");
+    // Every signed checkpoint went out of the box too (hardening 9b): each
+    // names a record of the trail by its hash.
+    assert!(!checkpoints.is_empty(), "checkpoints forwarded");
+    let db = Connection::open(vigie.data.join("audit.sqlite")).unwrap();
+    for c in &checkpoints {
+        let seq = c["checkpoint"]["seq"].as_i64().unwrap();
+        let hash: String = db
+            .query_row("SELECT hash FROM records WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(c["checkpoint"]["hash"], hash.as_str());
+    }
     let forwarded: BTreeSet<i64> = parsed
         .iter()
         .map(|m| m["record"].as_i64().unwrap())

@@ -11,17 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    Vigie, base_config, dataset_bytes, dcmtk, demo_studies, send, storescu_args, uids, wrap,
+    Vigie, base_config, dataset_bytes, dcmtk, demo_studies, echo, send, storescu_args, uids, wrap,
 };
 use vigie_test_support::{oracle, pydicom_test_files};
-
-fn echo(port: u16) -> bool {
-    let args: Vec<String> = ["-aec", "VIGIE", "-to", "10", "127.0.0.1", &port.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    dcmtk("echoscu", &args).status.success()
-}
 
 fn storescu_ok(port: u16, proposal: &str, files: &[PathBuf]) {
     let out = dcmtk("storescu", &storescu_args(port, proposal, files));

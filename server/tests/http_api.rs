@@ -362,7 +362,15 @@ fn readiness_metrics_and_load_shedding() {
         String::from_utf8_lossy(&ready.body)
     );
     let checks = ready.json()["checks"].clone();
-    assert_eq!(checks.as_array().unwrap().len(), 5);
+    assert_eq!(checks.as_array().unwrap().len(), 6);
+    assert!(
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "workers"),
+        "{checks}"
+    );
     assert!(
         checks.as_array().unwrap().iter().all(|c| c["ok"] == true),
         "{checks}"

@@ -5,6 +5,9 @@
 #![deny(missing_docs)]
 #![allow(clippy::expect_used, clippy::panic)]
 
+pub mod fuzz;
+pub mod hostile;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 

@@ -4,7 +4,9 @@ messages (XML), as an audit repository would.
 Usage: parse_syslog_audit.py FILE   (FILE: a JSON list of message strings)
 Prints a JSON list, one object per message: pri, version, app, msgid,
 event_id, action, outcome, event_type, record (the Vigie record number),
-study (ParticipantObjectID of the study, if any).
+study (ParticipantObjectID of the study, if any). Messages with MSGID
+`vigie-checkpoint` carry a signed checkpoint as JSON instead: for them the
+object has pri, version, app, msgid and checkpoint.
 """
 import json
 import re
@@ -22,6 +24,14 @@ def parse(message: str) -> dict:
     m = HEADER.match(message)
     if not m:
         raise ValueError(f"not RFC 5424: {message[:80]!r}")
+    if m["msgid"] == "vigie-checkpoint":
+        return {
+            "pri": int(m["pri"]),
+            "version": m["version"],
+            "app": m["app"],
+            "msgid": m["msgid"],
+            "checkpoint": json.loads(m["msg"]),
+        }
     root = ET.fromstring(m["msg"].encode("utf-8"))
     if root.tag != "AuditMessage":
         raise ValueError(root.tag)

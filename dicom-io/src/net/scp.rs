@@ -9,10 +9,21 @@
 //! answer becomes the C-STORE-RSP status, so the peer hears Success only
 //! when the handler says the instance is safe.
 //!
-//! Association limits: beyond `max_associations`, a request is answered
-//! with A-ASSOCIATE-RJ (transient, local limit exceeded) rather than left
-//! waiting; the ARTIM timer bounds how long a peer may take to send its
-//! A-ASSOCIATE-RQ, the idle timeout how long an association may stay silent.
+//! Connection and association limits (PS3.8 §9.1.4 ARTIM, and what a
+//! hostile network needs beyond it):
+//! - a connection holds no association slot until a whole A-ASSOCIATE-RQ
+//!   has arrived; until then it waits in a pool of its own
+//!   (`max_pending_connections`), for at most the ARTIM time, and a first
+//!   PDU that is not an A-ASSOCIATE-RQ or is longer than
+//!   `max_request_length` closes it;
+//! - `max_connections_per_address` connections per IP address at once;
+//! - beyond `max_associations`, a request is answered with A-ASSOCIATE-RJ
+//!   (transient, local limit exceeded) rather than left waiting;
+//! - the idle timeout bounds the wait for the next PDU, the PDU timeout the
+//!   time from a PDU's first bytes to its end;
+//! - connections closed before association are counted and reported once
+//!   per `refusal_summary_period` ([`ScpEvent::ConnectionsRefused`]), never
+//!   one event each.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -75,6 +86,19 @@ pub struct ScpOptions {
     pub idle_timeout: Duration,
     /// Associations served at once; beyond, new ones are rejected (transient).
     pub max_associations: usize,
+    /// How long a peer may take to send a whole PDU once its first bytes
+    /// have arrived (a trickle cannot hold an association).
+    pub pdu_timeout: Duration,
+    /// Connections from one IP address at once; more are closed at once.
+    pub max_connections_per_address: usize,
+    /// Connections at once that have not yet sent a whole A-ASSOCIATE-RQ
+    /// (they hold no association slot); more are closed at once.
+    pub max_pending_connections: usize,
+    /// Longest A-ASSOCIATE-RQ accepted, in bytes.
+    pub max_request_length: usize,
+    /// How often connections refused before association are summarised
+    /// ([`ScpEvent::ConnectionsRefused`]).
+    pub refusal_summary_period: Duration,
     /// Folder for data sets being received (same file system as the store,
     /// so the handler can rename them into place).
     pub staging_dir: PathBuf,
@@ -94,6 +118,11 @@ impl ScpOptions {
             artim_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             max_associations: 16,
+            pdu_timeout: Duration::from_secs(30),
+            max_connections_per_address: 8,
+            max_pending_connections: 64,
+            max_request_length: 64 * 1024,
+            refusal_summary_period: Duration::from_secs(60),
             staging_dir: staging_dir.into(),
         }
     }
@@ -210,6 +239,20 @@ pub enum ScpEvent {
         /// C-STORE requests answered on it.
         stores: usize,
     },
+    /// Connections closed before any association was requested (silent,
+    /// too slow, not an A-ASSOCIATE-RQ, over the per-address or pending
+    /// limits), summarised at most once a minute so that a flood cannot
+    /// flood the log and the audit trail.
+    ConnectionsRefused {
+        /// Connections closed in the period.
+        total: u64,
+        /// How many for each reason.
+        reasons: Vec<(String, u64)>,
+        /// Distinct peer addresses among them.
+        addresses: usize,
+        /// Seconds the summary covers.
+        period_s: u64,
+    },
     /// The association ended abnormally (abort, protocol error, timeout,
     /// connection lost); an instance being received is discarded, never
     /// acknowledged.
@@ -298,8 +341,16 @@ pub async fn serve_until<H: StoreHandler>(
     std::fs::create_dir_all(&options.staging_dir)?;
     let max = options.max_associations.max(1);
     let limit = Arc::new(Semaphore::new(max));
+    let pending = Arc::new(Semaphore::new(options.max_pending_connections.max(1)));
+    let addresses = Arc::new(AddressCounts::default());
+    let refused = Arc::new(Refusals::default());
     let options = Arc::new(options);
     let callers = Arc::new(options.allowed_callers.clone());
+    let summary = tokio::spawn(summarise_refusals(
+        refused.clone(),
+        handler.clone(),
+        options.refusal_summary_period,
+    ));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -314,26 +365,178 @@ pub async fn serve_until<H: StoreHandler>(
                 continue;
             }
         };
+        let Some(address) = addresses.take(
+            peer.ip().to_canonical(),
+            options.max_connections_per_address,
+        ) else {
+            refused.add("too many connections from one address", peer);
+            continue;
+        };
+        let Ok(waiting) = pending.clone().try_acquire_owned() else {
+            refused.add("too many connections waiting to associate", peer);
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let options = options.clone();
         let handler = handler.clone();
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
+        let callers = callers.clone();
+        let limit = limit.clone();
+        let refused = refused.clone();
+        tokio::spawn(async move {
+            // No association slot until a whole A-ASSOCIATE-RQ is here:
+            // silent or slow sockets wait on their own, bounded, pool.
+            if let Err(reason) = wait_for_request(&socket, &options).await {
+                refused.add(reason, peer);
+                return;
+            }
+            drop(waiting);
+            let Ok(permit) = limit.try_acquire_owned() else {
                 let reason = reject_busy(socket, options.artim_timeout).await;
                 handler.event(ScpEvent::Rejected { peer, reason });
-            });
-            continue;
-        };
-        let callers = callers.clone();
-        tokio::spawn(async move {
+                return;
+            };
             Association::run(socket, peer, options, callers, handler).await;
             drop(permit);
+            drop(address);
         });
     }
     drop(listener);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(grace, limit.acquire_many(all)).await;
+    summary.abort();
+    flush_refusals(&refused, handler.as_ref());
     Ok(())
+}
+
+/// Connections per peer address; the count goes down when the
+/// [`AddressSlot`] is dropped.
+#[derive(Debug, Default)]
+struct AddressCounts {
+    counts: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+struct AddressSlot {
+    counts: Arc<AddressCounts>,
+    address: IpAddr,
+}
+
+impl AddressCounts {
+    fn take(self: &Arc<Self>, address: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if *count >= max.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Connections refused before association, counted for the summary.
+#[derive(Debug, Default)]
+struct Refusals {
+    state: std::sync::Mutex<RefusalCounts>,
+}
+
+#[derive(Debug, Default)]
+struct RefusalCounts {
+    reasons: std::collections::BTreeMap<String, u64>,
+    addresses: std::collections::HashSet<IpAddr>,
+    since: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    fn add(&self, reason: impl Into<String>, peer: SocketAddr) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.since.get_or_insert_with(std::time::Instant::now);
+        *state.reasons.entry(reason.into()).or_insert(0) += 1;
+        // Bounded: past this many, the count of addresses saturates.
+        if state.addresses.len() < 4096 {
+            state.addresses.insert(peer.ip().to_canonical());
+        }
+    }
+}
+
+async fn summarise_refusals<H: StoreHandler>(
+    refused: Arc<Refusals>,
+    handler: Arc<H>,
+    period: Duration,
+) {
+    loop {
+        tokio::time::sleep(period.max(Duration::from_millis(100))).await;
+        flush_refusals(&refused, handler.as_ref());
+    }
+}
+
+fn flush_refusals<H: StoreHandler>(refused: &Refusals, handler: &H) {
+    let taken = {
+        let mut state = refused.state.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *state)
+    };
+    let Some(since) = taken.since else { return };
+    handler.event(ScpEvent::ConnectionsRefused {
+        total: taken.reasons.values().sum(),
+        reasons: taken.reasons.into_iter().collect(),
+        addresses: taken.addresses.len(),
+        period_s: since.elapsed().as_secs(),
+    });
+}
+
+/// Wait, without reading it, until a whole A-ASSOCIATE-RQ is in the
+/// socket's receive buffer: within the ARTIM time, no longer than
+/// `max_request_length`, and a PDU of type 01H.
+async fn wait_for_request(socket: &TcpStream, options: &ScpOptions) -> Result<(), String> {
+    let wait = async {
+        let mut buf = vec![0u8; 6];
+        loop {
+            let n = socket
+                .peek(&mut buf)
+                .await
+                .map_err(|e| format!("connection lost before an association request: {e}"))?;
+            if n == 0 {
+                return Err("closed before an association request".to_string());
+            }
+            if n >= 6 {
+                if buf[0] != 0x01 {
+                    return Err("first PDU is not an A-ASSOCIATE-RQ".to_string());
+                }
+                let length = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
+                let total = length.saturating_add(6);
+                if total > options.max_request_length {
+                    return Err("association request longer than the limit".to_string());
+                }
+                if n >= total {
+                    return Ok(());
+                }
+                if buf.len() < total {
+                    buf.resize(total, 0);
+                    continue;
+                }
+            }
+            // Part of the request is here: peek again once more can have
+            // arrived (peek does not wait for more than is already there).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    match tokio::time::timeout(options.artim_timeout, wait).await {
+        Ok(result) => result,
+        Err(_) => Err("no whole association request within the ARTIM timeout".to_string()),
+    }
 }
 
 /// Read the A-ASSOCIATE-RQ of a peer we have no room for and answer
@@ -485,6 +688,9 @@ impl Drop for Incoming {
 
 struct Association<H> {
     inner: dicom_ul::association::server::AsyncServerAssociation<TcpStream>,
+    /// A second handle on the same socket, to see when a PDU's first
+    /// bytes arrive (dicom-ul owns the first one).
+    watcher: Option<TcpStream>,
     calling: String,
     peer: SocketAddr,
     options: Arc<ScpOptions>,
@@ -500,6 +706,7 @@ impl<H: StoreHandler> Association<H> {
         callers: Arc<Vec<AllowedCaller>>,
         handler: Arc<H>,
     ) {
+        let watcher = watch(&socket);
         let mut server = ServerAssociationOptions::new()
             .ae_access_control(Access {
                 callers,
@@ -547,6 +754,7 @@ impl<H: StoreHandler> Association<H> {
         });
         let mut association = Self {
             inner,
+            watcher,
             calling,
             peer,
             options,
@@ -576,12 +784,19 @@ impl<H: StoreHandler> Association<H> {
         let mut incoming: Option<Incoming> = None;
         loop {
             super::quick_ack(self.inner.inner_stream());
-            let pdu =
-                match tokio::time::timeout(self.options.idle_timeout, self.inner.receive()).await {
+            // Idle time before a PDU is bounded by the idle timeout; once its
+            // first bytes are here, the whole PDU must follow within the
+            // PDU timeout.
+            let receive = tokio::time::timeout(self.options.idle_timeout, self.inner.receive());
+            let slow = slow_pdu(self.watcher.as_ref(), self.options.pdu_timeout);
+            let pdu = tokio::select! {
+                received = receive => match received {
                     Err(_) => return Err("idle timeout".into()),
                     Ok(Err(e)) => return Err(format!("connection lost: {e}")),
                     Ok(Ok(pdu)) => pdu,
-                };
+                },
+                reason = slow => return Err(reason),
+            };
             match pdu {
                 Pdu::PData { data } => {
                     for value in data {
@@ -755,6 +970,31 @@ impl<H: StoreHandler> Association<H> {
         super::quick_ack(self.inner.inner_stream());
         Ok(())
     }
+}
+
+/// A second handle on `socket` (a duplicated descriptor), or `None` when
+/// the system refuses one: the PDU timeout is then not enforced.
+fn watch(socket: &TcpStream) -> Option<TcpStream> {
+    let duplicate = socket2::SockRef::from(socket).try_clone().ok()?;
+    let std: std::net::TcpStream = duplicate.into();
+    std.set_nonblocking(true).ok()?;
+    TcpStream::from_std(std).ok()
+}
+
+/// Resolves, with the reason, `limit` after the first bytes of the next PDU
+/// are seen on the socket; never without a watcher or at end of stream
+/// (the receive itself reports those).
+async fn slow_pdu(watcher: Option<&TcpStream>, limit: Duration) -> String {
+    let mut byte = [0u8; 1];
+    match watcher {
+        Some(w) if matches!(w.peek(&mut byte).await, Ok(n) if n > 0) => {}
+        _ => std::future::pending::<()>().await,
+    }
+    tokio::time::sleep(limit).await;
+    format!(
+        "PDU not complete {} s after its first bytes (dicom.pdu_timeout_s)",
+        limit.as_secs()
+    )
 }
 
 fn trim_uid(uid: &str) -> &str {

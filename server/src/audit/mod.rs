@@ -49,6 +49,20 @@ pub enum AuditError {
         /// What failed.
         reason: String,
     },
+    /// The head file (the latest signed checkpoint, the only witness of
+    /// the tail) disagrees with the log: the tail was truncated, the log
+    /// restored from an older backup, or the chain rewritten. Nothing
+    /// overwrites such a head; `vigie audit accept-restore` is the explicit,
+    /// audited way on.
+    #[error(
+        "audit head {head} disagrees with the log: {reason}. Refusing to go on: investigate (vigie audit verify), restore the missing records, or accept this log with `vigie audit accept-restore --reason TEXT`"
+    )]
+    HeadDisagrees {
+        /// The head file.
+        head: std::path::PathBuf,
+        /// How it disagrees.
+        reason: String,
+    },
     /// A key file cannot be read, written or used.
     #[error("audit key {path}: {reason}")]
     Key {
@@ -232,6 +246,15 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// Every record and checkpoint, and the head, for verification.
     fn snapshot(&self) -> AuditResult<verify::Snapshot>;
+
+    /// How the head disagrees with the log (it covers a record the log
+    /// does not have, or with another hash); `None` when they agree or
+    /// there is no head yet.
+    fn head_problem(&self) -> AuditResult<Option<String>>;
+
+    /// Move the head aside (to a `audit-head.superseded-*.json` file) and
+    /// return it with where it went; `None` without a head.
+    fn supersede_head(&self) -> AuditResult<Option<(Checkpoint, std::path::PathBuf)>>;
 }
 
 /// How Patient ID is kept in the audit trail.
@@ -300,6 +323,7 @@ pub struct Audit {
     pseudonymiser: Pseudonymiser,
     public_key: String,
     forwarder: Option<std::sync::Arc<syslog::Forwarder>>,
+    head_path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Audit {
@@ -335,6 +359,7 @@ impl Audit {
             log: std::sync::Arc::new(log),
             pseudonymiser: Pseudonymiser::new(config.patient_id, secret.to_vec()),
             forwarder,
+            head_path: data_dir.join(sqlite::HEAD),
         })
     }
 
@@ -390,9 +415,50 @@ impl Audit {
         Ok(pruned)
     }
 
-    /// Sign a checkpoint now.
+    /// Sign a checkpoint now, and send it out of the box too (syslog, when
+    /// configured): a copy outside proves a later truncation.
     pub fn checkpoint(&self) -> AuditResult<Option<Checkpoint>> {
-        self.log.checkpoint()
+        let checkpoint = self.log.checkpoint()?;
+        if let (Some(c), Some(forwarder)) = (&checkpoint, &self.forwarder) {
+            forwarder.checkpoint(c);
+        }
+        Ok(checkpoint)
+    }
+
+    /// Refuse to go on when the head disagrees with the log
+    /// ([`AuditError::HeadDisagrees`]); `vigie serve` calls this before
+    /// recording anything.
+    pub fn check_head(&self) -> AuditResult<()> {
+        match self.log.head_problem()? {
+            None => Ok(()),
+            Some(reason) => Err(AuditError::HeadDisagrees {
+                head: self.head_path.clone(),
+                reason,
+            }),
+        }
+    }
+
+    /// Accept the log as it is after a restore or a truncation an operator
+    /// has investigated: the old head is kept aside, an
+    /// `audit_restore_accepted` record names it (sequence number, hash,
+    /// signature), the log's end, the reason and who accepted, and a new
+    /// checkpoint is signed. Returns that record.
+    pub fn accept_restore(&self, reason: &str, who: serde_json::Value) -> AuditResult<AuditRecord> {
+        let problem = self.log.head_problem()?;
+        let superseded = self.log.supersede_head()?;
+        let record = self.record(AuditEvent::new(
+            "audit_restore_accepted",
+            "ok",
+            serde_json::json!({
+                "reason": reason,
+                "who": who,
+                "head_problem": problem,
+                "superseded_head": superseded.as_ref().map(|(c, _)| c),
+                "superseded_head_file": superseded.as_ref().map(|(_, p)| p),
+            }),
+        ))?;
+        self.checkpoint()?;
+        Ok(record)
     }
 
     /// Records matching `query`, in order.
@@ -436,6 +502,87 @@ pub fn timestamp() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hardening defect 9b: after the records and checkpoints past N were
+    /// deleted (or an older backup restored), the next start overwrote
+    /// `audit-head.json`, the only witness of the tail, and verify said
+    /// OK. Now the head is never overwritten, the service refuses to start,
+    /// and only an audited `accept-restore` goes on.
+    #[test]
+    fn regression_a_truncated_tail_is_never_hidden_by_overwriting_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::AuditConfig::default();
+        {
+            let audit = Audit::open(dir.path(), "test", &config).unwrap();
+            for n in 0..20 {
+                audit
+                    .record(AuditEvent::new("test", "ok", serde_json::json!({ "n": n })))
+                    .unwrap();
+            }
+            audit.checkpoint().unwrap();
+            audit.check_head().unwrap();
+        }
+        let db = rusqlite::Connection::open(dir.path().join(sqlite::DATABASE)).unwrap();
+        db.execute("DELETE FROM records WHERE seq > 12", [])
+            .unwrap();
+        db.execute("DELETE FROM checkpoints WHERE seq > 12", [])
+            .unwrap();
+        drop(db);
+        let head_before = std::fs::read(dir.path().join(sqlite::HEAD)).unwrap();
+        let audit = Audit::open(dir.path(), "test", &config).unwrap();
+        let refused = audit.check_head().unwrap_err().to_string();
+        assert!(
+            refused.contains("covers record 20") && refused.contains("ends at record 12"),
+            "{refused}"
+        );
+        // Neither an explicit checkpoint nor records that would be due for
+        // one touch the head.
+        assert!(matches!(
+            audit.checkpoint(),
+            Err(AuditError::HeadDisagrees { .. })
+        ));
+        for n in 0..40 {
+            audit
+                .record(AuditEvent::new(
+                    "later",
+                    "ok",
+                    serde_json::json!({ "n": n }),
+                ))
+                .unwrap();
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join(sqlite::HEAD)).unwrap(),
+            head_before
+        );
+        assert!(
+            audit.check_head().is_err(),
+            "still disagrees: record 20 was rewritten"
+        );
+        assert!(!audit.verify().unwrap().ok);
+        // The operator's explicit acceptance is itself on record.
+        let record = audit
+            .accept_restore(
+                "restored backup of 2026-11-30, ticket 42",
+                serde_json::json!("tester"),
+            )
+            .unwrap();
+        assert_eq!(record.kind, "audit_restore_accepted");
+        let details: serde_json::Value = serde_json::from_str(&record.details).unwrap();
+        assert_eq!(details["superseded_head"]["seq"], 20);
+        assert!(details["reason"].as_str().unwrap().contains("ticket 42"));
+        audit.check_head().unwrap();
+        assert!(audit.verify().unwrap().ok);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("audit-head.superseded-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "the old head is kept");
+    }
 
     #[test]
     fn patient_ids_are_keyed_hashes_by_default() {

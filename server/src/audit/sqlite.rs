@@ -138,12 +138,11 @@ impl SqliteAudit {
         checkpoint_every: u32,
     ) -> AuditResult<Self> {
         let path = data_dir.join(DATABASE);
-        let connection = crate::store::sqlite::open_durable(&path, SCHEMA).map_err(|reason| {
-            AuditError::Database {
+        let connection = crate::store::sqlite::open_versioned(&path, "audit trail", SCHEMA, &[])
+            .map_err(|reason| AuditError::Database {
                 path: path.clone(),
                 reason,
-            }
-        })?;
+            })?;
         Ok(Self {
             head: data_dir.join(HEAD),
             path,
@@ -228,8 +227,16 @@ impl SqliteAudit {
             written.push(record);
         }
         let last_checkpoint = last_checkpoint(&tx).map_err(|e| self.db_err(e))?;
-        let checkpoint =
+        let mut checkpoint =
             (seq - last_checkpoint >= self.checkpoint_every).then(|| self.sign(seq, &prev_hash));
+        // A head that disagrees with the log is never overwritten: the
+        // records are kept, unsigned, until an operator decides.
+        if checkpoint.is_some()
+            && let Some(reason) = self.head_problem_on(&tx)?
+        {
+            tracing::error!(%reason, "audit head disagrees with the log: no checkpoint signed");
+            checkpoint = None;
+        }
         if let Some(c) = &checkpoint {
             Self::insert_checkpoint(&tx, c).map_err(|e| self.db_err(e))?;
         }
@@ -280,7 +287,64 @@ impl SqliteAudit {
     }
 }
 
+impl SqliteAudit {
+    fn head_problem_on(&self, tx: &rusqlite::Transaction<'_>) -> AuditResult<Option<String>> {
+        let head = match self.read_head() {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(None),
+            Err(reason) => return Ok(Some(format!("head file unreadable: {reason}"))),
+        };
+        let last = last_record(tx).map_err(|e| self.db_err(e))?;
+        let last_seq = last.map(|(seq, _)| seq).unwrap_or(0);
+        if head.seq > last_seq {
+            return Ok(Some(format!(
+                "the signed head covers record {} but the log ends at record {last_seq} (tail truncated, or an older backup restored)",
+                head.seq
+            )));
+        }
+        let hash: Option<String> = tx
+            .query_row(
+                "SELECT hash FROM records WHERE seq = ?1",
+                params![head.seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))?;
+        Ok(match hash {
+            Some(h) if h != head.hash => Some(format!(
+                "record {} differs from the signed head (chain rewritten, or another log restored)",
+                head.seq
+            )),
+            // Pruned behind the anchor, or the same record: agrees.
+            _ => None,
+        })
+    }
+}
+
 impl AuditLog for SqliteAudit {
+    fn head_problem(&self) -> AuditResult<Option<String>> {
+        let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = guard.transaction().map_err(|e| self.db_err(e))?;
+        self.head_problem_on(&tx)
+    }
+
+    fn supersede_head(&self) -> AuditResult<Option<(Checkpoint, std::path::PathBuf)>> {
+        let Ok(Some(head)) = self.read_head() else {
+            return Ok(None);
+        };
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+        let aside = self
+            .head
+            .with_file_name(format!("audit-head.superseded-{stamp}.json"));
+        std::fs::rename(&self.head, &aside).map_err(|e| self.db_err(e))?;
+        if let Some(dir) = aside.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.db_err(e))?;
+        }
+        Ok(Some((head, aside)))
+    }
+
     fn append(&self, event: &AuditEvent) -> AuditResult<AuditRecord> {
         let mut records = self.append_all(std::slice::from_ref(event))?;
         records.pop().ok_or_else(|| self.db_err("nothing appended"))
@@ -307,6 +371,14 @@ impl AuditLog for SqliteAudit {
         let Some((seq, hash)) = last else {
             return Ok(None);
         };
+        // Never overwrite a head that is ahead of the log or disagrees
+        // with it: it is the only witness of a truncated tail.
+        if let Some(reason) = self.head_problem_on(&tx)? {
+            return Err(AuditError::HeadDisagrees {
+                head: self.head.clone(),
+                reason,
+            });
+        }
         let covered = last_checkpoint(&tx).map_err(|e| self.db_err(e))?;
         if covered >= seq
             && self

@@ -182,6 +182,25 @@ impl Forwarder {
         )
     }
 
+    /// Send a signed checkpoint (best effort), as a plain RFC 5424 message
+    /// with MSGID `vigie-checkpoint` whose body is the checkpoint's JSON:
+    /// the copy that `vigie audit verify --checkpoint FILE` takes to prove
+    /// a truncation or rollback of the local trail.
+    pub fn checkpoint(&self, checkpoint: &super::Checkpoint) {
+        let body = serde_json::to_string(checkpoint).unwrap_or_default();
+        let message = format!(
+            "<{}>1 {} {} vigie {} vigie-checkpoint - \u{feff}{}",
+            10 * 8 + 5,
+            checkpoint.timestamp,
+            self.hostname,
+            std::process::id(),
+            body
+        );
+        if let Err(e) = self.socket.send_to(message.as_bytes(), &self.target) {
+            tracing::warn!(target = %self.target, error = %e, "audit checkpoint not forwarded to syslog");
+        }
+    }
+
     /// Send one record (best effort).
     pub fn send(&self, record: &AuditRecord) {
         let message = self.syslog_message(record);

@@ -78,21 +78,9 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
                     .map_err(|e| anyhow::anyhow!("appliance key: {e}"))?,
             };
             let report = verify(&audit.snapshot()?, &key);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else if report.ok {
-                println!(
-                    "audit trail OK: {} records, {} signed checkpoints verified, {} records after the last checkpoint",
-                    report.records, report.checkpoints_verified, report.unsigned_tail
-                );
-            } else {
-                println!(
-                    "audit trail NOT OK at record {}: {}",
-                    report.first_bad_record.unwrap_or(0),
-                    report.reason.as_deref().unwrap_or("")
-                );
-            }
-            // The verification itself goes on record, after the check.
+            // The verification itself goes on record, after the check and before
+            // its result is printed: when the record cannot be written (a full
+            // disk), the command fails without having printed "OK".
             record_access(
                 config,
                 &audit,
@@ -113,11 +101,45 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
                     }),
                 ),
             )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.ok {
+                println!(
+                    "audit trail OK: {} records, {} signed checkpoints verified, {} records after the last checkpoint",
+                    report.records, report.checkpoints_verified, report.unsigned_tail
+                );
+            } else {
+                println!(
+                    "audit trail NOT OK at record {}: {}",
+                    report.first_bad_record.unwrap_or(0),
+                    report.reason.as_deref().unwrap_or("")
+                );
+            }
             Ok(if report.ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
+        }
+        AuditCommand::AcceptRestore {
+            data_dir: over,
+            reason,
+        } => {
+            let dir = data_dir(config, over.as_ref());
+            // The keys must be those of this trail: never created here.
+            drop(open_existing(config, &dir)?);
+            let _lock = crate::store::layout::DataDirLock::acquire(&dir)?;
+            let audit = crate::audit::Audit::open(&dir, &config.appliance.id, &config.audit)?;
+            if audit.check_head().is_ok() {
+                println!("the audit head agrees with the log: nothing to accept");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let record = audit.accept_restore(&reason, serde_json::json!(who()))?;
+            println!(
+                "accepted: record {} (audit_restore_accepted) holds the superseded head; a new checkpoint is signed",
+                record.seq
+            );
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::PublicKey { data_dir: over } => {
             let dir = data_dir(config, over.as_ref());

@@ -44,11 +44,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(cmd) => audit::run(&Config::load(cli.config.as_deref())?, cmd),
         Command::Serve(args) => serve::run(
-            Config::load(cli.config.as_deref())?,
+            with_limits(Config::load(cli.config.as_deref())?),
             args,
             cli.config.clone(),
         ),
-        Command::Infer(args) => infer::run(&Config::load(cli.config.as_deref())?, args),
-        Command::Validate(cmd) => validate::run(&Config::load(cli.config.as_deref())?, cmd),
+        Command::Infer(args) => {
+            infer::run(&with_limits(Config::load(cli.config.as_deref())?), args)
+        }
+        Command::Validate(cmd) => {
+            validate::run(&with_limits(Config::load(cli.config.as_deref())?), cmd)
+        }
     }
+}
+
+/// Every file the command opens is checked against `[limits]`.
+fn with_limits(config: Config) -> Config {
+    vigie_dicom_io::scan::set_limits(config.limits.dicom());
+    config
 }

@@ -25,9 +25,9 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::routing::Router;
-use crate::store::Catalog;
 use crate::store::layout::{Layout, create_dir_durably};
 use crate::store::sqlite::SqliteCatalog;
+use crate::store::{Catalog, now_ms};
 
 /// Apply the command-line overrides.
 fn effective(mut config: Config, args: &ServeArgs) -> anyhow::Result<Config> {
@@ -194,6 +194,9 @@ fn scp_options(config: &Config, layout: &Layout) -> ScpOptions {
     options.artim_timeout = Duration::from_secs(d.artim_timeout_s.max(1));
     options.idle_timeout = Duration::from_secs(d.idle_timeout_s.max(1));
     options.max_associations = d.max_associations;
+    options.pdu_timeout = Duration::from_secs(d.pdu_timeout_s.max(1));
+    options.max_connections_per_address = d.max_connections_per_address;
+    options.max_pending_connections = d.max_pending_connections;
     options
 }
 
@@ -203,6 +206,9 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
     let layout = Layout::new(&config.appliance.data_dir);
     create_dir_durably(layout.root())
         .with_context(|| format!("cannot create data directory {}", layout.root().display()))?;
+    // Before anything else touches the directory: a second process would
+    // clean the first one's staging and share its catalog and audit trail.
+    let _lock = crate::store::layout::DataDirLock::acquire(layout.root())?;
     let removed = scp::clean_staging(&layout.staging())
         .with_context(|| format!("cannot clean {}", layout.staging().display()))?;
     if removed > 0 {
@@ -212,14 +218,31 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
         );
     }
     let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open(&layout.database())?);
-    let reset = catalog.reset_running_jobs()?;
-    if reset > 0 {
+    let audit = Audit::open(layout.root(), &config.appliance.id, &config.audit)?;
+    // Before anything is recorded or changed: a head ahead of the log
+    // means records went missing (truncation, an older backup); starting
+    // would hide it.
+    audit.check_head()?;
+    let reset = catalog.reset_running_jobs(config.pipeline.max_interrupted, now_ms())?;
+    if !reset.requeued.is_empty() {
         tracing::warn!(
-            jobs = reset,
+            jobs = ?reset.requeued,
             "jobs interrupted by the previous run are pending again"
         );
     }
-    let audit = Audit::open(layout.root(), &config.appliance.id, &config.audit)?;
+    for id in &reset.quarantined {
+        tracing::error!(
+            job = id,
+            max_interrupted = config.pipeline.max_interrupted,
+            "job quarantined: the service stopped while running it too many times; retry it with POST /api/v1/jobs/{{id}}/retry once the cause is known"
+        );
+        audit.record(AuditEvent::new(
+            "job_quarantined",
+            "failed",
+            serde_json::json!({ "job_id": id, "max_interrupted": config.pipeline.max_interrupted }),
+        ))?;
+    }
+    let reset = reset.requeued.len();
     let effective_toml = config.to_toml()?;
     audit.record(AuditEvent::new(
         "configuration_loaded",
@@ -309,6 +332,7 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             backlog: backlog.clone(),
             wake: Arc::default(),
             threads: config.thread_plan()?,
+            health: Arc::default(),
         };
         let options = scp_options(&config, &layout);
         tracing::info!(
@@ -349,6 +373,7 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             tls: tls.is_some(),
             started: std::time::Instant::now(),
             backlog,
+            workers: pipeline.health.clone(),
         })));
         let grace = Duration::from_secs(config.http.shutdown_grace_s);
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -410,6 +435,14 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             tracing::warn!(grace_s = grace.as_secs(), "requests still in flight after the grace period were dropped");
         }
         pipeline.stopping.store(true, Ordering::Relaxed);
+        // A job a worker is still on was not interrupted by a fault: it is
+        // pending again without counting towards quarantine.
+        let releasing = catalog.clone();
+        match tokio::task::spawn_blocking(move || releasing.release_running_jobs(now_ms())).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(jobs = n, "jobs in progress are pending again for the next start"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot release the jobs in progress"),
+            _ => {}
+        }
         // The pixel-hash records still gathered go into the trail before
         // the service's last record.
         let _ = tokio::task::spawn_blocking(move || closing.close()).await;

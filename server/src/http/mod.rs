@@ -100,6 +100,8 @@ pub struct App {
     pub started: Instant,
     /// Jobs waiting or running.
     pub backlog: Arc<crate::pipeline::Backlog>,
+    /// The worker threads' health.
+    pub workers: Arc<crate::pipeline::WorkerHealth>,
 }
 
 impl std::fmt::Debug for App {
@@ -210,6 +212,22 @@ fn readiness(app: &App) -> Vec<Check> {
         },
     ));
     checks.push(check("onnxruntime", app.onnxruntime.clone()));
+    let stuck_after = Duration::from_secs(app.config.pipeline.stuck_after_s.max(1));
+    let problems = app.workers.problems(stuck_after);
+    app.metrics.set(
+        "vigie_workers_unhealthy",
+        "Worker threads that have stopped or are stuck on one job longer than pipeline.stuck_after_s (alarm when above 0).",
+        &[],
+        problems.len() as f64,
+    );
+    checks.push(check(
+        "workers",
+        if problems.is_empty() {
+            Ok(format!("{} worker(s) running", app.config.pipeline.workers))
+        } else {
+            Err(problems.join("; "))
+        },
+    ));
     checks.push(check(
         "backlog",
         match app.backlog.full() {

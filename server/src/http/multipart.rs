@@ -293,4 +293,45 @@ mod tests {
         assert_eq!(param(&params, "type"), Some("application/dicom"));
         assert_eq!(param(&params, "boundary"), Some("a;b"));
     }
+
+    /// Bounded, seeded fuzzing of the STOW-RS body parser and the media
+    /// type parser (docs/fuzzing.md): no input may make them panic, in any
+    /// chunking.
+    #[test]
+    fn fuzz_multipart_bodies_and_media_types() {
+        use vigie_test_support::fuzz;
+        let mut body =
+            b"preamble\r\n--b0undary\r\nContent-Type: application/dicom\r\n\r\n".to_vec();
+        body.extend_from_slice(&[0u8, 1, 2, 13, 10, 45, 45]);
+        body.extend_from_slice(b"\r\n--b0undary\r\nContent-Type: application/dicom; transfer-syntax=1.2.840.10008.1.2.1\r\nContent-Length: 6\r\n\r\nsecond\r\n--b0undary--\r\n");
+        let seeds = vec![
+            body,
+            b"--b0undary\r\n\r\n\r\n--b0undary--".to_vec(),
+            b"multipart/related; type=\"application/dicom\"; boundary=\"a;b\"".to_vec(),
+        ];
+        let summary = fuzz::run(
+            "multipart",
+            &seeds,
+            fuzz::iterations(1_000_000),
+            fuzz::budget(6),
+            |bytes| {
+                let mut rng = fuzz::Rng::new(bytes.len() as u64);
+                let mut parser = Parser::new("b0undary");
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    let n = 1 + rng.below(rest.len().min(300));
+                    if parser.feed(&rest[..n]).is_err() {
+                        break;
+                    }
+                    rest = &rest[n..];
+                }
+                let _ = parser.finish();
+                let text = String::from_utf8_lossy(bytes);
+                let (_, params) = media_type(&text);
+                let _ = param(&params, "boundary");
+                let _ = split_unquoted(&text, ',');
+            },
+        );
+        assert!(summary.executions > 3);
+    }
 }

@@ -87,6 +87,13 @@ pub fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
+    if dir.exists() {
+        // create_dir would say "File exists", which reads as success.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "it exists and is not a directory",
+        ));
+    }
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dir_durably(parent)?;
         match std::fs::create_dir(dir) {
@@ -162,5 +169,85 @@ mod tests {
         assert_eq!(answer, 42);
         assert_eq!(std::fs::read(&to).unwrap(), b"data");
         assert!(!staged.exists());
+    }
+}
+
+/// An exclusive lock on a data directory (`flock` on `vigie.lock` in it),
+/// held for the life of the value: one `vigie serve` per data directory.
+/// The lock goes with the process, so a crash never leaves it behind.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+    path: std::path::PathBuf,
+}
+
+/// Why a data directory could not be locked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error(
+        "data directory {dir} is in use by another vigie process (pid {pid}); stop it first, or give this one its own --data-dir"
+    )]
+    Held {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// The holder's process id as it wrote it, or `unknown`.
+        pid: String,
+    },
+    /// The lock file could not be opened or written.
+    #[error("cannot lock data directory {dir}: {source}")]
+    Io {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DataDirLock {
+    /// Take the lock on `dir`, or say who holds it. Nothing else in the
+    /// directory is touched before this succeeds.
+    pub fn acquire(dir: &Path) -> Result<Self, LockError> {
+        use std::io::{Read, Seek, Write};
+        let io = |source: std::io::Error| LockError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let path = dir.join("vigie.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim().to_string();
+                return Err(LockError::Held {
+                    dir: dir.to_path_buf(),
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid
+                    },
+                });
+            }
+            Err(e) => return Err(io(e.into())),
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(Self { _file: file, path })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }

@@ -107,6 +107,15 @@ pub struct NewJob {
     pub destinations: Vec<String>,
 }
 
+/// What [`Catalog::reset_running_jobs`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResetJobs {
+    /// Jobs pending again.
+    pub requeued: Vec<i64>,
+    /// Jobs quarantined (failed) after too many interruptions.
+    pub quarantined: Vec<i64>,
+}
+
 /// State of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -161,8 +170,12 @@ pub struct Job {
     pub destinations: Vec<String>,
     /// State.
     pub state: JobState,
-    /// Attempts started so far.
+    /// Attempts that failed so far (counted against
+    /// `pipeline.max_attempts`).
     pub attempts: u32,
+    /// Attempts interrupted by the service stopping during them (counted
+    /// against `pipeline.max_interrupted`).
+    pub interrupted: u32,
     /// Why the last attempt failed, or notes on instances not analysed.
     pub last_error: Option<String>,
     /// Result files written.
@@ -391,8 +404,15 @@ pub trait Catalog: Send + Sync + 'static {
     /// Instances of `study`'s generation in `series`.
     fn job_instances(&self, job: &Job) -> StoreResult<Vec<InstanceRecord>>;
 
-    /// Put jobs left running by a previous run back to pending.
-    fn reset_running_jobs(&self) -> StoreResult<usize>;
+    /// At start-up: jobs left running by a previous run that stopped
+    /// without finishing them (a crash, a kill) count one more interrupted
+    /// attempt and are pending again, or quarantined (failed) once they
+    /// reach `max_interrupted`.
+    fn reset_running_jobs(&self, max_interrupted: u32, now_ms: i64) -> StoreResult<ResetJobs>;
+
+    /// At a graceful stop: jobs still running go back to pending without
+    /// counting an interruption.
+    fn release_running_jobs(&self, now_ms: i64) -> StoreResult<usize>;
 
     /// Take the oldest pending job due at `now_ms`, marking it running.
     fn claim_job(&self, now_ms: i64) -> StoreResult<Option<Job>>;

@@ -16,8 +16,8 @@ use crate::group_commit::GroupCommit;
 
 use super::{
     Catalog, Delivery, InstanceRecord, Job, JobFilter, JobState, NewJob, Origin, OutboxItem,
-    OutboxStatus, ResultFile, RetryOutcome, SeriesSummary, StableStudy, StoreError, StoreResult,
-    StudyStatus, WebInstance, WebScope, rfc3339,
+    OutboxStatus, ResetJobs, ResultFile, RetryOutcome, SeriesSummary, StableStudy, StoreError,
+    StoreResult, StudyStatus, WebInstance, WebScope, rfc3339,
 };
 
 const SCHEMA: &str = "
@@ -92,6 +92,19 @@ CREATE INDEX IF NOT EXISTS web_index_study ON web_index (study_instance_uid, ser
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid);
 ";
 
+/// Migrations after the base [`SCHEMA`], which is release 0.1.0's (stored
+/// without a version, `user_version` 0). Entry `i` takes the catalog from
+/// version `i + 1` to `i + 2`; each runs in one transaction with the new
+/// version number. Append only: never edit a released entry.
+const MIGRATIONS: &[&str] = &[
+    // 2: attempts that were interrupted (the process stopped during the
+    // job) are counted apart from attempts that failed.
+    "ALTER TABLE jobs ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;",
+];
+
+/// The catalog schema version this binary writes.
+pub const CATALOG_SCHEMA_VERSION: u32 = 1 + MIGRATIONS.len() as u32;
+
 fn index_web(tx: &Connection, w: &WebInstance, now_ms: i64) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT OR REPLACE INTO web_index (sop_instance_uid, sop_class_uid, study_instance_uid,
@@ -160,6 +173,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         destinations: parse_list(&row.get::<_, String>("destinations")?),
         state: JobState::parse(&row.get::<_, String>("state")?),
         attempts: row.get("attempts")?,
+        interrupted: row.get("interrupted")?,
         last_error: row.get("last_error")?,
         results: parse_list(&row.get::<_, String>("results")?),
         created_at: rfc3339(row.get("created_ms")?),
@@ -185,9 +199,49 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
     })
 }
 
+/// [`open_durable`] with schema versions (`PRAGMA user_version`): `base`
+/// is the schema of the first release (version 1; a database without a
+/// version is at version 1), then each of `migrations` in turn, each in one
+/// transaction that also sets the new version. A database of a newer
+/// version than this binary knows is refused by name and number, never
+/// opened.
+pub fn open_versioned(
+    path: &Path,
+    what: &str,
+    base: &str,
+    migrations: &[&str],
+) -> Result<Connection, String> {
+    let mut connection = open_durable(path, base)?;
+    let latest = 1 + migrations.len() as u32;
+    let found: u32 = connection
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if found > latest {
+        return Err(format!(
+            "{what} schema version {found} is newer than this vigie knows (version {latest}): it was written by a later release; run that release, or restore a backup made for this one"
+        ));
+    }
+    for version in found.max(1)..latest {
+        let migration = migrations[(version - 1) as usize];
+        let tx = connection.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(migration)
+            .and_then(|()| tx.pragma_update(None, "user_version", version + 1))
+            .and_then(|()| tx.commit())
+            .map_err(|e| format!("{what} migration to schema version {}: {e}", version + 1))?;
+        tracing::info!(what, from = version, to = version + 1, "schema migrated");
+    }
+    if found == 0 {
+        connection
+            .pragma_update(None, "user_version", latest)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(connection)
+}
+
 /// Open (creating it and its folder) a SQLite database for durable
 /// writes: WAL journal, `synchronous=FULL` (a committed transaction survives
-/// a power cut), a busy timeout for other processes, then `schema`.
+/// a power cut), a busy timeout for other processes, then `schema`
+/// (unversioned: see [`open_versioned`]).
 pub fn open_durable(path: &Path, schema: &str) -> Result<Connection, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -284,9 +338,11 @@ fn index_received(
 impl SqliteCatalog {
     /// Open (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let connection = open_durable(path, SCHEMA).map_err(|reason| StoreError::Database {
-            path: path.to_path_buf(),
-            reason,
+        let connection = open_versioned(path, "catalog", SCHEMA, MIGRATIONS).map_err(|reason| {
+            StoreError::Database {
+                path: path.to_path_buf(),
+                reason,
+            }
         })?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -439,11 +495,49 @@ impl Catalog for SqliteCatalog {
         })
     }
 
-    fn reset_running_jobs(&self) -> StoreResult<usize> {
+    fn reset_running_jobs(&self, max_interrupted: u32, now_ms: i64) -> StoreResult<ResetJobs> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let running: Vec<(i64, u32)> = tx
+                .prepare("SELECT id, interrupted FROM jobs WHERE state = 'running' ORDER BY id")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut reset = ResetJobs::default();
+            for (id, interrupted) in running {
+                let interrupted = interrupted + 1;
+                if interrupted >= max_interrupted {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'failed', interrupted = ?2, last_error = ?3,
+                            updated_ms = ?4 WHERE id = ?1",
+                        params![
+                            id,
+                            interrupted,
+                            format!(
+                                "quarantined: the service stopped {interrupted} times while running this job (it may crash the appliance); retry it once the cause is known"
+                            ),
+                            now_ms
+                        ],
+                    )?;
+                    reset.quarantined.push(id);
+                } else {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'pending', interrupted = ?2, updated_ms = ?3
+                         WHERE id = ?1",
+                        params![id, interrupted, now_ms],
+                    )?;
+                    reset.requeued.push(id);
+                }
+            }
+            tx.commit()?;
+            Ok(reset)
+        })
+    }
+
+    fn release_running_jobs(&self, now_ms: i64) -> StoreResult<usize> {
         self.with(|c| {
             c.execute(
-                "UPDATE jobs SET state = 'pending' WHERE state = 'running'",
-                [],
+                "UPDATE jobs SET state = 'pending', updated_ms = ?1 WHERE state = 'running'",
+                params![now_ms],
             )
         })
     }
@@ -451,7 +545,7 @@ impl Catalog for SqliteCatalog {
     fn claim_job(&self, now_ms: i64) -> StoreResult<Option<Job>> {
         self.with(|c| {
             c.query_row(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_ms = ?1
+                "UPDATE jobs SET state = 'running', updated_ms = ?1
                  WHERE id = (SELECT id FROM jobs WHERE state = 'pending' AND not_before_ms <= ?1
                              ORDER BY not_before_ms, id LIMIT 1)
                  RETURNING *",
@@ -513,13 +607,13 @@ impl Catalog for SqliteCatalog {
         self.with(|c| {
             match retry_at_ms {
                 Some(at) => c.execute(
-                    "UPDATE jobs SET state = 'pending', not_before_ms = ?2, last_error = ?3,
-                        updated_ms = ?4 WHERE id = ?1",
+                    "UPDATE jobs SET state = 'pending', attempts = attempts + 1,
+                        not_before_ms = ?2, last_error = ?3, updated_ms = ?4 WHERE id = ?1",
                     params![id, at, error, now_ms],
                 )?,
                 None => c.execute(
-                    "UPDATE jobs SET state = 'failed', last_error = ?2, updated_ms = ?3
-                     WHERE id = ?1",
+                    "UPDATE jobs SET state = 'failed', attempts = attempts + 1, last_error = ?2,
+                        updated_ms = ?3 WHERE id = ?1",
                     params![id, error, now_ms],
                 )?,
             };
@@ -661,8 +755,8 @@ impl Catalog for SqliteCatalog {
                 None => RetryOutcome::NotFound,
                 Some("failed") => {
                     tx.execute(
-                        "UPDATE jobs SET state = 'pending', attempts = 0, not_before_ms = ?2,
-                            updated_ms = ?2 WHERE id = ?1",
+                        "UPDATE jobs SET state = 'pending', attempts = 0, interrupted = 0,
+                            not_before_ms = ?2, updated_ms = ?2 WHERE id = ?1",
                         params![id, now_ms],
                     )?;
                     RetryOutcome::JobRequeued
@@ -921,7 +1015,7 @@ mod tests {
         );
         let claimed = catalog.claim_job(3000).unwrap().unwrap();
         assert_eq!(catalog.job_instances(&claimed).unwrap().len(), 3);
-        assert_eq!(claimed.attempts, 1);
+        assert_eq!(claimed.attempts, 0, "attempts count failures, not claims");
         assert!(catalog.claim_job(3000).unwrap().is_none(), "claimed once");
         // A late instance: a new generation with only itself.
         catalog
@@ -930,6 +1024,126 @@ mod tests {
         let late = catalog.stable_studies(9000).unwrap();
         assert_eq!(late[0].generation, 1);
         assert_eq!(late[0].series[0].instances, 1);
+    }
+
+    /// A catalog as release 0.1.0 (commit 79db11d) left it: its schema,
+    /// which is [`SCHEMA`] unchanged, no `user_version`, an instance, a
+    /// pending job and one interrupted while running.
+    fn release_0_1_0_catalog(path: &Path) {
+        let c = Connection::open(path).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c.execute_batch(
+            "INSERT INTO instances VALUES ('1.2.1.1', '1.2.840.10008.5.1.4.1.1.4', '1.2', '1.2.1',
+                 'MR', NULL, NULL, '1.2.840.10008.1.2.1', 'SCU', '/data/studies/1.2/1.2.1/1.2.1.1.dcm',
+                 10, 'ab', 0, 5);
+             INSERT INTO studies VALUES ('1.2', 'complete', 0, 5, NULL);
+             INSERT INTO jobs (study_instance_uid, generation, rule, model, series, destinations,
+                 state, attempts, not_before_ms, results, created_ms, updated_ms)
+             VALUES ('1.2', 0, 'r', 'm', '[\"1.2.1\"]', '[]', 'pending', 0, 0, '[]', 5, 5),
+                    ('1.2', 0, 'r', 'm', '[\"1.2.1\"]', '[]', 'running', 1, 0, '[]', 5, 5);",
+        )
+        .unwrap();
+        let version: u32 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 0, "0.1.0 wrote no schema version");
+    }
+
+    #[test]
+    fn a_catalog_of_release_0_1_0_is_migrated_and_keeps_its_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        release_0_1_0_catalog(&path);
+        let catalog = SqliteCatalog::open(&path).unwrap();
+        let version: u32 = catalog
+            .with(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .unwrap();
+        assert_eq!(version, CATALOG_SCHEMA_VERSION);
+        let jobs = catalog.jobs(10).unwrap();
+        assert_eq!(jobs.len(), 2, "nothing lost");
+        assert!(jobs.iter().all(|j| j.interrupted == 0));
+        // The interrupted one runs again; then both finish their work.
+        let reset = catalog.reset_running_jobs(3, 10).unwrap();
+        assert_eq!(reset.requeued.len(), 1);
+        let first = catalog.claim_job(20).unwrap().unwrap();
+        assert_eq!(catalog.job_instances(&first).unwrap().len(), 1);
+        catalog.finish_job(&first, &[], None, 30).unwrap();
+        let second = catalog.claim_job(40).unwrap().unwrap();
+        assert_eq!(second.interrupted, 1);
+        catalog.finish_job(&second, &[], None, 50).unwrap();
+        assert!(catalog.claim_job(60).unwrap().is_none());
+        drop(catalog);
+        // Opening again migrates nothing and keeps the version.
+        let catalog = SqliteCatalog::open(&path).unwrap();
+        assert_eq!(catalog.jobs(10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_catalog_newer_than_the_binary_is_refused_by_name_and_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        drop(SqliteCatalog::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", CATALOG_SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(c);
+        let error = SqliteCatalog::open(&path).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!(
+                "catalog schema version {} is newer",
+                CATALOG_SCHEMA_VERSION + 1
+            )),
+            "{error}"
+        );
+    }
+
+    /// Hardening defect 12: attempts were counted when a job was claimed,
+    /// so kills and restarts alone took jobs to `max_attempts`. Now they
+    /// count apart, and a job that keeps dying is quarantined.
+    #[test]
+    fn regression_restarts_do_not_use_up_attempts_and_a_job_that_keeps_dying_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let catalog = SqliteCatalog::open(&path).unwrap();
+        catalog
+            .record_instance(&instance("1.2", "1.2.1", "1.2.1.1"), 0)
+            .unwrap();
+        let stable = catalog.stable_studies(0).unwrap();
+        catalog
+            .complete_study(&stable[0], 0, &[job("1.2.1")], None, 0)
+            .unwrap();
+        for restart in 1..=3u32 {
+            let claimed = catalog.claim_job(0).unwrap();
+            assert!(claimed.is_some(), "claimable before restart {restart}");
+            assert_eq!(claimed.unwrap().attempts, 0, "no failed attempt");
+            let reset = catalog.reset_running_jobs(3, i64::from(restart)).unwrap();
+            if restart < 3 {
+                assert_eq!(reset.requeued.len(), 1);
+            } else {
+                assert_eq!(reset.quarantined.len(), 1);
+            }
+        }
+        let jobs = catalog.jobs(10).unwrap();
+        assert_eq!(jobs[0].state, JobState::Failed);
+        assert_eq!(jobs[0].interrupted, 3);
+        assert!(
+            jobs[0]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("quarantined")
+        );
+        assert!(catalog.claim_job(100).unwrap().is_none());
+        // A graceful stop counts nothing.
+        assert_eq!(
+            catalog.retry_job(jobs[0].id, 200).unwrap(),
+            RetryOutcome::JobRequeued
+        );
+        catalog.claim_job(300).unwrap().unwrap();
+        assert_eq!(catalog.release_running_jobs(400).unwrap(), 1);
+        let job = catalog.claim_job(500).unwrap().unwrap();
+        assert_eq!((job.attempts, job.interrupted), (0, 0));
     }
 
     #[test]
@@ -957,9 +1171,11 @@ mod tests {
             // Crash while running.
         }
         let catalog = SqliteCatalog::open(&path).unwrap();
-        assert_eq!(catalog.reset_running_jobs().unwrap(), 1);
+        let reset = catalog.reset_running_jobs(3, 150).unwrap();
+        assert_eq!(reset.requeued.len(), 1);
         let claimed = catalog.claim_job(200).unwrap().unwrap();
-        assert_eq!(claimed.attempts, 3);
+        // One failed attempt, one interrupted: they are counted apart.
+        assert_eq!((claimed.attempts, claimed.interrupted), (1, 1));
         catalog
             .job_attempt_failed(claimed.id, "still broken", None, 300)
             .unwrap();

@@ -619,3 +619,49 @@ pub fn send(port: u16, files: &[PathBuf]) -> Vec<vigie_dicom_io::net::scu::SendO
         ))
         .unwrap()
 }
+
+/// A C-ECHO to `vigie serve` on `port` succeeds.
+pub fn echo(port: u16) -> bool {
+    let args: Vec<String> = ["-aec", "VIGIE", "-to", "10", "127.0.0.1", &port.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    dcmtk("echoscu", &args).status.success()
+}
+
+/// DCMTK's `storescp` (AE title `PACS`) as a stand-in PACS on loopback,
+/// writing what it receives into `dir`; killed when dropped.
+pub struct StoreScp {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    /// Where it writes.
+    pub dir: PathBuf,
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start [`StoreScp`] on a free port.
+pub fn storescp(dir: &Path) -> StoreScp {
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    let child = Command::new("storescp")
+        .args(["-aet", "PACS", "-od"])
+        .arg(dir)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("storescp (apt-get install dcmtk)");
+    std::thread::sleep(Duration::from_millis(300));
+    StoreScp {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+    }
+}

@@ -509,4 +509,56 @@ mod tests {
         assert_eq!(s.limit, MAX_LIMIT);
         assert_eq!(s.include.len(), 2);
     }
+
+    /// Bounded, seeded fuzzing of QIDO-RS query parsing and matching
+    /// (docs/fuzzing.md): any query string, at any level, is answered or
+    /// refused, never a panic.
+    #[test]
+    fn fuzz_query_parameters_and_matching() {
+        use vigie_test_support::fuzz;
+        let seeds: Vec<Vec<u8>> = [
+            "PatientName=doe*&StudyDate=20240101-20240131&limit=10&offset=2",
+            "ModalitiesInStudy=SR\\MR&includefield=all&fuzzymatching=true",
+            "00100020=12?4&StudyTime=0800-1100&includefield=00081030,PatientBirthDate",
+            "SeriesInstanceUID=1.2,1.3&Modality=CT&limit=0",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        let rows = vec![
+            row("1", "1.1", "1.1.1", "MR", "Doe^Jane"),
+            row("2", "2.1", "2.1.1", "CT", "Roe^Rick"),
+        ];
+        let summary = fuzz::run(
+            "qido",
+            &seeds,
+            fuzz::iterations(1_000_000),
+            fuzz::budget(6),
+            |bytes| {
+                let text = String::from_utf8_lossy(bytes);
+                let params: Vec<(String, String)> = text
+                    .split('&')
+                    .map(|pair| match pair.split_once('=') {
+                        Some((k, v)) => (k.to_string(), v.to_string()),
+                        None => (pair.to_string(), String::new()),
+                    })
+                    .collect();
+                for level in [Level::Study, Level::Series, Level::Instance] {
+                    if let Ok(search) = parse(params.clone(), level) {
+                        for group in groups(level, &rows) {
+                            for (attribute, pattern) in &search.keys {
+                                let _ = vigie_dicom_io::web::matches(
+                                    attribute.vr,
+                                    pattern,
+                                    value(&group, attribute).as_deref(),
+                                );
+                            }
+                        }
+                        let _ = returned(level, &search);
+                    }
+                }
+            },
+        );
+        assert!(summary.executions > 4);
+    }
 }

@@ -190,8 +190,11 @@ async fn retrieve(
             for i in instances {
                 let (bytes, ts) = match &wanted {
                     Some(ts) if ts != &i.transfer_syntax => (
-                        vigie_dicom_io::web::transcode_to_explicit_le(&i.path)
-                            .map_err(|e| std::io::Error::other(e.to_string())),
+                        {
+                            let _permit = TranscodePermit::take();
+                            vigie_dicom_io::web::transcode_to_explicit_le(&i.path)
+                                .map_err(|e| std::io::Error::other(e.to_string()))
+                        },
                         ts.clone(),
                     ),
                     _ => (std::fs::read(&i.path), i.transfer_syntax.clone()),
@@ -228,6 +231,38 @@ async fn retrieve(
         )
     };
     run.await.unwrap_or_else(|e| e.into_response())
+}
+
+/// Transcodes running at once, service-wide: each holds a whole instance
+/// and its decoded pixel data in memory (docs/performance.md, memory
+/// bound), so more wait their turn.
+const MAX_TRANSCODES: usize = 2;
+
+static TRANSCODES: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// One of [`MAX_TRANSCODES`], released when dropped.
+struct TranscodePermit;
+
+impl TranscodePermit {
+    fn take() -> Self {
+        let (count, freed) = &TRANSCODES;
+        let mut running = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *running >= MAX_TRANSCODES {
+            running = freed.wait(running).unwrap_or_else(|p| p.into_inner());
+        }
+        *running += 1;
+        Self
+    }
+}
+
+impl Drop for TranscodePermit {
+    fn drop(&mut self) {
+        let (count, freed) = &TRANSCODES;
+        let mut running = count.lock().unwrap_or_else(|p| p.into_inner());
+        *running = running.saturating_sub(1);
+        freed.notify_one();
+    }
 }
 
 #[cfg(test)]

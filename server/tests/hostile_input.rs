@@ -1,0 +1,363 @@
+//! Hostile input against one running `vigie serve` (hardening issue): one of
+//! each class — deep nesting, huge lengths, a decompression bomb, truncated
+//! and inconsistent data sets, a decoder panic, silent, crowding and slow
+//! sockets — while a legitimate peer is served throughout. The service
+//! stays up within its memory bound, answers each with the right status, a
+//! good study sent last is analysed and delivered, and `vigie audit
+//! verify` passes. Each defect also has its own regression test here,
+//! named after it.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    Vigie, base_config, dataset_bytes, demo_studies, echo, send, storescp, token, uids, wrap,
+};
+use vigie_test_support::hostile::{element, image_module, nested, uid};
+use vigie_test_support::{free_port, pydicom_test_files};
+
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+
+/// The identifying attributes of a CT instance, up to (not including) the
+/// image pixel module.
+fn ct_header(sop: &str, modality: bool) -> Vec<u8> {
+    let mut d = Vec::new();
+    d.extend(element(0x0008, 0x0016, b"UI", &uid(CT)));
+    d.extend(element(0x0008, 0x0018, b"UI", &uid(sop)));
+    if modality {
+        d.extend(element(0x0008, 0x0060, b"CS", b"CT"));
+    }
+    d.extend(element(0x0020, 0x000D, b"UI", &uid("2.25.9001")));
+    d.extend(element(0x0020, 0x000E, b"UI", &uid("2.25.9002")));
+    d
+}
+
+/// A deflated CT instance of `side` × `side` 16-bit zeros: a few hundred
+/// KB that inflate to `side² × 2` bytes.
+fn deflate_bomb(path: &Path, sop: &str, side: u16) {
+    let mut dataset = ct_header(sop, true);
+    dataset.extend(image_module(side, side));
+    let pixels = u64::from(side) * u64::from(side) * 2;
+    dataset.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0]);
+    dataset.extend_from_slice(&(pixels as u32).to_le_bytes());
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(&dataset).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..pixels >> 20 {
+        encoder.write_all(&zeros).unwrap();
+    }
+    let compressed = encoder.finish().unwrap();
+    let meta = dicom_object::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(CT)
+        .media_storage_sop_instance_uid(sop)
+        .transfer_syntax("1.2.840.10008.1.2.1.99")
+        .implementation_class_uid("2.25.1")
+        .build()
+        .unwrap();
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out).unwrap();
+    out.extend_from_slice(&compressed);
+    std::fs::write(path, out).unwrap();
+}
+
+/// MR_small_RLE made to panic dicom-rs's RLE decoder, as a brain MR.
+fn corrupt_rle(to: &Path) {
+    vigie_test_support::hostile::corrupt_rle(&pydicom_test_files().join("MR_small_RLE.dcm"), to);
+    // A brain MR, so that routing sends it to the model: the panic then
+    // happens in a worker (and in the pixel-hash thread at reception).
+    let mut object = dicom_object::open_file(to).unwrap();
+    object.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::BODY_PART_EXAMINED,
+        dicom_core::VR::CS,
+        dicom_core::PrimitiveValue::from("BRAIN"),
+    ));
+    object.write_to_file(to).unwrap();
+}
+
+fn multipart(files: &[PathBuf]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for f in files {
+        body.extend(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n");
+        body.extend(std::fs::read(f).unwrap());
+        body.extend(b"\r\n");
+    }
+    body.extend(b"--XyZ--\r\n");
+    body
+}
+
+/// The memory bound `docs/performance.md` states for the default
+/// configuration with the test's `limits.max_decoded_mib = 64` (the
+/// decoded-size term scales with it).
+const PEAK_RSS_BOUND: u64 = 1 << 30;
+
+#[test]
+fn hostile_input_does_not_take_the_service_down_or_make_it_lie() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 2);
+    let pacs = storescp(&tmp.path().join("pacs"));
+    let config = base_config(&format!(
+        r#"
+[limits]
+max_decoded_mib = 64
+
+[[routing.rules]]
+name = "mr"
+modalities = ["MR"]
+destinations = ["pacs"]
+
+[destinations.pacs]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {}
+"#,
+        pacs.port
+    ))
+    .replace(
+        "artim_timeout_s = 5",
+        "artim_timeout_s = 2\npdu_timeout_s = 2\nmax_connections_per_address = 48",
+    );
+    let vigie = Vigie::start(tmp.path(), &config);
+    let dir = tmp.path();
+
+    // Silent sockets, before anything else: they must not lock peers out.
+    let silent: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", vigie.dicom)).unwrap())
+        .collect();
+    assert!(echo(vigie.dicom), "served despite 20 silent sockets");
+
+    let mut files = Vec::new();
+    let mut expected = Vec::new();
+    // Deep nesting (defect 1).
+    let mut deep = ct_header("2.25.9101", true);
+    deep.extend(nested(2000));
+    let p = dir.join("deep.dcm");
+    wrap(&p, CT, "2.25.9101", &deep);
+    files.push(p);
+    expected.push((0xC000, "beyond limits"));
+    // A huge element length (defect 3).
+    let mut huge = ct_header("2.25.9102", true);
+    huge.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'U', b'T', 0, 0]);
+    huge.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    huge.extend(vec![b'x'; 9000]);
+    let p = dir.join("huge.dcm");
+    wrap(&p, CT, "2.25.9102", &huge);
+    files.push(p);
+    expected.push((0xC000, "malformed"));
+    // A decompression bomb (defect 4): 128 MiB decoded, limit 64 MiB.
+    let p = dir.join("bomb.dcm");
+    deflate_bomb(&p, "2.25.9103", 8192);
+    assert!(std::fs::metadata(&p).unwrap().len() < 2 << 20);
+    files.push(p);
+    expected.push((0xC000, "beyond limits"));
+    // Truncated (defect 6): half of a demo instance.
+    let (_, dataset) = dataset_bytes(&demo[0]);
+    let p = dir.join("truncated.dcm");
+    wrap(&p, MR, "2.25.9104", &dataset[..dataset.len() / 2]);
+    files.push(p);
+    expected.push((0xC000, "malformed"));
+    // 65535 × 65535 with a few bytes of pixels (defect 6).
+    let mut wide = ct_header("2.25.9105", true);
+    wide.extend(image_module(65535, 65535));
+    wide.extend(element(0x7FE0, 0x0010, b"OW", &[0u8; 64]));
+    let p = dir.join("wide.dcm");
+    wrap(&p, CT, "2.25.9105", &wide);
+    files.push(p);
+    expected.push((0xC000, "beyond limits"));
+    // Pixel data shorter than its image (defect 6).
+    let mut short = ct_header("2.25.9106", true);
+    short.extend(image_module(64, 64));
+    short.extend(element(0x7FE0, 0x0010, b"OW", &[0u8; 512]));
+    let p = dir.join("short.dcm");
+    wrap(&p, CT, "2.25.9106", &short);
+    files.push(p);
+    expected.push((0xC000, "pixel data inconsistent"));
+    // No Modality, no SOP Instance UID in the data set (defect 6).
+    let mut no_modality = ct_header("2.25.9107", false);
+    no_modality.extend(image_module(4, 4));
+    no_modality.extend(element(0x7FE0, 0x0010, b"OW", &[0u8; 32]));
+    let p = dir.join("no-modality.dcm");
+    wrap(&p, CT, "2.25.9107", &no_modality);
+    files.push(p);
+    expected.push((0xA900, "Modality"));
+    let mut no_sop = Vec::new();
+    no_sop.extend(element(0x0008, 0x0016, b"UI", &uid(CT)));
+    no_sop.extend(element(0x0008, 0x0060, b"CS", b"CT"));
+    no_sop.extend(element(0x0020, 0x000D, b"UI", &uid("2.25.9001")));
+    no_sop.extend(element(0x0020, 0x000E, b"UI", &uid("2.25.9002")));
+    no_sop.extend(image_module(4, 4));
+    no_sop.extend(element(0x7FE0, 0x0010, b"OW", &[0u8; 32]));
+    let p = dir.join("no-sop.dcm");
+    wrap(&p, CT, "2.25.9108", &no_sop);
+    files.push(p);
+    expected.push((0xA900, "SOPInstanceUID"));
+
+    let outcomes = send(vigie.dicom, &files);
+    for ((outcome, (status, reason)), file) in outcomes.iter().zip(&expected).zip(&files) {
+        assert_eq!(outcome.status, Some(*status), "{file:?}: {outcome:?}");
+        let comment = outcome.comment.clone().unwrap_or_default();
+        assert!(comment.contains(reason), "{file:?}: {comment}");
+        assert!(
+            !comment.contains(&*dir.to_string_lossy()),
+            "no paths: {comment}"
+        );
+    }
+    assert!(echo(vigie.dicom), "still serving after C-STORE");
+
+    // The same by STOW-RS: every part refused, with reasons and no paths.
+    let r = vigie.http(
+        "POST",
+        "/dicomweb/studies",
+        Some(token("operator")),
+        &[(
+            "Content-Type",
+            "multipart/related; type=\"application/dicom\"; boundary=XyZ",
+        )],
+        &multipart(&files[..3]),
+    );
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    for (name, value) in &r.headers {
+        if name == "warning" {
+            assert!(!value.contains("staging"), "no internal paths: {value}");
+        }
+    }
+
+    // A decoder panic (defect 2): a corrupt RLE image in its own study.
+    let rle = dir.join("rle.dcm");
+    corrupt_rle(&rle);
+    let outcomes = send(vigie.dicom, &[rle]);
+    assert_eq!(outcomes[0].status, Some(0x0000), "{outcomes:?}");
+
+    // A trickle that starts with something else than an A-ASSOCIATE-RQ
+    // (defect 5) is closed at once; a trickle inside an association is
+    // dicom-io's `regression_a_trickled_pdu_cannot_hold_an_association`.
+    let trickle = std::thread::spawn({
+        let port = vigie.dicom;
+        move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let _ = s.write_all(&[0x04, 0, 0, 0, 0, 100]);
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(500));
+                if s.write_all(&[0]).is_err() {
+                    return true;
+                }
+            }
+            false
+        }
+    });
+
+    // The good study, sent last, is analysed and delivered.
+    let (study, _, _) = uids(&demo[1]);
+    let outcomes = send(vigie.dicom, &demo[1..2]);
+    assert_eq!(outcomes[0].status, Some(0x0000));
+    vigie.wait_for("the good study's job", Duration::from_secs(120), |v| {
+        v.jobs()
+            .iter()
+            .any(|j| j["study_instance_uid"] == study.as_str() && j["state"] == "done")
+    });
+    vigie.wait_for("the result at the PACS", Duration::from_secs(60), |_| {
+        std::fs::read_dir(&pacs.dir).map(|d| d.count()).unwrap_or(0) > 0
+    });
+    // The RLE study's job failed with its reason, and no worker died.
+    vigie.wait_for("the corrupt study's job", Duration::from_secs(60), |v| {
+        v.jobs().iter().any(|j| {
+            j["study_instance_uid"] != study.as_str()
+                && j["state"] == "failed"
+                && j["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("panicked"))
+        })
+    });
+    let ready = vigie.json("/readyz");
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert!(trickle.join().unwrap(), "the trickle was cut");
+    drop(silent);
+    assert!(echo(vigie.dicom));
+    let peak = vigie.peak_memory();
+    assert!(peak < PEAK_RSS_BOUND, "peak RSS {} MiB", peak >> 20);
+    let verify = vigie.command(&["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let refused = vigie.audit_records("kind=instance_refused");
+    assert!(refused.len() >= files.len() + 3, "{}", refused.len());
+}
+
+/// Hardening defect 15: a second `vigie serve` on the same data directory
+/// ran its start-up (staging clean-up, catalog, audit) before failing on
+/// the port. It now stops first, on the directory's lock, and says why.
+#[test]
+fn regression_a_second_serve_on_the_same_data_directory_is_refused_before_touching_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vigie = Vigie::start(tmp.path(), &base_config(""));
+    // A transfer in progress of the first one, which a second start-up
+    // would have removed.
+    let partial = vigie.data.join("staging").join("in-progress.dcm.part");
+    std::fs::write(&partial, b"half an instance").unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_vigie"))
+        .env_remove("VIGIE_CONFIG")
+        .arg("--config")
+        .arg(&vigie.config)
+        .args(["serve", "--data-dir"])
+        .arg(&vigie.data)
+        .args(["--dicom-port", &free_port().to_string()])
+        .args(["--http-port", &free_port().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("is in use by another vigie process")
+            && stderr.contains(&vigie.pid().to_string()),
+        "{stderr}"
+    );
+    assert!(partial.exists(), "the first one's staging untouched");
+    assert_eq!(
+        vigie.audit_records("kind=service_started").len(),
+        1,
+        "the second one recorded nothing"
+    );
+    assert!(echo(vigie.dicom));
+}
+
+/// Hardening, smaller things: `vigie … | head` panicked on the broken pipe
+/// (exit 101). Every command exits quietly instead.
+#[test]
+fn regression_output_into_a_closed_pipe_exits_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut vigie = Vigie::start(tmp.path(), &base_config(""));
+    vigie.stop();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
+        .env_remove("VIGIE_CONFIG")
+        .arg("--config")
+        .arg(&vigie.config)
+        .args(["audit", "query", "--data-dir"])
+        .arg(&vigie.data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end at once, as `head -0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
