@@ -13,7 +13,7 @@ SECONDS_PER_TARGET=${1:-300}
 ITERATIONS=${2:-10000000}
 export VIGIE_FUZZ_SECONDS=$SECONDS_PER_TARGET VIGIE_FUZZ_ITERATIONS=$ITERATIONS
 run() {
-    cargo test --locked -q "$@" -- --nocapture --test-threads=1 fuzz_ 2>&1 | grep -E '^fuzz |panicked|FAILED' || true
+    cargo test --locked -q "$@" -- --nocapture --test-threads=1 fuzz_ 2>&1 | grep -oE 'fuzz [a-z0-9-]+: [0-9]+ executions in [0-9.]+ s|fuzz target .*|FAILED.*' || true
 }
 run -p vigie-dicom-io --test fuzz
 run -p vigie-inference --test fuzz_manifest

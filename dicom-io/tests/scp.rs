@@ -522,3 +522,51 @@ async fn our_scu_does_not_wait_on_delayed_acknowledgements_of_a_peer_that_never_
         "60 instances took {elapsed:?}: the sender waits on delayed ACKs"
     );
 }
+
+/// Hardening defect 14: at the end of the SIGTERM grace period,
+/// associations still open were dropped without a trace. Each is now cut
+/// at its next wait for a PDU and reported, and the listener returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_associations_cut_at_shutdown_are_each_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let options = ScpOptions::new("VIGIE", dir.path().join("staging"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sink = Arc::new(Sink {
+        dir: out,
+        events: Mutex::new(Vec::new()),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(vigie_dicom_io::net::scp::serve_until(
+        listener,
+        options,
+        sink.clone(),
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_millis(500),
+    ));
+    let held = idle_association(port).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("the listener returns")
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "grace given"
+    );
+    let events = sink.events.lock().unwrap().clone();
+    assert!(
+        events.iter().any(|e| matches!(e,
+            ScpEvent::Aborted { reason, calling_ae_title }
+                if reason.contains("service stopping") && calling_ae_title == "IDLE")),
+        "{events:?}"
+    );
+    drop(held);
+}

@@ -71,6 +71,12 @@ pub enum AuditCommand {
         /// public-key` kept elsewhere) instead of the appliance's own key.
         #[arg(long)]
         public_key: Option<String>,
+        /// A signed checkpoint kept outside the appliance (JSON, as in
+        /// `audit-head.json` or the body of a `vigie-checkpoint` syslog
+        /// message); the log must contain the record it covers, with its
+        /// hash. Repeatable.
+        #[arg(long = "checkpoint", value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

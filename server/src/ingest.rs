@@ -195,6 +195,10 @@ impl Ingest {
             (checked, synced)
         });
         let (record, event) = checked?;
+        // A new study only while jobs and receiving studies leave room.
+        if let Some(reason) = self.backlog.admit(&record.study_instance_uid) {
+            return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
+        }
         synced.map_err(cannot_store)?;
         // The folder's fsync, the index commit and the audit record overlap;
         // Success is answered only once all three are durable.

@@ -68,6 +68,19 @@ fn quiet_on_broken_pipe() {
         if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
             std::process::exit(0);
         }
+        // Panics in decoders and workers are caught and fail one instance
+        // or one job attempt: one log line through the application log
+        // (no patient data: decoders do not print values), not a stack
+        // dump on stderr. RUST_BACKTRACE brings the default report back.
+        if std::env::var_os("RUST_BACKTRACE").is_none() {
+            tracing::error!(
+                thread = std::thread::current().name().unwrap_or("unnamed"),
+                location = %info.location().map(|l| l.to_string()).unwrap_or_default(),
+                %message,
+                "panic (caught where it happened; see the failure it caused)"
+            );
+            return;
+        }
         default(info);
     }));
 }

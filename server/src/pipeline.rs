@@ -28,6 +28,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use vigie_dicom_io::DicomFile;
+use vigie_dicom_io::dimse::status;
 use vigie_dicom_io::net::scu::{RemoteAe, ScuOptions, send_files};
 use vigie_inference::Model;
 use vigie_inference::postprocess::Finding;
@@ -302,20 +303,27 @@ const DELIVERIES_HELP: &str = "Result instances sent, by destination and outcome
 const STAGES: &str = "vigie_stage_duration_seconds";
 const STAGES_HELP: &str = "Time per analysed image and stage (decode per instance; preprocess, inference, postprocess per frame), by model.";
 
-/// The number of jobs waiting or running, refreshed by the assembly loop,
-/// read by ingest (C-STORE, STOW-RS) and the API before taking more work.
+/// The work the appliance holds and has not analysed yet: jobs waiting or
+/// running (refreshed by the assembly loop) and studies still receiving
+/// (kept here by ingest, each with the monotonic time of its last
+/// instance). Ingest (C-STORE, STOW-RS) and the API read it before taking
+/// more work; `pipeline.max_backlog` bounds jobs and receiving studies
+/// together, so a burst of new studies is refused before it becomes jobs.
 #[derive(Debug)]
 pub struct Backlog {
     jobs: std::sync::atomic::AtomicU64,
     limit: u64,
+    receiving: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl Backlog {
-    /// A backlog of at most `limit` jobs, holding `jobs` now.
+    /// A backlog of at most `limit` jobs and receiving studies, holding
+    /// `jobs` jobs now.
     pub fn new(limit: u64, jobs: u64) -> Self {
         Self {
             jobs: std::sync::atomic::AtomicU64::new(jobs),
             limit,
+            receiving: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -324,7 +332,12 @@ impl Backlog {
         self.jobs.store(jobs, Ordering::Relaxed);
     }
 
-    /// Why no more work is taken, when the backlog is full.
+    fn receiving(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.receiving.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why no more work is taken, when jobs alone fill the backlog (every
+    /// instance is refused then, those of studies under way too).
     pub fn full(&self) -> Option<String> {
         let jobs = self.jobs.load(Ordering::Relaxed);
         (jobs >= self.limit).then(|| {
@@ -333,6 +346,50 @@ impl Backlog {
                 self.limit
             )
         })
+    }
+
+    /// Take an instance of `study`: always for a study already receiving
+    /// (a study is never cut in the middle), for a new one only while jobs
+    /// and receiving studies stay below the limit. Returns why not.
+    pub fn admit(&self, study: &str) -> Option<String> {
+        let mut receiving = self.receiving();
+        if let Some(last) = receiving.get_mut(study) {
+            *last = Instant::now();
+            return None;
+        }
+        let jobs = self.jobs.load(Ordering::Relaxed);
+        let held = jobs + receiving.len() as u64;
+        if held >= self.limit {
+            return Some(format!(
+                "analysis backlog full: {jobs} jobs and {} studies receiving (pipeline.max_backlog {}); retry later",
+                receiving.len(),
+                self.limit
+            ));
+        }
+        receiving.insert(study.to_string(), Instant::now());
+        None
+    }
+
+    /// Whether an instance of `study` arrived less than `age` ago by the
+    /// monotonic clock (unknown studies: no).
+    pub fn received_within(&self, study: &str, age: Duration) -> bool {
+        self.receiving()
+            .get(study)
+            .is_some_and(|last| last.elapsed() < age)
+    }
+
+    /// The study is complete: it no longer counts as receiving. Entries
+    /// quieter than `forget_after` are dropped too (an instance admitted
+    /// then refused for another reason left one).
+    pub fn completed(&self, study: &str, forget_after: Duration) {
+        let mut receiving = self.receiving();
+        receiving.remove(study);
+        receiving.retain(|_, last| last.elapsed() < forget_after);
+    }
+
+    /// Studies counted as receiving.
+    pub fn receiving_studies(&self) -> usize {
+        self.receiving().len()
     }
 
     /// Jobs waiting or running in `counts` (by state).
@@ -351,15 +408,37 @@ fn seconds_ms(seconds: f64) -> i64 {
 impl Pipeline {
     /// Complete every study quiet for the stable age; returns how many.
     pub fn assemble_once(&self, router: &Router, now: i64) -> anyhow::Result<usize> {
+        let stable_age = Duration::from_secs_f64(self.config.pipeline.stable_age_s.max(0.0));
         let cutoff = now - seconds_ms(self.config.pipeline.stable_age_s);
+        // The wall clock set back: receptions "in the future" count from
+        // now, so that no study waits for the clock to catch up.
+        let clamped = self.catalog.clamp_future_receptions(now)?;
+        if clamped > 0 {
+            tracing::warn!(
+                studies = clamped,
+                "the clock went back: studies received later than now by the clock wait the stable age from now (check NTP)"
+            );
+        }
         let mut completed = 0;
         for study in self.catalog.stable_studies(cutoff)? {
+            // Within a run the monotonic clock decides: a clock stepped
+            // forward does not complete a study still receiving.
+            if self
+                .backlog
+                .received_within(&study.study_instance_uid, stable_age)
+            {
+                continue;
+            }
             let (jobs, note) = router.route(&study);
             if self
                 .catalog
                 .complete_study(&study, cutoff, &jobs, note.as_deref(), now)?
             {
                 completed += 1;
+                self.backlog.completed(
+                    &study.study_instance_uid,
+                    stable_age * 2 + Duration::from_secs(60),
+                );
                 let instances: usize = study.series.iter().map(|s| s.instances).sum();
                 let study_uid = Some(study.study_instance_uid.as_str());
                 self.audit.note(
@@ -817,27 +896,54 @@ impl Pipeline {
                                 self.catalog.outbox_sent(item.id, now_ms())?;
                                 delivered += 1;
                             } else {
-                                let why = format!(
-                                    "{} answered {}: {}",
-                                    name,
-                                    outcome
-                                        .status
-                                        .map(|s| format!("0x{s:04X}"))
-                                        .unwrap_or_else(|| "nothing".into()),
-                                    outcome.comment.as_deref().unwrap_or("")
-                                );
-                                self.retry_item(item, &why)?;
+                                let status = outcome
+                                    .status
+                                    .map(|s| format!("0x{s:04X}"))
+                                    .unwrap_or_else(|| "nothing".into());
+                                let comment = outcome.comment.as_deref().unwrap_or("");
+                                let why = format!("{name} answered {status}: {comment}");
+                                let permanent = outcome
+                                    .status
+                                    .is_some_and(|s| !status::is_transient_failure(s));
+                                if permanent {
+                                    // The same answer would come at every
+                                    // try: given up now, and visible at once.
+                                    tracing::error!(
+                                        destination = %name,
+                                        job = item.job_id,
+                                        sop_instance_uid = %item.sop_instance_uid,
+                                        %status,
+                                        comment,
+                                        "result refused by the destination (permanent): not retried; GET /api/v1/jobs?delivery=failed"
+                                    );
+                                    self.catalog.outbox_failed(
+                                        item.id,
+                                        &format!("{why} (permanent refusal, not retried)"),
+                                        None,
+                                        now_ms(),
+                                    )?;
+                                } else {
+                                    tracing::warn!(
+                                        destination = %name,
+                                        job = item.job_id,
+                                        sop_instance_uid = %item.sop_instance_uid,
+                                        %status,
+                                        comment,
+                                        "result refused by the destination (transient): will retry"
+                                    );
+                                    self.retry_item(item, &why)?;
+                                }
                             }
                         }
                         for item in chunk.iter().skip(outcomes.len()) {
                             self.retry_item(item, "not sent")?;
                         }
-                        tracing::info!(
-                            destination = %name,
-                            sent = outcomes.iter().filter(|o| o.delivered()).count(),
-                            of = chunk.len(),
-                            "results delivered"
-                        );
+                        let sent = outcomes.iter().filter(|o| o.delivered()).count();
+                        if sent == chunk.len() {
+                            tracing::info!(destination = %name, sent, of = chunk.len(), "results delivered");
+                        } else {
+                            tracing::warn!(destination = %name, sent, of = chunk.len(), "results not all delivered");
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(destination = %name, error = %e, "delivery failed, will retry");
@@ -1007,5 +1113,35 @@ impl Pipeline {
                 () = self.wake.results.notified() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hardening defect 11: `pipeline.max_backlog` counted only jobs, and
+    /// jobs exist only after the stable age, so a burst of 60 studies was
+    /// all accepted with a limit of 10. Receiving studies count too; a
+    /// study under way is never cut.
+    #[test]
+    fn regression_studies_still_receiving_count_against_the_backlog() {
+        let backlog = Backlog::new(3, 1);
+        assert_eq!(backlog.admit("1.1"), None);
+        assert_eq!(backlog.admit("1.2"), None);
+        let refused = backlog.admit("1.3").unwrap();
+        assert!(
+            refused.contains("1 jobs and 2 studies receiving"),
+            "{refused}"
+        );
+        assert_eq!(backlog.admit("1.1"), None, "a study under way goes on");
+        assert!(backlog.received_within("1.1", Duration::from_secs(60)));
+        assert!(!backlog.received_within("1.3", Duration::from_secs(60)));
+        backlog.completed("1.1", Duration::from_secs(60));
+        assert_eq!(backlog.admit("1.3"), None, "room again");
+        assert_eq!(backlog.receiving_studies(), 2);
+        // Entries quieter than the forget period go at the next completion.
+        backlog.completed("none", Duration::ZERO);
+        assert_eq!(backlog.receiving_studies(), 0);
     }
 }

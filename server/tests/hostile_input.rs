@@ -361,3 +361,161 @@ fn regression_output_into_a_closed_pipe_exits_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A PACS stand-in that answers every C-STORE with `status`.
+struct Refuser(u16);
+
+impl vigie_dicom_io::net::scp::StoreHandler for Refuser {
+    fn store(
+        &self,
+        instance: vigie_dicom_io::net::scp::ReceivedInstance,
+    ) -> vigie_dicom_io::net::scp::StoreOutcome {
+        let _ = std::fs::remove_file(&instance.path);
+        vigie_dicom_io::net::scp::StoreOutcome::failure(self.0, "refused by the test PACS")
+    }
+    fn event(&self, _: vigie_dicom_io::net::scp::ScpEvent) {}
+}
+
+/// Start a [`Refuser`] on a free port, in its own thread and runtime.
+fn refusing_pacs(ae_title: &str, status: u16, staging: &Path) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let mut options = vigie_dicom_io::net::scp::ScpOptions::new(ae_title, staging);
+    // Vigie's results: Comprehensive SR, Segmentation, Secondary Capture.
+    options.sop_classes.extend(
+        [
+            "1.2.840.10008.5.1.4.1.1.88.33",
+            "1.2.840.10008.5.1.4.1.1.66.4",
+        ]
+        .map(String::from),
+    );
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = vigie_dicom_io::net::scp::serve(
+                listener,
+                options,
+                std::sync::Arc::new(Refuser(status)),
+            )
+            .await;
+        });
+    });
+    port
+}
+
+/// Hardening defect 13: A700 (transient) and C000 (permanent) refusals
+/// were retried alike for a week, logged at INFO as `sent=0 of=1`, and the
+/// job stayed `done`, invisible where the operator guide says to look.
+#[test]
+fn regression_a_permanent_refusal_is_not_retried_and_is_shown_where_operators_look() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let permanent = refusing_pacs("NOPE", 0xC000, &tmp.path().join("nope"));
+    let transient = refusing_pacs("FULL", 0xA700, &tmp.path().join("full"));
+    let config = base_config(&format!(
+        r#"
+[[routing.rules]]
+name = "mr"
+modalities = ["MR"]
+destinations = ["nope", "full"]
+
+[destinations.nope]
+ae_title = "NOPE"
+host = "127.0.0.1"
+port = {permanent}
+
+[destinations.full]
+ae_title = "FULL"
+host = "127.0.0.1"
+port = {transient}
+"#
+    ));
+    let vigie = Vigie::start(tmp.path(), &config);
+    assert_eq!(send(vigie.dicom, &demo)[0].status, Some(0x0000));
+    vigie.wait_for(
+        "a job with a failed delivery",
+        Duration::from_secs(120),
+        |v| {
+            v.json("/api/v1/jobs?delivery=failed")
+                .as_array()
+                .is_some_and(|jobs| !jobs.is_empty())
+        },
+    );
+    // Let the transient one be retried a few times (0.5 s, doubling).
+    std::thread::sleep(Duration::from_secs(3));
+    let jobs = vigie.json("/api/v1/jobs?delivery=failed");
+    let id = jobs[0]["id"].as_i64().unwrap();
+    let detail = vigie.json(&format!("/api/v1/jobs/{id}"));
+    let deliveries = detail["deliveries"].as_array().unwrap();
+    let nope = deliveries
+        .iter()
+        .find(|d| d["destination"] == "nope")
+        .unwrap();
+    let full = deliveries
+        .iter()
+        .find(|d| d["destination"] == "full")
+        .unwrap();
+    assert_eq!(nope["state"], "failed", "{detail}");
+    assert_eq!(nope["attempts"], 1, "not retried: {detail}");
+    assert!(nope["last_error"].as_str().unwrap().contains("0xC000"));
+    assert_eq!(full["state"], "pending", "{detail}");
+    assert!(full["attempts"].as_u64().unwrap() >= 2, "retried: {detail}");
+    let log = vigie.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("permanent")
+            && l.contains("0xC000")
+            && l.contains("refused by the test PACS")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("transient") && l.contains("0xA700"))
+    );
+}
+
+/// Hardening defect 11, end to end: with `max_backlog = 3`, a burst of new
+/// studies is refused (A700, the sender retries) once three are receiving,
+/// while the instances of those three are still taken.
+#[test]
+fn regression_a_burst_of_new_studies_is_refused_at_the_backlog_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 6);
+    let config =
+        base_config("").replace("stable_age_s = 1.0", "stable_age_s = 30.0\nmax_backlog = 3");
+    let vigie = Vigie::start(tmp.path(), &config);
+    let outcomes = send(vigie.dicom, &demo);
+    let statuses: Vec<Option<u16>> = outcomes.iter().map(|o| o.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            Some(0),
+            Some(0),
+            Some(0),
+            Some(0xA700),
+            Some(0xA700),
+            Some(0xA700)
+        ],
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes[3]
+            .comment
+            .as_deref()
+            .unwrap()
+            .contains("backlog full")
+    );
+    // Another instance of a study under way is taken.
+    let (_, _, sop) = uids(&demo[0]);
+    let again = tmp.path().join("again.dcm");
+    let (_, dataset) = dataset_bytes(&demo[0]);
+    wrap(&again, "1.2.840.10008.5.1.4.1.1.4", &sop, &dataset);
+    assert_eq!(send(vigie.dicom, &[again])[0].status, Some(0x0000));
+    let metrics = vigie.get("/metrics").unwrap_or_default();
+    assert!(metrics.contains("vigie_studies_receiving 3"), "{metrics}");
+}

@@ -162,6 +162,7 @@ pub fn run(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5EED_u64);
+    quiet_panics_on_fuzz_threads();
     let started = Instant::now();
     let mut executions = 0;
     let mut check = |input: &[u8], what: &str| {
@@ -171,10 +172,13 @@ pub fn run(
             let _ = std::fs::create_dir_all(&dir);
             let file = dir.join(format!("{what}.bin"));
             let _ = std::fs::write(&file, input);
-            panic!(
+            let report = format!(
                 "fuzz target {name} panicked on {what} (VIGIE_FUZZ_SEED={base}); input saved to {}",
                 file.display()
             );
+            // The panic hook is quiet on fuzzing threads: say it here.
+            eprintln!("{report}");
+            panic!("{report}");
         }
     };
     for (i, seed) in seeds.iter().enumerate() {
@@ -206,4 +210,24 @@ pub fn run(
         summary.elapsed.as_secs_f64()
     );
     summary
+}
+
+/// Panics caught inside the code under test (decoders are wrapped in
+/// `catch_unwind`) would print one report each: silence them on the
+/// fuzzing test threads (named `fuzz_…`), and only there.
+fn quiet_panics_on_fuzz_threads() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let fuzzing = std::thread::current().name().is_some_and(|n| {
+                n.rsplit("::")
+                    .next()
+                    .is_some_and(|n| n.starts_with("fuzz_"))
+            });
+            if !fuzzing {
+                default(info);
+            }
+        }));
+    });
 }

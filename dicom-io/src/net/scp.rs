@@ -328,9 +328,11 @@ pub async fn serve<H: StoreHandler>(
 /// Serve C-ECHO and C-STORE on `listener` until `shutdown` completes; then
 /// accept no new association and give the running ones up to `grace` to
 /// finish (a peer in the middle of a transfer gets its answers) before
-/// returning. Associations still running after that are dropped with the
-/// task; their unacknowledged instances stay in staging and are discarded
-/// at the next start.
+/// returning. Associations still running after that are cut at their
+/// next wait for a PDU (a store being written is finished and answered
+/// first), each reporting [`ScpEvent::Aborted`] with the reason, within
+/// [`CUT_WAIT`]; an instance they were receiving is never acknowledged and
+/// its staged file is removed.
 pub async fn serve_until<H: StoreHandler>(
     listener: TcpListener,
     options: ScpOptions,
@@ -346,6 +348,9 @@ pub async fn serve_until<H: StoreHandler>(
     let refused = Arc::new(Refusals::default());
     let options = Arc::new(options);
     let callers = Arc::new(options.allowed_callers.clone());
+    // Set once the grace period is over: associations still running are
+    // cut at their next wait for a PDU, never inside a store.
+    let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
     let summary = tokio::spawn(summarise_refusals(
         refused.clone(),
         handler.clone(),
@@ -382,6 +387,7 @@ pub async fn serve_until<H: StoreHandler>(
         let callers = callers.clone();
         let limit = limit.clone();
         let refused = refused.clone();
+        let cut = cut_rx.clone();
         tokio::spawn(async move {
             // No association slot until a whole A-ASSOCIATE-RQ is here:
             // silent or slow sockets wait on their own, bounded, pool.
@@ -395,18 +401,30 @@ pub async fn serve_until<H: StoreHandler>(
                 handler.event(ScpEvent::Rejected { peer, reason });
                 return;
             };
-            Association::run(socket, peer, options, callers, handler).await;
+            Association::run(socket, peer, options, callers, handler, cut).await;
             drop(permit);
             drop(address);
         });
     }
     drop(listener);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(grace, limit.acquire_many(all)).await;
+    if tokio::time::timeout(grace, limit.acquire_many(all))
+        .await
+        .is_err()
+    {
+        // Those still running are cut, each with its own Aborted event;
+        // a store being written finishes and is answered first.
+        let _ = cut_tx.send(true);
+        let _ = tokio::time::timeout(CUT_WAIT, limit.acquire_many(all)).await;
+    }
     summary.abort();
     flush_refusals(&refused, handler.as_ref());
     Ok(())
 }
+
+/// How long associations cut at the end of the grace period have to finish
+/// the store in progress and report their end.
+pub const CUT_WAIT: Duration = Duration::from_secs(10);
 
 /// Connections per peer address; the count goes down when the
 /// [`AddressSlot`] is dropped.
@@ -691,6 +709,8 @@ struct Association<H> {
     /// A second handle on the same socket, to see when a PDU's first
     /// bytes arrive (dicom-ul owns the first one).
     watcher: Option<TcpStream>,
+    /// True once the service stops and the grace period is over.
+    cut: tokio::sync::watch::Receiver<bool>,
     calling: String,
     peer: SocketAddr,
     options: Arc<ScpOptions>,
@@ -705,6 +725,7 @@ impl<H: StoreHandler> Association<H> {
         options: Arc<ScpOptions>,
         callers: Arc<Vec<AllowedCaller>>,
         handler: Arc<H>,
+        cut: tokio::sync::watch::Receiver<bool>,
     ) {
         let watcher = watch(&socket);
         let mut server = ServerAssociationOptions::new()
@@ -755,6 +776,7 @@ impl<H: StoreHandler> Association<H> {
         let mut association = Self {
             inner,
             watcher,
+            cut,
             calling,
             peer,
             options,
@@ -789,6 +811,7 @@ impl<H: StoreHandler> Association<H> {
             // PDU timeout.
             let receive = tokio::time::timeout(self.options.idle_timeout, self.inner.receive());
             let slow = slow_pdu(self.watcher.as_ref(), self.options.pdu_timeout);
+            let mut cut = self.cut.clone();
             let pdu = tokio::select! {
                 received = receive => match received {
                     Err(_) => return Err("idle timeout".into()),
@@ -796,6 +819,14 @@ impl<H: StoreHandler> Association<H> {
                     Ok(Ok(pdu)) => pdu,
                 },
                 reason = slow => return Err(reason),
+                _ = cut.wait_for(|cut| *cut) => {
+                    let what = if incoming.is_some() {
+                        "an instance half received was discarded, never acknowledged"
+                    } else {
+                        "between messages"
+                    };
+                    return Err(format!("service stopping: association cut at the end of the grace period ({what})"));
+                }
             };
             match pdu {
                 Pdu::PData { data } => {

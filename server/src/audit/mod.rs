@@ -247,6 +247,9 @@ pub trait AuditLog: Send + Sync + 'static {
     /// Every record and checkpoint, and the head, for verification.
     fn snapshot(&self) -> AuditResult<verify::Snapshot>;
 
+    /// The time of the last record, if any.
+    fn newest_timestamp(&self) -> AuditResult<Option<String>>;
+
     /// How the head disagrees with the log (it covers a record the log
     /// does not have, or with another hash); `None` when they agree or
     /// there is no head yet.
@@ -324,6 +327,21 @@ pub struct Audit {
     public_key: String,
     forwarder: Option<std::sync::Arc<syslog::Forwarder>>,
     head_path: std::path::PathBuf,
+    clock: TrustedClock,
+}
+
+/// The time retention counts from: at open, the earlier of the wall clock
+/// and the newest record's time; then that plus the monotonic time since.
+#[derive(Debug, Clone, Copy)]
+struct TrustedClock {
+    base: chrono::DateTime<chrono::Utc>,
+    since: std::time::Instant,
+}
+
+impl TrustedClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.base + chrono::Duration::from_std(self.since.elapsed()).unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for Audit {
@@ -354,7 +372,26 @@ impl Audit {
             )),
             None => None,
         };
+        let wall = utc_now();
+        let newest = log
+            .newest_timestamp()?
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        let base = newest.map_or(wall, |n| n.min(wall));
+        if let Some(n) = newest
+            && n > wall + chrono::Duration::seconds(1)
+        {
+            tracing::error!(
+                newest_record = %n.to_rfc3339(),
+                now = %wall.to_rfc3339(),
+                "the clock is behind the newest audit record: it was set back (check NTP)"
+            );
+        }
         Ok(Self {
+            clock: TrustedClock {
+                base,
+                since: std::time::Instant::now(),
+            },
             public_key: log.public_key(),
             log: std::sync::Arc::new(log),
             pseudonymiser: Pseudonymiser::new(config.patient_id, secret.to_vec()),
@@ -395,8 +432,13 @@ impl Audit {
     /// Apply the retention period: prune what is older than `days`, record
     /// that, and sign a checkpoint after it.
     pub fn apply_retention(&self, days: f64) -> AuditResult<Option<(i64, usize)>> {
-        let cutoff = chrono::Utc::now()
-            - chrono::Duration::milliseconds((days * 86_400_000.0).round() as i64);
+        // Not the wall clock: a clock 11 years ahead at one start would
+        // prune the whole trail. Retention counts from the newest record
+        // written before this start (or the clock, if earlier), advanced
+        // by the monotonic clock since: a jump forward prunes nothing, and
+        // no record from the future is ever pruned.
+        let trusted = self.clock.now();
+        let cutoff = trusted - chrono::Duration::milliseconds((days * 86_400_000.0).round() as i64);
         let before = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let pruned = self.log.prune(&before)?;
         if let Some((seq, removed)) = pruned {
@@ -408,6 +450,7 @@ impl Audit {
                     "before": before,
                     "up_to_record": seq,
                     "records_removed": removed,
+                    "counted_from": trusted.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                 }),
             ))?;
             self.checkpoint()?;
@@ -479,6 +522,7 @@ impl Audit {
                 first_bad_record: None,
                 reason: Some(format!("appliance public key unusable: {reason}")),
                 unsigned_tail: 0,
+                time_went_backwards: Vec::new(),
             }),
         }
     }
@@ -494,14 +538,105 @@ impl Audit {
     }
 }
 
+static CLOCK_WENT_BACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records written since start whose time was earlier than the record
+/// before them (the metric `vigie_clock_went_back_total`).
+pub fn clock_went_back() -> u64 {
+    CLOCK_WENT_BACK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Count one record written with a clock earlier than its predecessor's.
+pub(crate) fn note_clock_went_back(previous: &str, now: &str) {
+    CLOCK_WENT_BACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(
+        previous,
+        now,
+        "the clock went back: this audit record is timed before the one it follows (check NTP); recorded with the previous time in its details"
+    );
+}
+
 /// UTC now, RFC 3339 with microseconds.
 pub fn timestamp() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    utc_now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The wall clock as the audit trail reads it (shifted on this thread by
+/// the tests' clock offset, to test clock jumps).
+fn utc_now() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    #[cfg(test)]
+    let now = now + chrono::Duration::milliseconds(tests::CLOCK_OFFSET_MS.get());
+    now
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Milliseconds added to the wall clock on this thread.
+        pub(super) static CLOCK_OFFSET_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    }
+
+    const YEAR_MS: i64 = 365 * 86_400_000;
+
+    /// Hardening defect 9: a clock 11 years ahead at one start deleted the
+    /// whole trail as past retention, with only an INFO line, and verify
+    /// said OK; set right again, timestamps ran backwards unnoticed.
+    #[test]
+    fn regression_a_clock_jump_forward_prunes_nothing_and_a_clock_set_back_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::AuditConfig::default();
+        let audit = Audit::open(dir.path(), "test", &config).unwrap();
+        for n in 0..10 {
+            audit
+                .record(AuditEvent::new(
+                    "before",
+                    "ok",
+                    serde_json::json!({ "n": n }),
+                ))
+                .unwrap();
+        }
+        drop(audit);
+        // Eleven years ahead at the next start.
+        CLOCK_OFFSET_MS.set(11 * YEAR_MS);
+        let audit = Audit::open(dir.path(), "test", &config).unwrap();
+        audit
+            .record(AuditEvent::new(
+                "service_started",
+                "ok",
+                serde_json::json!({}),
+            ))
+            .unwrap();
+        assert_eq!(
+            audit.apply_retention(3650.0).unwrap(),
+            None,
+            "nothing pruned"
+        );
+        assert_eq!(audit.records(&Query::default()).unwrap().len(), 11);
+        drop(audit);
+        // Set right again: the next record is earlier than the one before.
+        CLOCK_OFFSET_MS.set(0);
+        let before = clock_went_back();
+        let audit = Audit::open(dir.path(), "test", &config).unwrap();
+        let record = audit
+            .record(AuditEvent::new(
+                "service_started",
+                "ok",
+                serde_json::json!({}),
+            ))
+            .unwrap();
+        assert!(clock_went_back() > before, "alarm counter");
+        let details: serde_json::Value = serde_json::from_str(&record.details).unwrap();
+        assert!(details["clock_went_back_from"].is_string(), "{details}");
+        audit.checkpoint().unwrap();
+        let report = audit.verify().unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.time_went_backwards, vec![record.seq]);
+        // Retention still counts from real time: the trail is young.
+        assert_eq!(audit.apply_retention(3650.0).unwrap(), None);
+    }
 
     /// Hardening defect 9b: after the records and checkpoints past N were
     /// deleted (or an older backup restored), the next start overwrote

@@ -181,11 +181,25 @@ impl SqliteAudit {
             None => (0, GENESIS.to_string()),
         };
         let mut written = Vec::with_capacity(events.len());
+        let mut previous_time = newest_timestamp(&tx).map_err(|e| self.db_err(e))?;
         for event in events {
             seq += 1;
+            let now = timestamp();
+            // A clock set back: the record keeps its real (earlier) time,
+            // says so in its details, and raises the alarm metric.
+            let mut details = event.details.clone();
+            if let Some(previous) = previous_time.as_deref()
+                && now.as_str() < previous
+            {
+                super::note_clock_went_back(previous, &now);
+                if let Some(object) = details.as_object_mut() {
+                    object.insert("clock_went_back_from".into(), previous.into());
+                }
+            }
+            previous_time = Some(now.clone());
             let mut record = AuditRecord {
                 seq,
-                timestamp: timestamp(),
+                timestamp: now,
                 appliance: self.appliance.clone(),
                 software_version: SOFTWARE_VERSION.into(),
                 git_commit: GIT_COMMIT.into(),
@@ -195,7 +209,7 @@ impl SqliteAudit {
                 sop_instance_uid: event.sop_instance_uid.clone(),
                 model_id: event.model_id.clone(),
                 model_version: event.model_version.clone(),
-                details: event.details.to_string(),
+                details: details.to_string(),
                 prev_hash: prev_hash.clone(),
                 hash: String::new(),
             };
@@ -321,7 +335,22 @@ impl SqliteAudit {
     }
 }
 
+fn newest_timestamp(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Option<String>> {
+    tx.query_row(
+        "SELECT timestamp FROM records ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 impl AuditLog for SqliteAudit {
+    fn newest_timestamp(&self) -> AuditResult<Option<String>> {
+        let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = guard.transaction().map_err(|e| self.db_err(e))?;
+        newest_timestamp(&tx).map_err(|e| self.db_err(e))
+    }
+
     fn head_problem(&self) -> AuditResult<Option<String>> {
         let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         let tx = guard.transaction().map_err(|e| self.db_err(e))?;

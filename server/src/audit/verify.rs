@@ -36,6 +36,10 @@ pub struct Report {
     pub reason: Option<String>,
     /// Records after the last signed checkpoint (chained, not yet signed).
     pub unsigned_tail: usize,
+    /// Records whose timestamp is earlier than the one before them (the
+    /// clock was set back): the chain may be intact, but time is not
+    /// monotonic there. The first 20.
+    pub time_went_backwards: Vec<i64>,
 }
 
 fn fail(records: usize, verified: usize, seq: i64, reason: String) -> Report {
@@ -46,6 +50,7 @@ fn fail(records: usize, verified: usize, seq: i64, reason: String) -> Report {
         first_bad_record: Some(seq),
         reason: Some(reason),
         unsigned_tail: 0,
+        time_went_backwards: Vec::new(),
     }
 }
 
@@ -83,7 +88,14 @@ pub fn verify(snapshot: &Snapshot, key: &VerifyingKey) -> Report {
         }
     };
     let first_seq = expected_seq;
+    let mut backwards = Vec::new();
+    let mut previous_time: Option<&str> = None;
     for record in records {
+        // RFC 3339 UTC with microseconds: text order is time order.
+        if previous_time.is_some_and(|t| record.timestamp.as_str() < t) && backwards.len() < 20 {
+            backwards.push(record.seq);
+        }
+        previous_time = Some(record.timestamp.as_str());
         if record.seq != expected_seq {
             let reason = if record.seq > expected_seq {
                 format!(
@@ -235,5 +247,57 @@ pub fn verify(snapshot: &Snapshot, key: &VerifyingKey) -> Report {
         first_bad_record: None,
         reason: None,
         unsigned_tail: usize::try_from(last_seq - last_signed).unwrap_or(0),
+        time_went_backwards: backwards,
     }
+}
+
+/// [`verify`], then check the log against copies of signed checkpoints
+/// kept outside the appliance (the syslog repository, a backup of
+/// `audit-head.json`): each must verify and name a record the log has,
+/// with that hash. A log truncated or rolled back behind such a copy fails,
+/// whatever its own head says.
+pub fn verify_against(snapshot: &Snapshot, key: &VerifyingKey, outside: &[Checkpoint]) -> Report {
+    let report = verify(snapshot, key);
+    if !report.ok {
+        return report;
+    }
+    let n = snapshot.records.len();
+    for c in outside {
+        if let Err(reason) = check_signature(c, key) {
+            return fail(
+                n,
+                report.checkpoints_verified,
+                c.seq,
+                format!("outside copy: {reason}"),
+            );
+        }
+        let last_seq = snapshot.records.last().map(|r| r.seq).unwrap_or(0);
+        match snapshot.records.iter().find(|r| r.seq == c.seq) {
+            Some(r) if r.hash == c.hash => {}
+            Some(_) => {
+                return fail(
+                    n,
+                    report.checkpoints_verified,
+                    c.seq,
+                    format!(
+                        "record {} differs from an outside copy of its signed checkpoint (chain rewritten)",
+                        c.seq
+                    ),
+                );
+            }
+            None if snapshot.anchor.as_ref().is_some_and(|a| c.seq <= a.seq) => {}
+            None => {
+                return fail(
+                    n,
+                    report.checkpoints_verified,
+                    last_seq + 1,
+                    format!(
+                        "an outside copy of a signed checkpoint covers record {} but the log ends at record {last_seq} (truncated, or an older backup restored)",
+                        c.seq
+                    ),
+                );
+            }
+        }
+    }
+    report
 }

@@ -10,7 +10,6 @@ use anyhow::{Context, bail};
 use sha2::Digest;
 
 use crate::audit::sqlite::{DATABASE, SqliteAudit};
-use crate::audit::verify::verify;
 use crate::audit::{AuditEvent, AuditLog, AuditRecord, Query, SIGNING_KEY_FILE, keys};
 use crate::cli::{AuditCommand, ExportArgs, ExportFormat, QueryArgs};
 use crate::config::Config;
@@ -66,6 +65,7 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             data_dir: over,
             public_key,
+            checkpoints,
             json,
         } => {
             let dir = data_dir(config, over.as_ref());
@@ -77,7 +77,17 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
                 None => keys::verifying_key(&audit.public_key())
                     .map_err(|e| anyhow::anyhow!("appliance key: {e}"))?,
             };
-            let report = verify(&audit.snapshot()?, &key);
+            let outside = checkpoints
+                .iter()
+                .map(|path| {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("--checkpoint {}", path.display()))?;
+                    serde_json::from_str::<crate::audit::Checkpoint>(text.trim()).with_context(
+                        || format!("--checkpoint {}: not a signed checkpoint", path.display()),
+                    )
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let report = crate::audit::verify::verify_against(&audit.snapshot()?, &key, &outside);
             // The verification itself goes on record, after the check and before
             // its result is printed: when the record cannot be written (a full
             // disk), the command fails without having printed "OK".
@@ -97,10 +107,18 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
                         "records": report.records,
                         "first_bad_record": report.first_bad_record,
                         "reason": report.reason,
+                        "outside_checkpoints": outside.len(),
+                        "time_went_backwards": report.time_went_backwards,
                         "public_key": hex::encode(key.as_bytes()),
                     }),
                 ),
             )?;
+            if !json && !report.time_went_backwards.is_empty() {
+                println!(
+                    "warning: time goes backwards at record(s) {:?} (the clock was set back; records stay in sequence order)",
+                    report.time_went_backwards
+                );
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.ok {

@@ -426,7 +426,7 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
         // flight get the grace period to finish.
         let _ = stop_tx.send(true);
         handle.graceful_shutdown(Some(grace));
-        let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
+        let drained = tokio::time::timeout(grace + scp::CUT_WAIT + Duration::from_secs(1), async {
             let _ = (&mut http_task).await;
             let _ = (&mut scp_task).await;
         })

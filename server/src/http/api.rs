@@ -135,6 +135,7 @@ pub fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         endpoint!(get "/api/v1/studies", Read, "jobs", "Latest studies and their reception state", &[("limit", "query", "At most this many (default 100)")], None, JSON_OK, studies),
         endpoint!(get "/api/v1/jobs", Read, "jobs", "Jobs, newest first", &[
             ("state", "query", "pending, running, done or failed"),
+            ("delivery", "query", "failed: only jobs with a result a destination refused for good or that was given up"),
             ("model", "query", "Model package id"),
             ("study", "query", "Study Instance UID"),
             ("since", "query", "Created at or after (RFC 3339 or YYYY-MM-DD)"),
@@ -286,6 +287,27 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             state.config.storage.min_free_mib.saturating_mul(1 << 20) as f64,
         ));
         gauges.push((
+            "vigie_studies_receiving",
+            "Studies still receiving instances, counted with the jobs against pipeline.max_backlog.",
+            String::new(),
+            state.backlog.receiving_studies() as f64,
+        ));
+        gauges.push((
+            "vigie_clock_went_back_total",
+            "Audit records whose wall-clock time was earlier than the record before them since start (the clock was set back; alarm when above 0).",
+            String::new(),
+            crate::audit::clock_went_back() as f64,
+        ));
+        let stuck = state
+            .workers
+            .problems(std::time::Duration::from_secs(state.config.pipeline.stuck_after_s.max(1)));
+        gauges.push((
+            "vigie_workers_unhealthy",
+            "Worker threads that have stopped or are stuck on one job longer than pipeline.stuck_after_s (alarm when above 0).",
+            String::new(),
+            stuck.len() as f64,
+        ));
+        gauges.push((
             "vigie_uptime_seconds",
             "Seconds since the service started.",
             String::new(),
@@ -354,6 +376,7 @@ fn parse_time(name: &str, text: &str) -> ApiResult<i64> {
 #[derive(Debug, Deserialize)]
 struct JobsQuery {
     state: Option<String>,
+    delivery: Option<String>,
     model: Option<String>,
     study: Option<String>,
     since: Option<String>,
@@ -378,8 +401,16 @@ async fn list_jobs(
             )));
         }
     };
+    let undelivered = match q.delivery.as_deref() {
+        None => false,
+        Some("failed") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("delivery={other:?}: failed")));
+        }
+    };
     let filter = JobFilter {
         state,
+        undelivered,
         model: q.model,
         study: q.study,
         since_ms: q

@@ -214,12 +214,6 @@ fn readiness(app: &App) -> Vec<Check> {
     checks.push(check("onnxruntime", app.onnxruntime.clone()));
     let stuck_after = Duration::from_secs(app.config.pipeline.stuck_after_s.max(1));
     let problems = app.workers.problems(stuck_after);
-    app.metrics.set(
-        "vigie_workers_unhealthy",
-        "Worker threads that have stopped or are stuck on one job longer than pipeline.stuck_after_s (alarm when above 0).",
-        &[],
-        problems.len() as f64,
-    );
     checks.push(check(
         "workers",
         if problems.is_empty() {
@@ -232,7 +226,10 @@ fn readiness(app: &App) -> Vec<Check> {
         "backlog",
         match app.backlog.full() {
             Some(reason) => Err(reason),
-            None => Ok("room for more studies".into()),
+            None => Ok(format!(
+                "room for more studies ({} receiving)",
+                app.backlog.receiving_studies()
+            )),
         },
     ));
     checks

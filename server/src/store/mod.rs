@@ -268,6 +268,9 @@ pub type ResultFile = WebInstance;
 pub struct JobFilter {
     /// In this state.
     pub state: Option<JobState>,
+    /// Only jobs with at least one result whose delivery failed for good
+    /// (refused permanently, or given up).
+    pub undelivered: bool,
     /// Of this model package.
     pub model: Option<String>,
     /// On this study.
@@ -286,6 +289,7 @@ impl Default for JobFilter {
     fn default() -> Self {
         Self {
             state: None,
+            undelivered: false,
             model: None,
             study: None,
             since_ms: None,
@@ -400,6 +404,11 @@ pub trait Catalog: Send + Sync + 'static {
         note: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<bool>;
+
+    /// Studies still receiving whose last instance is later than
+    /// `now_ms` (the clock was set back) get `now_ms` as their last
+    /// reception; returns how many.
+    fn clamp_future_receptions(&self, now_ms: i64) -> StoreResult<usize>;
 
     /// Instances of `study`'s generation in `series`.
     fn job_instances(&self, job: &Job) -> StoreResult<Vec<InstanceRecord>>;

@@ -388,6 +388,16 @@ impl Catalog for SqliteCatalog {
             })
     }
 
+    fn clamp_future_receptions(&self, now_ms: i64) -> StoreResult<usize> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE studies SET last_received_ms = ?1
+                 WHERE state = 'receiving' AND last_received_ms > ?1",
+                params![now_ms],
+            )
+        })
+    }
+
     fn stable_studies(&self, cutoff_ms: i64) -> StoreResult<Vec<StableStudy>> {
         self.with(|c| {
             let mut studies: Vec<StableStudy> = {
@@ -694,6 +704,8 @@ impl Catalog for SqliteCatalog {
                  WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR model = ?2)
                    AND (?3 IS NULL OR study_instance_uid = ?3)
                    AND (?4 IS NULL OR created_ms >= ?4) AND (?5 IS NULL OR created_ms < ?5)
+                   AND (?8 = 0 OR EXISTS (SELECT 1 FROM outbox
+                        WHERE outbox.job_id = jobs.id AND outbox.state = 'failed'))
                  ORDER BY id DESC LIMIT ?6 OFFSET ?7",
             )?;
             stmt.query_map(
@@ -704,7 +716,8 @@ impl Catalog for SqliteCatalog {
                     f.since_ms,
                     f.until_ms,
                     i64::try_from(f.limit).unwrap_or(i64::MAX),
-                    i64::try_from(f.offset).unwrap_or(i64::MAX)
+                    i64::try_from(f.offset).unwrap_or(i64::MAX),
+                    f.undelivered
                 ],
                 job_from_row,
             )?
@@ -1144,6 +1157,27 @@ mod tests {
         assert_eq!(catalog.release_running_jobs(400).unwrap(), 1);
         let job = catalog.claim_job(500).unwrap().unwrap();
         assert_eq!((job.attempts, job.interrupted), (0, 0));
+    }
+
+    /// Hardening defect 10: after a restart with the clock a day earlier,
+    /// a study waited about a day in "receiving". Receptions in the future
+    /// now count from the present.
+    #[test]
+    fn regression_a_clock_set_back_does_not_hold_studies_until_it_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = SqliteCatalog::open(&dir.path().join("index.sqlite")).unwrap();
+        let day = 86_400_000;
+        catalog
+            .record_instance(&instance("1.9", "1.9.1", "1.9.1.1"), 10 * day)
+            .unwrap();
+        // The clock is now a day earlier than the reception.
+        let now = 9 * day;
+        assert!(catalog.stable_studies(now).unwrap().is_empty());
+        assert_eq!(catalog.clamp_future_receptions(now).unwrap(), 1);
+        assert_eq!(catalog.clamp_future_receptions(now).unwrap(), 0, "once");
+        // Stable one stable age later, not a day later.
+        assert!(catalog.stable_studies(now - 1).unwrap().is_empty());
+        assert_eq!(catalog.stable_studies(now).unwrap().len(), 1);
     }
 
     #[test]
