@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("vigie: error: {err:#}");
+            eprintln!("vigie: error: {}", chain_text(&err));
             ExitCode::from(2)
         }
     }
@@ -41,6 +41,24 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     });
+}
+
+/// The error and its causes, each once: typed errors that name their
+/// source in their own message would otherwise print it twice
+/// (`audit log X: audit log X: …`).
+fn chain_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Whether a command failed only because its reader went away (written

@@ -519,3 +519,95 @@ fn regression_a_burst_of_new_studies_is_refused_at_the_backlog_limit() {
     let metrics = vigie.get("/metrics").unwrap_or_default();
     assert!(metrics.contains("vigie_studies_receiving 3"), "{metrics}");
 }
+
+/// Hardening, smaller things on the HTTP side: 10,000 bad STOW-RS parts
+/// gave 10,000 Warning headers (2.4 MB) naming the staging path; some 400s
+/// were plain text; 413 and 415 said `bad_request`; QIDO's 406 named
+/// dicom+xml whatever was asked, and `q=0` was answered 200.
+#[test]
+fn regression_http_errors_are_summarised_json_and_say_what_was_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = base_config("").replace(
+        "[http]\nbind = \"127.0.0.1\"",
+        "[http]\nbind = \"127.0.0.1\"\nmax_json_kib = 1",
+    );
+    let vigie = Vigie::start(tmp.path(), &config);
+    let junk = tmp.path().join("junk.dcm");
+    std::fs::write(&junk, b"not DICOM at all").unwrap();
+    let parts: Vec<PathBuf> = (0..200).map(|_| junk.clone()).collect();
+    let r = vigie.http(
+        "POST",
+        "/dicomweb/studies",
+        Some(token("operator")),
+        &[(
+            "Content-Type",
+            "multipart/related; type=\"application/dicom\"; boundary=XyZ",
+        )],
+        &multipart(&parts),
+    );
+    assert_eq!(r.status, 409);
+    let warnings: Vec<&String> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "warning")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(warnings.len(), 21, "{warnings:?}");
+    assert!(warnings[20].contains("180 more instances failed"));
+    assert!(
+        warnings
+            .iter()
+            .all(|w| !w.contains("staging") && !w.contains("/tmp"))
+    );
+    assert_eq!(r.json()["00081198"]["Value"].as_array().unwrap().len(), 200);
+    // Extractor rejections are JSON, with the right code.
+    let r = vigie.http(
+        "GET",
+        "/api/v1/jobs?limit=ten",
+        Some(token("reader")),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"]["code"],
+        "bad_request",
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let big = vec![b' '; 4096];
+    let r = vigie.http(
+        "POST",
+        "/api/v1/studies/1.2.3/analyses",
+        Some(token("operator")),
+        &[("Content-Type", "application/json")],
+        &big,
+    );
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["code"], "payload_too_large");
+    let r = vigie.http(
+        "POST",
+        "/dicomweb/studies",
+        Some(token("operator")),
+        &[("Content-Type", "text/plain")],
+        b"x",
+    );
+    assert_eq!(r.status, 415);
+    assert_eq!(r.json()["error"]["code"], "unsupported_media_type");
+    // QIDO honours q=0 and names what was asked.
+    for accept in ["application/dicom+json;q=0", "image/png"] {
+        let r = vigie.http(
+            "GET",
+            "/dicomweb/studies",
+            Some(token("reader")),
+            &[("Accept", accept)],
+            b"",
+        );
+        assert_eq!(r.status, 406, "{accept}");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains(accept) && !message.contains("dicom+xml"),
+            "{message}"
+        );
+    }
+}

@@ -547,8 +547,7 @@ async fn submit_analysis(
     Path(study): Path<String>,
     body: Result<Json<Analysis>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(request) =
-        body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
+    let Json(request) = body.map_err(|e| ApiError::of_status(e.status(), e.body_text()))?;
     if let Some(reason) = app.backlog.full() {
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", reason);
         e.retry_after = Some(30);

@@ -365,6 +365,7 @@ pub fn app(state: AppState) -> Router {
     rest.merge(stow)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn(error::json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(
             ServiceBuilder::new()

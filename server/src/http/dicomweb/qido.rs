@@ -405,24 +405,29 @@ pub fn accepts_json(headers: &HeaderMap) -> ApiResult<()> {
     if accept.trim().is_empty() {
         return Ok(());
     }
+    // RFC 9110 §12.5.1: a range with q=0 is "not acceptable".
     let ok = accept.split(',').any(|range| {
-        let essence = range
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        matches!(
-            essence.as_str(),
-            "application/dicom+json" | "application/json" | "application/*" | "*/*"
-        )
+        let mut parts = range.split(';');
+        let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        !refused
+            && matches!(
+                essence.as_str(),
+                "application/dicom+json" | "application/json" | "application/*" | "*/*"
+            )
     });
     if ok {
         Ok(())
     } else {
-        Err(ApiError::not_acceptable(
-            "only application/dicom+json is served (multipart/related; type=\"application/dicom+xml\" is not)",
-        ))
+        Err(ApiError::not_acceptable(format!(
+            "Accept: {}: QIDO-RS here answers application/dicom+json only",
+            accept.chars().take(200).collect::<String>()
+        )))
     }
 }
 

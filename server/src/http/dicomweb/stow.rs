@@ -311,7 +311,13 @@ fn check_and_store(
             return refuse(
                 outcome,
                 status::CANNOT_UNDERSTAND,
-                format!("not a DICOM Part 10 instance: {}", short(&e.to_string())),
+                format!(
+                    "not a DICOM Part 10 instance: {}",
+                    short(&match &e {
+                        vigie_dicom_io::Error::Open { reason, .. } => reason.clone(),
+                        other => other.to_string(),
+                    })
+                ),
             );
         }
     };
@@ -355,6 +361,9 @@ fn check_and_store(
     }
     outcome
 }
+
+/// Warning headers with a reason, at most; then one that counts the rest.
+const MAX_WARNINGS: usize = 20;
 
 fn short(text: &str) -> String {
     text.chars().take(200).collect()
@@ -446,8 +455,20 @@ fn response(base: &str, study: Option<&str>, outcomes: &[Outcome]) -> Response {
         Body::from(serde_json::to_vec(&body).unwrap_or_default()),
     )
         .into_response();
-    for warning in warnings {
+    // A few reasons in words; the Failed SOP Sequence has every instance
+    // and the audit trail every reason. Thousands of headers would make
+    // the response unreadable to clients.
+    let more = warnings.len().saturating_sub(MAX_WARNINGS);
+    for warning in warnings.into_iter().take(MAX_WARNINGS) {
         if let Ok(value) = header::HeaderValue::from_str(&warning) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    if more > 0 {
+        let summary = format!(
+            "299 vigie \"{more} more instances failed; each is in the Failed SOP Sequence, with its reason in the audit trail\""
+        );
+        if let Ok(value) = header::HeaderValue::from_str(&summary) {
             response.headers_mut().append(header::WARNING, value);
         }
     }
