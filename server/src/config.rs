@@ -286,11 +286,18 @@ pub struct StorageConfig {
     /// Refuse new instances (status A700, out of resources) when the data
     /// directory's file system has less free space than this, in MiB.
     pub min_free_mib: u64,
+    /// Space held back in `<data-dir>/reserve.bin`, in MiB, released when
+    /// the disk fills so that the index and the audit trail can still
+    /// record what happens; 0: none.
+    pub reserve_mib: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { min_free_mib: 1024 }
+        Self {
+            min_free_mib: 1024,
+            reserve_mib: 64,
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use vigie_dicom_io::{DicomFile, Error as DicomError};
 
 use crate::audit::{Audit, AuditEvent};
 use crate::metrics::Metrics;
-use crate::store::layout::{Layout, commit_synced_file_then};
+use crate::store::layout::{Layout, Reserve, commit_synced_file_then, is_disk_full};
 use crate::store::{Catalog, InstanceRecord, now_ms};
 
 /// Counters of the ingest side.
@@ -80,6 +80,7 @@ pub struct Ingest {
     min_free_bytes: u64,
     metrics: Arc<Metrics>,
     backlog: Arc<crate::pipeline::Backlog>,
+    reserve: Arc<Reserve>,
     /// Counters.
     pub stats: Arc<IngestStats>,
 }
@@ -101,6 +102,7 @@ impl Ingest {
         min_free_bytes: u64,
         metrics: Arc<Metrics>,
         backlog: Arc<crate::pipeline::Backlog>,
+        reserve: Arc<Reserve>,
     ) -> Self {
         let (pixels, queue) = std::sync::mpsc::channel();
         let hasher = audit.clone();
@@ -123,6 +125,7 @@ impl Ingest {
             min_free_bytes,
             metrics,
             backlog,
+            reserve,
             stats: Arc::default(),
         }
     }
@@ -145,6 +148,51 @@ impl Ingest {
             && handle.join().is_err()
         {
             tracing::error!("the pixel hashing thread panicked");
+        }
+    }
+
+    /// Whether there is room for another instance, asked before a byte of
+    /// it is written (C-STORE-RQ, each STOW-RS part): A700 while free space
+    /// is below `storage.min_free_mib`, and while the reserve is released
+    /// (the disk filled) until there is room to allocate it again.
+    pub fn space_admission(&self) -> Option<StoreOutcome> {
+        let free = self.free_bytes().ok()?;
+        if self.reserve.is_released() {
+            let enough = self
+                .min_free_bytes
+                .saturating_add(self.reserve.bytes().saturating_mul(2));
+            if free > enough && self.reserve.allocate() {
+                return None;
+            }
+            return Some(StoreOutcome::failure(
+                status::OUT_OF_RESOURCES,
+                format!(
+                    "storage full: {} MiB free, the reserve is in use; free space on the appliance",
+                    free >> 20
+                ),
+            ));
+        }
+        (free < self.min_free_bytes).then(|| {
+            StoreOutcome::failure(
+                status::OUT_OF_RESOURCES,
+                format!(
+                    "storage full: {} MiB free, {} MiB reserved",
+                    free >> 20,
+                    self.min_free_bytes >> 20
+                ),
+            )
+        })
+    }
+
+    /// A write failed for lack of space: release the reserve, so that the
+    /// refusal can still be indexed and recorded.
+    fn out_of_space(&self, reason: &str) {
+        if is_disk_full(reason) && self.reserve.release() {
+            self.metrics.inc(
+                "vigie_store_reserve_released_total",
+                "Times the storage reserve was released because the disk filled (alarm).",
+                &[],
+            );
         }
     }
 
@@ -181,10 +229,9 @@ impl Ingest {
         // The data's fdatasync (the longest wait) overlaps the checks; an
         // instance the checks refuse has only cost a flush.
         let cannot_store = |e: std::io::Error| {
-            StoreOutcome::failure(
-                status::OUT_OF_RESOURCES,
-                format!("cannot store instance: {e}"),
-            )
+            let reason = format!("cannot store instance: {e}");
+            self.out_of_space(&reason);
+            StoreOutcome::failure(status::OUT_OF_RESOURCES, reason)
         };
         let (checked, synced) = std::thread::scope(|scope| {
             let synced = scope.spawn(|| std::fs::File::open(&received.path)?.sync_data());
@@ -214,14 +261,28 @@ impl Ingest {
             }))
         })
         .map_err(cannot_store)?;
-        indexed.map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e))?;
+        if let Err(e) = indexed {
+            // Not indexed, not acknowledged: the file must not stay in the
+            // store unknown to the index (the sender sends it again).
+            let _ = std::fs::remove_file(&record.path);
+            let reason = format!("cannot index instance: {e}");
+            self.out_of_space(&reason);
+            return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
+        }
         audited.map_err(|e| {
-            StoreOutcome::failure(
-                status::OUT_OF_RESOURCES,
-                format!("audit trail unavailable: {e}"),
-            )
+            let reason = format!("audit trail unavailable: {e}");
+            self.out_of_space(&reason);
+            StoreOutcome::failure(status::OUT_OF_RESOURCES, reason)
         })?;
         self.stats.bytes.fetch_add(record.size, Ordering::Relaxed);
+        // Space is back: hold the reserve again.
+        if self.reserve.is_released()
+            && self
+                .free_bytes()
+                .is_ok_and(|free| free > self.min_free_bytes.saturating_mul(2).max(256 << 20))
+        {
+            self.reserve.allocate();
+        }
         Ok(record)
     }
 
@@ -564,6 +625,9 @@ impl Ingest {
         reason: &str,
     ) {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        // A staging write that failed for lack of space: the refusal must
+        // still reach the audit trail.
+        self.out_of_space(reason);
         let status = format!("{code:04X}");
         self.metrics.inc(
             REFUSED,
@@ -597,6 +661,10 @@ impl Ingest {
 impl StoreHandler for Ingest {
     fn store(&self, received: ReceivedInstance) -> StoreOutcome {
         self.store_from(received, Source::Dimse)
+    }
+
+    fn admission(&self) -> Option<StoreOutcome> {
+        self.space_admission()
     }
 
     fn event(&self, event: ScpEvent) {

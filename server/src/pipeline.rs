@@ -1120,6 +1120,27 @@ impl Pipeline {
 mod tests {
     use super::*;
 
+    /// Hardening defect 2: a worker thread that died left `/readyz` saying
+    /// ready, and a stuck one went unnoticed.
+    #[test]
+    fn regression_a_dead_or_stuck_worker_is_reported() {
+        let health = Arc::new(WorkerHealth::default());
+        let guard = health.alive(0);
+        let _other = health.alive(1);
+        assert!(health.problems(Duration::from_secs(60)).is_empty());
+        health.busy(1, Some(42));
+        std::thread::sleep(Duration::from_millis(30));
+        let stuck = health.problems(Duration::from_millis(10));
+        assert_eq!(stuck, ["worker 1 stuck on job 42 for 0 s"]);
+        health.busy(1, None);
+        // A thread that ends, however it ends, is dead.
+        drop(guard);
+        assert_eq!(
+            health.problems(Duration::from_secs(60)),
+            ["worker 0 has stopped"]
+        );
+    }
+
     /// Hardening defect 11: `pipeline.max_backlog` counted only jobs, and
     /// jobs exist only after the stable age, so a burst of 60 studies was
     /// all accepted with a limit of 10. Receiving studies count too; a

@@ -611,3 +611,142 @@ fn regression_http_errors_are_summarised_json_and_say_what_was_asked() {
         );
     }
 }
+
+/// `vigie serve` in a mount namespace of its own whose data directory is a
+/// tmpfs of `mib` MiB: a disk that fills for real, on loopback, without
+/// touching the machine's file systems.
+fn on_a_small_disk(tmp: &Path, mib: u32) -> PathBuf {
+    let wrapper = tmp.join("small-disk.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare -rm sh -c 'mkdir -p \"$0\" && mount -t tmpfs -o size={mib}m tmpfs \"$0\" && exec \"$@\"' '{data}' '{vigie}' \"$@\"\n",
+            data = tmp.join("data").display(),
+            vigie = env!("CARGO_BIN_EXE_vigie"),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    wrapper
+}
+
+/// Hardening defect 7: when the disk filled between the rename and the
+/// index commit, the peer got A700 but the trail kept `instance_stored ok`,
+/// 238 `instance_refused` records were lost (no room to write them), and
+/// the file stayed in `studies/` unindexed. With a reserve released when
+/// the disk fills, every refusal is on record, and what the index holds is
+/// exactly what was acknowledged.
+#[test]
+fn regression_a_full_disk_leaves_the_trail_saying_what_the_peer_was_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let (study, series, _) = uids(&demo[0]);
+    let (_, dataset) = dataset_bytes(&demo[0]);
+    let mut files = Vec::new();
+    for n in 0..120 {
+        let sop = format!("2.25.77{n:04}");
+        let path = tmp.path().join(format!("copy-{n}.dcm"));
+        let mut object = dicom_object::open_file(&demo[0]).unwrap();
+        object.put(dicom_core::DataElement::new(
+            dicom_dictionary_std::tags::SOP_INSTANCE_UID,
+            dicom_core::VR::UI,
+            dicom_core::PrimitiveValue::from(sop.as_str()),
+        ));
+        object.update_meta(|m| m.media_storage_sop_instance_uid = sop.clone());
+        object.write_to_file(&path).unwrap();
+        files.push(path);
+    }
+    let per_file = std::fs::metadata(&files[0]).unwrap().len() + dataset.len() as u64 / 100;
+    let wrapper = on_a_small_disk(tmp.path(), 24);
+    let config = base_config("[storage]\nreserve_mib = 4\n")
+        .replace("[storage]\nmin_free_mib = 0\n", "")
+        .replace(
+            "[storage]\nreserve_mib = 4\n",
+            "[storage]\nmin_free_mib = 0\nreserve_mib = 4\n",
+        );
+    let vigie = Vigie::start_binary_with_env(&wrapper, tmp.path(), &config, &[]);
+    let mut statuses = Vec::new();
+    for chunk in files.chunks(10) {
+        statuses.extend(
+            send(vigie.dicom, chunk)
+                .into_iter()
+                .map(|o| (o.status, o.comment)),
+        );
+    }
+    let stored = statuses.iter().filter(|(s, _)| *s == Some(0)).count();
+    let refused = statuses.iter().filter(|(s, _)| *s == Some(0xA700)).count();
+    assert!(
+        stored > 10 && refused > 10,
+        "the disk filled: {stored} stored, {refused} refused ({per_file} B each)"
+    );
+    assert_eq!(stored + refused, files.len(), "{statuses:?}");
+    // The trail says what each peer was told, every time.
+    let refusals = vigie.audit_records("kind=instance_refused");
+    assert_eq!(refusals.len(), refused, "every refusal recorded");
+    // The index holds exactly the acknowledged instances.
+    let indexed = vigie.json(&format!(
+        "/dicomweb/studies/{study}/series/{series}/instances"
+    ));
+    assert_eq!(indexed.as_array().map(Vec::len), Some(stored));
+    assert_eq!(
+        vigie.json("/api/v1/status")["ingest"]["stored"],
+        stored as u64
+    );
+    let verify = vigie.http(
+        "POST",
+        "/api/v1/audit/verify",
+        Some(token("auditor")),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        verify.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&verify.body)
+    );
+    assert!(echo(vigie.dicom), "still serving");
+    assert!(vigie.log_text().contains("storage reserve was released"));
+}
+
+/// Hardening defects 7 and 8: a file in the store that the catalog does
+/// not know (an index commit that failed, a job attempt killed after it
+/// wrote its SR) stayed there forever, unindexed and unaccounted for. At
+/// the next start it is moved aside, on record.
+#[test]
+fn regression_files_unknown_to_the_catalog_are_moved_aside_on_record_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let mut vigie = Vigie::start(tmp.path(), &base_config(""));
+    assert_eq!(send(vigie.dicom, &demo)[0].status, Some(0));
+    let (study, series, sop) = uids(&demo[0]);
+    let kept = vigie.stored(&study, &series, &sop);
+    vigie.stop();
+    let stray_instance = vigie.data.join("studies/2.25.1/2.25.2/2.25.3.dcm");
+    let stray_result = vigie.data.join("results/2.25.1/2.25.4/2.25.5.dcm");
+    for stray in [&stray_instance, &stray_result] {
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::copy(&demo[0], stray).unwrap();
+    }
+    vigie.restart();
+    assert!(kept.is_file(), "what the catalog knows stays");
+    assert!(!stray_instance.exists() && !stray_result.exists());
+    assert!(
+        vigie
+            .data
+            .join("orphaned/studies/2.25.1/2.25.2/2.25.3.dcm")
+            .is_file()
+    );
+    assert!(
+        vigie
+            .data
+            .join("orphaned/results/2.25.1/2.25.4/2.25.5.dcm")
+            .is_file()
+    );
+    let moved = vigie.audit_records("kind=orphan_moved");
+    assert_eq!(moved.len(), 2, "{moved:?}");
+}

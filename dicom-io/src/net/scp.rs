@@ -272,6 +272,14 @@ pub trait StoreHandler: Send + Sync + 'static {
 
     /// Observe an event (logging, audit). Must not block for long.
     fn event(&self, event: ScpEvent);
+
+    /// Whether to receive a data set at all, asked when its C-STORE-RQ
+    /// arrives, before anything is written: a failure outcome (the store
+    /// is out of space, say) makes the SCP discard the data set as it comes
+    /// and answer with that outcome. Must not block for long.
+    fn admission(&self) -> Option<StoreOutcome> {
+        None
+    }
 }
 
 struct Access {
@@ -602,6 +610,20 @@ struct Incoming {
 }
 
 impl Incoming {
+    /// An incoming data set that is read and dropped, never staged.
+    fn discard(context: u8, request: Command, transfer_syntax: &str, options: &ScpOptions) -> Self {
+        Self {
+            context,
+            request,
+            transfer_syntax: transfer_syntax.to_string(),
+            path: options.staging_dir.join("discarded"),
+            writer: None,
+            hasher: Sha256::new(),
+            bytes: 0,
+            failure: None,
+        }
+    }
+
     fn start(context: u8, request: Command, transfer_syntax: &str, options: &ScpOptions) -> Self {
         let path = options
             .staging_dir
@@ -893,6 +915,13 @@ impl<H: StoreHandler> Association<H> {
                 Ok(None)
             }
             field::C_STORE_RQ if command.has_data_set => {
+                if let Some(refusal) = self.handler.admission() {
+                    // Nothing is staged; the data set is read and dropped.
+                    let mut incoming =
+                        Incoming::discard(context, command, &transfer_syntax, &self.options);
+                    incoming.failure = Some(refusal);
+                    return Ok(Some(incoming));
+                }
                 let mut incoming =
                     Incoming::start(context, command, &transfer_syntax, &self.options);
                 let class = incoming.request.affected_sop_class_uid.as_deref();

@@ -330,8 +330,14 @@ pub struct Audit {
     clock: TrustedClock,
 }
 
-/// The time retention counts from: at open, the earlier of the wall clock
-/// and the newest record's time; then that plus the monotonic time since.
+/// A wall clock more than this many days past the newest record at start
+/// is taken for a wrong clock.
+const MAX_PLAUSIBLE_GAP_DAYS: i64 = 30;
+
+/// The time retention counts from: at open, the wall clock — or the newest
+/// record's time when the clock is more than [`MAX_PLAUSIBLE_GAP_DAYS`]
+/// past it — then that plus the monotonic time since (a jump within a run
+/// changes nothing).
 #[derive(Debug, Clone, Copy)]
 struct TrustedClock {
     base: chrono::DateTime<chrono::Utc>,
@@ -377,7 +383,20 @@ impl Audit {
             .newest_timestamp()?
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&chrono::Utc));
-        let base = newest.map_or(wall, |n| n.min(wall));
+        // A wall clock far past the newest record is taken for a clock
+        // error, not for downtime: retention then counts from the newest
+        // record (which keeps records longer, never shorter).
+        let base = match newest {
+            Some(n) if wall > n + chrono::Duration::days(MAX_PLAUSIBLE_GAP_DAYS) => {
+                tracing::error!(
+                    newest_record = %n.to_rfc3339(),
+                    now = %wall.to_rfc3339(),
+                    "the clock is more than {MAX_PLAUSIBLE_GAP_DAYS} days past the newest audit record: retention counts from that record (check NTP)"
+                );
+                n
+            }
+            _ => wall,
+        };
         if let Some(n) = newest
             && n > wall + chrono::Duration::seconds(1)
         {
@@ -432,11 +451,8 @@ impl Audit {
     /// Apply the retention period: prune what is older than `days`, record
     /// that, and sign a checkpoint after it.
     pub fn apply_retention(&self, days: f64) -> AuditResult<Option<(i64, usize)>> {
-        // Not the wall clock: a clock 11 years ahead at one start would
-        // prune the whole trail. Retention counts from the newest record
-        // written before this start (or the clock, if earlier), advanced
-        // by the monotonic clock since: a jump forward prunes nothing, and
-        // no record from the future is ever pruned.
+        // Not the wall clock as it is now: a clock 11 years ahead at one
+        // start would prune the whole trail. See [`TrustedClock`].
         let trusted = self.clock.now();
         let cutoff = trusted - chrono::Duration::milliseconds((days * 86_400_000.0).round() as i64);
         let before = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);

@@ -223,6 +223,11 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
     // means records went missing (truncation, an older backup); starting
     // would hide it.
     audit.check_head()?;
+    let reserve = Arc::new(crate::store::layout::Reserve::new(
+        layout.reserve(),
+        config.storage.reserve_mib.saturating_mul(1 << 20),
+    ));
+    let orphans = remove_orphans(&layout, catalog.as_ref(), &audit)?;
     let reset = catalog.reset_running_jobs(config.pipeline.max_interrupted, now_ms())?;
     if !reset.requeued.is_empty() {
         tracing::warn!(
@@ -262,6 +267,7 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             "http": format!("{}:{}", config.http.bind, config.http.port),
             "audit_public_key": audit.public_key(),
             "partial_transfers_discarded": removed,
+            "orphans_moved": orphans,
             "jobs_resumed": reset,
         }),
     ))?;
@@ -321,6 +327,7 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             config.storage.min_free_mib.saturating_mul(1 << 20),
             metrics.clone(),
             backlog.clone(),
+            reserve.clone(),
         ));
         let pipeline = Pipeline {
             config: config.clone(),
@@ -458,6 +465,70 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
     // is pending again at the next start.
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Files under `studies/` and `results/` that the catalog does not know:
+/// an instance renamed into place whose index commit failed (a full disk,
+/// a crash between the two), a result written by a job attempt that was
+/// killed before it committed. None was acknowledged or delivered. Each is
+/// moved to `orphaned/` (never deleted: an operator decides) with an
+/// `orphan_moved` audit record (its SHA-256, size and why), so that nothing
+/// sits in the store unknown, undelivered and unaccounted for. Files are
+/// matched on their place under the data directory, so a data directory
+/// moved or restored elsewhere keeps everything. Returns how many.
+fn remove_orphans(layout: &Layout, catalog: &dyn Catalog, audit: &Audit) -> anyhow::Result<usize> {
+    use crate::store::layout::files_under;
+    // `<top>/<study>/<series>/<instance>.dcm`, whatever the root was.
+    let tail = |path: &std::path::Path| -> Vec<std::ffi::OsString> {
+        let parts: Vec<_> = path.iter().map(|p| p.to_os_string()).collect();
+        parts[parts.len().saturating_sub(4)..].to_vec()
+    };
+    let known: std::collections::HashSet<Vec<std::ffi::OsString>> =
+        catalog.known_paths()?.iter().map(|p| tail(p)).collect();
+    let mut moved = 0;
+    for (folder, what) in [
+        (
+            layout.studies(),
+            "received instance never indexed (not acknowledged)",
+        ),
+        (
+            layout.results(),
+            "result of an interrupted job attempt (never committed, never sent)",
+        ),
+    ] {
+        for path in files_under(&folder)? {
+            if known.contains(&tail(&path)) {
+                continue;
+            }
+            let relative = path.strip_prefix(layout.root()).unwrap_or(&path);
+            let to = layout.root().join("orphaned").join(relative);
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            audit.record(AuditEvent::new(
+                "orphan_moved",
+                "ok",
+                serde_json::json!({
+                    "path": path,
+                    "moved_to": to,
+                    "bytes": bytes.len(),
+                    "sha256": hex::encode(sha2::Sha256::digest(&bytes)),
+                    "reason": what,
+                }),
+            ))?;
+            if let Some(dir) = to.parent() {
+                create_dir_durably(dir)?;
+            }
+            std::fs::rename(&path, &to)
+                .with_context(|| format!("cannot move orphan {}", path.display()))?;
+            moved += 1;
+        }
+    }
+    if moved > 0 {
+        tracing::warn!(
+            moved,
+            "files unknown to the catalog moved to orphaned/ (see orphan_moved in the audit trail)"
+        );
+    }
+    Ok(moved)
 }
 
 /// On SIGHUP, read the configuration file anew and apply its `[log]`

@@ -5,6 +5,8 @@
 //! <data-dir>/staging/                                   data sets being received
 //! <data-dir>/studies/<Study>/<Series>/<SOPInstance>.dcm received instances
 //! <data-dir>/results/<Study>/<Series>/<SOPInstance>.dcm result objects
+//! <data-dir>/reserve.bin                                space kept for the index and audit trail
+//! <data-dir>/vigie.lock                                 held by the running `vigie serve`
 //! ```
 //!
 //! Every UID is validated (digits and dots, 64 characters at most) before
@@ -35,6 +37,22 @@ impl Layout {
     /// The catalog database.
     pub fn database(&self) -> PathBuf {
         self.root.join("index.sqlite")
+    }
+
+    /// The reserve: space held back so that the index and the audit trail
+    /// can still write when the disk fills ([`Reserve`]).
+    pub fn reserve(&self) -> PathBuf {
+        self.root.join("reserve.bin")
+    }
+
+    /// Folder of received instances.
+    pub fn studies(&self) -> PathBuf {
+        self.root.join("studies")
+    }
+
+    /// Folder of result objects.
+    pub fn results(&self) -> PathBuf {
+        self.root.join("results")
     }
 
     /// Staging folder for data sets being received.
@@ -250,4 +268,117 @@ impl DataDirLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Space held back in a pre-allocated file (`reserve.bin`, `storage.reserve_mib`).
+/// When a write fails for lack of space, the file is removed, so that the
+/// index and the audit trail can record what the peer was told (the
+/// refusal); it is allocated again once free space is back above the
+/// reserve and the free-space floor.
+#[derive(Debug)]
+pub struct Reserve {
+    path: PathBuf,
+    bytes: u64,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Reserve {
+    /// The reserve of `bytes` at `path`, allocated now if it can be (a
+    /// warning otherwise: the disk is already full).
+    pub fn new(path: PathBuf, bytes: u64) -> Self {
+        let reserve = Self {
+            path,
+            bytes,
+            released: std::sync::atomic::AtomicBool::new(true),
+        };
+        reserve.allocate();
+        reserve
+    }
+
+    /// Allocate the file (idempotent); true when it is in place.
+    pub fn allocate(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.bytes == 0 {
+            return true;
+        }
+        let allocated = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.path)
+            .and_then(|file| {
+                rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, self.bytes)
+                    .map_err(std::io::Error::from)?;
+                file.sync_all()
+            });
+        match allocated {
+            Ok(()) => {
+                if self.released.swap(false, Ordering::Relaxed) {
+                    tracing::info!(mib = self.bytes >> 20, "storage reserve allocated");
+                }
+                true
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.path);
+                tracing::warn!(error = %e, mib = self.bytes >> 20, "cannot allocate the storage reserve: the disk is nearly full");
+                false
+            }
+        }
+    }
+
+    /// Give the space back to the file system (after a write failed for
+    /// lack of space); true when it was held.
+    pub fn release(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.released.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        let _ = std::fs::remove_file(&self.path);
+        tracing::error!(
+            mib = self.bytes >> 20,
+            "disk full: the storage reserve was released so that the index and the audit trail can record what happens; instances are refused until space is freed"
+        );
+        true
+    }
+
+    /// Its size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether the reserve is released (the alarm `vigie_store_reserve_released`).
+    pub fn is_released(&self) -> bool {
+        self.bytes > 0 && self.released.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Whether an error says the disk is full (ENOSPC, EDQUOT, or SQLite's
+/// "database or disk is full").
+pub fn is_disk_full(text: &str) -> bool {
+    text.contains("No space left")
+        || text.contains("disk is full")
+        || text.contains("Disk quota exceeded")
+}
+
+/// Every regular file under `dir`, recursively (none when it is absent).
+pub fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    Ok(out)
 }

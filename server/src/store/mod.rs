@@ -405,6 +405,12 @@ pub trait Catalog: Send + Sync + 'static {
         now_ms: i64,
     ) -> StoreResult<bool>;
 
+    /// Every file the catalog refers to: received instances, result
+    /// objects (DICOMweb index, outbox, jobs' results). A file under
+    /// `studies/` or `results/` that is not here was never acknowledged or
+    /// never finished (a crash between writing and committing).
+    fn known_paths(&self) -> StoreResult<std::collections::HashSet<PathBuf>>;
+
     /// Studies still receiving whose last instance is later than
     /// `now_ms` (the clock was set back) get `now_ms` as their last
     /// reception; returns how many.

@@ -388,6 +388,27 @@ impl Catalog for SqliteCatalog {
             })
     }
 
+    fn known_paths(&self) -> StoreResult<std::collections::HashSet<PathBuf>> {
+        self.with(|c| {
+            let mut paths = std::collections::HashSet::new();
+            for sql in [
+                "SELECT path FROM instances",
+                "SELECT path FROM web_index",
+                "SELECT path FROM outbox",
+            ] {
+                let mut stmt = c.prepare(sql)?;
+                for path in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                    paths.insert(PathBuf::from(path?));
+                }
+            }
+            let mut stmt = c.prepare("SELECT results FROM jobs")?;
+            for results in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                paths.extend(parse_list(&results?).into_iter().map(PathBuf::from));
+            }
+            Ok(paths)
+        })
+    }
+
     fn clamp_future_receptions(&self, now_ms: i64) -> StoreResult<usize> {
         self.with(|c| {
             c.execute(

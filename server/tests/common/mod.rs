@@ -267,6 +267,17 @@ impl Vigie {
         Self::start_inner(dir, config, env, true)
     }
 
+    /// Start `binary` (a wrapper around `vigie`, say) with environment
+    /// overrides.
+    pub fn start_binary_with_env(
+        binary: &Path,
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_from(binary, dir, config, env, true)
+    }
+
     /// Start another build of `vigie` (an installed copy).
     pub fn start_binary(binary: &Path, dir: &Path, config: &str) -> Self {
         Self::start_from(binary, dir, config, &[], true)

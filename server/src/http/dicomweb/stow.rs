@@ -227,6 +227,11 @@ async fn start_part(app: &AppState, headers: &[(String, String)]) -> Staged {
         ));
         return staged;
     }
+    // Out of space: not a byte more is written.
+    if let Some(outcome) = app.ingest.space_admission() {
+        staged.refused = Some((outcome.status, outcome.comment.unwrap_or_default()));
+        return staged;
+    }
     match tokio::fs::File::create(&path).await {
         Ok(f) => staged.file = Some(f),
         Err(e) => {
