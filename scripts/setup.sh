@@ -19,9 +19,11 @@ say() { printf '[setup] %s\n' "$*"; }
 #    and curl (the PACS peer of the tests, started by hand on loopback), DCMTK
 #    (echoscu, storescu, storescp: the DICOM peers of the network tests and
 #    the ingest baseline), Orthanc's DICOMweb plugin (the HTTP-side peer),
-#    systemd-analyze (checks the service unit) and openssl (test certificates).
+#    systemd-analyze (checks the service unit), openssl (test certificates)
+#    and faketime (libfaketime: the hostile-input test moves the service's
+#    wall clock).
 missing=()
-for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config dciodvfy:dicom3tools Orthanc:orthanc curl:curl echoscu:dcmtk systemd-analyze:systemd openssl:openssl; do
+for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config dciodvfy:dicom3tools Orthanc:orthanc curl:curl echoscu:dcmtk systemd-analyze:systemd openssl:openssl faketime:faketime; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 [ -e /usr/share/orthanc/plugins-available/libOrthancDicomWeb.so ] || [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \

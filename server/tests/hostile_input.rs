@@ -124,7 +124,36 @@ port = {}
         "artim_timeout_s = 5",
         "artim_timeout_s = 2\npdu_timeout_s = 2\nmax_connections_per_address = 48",
     );
-    let vigie = Vigie::start(tmp.path(), &config);
+    // On a disk of its own that the test fills for real (a tmpfs in a
+    // mount namespace), with a wall clock the test moves (libfaketime; the
+    // monotonic clock stays true).
+    let wrapper = on_a_small_disk(tmp.path(), 160);
+    let clock = tmp.path().join("faketime");
+    std::fs::write(&clock, "+0\n").unwrap();
+    let clock_env = clock.display().to_string();
+    let vigie = Vigie::start_binary_with_env(
+        &wrapper,
+        tmp.path(),
+        &config,
+        &[
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME_TIMESTAMP_FILE", clock_env.as_str()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    // The data directory as the service sees it.
+    let inside = PathBuf::from(format!("/proc/{}/root", vigie.pid())).join(
+        vigie
+            .data
+            .strip_prefix("/")
+            .expect("an absolute data directory"),
+    );
+    assert!(
+        inside.join("index.sqlite").is_file(),
+        "{}",
+        inside.display()
+    );
     let dir = tmp.path();
 
     // Silent sockets, before anything else: they must not lock peers out.
@@ -253,6 +282,24 @@ port = {}
         }
     });
 
+    // A full disk: refused with A700, on record; the service goes on and
+    // takes instances again once there is room.
+    let filler = inside.join("filler.bin");
+    {
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while file.write_all(&chunk).is_ok() {}
+    }
+    let full = send(vigie.dicom, &demo[..1]);
+    assert_eq!(full[0].status, Some(0xA700), "{full:?}");
+    std::fs::remove_file(&filler).unwrap();
+    assert!(echo(vigie.dicom), "serving on a full disk");
+
+    // A clock jump: 11 years ahead, an instance, then set right again.
+    std::fs::write(&clock, "+4015d\n").unwrap();
+    assert_eq!(send(vigie.dicom, &demo[..1])[0].status, Some(0x0000));
+    std::fs::write(&clock, "+0\n").unwrap();
+
     // The good study, sent last, is analysed and delivered.
     let (study, _, _) = uids(&demo[1]);
     let outcomes = send(vigie.dicom, &demo[1..2]);
@@ -282,15 +329,54 @@ port = {}
     assert!(echo(vigie.dicom));
     let peak = vigie.peak_memory();
     assert!(peak < PEAK_RSS_BOUND, "peak RSS {} MiB", peak >> 20);
-    let verify = vigie.command(&["audit", "verify"]);
-    assert!(
-        verify.status.success(),
+    // The study received "in the future" completed too (its reception time
+    // was brought back to the present), and the trail verifies, naming the
+    // records written after the clock was set back.
+    let (future_study, _, _) = uids(&demo[0]);
+    vigie.wait_for(
+        "the study received in the future",
+        Duration::from_secs(60),
+        |v| {
+            v.jobs()
+                .iter()
+                .any(|j| j["study_instance_uid"] == future_study.as_str() && j["state"] == "done")
+        },
+    );
+    let verify = vigie.http(
+        "POST",
+        "/api/v1/audit/verify",
+        Some(token("auditor")),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        verify.status,
+        200,
         "{}",
-        String::from_utf8_lossy(&verify.stdout)
+        String::from_utf8_lossy(&verify.body)
+    );
+    let report = verify.json();
+    assert!(
+        !report["time_went_backwards"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let metrics = vigie.get("/metrics").unwrap_or_default();
+    assert!(
+        !metrics.contains("vigie_clock_went_back_total 0"),
+        "{metrics}"
     );
     let refused = vigie.audit_records("kind=instance_refused");
-    assert!(refused.len() >= files.len() + 3, "{}", refused.len());
+    assert!(refused.len() >= files.len() + 4, "{}", refused.len());
+    assert!(
+        refused
+            .iter()
+            .any(|r| r["details"].as_str().is_some_and(|d| d.contains("0xA700"))),
+        "the full-disk refusal is on record"
+    );
 }
+
+/// libfaketime, from Debian's `faketime` (scripts/setup.sh installs it).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// Hardening defect 15: a second `vigie serve` on the same data directory
 /// ran its start-up (staging clean-up, catalog, audit) before failing on
