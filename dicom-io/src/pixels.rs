@@ -260,17 +260,42 @@ impl DicomFile {
             Some(dicom_core::value::Value::PixelSequence(_))
         );
         self.check_decoded_size(bits_allocated, samples)?;
-        // A decoder must never take the calling thread down: a panic in
-        // one (dicom-rs's RLE decoder indexes out of bounds on corrupt
-        // segments) fails this instance only.
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.object().decode_pixel_data()
-        }))
-        .map_err(|panic| self.decode_error(format!("decoder panicked: {}", panic_message(&panic))))?
-        .map_err(|e| self.decode_error(e.to_string()))?;
-        let rows = decoded.rows() as usize;
-        let columns = decoded.columns() as usize;
-        let frames = decoded.number_of_frames() as usize;
+        // RLE Lossless is decoded here, bounds-checked: dicom-rs's decoder
+        // indexes out of bounds on corrupt segments. Any other decoder must
+        // still never take the calling thread down: a panic in one (its
+        // JPEG and JPEG 2000 adapters have panicked under fuzzing) fails
+        // this instance only.
+        let (rows, columns, frames, decoded) = if ts == RLE_LOSSLESS {
+            let rows = usize::from(self.required_u16(tags::ROWS, "Rows")?);
+            let columns = usize::from(self.required_u16(tags::COLUMNS, "Columns")?);
+            let frames = self
+                .int(tags::NUMBER_OF_FRAMES, "NumberOfFrames")?
+                .unwrap_or(1)
+                .max(0)
+                .unsigned_abs() as usize;
+            let bytes = self.decode_rle(
+                rows,
+                columns,
+                frames,
+                usize::from(samples),
+                usize::from(bits_allocated / 8),
+            )?;
+            (rows, columns, frames, Decoded::Rle(bytes))
+        } else {
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.object().decode_pixel_data()
+            }))
+            .map_err(|panic| {
+                self.decode_error(format!("decoder panicked: {}", panic_message(&panic)))
+            })?
+            .map_err(|e| self.decode_error(e.to_string()))?;
+            (
+                decoded.rows() as usize,
+                decoded.columns() as usize,
+                decoded.number_of_frames() as usize,
+                Decoded::Codec(decoded),
+            )
+        };
         if rows == 0 || columns == 0 || frames == 0 {
             return Err(self.invalid(
                 "Rows",
@@ -278,7 +303,10 @@ impl DicomFile {
             ));
         }
         let pixels = rows * columns;
-        let bytes = decoded.data();
+        let bytes: &[u8] = match &decoded {
+            Decoded::Rle(bytes) => bytes,
+            Decoded::Codec(decoded) => decoded.data(),
+        };
         let bytes_per_sample = usize::from(bits_allocated / 8);
         let samples = usize::from(samples);
         // Native YBR_FULL_422 carries two chroma samples per pair of pixels.
@@ -400,6 +428,134 @@ impl DicomFile {
             });
         }
         Ok(())
+    }
+}
+
+impl DicomFile {
+    /// RLE Lossless (PS3.5 Annex G), every index checked: for each frame
+    /// its one fragment, a 64-byte header of segment count and offsets,
+    /// one PackBits segment per byte of each sample (most significant
+    /// first), each decoding to exactly Rows × Columns bytes. Returns the
+    /// samples little endian, interleaved, frame after frame (the layout
+    /// of dicom-rs's decoders).
+    fn decode_rle(
+        &self,
+        rows: usize,
+        columns: usize,
+        frames: usize,
+        samples: usize,
+        bytes_per_sample: usize,
+    ) -> Result<Vec<u8>> {
+        let Some(dicom_core::value::Value::PixelSequence(sequence)) =
+            self.object().get(tags::PIXEL_DATA).map(|e| e.value())
+        else {
+            return Err(self.decode_error("RLE Lossless pixel data is not encapsulated"));
+        };
+        let fragments = sequence.fragments();
+        if fragments.len() < frames {
+            return Err(self.decode_error(format!(
+                "RLE Lossless: {frames} frames but {} fragments (one per frame)",
+                fragments.len()
+            )));
+        }
+        let pixels = rows * columns;
+        let segments = samples * bytes_per_sample;
+        let frame_len = pixels * segments;
+        let mut out = vec![0u8; frame_len * frames];
+        let mut segment = Vec::with_capacity(pixels);
+        for (f, fragment) in fragments.iter().take(frames).enumerate() {
+            let fail = |reason: String| {
+                self.decode_error(format!("RLE Lossless frame {}: {reason}", f + 1))
+            };
+            if fragment.len() < 64 {
+                return Err(fail(format!(
+                    "fragment of {} bytes, shorter than the RLE header",
+                    fragment.len()
+                )));
+            }
+            let word = |i: usize| {
+                u32::from_le_bytes([
+                    fragment[4 * i],
+                    fragment[4 * i + 1],
+                    fragment[4 * i + 2],
+                    fragment[4 * i + 3],
+                ]) as usize
+            };
+            if word(0) != segments {
+                return Err(fail(format!(
+                    "{} segments, {segments} expected ({samples} samples of {bytes_per_sample} bytes)",
+                    word(0)
+                )));
+            }
+            for k in 0..segments {
+                let start = word(1 + k);
+                let end = if k + 1 < segments {
+                    word(2 + k)
+                } else {
+                    fragment.len()
+                };
+                if start < 64 || start > end || end > fragment.len() {
+                    return Err(fail(format!(
+                        "segment {} at bytes {start}..{end} outside the fragment of {}",
+                        k + 1,
+                        fragment.len()
+                    )));
+                }
+                unpack_bits(&fragment[start..end], pixels, &mut segment);
+                if segment.len() < pixels {
+                    return Err(fail(format!(
+                        "segment {} decodes to {} bytes, Rows × Columns is {pixels}",
+                        k + 1,
+                        segment.len()
+                    )));
+                }
+                // Segment k holds byte (bytes_per_sample - 1 - k % bps) of
+                // sample k / bps: most significant byte first.
+                let sample = k / bytes_per_sample;
+                let byte = bytes_per_sample - 1 - k % bytes_per_sample;
+                let frame = &mut out[f * frame_len..(f + 1) * frame_len];
+                for (p, value) in segment.iter().take(pixels).enumerate() {
+                    frame[(p * samples + sample) * bytes_per_sample + byte] = *value;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Decoded samples: ours (RLE) or a codec's, borrowed without a copy.
+enum Decoded<'a> {
+    Rle(Vec<u8>),
+    Codec(dicom_pixeldata::DecodedPixelData<'a>),
+}
+
+/// PackBits (PS3.5 G.3.1) into `out` (cleared), at most `limit` bytes: a
+/// header byte n in 0..=127 copies the next n + 1 bytes, -1..=-127 repeats
+/// the next byte 1 - n times, -128 does nothing. Stops at the end of
+/// `input` (a short segment is the caller's to refuse).
+fn unpack_bits(input: &[u8], limit: usize, out: &mut Vec<u8>) {
+    out.clear();
+    let mut i = 0;
+    while i < input.len() && out.len() < limit {
+        let n = input[i] as i8;
+        i += 1;
+        match n {
+            0..=127 => {
+                let count = n as usize + 1;
+                let end = (i + count).min(input.len());
+                let take = (end - i).min(limit - out.len());
+                out.extend_from_slice(&input[i..i + take]);
+                i = end;
+            }
+            -127..=-1 => {
+                let Some(&value) = input.get(i) else { break };
+                i += 1;
+                let count = (1 - i32::from(n)) as usize;
+                let take = count.min(limit - out.len());
+                out.extend(std::iter::repeat_n(value, take));
+            }
+            -128 => {}
+        }
     }
 }
 

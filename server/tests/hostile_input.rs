@@ -68,7 +68,8 @@ fn deflate_bomb(path: &Path, sop: &str, side: u16) {
     std::fs::write(path, out).unwrap();
 }
 
-/// MR_small_RLE made to panic dicom-rs's RLE decoder, as a brain MR.
+/// MR_small_RLE made to panic dicom-rs's RLE decoder (ours refuses it with
+/// its reason), as a brain MR.
 fn corrupt_rle(to: &Path) {
     vigie_test_support::hostile::corrupt_rle(&pydicom_test_files().join("MR_small_RLE.dcm"), to);
     // A brain MR, so that routing sends it to the model: the panic then
@@ -319,7 +320,7 @@ port = {}
                 && j["state"] == "failed"
                 && j["last_error"]
                     .as_str()
-                    .is_some_and(|e| e.contains("panicked"))
+                    .is_some_and(|e| e.contains("RLE Lossless frame 1: segment 1 decodes to"))
         })
     });
     let ready = vigie.json("/readyz");
