@@ -147,6 +147,12 @@ fn regression_pixel_data_that_cannot_cover_its_image_is_detected_before_decoding
     let scanned = vigie_dicom_io::scan::scan_file(&path, &limits).unwrap();
     assert!(scanned.check_pixel_data(&limits).is_err());
     assert!(DicomFile::open(&path).unwrap().decode_stored().is_err());
+    // Defect 4: WADO-RS transcoded such an instance in memory (1.57 GB per
+    // download of the deflate bomb); beyond the limit it is refused first.
+    assert!(matches!(
+        vigie_dicom_io::web::transcode_to_explicit_le(&path),
+        Err(Error::Limit { .. })
+    ));
     let path = part10(dir.path(), "short.dcm", &image(8, 8, &[0u8; 100]));
     let scanned = vigie_dicom_io::scan::scan_file(&path, &limits).unwrap();
     assert!(matches!(
