@@ -42,12 +42,14 @@ pub mod status {
     /// Whether a failure status of a C-STORE-RSP may go away by itself, so
     /// that sending again later makes sense: A7xx (out of resources: the
     /// peer's disk or queue) and 0110 (processing failure, which peers use
-    /// for passing trouble) are transient. Everything else that is neither
-    /// success nor warning — A900 and Cxxx (the peer cannot take this data
-    /// set), 0122 (SOP class not supported), 0124 (not authorized), 0210–
-    /// 0213 — says the same at every try: permanent.
+    /// for passing trouble) and 0213 (resource limitation) are transient.
+    /// Everything else that is neither success nor warning — A900 and Cxxx
+    /// (the peer cannot take this data set), 0122 (SOP class not
+    /// supported), 0124 (not authorized), 0210–0212 — says the same at
+    /// every try: permanent.
     pub fn is_transient_failure(code: u16) -> bool {
-        matches!(code, 0xA700..=0xA7FF | PROCESSING_FAILURE)
+        // 0213: resource limitation (PS3.7 C.4).
+        matches!(code, 0xA700..=0xA7FF | PROCESSING_FAILURE | 0x0213)
     }
 }
 

@@ -461,7 +461,18 @@ impl DicomFile {
         let pixels = rows * columns;
         let segments = samples * bytes_per_sample;
         let frame_len = pixels * segments;
-        let mut out = vec![0u8; frame_len * frames];
+        // Sized from the attributes, so bounded before any allocation.
+        let total = frame_len
+            .checked_mul(frames)
+            .filter(|&t| t as u64 <= crate::scan::limits().max_decoded_bytes)
+            .ok_or_else(|| Error::Limit {
+                path: self.path().to_path_buf(),
+                limit: "max_decoded_bytes",
+                reason: format!(
+                    "RLE Lossless: {frames} frame(s) of {rows}x{columns}x{samples} above the decoded-size limit"
+                ),
+            })?;
+        let mut out = vec![0u8; total];
         let mut segment = Vec::with_capacity(pixels);
         for (f, fragment) in fragments.iter().take(frames).enumerate() {
             let fail = |reason: String| {

@@ -11,7 +11,8 @@
 //! - nesting deeper than [`Limits::max_depth`] sequences,
 //! - more than [`Limits::max_elements`] elements and items,
 //! - any length past the end of the file or of its enclosing item or
-//!   sequence, an unknown VR, a misplaced delimiter, a truncated data set
+//!   sequence (an unknown VR is read as UN with a 4-byte length, and
+//!   checked like any), a misplaced delimiter, a truncated data set
 //!   (the data set must parse to its end),
 //! - a deflated data set that inflates past [`Limits::max_decoded_bytes`].
 //!
@@ -489,8 +490,18 @@ fn read_meta_group(input: &mut FileInput, path: &Path) -> Result<crate::FileMeta
     let mut sop_instance_uid = String::new();
     let mut elements = 0;
     loop {
-        let next = input.reader.fill_buf().map_err(|e| open(&e.to_string()))?;
-        if next.len() < 2 || u16::from_le_bytes([next[0], next[1]]) != 0x0002 {
+        // Peek at the next group number: read it, then step back (a
+        // buffer boundary cannot cut the peek short).
+        let at = input.position;
+        let mut group = [0u8; 2];
+        let more = matches!(input.read_or_end(&mut group), Ok(true));
+        let back = i64::try_from(input.position - at).unwrap_or(0);
+        input
+            .reader
+            .seek_relative(-back)
+            .map_err(|e| open(&e.to_string()))?;
+        input.position = at;
+        if !more || u16::from_le_bytes(group) != 0x0002 {
             break;
         }
         elements += 1;
@@ -649,6 +660,11 @@ fn walk(
         match input.read_or_end(&mut tag_bytes) {
             Ok(true) => {}
             Ok(false) if stack.len() == 1 => return Ok(()),
+            // The last fragment of the top-level pixel data, then the end of
+            // the file without the sequence delimiter: a common encoder
+            // slip that every reader tolerates. Frames missing are refused
+            // by the decoder.
+            Ok(false) if stack.len() == 2 && frame.kind == Kind::Fragments => return Ok(()),
             Ok(false) => return Err(malformed(input, "data set truncated inside a sequence")),
             Err(e) => return Err(io_fault(input, &e)),
         }
@@ -738,6 +754,11 @@ fn walk(
                         stack.pop();
                         continue;
                     }
+                    // A stray item delimiter between top-level elements
+                    // carries nothing: skipped, as dicom-rs does.
+                    if tag == ITEM_DELIMITER && stack.len() == 1 && length == 0 {
+                        continue;
+                    }
                     return Err(malformed(input, format!("misplaced delimiter {tag}")));
                 }
                 let (vr, length) = if enc == Encoding::ImplicitLe {
@@ -750,15 +771,10 @@ fn walk(
                 } else {
                     let mut vr_bytes = [0u8; 2];
                     read(input, &mut vr_bytes)?;
-                    let Some(vr) = VR::from_binary(vr_bytes) else {
-                        return Err(malformed(
-                            input,
-                            format!(
-                                "unknown VR {:?} for {tag}",
-                                String::from_utf8_lossy(&vr_bytes)
-                            ),
-                        ));
-                    };
+                    // A VR this dictionary does not know (a later edition's,
+                    // or a broken one) is read as UN with a 4-byte length,
+                    // as dicom-rs reads it; its length is checked like any.
+                    let vr = VR::from_binary(vr_bytes).unwrap_or(VR::UN);
                     let length = if long_length(vr) {
                         let mut reserved = [0u8; 2];
                         read(input, &mut reserved)?;
@@ -772,8 +788,13 @@ fn walk(
                 };
                 let top = stack.len() == 1;
                 if length == UNDEFINED {
-                    if tag == PIXEL_DATA && top {
-                        scanned.pixel_data = PixelDataLayout::Encapsulated { items: 0, bytes: 0 };
+                    // Encapsulated pixel data, at the top level or in an
+                    // item (an Icon Image Sequence of a compressed file).
+                    if tag == PIXEL_DATA {
+                        if top {
+                            scanned.pixel_data =
+                                PixelDataLayout::Encapsulated { items: 0, bytes: 0 };
+                        }
                         stack.push(Frame {
                             kind: Kind::Fragments,
                             end: None,
@@ -942,7 +963,14 @@ fn read_image_value(
         0x0011 => us(&mut image.columns, value),
         0x0100 => us(&mut image.bits_allocated, value),
         0x0002 => us(&mut image.samples_per_pixel, value),
-        0x0008 => image.number_of_frames = text().parse().ok(),
+        // The first value, as dicom-rs reads it: "1000\\1" is 1000 frames
+        // (a value that is no number: unknown, and the decoder refuses it).
+        0x0008 => {
+            image.number_of_frames = text()
+                .split('\\')
+                .next()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+        }
         _ => image.photometric = Some(text()),
     }
     Ok(Some(()))
@@ -1030,7 +1058,7 @@ mod tests {
         let file = part10(EXPLICIT, &unknown);
         assert!(matches!(
             scan_file(file.path(), &Limits::default()),
-            Err(Error::Malformed { reason, .. }) if reason.contains("unknown VR")
+            Err(Error::Malformed { reason, .. }) if reason.contains("past the end")
         ));
         let mut truncated = nested(3);
         truncated.truncate(truncated.len() - 5);
@@ -1039,6 +1067,43 @@ mod tests {
             scan_file(file.path(), &Limits::default()),
             Err(Error::Malformed { .. })
         ));
+    }
+
+    /// Found in review: real files that dicom-rs reads must pass. An Icon
+    /// Image Sequence with encapsulated pixel data inside its item, a
+    /// stray top-level item delimiter, and top-level pixel data whose final
+    /// sequence delimiter is missing at the end of the file.
+    #[test]
+    fn what_real_files_contain_passes() {
+        let fragments = |delimited: bool| {
+            let mut out = vec![
+                0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+            ];
+            out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+            out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0, 1, 2, 3, 4]);
+            if delimited {
+                out.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+            }
+            out
+        };
+        let mut icon = vec![
+            0x88, 0x00, 0x00, 0x02, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        icon.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        icon.extend(fragments(true));
+        icon.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        icon.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        icon.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        icon.extend(element(0x0028, 0x0008, b"IS", b"3\\1 "));
+        icon.extend(fragments(false));
+        let file = part10("1.2.840.10008.1.2.4.50", &icon);
+        let scanned = scan_file(file.path(), &Limits::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(scanned.image.number_of_frames, Some(3), "first value");
+        assert_eq!(
+            scanned.pixel_data,
+            PixelDataLayout::Encapsulated { items: 2, bytes: 4 },
+            "the top-level pixel data, not the icon's"
+        );
     }
 
     #[test]

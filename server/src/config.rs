@@ -174,7 +174,7 @@ impl Default for DicomConfig {
             max_associations: 16,
             scu_timeout_s: 30,
             pdu_timeout_s: 30,
-            max_connections_per_address: 8,
+            max_connections_per_address: 32,
             max_pending_connections: 64,
         }
     }

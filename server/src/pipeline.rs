@@ -314,6 +314,7 @@ pub struct Backlog {
     jobs: std::sync::atomic::AtomicU64,
     limit: u64,
     receiving: std::sync::Mutex<HashMap<String, Instant>>,
+    forget_after: Duration,
 }
 
 impl Backlog {
@@ -324,7 +325,15 @@ impl Backlog {
             jobs: std::sync::atomic::AtomicU64::new(jobs),
             limit,
             receiving: std::sync::Mutex::new(HashMap::new()),
+            forget_after: Duration::from_secs(600),
         }
+    }
+
+    /// Forget a receiving study quiet for longer than `after` (set it well
+    /// above the stable age).
+    pub fn forget_after(mut self, after: Duration) -> Self {
+        self.forget_after = after;
+        self
     }
 
     /// Record the current count.
@@ -353,6 +362,9 @@ impl Backlog {
     /// and receiving studies stay below the limit. Returns why not.
     pub fn admit(&self, study: &str) -> Option<String> {
         let mut receiving = self.receiving();
+        // A study admitted whose instance was then refused (a write that
+        // failed) never completes: forgotten once quiet for long.
+        receiving.retain(|_, last| last.elapsed() < self.forget_after);
         if let Some(last) = receiving.get_mut(study) {
             *last = Instant::now();
             return None;
@@ -576,6 +588,10 @@ impl Pipeline {
                 guard.recv()
             };
             let Ok(job) = job else { return };
+            // Stopping: the job stays as it is, and the stop releases it.
+            if self.stopping.load(Ordering::Relaxed) {
+                continue;
+            }
             // From here on `attempts` counts this attempt too, as if it
             // failed: it is the number the retry rule and the records use.
             let job = Job {

@@ -119,7 +119,7 @@ impl ScpOptions {
             idle_timeout: Duration::from_secs(300),
             max_associations: 16,
             pdu_timeout: Duration::from_secs(30),
-            max_connections_per_address: 8,
+            max_connections_per_address: 32,
             max_pending_connections: 64,
             max_request_length: 64 * 1024,
             refusal_summary_period: Duration::from_secs(60),
@@ -1020,9 +1020,11 @@ impl<H: StoreHandler> Association<H> {
             &bytes,
             self.inner.requestor_max_pdu_length(),
         ) {
-            self.inner
-                .send(&pdu)
+            // A peer that never reads its responses cannot hold the
+            // association: the send is bounded like a receive.
+            tokio::time::timeout(self.options.pdu_timeout, self.inner.send(&pdu))
                 .await
+                .map_err(|_| "peer does not read its responses (dicom.pdu_timeout_s)".to_string())?
                 .map_err(|e| format!("cannot send response: {e}"))?;
         }
         // Sending made the connection look interactive to the kernel, which

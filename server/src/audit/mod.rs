@@ -255,6 +255,9 @@ pub trait AuditLog: Send + Sync + 'static {
     /// there is no head yet.
     fn head_problem(&self) -> AuditResult<Option<String>>;
 
+    /// The head as it is on disk, if any.
+    fn current_head(&self) -> AuditResult<Option<Checkpoint>>;
+
     /// Move the head aside (to a `audit-head.superseded-*.json` file) and
     /// return it with where it went; `None` without a head.
     fn supersede_head(&self) -> AuditResult<Option<(Checkpoint, std::path::PathBuf)>>;
@@ -328,6 +331,18 @@ pub struct Audit {
     forwarder: Option<std::sync::Arc<syslog::Forwarder>>,
     head_path: std::path::PathBuf,
     clock: TrustedClock,
+    clock_file: std::path::PathBuf,
+}
+
+/// File of the retention clock in the data directory.
+pub const CLOCK_FILE: &str = "audit-clock.json";
+
+/// What retention's clock said at the last checkpoint, and what the wall
+/// clock said then.
+#[derive(Debug, Serialize, Deserialize)]
+struct ClockState {
+    trusted: String,
+    wall: String,
 }
 
 /// A wall clock more than this many days past the newest record at start
@@ -379,6 +394,18 @@ impl Audit {
             None => None,
         };
         let wall = utc_now();
+        let clock_file = data_dir.join(CLOCK_FILE);
+        let remembered = std::fs::read_to_string(&clock_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<ClockState>(&t).ok())
+            .and_then(|c| {
+                let parse = |t: &str| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .ok()
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                };
+                Some((parse(&c.trusted)?, parse(&c.wall)?))
+            });
         let newest = log
             .newest_timestamp()?
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
@@ -386,8 +413,27 @@ impl Audit {
         // A wall clock far past the newest record is taken for a clock
         // error, not for downtime: retention then counts from the newest
         // record (which keeps records longer, never shorter).
-        let base = match newest {
-            Some(n) if wall > n + chrono::Duration::days(MAX_PLAUSIBLE_GAP_DAYS) => {
+        let base = match (remembered, newest) {
+            // The time retention counted at the last checkpoint, advanced
+            // by how far the wall clock moved since — unless it moved back,
+            // or implausibly far: then from that remembered time. A wrong
+            // clock is never believed, however many starts it lasts.
+            (Some((trusted, then)), _) => {
+                let moved = wall - then;
+                if moved < chrono::Duration::zero()
+                    || moved > chrono::Duration::days(MAX_PLAUSIBLE_GAP_DAYS)
+                {
+                    tracing::error!(
+                        last_reading = %then.to_rfc3339(),
+                        now = %wall.to_rfc3339(),
+                        "the clock moved back, or more than {MAX_PLAUSIBLE_GAP_DAYS} days, since the audit trail last read it: retention counts from its last trusted time (check NTP)"
+                    );
+                    trusted
+                } else {
+                    trusted + moved
+                }
+            }
+            (None, Some(n)) if wall > n + chrono::Duration::days(MAX_PLAUSIBLE_GAP_DAYS) => {
                 tracing::error!(
                     newest_record = %n.to_rfc3339(),
                     now = %wall.to_rfc3339(),
@@ -395,7 +441,7 @@ impl Audit {
                 );
                 n
             }
-            _ => wall,
+            (None, _) => wall,
         };
         if let Some(n) = newest
             && n > wall + chrono::Duration::seconds(1)
@@ -411,6 +457,7 @@ impl Audit {
                 base,
                 since: std::time::Instant::now(),
             },
+            clock_file,
             public_key: log.public_key(),
             log: std::sync::Arc::new(log),
             pseudonymiser: Pseudonymiser::new(config.patient_id, secret.to_vec()),
@@ -477,11 +524,32 @@ impl Audit {
     /// Sign a checkpoint now, and send it out of the box too (syslog, when
     /// configured): a copy outside proves a later truncation.
     pub fn checkpoint(&self) -> AuditResult<Option<Checkpoint>> {
+        self.remember_clock();
         let checkpoint = self.log.checkpoint()?;
         if let (Some(c), Some(forwarder)) = (&checkpoint, &self.forwarder) {
             forwarder.checkpoint(c);
         }
         Ok(checkpoint)
+    }
+
+    /// Keep retention's clock for the next start (best effort: without it
+    /// the next start falls back to the newest record's time).
+    fn remember_clock(&self) {
+        let stamp = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        };
+        let state = ClockState {
+            trusted: stamp(self.clock.now()),
+            wall: stamp(utc_now()),
+        };
+        let Ok(text) = serde_json::to_string(&state) else {
+            return;
+        };
+        if let Err(e) = vigie_dicom_io::write::write_durably(&self.clock_file, |w| {
+            std::io::Write::write_all(w, text.as_bytes())
+        }) {
+            tracing::warn!(error = %e, "cannot keep the retention clock");
+        }
     }
 
     /// Refuse to go on when the head disagrees with the log
@@ -504,7 +572,8 @@ impl Audit {
     /// checkpoint is signed. Returns that record.
     pub fn accept_restore(&self, reason: &str, who: serde_json::Value) -> AuditResult<AuditRecord> {
         let problem = self.log.head_problem()?;
-        let superseded = self.log.supersede_head()?;
+        // On record first: should anything after fail, the head is still
+        // there and the start still refused.
         let record = self.record(AuditEvent::new(
             "audit_restore_accepted",
             "ok",
@@ -512,10 +581,12 @@ impl Audit {
                 "reason": reason,
                 "who": who,
                 "head_problem": problem,
-                "superseded_head": superseded.as_ref().map(|(c, _)| c),
-                "superseded_head_file": superseded.as_ref().map(|(_, p)| p),
+                "superseded_head": self.log.current_head()?,
             }),
         ))?;
+        if let Some((_, aside)) = self.log.supersede_head()? {
+            tracing::warn!(kept = %aside.display(), "audit head superseded by an accepted restore");
+        }
         self.checkpoint()?;
         Ok(record)
     }
@@ -631,6 +702,18 @@ mod tests {
             "nothing pruned"
         );
         assert_eq!(audit.records(&Query::default()).unwrap().len(), 11);
+        audit.checkpoint().unwrap();
+        drop(audit);
+        // Found in review: a second start with the clock still wrong (its
+        // newest record is "now" by that clock) prunes nothing either.
+        let audit = Audit::open(dir.path(), "test", &config).unwrap();
+        assert_eq!(
+            audit.apply_retention(3650.0).unwrap(),
+            None,
+            "still nothing"
+        );
+        assert_eq!(audit.records(&Query::default()).unwrap().len(), 11);
+        audit.checkpoint().unwrap();
         drop(audit);
         // Set right again: the next record is earlier than the one before.
         CLOCK_OFFSET_MS.set(0);

@@ -357,6 +357,10 @@ impl AuditLog for SqliteAudit {
         self.head_problem_on(&tx)
     }
 
+    fn current_head(&self) -> AuditResult<Option<Checkpoint>> {
+        self.read_head().map_err(|e| self.db_err(e))
+    }
+
     fn supersede_head(&self) -> AuditResult<Option<(Checkpoint, std::path::PathBuf)>> {
         let Ok(Some(head)) = self.read_head() else {
             return Ok(None);
@@ -430,11 +434,16 @@ impl AuditLog for SqliteAudit {
         let tx = guard
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.db_err(e))?;
-        // The newest record older than the cutoff, never the last record.
+        // The end of the leading run of records older than the cutoff,
+        // never the last record: a record after the first one newer than
+        // the cutoff stays, whatever its time says (a clock set back makes
+        // recent records look old).
         let found: Option<(i64, String)> = tx
             .query_row(
                 "SELECT seq, hash FROM records WHERE timestamp < ?1
                    AND seq < (SELECT max(seq) FROM records)
+                   AND seq < coalesce((SELECT min(seq) FROM records WHERE timestamp >= ?1),
+                                      (SELECT max(seq) FROM records))
                  ORDER BY seq DESC LIMIT 1",
                 params![before],
                 |r| Ok((r.get(0)?, r.get(1)?)),

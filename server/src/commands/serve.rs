@@ -316,10 +316,15 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             })?),
             None => None,
         };
-        let backlog = Arc::new(crate::pipeline::Backlog::new(
-            config.pipeline.max_backlog,
-            crate::pipeline::Backlog::count(&catalog.job_counts()?),
-        ));
+        let backlog = Arc::new(
+            crate::pipeline::Backlog::new(
+                config.pipeline.max_backlog,
+                crate::pipeline::Backlog::count(&catalog.job_counts()?),
+            )
+            .forget_after(Duration::from_secs_f64(
+                (config.pipeline.stable_age_s.max(0.0) * 2.0 + 600.0).min(86_400.0),
+            )),
+        );
         let ingest = Arc::new(Ingest::new(
             layout.clone(),
             catalog.clone(),
@@ -442,6 +447,9 @@ pub fn run(config: Config, args: ServeArgs, file: Option<PathBuf>) -> anyhow::Re
             tracing::warn!(grace_s = grace.as_secs(), "requests still in flight after the grace period were dropped");
         }
         pipeline.stopping.store(true, Ordering::Relaxed);
+        // Let the dispatcher see it (it polls every 200 ms) before the jobs
+        // it claimed are released.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         // A job a worker is still on was not interrupted by a fault: it is
         // pending again without counting towards quarantine.
         let releasing = catalog.clone();
@@ -501,25 +509,46 @@ fn remove_orphans(layout: &Layout, catalog: &dyn Catalog, audit: &Audit) -> anyh
                 continue;
             }
             let relative = path.strip_prefix(layout.root()).unwrap_or(&path);
-            let to = layout.root().join("orphaned").join(relative);
-            let bytes = std::fs::read(&path).unwrap_or_default();
+            let mut to = layout.root().join("orphaned").join(relative);
+            // Never over an earlier orphan of the same name.
+            let mut n = 1;
+            while to.exists() {
+                to = layout
+                    .root()
+                    .join("orphaned")
+                    .join(format!("{}.{n}", relative.display()));
+                n += 1;
+            }
+            let (bytes, sha256) = match hash_file(&path) {
+                Ok(hashed) => hashed,
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot read a file unknown to the catalog; left in place");
+                    continue;
+                }
+            };
             audit.record(AuditEvent::new(
                 "orphan_moved",
                 "ok",
                 serde_json::json!({
                     "path": path,
                     "moved_to": to,
-                    "bytes": bytes.len(),
-                    "sha256": hex::encode(sha2::Sha256::digest(&bytes)),
+                    "bytes": bytes,
+                    "sha256": sha256,
                     "reason": what,
                 }),
             ))?;
-            if let Some(dir) = to.parent() {
-                create_dir_durably(dir)?;
+            let renamed = to
+                .parent()
+                .map_or(Ok(()), create_dir_durably)
+                .and_then(|()| std::fs::rename(&path, &to));
+            match renamed {
+                Ok(()) => moved += 1,
+                // Not fatal: the service starts; the file is found again at
+                // the next start.
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot move a file unknown to the catalog")
+                }
             }
-            std::fs::rename(&path, &to)
-                .with_context(|| format!("cannot move orphan {}", path.display()))?;
-            moved += 1;
         }
     }
     if moved > 0 {
@@ -529,6 +558,14 @@ fn remove_orphans(layout: &Layout, catalog: &dyn Catalog, audit: &Audit) -> anyh
         );
     }
     Ok(moved)
+}
+
+/// Size and SHA-256 (hex) of a file, read as a stream.
+fn hash_file(path: &std::path::Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let bytes = std::io::copy(&mut file, &mut hasher)?;
+    Ok((bytes, hex::encode(hasher.finalize())))
 }
 
 /// On SIGHUP, read the configuration file anew and apply its `[log]`

@@ -211,7 +211,9 @@ pub fn open_versioned(
     base: &str,
     migrations: &[&str],
 ) -> Result<Connection, String> {
-    let mut connection = open_durable(path, base)?;
+    // The version is read before anything is written: a newer database is
+    // refused untouched.
+    let mut connection = open_durable(path, "")?;
     let latest = 1 + migrations.len() as u32;
     let found: u32 = connection
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -221,6 +223,7 @@ pub fn open_versioned(
             "{what} schema version {found} is newer than this vigie knows (version {latest}): it was written by a later release; run that release, or restore a backup made for this one"
         ));
     }
+    connection.execute_batch(base).map_err(|e| e.to_string())?;
     for version in found.max(1)..latest {
         let migration = migrations[(version - 1) as usize];
         let tx = connection.transaction().map_err(|e| e.to_string())?;
