@@ -979,23 +979,7 @@ fn read_image_value(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Explicit VR little endian element bytes.
-    fn element(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&group.to_le_bytes());
-        out.extend_from_slice(&element.to_le_bytes());
-        out.extend_from_slice(vr);
-        let vr = VR::from_binary(*vr).unwrap_or(VR::UN);
-        if long_length(vr) {
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        }
-        out.extend_from_slice(value);
-        out
-    }
+    use vigie_test_support::hostile::{element, nested};
 
     fn part10(transfer_syntax: &str, dataset: &[u8]) -> tempfile::NamedTempFile {
         let mut ts = transfer_syntax.as_bytes().to_vec();
@@ -1009,21 +993,6 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
         std::io::Write::write_all(&mut file, &bytes).unwrap_or_else(|e| panic!("{e}"));
         file
-    }
-
-    fn nested(depth: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        for _ in 0..depth {
-            out.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0]);
-            out.extend_from_slice(&UNDEFINED.to_le_bytes());
-            out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
-            out.extend_from_slice(&UNDEFINED.to_le_bytes());
-        }
-        for _ in 0..depth {
-            out.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
-            out.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
-        }
-        out
     }
 
     const EXPLICIT: &str = "1.2.840.10008.1.2.1";

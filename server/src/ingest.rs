@@ -156,7 +156,15 @@ impl Ingest {
     /// is below `storage.min_free_mib`, and while the reserve is released
     /// (the disk filled) until there is room to allocate it again.
     pub fn space_admission(&self) -> Option<StoreOutcome> {
-        let free = self.free_bytes().ok()?;
+        let free = match self.free_bytes() {
+            Ok(free) => free,
+            Err(e) => {
+                return Some(StoreOutcome::failure(
+                    status::OUT_OF_RESOURCES,
+                    format!("cannot read the free space: {e}"),
+                ));
+            }
+        };
         if self.reserve.is_released() {
             let enough = self
                 .min_free_bytes
@@ -213,18 +221,9 @@ impl Ingest {
         if let Some(reason) = self.backlog.full() {
             return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
         }
-        let free = self
-            .free_bytes()
-            .map_err(|e| StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string()))?;
-        if free < self.min_free_bytes {
-            return Err(StoreOutcome::failure(
-                status::OUT_OF_RESOURCES,
-                format!(
-                    "storage full: {} MiB free, {} MiB reserved",
-                    free >> 20,
-                    self.min_free_bytes >> 20
-                ),
-            ));
+        // Asked again: space may have gone while the data set arrived.
+        if let Some(refusal) = self.space_admission() {
+            return Err(refusal);
         }
         // The data's fdatasync (the longest wait) overlaps the checks; an
         // instance the checks refuse has only cost a flush.

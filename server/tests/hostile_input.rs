@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use common::{
     Vigie, base_config, dataset_bytes, demo_studies, echo, send, storescp, token, uids, wrap,
+    wrap_in,
 };
 use vigie_test_support::hostile::{element, image_module, nested, uid};
 use vigie_test_support::{free_port, pydicom_test_files};
@@ -54,18 +55,7 @@ fn deflate_bomb(path: &Path, sop: &str, side: u16) {
         encoder.write_all(&zeros).unwrap();
     }
     let compressed = encoder.finish().unwrap();
-    let meta = dicom_object::FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(CT)
-        .media_storage_sop_instance_uid(sop)
-        .transfer_syntax("1.2.840.10008.1.2.1.99")
-        .implementation_class_uid("2.25.1")
-        .build()
-        .unwrap();
-    let mut out = vec![0u8; 128];
-    out.extend_from_slice(b"DICM");
-    meta.write(&mut out).unwrap();
-    out.extend_from_slice(&compressed);
-    std::fs::write(path, out).unwrap();
+    wrap_in(path, CT, sop, "1.2.840.10008.1.2.1.99", &compressed);
 }
 
 /// MR_small_RLE made to panic dicom-rs's RLE decoder (ours refuses it with

@@ -1143,13 +1143,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
         let catalog = SqliteCatalog::open(&path).unwrap();
-        catalog
-            .record_instance(&instance("1.2", "1.2.1", "1.2.1.1"), 0)
-            .unwrap();
-        let stable = catalog.stable_studies(0).unwrap();
-        catalog
-            .complete_study(&stable[0], 0, &[job("1.2.1")], None, 0)
-            .unwrap();
+        one_pending_job(&catalog);
         for restart in 1..=3u32 {
             let claimed = catalog.claim_job(0).unwrap();
             assert!(claimed.is_some(), "claimable before restart {restart}");
@@ -1204,19 +1198,24 @@ mod tests {
         assert_eq!(catalog.stable_studies(now).unwrap().len(), 1);
     }
 
+    /// One instance of study 1.2, complete, with one job pending on it.
+    fn one_pending_job(catalog: &SqliteCatalog) {
+        catalog
+            .record_instance(&instance("1.2", "1.2.1", "1.2.1.1"), 0)
+            .unwrap();
+        let stable = catalog.stable_studies(0).unwrap();
+        catalog
+            .complete_study(&stable[0], 0, &[job("1.2.1")], None, 0)
+            .unwrap();
+    }
+
     #[test]
     fn jobs_retry_then_fail_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
         {
             let catalog = SqliteCatalog::open(&path).unwrap();
-            catalog
-                .record_instance(&instance("1.2", "1.2.1", "1.2.1.1"), 0)
-                .unwrap();
-            let stable = catalog.stable_studies(0).unwrap();
-            catalog
-                .complete_study(&stable[0], 0, &[job("1.2.1")], None, 0)
-                .unwrap();
+            one_pending_job(&catalog);
             let claimed = catalog.claim_job(0).unwrap().unwrap();
             catalog
                 .job_attempt_failed(claimed.id, "boom", Some(100), 1)

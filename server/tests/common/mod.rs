@@ -601,10 +601,16 @@ pub fn dataset_bytes(path: &Path) -> (dicom_object::FileMetaTable, Vec<u8>) {
 
 /// A Part 10 file with this meta group and these data set bytes.
 pub fn wrap(path: &Path, class: &str, instance: &str, dataset: &[u8]) {
+    wrap_in(path, class, instance, "1.2.840.10008.1.2.1", dataset);
+}
+
+/// [`wrap`] with another transfer syntax in the meta group (the data set
+/// bytes must be encoded in it).
+pub fn wrap_in(path: &Path, class: &str, instance: &str, transfer_syntax: &str, dataset: &[u8]) {
     let meta = dicom_object::FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(class)
         .media_storage_sop_instance_uid(instance)
-        .transfer_syntax("1.2.840.10008.1.2.1")
+        .transfer_syntax(transfer_syntax)
         .implementation_class_uid("2.25.1")
         .build()
         .unwrap();
