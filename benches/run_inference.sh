@@ -15,11 +15,14 @@ DECODE_THREADS=${4:-1}
 OUT=$(mktemp -d)
 cargo build --release --locked -q -p vigie-benches --bin pipeline_throughput
 PACKAGE=${VIGIE_BENCH_MODEL:-models/brain-tumour-vgg16}
+# PIPELINE_BIN: another build of the harness (an earlier release, for
+# before/after ratios), default the one built here.
+PIPELINE_BIN=${PIPELINE_BIN:-./target/release/pipeline_throughput}
 MODEL=$(ls "$PACKAGE"/*.onnx | head -n 1)
 ./target/release/pipeline_throughput 1 "$THREADS" "$OUT/tensors.f32" > /dev/null
 py() { .venv/bin/python benches/baselines/ort_throughput.py "$MODEL" "$OUT/tensors.f32" "$ROUNDS" "$THREADS"; }
 A=$(py)
-V=$(./target/release/pipeline_throughput "$ROUNDS" "$THREADS" "$OUT/tensors.f32" "$MAX_BATCH" "$DECODE_THREADS")
+V=$("$PIPELINE_BIN" "$ROUNDS" "$THREADS" "$OUT/tensors.f32" "$MAX_BATCH" "$DECODE_THREADS")
 B=$(py)
 .venv/bin/python - "$A" "$V" "$B" "$MODEL" <<'PY'
 import json, sys

@@ -10,8 +10,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sha2::Digest;
-use vigie_server::audit::{Audit, AuditEvent};
-use vigie_server::config::AuditConfig;
+use vigie_audit::{Audit, AuditConfig, AuditEvent, EventKind};
 
 fn instance_details() -> serde_json::Value {
     serde_json::json!({
@@ -57,7 +56,7 @@ fn audit_overhead(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let audit = Audit::open(dir.path(), "bench", &AuditConfig::default()).unwrap();
     let mut group = c.benchmark_group("audit");
-    let stored = AuditEvent::new("instance_stored", "ok", instance_details())
+    let stored = AuditEvent::new(EventKind::InstanceStored, "ok", instance_details())
         .instance(Some("2.25.1"), Some("2.25.3"));
     group.bench_function("append_instance_stored", |b| {
         b.iter(|| audit.record(stored.clone()).unwrap())
@@ -83,11 +82,11 @@ fn audit_overhead(c: &mut Criterion) {
                 .mul_f64(iters as f64 / (per_thread * 8) as f64)
         })
     });
-    let inference = AuditEvent::new("inference", "ok", inference_details())
+    let inference = AuditEvent::new(EventKind::Inference, "ok", inference_details())
         .instance(Some("2.25.1"), Some("2.25.3"))
         .model("brain-tumour-vgg16", "0.1.1");
     let result = AuditEvent::new(
-        "result_created",
+        EventKind::ResultCreated,
         "ok",
         serde_json::json!({
             "job_id": 17, "kind": "sr",
@@ -111,7 +110,7 @@ fn audit_overhead(c: &mut Criterion) {
     let pixels: Vec<f32> = (0..512 * 512).map(|i| (i % 4096) as f32 / 4095.0).collect();
     group.throughput(Throughput::Bytes((pixels.len() * 4) as u64));
     group.bench_function("sha256_decoded_pixels_512x512_f32", |b| {
-        b.iter(|| vigie_validation::pipeline::hash_samples(&pixels))
+        b.iter(|| vigie_analysis::hash_samples(&pixels))
     });
     group.finish();
 }

@@ -7,7 +7,6 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vigie_inference::backend::{BackendOptions, Device};
 use vigie_inference::manifest::BackendKind;
 use vigie_inference::{Image, Model, ModelPackage};
-use vigie_validation::pipeline;
 
 fn backends(c: &mut Criterion) {
     let root = vigie_benches::repo_root();
@@ -22,7 +21,7 @@ fn backends(c: &mut Criterion) {
     let mut onnx = load(BackendKind::Onnx);
     let file = vigie_dicom_io::DicomFile::open(&files[0]).expect("opens");
     let px = file
-        .decode(&pipeline::pixel_options(
+        .decode(&vigie_analysis::pixel_options(
             &onnx.package().manifest().preprocess,
         ))
         .expect("decodes");

@@ -5,12 +5,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use vigie_analysis::results::ResultBuilder;
 use vigie_dicom_io::DicomFile;
 use vigie_dicom_io::dimse::Command;
 use vigie_inference::backend::{BackendOptions, Device};
 use vigie_inference::{Model, ModelPackage};
-use vigie_validation::pipeline;
-use vigie_validation::reporting::ResultBuilder;
 
 fn dimse(c: &mut Criterion) {
     let mut group = c.benchmark_group("dimse");
@@ -39,7 +38,7 @@ fn sr(c: &mut Criterion) {
     let mut model =
         Model::load(package, &BackendOptions::new(Device::Cpu, 2, Some(lib))).expect("model");
     let file = DicomFile::open(&files[0]).expect("opens");
-    let analysis = pipeline::analyse(&mut model, &file).expect("analysed");
+    let analysis = vigie_analysis::analyse(&mut model, &file).expect("analysed");
     let manifest = model.package().manifest().clone();
     let mut builder = ResultBuilder::new("bench", "2.25", false).expect("builder");
     let mut group = c.benchmark_group("results");

@@ -42,6 +42,9 @@ WORK="$ROOT/target/ingest-bench"
 rm -rf "$WORK"
 mkdir -p "$WORK/files"
 KIND=${KIND:-mr}
+# VIGIE_BIN: another build of vigie to measure (an earlier release, for
+# before/after ratios), default the one built here.
+VIGIE_BIN=${VIGIE_BIN:-./target/release/vigie}
 cargo build --release --locked -q -p vigie-server -p vigie-benches
 .venv/bin/python benches/ingest/make_instances.py "$N" "$WORK/files" "$KIND"
 FLOOR=$(./target/release/fsync_floor "$WORK/files" "$WORK/floor" "$ROUNDS")
@@ -71,7 +74,7 @@ wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null
 start_vigie() {
   VIGIE__DICOM__AE_TITLE=BENCH VIGIE__PIPELINE__WORKERS=0 VIGIE__PIPELINE__STABLE_AGE_S=3600 \
   VIGIE__STORAGE__MIN_FREE_MIB=0 VIGIE__DICOM__MAX_ASSOCIATIONS=64 VIGIE__HTTP__METRICS_PUBLIC=true VIGIE_LOG=warn \
-    ./target/release/vigie serve --data-dir "$WORK/vigie" --dicom-port "$PORT_VIGIE" --http-port "$HTTP_VIGIE" & VIG=$!
+    "$VIGIE_BIN" serve --data-dir "$WORK/vigie" --dicom-port "$PORT_VIGIE" --http-port "$HTTP_VIGIE" & VIG=$!
   wait_port "$PORT_VIGIE"
 }
 

@@ -106,6 +106,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The model registry cannot give the package asked for.
+    #[error("model packages in {root}: {reason}")]
+    Registry {
+        /// The packages' folder.
+        root: PathBuf,
+        /// Why.
+        #[source]
+        reason: crate::registry::RegistryProblem,
+    },
     /// The feature needed for a device was not compiled into this build.
     #[error(
         "{backend} was built without {feature} support; rebuild with the `{feature}` feature to use {device}"

@@ -16,6 +16,8 @@
 //! - [`model`]: [`model::Model`], a loaded package ready to run: the one
 //!   code path from image to typed result, with stage timings; its
 //!   [`model::Preparer`] runs the preprocessing on other threads.
+//! - [`registry`]: the installed packages of a folder, found by id and
+//!   loaded on a backend: the one way every command loads a model.
 //! - [`threads`]: thread counts derived from the machine, and pinning.
 //!
 //! The crate knows nothing of DICOM networking, HTTP or configuration files.
@@ -29,6 +31,7 @@ pub mod model;
 pub mod package;
 pub mod postprocess;
 pub mod preprocess;
+pub mod registry;
 pub mod resize;
 pub mod threads;
 
@@ -36,3 +39,4 @@ pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use model::{Image, Model, ModelResult, Prepared, Preparer};
 pub use package::ModelPackage;
+pub use registry::ModelRegistry;

@@ -79,36 +79,7 @@ impl Default for LogConfig {
     }
 }
 
-/// `[audit]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditConfig {
-    /// Sign a checkpoint every this many records.
-    pub checkpoint_every: u32,
-    /// Also sign one every this many seconds when records were added.
-    pub checkpoint_interval_s: u64,
-    /// Patient ID in the audit trail: `hmac` (keyed hash under the site
-    /// secret), `clear` or `omit`.
-    pub patient_id: crate::audit::PatientIdPolicy,
-    /// Days records are kept; older ones are pruned (at start and daily)
-    /// behind a signed anchor, so the rest still verifies.
-    pub retention_days: f64,
-    /// Forward every record as a DICOM PS3.15 audit message in RFC 5424
-    /// syslog over UDP to this `host:port` (unset: no forwarding).
-    pub syslog: Option<String>,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            checkpoint_every: 1000,
-            checkpoint_interval_s: 300,
-            patient_id: crate::audit::PatientIdPolicy::Hmac,
-            retention_days: 3652.5,
-            syslog: None,
-        }
-    }
-}
+pub use vigie_audit::AuditConfig;
 
 /// `[dicom]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -753,6 +724,28 @@ impl Config {
         }
     }
 
+    /// The installed model packages (`inference.models_dir`, default
+    /// `inference.default_model`).
+    pub fn model_registry(&self) -> vigie_inference::ModelRegistry {
+        vigie_inference::ModelRegistry::new(
+            &self.inference.models_dir,
+            self.inference.default_model.clone(),
+        )
+    }
+
+    /// Load model package `id` (or the default one) from the registry, on
+    /// `backend` (default: its manifest's), with this configuration's
+    /// device and threads.
+    pub fn load_model(
+        &self,
+        id: Option<&str>,
+        backend: Option<vigie_inference::manifest::BackendKind>,
+    ) -> anyhow::Result<vigie_inference::Model> {
+        Ok(self
+            .model_registry()
+            .load(id, backend, &self.backend_options()?)?)
+    }
+
     /// Resolve backend options: device, threads and the library path.
     pub fn backend_options(&self) -> anyhow::Result<BackendOptions> {
         let device = parse_device(&self.inference.device)?;
@@ -774,15 +767,15 @@ impl Config {
     /// model's `[inference.batching.<model>]` (none: one instance per run)
     /// and the plan's decode threads and CPUs. `vigie serve` and `vigie
     /// infer` both use it.
-    pub fn hot_loop(&self, model: &str, plan: &ThreadPlan) -> vigie_validation::pipeline::HotLoop {
+    pub fn hot_loop(&self, model: &str, plan: &ThreadPlan) -> vigie_analysis::HotLoop {
         let batching = self
             .inference
             .batching
             .get(model)
             .cloned()
             .unwrap_or_default();
-        vigie_validation::pipeline::HotLoop {
-            batching: vigie_validation::pipeline::Batching {
+        vigie_analysis::HotLoop {
+            batching: vigie_analysis::Batching {
                 max_batch: batching.max_batch.max(1),
                 max_delay: std::time::Duration::from_millis(batching.max_delay_ms),
             },

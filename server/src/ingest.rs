@@ -1,4 +1,6 @@
-//! Durable ingest: what happens to each instance the SCP receives.
+//! Durable ingest: what happens to each instance the SCP receives. This
+//! is where a received instance becomes durable and acknowledged; the rest
+//! of its way, to a job and a delivered result, is in `docs/crates.md`.
 //!
 //! The SCP has streamed the data set into a staged Part 10 file. Here it is
 //! checked (parsable, matches the command, UIDs safe as path names) while
@@ -23,10 +25,10 @@ use vigie_dicom_io::dimse::status;
 use vigie_dicom_io::net::scp::{ReceivedInstance, ScpEvent, StoreHandler, StoreOutcome};
 use vigie_dicom_io::{DicomFile, Error as DicomError};
 
-use crate::audit::{Audit, AuditEvent};
 use crate::metrics::Metrics;
-use crate::store::layout::{Layout, Reserve, commit_synced_file_then, is_disk_full};
-use crate::store::{Catalog, InstanceRecord, now_ms};
+use vigie_audit::{Audit, AuditEvent, EventKind};
+use vigie_store::layout::{Layout, Reserve, commit_synced_file_then, is_disk_full};
+use vigie_store::{InstanceIndex, InstanceRecord, now_ms};
 
 /// Counters of the ingest side.
 #[derive(Debug, Default)]
@@ -72,14 +74,14 @@ pub struct Stored {
 /// The store handler of `vigie serve`.
 pub struct Ingest {
     layout: Layout,
-    catalog: Arc<dyn Catalog>,
+    catalog: Arc<dyn InstanceIndex>,
     audit: Audit,
     /// Queue of the pixel-hash thread; `None` once [`Ingest::close`] ran.
     pixels: std::sync::Mutex<Option<std::sync::mpsc::Sender<InstanceRecord>>>,
     pixel_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     min_free_bytes: u64,
     metrics: Arc<Metrics>,
-    backlog: Arc<crate::pipeline::Backlog>,
+    backlog: Arc<crate::backlog::Backlog>,
     reserve: Arc<Reserve>,
     /// Counters.
     pub stats: Arc<IngestStats>,
@@ -92,16 +94,24 @@ const REFUSED_HELP: &str = "Instances refused, by source and DICOM status (A700 
 const ASSOCIATIONS: &str = "vigie_dicom_associations_total";
 const ASSOCIATIONS_HELP: &str = "DICOM associations by outcome (accepted, rejected, released, aborted, refused_before_request: connections closed before a whole A-ASSOCIATE-RQ).";
 
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("data_dir", &self.layout.root())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Ingest {
     /// Ingest into `layout`, indexing in `catalog`, refusing instances when
     /// less than `min_free_bytes` are free.
     pub fn new(
         layout: Layout,
-        catalog: Arc<dyn Catalog>,
+        catalog: Arc<dyn InstanceIndex>,
         audit: Audit,
         min_free_bytes: u64,
         metrics: Arc<Metrics>,
-        backlog: Arc<crate::pipeline::Backlog>,
+        backlog: Arc<crate::backlog::Backlog>,
         reserve: Arc<Reserve>,
     ) -> Self {
         let (pixels, queue) = std::sync::mpsc::channel();
@@ -351,7 +361,7 @@ impl Ingest {
             attributes: vigie_dicom_io::web::index_attributes(&file),
         };
         let event = AuditEvent::new(
-            "instance_stored",
+            EventKind::InstanceStored,
             "ok",
             serde_json::json!({
                 "source": source.as_str(),
@@ -499,7 +509,7 @@ fn hash_pixels(
             .map(|record| {
                 std::panic::catch_unwind(|| pixel_event(record)).unwrap_or_else(|panic| {
                     AuditEvent::new(
-                        "instance_pixels",
+                        EventKind::InstancePixels,
                         "failed",
                         serde_json::json!({
                             "error": format!("decoder panicked: {}", vigie_dicom_io::pixels::panic_message(&panic)),
@@ -525,7 +535,7 @@ fn pixel_event(record: &InstanceRecord) -> AuditEvent {
         // Decoding needs the whole instance in memory, twice over as
         // floats: not in the background of a receiving appliance.
         AuditEvent::new(
-            "instance_pixels",
+            EventKind::InstancePixels,
             "skipped",
             serde_json::json!({
                 "reason": format!(
@@ -539,10 +549,10 @@ fn pixel_event(record: &InstanceRecord) -> AuditEvent {
     } else {
         match DicomFile::open(&record.path).and_then(|f| f.decode_stored()) {
             Ok(pixels) => AuditEvent::new(
-                "instance_pixels",
+                EventKind::InstancePixels,
                 "ok",
                 serde_json::json!({
-                    "pixels_sha256": vigie_validation::pipeline::hash_samples(&pixels.data),
+                    "pixels_sha256": vigie_analysis::hash_samples(&pixels.data),
                     "frames": pixels.frames,
                     "rows": pixels.rows,
                     "columns": pixels.columns,
@@ -552,7 +562,7 @@ fn pixel_event(record: &InstanceRecord) -> AuditEvent {
                 }),
             ),
             Err(e) => AuditEvent::new(
-                "instance_pixels",
+                EventKind::InstancePixels,
                 "failed",
                 serde_json::json!({ "error": e.to_string(), "file_sha256": record.sha256 }),
             ),
@@ -643,7 +653,7 @@ impl Ingest {
         );
         self.audit.note(
             AuditEvent::new(
-                "instance_refused",
+                EventKind::InstanceRefused,
                 "refused",
                 serde_json::json!({
                     "source": source.as_str(),
@@ -678,7 +688,7 @@ impl StoreHandler for Ingest {
                 self.metrics
                     .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "accepted")]);
                 self.audit.note(AuditEvent::new(
-                    "association",
+                    EventKind::Association,
                     "accepted",
                     serde_json::json!({
                         "calling_ae_title": calling_ae_title,
@@ -692,7 +702,7 @@ impl StoreHandler for Ingest {
                 self.metrics
                     .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "rejected")]);
                 self.audit.note(AuditEvent::new(
-                    "association",
+                    EventKind::Association,
                     "rejected",
                     serde_json::json!({ "peer": peer.to_string(), "reason": reason }),
                 ));
@@ -700,7 +710,7 @@ impl StoreHandler for Ingest {
             ScpEvent::Echoed { calling_ae_title } => {
                 tracing::info!(calling = %calling_ae_title, "C-ECHO answered");
                 self.audit.note(AuditEvent::new(
-                    "echo",
+                    EventKind::Echo,
                     "ok",
                     serde_json::json!({ "calling_ae_title": calling_ae_title }),
                 ));
@@ -731,7 +741,7 @@ impl StoreHandler for Ingest {
                 self.metrics
                     .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "released")]);
                 self.audit.note(AuditEvent::new(
-                    "association",
+                    EventKind::Association,
                     "released",
                     serde_json::json!({ "calling_ae_title": calling_ae_title, "stores": stores }),
                 ));
@@ -758,7 +768,7 @@ impl StoreHandler for Ingest {
                     total,
                 );
                 self.audit.note(AuditEvent::new(
-                    "connections_refused",
+                    EventKind::ConnectionsRefused,
                     "refused",
                     serde_json::json!({
                         "total": total,
@@ -776,7 +786,7 @@ impl StoreHandler for Ingest {
                 self.metrics
                     .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "aborted")]);
                 self.audit.note(AuditEvent::new(
-                    "association",
+                    EventKind::Association,
                     "aborted",
                     serde_json::json!({ "calling_ae_title": calling_ae_title, "reason": reason }),
                 ));
@@ -812,9 +822,9 @@ mod tests {
         }
     }
 
-    fn pixel_records(audit: &Audit) -> Vec<crate::audit::AuditRecord> {
+    fn pixel_records(audit: &Audit) -> Vec<vigie_audit::AuditRecord> {
         audit
-            .records(&crate::audit::Query {
+            .records(&vigie_audit::Query {
                 kind: Some("instance_pixels".into()),
                 ..Default::default()
             })

@@ -1,12 +1,20 @@
-//! The parts of `vigie-server` that benchmarks and tools use directly: the
-//! audit trail, the configuration, the catalog and the group commit they
-//! share. The `vigie` binary
-//! (`main.rs`) builds the service from these and its own modules.
+//! The appliance's service side, as a library: the configuration and its
+//! resolve step, ingest, the pipeline (assembly, workers, delivery),
+//! routing, the HTTP side, metrics, logs, and [`service::Service`], which
+//! wires them into `vigie serve`. The `vigie` binary (`main.rs`) is the
+//! command line and one small module per command on top of it; tests and
+//! benches use the library in process.
 //!
-//! Error policy: typed errors here (`AuditError`, `StoreError`); the
-//! configuration loader, used by the binary only, returns `anyhow`.
+//! Error policy: the service wiring and the configuration loader return
+//! `anyhow` (their callers print the chain); the domain crates return
+//! their typed errors, which HTTP maps to statuses (`http::error`).
 
-pub mod audit;
+pub mod backlog;
 pub mod config;
-pub mod group_commit;
-pub mod store;
+pub mod http;
+pub mod ingest;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod routing;
+pub mod service;

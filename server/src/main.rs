@@ -6,14 +6,8 @@
 
 mod cli;
 mod commands;
-mod http;
-mod ingest;
-mod logging;
-mod metrics;
-mod pipeline;
-mod routing;
 
-use vigie_server::{audit, config, store};
+use vigie_server::{config, logging};
 
 use std::process::ExitCode;
 

@@ -14,7 +14,7 @@ use regex::Regex;
 use vigie_inference::manifest::AppliesTo;
 
 use crate::config::{Config, RuleConfig};
-use crate::store::{NewJob, SeriesSummary, StableStudy};
+use vigie_store::{NewJob, SeriesSummary, StableStudy};
 
 /// A rule ready to match.
 #[derive(Debug, Clone)]

@@ -433,10 +433,10 @@ fn vigie_audit_verify_names_the_tampered_record() {
             // Change record 2, then recompute every hash after it.
             c.execute("UPDATE records SET outcome = 'refused' WHERE seq = 2", [])
                 .unwrap();
-            let mut rows: Vec<vigie_server::audit::AuditRecord> = {
+            let mut rows: Vec<vigie_audit::AuditRecord> = {
                 let mut stmt = c.prepare("SELECT * FROM records ORDER BY seq").unwrap();
                 stmt.query_map([], |r| {
-                    Ok(vigie_server::audit::AuditRecord {
+                    Ok(vigie_audit::AuditRecord {
                         seq: r.get("seq")?,
                         timestamp: r.get("timestamp")?,
                         appliance: r.get("appliance")?,
@@ -457,7 +457,7 @@ fn vigie_audit_verify_names_the_tampered_record() {
                 .map(Result::unwrap)
                 .collect()
             };
-            let mut prev = vigie_server::audit::GENESIS.to_string();
+            let mut prev = vigie_audit::GENESIS.to_string();
             for r in &mut rows {
                 r.prev_hash = prev.clone();
                 r.hash = r.compute_hash();

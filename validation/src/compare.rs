@@ -107,6 +107,108 @@ pub fn unpaired(
     })
 }
 
+/// The outcomes of a `report.json` that a comparison needs.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Outcomes {
+    reproducibility: OutcomesDataset,
+    /// Every scored case.
+    pub cases: Vec<crate::report::Case>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct OutcomesDataset {
+    dataset: DatasetHash,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct DatasetHash {
+    content_sha256: String,
+}
+
+impl Outcomes {
+    /// Read a classification `report.json`.
+    pub fn read(path: &std::path::Path) -> crate::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| crate::Error::NotAReport {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The content hash of the dataset the run scored.
+    pub fn dataset_sha256(&self) -> &str {
+        &self.reproducibility.dataset.content_sha256
+    }
+}
+
+/// A candidate's report against a baseline's, metric by metric.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// The margin.
+    pub margin: f64,
+    /// Same dataset, same cases in the same order: compared case by case.
+    pub paired: bool,
+    /// Every verdict is non-inferior.
+    pub non_inferior: bool,
+    /// Accuracy, then each class's sensitivity.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Compare a candidate's run with a baseline's on accuracy and on every
+/// class's sensitivity: paired when both scored the same cases of the same
+/// dataset, unpaired otherwise. `None` when there is nothing to compare.
+pub fn compare_reports(
+    baseline: &Outcomes,
+    candidate: &Outcomes,
+    margin: f64,
+) -> Option<Comparison> {
+    let (ob, oc) = (&baseline.cases, &candidate.cases);
+    let is_paired = baseline.dataset_sha256() == candidate.dataset_sha256()
+        && ob.len() == oc.len()
+        && ob
+            .iter()
+            .zip(oc)
+            .all(|(x, y)| x.file == y.file && x.truth == y.truth);
+    let mut groups: Vec<(String, Option<String>)> = vec![("accuracy".into(), None)];
+    let mut labels: Vec<String> = ob.iter().map(|o| o.truth.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    groups.extend(
+        labels
+            .into_iter()
+            .map(|l| (format!("sensitivity {l}"), Some(l))),
+    );
+    let mut verdicts = Vec::new();
+    for (name, label) in groups {
+        let pick = |o: &[crate::report::Case]| -> Vec<bool> {
+            o.iter()
+                .filter(|x| label.as_ref().is_none_or(|l| &x.truth == l))
+                .map(|x| x.correct)
+                .collect()
+        };
+        let (xb, xc) = (pick(ob), pick(oc));
+        let count = |v: &[bool]| (v.iter().filter(|x| **x).count() as u64, v.len() as u64);
+        let verdict = if is_paired {
+            paired(&name, &xb, &xc, margin)
+        } else {
+            unpaired(&name, count(&xb), count(&xc), margin)
+        };
+        verdicts.extend(verdict);
+    }
+    if verdicts.is_empty() {
+        return None;
+    }
+    Some(Comparison {
+        margin,
+        paired: is_paired,
+        non_inferior: verdicts.iter().all(|v| v.non_inferior),
+        verdicts,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,20 +1,17 @@
-//! The crate's error type.
+//! Errors of dataset handling, validation runs and reports.
 
 use std::path::PathBuf;
 
-/// Result with this crate's [`Error`].
+/// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Errors of dataset handling and of the shared pipeline.
+/// What failed in this crate, with its source.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Reading or decoding DICOM failed.
+    /// A DICOM file (dataset image, reference mask, written report) failed.
     #[error(transparent)]
     Dicom(#[from] vigie_dicom_io::Error),
-    /// Loading or running the model failed.
-    #[error(transparent)]
-    Inference(#[from] vigie_inference::Error),
     /// The dataset manifest is unreadable or inconsistent.
     #[error("dataset {path}: {reason}")]
     Dataset {
@@ -31,29 +28,33 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The model run of a batch of instances failed (each gets this error).
-    #[error(
-        "{path} (SOP Instance {sop_instance_uid}): the model run of its batch failed: {reason}"
-    )]
-    BatchFailed {
-        /// File.
-        path: PathBuf,
-        /// SOP Instance UID.
-        sop_instance_uid: String,
-        /// Why the batch failed.
+    /// Analysing an instance failed.
+    #[error(transparent)]
+    Analysis(#[from] vigie_analysis::Error),
+    /// The audit trail cannot record the run.
+    #[error(transparent)]
+    Audit(#[from] vigie_audit::AuditError),
+    /// An option of the run is malformed.
+    #[error("{option} {value:?}: {reason}")]
+    Option {
+        /// The option (`--claim`, `--operating-point`).
+        option: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
         reason: String,
     },
-    /// The model does not apply to this instance.
-    #[error("{path} (SOP Instance {sop_instance_uid}): model {model_id} does not apply: {reason}")]
-    NotApplicable {
+    /// The report cannot be serialised.
+    #[error("report: {0}")]
+    Report(#[from] serde_json::Error),
+    /// A file is not a classification `report.json`.
+    #[error("{path} is not a classification report.json")]
+    NotAReport {
         /// File.
         path: PathBuf,
-        /// SOP Instance UID.
-        sop_instance_uid: String,
-        /// Model id.
-        model_id: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// File system error.
     #[error("{path}: {source}")]

@@ -1,19 +1,21 @@
-//! Validation for Vigie: labelled datasets, and the study analysis function
-//! that production and validation share.
+//! Validation for Vigie: labelled datasets, statistics, comparisons and
+//! the validation reports. The analysis itself is `vigie-analysis`'s hot
+//! loop, the same one production runs.
 //!
 //! Modules:
 //! - [`dataset`]: the dataset manifest (`dataset.toml`): studies, their
 //!   files and ground truth, and the dataset's content hash.
 //! - [`import`]: build a dataset of synthetic DICOM MR studies from
 //!   labelled pictures (`vigie validate import-images`).
-//! - [`reporting`]: model results → SR / SEG / summary image.
-//! - [`compare`]: non-inferiority of a candidate against a baseline.
+//! - [`compare`]: non-inferiority of a candidate against a baseline, and
+//!   of one `report.json` against another.
+//! - [`run`]: a validation run through the production hot loop, every
+//!   inference recorded in the audit trail, into a typed report; writing
+//!   the reports.
+//! - [`report`]: the typed report, its JSON, Markdown and HTML (maud).
 //! - [`segmentation`]: Dice, IoU, HD95 and ASSD (mm) of a predicted mask.
 //! - [`stats`]: classification metrics with 95 % intervals (Wilson,
 //!   DeLong), tested against scikit-learn and scipy.
-//! - [`pipeline`]: DICOM instance → decoded pixels → model → result. The
-//!   appliance (`vigie infer`, `vigie serve`) and the validation suite call
-//!   this same function, so what is validated is what runs.
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
@@ -21,8 +23,8 @@ pub mod compare;
 pub mod dataset;
 pub mod error;
 pub mod import;
-pub mod pipeline;
-pub mod reporting;
+pub mod report;
+pub mod run;
 pub mod segmentation;
 pub mod stats;
 

@@ -21,7 +21,6 @@ use vigie_inference::postprocess::Finding;
 use vigie_inference::{Image, Model, ModelPackage};
 use vigie_validation::dataset::Dataset;
 use vigie_validation::import::{ImportOptions, import_images};
-use vigie_validation::pipeline;
 
 /// Tolerance against Python onnxruntime on identical tensors (issue: 1e-4).
 const ORT_TOLERANCE: f32 = 1e-4;
@@ -77,7 +76,7 @@ fn all_17_demo_studies_are_classified_correctly() {
     let mut correct = 0;
     for study in &dataset.studies {
         let analysis =
-            pipeline::analyse_path(&mut model, &dir.join(&study.files[0])).expect("analysed");
+            vigie_analysis::analyse_path(&mut model, &dir.join(&study.files[0])).expect("analysed");
         assert_eq!(analysis.results.len(), 1);
         let c = classification(&analysis.results[0].finding);
         let sum: f32 = c.probabilities.iter().sum();
@@ -124,7 +123,9 @@ fn our_tensors(model: &mut Model) -> Vec<Vec<f32>> {
         .iter()
         .map(|study| {
             let file = DicomFile::open(dir.join(&study.files[0])).expect("opens");
-            let pixels = file.decode(&pipeline::pixel_options(pre)).expect("decodes");
+            let pixels = file
+                .decode(&vigie_analysis::pixel_options(pre))
+                .expect("decodes");
             let image = Image {
                 rows: pixels.rows,
                 columns: pixels.columns,
@@ -213,7 +214,7 @@ fn pipeline_agrees_with_the_packages_own_jpeg_pipeline() {
     let mut worst = 0.0f32;
     for (study, theirs) in dataset.studies.iter().zip(&lines) {
         let analysis =
-            pipeline::analyse_path(&mut model, &dir.join(&study.files[0])).expect("analysed");
+            vigie_analysis::analyse_path(&mut model, &dir.join(&study.files[0])).expect("analysed");
         let c = classification(&analysis.results[0].finding);
         let theirs: Vec<f32> =
             serde_json::from_value(theirs["probabilities"].clone()).expect("probabilities");
@@ -330,8 +331,8 @@ fn int8_candidate_decides_as_the_fp32_model_on_the_17_demo_studies() {
     let (mut worst, mut identical) = (0.0f32, true);
     for study in &dataset.studies {
         let path = root.join(&study.files[0]);
-        let a = pipeline::analyse_path(&mut fp32, &path).expect("fp32 analysed");
-        let b = pipeline::analyse_path(&mut int8, &path).expect("int8 analysed");
+        let a = vigie_analysis::analyse_path(&mut fp32, &path).expect("fp32 analysed");
+        let b = vigie_analysis::analyse_path(&mut int8, &path).expect("int8 analysed");
         let (a, b) = (
             classification(&a.results[0].finding),
             classification(&b.results[0].finding),
@@ -372,14 +373,14 @@ fn the_hot_loop_with_several_decode_threads_gives_the_sequential_results_in_orde
     let mut model = Model::load(package(), &pinned).expect("model loads, pinned");
     let sequential: Vec<_> = paths
         .iter()
-        .map(|p| pipeline::analyse_path(&mut model, p).ok())
+        .map(|p| vigie_analysis::analyse_path(&mut model, p).ok())
         .collect();
     for (index, outcome) in sequential.iter().enumerate() {
         assert_eq!(outcome.is_none(), bad.contains(&index), "instance {index}");
     }
     for (decode_threads, max_batch, tolerance) in [(3, 1, 0.0f32), (2, 3, 1e-4)] {
-        let hot_loop = pipeline::HotLoop {
-            batching: pipeline::Batching {
+        let hot_loop = vigie_analysis::HotLoop {
+            batching: vigie_analysis::Batching {
                 max_batch,
                 max_delay: std::time::Duration::from_millis(50),
             },
@@ -387,7 +388,7 @@ fn the_hot_loop_with_several_decode_threads_gives_the_sequential_results_in_orde
             decode_cpus: cpus.clone(),
         };
         let mut seen = Vec::new();
-        pipeline::analyse_stream(&mut model, &paths, &hot_loop, |index, outcome| {
+        vigie_analysis::analyse_stream(&mut model, &paths, &hot_loop, |index, outcome| {
             seen.push(index);
             match (outcome, &sequential[index]) {
                 (Err(_), None) => {}

@@ -12,14 +12,13 @@ mod common;
 
 use std::path::Path;
 
+use vigie_analysis::results::{ResultBuilder, ResultKind};
 use vigie_dicom_io::DicomFile;
 use vigie_dicom_io::uid::UidGenerator;
 use vigie_dicom_io::write::{MrImage, write_part10};
 use vigie_inference::backend::{BackendOptions, Device};
 use vigie_inference::postprocess::Finding;
 use vigie_inference::{Model, ModelPackage};
-use vigie_validation::pipeline;
-use vigie_validation::reporting::{ResultBuilder, ResultKind};
 
 use vigie_test_support::{repo_root as root, require};
 
@@ -48,7 +47,7 @@ fn demo_studies_get_conformant_srs_that_match_the_inference() {
     let mut errors = Vec::new();
     for study in &dataset.studies {
         let file = DicomFile::open(tmp.path().join(&study.files[0])).expect("opens");
-        let analysis = pipeline::analyse(&mut model, &file).expect("analysed");
+        let analysis = vigie_analysis::analyse(&mut model, &file).expect("analysed");
         let result = &analysis.results[0];
         let objects = builder
             .build(&file, 0, 1, &manifest, result)
@@ -139,7 +138,7 @@ fn fixture_segmentation_becomes_a_seg_whose_masks_equal_the_model_output() {
         .enumerate()
     {
         let (file, truth) = disk_image(tmp.path(), index, cx, cy, r);
-        let analysis = pipeline::analyse(&mut model, &file).expect("analysed");
+        let analysis = vigie_analysis::analyse(&mut model, &file).expect("analysed");
         let Finding::Segmentation(s) = &analysis.results[0].finding else {
             panic!("segmentation expected")
         };

@@ -4,7 +4,7 @@
 //! Also writes the tensors for the Python onnxruntime baseline.
 //!
 //! The pipeline figure is the hot loop of `vigie serve`
-//! (`pipeline::analyse_stream`: DECODE_THREADS threads opening, decoding
+//! (`vigie_analysis::analyse_stream`: DECODE_THREADS threads opening, decoding
 //! and preprocessing ahead of the model, MAX_BATCH instances per model run); "sequential" is the same work
 //! one instance after the other on one thread; "session only" is
 //! `session.run` on ready tensors. Latency: time between consecutive
@@ -23,7 +23,6 @@ use std::time::Instant;
 use anyhow::Context;
 use vigie_inference::backend::{BackendOptions, ConvAlgoSearch, Device};
 use vigie_inference::{Image, Model, ModelPackage};
-use vigie_validation::pipeline;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -69,7 +68,7 @@ fn main() -> anyhow::Result<()> {
     let mut tensors = Vec::new();
     for f in &files {
         let file = vigie_dicom_io::DicomFile::open(f)?;
-        let px = file.decode(&pipeline::pixel_options(&pre))?;
+        let px = file.decode(&vigie_analysis::pixel_options(&pre))?;
         tensors.push(model.preprocess(&Image {
             rows: px.rows,
             columns: px.columns,
@@ -85,10 +84,10 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(tensors_out, bytes)?;
     // Warm-up.
     for f in &files {
-        pipeline::analyse_path(&mut model, f)?;
+        vigie_analysis::analyse_path(&mut model, f)?;
     }
-    let hot_loop = pipeline::HotLoop {
-        batching: pipeline::Batching {
+    let hot_loop = vigie_analysis::HotLoop {
+        batching: vigie_analysis::Batching {
             max_batch,
             max_delay: std::time::Duration::from_millis(20),
         },
@@ -101,7 +100,7 @@ fn main() -> anyhow::Result<()> {
         // The hot loop of `vigie serve`: decode and preprocess ahead.
         let t = Instant::now();
         let mut last = Instant::now();
-        pipeline::analyse_stream(&mut model, &files, &hot_loop, |_, outcome| {
+        vigie_analysis::analyse_stream(&mut model, &files, &hot_loop, |_, outcome| {
             outcome?;
             latencies.push(last.elapsed().as_secs_f64() * 1000.0);
             last = Instant::now();
@@ -111,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         // The same, one instance after the other on one thread.
         let t = Instant::now();
         for f in &files {
-            pipeline::analyse_path(&mut model, f)?;
+            vigie_analysis::analyse_path(&mut model, f)?;
         }
         sequential_s += t.elapsed().as_secs_f64();
         let t = Instant::now();

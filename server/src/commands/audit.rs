@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use sha2::Digest;
 
-use crate::audit::sqlite::{DATABASE, SqliteAudit};
-use crate::audit::{AuditEvent, AuditLog, AuditRecord, Query, SIGNING_KEY_FILE, keys};
 use crate::cli::{AuditCommand, ExportArgs, ExportFormat, QueryArgs};
 use crate::config::Config;
+use vigie_audit::sqlite::{DATABASE, SqliteAudit};
+use vigie_audit::{AuditEvent, AuditLog, AuditRecord, EventKind, Query, SIGNING_KEY_FILE, keys};
 
 fn data_dir(config: &Config, over: Option<&PathBuf>) -> PathBuf {
     over.cloned()
@@ -44,7 +44,7 @@ fn open_existing(config: &Config, dir: &Path) -> anyhow::Result<SqliteAudit> {
 fn record_access(config: &Config, audit: &SqliteAudit, event: AuditEvent) -> anyhow::Result<()> {
     let record = audit.append(&event)?;
     if let Some(target) = &config.audit.syslog {
-        crate::audit::syslog::Forwarder::new(target)
+        vigie_audit::syslog::Forwarder::new(target)
             .with_context(|| format!("syslog forwarding to {target}"))?
             .send(&record);
     }
@@ -82,12 +82,12 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
                 .map(|path| {
                     let text = std::fs::read_to_string(path)
                         .with_context(|| format!("--checkpoint {}", path.display()))?;
-                    serde_json::from_str::<crate::audit::Checkpoint>(text.trim()).with_context(
+                    serde_json::from_str::<vigie_audit::Checkpoint>(text.trim()).with_context(
                         || format!("--checkpoint {}: not a signed checkpoint", path.display()),
                     )
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let report = crate::audit::verify::verify_against(&audit.snapshot()?, &key, &outside);
+            let report = vigie_audit::verify::verify_against(&audit.snapshot()?, &key, &outside);
             // The verification itself goes on record, after the check and before
             // its result is printed: when the record cannot be written (a full
             // disk), the command fails without having printed "OK".
@@ -95,7 +95,7 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
                 config,
                 &audit,
                 AuditEvent::new(
-                    "audit_accessed",
+                    EventKind::AuditAccessed,
                     if report.ok {
                         "verified"
                     } else {
@@ -146,8 +146,8 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
             let dir = data_dir(config, over.as_ref());
             // The keys must be those of this trail: never created here.
             drop(open_existing(config, &dir)?);
-            let _lock = crate::store::layout::DataDirLock::acquire(&dir)?;
-            let audit = crate::audit::Audit::open(&dir, &config.appliance.id, &config.audit)?;
+            let _lock = vigie_store::layout::DataDirLock::acquire(&dir)?;
+            let audit = vigie_audit::Audit::open(&dir, &config.appliance.id, &config.audit)?;
             if audit.check_head().is_ok() {
                 println!("the audit head agrees with the log: nothing to accept");
                 return Ok(ExitCode::SUCCESS);
@@ -315,7 +315,7 @@ fn export(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
         config,
         &audit,
         AuditEvent::new(
-            "audit_accessed",
+            EventKind::AuditAccessed,
             "exported",
             serde_json::json!({
                 "who": who(),
@@ -360,7 +360,7 @@ fn query(config: &Config, args: QueryArgs) -> anyhow::Result<ExitCode> {
         config,
         &audit,
         AuditEvent::new(
-            "audit_accessed",
+            EventKind::AuditAccessed,
             "queried",
             serde_json::json!({
                 "who": who(),

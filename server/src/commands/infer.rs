@@ -6,55 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
+use vigie_analysis::InstanceAnalysis;
+use vigie_analysis::results::ResultBuilder;
+use vigie_inference::Model;
 use vigie_inference::manifest::BackendKind;
 use vigie_inference::postprocess::Finding;
-use vigie_inference::{Model, ModelPackage};
 use vigie_validation::dataset::Dataset;
-use vigie_validation::pipeline::{self, InstanceAnalysis};
-use vigie_validation::reporting::ResultBuilder;
 
 use crate::cli::{BackendArg, InferArgs};
 use crate::config::Config;
-
-/// Load the model package `id` (or the default) from the configured folder.
-pub fn load_model(
-    config: &Config,
-    id: Option<&str>,
-    backend: Option<BackendArg>,
-) -> anyhow::Result<Model> {
-    let root = &config.inference.models_dir;
-    let dirs = ModelPackage::discover(root)
-        .with_context(|| format!("cannot list model packages in {}", root.display()))?;
-    let wanted = id
-        .map(str::to_string)
-        .or_else(|| config.inference.default_model.clone());
-    let dir = match wanted {
-        Some(id) => dirs
-            .iter()
-            .find(|d| d.file_name().is_some_and(|n| n == id.as_str()))
-            .cloned()
-            .with_context(|| format!("no model package {id:?} in {}", root.display()))?,
-        None => match dirs.as_slice() {
-            [only] => only.clone(),
-            [] => bail!("no model package in {}", root.display()),
-            _ => bail!(
-                "several model packages in {}: name one with --model",
-                root.display()
-            ),
-        },
-    };
-    let package = ModelPackage::load(&dir)?;
-    let kind = match backend {
-        Some(BackendArg::Onnx) => BackendKind::Onnx,
-        Some(BackendArg::Candle) => BackendKind::Candle,
-        None => package.manifest().weights.backend,
-    };
-    Ok(Model::load_with_backend(
-        package,
-        kind,
-        &config.backend_options()?,
-    )?)
-}
 
 /// Every regular file under the paths (folders recursively, sorted), except
 /// hidden files and dataset manifests.
@@ -106,7 +66,7 @@ struct InstanceReport<'a> {
 #[derive(Debug, Serialize)]
 struct WrittenResult {
     source: PathBuf,
-    kind: vigie_validation::reporting::ResultKind,
+    kind: vigie_analysis::results::ResultKind,
     sop_instance_uid: String,
     path: PathBuf,
 }
@@ -180,7 +140,11 @@ pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
     if files.is_empty() {
         bail!("nothing to analyse: give DICOM files or folders, or --dataset");
     }
-    let mut model = load_model(config, args.model.as_deref(), args.backend)?;
+    let backend = args.backend.map(|b| match b {
+        BackendArg::Onnx => BackendKind::Onnx,
+        BackendArg::Candle => BackendKind::Candle,
+    });
+    let mut model = config.load_model(args.model.as_deref(), backend)?;
     tracing::info!(
         model = model.package().id(),
         files = files.len(),
@@ -195,7 +159,7 @@ pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
     if let Some(&cpu) = threads.model_cpus.first() {
         vigie_inference::threads::pin_current_thread(cpu);
     }
-    pipeline::analyse_stream(&mut model, &files, &hot_loop, |index, outcome| {
+    vigie_analysis::analyse_stream(&mut model, &files, &hot_loop, |index, outcome| {
         match outcome {
             Ok(streamed) => analyses.push(streamed.analysis),
             Err(err) => {

@@ -7,7 +7,6 @@ use crate::config::Config;
 
 mod audit;
 pub mod infer;
-mod report_html;
 mod serve;
 mod validate;
 mod validate_run;
@@ -25,7 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::New { name, role }) => {
-            let (token, sha256) = crate::http::auth::new_token()
+            let (token, sha256) = vigie_server::http::auth::new_token()
                 .map_err(|e| anyhow::anyhow!("no randomness from the system: {e}"))?;
             let entry = crate::config::TokenConfig { name, role, sha256 };
             let mut table = toml::Table::new();

@@ -16,8 +16,8 @@ use super::auth::{Access, Caller};
 use super::dicomweb::{qido, stow, wado};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, blocking, caller_name, free_bytes};
-use crate::audit::{AuditEvent, Query as AuditQuery};
-use crate::store::{JobFilter, JobState, NewJob, RetryOutcome};
+use vigie_audit::{AuditEvent, EventKind, Query as AuditQuery};
+use vigie_store::{JobFilter, JobState, NewJob, RetryOutcome};
 
 /// A parameter of an endpoint: name, where (`path` or `query`), what.
 pub type Param = (&'static str, &'static str, &'static str);
@@ -296,7 +296,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             "vigie_clock_went_back_total",
             "Audit records whose wall-clock time was earlier than the record before them since start (the clock was set back; alarm when above 0).",
             String::new(),
-            crate::audit::clock_went_back() as f64,
+            vigie_audit::clock_went_back() as f64,
         ));
         let stuck = state
             .workers
@@ -441,7 +441,7 @@ async fn job_detail(State(app): State<AppState>, Path(id): Path<i64>) -> ApiResu
             study_instance_uid: Some(job.study_instance_uid.clone()),
             ..AuditQuery::default()
         })?;
-        let mine: Vec<(crate::audit::AuditRecord, Value)> = records
+        let mine: Vec<(vigie_audit::AuditRecord, Value)> = records
             .into_iter()
             .filter_map(|r| {
                 let details: Value = serde_json::from_str(&r.details).ok()?;
@@ -511,7 +511,7 @@ async fn retry_job(
 ) -> ApiResult<Json<Value>> {
     let who = caller_name(caller.as_ref().map(|c| &c.0));
     blocking(move || {
-        let outcome = app.catalog.retry_job(id, crate::store::now_ms())?;
+        let outcome = app.catalog.retry_job(id, vigie_store::now_ms())?;
         match outcome {
             RetryOutcome::NotFound => return Err(ApiError::not_found(format!("no job {id}"))),
             RetryOutcome::NothingFailed => {
@@ -524,7 +524,7 @@ async fn retry_job(
             RetryOutcome::JobRequeued | RetryOutcome::DeliveriesRequeued { .. } => {}
         }
         app.audit.record(AuditEvent::new(
-            "job_retry_requested",
+            EventKind::JobRetryRequested,
             "ok",
             json!({ "job_id": id, "token": who, "outcome": outcome }),
         ))?;
@@ -588,11 +588,11 @@ async fn submit_analysis(
         };
         let id = app
             .catalog
-            .submit_job(&study, &job, crate::store::now_ms())?
+            .submit_job(&study, &job, vigie_store::now_ms())?
             .ok_or_else(|| ApiError::not_found("no instance of this study is stored"))?;
         app.audit.record(
             AuditEvent::new(
-                "analysis_requested",
+                EventKind::AnalysisRequested,
                 "ok",
                 json!({ "job_id": id, "token": who, "destinations": request.destinations }),
             )
@@ -657,7 +657,7 @@ async fn audit_query(
     blocking(move || {
         let records = app.audit.records(&query)?;
         app.audit.record(AuditEvent::new(
-            "audit_accessed",
+            EventKind::AuditAccessed,
             "ok",
             json!({
                 "who": who,
@@ -680,7 +680,7 @@ async fn audit_verify(
     blocking(move || {
         let report = app.audit.verify()?;
         app.audit.record(AuditEvent::new(
-            "audit_accessed",
+            EventKind::AuditAccessed,
             if report.ok {
                 "verified"
             } else {

@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::audit::AuditEvent;
 use crate::config::{Role, TokenConfig};
+use vigie_audit::{AuditEvent, EventKind};
 
 /// Who is calling, once authenticated; handlers find it in the request
 /// extensions.
@@ -174,7 +174,7 @@ pub async fn authorize(
             &[("status", status.as_str())],
         );
         let event = AuditEvent::new(
-            "http_access",
+            EventKind::HttpAccess,
             "denied",
             serde_json::json!({
                 "status": status.as_u16(),

@@ -5,8 +5,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::audit::AuditError;
-use crate::store::StoreError;
+use vigie_audit::AuditError;
+use vigie_store::{Failure, StoreError};
 
 /// An error answered to an HTTP client.
 #[derive(Debug)]
@@ -37,6 +37,7 @@ pub fn code_for(status: StatusCode) -> &'static str {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::INSUFFICIENT_STORAGE => "insufficient_storage",
         s if s.is_server_error() => "internal",
         _ => "error",
     }
@@ -88,21 +89,54 @@ impl ApiError {
             message: format!(
                 "internal error; the service log has the detail under reference {reference}"
             ),
-            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(5),
+            retry_after: matches!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE
+            )
+            .then_some(5),
         }
+    }
+}
+
+/// An error and its sources, for the log line of a 5xx.
+#[derive(Debug)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        // The catalog's errors are all "the database cannot answer now".
-        Self::internal("store_unavailable", StatusCode::SERVICE_UNAVAILABLE, &e)
+        let (code, status) = match e.failure() {
+            // Locked or busy: the client may try again shortly.
+            Failure::Busy => ("store_busy", StatusCode::SERVICE_UNAVAILABLE),
+            Failure::Full => ("store_full", StatusCode::INSUFFICIENT_STORAGE),
+            Failure::NewerSchema | Failure::Internal => {
+                ("store_failed", StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        };
+        Self::internal(code, status, &Chain(&e))
     }
 }
 
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
-        Self::internal("audit_unavailable", StatusCode::SERVICE_UNAVAILABLE, &e)
+        // Nothing is served that cannot be audited: the audit trail
+        // failing is "unavailable", whatever the cause.
+        Self::internal(
+            "audit_unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+            &Chain(&e),
+        )
     }
 }
 
@@ -177,4 +211,44 @@ pub async fn json_errors(
         }
     }
     error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::ffi::c_int) -> StoreError {
+        StoreError::Database {
+            path: "index.sqlite".into(),
+            operation: "claim job",
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        }
+    }
+
+    #[test]
+    fn catalog_failures_get_the_status_of_their_kind_and_the_log_gets_their_source() {
+        let busy = ApiError::from(sqlite(rusqlite::ffi::SQLITE_BUSY));
+        assert_eq!(
+            (busy.status, busy.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_busy")
+        );
+        assert_eq!(busy.retry_after, Some(5));
+        let full = ApiError::from(sqlite(rusqlite::ffi::SQLITE_FULL));
+        assert_eq!(
+            (full.status, full.code),
+            (StatusCode::INSUFFICIENT_STORAGE, "store_full")
+        );
+        let corrupt = ApiError::from(sqlite(rusqlite::ffi::SQLITE_CORRUPT));
+        assert_eq!(corrupt.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !corrupt.message.contains("index.sqlite"),
+            "no internals in the body"
+        );
+        let text = Chain(&sqlite(rusqlite::ffi::SQLITE_CORRUPT)).to_string();
+        assert!(
+            text.starts_with("catalog index.sqlite: claim job: "),
+            "{text}"
+        );
+        assert!(text.contains("malformed"), "{text}");
+    }
 }

@@ -35,14 +35,14 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tower::ServiceBuilder;
 
-use crate::audit::Audit;
 use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::store::Catalog;
-use crate::store::layout::Layout;
 use auth::{Access, Tokens, authorize};
 use error::ApiError;
+use vigie_audit::Audit;
+use vigie_store::Catalog;
+use vigie_store::layout::Layout;
 
 /// A model package as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -99,7 +99,7 @@ pub struct App {
     /// When the service started.
     pub started: Instant,
     /// Jobs waiting or running.
-    pub backlog: Arc<crate::pipeline::Backlog>,
+    pub backlog: Arc<crate::backlog::Backlog>,
     /// The worker threads' health.
     pub workers: Arc<crate::pipeline::WorkerHealth>,
 }

@@ -22,11 +22,11 @@ use serde_json::{Value, json};
 use vigie_dicom_io::web::{self, Attribute, Level};
 
 use super::DICOM_JSON;
-use crate::audit::AuditEvent;
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{AppState, base_url, blocking};
-use crate::store::{WebInstance, WebScope};
+use vigie_audit::{AuditEvent, EventKind};
+use vigie_store::{WebInstance, WebScope};
 
 /// Largest page.
 pub const MAX_LIMIT: usize = 1000;
@@ -291,7 +291,7 @@ async fn search(
             out.push(item(g, level, &attrs, &extra, &base));
         }
         state.audit.note(AuditEvent::new(
-            "dicomweb_query",
+            EventKind::DicomwebQuery,
             "ok",
             json!({
                 "token": caller,
@@ -434,7 +434,7 @@ pub fn accepts_json(headers: &HeaderMap) -> ApiResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Origin;
+    use vigie_store::Origin;
 
     fn row(study: &str, series: &str, sop: &str, modality: &str, name: &str) -> WebInstance {
         WebInstance {

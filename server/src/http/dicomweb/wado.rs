@@ -18,12 +18,12 @@ use vigie_dicom_io::{TransferSyntaxSupport, transfer_syntax_support};
 
 use super::DICOM_JSON;
 use super::qido::accepts_json;
-use crate::audit::AuditEvent;
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::multipart::{media_type, param, split_unquoted};
 use crate::http::{AppState, blocking};
-use crate::store::{WebInstance, WebScope};
+use vigie_audit::{AuditEvent, EventKind};
+use vigie_store::{WebInstance, WebScope};
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 
@@ -173,7 +173,7 @@ async fn retrieve(
         }
         let audit = app.audit.clone();
         let event = AuditEvent::new(
-            "dicomweb_retrieve",
+            EventKind::DicomwebRetrieve,
             "ok",
             serde_json::json!({
                 "token": caller.map(|c| c.0.name.clone()),

@@ -6,6 +6,9 @@
 //! site outgrows one machine. Files live under the data directory
 //! ([`layout`]); the catalog records where.
 
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
 pub mod layout;
 pub mod sqlite;
 
@@ -14,18 +17,99 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-/// Errors of the catalog.
+/// Errors of the catalog. Each names the operation that failed and keeps
+/// the database's error as its source; [`StoreError::failure`] says what
+/// kind of failure it is, so that HTTP and DICOM can answer with the right
+/// status (busy: try again; full: out of resources; otherwise internal).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database failed (I/O, corruption, locked).
-    #[error("catalog database {path}: {reason}")]
+    /// The catalog cannot be opened, its schema is newer than this
+    /// release knows, or migrating it failed.
+    #[error(transparent)]
+    Open(#[from] vigie_durable::Error),
+    /// A received instance could not be indexed.
+    #[error("catalog {path}: index instance {sop_instance_uid}")]
+    Index {
+        /// Database file.
+        path: PathBuf,
+        /// The instance.
+        sop_instance_uid: String,
+        /// Why.
+        #[source]
+        source: IndexError,
+    },
+    /// Another operation failed.
+    #[error("catalog {path}: {operation}")]
     Database {
         /// Database file.
         path: PathBuf,
-        /// What failed.
-        reason: String,
+        /// What was being done (`claim job`, `due outbox`, …).
+        operation: &'static str,
+        /// Why.
+        #[source]
+        source: rusqlite::Error,
     },
+}
+
+/// Why an instance was not indexed: its own entry failed, or the shared
+/// transaction it was part of did.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    /// Its entry was refused (rolled back alone).
+    #[error("entry refused")]
+    Entry(#[source] rusqlite::Error),
+    /// The shared transaction failed.
+    #[error(transparent)]
+    Commit(#[from] vigie_durable::CommitError<rusqlite::Error>),
+}
+
+/// What kind of failure a [`StoreError`] is (exhaustive on purpose: a
+/// new kind must be mapped by every caller that answers a status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Locked by another process or connection, or busy: worth retrying.
+    Busy,
+    /// The disk or database is full.
+    Full,
+    /// The stored schema is newer than this release.
+    NewerSchema,
+    /// Anything else (I/O, corruption, a defect).
+    Internal,
+}
+
+impl StoreError {
+    /// What kind of failure this is.
+    pub fn failure(&self) -> Failure {
+        fn of(e: &rusqlite::Error) -> Failure {
+            match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    Failure::Busy
+                }
+                Some(rusqlite::ErrorCode::DiskFull) => Failure::Full,
+                _ => Failure::Internal,
+            }
+        }
+        match self {
+            Self::Open(vigie_durable::Error::Newer { .. }) => Failure::NewerSchema,
+            Self::Open(
+                vigie_durable::Error::Open { source, .. }
+                | vigie_durable::Error::Migrate { source, .. },
+            ) => of(source),
+            Self::Open(_) => Failure::Internal,
+            Self::Index {
+                source: IndexError::Entry(e),
+                ..
+            }
+            | Self::Database { source: e, .. } => of(e),
+            Self::Index {
+                source: IndexError::Commit(vigie_durable::CommitError::Write(e)),
+                ..
+            } => of(e),
+            Self::Index { .. } => Failure::Internal,
+        }
+    }
 }
 
 /// Result with [`StoreError`].
@@ -383,12 +467,32 @@ pub struct OutboxStatus {
     pub failed: u64,
 }
 
-/// The persistent state behind the pipeline.
-pub trait Catalog: Send + Sync + 'static {
+/// The index of received instances: the one write on the
+/// acknowledgement path (ingest needs nothing else), and what start-up
+/// checks against the files.
+pub trait InstanceIndex: Send + Sync + 'static {
     /// Record a stored instance (replacing a previous copy), and mark its
     /// study as receiving. Durable when it returns.
     fn record_instance(&self, instance: &InstanceRecord, now_ms: i64) -> StoreResult<()>;
 
+    /// Every file the catalog refers to: received instances, result
+    /// objects (DICOMweb index, outbox, jobs' results). A file under
+    /// `studies/` or `results/` that is not here was never acknowledged or
+    /// never finished (a crash between writing and committing).
+    fn known_paths(&self) -> StoreResult<std::collections::HashSet<PathBuf>>;
+
+    /// Studies still receiving whose last instance is later than
+    /// `now_ms` (the clock was set back) get `now_ms` as their last
+    /// reception; returns how many.
+    fn clamp_future_receptions(&self, now_ms: i64) -> StoreResult<usize>;
+
+    /// Instances of `study`'s generation in `series`.
+    fn job_instances(&self, job: &Job) -> StoreResult<Vec<InstanceRecord>>;
+}
+
+/// Study assembly: studies quiet for the stable age, completed
+/// atomically with their jobs.
+pub trait StudyAssembly: Send + Sync + 'static {
     /// Studies receiving and quiet since `cutoff_ms`, with their series of
     /// the current generation.
     fn stable_studies(&self, cutoff_ms: i64) -> StoreResult<Vec<StableStudy>>;
@@ -405,20 +509,13 @@ pub trait Catalog: Send + Sync + 'static {
         now_ms: i64,
     ) -> StoreResult<bool>;
 
-    /// Every file the catalog refers to: received instances, result
-    /// objects (DICOMweb index, outbox, jobs' results). A file under
-    /// `studies/` or `results/` that is not here was never acknowledged or
-    /// never finished (a crash between writing and committing).
-    fn known_paths(&self) -> StoreResult<std::collections::HashSet<PathBuf>>;
+    /// Latest studies, most recently received first.
+    fn studies(&self, limit: usize) -> StoreResult<Vec<StudyStatus>>;
+}
 
-    /// Studies still receiving whose last instance is later than
-    /// `now_ms` (the clock was set back) get `now_ms` as their last
-    /// reception; returns how many.
-    fn clamp_future_receptions(&self, now_ms: i64) -> StoreResult<usize>;
-
-    /// Instances of `study`'s generation in `series`.
-    fn job_instances(&self, job: &Job) -> StoreResult<Vec<InstanceRecord>>;
-
+/// The job queue: claim, finish, fail and retry jobs; recover those
+/// found running at start; search them.
+pub trait JobQueue: Send + Sync + 'static {
     /// At start-up: jobs left running by a previous run that stopped
     /// without finishing them (a crash, a kill) count one more interrupted
     /// attempt and are pending again, or quarantined (failed) once they
@@ -452,6 +549,35 @@ pub trait Catalog: Send + Sync + 'static {
         now_ms: i64,
     ) -> StoreResult<()>;
 
+    /// Latest jobs, newest first.
+    fn jobs(&self, limit: usize) -> StoreResult<Vec<Job>> {
+        self.find_jobs(&JobFilter {
+            limit,
+            ..JobFilter::default()
+        })
+    }
+
+    /// Jobs matching `filter`, newest first.
+    fn find_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
+
+    /// One job.
+    fn job(&self, id: i64) -> StoreResult<Option<Job>>;
+
+    /// Retry a failed job (pending again, attempts reset), or the failed
+    /// deliveries of a done one.
+    fn retry_job(&self, id: i64, now_ms: i64) -> StoreResult<RetryOutcome>;
+
+    /// Queue a new analysis of every instance of `study` stored so far
+    /// (all reception rounds; `job.series` empty for all series). `None`
+    /// when the study is not in the store.
+    fn submit_job(&self, study: &str, job: &NewJob, now_ms: i64) -> StoreResult<Option<i64>>;
+
+    /// Number of jobs in each state.
+    fn job_counts(&self) -> StoreResult<std::collections::BTreeMap<String, u64>>;
+}
+
+/// The result outbox: deliveries per destination, retried until sent.
+pub trait Outbox: Send + Sync + 'static {
     /// Outbox items due at `now_ms`, oldest first.
     fn due_outbox(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<OutboxItem>>;
 
@@ -467,44 +593,38 @@ pub trait Catalog: Send + Sync + 'static {
         now_ms: i64,
     ) -> StoreResult<()>;
 
-    /// Latest jobs, newest first.
-    fn jobs(&self, limit: usize) -> StoreResult<Vec<Job>> {
-        self.find_jobs(&JobFilter {
-            limit,
-            ..JobFilter::default()
-        })
-    }
-
-    /// Jobs matching `filter`, newest first.
-    fn find_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
-
-    /// One job.
-    fn job(&self, id: i64) -> StoreResult<Option<Job>>;
-
     /// The deliveries of a job's results.
     fn deliveries(&self, job_id: i64) -> StoreResult<Vec<Delivery>>;
 
-    /// Retry a failed job (pending again, attempts reset), or the failed
-    /// deliveries of a done one.
-    fn retry_job(&self, id: i64, now_ms: i64) -> StoreResult<RetryOutcome>;
+    /// Outbox counts.
+    fn outbox_status(&self) -> StoreResult<OutboxStatus>;
+}
 
-    /// Queue a new analysis of every instance of `study` stored so far
-    /// (all reception rounds; `job.series` empty for all series). `None`
-    /// when the study is not in the store.
-    fn submit_job(&self, study: &str, job: &NewJob, now_ms: i64) -> StoreResult<Option<i64>>;
-
+/// The DICOMweb index of received instances and result objects.
+pub trait WebIndex: Send + Sync + 'static {
     /// Instances served over DICOMweb within `scope`, by study, series and
     /// instance number order of storage.
     fn web_instances(&self, scope: &WebScope) -> StoreResult<Vec<WebInstance>>;
+}
 
-    /// Latest studies, most recently received first.
-    fn studies(&self, limit: usize) -> StoreResult<Vec<StudyStatus>>;
+/// The whole persistent state behind the pipeline: every concern's
+/// trait. A consumer takes only the trait it needs (ingest an
+/// [`InstanceIndex`], DICOMweb a [`WebIndex`]); the service wiring holds
+/// the whole.
+pub trait Catalog: InstanceIndex + StudyAssembly + JobQueue + Outbox + WebIndex {
+    /// This catalog as its instance index.
+    fn as_instance_index(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn InstanceIndex>;
+    /// This catalog as its DICOMweb index.
+    fn as_web_index(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn WebIndex>;
+}
 
-    /// Outbox counts.
-    fn outbox_status(&self) -> StoreResult<OutboxStatus>;
-
-    /// Number of jobs in each state.
-    fn job_counts(&self) -> StoreResult<std::collections::BTreeMap<String, u64>>;
+impl<T: InstanceIndex + StudyAssembly + JobQueue + Outbox + WebIndex> Catalog for T {
+    fn as_instance_index(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn InstanceIndex> {
+        self
+    }
+    fn as_web_index(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn WebIndex> {
+        self
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -12,15 +12,16 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::group_commit::GroupCommit;
+use vigie_durable::GroupCommit;
 
 use super::{
-    Catalog, Delivery, InstanceRecord, Job, JobFilter, JobState, NewJob, Origin, OutboxItem,
-    OutboxStatus, ResetJobs, ResultFile, RetryOutcome, SeriesSummary, StableStudy, StoreError,
-    StoreResult, StudyStatus, WebInstance, WebScope, rfc3339,
+    Delivery, IndexError, InstanceIndex, InstanceRecord, Job, JobFilter, JobQueue, JobState,
+    NewJob, Origin, Outbox, OutboxItem, OutboxStatus, ResetJobs, ResultFile, RetryOutcome,
+    SeriesSummary, StableStudy, StoreError, StoreResult, StudyAssembly, StudyStatus, WebIndex,
+    WebInstance, WebScope, rfc3339,
 };
 
-const SCHEMA: &str = "
+const BASE: &str = "
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid    TEXT PRIMARY KEY,
     sop_class_uid       TEXT NOT NULL,
@@ -92,10 +93,11 @@ CREATE INDEX IF NOT EXISTS web_index_study ON web_index (study_instance_uid, ser
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid);
 ";
 
-/// Migrations after the base [`SCHEMA`], which is release 0.1.0's (stored
-/// without a version, `user_version` 0). Entry `i` takes the catalog from
-/// version `i + 1` to `i + 2`; each runs in one transaction with the new
-/// version number. Append only: never edit a released entry.
+/// Migrations after the base schema [`BASE`], which is release 0.1.0's
+/// (stored without a version, `user_version` 0). Entry `i` takes the
+/// catalog from version `i + 1` to `i + 2`; an upgrade runs every step it
+/// needs, and sets the new version, in one transaction. Append only: never
+/// edit a released entry.
 const MIGRATIONS: &[&str] = &[
     // 2: attempts that were interrupted (the process stopped during the
     // job) are counted apart from attempts that failed.
@@ -104,6 +106,12 @@ const MIGRATIONS: &[&str] = &[
 
 /// The catalog schema version this binary writes.
 pub const CATALOG_SCHEMA_VERSION: u32 = 1 + MIGRATIONS.len() as u32;
+
+const SCHEMA: vigie_durable::Schema<'static> = vigie_durable::Schema {
+    what: "catalog",
+    base: BASE,
+    migrations: MIGRATIONS,
+};
 
 fn index_web(tx: &Connection, w: &WebInstance, now_ms: i64) -> rusqlite::Result<()> {
     tx.execute(
@@ -151,7 +159,8 @@ pub struct SqliteCatalog {
     connection: Mutex<Connection>,
     /// Received instances waiting to be indexed (group commit: see
     /// `record_instance`).
-    received: GroupCommit<(InstanceRecord, i64), Result<(), String>>,
+    received: GroupCommit<(InstanceRecord, i64), rusqlite::Result<()>>,
+    migrated: Option<vigie_durable::Migration>,
 }
 
 fn json_list(values: &[String]) -> String {
@@ -197,66 +206,6 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
         sha256: row.get("sha256")?,
         attributes: BTreeMap::new(),
     })
-}
-
-/// [`open_durable`] with schema versions (`PRAGMA user_version`): `base`
-/// is the schema of the first release (version 1; a database without a
-/// version is at version 1), then each of `migrations` in turn, each in one
-/// transaction that also sets the new version. A database of a newer
-/// version than this binary knows is refused by name and number, never
-/// opened.
-pub fn open_versioned(
-    path: &Path,
-    what: &str,
-    base: &str,
-    migrations: &[&str],
-) -> Result<Connection, String> {
-    // The version is read before anything is written: a newer database is
-    // refused untouched.
-    let mut connection = open_durable(path, "")?;
-    let latest = 1 + migrations.len() as u32;
-    let found: u32 = connection
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    if found > latest {
-        return Err(format!(
-            "{what} schema version {found} is newer than this vigie knows (version {latest}): it was written by a later release; run that release, or restore a backup made for this one"
-        ));
-    }
-    connection.execute_batch(base).map_err(|e| e.to_string())?;
-    for version in found.max(1)..latest {
-        let migration = migrations[(version - 1) as usize];
-        let tx = connection.transaction().map_err(|e| e.to_string())?;
-        tx.execute_batch(migration)
-            .and_then(|()| tx.pragma_update(None, "user_version", version + 1))
-            .and_then(|()| tx.commit())
-            .map_err(|e| format!("{what} migration to schema version {}: {e}", version + 1))?;
-        tracing::info!(what, from = version, to = version + 1, "schema migrated");
-    }
-    if found == 0 {
-        connection
-            .pragma_update(None, "user_version", latest)
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(connection)
-}
-
-/// Open (creating it and its folder) a SQLite database for durable
-/// writes: WAL journal, `synchronous=FULL` (a committed transaction survives
-/// a power cut), a busy timeout for other processes, then `schema`
-/// (unversioned: see [`open_versioned`]).
-pub fn open_durable(path: &Path, schema: &str) -> Result<Connection, String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    }
-    let connection = Connection::open(path).map_err(|e| e.to_string())?;
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
-        .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(30)))
-        .and_then(|()| connection.execute_batch(schema))
-        .map_err(|e| e.to_string())?;
-    Ok(connection)
 }
 
 /// Index a received instance: its study (receiving again), the instance,
@@ -320,7 +269,7 @@ fn insert_instance(tx: &Connection, i: &InstanceRecord, now_ms: i64) -> rusqlite
 fn index_received(
     connection: &mut Connection,
     received: &[&(InstanceRecord, i64)],
-) -> rusqlite::Result<Vec<Result<(), String>>> {
+) -> rusqlite::Result<Vec<rusqlite::Result<()>>> {
     let mut tx = connection.transaction()?;
     let mut outcomes = Vec::with_capacity(received.len());
     for (instance, now_ms) in received {
@@ -331,7 +280,7 @@ fn index_received(
                 outcomes.push(Ok(()));
             }
             // Dropped without commit: rolled back.
-            Err(e) => outcomes.push(Err(e.to_string())),
+            Err(e) => outcomes.push(Err(e)),
         }
     }
     tx.commit()?;
@@ -341,58 +290,66 @@ fn index_received(
 impl SqliteCatalog {
     /// Open (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let connection = open_versioned(path, "catalog", SCHEMA, MIGRATIONS).map_err(|reason| {
-            StoreError::Database {
-                path: path.to_path_buf(),
-                reason,
-            }
-        })?;
+        let opened = vigie_durable::open_versioned(path, &SCHEMA)?;
         Ok(Self {
             path: path.to_path_buf(),
-            connection: Mutex::new(connection),
+            connection: Mutex::new(opened.connection),
             received: GroupCommit::default(),
+            migrated: opened.migrated,
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+    /// The schema migration done at open, if any (the service records it
+    /// in the audit trail).
+    pub fn migrated(&self) -> Option<vigie_durable::Migration> {
+        self.migrated
+    }
+
+    fn with<T>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> StoreResult<T> {
         let mut guard = self
             .connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut guard).map_err(|e| StoreError::Database {
+        f(&mut guard).map_err(|source| StoreError::Database {
             path: self.path.clone(),
-            reason: e.to_string(),
+            operation,
+            source,
         })
     }
 }
 
-impl Catalog for SqliteCatalog {
+impl InstanceIndex for SqliteCatalog {
     /// Group commit ([`GroupCommit`]): instances stored by concurrent
     /// associations share one transaction (one flush), each in its own
     /// savepoint, so that one that cannot be indexed fails alone. Returns
     /// once this instance's entry is durable.
     fn record_instance(&self, i: &InstanceRecord, now_ms: i64) -> StoreResult<()> {
+        let index_error = |source| StoreError::Index {
+            path: self.path.clone(),
+            sop_instance_uid: i.sop_instance_uid.clone(),
+            source,
+        };
         let mut outcome = self
             .received
             .submit(vec![(i.clone(), now_ms)], |all| {
                 let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-                index_received(&mut connection, all).map_err(|e| e.to_string())
+                index_received(&mut connection, all)
             })
-            .map_err(|reason| StoreError::Database {
-                path: self.path.clone(),
-                reason,
-            })?;
-        outcome
-            .pop()
-            .unwrap_or_else(|| Err("not indexed".into()))
-            .map_err(|reason| StoreError::Database {
-                path: self.path.clone(),
-                reason,
-            })
+            .map_err(|e| index_error(IndexError::Commit(e)))?;
+        match outcome.pop() {
+            Some(result) => result.map_err(|e| index_error(IndexError::Entry(e))),
+            None => Err(index_error(IndexError::Commit(
+                vigie_durable::CommitError::Outputs { got: 0, items: 1 },
+            ))),
+        }
     }
 
     fn known_paths(&self) -> StoreResult<std::collections::HashSet<PathBuf>> {
-        self.with(|c| {
+        self.with("known paths", |c| {
             let mut paths = std::collections::HashSet::new();
             for sql in [
                 "SELECT path FROM instances",
@@ -413,7 +370,7 @@ impl Catalog for SqliteCatalog {
     }
 
     fn clamp_future_receptions(&self, now_ms: i64) -> StoreResult<usize> {
-        self.with(|c| {
+        self.with("clamp future receptions", |c| {
             c.execute(
                 "UPDATE studies SET last_received_ms = ?1
                  WHERE state = 'receiving' AND last_received_ms > ?1",
@@ -422,8 +379,30 @@ impl Catalog for SqliteCatalog {
         })
     }
 
+    fn job_instances(&self, job: &Job) -> StoreResult<Vec<InstanceRecord>> {
+        self.with("job instances", |c| {
+            let mut stmt = c.prepare(
+                "SELECT * FROM instances WHERE study_instance_uid = ?1
+                    AND (?2 < 0 OR generation = ?2)
+                 ORDER BY series_instance_uid, received_ms",
+            )?;
+            let all: Vec<InstanceRecord> = stmt
+                .query_map(
+                    params![job.study_instance_uid, job.generation],
+                    instance_from_row,
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(all
+                .into_iter()
+                .filter(|i| job.series.is_empty() || job.series.contains(&i.series_instance_uid))
+                .collect())
+        })
+    }
+}
+
+impl StudyAssembly for SqliteCatalog {
     fn stable_studies(&self, cutoff_ms: i64) -> StoreResult<Vec<StableStudy>> {
-        self.with(|c| {
+        self.with("stable studies", |c| {
             let mut studies: Vec<StableStudy> = {
                 let mut stmt = c.prepare(
                     "SELECT study_instance_uid, generation FROM studies
@@ -477,7 +456,7 @@ impl Catalog for SqliteCatalog {
         note: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<bool> {
-        self.with(|c| {
+        self.with("complete study", |c| {
             let tx = c.transaction()?;
             let changed = tx.execute(
                 "UPDATE studies SET state = 'complete', generation = generation + 1, note = ?4
@@ -509,28 +488,32 @@ impl Catalog for SqliteCatalog {
         })
     }
 
-    fn job_instances(&self, job: &Job) -> StoreResult<Vec<InstanceRecord>> {
-        self.with(|c| {
+    fn studies(&self, limit: usize) -> StoreResult<Vec<StudyStatus>> {
+        self.with("studies", |c| {
             let mut stmt = c.prepare(
-                "SELECT * FROM instances WHERE study_instance_uid = ?1
-                    AND (?2 < 0 OR generation = ?2)
-                 ORDER BY series_instance_uid, received_ms",
+                "SELECT s.study_instance_uid, s.state, s.generation, s.note, s.last_received_ms,
+                    (SELECT count(*) FROM instances i
+                     WHERE i.study_instance_uid = s.study_instance_uid)
+                 FROM studies s ORDER BY s.last_received_ms DESC LIMIT ?1",
             )?;
-            let all: Vec<InstanceRecord> = stmt
-                .query_map(
-                    params![job.study_instance_uid, job.generation],
-                    instance_from_row,
-                )?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(all
-                .into_iter()
-                .filter(|i| job.series.is_empty() || job.series.contains(&i.series_instance_uid))
-                .collect())
+            stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok(StudyStatus {
+                    study_instance_uid: r.get(0)?,
+                    state: r.get(1)?,
+                    generation: r.get(2)?,
+                    note: r.get(3)?,
+                    last_received_at: rfc3339(r.get(4)?),
+                    instances: r.get::<_, i64>(5)?.max(0).unsigned_abs(),
+                })
+            })?
+            .collect()
         })
     }
+}
 
+impl JobQueue for SqliteCatalog {
     fn reset_running_jobs(&self, max_interrupted: u32, now_ms: i64) -> StoreResult<ResetJobs> {
-        self.with(|c| {
+        self.with("reset running jobs", |c| {
             let tx = c.transaction()?;
             let running: Vec<(i64, u32)> = tx
                 .prepare("SELECT id, interrupted FROM jobs WHERE state = 'running' ORDER BY id")?
@@ -568,7 +551,7 @@ impl Catalog for SqliteCatalog {
     }
 
     fn release_running_jobs(&self, now_ms: i64) -> StoreResult<usize> {
-        self.with(|c| {
+        self.with("release running jobs", |c| {
             c.execute(
                 "UPDATE jobs SET state = 'pending', updated_ms = ?1 WHERE state = 'running'",
                 params![now_ms],
@@ -577,7 +560,7 @@ impl Catalog for SqliteCatalog {
     }
 
     fn claim_job(&self, now_ms: i64) -> StoreResult<Option<Job>> {
-        self.with(|c| {
+        self.with("claim job", |c| {
             c.query_row(
                 "UPDATE jobs SET state = 'running', updated_ms = ?1
                  WHERE id = (SELECT id FROM jobs WHERE state = 'pending' AND not_before_ms <= ?1
@@ -601,7 +584,7 @@ impl Catalog for SqliteCatalog {
             .iter()
             .map(|r| r.path.to_string_lossy().into_owned())
             .collect();
-        self.with(|c| {
+        self.with("finish job", |c| {
             let tx = c.transaction()?;
             tx.execute(
                 "UPDATE jobs SET state = 'done', results = ?2, last_error = ?3, updated_ms = ?4
@@ -638,7 +621,7 @@ impl Catalog for SqliteCatalog {
         retry_at_ms: Option<i64>,
         now_ms: i64,
     ) -> StoreResult<()> {
-        self.with(|c| {
+        self.with("job attempt failed", |c| {
             match retry_at_ms {
                 Some(at) => c.execute(
                     "UPDATE jobs SET state = 'pending', attempts = attempts + 1,
@@ -655,74 +638,8 @@ impl Catalog for SqliteCatalog {
         })
     }
 
-    fn due_outbox(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<OutboxItem>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT o.id, o.job_id, o.destination, o.path, o.sop_instance_uid, o.attempts,
-                        o.created_ms, j.study_instance_uid
-                 FROM outbox o JOIN jobs j ON j.id = o.job_id
-                 WHERE o.state = 'pending' AND o.not_before_ms <= ?1
-                 ORDER BY o.destination, o.id LIMIT ?2",
-            )?;
-            stmt.query_map(
-                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
-                |r| {
-                    Ok(OutboxItem {
-                        id: r.get(0)?,
-                        job_id: r.get(1)?,
-                        destination: r.get(2)?,
-                        path: PathBuf::from(r.get::<_, String>(3)?),
-                        sop_instance_uid: r.get(4)?,
-                        attempts: r.get(5)?,
-                        created_ms: r.get(6)?,
-                        study_instance_uid: r.get(7)?,
-                    })
-                },
-            )?
-            .collect()
-        })
-    }
-
-    fn outbox_sent(&self, id: i64, now_ms: i64) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE outbox SET state = 'sent', attempts = attempts + 1, last_error = NULL,
-                    updated_ms = ?2 WHERE id = ?1",
-                params![id, now_ms],
-            )?;
-            Ok(())
-        })
-    }
-
-    fn outbox_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at_ms: Option<i64>,
-        now_ms: i64,
-    ) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE outbox SET state = ?2, attempts = attempts + 1, last_error = ?3,
-                    not_before_ms = coalesce(?4, not_before_ms), updated_ms = ?5 WHERE id = ?1",
-                params![
-                    id,
-                    if retry_at_ms.is_some() {
-                        "pending"
-                    } else {
-                        "failed"
-                    },
-                    error,
-                    retry_at_ms,
-                    now_ms
-                ],
-            )?;
-            Ok(())
-        })
-    }
-
     fn find_jobs(&self, f: &JobFilter) -> StoreResult<Vec<Job>> {
-        self.with(|c| {
+        self.with("find jobs", |c| {
             let mut stmt = c.prepare(
                 "SELECT * FROM jobs
                  WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR model = ?2)
@@ -750,7 +667,7 @@ impl Catalog for SqliteCatalog {
     }
 
     fn job(&self, id: i64) -> StoreResult<Option<Job>> {
-        self.with(|c| {
+        self.with("job", |c| {
             c.query_row(
                 "SELECT * FROM jobs WHERE id = ?1",
                 params![id],
@@ -760,28 +677,8 @@ impl Catalog for SqliteCatalog {
         })
     }
 
-    fn deliveries(&self, job_id: i64) -> StoreResult<Vec<Delivery>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT destination, sop_instance_uid, state, attempts, last_error, updated_ms
-                 FROM outbox WHERE job_id = ?1 ORDER BY id",
-            )?;
-            stmt.query_map(params![job_id], |r| {
-                Ok(Delivery {
-                    destination: r.get(0)?,
-                    sop_instance_uid: r.get(1)?,
-                    state: r.get(2)?,
-                    attempts: r.get(3)?,
-                    last_error: r.get(4)?,
-                    updated_at: rfc3339(r.get(5)?),
-                })
-            })?
-            .collect()
-        })
-    }
-
     fn retry_job(&self, id: i64, now_ms: i64) -> StoreResult<RetryOutcome> {
-        self.with(|c| {
+        self.with("retry job", |c| {
             let tx = c.transaction()?;
             let state: Option<String> = tx
                 .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
@@ -817,7 +714,7 @@ impl Catalog for SqliteCatalog {
     }
 
     fn submit_job(&self, study: &str, job: &NewJob, now_ms: i64) -> StoreResult<Option<i64>> {
-        self.with(|c| {
+        self.with("submit job", |c| {
             let tx = c.transaction()?;
             let known: i64 = tx.query_row(
                 "SELECT count(*) FROM instances WHERE study_instance_uid = ?1",
@@ -846,47 +743,8 @@ impl Catalog for SqliteCatalog {
         })
     }
 
-    fn web_instances(&self, scope: &WebScope) -> StoreResult<Vec<WebInstance>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT * FROM web_index
-                 WHERE (?1 IS NULL OR study_instance_uid = ?1)
-                   AND (?2 IS NULL OR series_instance_uid = ?2)
-                   AND (?3 IS NULL OR sop_instance_uid = ?3)
-                 ORDER BY study_instance_uid, series_instance_uid, stored_ms, sop_instance_uid",
-            )?;
-            stmt.query_map(
-                params![scope.study, scope.series, scope.instance],
-                web_from_row,
-            )?
-            .collect()
-        })
-    }
-
-    fn studies(&self, limit: usize) -> StoreResult<Vec<StudyStatus>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT s.study_instance_uid, s.state, s.generation, s.note, s.last_received_ms,
-                    (SELECT count(*) FROM instances i
-                     WHERE i.study_instance_uid = s.study_instance_uid)
-                 FROM studies s ORDER BY s.last_received_ms DESC LIMIT ?1",
-            )?;
-            stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                Ok(StudyStatus {
-                    study_instance_uid: r.get(0)?,
-                    state: r.get(1)?,
-                    generation: r.get(2)?,
-                    note: r.get(3)?,
-                    last_received_at: rfc3339(r.get(4)?),
-                    instances: r.get::<_, i64>(5)?.max(0).unsigned_abs(),
-                })
-            })?
-            .collect()
-        })
-    }
-
     fn job_counts(&self) -> StoreResult<std::collections::BTreeMap<String, u64>> {
-        self.with(|c| {
+        self.with("job counts", |c| {
             let mut stmt = c.prepare("SELECT state, count(*) FROM jobs GROUP BY state")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -897,9 +755,97 @@ impl Catalog for SqliteCatalog {
             rows.collect()
         })
     }
+}
+
+impl Outbox for SqliteCatalog {
+    fn due_outbox(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<OutboxItem>> {
+        self.with("due outbox", |c| {
+            let mut stmt = c.prepare(
+                "SELECT o.id, o.job_id, o.destination, o.path, o.sop_instance_uid, o.attempts,
+                        o.created_ms, j.study_instance_uid
+                 FROM outbox o JOIN jobs j ON j.id = o.job_id
+                 WHERE o.state = 'pending' AND o.not_before_ms <= ?1
+                 ORDER BY o.destination, o.id LIMIT ?2",
+            )?;
+            stmt.query_map(
+                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(OutboxItem {
+                        id: r.get(0)?,
+                        job_id: r.get(1)?,
+                        destination: r.get(2)?,
+                        path: PathBuf::from(r.get::<_, String>(3)?),
+                        sop_instance_uid: r.get(4)?,
+                        attempts: r.get(5)?,
+                        created_ms: r.get(6)?,
+                        study_instance_uid: r.get(7)?,
+                    })
+                },
+            )?
+            .collect()
+        })
+    }
+
+    fn outbox_sent(&self, id: i64, now_ms: i64) -> StoreResult<()> {
+        self.with("outbox sent", |c| {
+            c.execute(
+                "UPDATE outbox SET state = 'sent', attempts = attempts + 1, last_error = NULL,
+                    updated_ms = ?2 WHERE id = ?1",
+                params![id, now_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn outbox_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        self.with("outbox failed", |c| {
+            c.execute(
+                "UPDATE outbox SET state = ?2, attempts = attempts + 1, last_error = ?3,
+                    not_before_ms = coalesce(?4, not_before_ms), updated_ms = ?5 WHERE id = ?1",
+                params![
+                    id,
+                    if retry_at_ms.is_some() {
+                        "pending"
+                    } else {
+                        "failed"
+                    },
+                    error,
+                    retry_at_ms,
+                    now_ms
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn deliveries(&self, job_id: i64) -> StoreResult<Vec<Delivery>> {
+        self.with("deliveries", |c| {
+            let mut stmt = c.prepare(
+                "SELECT destination, sop_instance_uid, state, attempts, last_error, updated_ms
+                 FROM outbox WHERE job_id = ?1 ORDER BY id",
+            )?;
+            stmt.query_map(params![job_id], |r| {
+                Ok(Delivery {
+                    destination: r.get(0)?,
+                    sop_instance_uid: r.get(1)?,
+                    state: r.get(2)?,
+                    attempts: r.get(3)?,
+                    last_error: r.get(4)?,
+                    updated_at: rfc3339(r.get(5)?),
+                })
+            })?
+            .collect()
+        })
+    }
 
     fn outbox_status(&self) -> StoreResult<OutboxStatus> {
-        self.with(|c| {
+        self.with("outbox status", |c| {
             let mut status = OutboxStatus::default();
             let mut stmt = c.prepare("SELECT state, count(*) FROM outbox GROUP BY state")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -913,6 +859,25 @@ impl Catalog for SqliteCatalog {
                 }
             }
             Ok(status)
+        })
+    }
+}
+
+impl WebIndex for SqliteCatalog {
+    fn web_instances(&self, scope: &WebScope) -> StoreResult<Vec<WebInstance>> {
+        self.with("web instances", |c| {
+            let mut stmt = c.prepare(
+                "SELECT * FROM web_index
+                 WHERE (?1 IS NULL OR study_instance_uid = ?1)
+                   AND (?2 IS NULL OR series_instance_uid = ?2)
+                   AND (?3 IS NULL OR sop_instance_uid = ?3)
+                 ORDER BY study_instance_uid, series_instance_uid, stored_ms, sop_instance_uid",
+            )?;
+            stmt.query_map(
+                params![scope.study, scope.series, scope.instance],
+                web_from_row,
+            )?
+            .collect()
         })
     }
 }
@@ -980,8 +945,14 @@ mod tests {
         for (sop, caller) in sops.iter().zip(callers) {
             let outcome = caller.join().unwrap();
             if *sop == "1.2.3.bad" {
-                let err = outcome.unwrap_err().to_string();
-                assert!(err.contains("refused by the test"), "{err}");
+                let err = outcome.unwrap_err();
+                assert!(
+                    matches!(&err, StoreError::Index { sop_instance_uid, source: IndexError::Entry(_), .. } if sop_instance_uid == "1.2.3.bad"),
+                    "{err:?}"
+                );
+                let cause = std::error::Error::source(&err).and_then(|e| e.source());
+                let cause = cause.map(ToString::to_string).unwrap_or_default();
+                assert!(cause.contains("refused by the test"), "{err:?}");
             } else {
                 outcome.unwrap();
             }
@@ -991,7 +962,7 @@ mod tests {
         let transactions = catalog.received.transactions();
         assert!((1..=2).contains(&transactions), "{transactions}");
         let indexed: Vec<String> = catalog
-            .with(|c| {
+            .with("test", |c| {
                 c.prepare("SELECT sop_instance_uid FROM instances ORDER BY 1")?
                     .query_map([], |r| r.get(0))?
                     .collect()
@@ -1002,7 +973,9 @@ mod tests {
             ["1.2.3.1", "1.2.3.2", "1.2.3.4", "1.2.3.5", "1.2.3.6"]
         );
         let web: i64 = catalog
-            .with(|c| c.query_row("SELECT count(*) FROM web_index", [], |r| r.get(0)))
+            .with("test", |c| {
+                c.query_row("SELECT count(*) FROM web_index", [], |r| r.get(0))
+            })
             .unwrap();
         assert_eq!(web, 5, "the refused instance left nothing behind");
     }
@@ -1069,7 +1042,7 @@ mod tests {
     fn release_0_1_0_catalog(path: &Path) {
         let c = Connection::open(path).unwrap();
         c.pragma_update(None, "journal_mode", "WAL").unwrap();
-        c.execute_batch(SCHEMA).unwrap();
+        c.execute_batch(BASE).unwrap();
         c.execute_batch(
             "INSERT INTO instances VALUES ('1.2.1.1', '1.2.840.10008.5.1.4.1.1.4', '1.2', '1.2.1',
                  'MR', NULL, NULL, '1.2.840.10008.1.2.1', 'SCU', '/data/studies/1.2/1.2.1/1.2.1.1.dcm',
@@ -1094,7 +1067,9 @@ mod tests {
         release_0_1_0_catalog(&path);
         let catalog = SqliteCatalog::open(&path).unwrap();
         let version: u32 = catalog
-            .with(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .with("test", |c| {
+                c.pragma_query_value(None, "user_version", |r| r.get(0))
+            })
             .unwrap();
         assert_eq!(version, CATALOG_SCHEMA_VERSION);
         let jobs = catalog.jobs(10).unwrap();
@@ -1128,7 +1103,7 @@ mod tests {
         let error = SqliteCatalog::open(&path).unwrap_err().to_string();
         assert!(
             error.contains(&format!(
-                "catalog schema version {} is newer",
+                "schema version {} is newer",
                 CATALOG_SCHEMA_VERSION + 1
             )),
             "{error}"

@@ -17,9 +17,9 @@ use super::{
     AuditError, AuditEvent, AuditLog, AuditRecord, AuditResult, Checkpoint, GENESIS, GIT_COMMIT,
     Query, SOFTWARE_VERSION, timestamp,
 };
-use crate::group_commit::GroupCommit;
+use vigie_durable::GroupCommit;
 
-const SCHEMA: &str = "
+const BASE: &str = "
 CREATE TABLE IF NOT EXISTS records (
     seq                INTEGER PRIMARY KEY,
     timestamp          TEXT NOT NULL,
@@ -57,6 +57,16 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 ";
 
+/// The audit trail's schema: version 1 is release 0.1.0's.
+const SCHEMA: vigie_durable::Schema<'static> = vigie_durable::Schema {
+    what: "audit trail",
+    base: BASE,
+    migrations: &[],
+};
+
+/// The schema version this release writes.
+pub const AUDIT_SCHEMA_VERSION: u32 = 1;
+
 /// File names in the data directory.
 pub const DATABASE: &str = "audit.sqlite";
 /// The head file.
@@ -68,7 +78,8 @@ pub struct SqliteAudit {
     head: PathBuf,
     connection: Mutex<Connection>,
     /// Appends waiting to be written (group commit: see `append_all`).
-    queue: GroupCommit<AuditEvent, AuditRecord>,
+    queue: GroupCommit<AuditEvent, AuditRecord, AuditError>,
+    migrated: Option<vigie_durable::Migration>,
     key: SigningKey,
     appliance: String,
     checkpoint_every: i64,
@@ -138,16 +149,14 @@ impl SqliteAudit {
         checkpoint_every: u32,
     ) -> AuditResult<Self> {
         let path = data_dir.join(DATABASE);
-        let connection = crate::store::sqlite::open_versioned(&path, "audit trail", SCHEMA, &[])
-            .map_err(|reason| AuditError::Database {
-                path: path.clone(),
-                reason,
-            })?;
+        let opened = vigie_durable::open_versioned(&path, &SCHEMA)?;
+        let connection = Mutex::new(opened.connection);
         Ok(Self {
             head: data_dir.join(HEAD),
             path,
-            connection: Mutex::new(connection),
+            connection,
             queue: GroupCommit::default(),
+            migrated: opened.migrated,
             key,
             appliance: appliance.into(),
             checkpoint_every: i64::from(checkpoint_every.max(1)),
@@ -159,10 +168,24 @@ impl SqliteAudit {
         hex::encode(self.key.verifying_key().as_bytes())
     }
 
-    fn db_err(&self, e: impl std::fmt::Display) -> AuditError {
-        AuditError::Database {
+    /// The schema migration done at open, if any.
+    pub fn migrated(&self) -> Option<vigie_durable::Migration> {
+        self.migrated
+    }
+
+    fn db_err(&self, operation: &'static str) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
+        move |source| AuditError::Database {
             path: self.path.clone(),
-            reason: e.to_string(),
+            operation,
+            source,
+        }
+    }
+
+    fn head_err(&self, operation: &'static str) -> impl Fn(std::io::Error) -> AuditError + '_ {
+        move |source| AuditError::Head {
+            path: self.head.clone(),
+            operation,
+            source,
         }
     }
 
@@ -174,14 +197,14 @@ impl SqliteAudit {
     ) -> AuditResult<Vec<AuditRecord>> {
         let tx = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db_err(e))?;
-        let last = last_record(&tx).map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("append"))?;
+        let last = last_record(&tx).map_err(self.db_err("append"))?;
         let (mut seq, mut prev_hash) = match last {
             Some((seq, hash)) => (seq, hash),
             None => (0, GENESIS.to_string()),
         };
         let mut written = Vec::with_capacity(events.len());
-        let mut previous_time = newest_timestamp(&tx).map_err(|e| self.db_err(e))?;
+        let mut previous_time = newest_timestamp(&tx).map_err(self.db_err("append"))?;
         for event in events {
             seq += 1;
             let now = timestamp();
@@ -203,7 +226,7 @@ impl SqliteAudit {
                 appliance: self.appliance.clone(),
                 software_version: SOFTWARE_VERSION.into(),
                 git_commit: GIT_COMMIT.into(),
-                kind: event.kind.clone(),
+                kind: event.kind.as_str().into(),
                 outcome: event.outcome.clone(),
                 study_instance_uid: event.study_instance_uid.clone(),
                 sop_instance_uid: event.sop_instance_uid.clone(),
@@ -236,11 +259,11 @@ impl SqliteAudit {
                     record.hash
                 ],
             )
-            .map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("append"))?;
             prev_hash = record.hash.clone();
             written.push(record);
         }
-        let last_checkpoint = last_checkpoint(&tx).map_err(|e| self.db_err(e))?;
+        let last_checkpoint = last_checkpoint(&tx).map_err(self.db_err("append"))?;
         let mut checkpoint =
             (seq - last_checkpoint >= self.checkpoint_every).then(|| self.sign(seq, &prev_hash));
         // A head that disagrees with the log is never overwritten: the
@@ -252,9 +275,9 @@ impl SqliteAudit {
             checkpoint = None;
         }
         if let Some(c) = &checkpoint {
-            Self::insert_checkpoint(&tx, c).map_err(|e| self.db_err(e))?;
+            Self::insert_checkpoint(&tx, c).map_err(self.db_err("append"))?;
         }
-        tx.commit().map_err(|e| self.db_err(e))?;
+        tx.commit().map_err(self.db_err("append"))?;
         if let Some(c) = &checkpoint {
             self.write_head(c)?;
         }
@@ -274,11 +297,10 @@ impl SqliteAudit {
     }
 
     fn write_head(&self, checkpoint: &Checkpoint) -> AuditResult<()> {
-        let text = serde_json::to_string_pretty(checkpoint).map_err(|e| self.db_err(e))?;
-        vigie_dicom_io::write::write_durably(&self.head, |w| {
-            std::io::Write::write_all(w, text.as_bytes())
+        vigie_durable::file::write_durably(&self.head, |w| {
+            serde_json::to_writer_pretty(&mut *w, checkpoint).map_err(std::io::Error::other)
         })
-        .map_err(|e| self.db_err(e))
+        .map_err(self.head_err("write"))
     }
 
     fn insert_checkpoint(tx: &rusqlite::Transaction<'_>, c: &Checkpoint) -> rusqlite::Result<()> {
@@ -290,13 +312,13 @@ impl SqliteAudit {
         Ok(())
     }
 
-    fn read_head(&self) -> Result<Option<Checkpoint>, String> {
+    fn read_head(&self) -> std::io::Result<Option<Checkpoint>> {
         match std::fs::read_to_string(&self.head) {
             Ok(text) => serde_json::from_str(&text)
                 .map(Some)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         }
     }
 }
@@ -308,7 +330,7 @@ impl SqliteAudit {
             Ok(None) => return Ok(None),
             Err(reason) => return Ok(Some(format!("head file unreadable: {reason}"))),
         };
-        let last = last_record(tx).map_err(|e| self.db_err(e))?;
+        let last = last_record(tx).map_err(self.db_err("read the head"))?;
         let last_seq = last.map(|(seq, _)| seq).unwrap_or(0);
         if head.seq > last_seq {
             return Ok(Some(format!(
@@ -323,7 +345,7 @@ impl SqliteAudit {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("read the head"))?;
         Ok(match hash {
             Some(h) if h != head.hash => Some(format!(
                 "record {} differs from the signed head (chain rewritten, or another log restored)",
@@ -347,18 +369,18 @@ fn newest_timestamp(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Option<S
 impl AuditLog for SqliteAudit {
     fn newest_timestamp(&self) -> AuditResult<Option<String>> {
         let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = guard.transaction().map_err(|e| self.db_err(e))?;
-        newest_timestamp(&tx).map_err(|e| self.db_err(e))
+        let tx = guard.transaction().map_err(self.db_err("read"))?;
+        newest_timestamp(&tx).map_err(self.db_err("read"))
     }
 
     fn head_problem(&self) -> AuditResult<Option<String>> {
         let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = guard.transaction().map_err(|e| self.db_err(e))?;
+        let tx = guard.transaction().map_err(self.db_err("read the head"))?;
         self.head_problem_on(&tx)
     }
 
     fn current_head(&self) -> AuditResult<Option<Checkpoint>> {
-        self.read_head().map_err(|e| self.db_err(e))
+        self.read_head().map_err(self.head_err("read"))
     }
 
     fn supersede_head(&self) -> AuditResult<Option<(Checkpoint, std::path::PathBuf)>> {
@@ -369,18 +391,21 @@ impl AuditLog for SqliteAudit {
         let aside = self
             .head
             .with_file_name(format!("audit-head.superseded-{stamp}.json"));
-        std::fs::rename(&self.head, &aside).map_err(|e| self.db_err(e))?;
+        std::fs::rename(&self.head, &aside).map_err(self.head_err("move aside"))?;
         if let Some(dir) = aside.parent() {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(|e| self.db_err(e))?;
+                .map_err(self.head_err("move aside"))?;
         }
         Ok(Some((head, aside)))
     }
 
     fn append(&self, event: &AuditEvent) -> AuditResult<AuditRecord> {
         let mut records = self.append_all(std::slice::from_ref(event))?;
-        records.pop().ok_or_else(|| self.db_err("nothing appended"))
+        records.pop().ok_or_else(|| AuditError::Append {
+            path: self.path.clone(),
+            source: vigie_durable::CommitError::Outputs { got: 0, items: 1 },
+        })
     }
 
     /// Group commit ([`GroupCommit`]): a caller returns only once its own
@@ -390,17 +415,20 @@ impl AuditLog for SqliteAudit {
         self.queue
             .submit(events.to_vec(), |all| {
                 let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-                self.write(&mut connection, all).map_err(|e| e.to_string())
+                self.write(&mut connection, all)
             })
-            .map_err(|reason| self.db_err(reason))
+            .map_err(|source| AuditError::Append {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     fn checkpoint(&self) -> AuditResult<Option<Checkpoint>> {
         let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         let tx = guard
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db_err(e))?;
-        let last = last_record(&tx).map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("checkpoint"))?;
+        let last = last_record(&tx).map_err(self.db_err("checkpoint"))?;
         let Some((seq, hash)) = last else {
             return Ok(None);
         };
@@ -412,7 +440,7 @@ impl AuditLog for SqliteAudit {
                 reason,
             });
         }
-        let covered = last_checkpoint(&tx).map_err(|e| self.db_err(e))?;
+        let covered = last_checkpoint(&tx).map_err(self.db_err("checkpoint"))?;
         if covered >= seq
             && self
                 .read_head()
@@ -423,8 +451,8 @@ impl AuditLog for SqliteAudit {
             return Ok(None);
         }
         let checkpoint = self.sign(seq, &hash);
-        Self::insert_checkpoint(&tx, &checkpoint).map_err(|e| self.db_err(e))?;
-        tx.commit().map_err(|e| self.db_err(e))?;
+        Self::insert_checkpoint(&tx, &checkpoint).map_err(self.db_err("checkpoint"))?;
+        tx.commit().map_err(self.db_err("checkpoint"))?;
         self.write_head(&checkpoint)?;
         Ok(Some(checkpoint))
     }
@@ -433,7 +461,7 @@ impl AuditLog for SqliteAudit {
         let mut guard = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         let tx = guard
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("prune"))?;
         // The end of the leading run of records older than the cutoff,
         // never the last record: a record after the first one newer than
         // the cutoff stays, whatever its time says (a clock set back makes
@@ -449,16 +477,16 @@ impl AuditLog for SqliteAudit {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
-            .map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("prune"))?;
         let Some((seq, hash)) = found else {
             return Ok(None);
         };
         let anchor = self.sign(seq, &hash);
         let removed = tx
             .execute("DELETE FROM records WHERE seq <= ?1", params![seq])
-            .map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("prune"))?;
         tx.execute("DELETE FROM checkpoints WHERE seq <= ?1", params![seq])
-            .map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("prune"))?;
         tx.execute(
             "INSERT OR REPLACE INTO anchor (id, seq, hash, timestamp, public_key, signature)
              VALUES (1, ?1, ?2, ?3, ?4, ?5)",
@@ -470,8 +498,8 @@ impl AuditLog for SqliteAudit {
                 anchor.signature
             ],
         )
-        .map_err(|e| self.db_err(e))?;
-        tx.commit().map_err(|e| self.db_err(e))?;
+        .map_err(self.db_err("prune"))?;
+        tx.commit().map_err(self.db_err("prune"))?;
         Ok(Some((seq, removed)))
     }
 
@@ -497,12 +525,12 @@ impl AuditLog for SqliteAudit {
         if let Some(limit) = query.limit {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
-        let mut stmt = guard.prepare(&sql).map_err(|e| self.db_err(e))?;
+        let mut stmt = guard.prepare(&sql).map_err(self.db_err("query"))?;
         let rows = stmt
             .query_map(rusqlite::params_from_iter(values.iter()), record_from_row)
-            .map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("query"))?;
         rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.db_err(e))
+            .map_err(self.db_err("query"))
     }
 
     fn snapshot(&self) -> AuditResult<Snapshot> {
@@ -512,12 +540,12 @@ impl AuditLog for SqliteAudit {
             .prepare(
                 "SELECT seq, hash, timestamp, public_key, signature FROM checkpoints ORDER BY seq",
             )
-            .map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("read for verification"))?;
         let checkpoints = stmt
             .query_map([], checkpoint_from_row)
-            .map_err(|e| self.db_err(e))?
+            .map_err(self.db_err("read for verification"))?
             .collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("read for verification"))?;
         let anchor = guard
             .query_row(
                 "SELECT seq, hash, timestamp, public_key, signature FROM anchor WHERE id = 1",
@@ -525,11 +553,11 @@ impl AuditLog for SqliteAudit {
                 checkpoint_from_row,
             )
             .optional()
-            .map_err(|e| self.db_err(e))?;
+            .map_err(self.db_err("read for verification"))?;
         Ok(Snapshot {
             records,
             checkpoints,
-            head: self.read_head(),
+            head: self.read_head().map_err(|e| e.to_string()),
             anchor,
         })
     }
@@ -538,7 +566,8 @@ impl AuditLog for SqliteAudit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::verify::verify;
+    use crate::EventKind;
+    use crate::verify::verify;
 
     fn log(dir: &Path, every: u32) -> SqliteAudit {
         let key = SigningKey::from_bytes(&[7u8; 32]);
@@ -549,8 +578,12 @@ mod tests {
         for i in 0..n {
             audit
                 .append(
-                    &AuditEvent::new("instance_stored", "ok", serde_json::json!({ "i": i }))
-                        .instance(Some("1.2"), Some(&format!("1.2.{i}"))),
+                    &AuditEvent::new(
+                        EventKind::InstanceStored,
+                        "ok",
+                        serde_json::json!({ "i": i }),
+                    )
+                    .instance(Some("1.2"), Some(&format!("1.2.{i}"))),
                 )
                 .unwrap();
         }
@@ -574,7 +607,7 @@ mod tests {
                     let events: Vec<AuditEvent> = (0..3)
                         .map(|i| {
                             AuditEvent::new(
-                                "instance_stored",
+                                EventKind::InstanceStored,
                                 "ok",
                                 serde_json::json!({ "t": t, "i": i }),
                             )
@@ -628,7 +661,7 @@ mod tests {
         c.execute_batch(statement).unwrap();
     }
 
-    fn verdict(dir: &Path) -> crate::audit::verify::Report {
+    fn verdict(dir: &Path) -> crate::verify::Report {
         let audit = log(dir, 4);
         verify(&audit.snapshot().unwrap(), &audit.key.verifying_key())
     }

@@ -18,10 +18,16 @@
 //! [`AuditLog`] is the storage trait; [`sqlite::SqliteAudit`] the embedded
 //! implementation.
 
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
+pub mod event;
 pub mod keys;
 pub mod sqlite;
 pub mod syslog;
 pub mod verify;
+
+pub use event::EventKind;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -41,16 +47,42 @@ pub const GIT_COMMIT: &str = match option_env!("VIGIE_GIT_COMMIT") {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuditError {
-    /// The audit database failed.
-    #[error("audit log {path}: {reason}")]
+    /// The audit database cannot be opened, or its schema is newer than
+    /// this release knows, or migrating it failed.
+    #[error(transparent)]
+    Open(#[from] vigie_durable::Error),
+    /// A read or write of the audit database failed.
+    #[error("audit log {path}: {operation}")]
     Database {
         /// Database file.
         path: std::path::PathBuf,
-        /// What failed.
-        reason: String,
+        /// What was being done (`append`, `checkpoint`, `query`, …).
+        operation: &'static str,
+        /// Why.
+        #[source]
+        source: rusqlite::Error,
     },
-    /// The head file (the latest signed checkpoint, the only witness of
-    /// the tail) disagrees with the log: the tail was truncated, the log
+    /// Appending failed in a shared (group) commit.
+    #[error("audit log {path}: append")]
+    Append {
+        /// Database file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: vigie_durable::CommitError<AuditError>,
+    },
+    /// The head file cannot be read, written or moved aside.
+    #[error("audit head {path}: {operation}")]
+    Head {
+        /// The head file.
+        path: std::path::PathBuf,
+        /// What was being done.
+        operation: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The head file disagrees with the log: the tail was truncated, the log
     /// restored from an older backup, or the chain rewritten. Nothing
     /// overwrites such a head; `vigie audit accept-restore` is the explicit,
     /// audited way on.
@@ -71,16 +103,25 @@ pub enum AuditError {
         /// What failed.
         reason: String,
     },
+    /// Syslog forwarding cannot be set up.
+    #[error("audit syslog forwarding to {target}")]
+    Syslog {
+        /// The configured `host:port`.
+        target: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Result with [`AuditError`].
 pub type AuditResult<T> = Result<T, AuditError>;
 
 /// What happened, to be appended.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEvent {
-    /// Event type (`instance_stored`, `inference`, …; see docs).
-    pub kind: String,
+    /// What happened (see `docs/traceability.md`).
+    pub kind: EventKind,
     /// `ok`, `refused`, `failed`, … (event-specific).
     pub outcome: String,
     /// Study concerned.
@@ -97,12 +138,15 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// An event of `kind` with `outcome` and `details`.
-    pub fn new(kind: &str, outcome: &str, details: serde_json::Value) -> Self {
+    pub fn new(kind: EventKind, outcome: &str, details: serde_json::Value) -> Self {
         Self {
-            kind: kind.into(),
+            kind,
             outcome: outcome.into(),
+            study_instance_uid: None,
+            sop_instance_uid: None,
+            model_id: None,
+            model_version: None,
             details,
-            ..Self::default()
         }
     }
 
@@ -263,6 +307,37 @@ pub trait AuditLog: Send + Sync + 'static {
     fn supersede_head(&self) -> AuditResult<Option<(Checkpoint, std::path::PathBuf)>>;
 }
 
+/// `[audit]` of the configuration: the audit trail owns its section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Sign a checkpoint every this many records.
+    pub checkpoint_every: u32,
+    /// Also sign one every this many seconds when records were added.
+    pub checkpoint_interval_s: u64,
+    /// Patient ID in the audit trail: `hmac` (keyed hash under the site
+    /// secret), `clear` or `omit`.
+    pub patient_id: PatientIdPolicy,
+    /// Days records are kept; older ones are pruned (at start and daily)
+    /// behind a signed anchor, so the rest still verifies.
+    pub retention_days: f64,
+    /// Forward every record as a DICOM PS3.15 audit message in RFC 5424
+    /// syslog over UDP to this `host:port` (unset: no forwarding).
+    pub syslog: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1000,
+            checkpoint_interval_s: 300,
+            patient_id: PatientIdPolicy::Hmac,
+            retention_days: 3652.5,
+            syslog: None,
+        }
+    }
+}
+
 /// How Patient ID is kept in the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -332,6 +407,7 @@ pub struct Audit {
     head_path: std::path::PathBuf,
     clock: TrustedClock,
     clock_file: std::path::PathBuf,
+    migrated: Option<vigie_durable::Migration>,
 }
 
 /// File of the retention clock in the data directory.
@@ -379,16 +455,16 @@ impl Audit {
     pub fn open(
         data_dir: &std::path::Path,
         appliance: &str,
-        config: &crate::config::AuditConfig,
+        config: &AuditConfig,
     ) -> AuditResult<Self> {
         let key = keys::signing_key(&data_dir.join(SIGNING_KEY_FILE))?;
         let secret = keys::load_or_create_secret(&data_dir.join(HMAC_KEY_FILE))?;
         let log = sqlite::SqliteAudit::open(data_dir, appliance, key, config.checkpoint_every)?;
         let forwarder = match &config.syslog {
             Some(target) => Some(std::sync::Arc::new(
-                syslog::Forwarder::new(target).map_err(|e| AuditError::Database {
-                    path: data_dir.join(sqlite::DATABASE),
-                    reason: format!("syslog forwarding to {target}: {e}"),
+                syslog::Forwarder::new(target).map_err(|source| AuditError::Syslog {
+                    target: target.clone(),
+                    source,
                 })?,
             )),
             None => None,
@@ -452,7 +528,9 @@ impl Audit {
                 "the clock is behind the newest audit record: it was set back (check NTP)"
             );
         }
+        let migrated = log.migrated();
         Ok(Self {
+            migrated,
             clock: TrustedClock {
                 base,
                 since: std::time::Instant::now(),
@@ -464,6 +542,12 @@ impl Audit {
             forwarder,
             head_path: data_dir.join(sqlite::HEAD),
         })
+    }
+
+    /// The audit database's schema migration done at open, if any (the
+    /// service records it once the head is checked).
+    pub fn migrated(&self) -> Option<vigie_durable::Migration> {
+        self.migrated
     }
 
     /// Append durably; the caller decides what a failure means.
@@ -506,7 +590,7 @@ impl Audit {
         let pruned = self.log.prune(&before)?;
         if let Some((seq, removed)) = pruned {
             self.record(AuditEvent::new(
-                "audit_pruned",
+                EventKind::AuditPruned,
                 "ok",
                 serde_json::json!({
                     "retention_days": days,
@@ -545,7 +629,7 @@ impl Audit {
         let Ok(text) = serde_json::to_string(&state) else {
             return;
         };
-        if let Err(e) = vigie_dicom_io::write::write_durably(&self.clock_file, |w| {
+        if let Err(e) = vigie_durable::file::write_durably(&self.clock_file, |w| {
             std::io::Write::write_all(w, text.as_bytes())
         }) {
             tracing::warn!(error = %e, "cannot keep the retention clock");
@@ -575,7 +659,7 @@ impl Audit {
         // On record first: should anything after fail, the head is still
         // there and the start still refused.
         let record = self.record(AuditEvent::new(
-            "audit_restore_accepted",
+            EventKind::AuditRestoreAccepted,
             "ok",
             serde_json::json!({
                 "reason": reason,
@@ -674,12 +758,12 @@ mod tests {
     #[test]
     fn regression_a_clock_jump_forward_prunes_nothing_and_a_clock_set_back_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::AuditConfig::default();
+        let config = AuditConfig::default();
         let audit = Audit::open(dir.path(), "test", &config).unwrap();
         for n in 0..10 {
             audit
                 .record(AuditEvent::new(
-                    "before",
+                    EventKind::Echo,
                     "ok",
                     serde_json::json!({ "n": n }),
                 ))
@@ -691,7 +775,7 @@ mod tests {
         let audit = Audit::open(dir.path(), "test", &config).unwrap();
         audit
             .record(AuditEvent::new(
-                "service_started",
+                EventKind::ServiceStarted,
                 "ok",
                 serde_json::json!({}),
             ))
@@ -721,7 +805,7 @@ mod tests {
         let audit = Audit::open(dir.path(), "test", &config).unwrap();
         let record = audit
             .record(AuditEvent::new(
-                "service_started",
+                EventKind::ServiceStarted,
                 "ok",
                 serde_json::json!({}),
             ))
@@ -745,12 +829,16 @@ mod tests {
     #[test]
     fn regression_a_truncated_tail_is_never_hidden_by_overwriting_the_head() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::AuditConfig::default();
+        let config = AuditConfig::default();
         {
             let audit = Audit::open(dir.path(), "test", &config).unwrap();
             for n in 0..20 {
                 audit
-                    .record(AuditEvent::new("test", "ok", serde_json::json!({ "n": n })))
+                    .record(AuditEvent::new(
+                        EventKind::Echo,
+                        "ok",
+                        serde_json::json!({ "n": n }),
+                    ))
                     .unwrap();
             }
             audit.checkpoint().unwrap();
@@ -778,7 +866,7 @@ mod tests {
         for n in 0..40 {
             audit
                 .record(AuditEvent::new(
-                    "later",
+                    EventKind::Echo,
                     "ok",
                     serde_json::json!({ "n": n }),
                 ))

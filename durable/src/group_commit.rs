@@ -14,20 +14,62 @@
 //! returns only once its own items are durable, with its outputs in its
 //! order.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Why a submission was not written.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CommitError<E> {
+    /// The transaction failed; every caller of its batch gets the same
+    /// error.
+    Write(Arc<E>),
+    /// The write gave a wrong number of outputs (a defect of the writer).
+    Outputs {
+        /// Outputs given.
+        got: usize,
+        /// Items written.
+        items: usize,
+    },
+    /// The writer stopped (panicked) before answering.
+    WriterStopped,
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for CommitError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Write(e) => write!(f, "group commit: {e}"),
+            Self::Outputs { got, items } => {
+                write!(
+                    f,
+                    "group commit: the write gave {got} outputs for {items} items"
+                )
+            }
+            Self::WriterStopped => f.write_str("group commit: the writer stopped before writing"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for CommitError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Write(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
 /// A queue of writes committed together. `I` is what callers submit, `O`
-/// what the write gives back for each item.
-pub struct GroupCommit<I, O> {
-    queue: Mutex<Queue<I, O>>,
+/// what the write gives back for each item, `E` why a transaction failed.
+pub struct GroupCommit<I, O, E = rusqlite::Error> {
+    queue: Mutex<Queue<I, O, E>>,
     transactions: AtomicU64,
 }
 
-struct Queue<I, O> {
-    pending: Vec<Pending<I, O>>,
+struct Queue<I, O, E> {
+    pending: Vec<Pending<I, O, E>>,
     /// A caller is the writer: it writes what is queued until nothing is.
     writing: bool,
     /// Submissions since creation (diagnostics, tests).
@@ -35,21 +77,21 @@ struct Queue<I, O> {
 }
 
 /// One caller's items, and where to tell it what became of them.
-struct Pending<I, O> {
+struct Pending<I, O, E> {
     items: Vec<I>,
-    done: SyncSender<Answer<O>>,
+    done: SyncSender<Answer<O, E>>,
 }
 
 /// What a waiting caller is told.
-enum Answer<O> {
+enum Answer<O, E> {
     /// Its items were written (one output each), or why not.
-    Written(Result<Vec<O>, String>),
+    Written(Result<Vec<O>, CommitError<E>>),
     /// It is the writer now: what is queued, its own items included, is
     /// its to write.
     Write,
 }
 
-impl<I, O> Default for GroupCommit<I, O> {
+impl<I, O, E> Default for GroupCommit<I, O, E> {
     fn default() -> Self {
         Self {
             queue: Mutex::new(Queue {
@@ -62,7 +104,7 @@ impl<I, O> Default for GroupCommit<I, O> {
     }
 }
 
-impl<I, O> std::fmt::Debug for GroupCommit<I, O> {
+impl<I, O, E> std::fmt::Debug for GroupCommit<I, O, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupCommit")
             .field("queued", &self.queued())
@@ -71,7 +113,7 @@ impl<I, O> std::fmt::Debug for GroupCommit<I, O> {
     }
 }
 
-impl<I, O> GroupCommit<I, O> {
+impl<I, O, E> GroupCommit<I, O, E> {
     /// Submissions so far.
     pub fn queued(&self) -> u64 {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).queued
@@ -90,8 +132,8 @@ impl<I, O> GroupCommit<I, O> {
     pub fn submit(
         &self,
         items: Vec<I>,
-        write: impl Fn(&[&I]) -> Result<Vec<O>, String>,
-    ) -> Result<Vec<O>, String> {
+        write: impl Fn(&[&I]) -> Result<Vec<O>, E>,
+    ) -> Result<Vec<O>, CommitError<E>> {
         let (done, result) = std::sync::mpsc::sync_channel(1);
         let mut lead = {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -113,7 +155,7 @@ impl<I, O> GroupCommit<I, O> {
                     lead = !std::mem::replace(&mut queue.writing, true);
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err("the writer stopped before writing".into());
+                    return Err(CommitError::WriterStopped);
                 }
             }
         }
@@ -122,10 +164,10 @@ impl<I, O> GroupCommit<I, O> {
     /// As the writer: write what is queued in one transaction and answer
     /// each caller; then hand the writer's role to the first caller queued
     /// meanwhile, or stop being the writer when none is.
-    fn write_queued(&self, write: &impl Fn(&[&I]) -> Result<Vec<O>, String>) {
+    fn write_queued(&self, write: &impl Fn(&[&I]) -> Result<Vec<O>, E>) {
         /// Stops being the writer even if writing panics.
-        struct Writer<'a, I, O>(&'a Mutex<Queue<I, O>>);
-        impl<I, O> Drop for Writer<'_, I, O> {
+        struct Writer<'a, I, O, E>(&'a Mutex<Queue<I, O, E>>);
+        impl<I, O, E> Drop for Writer<'_, I, O, E> {
             fn drop(&mut self) {
                 self.0.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
             }
@@ -141,17 +183,12 @@ impl<I, O> GroupCommit<I, O> {
             std::mem::take(&mut queue.pending)
         };
         let all: Vec<&I> = batch.iter().flat_map(|p| &p.items).collect();
-        let written = write(&all).and_then(|outputs| {
-            if outputs.len() == all.len() {
-                Ok(outputs)
-            } else {
-                Err(format!(
-                    "the write gave {} outputs for {} items",
-                    outputs.len(),
-                    all.len()
-                ))
-            }
-        });
+        let items = all.len();
+        let written = match write(&all) {
+            Ok(outputs) if outputs.len() == all.len() => Ok(outputs),
+            Ok(outputs) => Err(Failure::Outputs(outputs.len())),
+            Err(e) => Err(Failure::Write(Arc::new(e))),
+        };
         match written {
             Ok(outputs) => {
                 self.transactions.fetch_add(1, Ordering::Relaxed);
@@ -161,9 +198,14 @@ impl<I, O> GroupCommit<I, O> {
                     let _ = p.done.send(Answer::Written(Ok(theirs)));
                 }
             }
-            Err(reason) => {
+            Err(failure) => {
+                drop(all);
                 for p in batch {
-                    let _ = p.done.send(Answer::Written(Err(reason.clone())));
+                    let error = match &failure {
+                        Failure::Write(e) => CommitError::Write(e.clone()),
+                        Failure::Outputs(got) => CommitError::Outputs { got: *got, items },
+                    };
+                    let _ = p.done.send(Answer::Written(Err(error)));
                 }
             }
         }
@@ -183,15 +225,19 @@ impl<I, O> GroupCommit<I, O> {
     }
 }
 
+/// What failed in a batch, shared by its callers.
+enum Failure<E> {
+    Write(Arc<E>),
+    Outputs(usize),
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     #[test]
     fn callers_queued_behind_a_commit_share_the_next_one_and_get_their_own_outputs() {
-        let commit: Arc<GroupCommit<(u32, u32), String>> = Arc::default();
+        let commit: Arc<GroupCommit<(u32, u32), String, String>> = Arc::default();
         // The "database": a lock a commit in progress holds, and what was
         // written, transaction by transaction.
         let database = Arc::new(Mutex::new(Vec::<Vec<(u32, u32)>>::new()));
@@ -202,7 +248,7 @@ mod tests {
                     .lock()
                     .unwrap()
                     .push(items.iter().map(|i| **i).collect());
-                Ok(items.iter().map(|(t, i)| format!("{t}.{i}")).collect())
+                Ok::<_, String>(items.iter().map(|(t, i)| format!("{t}.{i}")).collect())
             }
         };
         let first = commit.submit(vec![(99, 0)], &write).unwrap();
@@ -240,7 +286,7 @@ mod tests {
     #[test]
     fn the_writer_answers_its_own_batch_and_hands_the_next_one_to_a_waiting_caller() {
         type Log = Vec<(std::thread::ThreadId, Vec<u32>)>;
-        let commit: Arc<GroupCommit<u32, u32>> = Arc::default();
+        let commit: Arc<GroupCommit<u32, u32, String>> = Arc::default();
         let database = Arc::new(Mutex::new(Log::new()));
         let write = {
             let database = database.clone();
@@ -250,7 +296,7 @@ mod tests {
                     .lock()
                     .unwrap()
                     .push((std::thread::current().id(), items.clone()));
-                Ok(items)
+                Ok::<_, String>(items)
             }
         };
         let held = database.lock().unwrap();
@@ -288,15 +334,19 @@ mod tests {
 
     #[test]
     fn a_failed_transaction_fails_every_caller_of_its_batch_and_the_next_one_is_written() {
-        let commit: GroupCommit<u32, u32> = GroupCommit::default();
+        let commit: GroupCommit<u32, u32, String> = GroupCommit::default();
         let failing = |_: &[&u32]| Err::<Vec<u32>, _>("disk full".to_string());
-        assert_eq!(commit.submit(vec![1, 2], failing), Err("disk full".into()));
+        let err = commit.submit(vec![1, 2], failing).unwrap_err();
+        assert!(
+            matches!(&err, CommitError::Write(e) if **e == "disk full"),
+            "{err}"
+        );
         let short = |_: &[&u32]| Ok(vec![1]);
         let err = commit.submit(vec![1, 2], short).unwrap_err();
-        assert!(err.contains("1 outputs for 2 items"), "{err}");
+        assert!(err.to_string().contains("1 outputs for 2 items"), "{err}");
         assert_eq!(commit.transactions(), 0);
         let doubled = |items: &[&u32]| Ok(items.iter().map(|i| **i * 2).collect());
-        assert_eq!(commit.submit(vec![3, 4], doubled), Ok(vec![6, 8]));
+        assert_eq!(commit.submit(vec![3, 4], doubled).unwrap(), vec![6, 8]);
         assert_eq!(commit.transactions(), 1);
     }
 }

@@ -1,0 +1,147 @@
+//! The analysis backlog: what ingest, the API and the assembly loop share
+//! to refuse new work before it grows without bound. Its own module so
+//! that ingest and HTTP need nothing of the pipeline.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// The work the appliance holds and has not analysed yet: jobs waiting or
+/// running (refreshed by the assembly loop) and studies still receiving
+/// (kept here by ingest, each with the monotonic time of its last
+/// instance). Ingest (C-STORE, STOW-RS) and the API read it before taking
+/// more work; `pipeline.max_backlog` bounds jobs and receiving studies
+/// together, so a burst of new studies is refused before it becomes jobs.
+#[derive(Debug)]
+pub struct Backlog {
+    jobs: std::sync::atomic::AtomicU64,
+    limit: u64,
+    receiving: std::sync::Mutex<HashMap<String, Instant>>,
+    forget_after: Duration,
+}
+
+impl Backlog {
+    /// A backlog of at most `limit` jobs and receiving studies, holding
+    /// `jobs` jobs now.
+    pub fn new(limit: u64, jobs: u64) -> Self {
+        Self {
+            jobs: std::sync::atomic::AtomicU64::new(jobs),
+            limit,
+            receiving: std::sync::Mutex::new(HashMap::new()),
+            forget_after: Duration::from_secs(600),
+        }
+    }
+
+    /// Forget a receiving study quiet for longer than `after` (set it well
+    /// above the stable age).
+    pub fn forget_after(mut self, after: Duration) -> Self {
+        self.forget_after = after;
+        self
+    }
+
+    /// Record the current count.
+    pub fn set(&self, jobs: u64) {
+        self.jobs.store(jobs, Ordering::Relaxed);
+    }
+
+    fn receiving(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.receiving.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why no more work is taken, when jobs alone fill the backlog (every
+    /// instance is refused then, those of studies under way too).
+    pub fn full(&self) -> Option<String> {
+        let jobs = self.jobs.load(Ordering::Relaxed);
+        (jobs >= self.limit).then(|| {
+            format!(
+                "analysis backlog full: {jobs} jobs waiting or running (pipeline.max_backlog {}); retry later",
+                self.limit
+            )
+        })
+    }
+
+    /// Take an instance of `study`: always for a study already receiving
+    /// (a study is never cut in the middle), for a new one only while jobs
+    /// and receiving studies stay below the limit. Returns why not.
+    pub fn admit(&self, study: &str) -> Option<String> {
+        let mut receiving = self.receiving();
+        // A study admitted whose instance was then refused (a write that
+        // failed) never completes: forgotten once quiet for long.
+        receiving.retain(|_, last| last.elapsed() < self.forget_after);
+        if let Some(last) = receiving.get_mut(study) {
+            *last = Instant::now();
+            return None;
+        }
+        let jobs = self.jobs.load(Ordering::Relaxed);
+        let held = jobs + receiving.len() as u64;
+        if held >= self.limit {
+            return Some(format!(
+                "analysis backlog full: {jobs} jobs and {} studies receiving (pipeline.max_backlog {}); retry later",
+                receiving.len(),
+                self.limit
+            ));
+        }
+        receiving.insert(study.to_string(), Instant::now());
+        None
+    }
+
+    /// Whether an instance of `study` arrived less than `age` ago by the
+    /// monotonic clock (unknown studies: no).
+    pub fn received_within(&self, study: &str, age: Duration) -> bool {
+        self.receiving()
+            .get(study)
+            .is_some_and(|last| last.elapsed() < age)
+    }
+
+    /// The study is complete: it no longer counts as receiving. Entries
+    /// quieter than `forget_after` are dropped too (an instance admitted
+    /// then refused for another reason left one).
+    pub fn completed(&self, study: &str, forget_after: Duration) {
+        let mut receiving = self.receiving();
+        receiving.remove(study);
+        receiving.retain(|_, last| last.elapsed() < forget_after);
+    }
+
+    /// Studies counted as receiving.
+    pub fn receiving_studies(&self) -> usize {
+        self.receiving().len()
+    }
+
+    /// Jobs waiting or running in `counts` (by state).
+    pub fn count(counts: &std::collections::BTreeMap<String, u64>) -> u64 {
+        ["pending", "running"]
+            .iter()
+            .filter_map(|s| counts.get(*s))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hardening defect 11: `pipeline.max_backlog` counted only jobs, and
+    /// jobs exist only after the stable age, so a burst of 60 studies was
+    /// all accepted with a limit of 10. Receiving studies count too; a
+    /// study under way is never cut.
+    #[test]
+    fn regression_studies_still_receiving_count_against_the_backlog() {
+        let backlog = Backlog::new(3, 1);
+        assert_eq!(backlog.admit("1.1"), None);
+        assert_eq!(backlog.admit("1.2"), None);
+        let refused = backlog.admit("1.3").unwrap();
+        assert!(
+            refused.contains("1 jobs and 2 studies receiving"),
+            "{refused}"
+        );
+        assert_eq!(backlog.admit("1.1"), None, "a study under way goes on");
+        assert!(backlog.received_within("1.1", Duration::from_secs(60)));
+        assert!(!backlog.received_within("1.3", Duration::from_secs(60)));
+        backlog.completed("1.1", Duration::from_secs(60));
+        assert_eq!(backlog.admit("1.3"), None, "room again");
+        assert_eq!(backlog.receiving_studies(), 2);
+        // Entries quieter than the forget period go at the next completion.
+        backlog.completed("none", Duration::ZERO);
+        assert_eq!(backlog.receiving_studies(), 0);
+    }
+}

@@ -1,0 +1,86 @@
+//! Study assembly: a study is complete when no instance has arrived for
+//! `pipeline.stable_age_s`; routing turns it into jobs in the same
+//! transaction that marks it complete.
+
+use std::time::Duration;
+
+use vigie_store::now_ms;
+
+use super::events::Event;
+use super::{Pipeline, seconds_ms};
+use crate::backlog::Backlog;
+use crate::routing::Router;
+
+impl Pipeline {
+    /// Complete every study quiet for the stable age; returns how many.
+    pub fn assemble_once(&self, router: &Router, now: i64) -> anyhow::Result<usize> {
+        let stable_age = Duration::from_secs_f64(self.config.pipeline.stable_age_s.max(0.0));
+        let cutoff = now - seconds_ms(self.config.pipeline.stable_age_s);
+        // The wall clock set back: receptions "in the future" count from
+        // now, so that no study waits for the clock to catch up.
+        let clamped = self.catalog.clamp_future_receptions(now)?;
+        if clamped > 0 {
+            self.emit(Event::ClockWentBack { studies: clamped });
+        }
+        let mut completed = 0;
+        for study in self.catalog.stable_studies(cutoff)? {
+            // Within a run the monotonic clock decides: a clock stepped
+            // forward does not complete a study still receiving.
+            if self
+                .backlog
+                .received_within(&study.study_instance_uid, stable_age)
+            {
+                continue;
+            }
+            let (jobs, note) = router.route(&study);
+            if self
+                .catalog
+                .complete_study(&study, cutoff, &jobs, note.as_deref(), now)?
+            {
+                completed += 1;
+                self.backlog.completed(
+                    &study.study_instance_uid,
+                    stable_age * 2 + Duration::from_secs(60),
+                );
+                self.emit(Event::StudyComplete {
+                    study: &study,
+                    jobs: &jobs,
+                    note: note.as_deref(),
+                    stable_age_s: self.config.pipeline.stable_age_s,
+                });
+            }
+        }
+        Ok(completed)
+    }
+
+    /// The assembly loop, until the pipeline stops.
+    pub async fn assembly_loop(self, router: Router) {
+        let period =
+            Duration::from_secs_f64((self.config.pipeline.stable_age_s / 4.0).clamp(0.1, 1.0));
+        while !self.stop.is_cancelled() {
+            let this = self.clone();
+            let router = router.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let done = this.assemble_once(&router, now_ms());
+                if matches!(done, Ok(n) if n > 0) {
+                    this.wake.jobs_ready();
+                }
+                match this.catalog.job_counts() {
+                    Ok(counts) => this.backlog.set(Backlog::count(&counts)),
+                    Err(e) => tracing::error!(error = %e, "cannot count jobs"),
+                }
+                done
+            })
+            .await;
+            match result {
+                Ok(Err(e)) => tracing::error!(error = %e, "study assembly failed"),
+                Err(e) => tracing::error!(error = %e, "study assembly panicked"),
+                Ok(Ok(_)) => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = self.stop.cancelled() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The dispatcher and the worker threads: jobs claimed from the queue,
+//! each analysed through `vigie_analysis`'s hot loop, its result objects
+//! written durably, then the job done and its results queued, in one
+//! transaction. Dedicated OS threads, off the async runtime.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use vigie_analysis::results::ResultBuilder;
+use vigie_dicom_io::DicomFile;
+use vigie_inference::Model;
+use vigie_store::{Job, Origin, ResultFile, now_ms};
+
+use super::events::{Event, Ran};
+use super::{Pipeline, seconds_ms};
+
+/// One worker thread as `/readyz` and the metrics see it.
+#[derive(Debug, Clone, Default)]
+struct WorkerSlot {
+    started: bool,
+    alive: bool,
+    busy: Option<(i64, Instant)>,
+}
+
+/// The state of the worker threads: a thread that died or has been on one
+/// job for longer than `pipeline.stuck_after_s` makes `/readyz` fail and
+/// shows in `vigie_workers_unhealthy`.
+#[derive(Debug, Default)]
+pub struct WorkerHealth {
+    slots: std::sync::Mutex<Vec<WorkerSlot>>,
+}
+
+/// Marks its worker dead when the thread ends, however it ends.
+struct AliveGuard {
+    health: Arc<WorkerHealth>,
+    worker: usize,
+}
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.health.update(self.worker, |slot| {
+            slot.alive = false;
+            slot.busy = None;
+        });
+    }
+}
+
+impl WorkerHealth {
+    fn update(&self, worker: usize, f: impl FnOnce(&mut WorkerSlot)) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() <= worker {
+            slots.resize(worker + 1, WorkerSlot::default());
+        }
+        f(&mut slots[worker]);
+    }
+
+    fn alive(self: &Arc<Self>, worker: usize) -> AliveGuard {
+        self.update(worker, |slot| {
+            slot.started = true;
+            slot.alive = true;
+        });
+        AliveGuard {
+            health: self.clone(),
+            worker,
+        }
+    }
+
+    fn busy(&self, worker: usize, job: Option<i64>) {
+        self.update(worker, |slot| {
+            slot.busy = job.map(|id| (id, Instant::now()))
+        });
+    }
+
+    /// Problems with the workers: dead threads, and threads busy on one
+    /// job for longer than `stuck_after`. Empty when all is well.
+    pub fn problems(&self, stuck_after: Duration) -> Vec<String> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut problems = Vec::new();
+        for (n, slot) in slots.iter().enumerate() {
+            if slot.started && !slot.alive {
+                problems.push(format!("worker {n} has stopped"));
+            } else if let Some((job, since)) = slot.busy
+                && since.elapsed() > stuck_after
+            {
+                problems.push(format!(
+                    "worker {n} stuck on job {job} for {} s",
+                    since.elapsed().as_secs()
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// One instance through the model, and the batch it went in.
+struct Analysed<'a> {
+    instance: &'a vigie_store::InstanceRecord,
+    file: &'a DicomFile,
+    analysis: &'a vigie_analysis::InstanceAnalysis,
+    batch: usize,
+}
+
+impl Pipeline {
+    /// Start the dispatcher and worker threads.
+    pub fn spawn_workers(&self) -> Vec<std::thread::JoinHandle<()>> {
+        let workers = self.config.pipeline.workers;
+        let mut handles = Vec::new();
+        if workers == 0 {
+            tracing::warn!("pipeline.workers = 0: jobs are queued but not run");
+            return handles;
+        }
+        let (tx, rx) = sync_channel::<Job>(self.config.pipeline.queue_capacity);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let this = self.clone();
+        handles.push(std::thread::spawn(move || this.dispatch(tx)));
+        for n in 0..workers {
+            let this = self.clone();
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vigie-worker-{n}"))
+                .spawn(move || {
+                    let _alive = this.health.alive(n);
+                    this.work(n, &rx);
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => tracing::error!(error = %e, "cannot start worker thread"),
+            }
+        }
+        handles
+    }
+
+    fn dispatch(&self, tx: SyncSender<Job>) {
+        while !self.stop.is_cancelled() {
+            match self.catalog.claim_job(now_ms()) {
+                Ok(Some(job)) => {
+                    // Blocks while the queue is full: back-pressure.
+                    if tx.send(job).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => self.wake.wait_for_jobs(Duration::from_millis(200)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim jobs");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn work(&self, worker: usize, rx: &std::sync::Mutex<Receiver<Job>>) {
+        let mut models: HashMap<String, Model> = HashMap::new();
+        // With inference.pin_threads, this thread calls the runtime: it
+        // takes the first of the model's CPUs (the runtime pins the rest).
+        if let Some(&cpu) = self.threads.model_cpus.first() {
+            vigie_inference::threads::pin_current_thread(cpu);
+        }
+        loop {
+            let job = {
+                let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                guard.recv()
+            };
+            let Ok(job) = job else { return };
+            // Stopping: the job stays as it is, and the stop releases it.
+            if self.stop.is_cancelled() {
+                continue;
+            }
+            // From here on `attempts` counts this attempt too, as if it
+            // failed: it is the number the retry rule and the records use.
+            let job = Job {
+                attempts: job.attempts + 1,
+                ..job
+            };
+            let started = Instant::now();
+            self.health.busy(worker, Some(job.id));
+            // A panic in decoding, preprocessing, the runtime or result
+            // building fails this attempt only: the thread goes on with the
+            // next job. Its warm sessions may be half-changed: dropped.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run_job(&job, &mut models)
+            }))
+            .unwrap_or_else(|panic| {
+                models.clear();
+                let message = vigie_dicom_io::pixels::panic_message(&panic);
+                self.emit(Event::WorkerPanicked {
+                    job: &job,
+                    message: &message,
+                });
+                Err(anyhow::anyhow!(
+                    "internal error: analysis panicked: {message}"
+                ))
+            });
+            self.health.busy(worker, None);
+            let now = now_ms();
+            match outcome {
+                Ok((results, notes)) => {
+                    if let Err(e) = self
+                        .catalog
+                        .finish_job(&job, &results, notes.as_deref(), now)
+                    {
+                        tracing::error!(job = job.id, error = %e, "cannot record finished job");
+                        continue;
+                    }
+                    if !job.destinations.is_empty() {
+                        self.wake.results_ready();
+                    }
+                    self.emit(Event::JobDone {
+                        job: &job,
+                        results: results.len(),
+                        notes: notes.as_deref(),
+                        took: started.elapsed(),
+                    });
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    let retry = (job.attempts < self.config.pipeline.max_attempts).then(|| {
+                        let factor = 2f64.powi(job.attempts.saturating_sub(1).min(16) as i32);
+                        now + seconds_ms(self.config.pipeline.retry_delay_s * factor)
+                    });
+                    self.emit(Event::JobFailed {
+                        job: &job,
+                        error: &error,
+                        will_retry: retry.is_some(),
+                        max_attempts: self.config.pipeline.max_attempts,
+                    });
+                    if let Err(e) = self.catalog.job_attempt_failed(job.id, &error, retry, now) {
+                        tracing::error!(job = job.id, error = %e, "cannot record job failure");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run one job: results written, and notes on instances not analysed.
+    fn run_job(
+        &self,
+        job: &Job,
+        models: &mut HashMap<String, Model>,
+    ) -> anyhow::Result<(Vec<ResultFile>, Option<String>)> {
+        let instances = self.catalog.job_instances(job)?;
+        if instances.is_empty() {
+            anyhow::bail!("no instances found for the job's series");
+        }
+        if !models.contains_key(&job.model) {
+            match self.config.load_model(Some(&job.model), None) {
+                Ok(model) => {
+                    self.emit(Event::ModelLoaded { model: &model });
+                    models.insert(job.model.clone(), model);
+                }
+                Err(e) => {
+                    self.emit(Event::ModelRefused {
+                        job,
+                        error: &format!("{e:#}"),
+                    });
+                    return Err(e);
+                }
+            }
+        }
+        let Some(model) = models.get_mut(&job.model) else {
+            anyhow::bail!("model {} not loaded", job.model);
+        };
+        let mut builder = ResultBuilder::new(
+            &self.config.appliance.id,
+            &self.config.results.uid_root,
+            self.config.results.summary_image,
+        )?;
+        let mut results = Vec::new();
+        let mut failures = Vec::new();
+        // The hot loop: decoding and preprocessing run on their own threads
+        // ahead of the model, up to max_batch instances per model run.
+        let paths: Vec<PathBuf> = instances.iter().map(|i| i.path.clone()).collect();
+        let hot_loop = self.config.hot_loop(&job.model, &self.threads);
+        let ran = Ran {
+            package: model.package().clone(),
+            execution: model.execution().clone(),
+        };
+        // Each instance is written and recorded as soon as the model has
+        // it, on this thread, while the next ones are being decoded.
+        vigie_analysis::analyse_stream(model, &paths, &hot_loop, |index, outcome| {
+            match outcome {
+                Ok(streamed) => {
+                    let done = Analysed {
+                        instance: &instances[index],
+                        file: &streamed.file,
+                        analysis: &streamed.analysis,
+                        batch: streamed.batch,
+                    };
+                    self.record_analysis(job, done, &ran, &mut builder, &mut results)?;
+                }
+                Err(e) => {
+                    let error = format!("{:#}", anyhow::Error::from(e));
+                    self.emit(Event::NotAnalysed {
+                        job,
+                        instance: &instances[index],
+                        error: &error,
+                    });
+                    failures.push(format!("{}: {error}", instances[index].sop_instance_uid));
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        })?;
+        if results.is_empty() && !failures.is_empty() {
+            anyhow::bail!("no instance could be analysed: {}", failures.join("; "));
+        }
+        let notes = (!failures.is_empty()).then(|| {
+            format!(
+                "{} of {} instances not analysed: {}",
+                failures.len(),
+                instances.len(),
+                failures.join("; ")
+            )
+        });
+        Ok((results, notes))
+    }
+
+    /// Write an analysed instance's result objects and put the inference
+    /// and the objects on record together, in one durable transaction,
+    /// before the job can be done.
+    fn record_analysis(
+        &self,
+        job: &Job,
+        done: Analysed<'_>,
+        model: &Ran,
+        builder: &mut ResultBuilder,
+        results: &mut Vec<ResultFile>,
+    ) -> anyhow::Result<()> {
+        let Analysed {
+            instance,
+            file,
+            analysis,
+            batch,
+        } = done;
+        let mut events = self.emit_durable(Event::Analysed {
+            job,
+            instance,
+            analysis,
+            batch,
+            model,
+        });
+        let manifest = model.package.manifest();
+        let frames = analysis.results.len();
+        for (frame, result) in analysis.results.iter().enumerate() {
+            for object in builder.build(file, frame, frames, manifest, result)? {
+                let path = self.layout.result(
+                    &object.study_instance_uid,
+                    &object.series_instance_uid,
+                    &object.sop_instance_uid,
+                )?;
+                vigie_dicom_io::write::write_part10(object.dataset, &path)?;
+                events.extend(self.emit_durable(Event::ResultCreated {
+                    job,
+                    kind: object.kind,
+                    study_instance_uid: &object.study_instance_uid,
+                    series_instance_uid: &object.series_instance_uid,
+                    sop_instance_uid: &object.sop_instance_uid,
+                    source: instance,
+                    frame,
+                    path: &path,
+                    file_sha256: &vigie_inference::package::sha256_file(&path)?,
+                    model,
+                }));
+                results.push(
+                    ResultFile::read(&path, Origin::Result)
+                        .map_err(|e| anyhow::anyhow!("cannot index result: {e}"))?,
+                );
+            }
+        }
+        self.audit.record_all(&events)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hardening defect 2: a worker thread that died left `/readyz` saying
+    /// ready, and a stuck one went unnoticed.
+    #[test]
+    fn regression_a_dead_or_stuck_worker_is_reported() {
+        let health = Arc::new(WorkerHealth::default());
+        let guard = health.alive(0);
+        let _other = health.alive(1);
+        assert!(health.problems(Duration::from_secs(60)).is_empty());
+        health.busy(1, Some(42));
+        std::thread::sleep(Duration::from_millis(30));
+        let stuck = health.problems(Duration::from_millis(10));
+        assert_eq!(stuck, ["worker 1 stuck on job 42 for 0 s"]);
+        health.busy(1, None);
+        // A thread that ends, however it ends, is dead.
+        drop(guard);
+        assert_eq!(
+            health.problems(Duration::from_secs(60)),
+            ["worker 0 has stopped"]
+        );
+    }
+}
