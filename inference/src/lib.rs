@@ -18,6 +18,8 @@
 //!   [`model::Preparer`] runs the preprocessing on other threads.
 //! - [`registry`]: the installed packages of a folder, found by id and
 //!   loaded on a backend: the one way every command loads a model.
+//! - [`device`]: where a model runs ([`device::Device`]), shared by the
+//!   thread plan and the backends.
 //! - [`threads`]: thread counts derived from the machine, and pinning.
 //!
 //! The crate knows nothing of DICOM networking, HTTP or configuration files.
@@ -25,6 +27,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod backend;
+pub mod device;
 pub mod error;
 pub mod manifest;
 pub mod model;

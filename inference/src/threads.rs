@@ -11,7 +11,7 @@
 //! threads cores of their own once the machine has more than
 //! [`SHARED_BELOW`] cores, and, with pinning, keeps the two groups apart.
 
-use crate::backend::Device;
+use crate::device::Device;
 
 /// Up to this many CPUs, the model's intra-op threads use them all and the
 /// decode threads share them (decoding is a small part of the work per
@@ -109,23 +109,6 @@ impl ThreadPlan {
         }
     }
 
-    /// ONNX Runtime's `session.intra_op_thread_affinities` for this plan
-    /// (see [`onnxruntime_affinities`]).
-    pub fn onnxruntime_affinities(&self) -> Option<String> {
-        onnxruntime_affinities(&self.model_cpus)
-    }
-}
-
-/// ONNX Runtime's `session.intra_op_thread_affinities` for intra-op threads
-/// on `cpus` (the calling thread's first, which the runtime leaves alone):
-/// one entry per other thread, 1-based logical processor ids,
-/// `;`-separated. `None` when there is no other thread to pin.
-pub fn onnxruntime_affinities(cpus: &[usize]) -> Option<String> {
-    if cpus.len() < 2 {
-        return None;
-    }
-    let ids: Vec<String> = cpus[1..].iter().map(|cpu| (cpu + 1).to_string()).collect();
-    Some(ids.join(";"))
 }
 
 #[cfg(test)]
@@ -154,12 +137,18 @@ mod tests {
         assert_eq!(plan.model_cpus, vec![2, 3, 5, 7, 8]);
         assert_eq!(plan.decode_cpus, vec![9]);
         // ORT counts processors from 1 and pins all but the caller.
-        assert_eq!(plan.onnxruntime_affinities().as_deref(), Some("4;6;8;9"));
+        assert_eq!(
+            crate::backend::onnx::intra_op_affinities(&plan.model_cpus).as_deref(),
+            Some("4;6;8;9")
+        );
         let two = ThreadPlan::derive(&[0, 1], Device::Cpu, 0, 0, true);
         assert_eq!(two.model_cpus, vec![0, 1]);
         assert_eq!(two.decode_cpus, vec![1]);
         let unpinned = ThreadPlan::derive(&cpus, Device::Cpu, 0, 0, false);
-        assert_eq!(unpinned.onnxruntime_affinities(), None);
+        assert_eq!(
+            crate::backend::onnx::intra_op_affinities(&unpinned.model_cpus),
+            None
+        );
     }
 
     #[test]

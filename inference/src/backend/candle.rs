@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use candle_core::{Device as CandleDevice, Tensor};
 use candle_onnx::onnx::{ModelProto, tensor_shape_proto::dimension::Value as Dim, type_proto};
 
-use super::{Backend, BackendOptions, Device, Execution, check_name, check_shape};
+use super::contract::{Backend, BackendOptions, Execution, check_name, check_shape};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::package::ModelPackage;
 

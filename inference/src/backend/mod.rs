@@ -1,131 +1,19 @@
 //! Backends behind one trait. A backend is created for one model package,
 //! checks the model file's contract against the manifest, and reports what
-//! really ran ([`Execution`]).
+//! really ran ([`Execution`]). The trait and what every backend shares are
+//! in [`contract`]; this module only picks the implementation, so that the
+//! implementations depend on the contract and not on their parent.
 
-use std::path::PathBuf;
+pub mod candle;
+pub mod contract;
+pub mod onnx;
 
-use serde::Serialize;
+pub use crate::device::Device;
+pub use contract::{Backend, BackendOptions, ConvAlgoSearch, Execution};
 
 use crate::error::Result;
 use crate::manifest::BackendKind;
 use crate::package::ModelPackage;
-
-pub mod candle;
-pub mod onnx;
-
-/// Where to run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Device {
-    /// The CPU.
-    #[default]
-    Cpu,
-    /// An NVIDIA GPU through CUDA.
-    Cuda {
-        /// CUDA device ordinal.
-        device_id: i32,
-    },
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Cpu => f.write_str("cpu"),
-            Self::Cuda { device_id } => write!(f, "cuda:{device_id}"),
-        }
-    }
-}
-
-/// How ONNX Runtime's CUDA provider chooses cuDNN's convolution
-/// algorithms for each new input shape (its `cudnn_conv_algo_search`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConvAlgoSearch {
-    /// Benchmark every algorithm (ONNX Runtime's default): the fastest
-    /// kernels, paid for at the first run of every input shape.
-    #[default]
-    Exhaustive,
-    /// cuDNN's heuristics, no benchmarking.
-    Heuristic,
-    /// cuDNN's default algorithm.
-    Default,
-}
-
-/// How to create backends.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BackendOptions {
-    /// Device.
-    pub device: Device,
-    /// Threads inside one inference (0: the runtime's default).
-    pub intra_threads: usize,
-    /// The ONNX Runtime shared library (`libonnxruntime.so.1.31.1`).
-    pub onnxruntime_library: Option<PathBuf>,
-    /// Logical CPUs of the intra-op threads, the calling (model) thread's
-    /// first: ONNX Runtime pins its other intra-op threads to the rest (see
-    /// [`crate::threads::ThreadPlan`]); the caller pins its own thread.
-    /// Empty: not pinned.
-    pub intra_cpus: Vec<usize>,
-    /// cuDNN convolution algorithm search of ONNX Runtime's CUDA provider
-    /// (ignored on CPU and by candle).
-    pub conv_algo_search: ConvAlgoSearch,
-}
-
-impl BackendOptions {
-    /// Options for `device` with `intra_threads` threads and the given
-    /// ONNX Runtime library.
-    pub fn new(device: Device, intra_threads: usize, onnxruntime_library: Option<PathBuf>) -> Self {
-        Self {
-            device,
-            intra_threads,
-            onnxruntime_library,
-            intra_cpus: Vec::new(),
-            conv_algo_search: ConvAlgoSearch::default(),
-        }
-    }
-
-    /// The same options with this cuDNN convolution algorithm search.
-    pub fn with_conv_algo_search(mut self, search: ConvAlgoSearch) -> Self {
-        self.conv_algo_search = search;
-        self
-    }
-
-    /// The same options with the intra-op threads pinned to `cpus` (the
-    /// model thread's first).
-    pub fn with_intra_cpus(mut self, cpus: Vec<usize>) -> Self {
-        self.intra_cpus = cpus;
-        self
-    }
-}
-
-/// What actually ran, reported with every result and in the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Execution {
-    /// `onnxruntime` or `candle`.
-    pub backend: &'static str,
-    /// Execution provider (`CPUExecutionProvider`, `CUDAExecutionProvider`,
-    /// `candle-cpu`).
-    pub provider: String,
-    /// Device.
-    pub device: String,
-    /// Intra-op threads (0: runtime default).
-    pub intra_threads: usize,
-    /// Version of the runtime.
-    pub runtime_version: String,
-}
-
-/// A loaded model on a backend.
-pub trait Backend: Send + std::fmt::Debug {
-    /// Run one batch: `input` holds `batch` images' tensors back to back.
-    /// Returns the output tensor, flattened, and its shape.
-    fn run(&mut self, input: &[f32], batch: usize) -> Result<(Vec<usize>, Vec<f32>)>;
-
-    /// What runs this model.
-    fn execution(&self) -> &Execution;
-
-    /// Largest batch the model accepts (`None`: any).
-    fn max_batch(&self) -> Option<usize>;
-}
 
 /// Create the backend `kind` for `package`.
 pub fn load(
@@ -137,41 +25,4 @@ pub fn load(
         BackendKind::Onnx => Ok(Box::new(onnx::OnnxBackend::load(package, options)?)),
         BackendKind::Candle => Ok(Box::new(candle::CandleBackend::load(package, options)?)),
     }
-}
-
-/// Compare a model file's tensor shape with the manifest's; `-1` (or a
-/// symbolic dimension) is free.
-pub(crate) fn check_shape(
-    model_id: &str,
-    what: &str,
-    expected: &[i64],
-    found: &[i64],
-) -> Result<()> {
-    if expected != found {
-        return Err(crate::Error::ContractMismatch {
-            model_id: model_id.to_string(),
-            field: format!("{what}.shape"),
-            expected: format!("{expected:?}"),
-            found: format!("{found:?}"),
-        });
-    }
-    Ok(())
-}
-
-/// Compare a tensor name.
-pub(crate) fn check_name(
-    model_id: &str,
-    what: &str,
-    expected: &str,
-    found: &[String],
-) -> Result<()> {
-    if found.len() != 1 || found[0] != expected {
-        return Err(crate::Error::ContractMismatch {
-            model_id: model_id.to_string(),
-            field: format!("{what}.name"),
-            expected: format!("[{expected:?}]"),
-            found: format!("{found:?}"),
-        });
-    }
-    Ok(())
 }

@@ -11,7 +11,8 @@ use ort::ep;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::{Backend, BackendOptions, ConvAlgoSearch, Device, Execution, check_name, check_shape};
+use super::contract::{Backend, BackendOptions, ConvAlgoSearch, Execution, check_name, check_shape};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::package::ModelPackage;
 
@@ -104,7 +105,7 @@ impl OnnxBackend {
                     (n > 0).then(|| options.intra_cpus[i % n])
                 })
                 .collect();
-            if let Some(affinities) = crate::threads::onnxruntime_affinities(&cpus) {
+            if let Some(affinities) = intra_op_affinities(&cpus) {
                 builder = builder
                     .with_config_entry("session.intra_op_thread_affinities", affinities)
                     .map_err(|e| session_err(e.to_string()))?;
@@ -239,4 +240,16 @@ impl Backend for OnnxBackend {
             _ => None,
         }
     }
+}
+
+/// ONNX Runtime's `session.intra_op_thread_affinities` for intra-op threads
+/// on `cpus` (the calling thread's first, which the runtime leaves alone):
+/// one entry per other thread, 1-based logical processor ids,
+/// `;`-separated. `None` when there is no other thread to pin.
+pub fn intra_op_affinities(cpus: &[usize]) -> Option<String> {
+    if cpus.len() < 2 {
+        return None;
+    }
+    let ids: Vec<String> = cpus[1..].iter().map(|cpu| (cpu + 1).to_string()).collect();
+    Some(ids.join(";"))
 }
