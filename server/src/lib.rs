@@ -9,6 +9,9 @@
 //! `anyhow` (their callers print the chain); the domain crates return
 //! their typed errors, which HTTP maps to statuses (`http::error`).
 
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
 pub mod backlog;
 pub mod config;
 pub mod http;
