@@ -108,7 +108,6 @@ impl ThreadPlan {
             decode_cpus,
         }
     }
-
 }
 
 #[cfg(test)]

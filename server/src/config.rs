@@ -724,30 +724,27 @@ impl Config {
         }
     }
 
-    /// The installed model packages (`inference.models_dir`, default
-    /// `inference.default_model`).
-    pub fn model_registry(&self) -> vigie_inference::ModelRegistry {
-        vigie_inference::ModelRegistry::new(
-            &self.inference.models_dir,
-            self.inference.default_model.clone(),
-        )
-    }
-
-    /// Load model package `id` (or the default one) from the registry, on
-    /// `backend` (default: its manifest's), with this configuration's
-    /// device and threads.
-    pub fn load_model(
-        &self,
-        id: Option<&str>,
-        backend: Option<vigie_inference::manifest::BackendKind>,
-    ) -> anyhow::Result<vigie_inference::Model> {
-        Ok(self
-            .model_registry()
-            .load(id, backend, &self.backend_options()?)?)
+    /// Resolve the configuration, once, into what commands run with (see
+    /// [`Resolved`]).
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        let threads = self.thread_plan()?;
+        Ok(Resolved {
+            backend: self.backend_options_for(&threads)?,
+            threads,
+            registry: vigie_inference::ModelRegistry::new(
+                &self.inference.models_dir,
+                self.inference.default_model.clone(),
+            ),
+            batching: self.inference.batching.clone(),
+        })
     }
 
     /// Resolve backend options: device, threads and the library path.
     pub fn backend_options(&self) -> anyhow::Result<BackendOptions> {
+        self.backend_options_for(&self.thread_plan()?)
+    }
+
+    fn backend_options_for(&self, plan: &ThreadPlan) -> anyhow::Result<BackendOptions> {
         let device = parse_device(&self.inference.device)?;
         let library = self
             .inference
@@ -757,31 +754,9 @@ impl Config {
                 std::env::var_os(vigie_inference::backend::onnx::DYLIB_ENV).map(PathBuf::from)
             })
             .or_else(|| Some(PathBuf::from(SETUP_ONNXRUNTIME)).filter(|p| p.is_file()));
-        let plan = self.thread_plan()?;
         Ok(BackendOptions::new(device, plan.intra_threads, library)
-            .with_intra_cpus(plan.model_cpus)
+            .with_intra_cpus(plan.model_cpus.clone())
             .with_conv_algo_search(self.inference.cuda_conv_algo_search))
-    }
-
-    /// How the hot loop runs `model` with the threads of `plan`: the
-    /// model's `[inference.batching.<model>]` (none: one instance per run)
-    /// and the plan's decode threads and CPUs. `vigie serve` and `vigie
-    /// infer` both use it.
-    pub fn hot_loop(&self, model: &str, plan: &ThreadPlan) -> vigie_analysis::HotLoop {
-        let batching = self
-            .inference
-            .batching
-            .get(model)
-            .cloned()
-            .unwrap_or_default();
-        vigie_analysis::HotLoop {
-            batching: vigie_analysis::Batching {
-                max_batch: batching.max_batch.max(1),
-                max_delay: std::time::Duration::from_millis(batching.max_delay_ms),
-            },
-            decode_threads: plan.decode_threads,
-            decode_cpus: plan.decode_cpus.clone(),
-        }
     }
 
     /// Threads of one worker and, with `inference.pin_threads`, their CPUs,
@@ -830,6 +805,50 @@ pub fn parse_device(text: &str) -> anyhow::Result<Device> {
             Some(Ok(device_id)) if device_id >= 0 => Ok(Device::Cuda { device_id }),
             _ => bail!("{other:?} is not `cpu` or `cuda:N`"),
         },
+    }
+}
+
+/// The configuration resolved, once, into the runtime objects the
+/// commands run with: the thread plan (from the CPUs this process may
+/// use), the backend options (device, threads, library), the model
+/// registry and each model's batching. `vigie serve`'s workers, `vigie
+/// infer` and `vigie validate run` all load and run models through one, so
+/// that a model runs the same way whichever command runs it.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Threads of one worker and, when pinned, their CPUs.
+    pub threads: ThreadPlan,
+    /// How backends are created.
+    pub backend: BackendOptions,
+    /// The installed model packages.
+    pub registry: vigie_inference::ModelRegistry,
+    batching: BTreeMap<String, BatchConfig>,
+}
+
+impl Resolved {
+    /// Load model package `id` (or the default one) from the registry, on
+    /// `backend` (default: its manifest's).
+    pub fn load_model(
+        &self,
+        id: Option<&str>,
+        backend: Option<vigie_inference::manifest::BackendKind>,
+    ) -> vigie_inference::Result<vigie_inference::Model> {
+        self.registry.load(id, backend, &self.backend)
+    }
+
+    /// How the hot loop runs `model`: its `[inference.batching.<model>]`
+    /// (none: one instance per run), and the plan's decode threads and
+    /// CPUs.
+    pub fn hot_loop(&self, model: &str) -> vigie_analysis::HotLoop {
+        let batching = self.batching.get(model).cloned().unwrap_or_default();
+        vigie_analysis::HotLoop {
+            batching: vigie_analysis::Batching {
+                max_batch: batching.max_batch.max(1),
+                max_delay: std::time::Duration::from_millis(batching.max_delay_ms),
+            },
+            decode_threads: self.threads.decode_threads,
+            decode_cpus: self.threads.decode_cpus.clone(),
+        }
     }
 }
 

@@ -264,7 +264,7 @@ impl Service {
             metrics: metrics.clone(),
             backlog: backlog.clone(),
             wake: Arc::default(),
-            threads: config.thread_plan()?,
+            resolved: Arc::new(config.resolve()?),
             health: Arc::default(),
         };
         let options = scp_options(config, layout);
@@ -377,9 +377,9 @@ impl Bound {
             sop_classes = options.sop_classes.len(),
             transfer_syntaxes = options.transfer_syntaxes.len(),
             workers = config.pipeline.workers,
-            intra_threads = pipeline.threads.intra_threads,
-            decode_threads = pipeline.threads.decode_threads,
-            pinned = !pipeline.threads.model_cpus.is_empty(),
+            intra_threads = pipeline.resolved.threads.intra_threads,
+            decode_threads = pipeline.resolved.threads.decode_threads,
+            pinned = !pipeline.resolved.threads.model_cpus.is_empty(),
             stable_age_s = config.pipeline.stable_age_s,
             destinations = ?config.destinations.keys().collect::<Vec<_>>(),
             "vigie serving"
@@ -485,7 +485,7 @@ fn models(
 ) -> anyhow::Result<(Applies, Vec<ModelInfo>)> {
     let mut applies = BTreeMap::new();
     let mut infos = Vec::new();
-    for dir in config.model_registry().package_dirs()? {
+    for dir in config.resolve()?.registry.package_dirs()? {
         let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             continue;
         };

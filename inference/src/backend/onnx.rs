@@ -11,7 +11,9 @@ use ort::ep;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::contract::{Backend, BackendOptions, ConvAlgoSearch, Execution, check_name, check_shape};
+use super::contract::{
+    Backend, BackendOptions, ConvAlgoSearch, Execution, check_name, check_shape,
+};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::package::ModelPackage;

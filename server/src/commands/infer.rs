@@ -144,7 +144,8 @@ pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
         BackendArg::Onnx => BackendKind::Onnx,
         BackendArg::Candle => BackendKind::Candle,
     });
-    let mut model = config.load_model(args.model.as_deref(), backend)?;
+    let resolved = config.resolve()?;
+    let mut model = resolved.load_model(args.model.as_deref(), backend)?;
     tracing::info!(
         model = model.package().id(),
         files = files.len(),
@@ -154,9 +155,8 @@ pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
     let mut failures = Vec::new();
     // The hot loop of `vigie serve`, with the same thread settings and the
     // model's batching: decode and preprocessing run ahead of the model.
-    let threads = config.thread_plan()?;
-    let hot_loop = config.hot_loop(model.package().id(), &threads);
-    if let Some(&cpu) = threads.model_cpus.first() {
+    let hot_loop = resolved.hot_loop(model.package().id());
+    if let Some(&cpu) = resolved.threads.model_cpus.first() {
         vigie_inference::threads::pin_current_thread(cpu);
     }
     vigie_analysis::analyse_stream(&mut model, &files, &hot_loop, |index, outcome| {

@@ -38,9 +38,10 @@ pub fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             .map(|h| h.trim().to_string())
             .unwrap_or_default(),
     };
-    let mut model = config.load_model(args.model.as_deref(), None)?;
-    // The hot loop `vigie serve` would run this model with.
-    let hot_loop = config.hot_loop(model.package().id(), &config.thread_plan()?);
+    // The model and hot loop resolved as `vigie serve` resolves them.
+    let resolved = config.resolve()?;
+    let mut model = resolved.load_model(args.model.as_deref(), None)?;
+    let hot_loop = resolved.hot_loop(model.package().id());
     let audit = Audit::open(&options.data_dir, &config.appliance.id, &config.audit)?;
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let mut progress = |done: usize, total: usize| {

@@ -64,8 +64,9 @@ pub struct Pipeline {
     /// Wake-ups between the stages, so that none waits for its polling
     /// period when there is work.
     pub wake: Arc<Wake>,
-    /// Threads of each worker and, when pinned, their CPUs.
-    pub threads: vigie_inference::threads::ThreadPlan,
+    /// The configuration resolved once: threads, backend options, model
+    /// registry, batching.
+    pub resolved: Arc<crate::config::Resolved>,
     /// Whether each worker thread is alive, and since when it is busy.
     pub health: Arc<WorkerHealth>,
 }

@@ -155,7 +155,7 @@ impl Pipeline {
         let mut models: HashMap<String, Model> = HashMap::new();
         // With inference.pin_threads, this thread calls the runtime: it
         // takes the first of the model's CPUs (the runtime pins the rest).
-        if let Some(&cpu) = self.threads.model_cpus.first() {
+        if let Some(&cpu) = self.resolved.threads.model_cpus.first() {
             vigie_inference::threads::pin_current_thread(cpu);
         }
         loop {
@@ -245,7 +245,7 @@ impl Pipeline {
             anyhow::bail!("no instances found for the job's series");
         }
         if !models.contains_key(&job.model) {
-            match self.config.load_model(Some(&job.model), None) {
+            match self.resolved.load_model(Some(&job.model), None) {
                 Ok(model) => {
                     self.emit(Event::ModelLoaded { model: &model });
                     models.insert(job.model.clone(), model);
@@ -255,7 +255,7 @@ impl Pipeline {
                         job,
                         error: &format!("{e:#}"),
                     });
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
@@ -272,7 +272,7 @@ impl Pipeline {
         // The hot loop: decoding and preprocessing run on their own threads
         // ahead of the model, up to max_batch instances per model run.
         let paths: Vec<PathBuf> = instances.iter().map(|i| i.path.clone()).collect();
-        let hot_loop = self.config.hot_loop(&job.model, &self.threads);
+        let hot_loop = self.resolved.hot_loop(&job.model);
         let ran = Ran {
             package: model.package().clone(),
             execution: model.execution().clone(),
