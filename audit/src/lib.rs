@@ -22,6 +22,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod event;
+pub mod export;
 pub mod keys;
 pub mod sqlite;
 pub mod syslog;
@@ -102,6 +103,15 @@ pub enum AuditError {
         path: std::path::PathBuf,
         /// What failed.
         reason: String,
+    },
+    /// A record's details are not the JSON they were written as.
+    #[error("audit record {seq}: its details are not JSON")]
+    Details {
+        /// The record.
+        seq: i64,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
     },
     /// Syslog forwarding cannot be set up.
     #[error("audit syslog forwarding to {target}")]

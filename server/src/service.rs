@@ -417,7 +417,10 @@ impl Bound {
                 .await;
             }
         });
+        // Biased: once the token is cancelled the DICOM listener ends too
+        // (it watches the same token); that is the stop, not a failure.
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => tracing::info!("stopping"),
             result = &mut scp_task => {
                 shutdown.cancel();

@@ -12,7 +12,7 @@ use sha2::Digest;
 use crate::cli::{AuditCommand, ExportArgs, ExportFormat, QueryArgs};
 use crate::config::Config;
 use vigie_audit::sqlite::{DATABASE, SqliteAudit};
-use vigie_audit::{AuditEvent, AuditLog, AuditRecord, EventKind, Query, SIGNING_KEY_FILE, keys};
+use vigie_audit::{AuditEvent, AuditLog, EventKind, Query, SIGNING_KEY_FILE, keys};
 
 fn data_dir(config: &Config, over: Option<&PathBuf>) -> PathBuf {
     over.cloned()
@@ -170,95 +170,6 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The columns of an inference row, in order.
-const COLUMNS: &[&str] = &[
-    "seq",
-    "timestamp",
-    "appliance",
-    "software_version",
-    "git_commit",
-    "study_instance_uid",
-    "sop_instance_uid",
-    "model_id",
-    "model_version",
-    "model_sha256",
-    "backend",
-    "provider",
-    "device",
-    "intra_threads",
-    "file_sha256",
-    "pixels_sha256",
-    "decision",
-    "rule",
-    "threshold",
-    "labels",
-    "probabilities",
-    "decode_ms",
-    "preprocess_ms",
-    "inference_ms",
-    "postprocess_ms",
-    "job_id",
-    "attempt",
-    "record_hash",
-];
-
-/// One row per analysed frame of an `inference` record.
-fn rows(record: &AuditRecord) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
-    let details: serde_json::Value = serde_json::from_str(&record.details)
-        .with_context(|| format!("record {}: details are not JSON", record.seq))?;
-    let d = &details;
-    let mut out = Vec::new();
-    let frames = d["frames"].as_array().cloned().unwrap_or_default();
-    for frame in frames {
-        let finding = &frame["finding"];
-        let values: Vec<serde_json::Value> = vec![
-            record.seq.into(),
-            record.timestamp.clone().into(),
-            record.appliance.clone().into(),
-            record.software_version.clone().into(),
-            record.git_commit.clone().into(),
-            record.study_instance_uid.clone().into(),
-            record.sop_instance_uid.clone().into(),
-            record.model_id.clone().into(),
-            record.model_version.clone().into(),
-            d["model_sha256"].clone(),
-            d["execution"]["backend"].clone(),
-            d["execution"]["provider"].clone(),
-            d["execution"]["device"].clone(),
-            d["execution"]["intra_threads"].clone(),
-            d["input"]["file_sha256"].clone(),
-            d["input"]["pixels_sha256"].clone(),
-            finding["decision"].clone(),
-            finding["rule"].clone(),
-            finding["threshold"].clone(),
-            finding["labels"].clone(),
-            finding["probabilities"].clone(),
-            d["decode_ms"].clone(),
-            frame["timings_ms"]["preprocess_ms"].clone(),
-            frame["timings_ms"]["inference_ms"].clone(),
-            frame["timings_ms"]["postprocess_ms"].clone(),
-            d["job_id"].clone(),
-            d["attempt"].clone(),
-            record.hash.clone().into(),
-        ];
-        out.push(COLUMNS.iter().map(|c| c.to_string()).zip(values).collect());
-    }
-    Ok(out)
-}
-
-fn csv_field(value: &serde_json::Value) -> String {
-    let text = match value {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text
-    }
-}
-
 /// Accept a date (`2026-11-22`) or an RFC 3339 time.
 pub(crate) fn time_bound(text: &str) -> anyhow::Result<String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
@@ -286,26 +197,12 @@ fn export(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
     };
     let mut all = Vec::new();
     for record in audit.records(&query)? {
-        all.extend(rows(&record)?);
+        all.extend(vigie_audit::export::rows(&record)?);
     }
-    let mut text = String::new();
-    match args.format {
-        ExportFormat::Jsonl => {
-            for row in &all {
-                text.push_str(&serde_json::to_string(row)?);
-                text.push('\n');
-            }
-        }
-        ExportFormat::Csv => {
-            text.push_str(&COLUMNS.join(","));
-            text.push('\n');
-            for row in &all {
-                let fields: Vec<String> = COLUMNS.iter().map(|c| csv_field(&row[*c])).collect();
-                text.push_str(&fields.join(","));
-                text.push('\n');
-            }
-        }
-    }
+    let text = match args.format {
+        ExportFormat::Jsonl => vigie_audit::export::to_jsonl(&all),
+        ExportFormat::Csv => vigie_audit::export::to_csv(&all),
+    };
     match &args.out {
         Some(path) => vigie_dicom_io::write::write_durably(path, |w| w.write_all(text.as_bytes()))
             .with_context(|| format!("writing {}", path.display()))?,
