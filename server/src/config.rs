@@ -63,7 +63,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
-    /// directives (`info,vigie::pipeline=debug`). `VIGIE_LOG` overrides it.
+    /// directives (`info,vigie_server::pipeline=debug`). `VIGIE_LOG` overrides it.
     /// Re-read on SIGHUP.
     pub level: String,
     /// `text` or `json`. Re-read on SIGHUP.
