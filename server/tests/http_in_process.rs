@@ -36,17 +36,22 @@ async fn call(
     (parts.status, parts.headers, json)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_http_app_is_tested_in_process_with_its_auth_and_error_shapes() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("vigie.toml");
+/// The test configuration with its data in `dir` and free ports.
+fn config_in(dir: &std::path::Path) -> Config {
+    let file = dir.join("vigie.toml");
     std::fs::write(&file, common::base_config("")).unwrap();
     let mut config = Config::load(Some(&file)).unwrap();
-    config.appliance.data_dir = dir.path().join("data");
+    config.appliance.data_dir = dir.join("data");
     config.dicom.port = 0;
     config.http.port = 0;
     config.validate().unwrap();
-    let service = Service::open(Arc::new(config)).unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_app_is_tested_in_process_with_its_auth_and_error_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::open(Arc::new(config_in(dir.path()))).unwrap();
     let bound = service.bind().await.unwrap();
     assert_ne!(
         bound.http_addr().unwrap().port(),
@@ -91,12 +96,7 @@ async fn the_http_app_is_tested_in_process_with_its_auth_and_error_shapes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_a_requested_stop_is_never_taken_for_a_listener_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("vigie.toml");
-    std::fs::write(&file, common::base_config("")).unwrap();
-    let mut config = Config::load(Some(&file)).unwrap();
-    config.appliance.data_dir = dir.path().join("data");
-    config.dicom.port = 0;
-    config.http.port = 0;
+    let mut config = config_in(dir.path());
     config.http.shutdown_grace_s = 0;
     let config = Arc::new(config);
     for round in 0..20 {
