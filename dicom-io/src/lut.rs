@@ -320,75 +320,123 @@ fn normalise_min_max(frame: &mut [f32]) {
     }
 }
 
-impl DicomFile {
-    /// Decode pixel data and apply the transforms `options` asks for.
-    pub fn decode(&self, options: &PixelOptions) -> Result<PixelArray> {
-        let mut pixels = self.decode_stored()?;
-        if !pixels.photometric.is_monochrome() {
-            return Ok(pixels);
-        }
-        if options.modality_lut {
-            match modality_lut(self)? {
-                ModalityLut::Rescale { slope, intercept } => {
-                    if slope != 1.0 || intercept != 0.0 {
-                        for v in &mut pixels.data {
-                            *v = (f64::from(*v) * slope + intercept) as f32;
-                        }
-                    }
-                }
-                ModalityLut::Table(lut) => {
-                    for v in &mut pixels.data {
-                        *v = lut.lookup(f64::from(*v)) as f32;
-                    }
-                }
+/// The sample-wise part of the transforms: the Modality LUT, then a VOI
+/// that does not depend on the image (a window or a VOI LUT), each step's
+/// result rounded to `f32` as it is stored between steps.
+#[derive(Debug)]
+pub(crate) struct SampleTransform {
+    modality: Option<ModalityLut>,
+    voi: Option<FileVoi>,
+}
+
+impl SampleTransform {
+    pub(crate) fn is_identity(&self) -> bool {
+        self.modality.is_none() && self.voi.is_none()
+    }
+
+    pub(crate) fn apply(&self, v: f32) -> f32 {
+        let v = match &self.modality {
+            Some(ModalityLut::Rescale { slope, intercept }) => {
+                (f64::from(v) * slope + intercept) as f32
             }
-        }
-        let frame_len = pixels.frame_len();
-        let windowed = match &options.voi {
-            VoiSelection::None => false,
-            VoiSelection::MinMax => {
-                pixels
-                    .data
-                    .chunks_exact_mut(frame_len)
-                    .for_each(normalise_min_max);
-                true
-            }
-            VoiSelection::Window {
+            Some(ModalityLut::Table(lut)) => lut.lookup(f64::from(v)) as f32,
+            None => v,
+        };
+        match &self.voi {
+            Some(FileVoi::Window {
                 center,
                 width,
                 function,
-            } => {
-                for v in &mut pixels.data {
-                    *v = function.apply(f64::from(*v), *center, *width) as f32;
-                }
-                true
+            }) => function.apply(f64::from(v), *center, *width) as f32,
+            Some(FileVoi::Table(lut)) => {
+                let max = 2f64.powi(lut.bits as i32) - 1.0;
+                (lut.lookup(f64::from(v)) / max).clamp(0.0, 1.0) as f32
             }
-            VoiSelection::FromFile => {
-                match file_voi(self)? {
-                    Some(FileVoi::Table(lut)) => {
-                        let max = 2f64.powi(lut.bits as i32) - 1.0;
-                        for v in &mut pixels.data {
-                            *v = (lut.lookup(f64::from(*v)) / max).clamp(0.0, 1.0) as f32;
-                        }
-                    }
-                    Some(FileVoi::Window {
-                        center,
-                        width,
-                        function,
-                    }) => {
-                        for v in &mut pixels.data {
-                            *v = function.apply(f64::from(*v), center, width) as f32;
-                        }
-                    }
-                    None => pixels
-                        .data
-                        .chunks_exact_mut(frame_len)
-                        .for_each(normalise_min_max),
-                }
-                true
-            }
+            None => v,
+        }
+    }
+}
+
+/// Apply `transform` to every sample of `pixels`, one by one.
+fn apply_to_samples(pixels: &mut PixelArray, transform: &SampleTransform) {
+    if !transform.is_identity() {
+        pixels
+            .data
+            .iter_mut()
+            .for_each(|v| *v = transform.apply(*v));
+    }
+}
+
+/// The grayscale transforms `options` ask for, as read from an instance.
+#[derive(Debug)]
+pub(crate) struct Grayscale {
+    /// Modality LUT and a fixed VOI, sample by sample.
+    pub(crate) samples: SampleTransform,
+    /// Then min-max normalisation of each frame (a VOI that needs the
+    /// frame first).
+    min_max: bool,
+    /// A VOI applies (values in `[0, 1]`), so MONOCHROME1 may be inverted.
+    windowed: bool,
+}
+
+/// Read the transforms `options` ask for from `file`'s attributes.
+pub(crate) fn grayscale(file: &DicomFile, options: &PixelOptions) -> Result<Grayscale> {
+    let modality = if options.modality_lut {
+        match modality_lut(file)? {
+            ModalityLut::Rescale { slope, intercept } if slope == 1.0 && intercept == 0.0 => None,
+            lut => Some(lut),
+        }
+    } else {
+        None
+    };
+    let (voi, min_max, windowed) = match &options.voi {
+        VoiSelection::None => (None, false, false),
+        VoiSelection::MinMax => (None, true, true),
+        VoiSelection::Window {
+            center,
+            width,
+            function,
+        } => (
+            Some(FileVoi::Window {
+                center: *center,
+                width: *width,
+                function: *function,
+            }),
+            false,
+            true,
+        ),
+        VoiSelection::FromFile => match file_voi(file)? {
+            Some(voi) => (Some(voi), false, true),
+            None => (None, true, true),
+        },
+    };
+    Ok(Grayscale {
+        samples: SampleTransform { modality, voi },
+        min_max,
+        windowed,
+    })
+}
+
+impl DicomFile {
+    /// Decode pixel data and apply the transforms `options` asks for.
+    pub fn decode(&self, options: &PixelOptions) -> Result<PixelArray> {
+        let (mut pixels, grey) = self.decode_samples(Some(options))?;
+        let Some((grey, tabled)) = grey else {
+            return Ok(pixels);
         };
-        if windowed && options.invert_monochrome1 && pixels.photometric == Photometric::Monochrome1
+        if !tabled {
+            apply_to_samples(&mut pixels, &grey.samples);
+        }
+        if grey.min_max {
+            let frame_len = pixels.frame_len();
+            pixels
+                .data
+                .chunks_exact_mut(frame_len)
+                .for_each(normalise_min_max);
+        }
+        if grey.windowed
+            && options.invert_monochrome1
+            && pixels.photometric == Photometric::Monochrome1
         {
             for v in &mut pixels.data {
                 *v = 1.0 - *v;
@@ -423,6 +471,133 @@ mod tests {
         assert!((WindowFunction::Sigmoid.apply(40.0, 40.0, 400.0) - 0.5).abs() < 1e-12);
         let y = WindowFunction::Sigmoid.apply(140.0, 40.0, 400.0);
         assert!((y - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-12);
+    }
+
+    /// An MR image of `samples` (16 bits allocated) with `bits_stored`,
+    /// signed or not, edited by `edit`, written and opened again.
+    fn image(
+        dir: &std::path::Path,
+        columns: u16,
+        samples: Vec<u16>,
+        bits_stored: u16,
+        signed: bool,
+        edit: impl FnOnce(&mut InMemDicomObject),
+    ) -> DicomFile {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        let rows = (samples.len() / usize::from(columns)) as u16;
+        let uids = crate::uid::UidGenerator::default();
+        let placeholder = vec![0u8; samples.len()];
+        let mut obj = crate::write::MrImage::new(rows, columns, &placeholder, &uids)
+            .build()
+            .unwrap();
+        let us = |tag: Tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
+        obj.put(us(tags::BITS_STORED, bits_stored));
+        obj.put(us(tags::HIGH_BIT, bits_stored - 1));
+        obj.put(us(tags::PIXEL_REPRESENTATION, u16::from(signed)));
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(samples.into()),
+        ));
+        edit(&mut obj);
+        let path = dir.join(format!("{}.dcm", uids.generate()));
+        crate::write::write_part10(obj, &path).unwrap();
+        DicomFile::open(&path).unwrap()
+    }
+
+    /// The stored values converted through a table of every value mapped by
+    /// the grayscale transforms give each sample the value that converting
+    /// it, then transforming it, gives, to the bit: for rescale, windows of
+    /// each function and VOI LUTs, signed and unsigned, with and without
+    /// bits above High Bit.
+    #[test]
+    fn tabled_transforms_equal_the_direct_computation_to_the_bit() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        let dir = tempfile::tempdir().unwrap();
+        let options = [
+            PixelOptions::with_voi(VoiSelection::FromFile),
+            PixelOptions::with_voi(VoiSelection::None),
+            PixelOptions::with_voi(VoiSelection::Window {
+                center: 40.5,
+                width: 350.0,
+                function: WindowFunction::Sigmoid,
+            }),
+        ];
+        for (bits, signed) in [(8u16, false), (12, true), (12, false), (16, true)] {
+            // Every stored value twice (more samples than values), and bits
+            // above High Bit set, which must be ignored.
+            let count = 1u32 << bits;
+            let samples: Vec<u16> = (0..2 * count)
+                .map(|i| {
+                    ((i % count) as u16)
+                        | if bits < 16 {
+                            0xF000 & !((1 << bits) - 1) as u16
+                        } else {
+                            0
+                        }
+                })
+                .collect();
+            for (n, edit) in [
+                |_: &mut InMemDicomObject| {},
+                |o: &mut InMemDicomObject| {
+                    o.put(DataElement::new(
+                        tags::RESCALE_SLOPE,
+                        VR::DS,
+                        PrimitiveValue::from("0.37"),
+                    ));
+                    o.put(DataElement::new(
+                        tags::RESCALE_INTERCEPT,
+                        VR::DS,
+                        PrimitiveValue::from("-1024.5"),
+                    ));
+                },
+                |o: &mut InMemDicomObject| {
+                    o.put(DataElement::new(
+                        tags::WINDOW_CENTER,
+                        VR::DS,
+                        PrimitiveValue::from("40"),
+                    ));
+                    o.put(DataElement::new(
+                        tags::WINDOW_WIDTH,
+                        VR::DS,
+                        PrimitiveValue::from("400"),
+                    ));
+                    o.put(DataElement::new(
+                        tags::VOILUT_FUNCTION,
+                        VR::CS,
+                        PrimitiveValue::from("LINEAR_EXACT"),
+                    ));
+                },
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let file = image(dir.path(), 256, samples.clone(), bits, signed, edit);
+                for options in &options {
+                    let (tabled, grey) = file.decode_samples(Some(options)).unwrap();
+                    let (grey, used_table) = grey.unwrap();
+                    let mut direct = file.decode_stored().unwrap();
+                    apply_to_samples(&mut direct, &grey.samples);
+                    assert_eq!(
+                        used_table,
+                        !grey.samples.is_identity(),
+                        "case {n}, {bits} bits"
+                    );
+                    let got: Vec<u32> = tabled.data.iter().map(|v| v.to_bits()).collect();
+                    let want: Vec<u32> = direct.data.iter().map(|v| v.to_bits()).collect();
+                    assert!(
+                        got == want,
+                        "case {n}, {bits} bits, signed {signed}, {options:?}"
+                    );
+                    assert_eq!(file.decode(options).unwrap().data.len(), direct.data.len());
+                }
+            }
+        }
+        // Fewer samples than stored values: no table, the same values.
+        let small = image(dir.path(), 4, (0..16).collect(), 16, false, |_| {});
+        let options = PixelOptions::with_voi(VoiSelection::FromFile);
+        let (_, grey) = small.decode_samples(Some(&options)).unwrap();
+        assert!(!grey.unwrap().1, "no table for 16 samples of 16 bits");
     }
 
     #[test]

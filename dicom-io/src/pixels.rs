@@ -172,6 +172,21 @@ impl DicomFile {
     /// for 32-bit or 1-bit samples or an unknown photometric interpretation,
     /// [`Error::DecodePixelData`] for corrupt or truncated data.
     pub fn decode_stored(&self) -> Result<PixelArray> {
+        self.decode_samples(None).map(|(pixels, _)| pixels)
+    }
+
+    /// [`Self::decode_stored`], and with `grey` the grayscale transforms
+    /// of those options (read from the file once the pixel data decoded,
+    /// and only for monochrome images): when they map each stored value on
+    /// its own and the image has more samples than the stored range has
+    /// values, they are computed once per value into a table that the
+    /// samples are converted through, in the same pass. Returns the
+    /// transforms read, and whether their per-sample part was applied
+    /// that way (else the caller applies it).
+    pub(crate) fn decode_samples(
+        &self,
+        grey: Option<&crate::lut::PixelOptions>,
+    ) -> Result<(PixelArray, Option<(crate::lut::Grayscale, bool)>)> {
         let header = self.header();
         let ts = header.transfer_syntax.as_str();
         match transfer_syntax_support(ts) {
@@ -329,25 +344,54 @@ impl DicomFile {
         } else {
             (1u32 << bits_stored) - 1
         };
-        let sign_bit = 1u32 << (bits_stored - 1);
+        // Two's complement samples are sign-extended from Bits Stored by
+        // shifts, without a branch, so that the loops below vectorise.
+        let extend = 32 - u32::from(bits_stored);
         let to_value = |raw: u32| -> f32 {
             let v = (raw >> shift) & mask;
-            if signed && v & sign_bit != 0 {
-                (i64::from(v) - (1i64 << bits_stored)) as f32
+            if signed {
+                (((v << extend) as i32) >> extend) as f32
             } else {
                 v as f32
             }
         };
-        let raw: Vec<f32> = match bits_allocated {
-            8 => bytes[..needed]
+        let grey = match grey {
+            Some(options) if photometric.is_monochrome() => {
+                Some(crate::lut::grayscale(self, options)?)
+            }
+            _ => None,
+        };
+        // The per-sample transforms through a table of every stored value,
+        // when there are more samples than values.
+        let table: Option<Vec<f32>> = grey
+            .as_ref()
+            .map(|g| &g.samples)
+            .filter(|t| !t.is_identity() && (1usize << bits_stored) < needed / bytes_per_sample)
+            .map(|t| {
+                (0..1u32 << bits_stored)
+                    .map(|pattern| t.apply(to_value(pattern << shift)))
+                    .collect()
+            });
+        let bytes = &bytes[..needed];
+        let raw: Vec<f32> = match (&table, bits_allocated) {
+            // `(raw >> shift) & mask` is below the table's length.
+            (Some(table), 8) => bytes
                 .iter()
-                .map(|&b| to_value(u32::from(b)))
+                .map(|&b| table[((u32::from(b) >> shift) & mask) as usize])
                 .collect(),
-            _ => bytes[..needed]
+            (Some(table), _) => bytes
+                .chunks_exact(2)
+                .map(|c| {
+                    table[((u32::from(u16::from_le_bytes([c[0], c[1]])) >> shift) & mask) as usize]
+                })
+                .collect(),
+            (None, 8) => bytes.iter().map(|&b| to_value(u32::from(b))).collect(),
+            (None, _) => bytes
                 .chunks_exact(2)
                 .map(|c| to_value(u32::from(u16::from_le_bytes([c[0], c[1]]))))
                 .collect(),
         };
+        let tabled = table.is_some();
         let mut data = if subsampled {
             upsample_422(&raw, frames, rows, columns).ok_or_else(|| {
                 self.unsupported_pixels("YBR_FULL_422 with an odd number of columns")
@@ -363,16 +407,19 @@ impl DicomFile {
             let max = 2f32.powi(i32::from(bits_stored)) - 1.0;
             ybr_full_to_rgb(&mut data, max);
         }
-        Ok(PixelArray {
-            frames,
-            rows,
-            columns,
-            samples_per_pixel: samples,
-            photometric,
-            bits_stored,
-            signed,
-            data,
-        })
+        Ok((
+            PixelArray {
+                frames,
+                rows,
+                columns,
+                samples_per_pixel: samples,
+                photometric,
+                bits_stored,
+                signed,
+                data,
+            },
+            grey.map(|g| (g, tabled)),
+        ))
     }
 }
 
