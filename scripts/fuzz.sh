@@ -17,4 +17,5 @@ run() {
 }
 run -p vigie-dicom-io --test fuzz
 run -p vigie-inference --test fuzz_manifest
-run -p vigie-server --bin vigie
+run -p vigie-dicom-io --lib
+run -p vigie-store --lib

@@ -10,16 +10,24 @@
 //!   into pooled tensors, dynamic batching, results in input order.
 //! - [`results`]: model results → result objects (TID 1500 SR, binary SEG,
 //!   summary Secondary Capture) built with `vigie-dicom-io`.
+//! - [`config`]: the `[inference]` section and its one resolve step into
+//!   the thread plan, backend options, model registry and each model's
+//!   hot loop ([`config::Resolved`]).
+//! - [`routing`]: which models run on which series of a complete study
+//!   (`[routing]` rules and each package's `[applies_to]`).
 //!
 //! The crate knows nothing of HTTP, databases, the audit trail or
-//! configuration files: callers pass a loaded [`vigie_inference::Model`]
-//! and a resolved [`hot_loop::HotLoop`].
+//! configuration files: its configuration sections are plain serde types
+//! that the service's loader fills; callers pass a loaded
+//! [`vigie_inference::Model`] and a resolved [`hot_loop::HotLoop`].
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+pub mod config;
 pub mod error;
 pub mod hot_loop;
 pub mod results;
+pub mod routing;
 
 pub use error::{Error, Result};
 pub use hot_loop::{

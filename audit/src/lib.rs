@@ -336,6 +336,29 @@ pub struct AuditConfig {
     pub syslog: Option<String>,
 }
 
+impl AuditConfig {
+    /// What is wrong with these settings, one line each, named as in the
+    /// configuration file (`audit.…`); empty when nothing is.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.retention_days.is_finite() || self.retention_days < 0.0 {
+            problems.push("audit.retention_days: must be a number, 0 or more".into());
+        }
+        if let Some(target) = &self.syslog {
+            let host_port = target
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !host_port {
+                problems.push(format!("audit.syslog: {target:?} is not host:port"));
+            }
+        }
+        if self.checkpoint_every == 0 {
+            problems.push("audit.checkpoint_every: must be at least 1".into());
+        }
+        problems
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
@@ -754,6 +777,27 @@ fn utc_now() -> chrono::DateTime<chrono::Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn section_problems_are_named_as_in_the_configuration_file() {
+        assert!(AuditConfig::default().problems().is_empty());
+        let config = AuditConfig {
+            retention_days: -1.0,
+            syslog: Some("collector".into()),
+            checkpoint_every: 0,
+            ..AuditConfig::default()
+        };
+        let problems = config.problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("audit.retention_days:"));
+        assert!(problems[1].contains("\"collector\" is not host:port"));
+        assert!(problems[2].starts_with("audit.checkpoint_every:"));
+        let fine = AuditConfig {
+            syslog: Some("collector:514".into()),
+            ..AuditConfig::default()
+        };
+        assert!(fine.problems().is_empty());
+    }
 
     thread_local! {
         /// Milliseconds added to the wall clock on this thread.

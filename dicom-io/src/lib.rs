@@ -8,6 +8,9 @@
 //!   values ([`PixelArray`]); the list of supported transfer syntaxes.
 //! - [`net`]: network services on dicom-ul: the DIMSE message layer,
 //!   C-ECHO/C-STORE SCP (durable ingest through a handler) and C-STORE SCU.
+//! - [`multipart`]: the `multipart/related` bodies DICOMweb carries
+//!   instances in (PS3.18 8.6, RFC 2387): a streaming parser fed chunk by
+//!   chunk, and media type parameters; bytes in, parts out, no HTTP.
 //! - [`lut`]: the grayscale pipeline of PS3.3 C.11 — Modality LUT (rescale or
 //!   LUT sequence), VOI LUT (window LINEAR / LINEAR_EXACT / SIGMOID or LUT
 //!   sequence), MONOCHROME1 inversion — in that order.
@@ -31,6 +34,7 @@ pub mod dimse;
 pub mod error;
 pub mod file;
 pub mod lut;
+pub mod multipart;
 pub mod net;
 pub mod pixels;
 pub mod results;

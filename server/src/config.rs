@@ -10,11 +10,8 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use vigie_inference::backend::{BackendOptions, ConvAlgoSearch, Device};
-use vigie_inference::threads::ThreadPlan;
-
-/// Where the setup script puts the ONNX Runtime library.
-pub const SETUP_ONNXRUNTIME: &str = ".cache/vigie/onnxruntime/libonnxruntime.so.1.31.1";
+pub use vigie_analysis::config::{BatchConfig, InferenceConfig, Resolved, SETUP_ONNXRUNTIME};
+pub use vigie_analysis::routing::{RoutingConfig, RuleConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -81,75 +78,7 @@ impl Default for LogConfig {
 
 pub use vigie_audit::AuditConfig;
 
-/// `[dicom]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DicomConfig {
-    /// Our AE title (called AE title for peers, calling AE title when we send).
-    pub ae_title: String,
-    /// Address to listen on.
-    pub bind: IpAddr,
-    /// DICOM port.
-    pub port: u16,
-    /// Peers allowed to associate; empty: any calling AE title.
-    pub allowed_callers: Vec<CallerConfig>,
-    /// Storage SOP class UIDs accepted; empty: every image storage class.
-    pub sop_classes: Vec<String>,
-    /// Transfer syntax UIDs accepted; empty: every syntax the decoder handles.
-    pub transfer_syntaxes: Vec<String>,
-    /// Maximum PDU length announced (bytes).
-    pub max_pdu_length: u32,
-    /// Seconds a peer has to send its association request (ARTIM).
-    pub artim_timeout_s: u64,
-    /// Seconds an association may stay silent before it is aborted.
-    pub idle_timeout_s: u64,
-    /// Associations served at once; more are rejected (transient).
-    pub max_associations: usize,
-    /// Seconds to wait for a destination when sending results.
-    pub scu_timeout_s: u64,
-    /// Seconds a peer has to send a whole PDU once its first bytes arrived;
-    /// a slower one is aborted (a trickle cannot hold an association).
-    pub pdu_timeout_s: u64,
-    /// Connections from one IP address at once (associations and
-    /// connections that have not yet sent an association request); more
-    /// are closed at once.
-    pub max_connections_per_address: usize,
-    /// Connections at once that have not yet sent a whole A-ASSOCIATE-RQ;
-    /// they hold no association slot, and more are closed at once.
-    pub max_pending_connections: usize,
-}
-
-/// One allowed peer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CallerConfig {
-    /// Its calling AE title.
-    pub ae_title: String,
-    /// Its IP address; unset: any address.
-    #[serde(default)]
-    pub address: Option<IpAddr>,
-}
-
-impl Default for DicomConfig {
-    fn default() -> Self {
-        Self {
-            ae_title: "VIGIE".into(),
-            bind: IpAddr::from([0, 0, 0, 0]),
-            port: 11112,
-            allowed_callers: Vec::new(),
-            sop_classes: Vec::new(),
-            transfer_syntaxes: Vec::new(),
-            max_pdu_length: vigie_dicom_io::net::scp::DEFAULT_MAX_PDU_LENGTH,
-            artim_timeout_s: 30,
-            idle_timeout_s: 300,
-            max_associations: 16,
-            scu_timeout_s: 30,
-            pdu_timeout_s: 30,
-            max_connections_per_address: 32,
-            max_pending_connections: 64,
-        }
-    }
-}
+pub use vigie_dicom_io::net::config::{CallerConfig, DicomConfig};
 
 /// `[http]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -375,50 +304,6 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// `[routing]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutingConfig {
-    /// Rules, all evaluated on every complete study.
-    pub rules: Vec<RuleConfig>,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        Self {
-            rules: vec![RuleConfig {
-                name: "default".into(),
-                ..RuleConfig::default()
-            }],
-        }
-    }
-}
-
-/// `[[routing.rules]]`: which series a rule takes (every set criterion must
-/// match; lists match any of their values, case-insensitively), which
-/// models run on them and where the results go.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RuleConfig {
-    /// Name, in logs and job records.
-    pub name: String,
-    /// Modality (0008,0060) values.
-    pub modalities: Vec<String>,
-    /// Body Part Examined (0018,0015) values.
-    pub body_parts: Vec<String>,
-    /// SOP Class UIDs.
-    pub sop_classes: Vec<String>,
-    /// Regular expression on Series Description (0008,103E).
-    pub series_description: Option<String>,
-    /// Calling AE titles of the sender.
-    pub calling_ae_titles: Vec<String>,
-    /// Model package ids; empty: `inference.default_model`. A model also
-    /// only takes the series its package declares it applies to.
-    pub models: Vec<String>,
-    /// Names of `[destinations.*]` results are sent to; empty: kept locally.
-    pub destinations: Vec<String>,
-}
-
 /// `[destinations.NAME]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -462,80 +347,11 @@ pub struct ApplianceConfig {
     pub data_dir: PathBuf,
 }
 
-/// `[inference]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct InferenceConfig {
-    /// Folder of model packages.
-    pub models_dir: PathBuf,
-    /// Model used when none is named.
-    pub default_model: Option<String>,
-    /// ONNX Runtime shared library; unset: `ORT_DYLIB_PATH`, then the
-    /// setup script's location.
-    pub onnxruntime_library: Option<PathBuf>,
-    /// `cpu` or `cuda:N`.
-    pub device: String,
-    /// ONNX Runtime intra-op threads per worker; 0 = derived from the
-    /// machine: every allowed CPU up to 4, beyond that all but those of the
-    /// decode threads.
-    pub intra_threads: usize,
-    /// Threads per worker that open, decode and preprocess instances ahead
-    /// of the model; 0 = derived: 1 on CPU, a quarter of the CPUs (1 to 8)
-    /// on a GPU.
-    pub decode_threads: usize,
-    /// Pin the model thread and intra-op threads to the first allowed CPUs
-    /// and the decode threads to the last ones (needs `pipeline.workers =
-    /// 1`).
-    pub pin_threads: bool,
-    /// cuDNN convolution algorithm search of ONNX Runtime's CUDA provider:
-    /// `exhaustive` (ONNX Runtime's default), `heuristic` or `default`.
-    pub cuda_conv_algo_search: ConvAlgoSearch,
-    /// Dynamic batching, by model package id; a model not listed runs one
-    /// instance at a time.
-    pub batching: BTreeMap<String, BatchConfig>,
-}
-
-/// `[inference.batching.<model>]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BatchConfig {
-    /// Instances of a job run through the model together, at most.
-    pub max_batch: usize,
-    /// Milliseconds to wait for more decoded instances before running a
-    /// batch that is not full.
-    pub max_delay_ms: u64,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        Self {
-            max_batch: 1,
-            max_delay_ms: 0,
-        }
-    }
-}
-
 impl Default for ApplianceConfig {
     fn default() -> Self {
         Self {
             id: "vigie".into(),
             data_dir: PathBuf::from("vigie-data"),
-        }
-    }
-}
-
-impl Default for InferenceConfig {
-    fn default() -> Self {
-        Self {
-            models_dir: PathBuf::from("models"),
-            default_model: Some("brain-tumour-vgg16".into()),
-            onnxruntime_library: None,
-            device: "cpu".into(),
-            intra_threads: 0,
-            decode_threads: 0,
-            pin_threads: false,
-            cuda_conv_algo_search: ConvAlgoSearch::default(),
-            batching: BTreeMap::new(),
         }
     }
 }
@@ -564,20 +380,15 @@ impl Config {
 
     /// Check values that deserialisation cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let mut problems = Vec::new();
-        if let Err(e) = parse_device(&self.inference.device) {
-            problems.push(format!("inference.device: {e}"));
-        }
+        // Each domain section checks itself in its crate.
+        let mut problems = self.inference.problems();
+        problems.extend(self.audit.problems());
+        problems.extend(self.routing.problems(
+            |d| self.destinations.contains_key(d),
+            self.inference.default_model.as_deref(),
+        ));
         if self.appliance.id.trim().is_empty() {
             problems.push("appliance.id: must not be empty".into());
-        }
-        if let Some(lib) = &self.inference.onnxruntime_library
-            && !lib.is_file()
-        {
-            problems.push(format!(
-                "inference.onnxruntime_library: {} does not exist",
-                lib.display()
-            ));
         }
         if let Err(e) = vigie_dicom_io::uid::UidGenerator::new(&self.results.uid_root) {
             problems.push(format!("results.uid_root: {e}"));
@@ -635,30 +446,13 @@ impl Config {
     }
 
     fn validate_node(&self, problems: &mut Vec<String>) {
-        let ae = self.dicom.ae_title.trim();
-        if ae.is_empty() || ae.len() > 16 || ae.contains('\\') {
-            problems.push("dicom.ae_title: 1 to 16 characters, no backslash".into());
-        }
-        for (list, name) in [
-            (&self.dicom.sop_classes, "dicom.sop_classes"),
-            (&self.dicom.transfer_syntaxes, "dicom.transfer_syntaxes"),
-        ] {
-            for uid in list {
-                if let Err(e) = vigie_dicom_io::uid::validate(uid) {
-                    problems.push(format!("{name}: {e}"));
-                }
-            }
-        }
-        if self.dicom.max_associations == 0 {
-            problems.push("dicom.max_associations: must be at least 1".into());
-        }
+        problems.extend(self.dicom.problems());
         for (value, name) in [
             (self.pipeline.stable_age_s, "pipeline.stable_age_s"),
             (self.pipeline.retry_delay_s, "pipeline.retry_delay_s"),
             (self.delivery.retry_initial_s, "delivery.retry_initial_s"),
             (self.delivery.retry_max_s, "delivery.retry_max_s"),
             (self.delivery.give_up_after_h, "delivery.give_up_after_h"),
-            (self.audit.retention_days, "audit.retention_days"),
         ] {
             if !value.is_finite() || value < 0.0 {
                 problems.push(format!("{name}: must be a number, 0 or more"));
@@ -673,26 +467,11 @@ impl Config {
                 self.pipeline.workers
             ));
         }
-        for (model, b) in &self.inference.batching {
-            if b.max_batch == 0 {
-                problems.push(format!(
-                    "inference.batching.{model}.max_batch: must be at least 1"
-                ));
-            }
-        }
         if self.pipeline.max_backlog == 0 {
             problems.push("pipeline.max_backlog: must be at least 1".into());
         }
         if self.pipeline.queue_capacity == 0 {
             problems.push("pipeline.queue_capacity: must be at least 1".into());
-        }
-        if let Some(target) = &self.audit.syslog
-            && !is_host_port(target)
-        {
-            problems.push(format!("audit.syslog: {target:?} is not host:port"));
-        }
-        if self.audit.checkpoint_every == 0 {
-            problems.push("audit.checkpoint_every: must be at least 1".into());
         }
         if self.delivery.batch_size == 0 {
             problems.push("delivery.batch_size: must be at least 1".into());
@@ -703,73 +482,12 @@ impl Config {
                 problems.push(format!("destinations.{name}.ae_title: 1 to 16 characters"));
             }
         }
-        for (i, rule) in self.routing.rules.iter().enumerate() {
-            let label = format!("routing.rules[{i}] ({})", rule.name);
-            if rule.name.trim().is_empty() {
-                problems.push(format!("{label}: name must not be empty"));
-            }
-            if let Some(pattern) = &rule.series_description
-                && let Err(e) = regex::Regex::new(pattern)
-            {
-                problems.push(format!("{label}.series_description: {e}"));
-            }
-            for d in &rule.destinations {
-                if !self.destinations.contains_key(d) {
-                    problems.push(format!("{label}: unknown destination {d:?}"));
-                }
-            }
-            if rule.models.is_empty() && self.inference.default_model.is_none() {
-                problems.push(format!("{label}: no models and no inference.default_model"));
-            }
-        }
     }
 
     /// Resolve the configuration, once, into what commands run with (see
     /// [`Resolved`]).
     pub fn resolve(&self) -> anyhow::Result<Resolved> {
-        let threads = self.thread_plan()?;
-        Ok(Resolved {
-            backend: self.backend_options_for(&threads)?,
-            threads,
-            registry: vigie_inference::ModelRegistry::new(
-                &self.inference.models_dir,
-                self.inference.default_model.clone(),
-            ),
-            batching: self.inference.batching.clone(),
-        })
-    }
-
-    /// Resolve backend options: device, threads and the library path.
-    pub fn backend_options(&self) -> anyhow::Result<BackendOptions> {
-        self.backend_options_for(&self.thread_plan()?)
-    }
-
-    fn backend_options_for(&self, plan: &ThreadPlan) -> anyhow::Result<BackendOptions> {
-        let device = parse_device(&self.inference.device)?;
-        let library = self
-            .inference
-            .onnxruntime_library
-            .clone()
-            .or_else(|| {
-                std::env::var_os(vigie_inference::backend::onnx::DYLIB_ENV).map(PathBuf::from)
-            })
-            .or_else(|| Some(PathBuf::from(SETUP_ONNXRUNTIME)).filter(|p| p.is_file()));
-        Ok(BackendOptions::new(device, plan.intra_threads, library)
-            .with_intra_cpus(plan.model_cpus.clone())
-            .with_conv_algo_search(self.inference.cuda_conv_algo_search))
-    }
-
-    /// Threads of one worker and, with `inference.pin_threads`, their CPUs,
-    /// from the configuration and the CPUs this process may use.
-    pub fn thread_plan(&self) -> anyhow::Result<ThreadPlan> {
-        let device = parse_device(&self.inference.device)?;
-        Ok(ThreadPlan::derive(
-            &vigie_inference::threads::allowed_cpus(),
-            device,
-            self.inference.intra_threads,
-            self.inference.decode_threads,
-            self.inference.pin_threads,
-        ))
+        Ok(self.inference.resolve()?)
     }
 
     /// The configuration as TOML (what the audit trail records).
@@ -789,83 +507,9 @@ impl Config {
     }
 }
 
-/// Whether `text` is `host:port` with a port number (the host is resolved
-/// when used).
-fn is_host_port(text: &str) -> bool {
-    text.rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-}
-
-/// Parse `cpu` or `cuda:N`.
-pub fn parse_device(text: &str) -> anyhow::Result<Device> {
-    match text.trim() {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda { device_id: 0 }),
-        other => match other.strip_prefix("cuda:").map(str::parse::<i32>) {
-            Some(Ok(device_id)) if device_id >= 0 => Ok(Device::Cuda { device_id }),
-            _ => bail!("{other:?} is not `cpu` or `cuda:N`"),
-        },
-    }
-}
-
-/// The configuration resolved, once, into the runtime objects the
-/// commands run with: the thread plan (from the CPUs this process may
-/// use), the backend options (device, threads, library), the model
-/// registry and each model's batching. `vigie serve`'s workers, `vigie
-/// infer` and `vigie validate run` all load and run models through one, so
-/// that a model runs the same way whichever command runs it.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    /// Threads of one worker and, when pinned, their CPUs.
-    pub threads: ThreadPlan,
-    /// How backends are created.
-    pub backend: BackendOptions,
-    /// The installed model packages.
-    pub registry: vigie_inference::ModelRegistry,
-    batching: BTreeMap<String, BatchConfig>,
-}
-
-impl Resolved {
-    /// Load model package `id` (or the default one) from the registry, on
-    /// `backend` (default: its manifest's).
-    pub fn load_model(
-        &self,
-        id: Option<&str>,
-        backend: Option<vigie_inference::manifest::BackendKind>,
-    ) -> vigie_inference::Result<vigie_inference::Model> {
-        self.registry.load(id, backend, &self.backend)
-    }
-
-    /// How the hot loop runs `model`: its `[inference.batching.<model>]`
-    /// (none: one instance per run), and the plan's decode threads and
-    /// CPUs.
-    pub fn hot_loop(&self, model: &str) -> vigie_analysis::HotLoop {
-        let batching = self.batching.get(model).cloned().unwrap_or_default();
-        vigie_analysis::HotLoop {
-            batching: vigie_analysis::Batching {
-                max_batch: batching.max_batch.max(1),
-                max_delay: std::time::Duration::from_millis(batching.max_delay_ms),
-            },
-            decode_threads: self.threads.decode_threads,
-            decode_cpus: self.threads.decode_cpus.clone(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn devices_parse_and_bad_ones_are_refused() {
-        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
-        assert_eq!(
-            parse_device("cuda:1").unwrap(),
-            Device::Cuda { device_id: 1 }
-        );
-        assert!(parse_device("gpu").is_err());
-        assert!(parse_device("cuda:-1").is_err());
-    }
 
     #[test]
     fn file_and_environment_layer_over_defaults() {
@@ -887,10 +531,12 @@ mod tests {
 
     #[test]
     fn cudnn_algorithm_search_reaches_the_backend_options_and_bad_values_are_refused() {
+        use vigie_inference::backend::ConvAlgoSearch;
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vigie.toml");
         assert_eq!(
             Config::default()
+                .inference
                 .backend_options()
                 .unwrap()
                 .conv_algo_search,
@@ -903,7 +549,7 @@ mod tests {
         .unwrap();
         let config = Config::load(Some(&file)).unwrap();
         assert_eq!(
-            config.backend_options().unwrap().conv_algo_search,
+            config.inference.backend_options().unwrap().conv_algo_search,
             ConvAlgoSearch::Heuristic
         );
         std::fs::write(&file, "[inference]\ncuda_conv_algo_search = \"fastest\"\n").unwrap();
@@ -921,17 +567,16 @@ mod tests {
         )
         .unwrap();
         let config = Config::load(Some(&file)).unwrap();
-        let plan = config.thread_plan().unwrap();
+        let resolved = config.resolve().unwrap();
+        let plan = &resolved.threads;
         assert_eq!((plan.intra_threads, plan.decode_threads), (2, 3));
         let cpus = vigie_inference::threads::allowed_cpus();
         assert_eq!(plan.model_cpus, vec![cpus[0], cpus[1 % cpus.len()]]);
-        let options = config.backend_options().unwrap();
-        assert_eq!(options.intra_threads, 2);
-        assert_eq!(options.intra_cpus, plan.model_cpus);
-        // Derived: never zero threads, whatever the machine.
-        let derived = Config::default().thread_plan().unwrap();
-        assert!(derived.intra_threads >= 1 && derived.decode_threads >= 1);
-        assert!(derived.model_cpus.is_empty() && derived.decode_cpus.is_empty());
+        assert_eq!(resolved.backend.intra_threads, 2);
+        assert_eq!(resolved.backend.intra_cpus, plan.model_cpus);
+        std::fs::write(&file, "[inference]\ndevice = \"gpu\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&file)).unwrap_err());
+        assert!(err.contains("inference.device"), "{err}");
         std::fs::write(
             &file,
             "[inference]\npin_threads = true\n[pipeline]\nworkers = 2\n",

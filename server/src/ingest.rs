@@ -21,9 +21,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use vigie_dicom_io::DicomFile;
 use vigie_dicom_io::dimse::status;
+use vigie_dicom_io::net::admission;
 use vigie_dicom_io::net::scp::{ReceivedInstance, ScpEvent, StoreHandler, StoreOutcome};
-use vigie_dicom_io::{DicomFile, Error as DicomError};
 
 use crate::metrics::Metrics;
 use vigie_audit::{Audit, AuditEvent, EventKind};
@@ -306,34 +307,14 @@ impl Ingest {
         study: Option<&str>,
         uids: &mut Option<(String, String)>,
     ) -> Result<(InstanceRecord, AuditEvent), StoreOutcome> {
-        let file = DicomFile::open_header(&received.path).map_err(|e| refusal(&e))?;
-        check_content(&file)?;
+        let file = admission::open_checked(&received.path)?;
         let header = file.header();
         let patient_id = file.string(dicom_dictionary_std::tags::PATIENT_ID);
         *uids = Some((
             header.study_instance_uid.clone(),
             header.series_instance_uid.clone(),
         ));
-        if let Some(study) = study
-            && header.study_instance_uid != study
-        {
-            return Err(StoreOutcome::failure(
-                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "instance of another study than the one in the request URL",
-            ));
-        }
-        if header.sop_class_uid != received.sop_class_uid {
-            return Err(StoreOutcome::failure(
-                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOP Class UID of the data set differs from the command",
-            ));
-        }
-        if header.sop_instance_uid != received.sop_instance_uid {
-            return Err(StoreOutcome::failure(
-                status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOP Instance UID of the data set differs from the command",
-            ));
-        }
+        admission::matches_request(&file, received, study)?;
         let to = self
             .layout
             .instance(
@@ -383,87 +364,6 @@ impl Ingest {
         );
         Ok((record, event))
     }
-}
-
-/// The status and reason (without file paths, which stay internal) for a
-/// data set that cannot be opened.
-fn refusal(e: &DicomError) -> StoreOutcome {
-    match e {
-        DicomError::MissingAttribute { attribute, .. } => StoreOutcome::failure(
-            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            format!("required attribute {attribute} missing"),
-        ),
-        DicomError::InvalidAttribute {
-            attribute, reason, ..
-        } => StoreOutcome::failure(
-            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            format!("attribute {attribute} invalid: {}", short(reason)),
-        ),
-        DicomError::Malformed { offset, reason, .. } => StoreOutcome::failure(
-            status::CANNOT_UNDERSTAND,
-            format!("malformed data set: {} (byte {offset})", short(reason)),
-        ),
-        DicomError::Limit { reason, .. } => StoreOutcome::failure(
-            status::CANNOT_UNDERSTAND,
-            format!("beyond limits: {}", short(reason)),
-        ),
-        DicomError::Open { reason, .. } => StoreOutcome::failure(
-            status::CANNOT_UNDERSTAND,
-            format!("data set not parsable: {}", short(reason)),
-        ),
-        other => StoreOutcome::failure(
-            status::CANNOT_UNDERSTAND,
-            format!("data set not parsable: {}", short(&other.to_string())),
-        ),
-    }
-}
-
-/// What ingest checks beyond parsing to the end (PS3.3 Type 1 attributes
-/// an AI node relies on, PS3.5 pixel data consistency): the SOP Instance
-/// UID in the data set itself (not only in the file meta group built from
-/// the command), Modality (General Series, Type 1 for every image storage
-/// class), pixel data (Type 1 in every image IOD), and the Image Pixel
-/// module's Type 1
-/// attributes, a native length that covers them and a decoded size within
-/// `limits.max_decoded_mib`. A data set refused here would only have
-/// failed later, in silence.
-fn check_content(file: &DicomFile) -> Result<(), StoreOutcome> {
-    use dicom_dictionary_std::tags;
-    let missing = |attribute: &str| {
-        StoreOutcome::failure(
-            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            format!("required attribute {attribute} missing"),
-        )
-    };
-    if file.string(tags::SOP_INSTANCE_UID).is_none() {
-        return Err(missing("SOPInstanceUID"));
-    }
-    if file.header().modality.is_none() {
-        return Err(missing("Modality"));
-    }
-    if let Some(scanned) = file.scanned() {
-        use vigie_dicom_io::scan::{PixelDataLayout, PixelDataProblem};
-        // Every storage class the node accepts is an image IOD, whose Image
-        // Pixel module has pixel data of Type 1: its absence is also how a
-        // data set truncated between two elements shows.
-        if scanned.pixel_data == PixelDataLayout::Absent {
-            return Err(missing("PixelData"));
-        }
-        scanned
-            .check_pixel_data(&vigie_dicom_io::scan::limits())
-            .map_err(|problem| match problem {
-                PixelDataProblem::Missing(attribute) => missing(attribute),
-                PixelDataProblem::Inconsistent(reason) => StoreOutcome::failure(
-                    status::CANNOT_UNDERSTAND,
-                    format!("pixel data inconsistent: {}", short(&reason)),
-                ),
-                other => StoreOutcome::failure(
-                    status::CANNOT_UNDERSTAND,
-                    format!("beyond limits: {other}"),
-                ),
-            })?;
-    }
-    Ok(())
 }
 
 /// Instances larger than this get no decoded-pixel hash at reception.
@@ -576,10 +476,6 @@ fn pixel_event(record: &InstanceRecord) -> AuditEvent {
 
 /// Error comments go on the wire (64 characters) and in logs: keep the
 /// head, which says what failed.
-fn short(text: &str) -> String {
-    text.chars().take(160).collect()
-}
-
 impl Ingest {
     /// Store a staged instance (checks, durable commit, index, audit
     /// record) and say what to answer. Refusals are not audited here: the

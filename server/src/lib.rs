@@ -1,6 +1,7 @@
-//! The appliance's service side, as a library: the configuration and its
-//! resolve step, ingest, the pipeline (assembly, workers, delivery),
-//! routing, the HTTP side, metrics, logs, and [`service::Service`], which
+//! The appliance's service side, as a library: the configuration file
+//! (loading, validation; each domain section's type and resolve step live
+//! in its crate), ingest, the pipeline (assembly, workers, delivery), the
+//! HTTP side, metrics, logs, and [`service::Service`], which
 //! wires them into `vigie serve`. The `vigie` binary (`main.rs`) is the
 //! command line and one small module per command on top of it; tests and
 //! benches use the library in process.
@@ -19,5 +20,4 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
-pub mod routing;
 pub mod service;

@@ -16,7 +16,7 @@ use anyhow::Context;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 use vigie_audit::{Audit, AuditEvent, EventKind};
-use vigie_dicom_io::net::scp::{self, AllowedCaller, ScpOptions};
+use vigie_dicom_io::net::scp::{self, ScpOptions};
 use vigie_inference::ModelPackage;
 use vigie_inference::manifest::Manifest;
 use vigie_store::layout::{DataDirLock, Layout, Reserve, create_dir_durably};
@@ -29,7 +29,7 @@ use crate::http::ModelInfo;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::routing::Router;
+use vigie_analysis::routing::Router;
 
 /// What the service holds from its opening to its stop.
 struct Core {
@@ -170,7 +170,17 @@ impl Service {
         }
         let metrics = Arc::new(Metrics::default());
         let (applies, model_infos) = models(&config, &audit, &metrics)?;
-        let router_table = Router::new(&config, applies)?;
+        let router_table = Router::new(
+            &config.routing,
+            config.inference.default_model.as_deref(),
+            applies,
+        )
+        .with_context(|| {
+            format!(
+                "model packages in {}",
+                config.inference.models_dir.display()
+            )
+        })?;
         let ort = onnxruntime(&config);
         if let Err(reason) = &ort {
             tracing::warn!(%reason, "ONNX Runtime not loaded: ONNX models cannot run; /readyz says not ready");
@@ -267,7 +277,7 @@ impl Service {
             resolved: Arc::new(config.resolve()?),
             health: Arc::default(),
         };
-        let options = scp_options(config, layout);
+        let options = config.dicom.scp_options(&layout.staging());
         let tokens = crate::http::auth::Tokens::new(&config.http.tokens);
         if tokens.is_empty() {
             tracing::warn!(
@@ -486,6 +496,7 @@ fn models(
     audit: &Audit,
     metrics: &Metrics,
 ) -> anyhow::Result<(Applies, Vec<ModelInfo>)> {
+    let default_model = config.inference.default_model.as_deref();
     let mut applies = BTreeMap::new();
     let mut infos = Vec::new();
     for dir in config.resolve()?.registry.package_dirs()? {
@@ -496,11 +507,7 @@ fn models(
             .routing
             .rules
             .iter()
-            .filter(|r| {
-                r.models.contains(&name)
-                    || (r.models.is_empty()
-                        && config.inference.default_model.as_ref() == Some(&name))
-            })
+            .filter(|r| r.models_or(default_model).contains(&name))
             .map(|r| r.name.clone())
             .collect();
         let mut info = ModelInfo {
@@ -524,21 +531,15 @@ fn models(
         }
         infos.push(info);
     }
-    let mut used: Vec<&String> = config
+    let mut used: Vec<String> = config
         .routing
         .rules
         .iter()
-        .flat_map(|r| {
-            if r.models.is_empty() {
-                config.inference.default_model.iter().collect::<Vec<_>>()
-            } else {
-                r.models.iter().collect()
-            }
-        })
+        .flat_map(|r| r.models_or(default_model))
         .collect();
     used.sort();
     used.dedup();
-    for id in used {
+    for id in &used {
         let package = match ModelPackage::load(config.inference.models_dir.join(id)) {
             Ok(p) => p,
             Err(e) => {
@@ -588,7 +589,10 @@ fn models(
 
 /// Whether the ONNX Runtime library loads, for `/readyz`.
 fn onnxruntime(config: &Config) -> Result<String, String> {
-    let options = config.backend_options().map_err(|e| format!("{e:#}"))?;
+    let options = config
+        .inference
+        .backend_options()
+        .map_err(|e| e.to_string())?;
     let library = options.onnxruntime_library.clone();
     vigie_inference::backend::onnx::init_runtime(library.as_deref())
         .map(|_| {
@@ -602,33 +606,6 @@ fn onnxruntime(config: &Config) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn scp_options(config: &Config, layout: &Layout) -> ScpOptions {
-    let d = &config.dicom;
-    let mut options = ScpOptions::new(&d.ae_title, layout.staging());
-    options.allowed_callers = d
-        .allowed_callers
-        .iter()
-        .map(|c| AllowedCaller {
-            ae_title: c.ae_title.trim().to_string(),
-            address: c.address,
-        })
-        .collect();
-    if !d.sop_classes.is_empty() {
-        options.sop_classes = d.sop_classes.clone();
-    }
-    if !d.transfer_syntaxes.is_empty() {
-        options.transfer_syntaxes = d.transfer_syntaxes.clone();
-    }
-    options.max_pdu_length = d.max_pdu_length;
-    options.artim_timeout = Duration::from_secs(d.artim_timeout_s.max(1));
-    options.idle_timeout = Duration::from_secs(d.idle_timeout_s.max(1));
-    options.max_associations = d.max_associations;
-    options.pdu_timeout = Duration::from_secs(d.pdu_timeout_s.max(1));
-    options.max_connections_per_address = d.max_connections_per_address;
-    options.max_pending_connections = d.max_pending_connections;
-    options
-}
-
 /// Files under `studies/` and `results/` that the catalog does not know:
 /// an instance renamed into place whose index commit failed (a full disk,
 /// a crash between the two), a result written by a job attempt that was
@@ -639,69 +616,33 @@ fn scp_options(config: &Config, layout: &Layout) -> ScpOptions {
 /// matched on their place under the data directory, so a data directory
 /// moved or restored elsewhere keeps everything. Returns how many.
 fn remove_orphans(layout: &Layout, catalog: &dyn Catalog, audit: &Audit) -> anyhow::Result<usize> {
-    use vigie_store::layout::files_under;
-    // `<top>/<study>/<series>/<instance>.dcm`, whatever the root was.
-    let tail = |path: &std::path::Path| -> Vec<std::ffi::OsString> {
-        let parts: Vec<_> = path.iter().map(|p| p.to_os_string()).collect();
-        parts[parts.len().saturating_sub(4)..].to_vec()
-    };
-    let known: std::collections::HashSet<Vec<std::ffi::OsString>> =
-        catalog.known_paths()?.iter().map(|p| tail(p)).collect();
     let mut moved = 0;
-    for (folder, what) in [
-        (
-            layout.studies(),
-            "received instance never indexed (not acknowledged)",
-        ),
-        (
-            layout.results(),
-            "result of an interrupted job attempt (never committed, never sent)",
-        ),
-    ] {
-        for path in files_under(&folder)? {
-            if known.contains(&tail(&path)) {
+    for orphan in layout.orphans(&catalog.known_paths()?)? {
+        let path = &orphan.path;
+        let (bytes, sha256) = match hash_file(path) {
+            Ok(hashed) => hashed,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read a file unknown to the catalog; left in place");
                 continue;
             }
-            let relative = path.strip_prefix(layout.root()).unwrap_or(&path);
-            let mut to = layout.root().join("orphaned").join(relative);
-            // Never over an earlier orphan of the same name.
-            let mut n = 1;
-            while to.exists() {
-                to = layout
-                    .root()
-                    .join("orphaned")
-                    .join(format!("{}.{n}", relative.display()));
-                n += 1;
-            }
-            let (bytes, sha256) = match hash_file(&path) {
-                Ok(hashed) => hashed,
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot read a file unknown to the catalog; left in place");
-                    continue;
-                }
-            };
-            audit.record(AuditEvent::new(
-                EventKind::OrphanMoved,
-                "ok",
-                serde_json::json!({
-                    "path": path,
-                    "moved_to": to,
-                    "bytes": bytes,
-                    "sha256": sha256,
-                    "reason": what,
-                }),
-            ))?;
-            let renamed = to
-                .parent()
-                .map_or(Ok(()), create_dir_durably)
-                .and_then(|()| std::fs::rename(&path, &to));
-            match renamed {
-                Ok(()) => moved += 1,
-                // Not fatal: the service starts; the file is found again at
-                // the next start.
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot move a file unknown to the catalog")
-                }
+        };
+        audit.record(AuditEvent::new(
+            EventKind::OrphanMoved,
+            "ok",
+            serde_json::json!({
+                "path": path,
+                "moved_to": orphan.moved_to,
+                "bytes": bytes,
+                "sha256": sha256,
+                "reason": orphan.reason,
+            }),
+        ))?;
+        match orphan.move_aside() {
+            Ok(()) => moved += 1,
+            // Not fatal: the service starts; the file is found again at the
+            // next start.
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot move a file unknown to the catalog")
             }
         }
     }

@@ -164,6 +164,44 @@ pub fn commit_synced_file_then<T>(
 mod tests {
     use super::*;
 
+    /// Files the catalog does not know are found and moved aside, never
+    /// over an earlier orphan; a known file is matched on its place under
+    /// the data directory, wherever the catalog says that directory was.
+    #[test]
+    fn orphans_are_files_the_catalog_does_not_know_and_move_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let known = layout.instance("1.2", "1.2.3", "1.2.3.4").unwrap();
+        let unknown = layout.instance("1.2", "1.2.3", "1.2.3.5").unwrap();
+        let result = layout.results().join("1.2/1.2.9/1.2.9.1.dcm");
+        for path in [&known, &unknown, &result] {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"x").unwrap();
+        }
+        let earlier = dir.path().join("orphaned/studies/1.2/1.2.3/1.2.3.5.dcm");
+        std::fs::create_dir_all(earlier.parent().unwrap()).unwrap();
+        std::fs::write(&earlier, b"earlier").unwrap();
+        // The catalog knows `known` under the root it had before a restore.
+        let elsewhere = PathBuf::from("/old/root/studies/1.2/1.2.3/1.2.3.4.dcm");
+        let mut orphans = layout
+            .orphans(&std::collections::HashSet::from([elsewhere]))
+            .unwrap();
+        orphans.sort_by(|a, b| a.path.cmp(&b.path));
+        let paths: Vec<&PathBuf> = orphans.iter().map(|o| &o.path).collect();
+        assert_eq!(paths, [&result, &unknown]);
+        assert!(orphans[0].reason.contains("interrupted job"));
+        assert_eq!(
+            orphans[1].moved_to,
+            dir.path().join("orphaned/studies/1.2/1.2.3/1.2.3.5.dcm.1")
+        );
+        for orphan in &orphans {
+            orphan.move_aside().unwrap();
+            assert!(!orphan.path.exists() && orphan.moved_to.exists());
+        }
+        assert_eq!(std::fs::read(&earlier).unwrap(), b"earlier");
+        assert!(known.exists());
+    }
+
     #[test]
     fn uids_that_could_escape_the_root_are_refused() {
         let layout = Layout::new("/data");
@@ -358,6 +396,83 @@ pub fn is_disk_full(text: &str) -> bool {
     text.contains("No space left")
         || text.contains("disk is full")
         || text.contains("Disk quota exceeded")
+}
+
+/// A file under `studies/` or `results/` that the catalog does not know
+/// (see [`Layout::orphans`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Where it goes: the same place under `orphaned/`, with a `.N` suffix
+    /// rather than over an earlier orphan of the same name.
+    pub moved_to: PathBuf,
+    /// Why it is an orphan (received instance never indexed, result of an
+    /// interrupted job attempt).
+    pub reason: &'static str,
+}
+
+impl Orphan {
+    /// Move it to [`Orphan::moved_to`], creating the folders durably.
+    pub fn move_aside(&self) -> std::io::Result<()> {
+        self.moved_to
+            .parent()
+            .map_or(Ok(()), create_dir_durably)
+            .and_then(|()| std::fs::rename(&self.path, &self.moved_to))
+    }
+}
+
+impl Layout {
+    /// Files under `studies/` and `results/` that are none of `known` (the
+    /// catalog's paths): an instance renamed into place whose index commit
+    /// failed (a full disk, a crash between the two), a result written by a
+    /// job attempt killed before it committed. None was acknowledged or
+    /// delivered. Files are matched on their place under the data
+    /// directory (`<top>/<study>/<series>/<instance>.dcm`, the last four
+    /// components), so a data directory moved or restored elsewhere has no
+    /// orphans.
+    pub fn orphans(
+        &self,
+        known: &std::collections::HashSet<PathBuf>,
+    ) -> std::io::Result<Vec<Orphan>> {
+        let tail = |path: &Path| -> Vec<std::ffi::OsString> {
+            let parts: Vec<_> = path.iter().map(|p| p.to_os_string()).collect();
+            parts[parts.len().saturating_sub(4)..].to_vec()
+        };
+        let known: std::collections::HashSet<Vec<std::ffi::OsString>> =
+            known.iter().map(|p| tail(p)).collect();
+        let mut orphans = Vec::new();
+        for (folder, reason) in [
+            (
+                self.studies(),
+                "received instance never indexed (not acknowledged)",
+            ),
+            (
+                self.results(),
+                "result of an interrupted job attempt (never committed, never sent)",
+            ),
+        ] {
+            for path in files_under(&folder)? {
+                if known.contains(&tail(&path)) {
+                    continue;
+                }
+                let relative = path.strip_prefix(self.root()).unwrap_or(&path);
+                let orphaned = self.root().join("orphaned");
+                let mut moved_to = orphaned.join(relative);
+                let mut n = 1;
+                while moved_to.exists() {
+                    moved_to = orphaned.join(format!("{}.{n}", relative.display()));
+                    n += 1;
+                }
+                orphans.push(Orphan {
+                    path,
+                    moved_to,
+                    reason,
+                });
+            }
+        }
+        Ok(orphans)
+    }
 }
 
 /// Every regular file under `dir`, recursively (none when it is absent).

@@ -4,12 +4,15 @@
 //! Everything goes through the [`Catalog`] trait so that a shared database
 //! can replace the embedded SQLite one ([`sqlite::SqliteCatalog`]) when a
 //! site outgrows one machine. Files live under the data directory
-//! ([`layout`]); the catalog records where.
+//! ([`layout`]); the catalog records where. Searches of the web index at a
+//! study, series or instance level (QIDO-RS today, C-FIND tomorrow) are
+//! parsed, grouped and matched in [`query`].
 
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
 pub mod layout;
+pub mod query;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

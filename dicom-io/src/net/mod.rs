@@ -1,5 +1,9 @@
 //! DICOM network services on `dicom-ul` associations (tokio).
 //!
+//! - [`admission`]: whether a received data set may be stored, and the
+//!   status of each refusal.
+//! - [`config`]: the `[dicom]` section of the configuration and the SCP
+//!   options it makes.
 //! - [`message`]: the DIMSE message layer over P-DATA (command and data set
 //!   fragments, reassembly, splitting to the peer's maximum PDU length).
 //! - [`scp`]: Verification and Storage SCP with AE title and address checks,
@@ -8,6 +12,8 @@
 //! - [`scu`]: Storage SCU sending Part 10 files to a remote AE.
 //! - [`storage_classes`]: the image storage SOP classes accepted by default.
 
+pub mod admission;
+pub mod config;
 pub mod message;
 pub mod scp;
 pub mod scu;

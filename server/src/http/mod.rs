@@ -20,7 +20,6 @@ pub mod api;
 pub mod auth;
 pub mod dicomweb;
 pub mod error;
-pub mod multipart;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

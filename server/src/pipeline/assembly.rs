@@ -9,7 +9,7 @@ use vigie_store::now_ms;
 use super::events::Event;
 use super::{Pipeline, seconds_ms};
 use crate::backlog::Backlog;
-use crate::routing::Router;
+use vigie_analysis::routing::Router;
 
 impl Pipeline {
     /// Complete every study quiet for the stable age; returns how many.

@@ -32,9 +32,9 @@ use vigie_dicom_io::net::scp::ReceivedInstance;
 use super::DICOM_JSON;
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
-use crate::http::multipart::{Event, Parser, media_type, param};
 use crate::http::{AppState, base_url};
 use crate::ingest::Source;
+use vigie_dicom_io::multipart::{Event, Parser, media_type, param};
 
 /// Failure Reason: transfer syntax not supported.
 const TRANSFER_SYNTAX_NOT_SUPPORTED: u16 = 0xC122;

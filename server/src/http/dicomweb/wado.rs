@@ -20,9 +20,9 @@ use super::DICOM_JSON;
 use super::qido::accepts_json;
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::multipart::{media_type, param, split_unquoted};
 use crate::http::{AppState, blocking};
 use vigie_audit::{AuditEvent, EventKind};
+use vigie_dicom_io::multipart::{media_type, param, split_unquoted};
 use vigie_store::{WebInstance, WebScope};
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
