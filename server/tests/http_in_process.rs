@@ -1,7 +1,9 @@
 //! The HTTP application called in process (tower's `oneshot`), without a
 //! socket: the service opened and bound on free ports by the library
-//! (`vigie_server::service`), its router asked directly. What needs a real
-//! client (TLS, load shedding, graceful shutdown) stays in `http_api.rs`.
+//! (`vigie_server::service`), its router asked directly: the auth matrix of
+//! every endpoint, error shapes, a clean stop. What needs a real client or
+//! received studies (TLS, load shedding, graceful shutdown, the jobs API
+//! on studies sent by DCMTK) stays in `http_api.rs`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -21,7 +23,16 @@ async fn call(
     path: &str,
     token: Option<&str>,
 ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
-    let mut request = Request::get(path);
+    request(app, "GET", path, token).await
+}
+
+async fn request(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let mut request = Request::builder().method(method).uri(path);
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -86,6 +97,99 @@ async fn the_http_app_is_tested_in_process_with_its_auth_and_error_shapes() {
     let (status, _, body) = call(&app, "/api/v1/jobs?limit=many", Some(reader)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "bad_request", "{body}");
+}
+
+/// Every endpoint the OpenAPI description lists: 401 without a token and
+/// with a wrong one (with the Bearer challenge), 403 for a role it does not
+/// admit, neither for one it does; every denial on record in the audit
+/// trail, with its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_enforces_its_roles_and_denials_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::open(Arc::new(config_in(dir.path()))).unwrap();
+    let bound = service.bind().await.unwrap();
+    let app = bound.app();
+    let (status, _, description) = call(&app, "/api/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = description["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20, "{}", paths.len());
+    let mut denied = 0;
+    let mut checked = 0;
+    for (path, operations) in paths {
+        // Path parameters get values that exist nowhere.
+        let concrete = path
+            .replace("{id}", "999999")
+            .replace("{study}", "1.2.3")
+            .replace("{series}", "1.2.3.4")
+            .replace("{instance}", "1.2.3.4.5");
+        for (method, op) in operations.as_object().unwrap() {
+            let roles: Vec<&str> = op["x-vigie-roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap())
+                .collect();
+            let method = method.to_uppercase();
+            let public = op.get("security").is_some();
+            assert_eq!(public, roles.is_empty(), "{method} {path}");
+            let (status, headers, body) = request(&app, &method, &concrete, None).await;
+            if public {
+                assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+                continue;
+            }
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} without a token"
+            );
+            let challenge = headers.get(header::WWW_AUTHENTICATE).unwrap();
+            assert!(challenge.to_str().unwrap().starts_with("Bearer"));
+            assert_eq!(body["error"]["code"], "unauthorized");
+            let (status, _, _) = request(&app, &method, &concrete, Some("not-a-token")).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with a wrong token"
+            );
+            denied += 2;
+            for (role, secret) in common::TOKENS {
+                let (status, _, body) = request(&app, &method, &concrete, Some(secret)).await;
+                if roles.contains(&role) {
+                    assert!(
+                        status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                        "{method} {path} as {role}: {status}"
+                    );
+                } else {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path} as {role}");
+                    assert_eq!(body["error"]["code"], "forbidden");
+                    denied += 1;
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 80, "{checked}");
+    // Each denial is on record, with the path but never a query string.
+    let auditor = common::token("auditor");
+    let (status, _, records) = call(
+        &app,
+        "/api/v1/audit?limit=10000&kind=http_access&outcome=denied",
+        Some(auditor),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), denied);
+    let statuses: std::collections::BTreeSet<u64> = records
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(r["details"].as_str().unwrap()).unwrap()
+                ["status"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(statuses, [401, 403].into());
 }
 
 /// Defect found in the redesign: with one cancellation token, the DICOM
