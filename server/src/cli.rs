@@ -227,7 +227,8 @@ pub enum ValidateCommand {
     /// performance report (report.json, report.md) with 95% intervals.
     Run(RunArgs),
     /// Non-inferiority of a candidate report against a baseline report
-    /// (accuracy and each class's sensitivity); exit status 1 on regression.
+    /// (accuracy and each class's sensitivity); exit status 1 on
+    /// regression, 3 when too few cases to decide (not a pass).
     Compare {
         /// Baseline report.json.
         baseline: PathBuf,

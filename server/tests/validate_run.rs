@@ -223,28 +223,38 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
         "curves drawn"
     );
 
-    // Non-inferiority: an identical candidate passes...
+    // Non-inferiority: an identical candidate cannot be shown
+    // non-inferior within 0.02 on 17 cases (exit status 3, not a pass)...
     let again = tmp.path().join("again");
     let run = validate(None, &dataset, &again, &data, &[]);
     assert!(run.status.success());
     let baseline = out.join("report.json");
-    let compare = |candidate: &std::path::Path| {
+    let compare_at = |candidate: &std::path::Path, margin: &str| {
         vigie(&[
             "validate",
             "compare",
             baseline.to_str().unwrap(),
             candidate.join("report.json").to_str().unwrap(),
             "--margin",
-            "0.02",
+            margin,
         ])
     };
+    let compare = |candidate: &std::path::Path| compare_at(candidate, "0.02");
     let same = compare(&again);
     let text = String::from_utf8_lossy(&same.stdout).to_string();
-    assert!(same.status.success(), "{text}");
+    assert_eq!(same.status.code(), Some(3), "{text}");
     assert!(
-        text.contains("paired") && !text.contains("REGRESSION"),
+        text.contains("paired")
+            && text.contains("-0.184 to +0.184")
+            && text.contains("at least 189 cases")
+            && !text.contains("REGRESSION"),
         "{text}"
     );
+    // ...and passes at a margin its smallest metric can support (the
+    // sensitivity of a class of 3 cases: −0.561 at best).
+    let wide = compare_at(&again, "0.6");
+    let text = String::from_utf8_lossy(&wide.stdout).to_string();
+    assert!(wide.status.success(), "{text}");
     // ...a candidate whose manifest has a bad threshold (everything called
     // glioma) fails.
     let models = tmp.path().join("models/brain-tumour-vgg16");

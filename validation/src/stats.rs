@@ -7,6 +7,11 @@
 //!   method 3);
 //! - ROC AUC: the Mann–Whitney statistic (ties count one half), with the
 //!   DeLong et al. (1988) variance and a normal interval clipped to [0, 1];
+//!   where DeLong's variance is zero (perfect separation, every score
+//!   tied) that interval collapses to a point, so the score interval of
+//!   Newcombe (2006, Stat Med 25:559, method 5: the Hanley–McNeil variance
+//!   with N* = (m + n)/2 − 1, evaluated at the bound) is reported instead,
+//!   and the interval says which it is ([`AucMethod`]);
 //! - PR AUC: average precision, as `sklearn.metrics.average_precision_score`;
 //! - Brier score and the reliability curve (uniform bins) as
 //!   `brier_score_loss` and `calibration_curve`;
@@ -67,6 +72,17 @@ pub fn proportion(successes: u64, n: u64) -> Option<Proportion> {
     })
 }
 
+/// Which interval an [`Auc`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AucMethod {
+    /// DeLong's standard error and a normal interval clipped to [0, 1].
+    Delong,
+    /// DeLong's variance is zero: Newcombe's score interval (2006, method
+    /// 5), which keeps its coverage at AUC = 0 or 1.
+    NewcombeScore,
+}
+
 /// ROC AUC with the DeLong standard error and 95 % interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Auc {
@@ -74,8 +90,39 @@ pub struct Auc {
     pub value: f64,
     /// DeLong standard error.
     pub standard_error: f64,
-    /// 95 % normal interval, clipped to [0, 1].
+    /// 95 % interval: DeLong's, or the score interval where DeLong's
+    /// variance is zero (`method`).
     pub ci95: Interval,
+    /// Which interval `ci95` is.
+    pub method: AucMethod,
+}
+
+/// Newcombe's score interval for the AUC θ (Newcombe 2006, Stat Med
+/// 25:559, method 5): the θ with (θ̂ − θ)² = z²·V(θ), V the Hanley–McNeil
+/// variance θ(1 − θ)/(mn)·[1 + N*((1 − θ)/(2 − θ) + θ/(1 + θ))] with
+/// N* = (m + n)/2 − 1, solved by bisection on each side of θ̂.
+pub fn auc_score_interval(auc: f64, positives: usize, negatives: usize) -> Interval {
+    let (m, n) = (positives as f64, negatives as f64);
+    let n_star = (m + n) / 2.0 - 1.0;
+    let variance =
+        |t: f64| t * (1.0 - t) / (m * n) * (1.0 + n_star * ((1.0 - t) / (2.0 - t) + t / (1.0 + t)));
+    // Positive inside the interval, negative outside.
+    let inside = |t: f64| Z95 * Z95 * variance(t) - (auc - t).powi(2);
+    let solve = |mut out: f64, mut within: f64| {
+        for _ in 0..200 {
+            let mid = (out + within) / 2.0;
+            if inside(mid) >= 0.0 {
+                within = mid;
+            } else {
+                out = mid;
+            }
+        }
+        within
+    };
+    Interval {
+        lower: if auc <= 0.0 { 0.0 } else { solve(0.0, auc) },
+        upper: if auc >= 1.0 { 1.0 } else { solve(1.0, auc) },
+    }
 }
 
 fn psi(positive: f64, negative: f64) -> f64 {
@@ -126,13 +173,22 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<Auc> {
     };
     let variance = sample_var(&v10) / m as f64 + sample_var(&v01) / n as f64;
     let se = variance.sqrt();
+    let (ci95, method) = if se > 0.0 {
+        (
+            Interval {
+                lower: (auc - Z95 * se).max(0.0),
+                upper: (auc + Z95 * se).min(1.0),
+            },
+            AucMethod::Delong,
+        )
+    } else {
+        (auc_score_interval(auc, m, n), AucMethod::NewcombeScore)
+    };
     Some(Auc {
         value: auc,
         standard_error: se,
-        ci95: Interval {
-            lower: (auc - Z95 * se).max(0.0),
-            upper: (auc + Z95 * se).min(1.0),
-        },
+        ci95,
+        method,
     })
 }
 
@@ -531,6 +587,10 @@ mod tests {
         let auc = roc_auc(&[0.9, 0.8, 0.3, 0.1], &[true, true, false, false]).unwrap();
         assert_eq!(auc.value, 1.0);
         assert_eq!(auc.standard_error, 0.0);
+        // DeLong's interval would be 1.000–1.000: the score interval is
+        // given instead, and says so.
+        assert_eq!(auc.method, AucMethod::NewcombeScore);
+        assert!(auc.ci95.lower < 0.9 && auc.ci95.upper == 1.0, "{auc:?}");
         assert_eq!(
             average_precision(&[0.9, 0.8, 0.3], &[true, true, false]),
             Some(1.0)

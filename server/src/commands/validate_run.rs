@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use vigie_audit::Audit;
-use vigie_validation::compare::{Outcomes, compare_reports};
+use vigie_validation::compare::{Decision, Outcomes, compare_reports};
 use vigie_validation::dataset::Dataset;
 use vigie_validation::report::{Report, markdown};
 use vigie_validation::run::{OperatingPointSpec, RunOptions, parse_claims, write_reports};
@@ -97,6 +97,9 @@ pub fn compare(
     margin: f64,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    if !(margin > 0.0 && margin < 1.0) {
+        anyhow::bail!("--margin {margin}: a loss between 0 and 1 (e.g. 0.02)");
+    }
     let (b, c) = (Outcomes::read(baseline)?, Outcomes::read(candidate)?);
     let comparison =
         compare_reports(&b, &c, margin).context("nothing to compare: the reports hold no cases")?;
@@ -113,24 +116,32 @@ pub fn compare(
         );
         for v in &comparison.verdicts {
             println!(
-                "  {:<28} baseline {:.3}  candidate {:.3}  difference {:+.3} (95% CI {:+.3} to {:+.3})  {}",
+                "  {:<28} baseline {:.3}  candidate {:.3}  difference {:+.3} (95% CI {:+.3} to {:+.3}, n {})  {}",
                 v.metric,
                 v.baseline,
                 v.candidate,
                 v.difference,
                 v.ci95.lower,
                 v.ci95.upper,
-                if v.non_inferior {
-                    "non-inferior"
-                } else {
-                    "REGRESSION"
+                v.n,
+                match v.decision {
+                    Decision::NonInferior => "non-inferior",
+                    Decision::Regression => "REGRESSION",
+                    Decision::TooFewCases => "CANNOT DECIDE (too few cases)",
                 }
             );
         }
+        if comparison.decision == Decision::TooFewCases
+            && let Some(minimum) = comparison.minimum_cases
+        {
+            println!(
+                "cannot decide: at a margin of {margin}, a metric needs at least {minimum} cases for any outcome without a gain to show non-inferiority; this is not a pass"
+            );
+        }
     }
-    Ok(if comparison.non_inferior {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    Ok(match comparison.decision {
+        Decision::NonInferior => ExitCode::SUCCESS,
+        Decision::Regression => ExitCode::FAILURE,
+        Decision::TooFewCases => ExitCode::from(3),
     })
 }

@@ -209,7 +209,7 @@ pub fn classification(report: &ClassificationReport, markdown: &str) -> String {
         table {
             tr {
                 th { "class" } th { "n" } th { "sensitivity" } th { "specificity" } th { "PPV" }
-                th { "NPV" } th { "F1" } th { "ROC AUC (DeLong 95% CI)" } th { "PR AUC" } th { "Brier" }
+                th { "NPV" } th { "F1" } th { "ROC AUC (95% CI)" } th { "PR AUC" } th { "Brier" }
             }
             @for c in &metrics.classes {
                 tr {
@@ -222,7 +222,7 @@ pub fn classification(report: &ClassificationReport, markdown: &str) -> String {
                     td { (number(c.f1, 3)) }
                     td {
                         @match c.roc_auc {
-                            Some(a) => (format!("{:.3} ({:.3}–{:.3})", a.value, a.ci95.lower, a.ci95.upper)),
+                            Some(a) => (format!("{:.3} ({:.3}–{:.3}){}", a.value, a.ci95.lower, a.ci95.upper, super::markdown::auc_mark(a.method))),
                             None => "n/a",
                         }
                     }
@@ -231,6 +231,7 @@ pub fn classification(report: &ClassificationReport, markdown: &str) -> String {
                 }
             }
         }
+        p { (super::markdown::AUC_NOTE.trim()) }
         @if !report.subgroups.is_empty() {
             h2 { "Subgroups" }
             table {

@@ -71,11 +71,19 @@ pub fn classification(report: &ClassificationReport) -> String {
         number(metrics.balanced_accuracy, 3),
         number(metrics.cohen_kappa, 3),
     );
-    md.push_str("## Per class (one vs rest)\n\n| class | n | sensitivity | specificity | PPV | NPV | F1 | ROC AUC (DeLong 95% CI) | PR AUC | Brier |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("## Per class (one vs rest)\n\n| class | n | sensitivity | specificity | PPV | NPV | F1 | ROC AUC (95% CI) | PR AUC | Brier |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for c in &metrics.classes {
         let auc = c
             .roc_auc
-            .map(|a| format!("{:.3} ({:.3}–{:.3})", a.value, a.ci95.lower, a.ci95.upper))
+            .map(|a| {
+                format!(
+                    "{:.3} ({:.3}–{:.3}){}",
+                    a.value,
+                    a.ci95.lower,
+                    a.ci95.upper,
+                    auc_mark(a.method)
+                )
+            })
             .unwrap_or_else(|| "n/a".into());
         row(
             &mut md,
@@ -93,6 +101,7 @@ pub fn classification(report: &ClassificationReport) -> String {
             ],
         );
     }
+    md.push_str(AUC_NOTE);
     md.push_str("\n## Confusion matrix (rows: ground truth, columns: decision)\n\n|  |");
     for l in &metrics.labels {
         let _ = write!(md, " {l} |");
@@ -199,4 +208,15 @@ pub fn segmentation(report: &SegmentationReport) -> String {
         reproducibility_json(r)
     );
     md
+}
+
+/// How the AUC interval of each class is computed, under the table.
+pub(super) const AUC_NOTE: &str = "\nROC AUC intervals: DeLong's; † Newcombe's score interval (2006, method 5) where DeLong's variance is zero (perfect separation), which would give a point.\n";
+
+/// The mark of an AUC interval that is not DeLong's.
+pub(super) fn auc_mark(method: crate::stats::AucMethod) -> &'static str {
+    match method {
+        crate::stats::AucMethod::Delong => "",
+        crate::stats::AucMethod::NewcombeScore => " †",
+    }
 }
