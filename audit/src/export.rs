@@ -1,6 +1,8 @@
 //! Export of the inference records: one row per analysed frame, as JSON
 //! lines or CSV (`vigie audit export`), for the performance evaluation and
-//! the post-market surveillance of a model.
+//! the post-market surveillance of a model. Each row says its
+//! [`Purpose`]: the inferences of `vigie validate run` share the trail with
+//! the clinical ones and must never be counted as clinical use.
 
 use crate::{AuditError, AuditRecord, AuditResult};
 
@@ -37,7 +39,46 @@ pub const COLUMNS: &[&str] = &[
     "job_id",
     "attempt",
     "record_hash",
+    "purpose",
 ];
+
+/// Why an inference ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A job of `vigie serve`: the clinical use of the model.
+    Clinical,
+    /// A case of `vigie validate run` (its record's routing rule is
+    /// `validation`).
+    Validation,
+}
+
+impl Purpose {
+    /// `clinical` or `validation`, as exported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clinical => "clinical",
+            Self::Validation => "validation",
+        }
+    }
+
+    fn of(details: &serde_json::Value) -> Self {
+        if details["rule"] == "validation" {
+            Self::Validation
+        } else {
+            Self::Clinical
+        }
+    }
+}
+
+/// The purpose of an `inference` record.
+pub fn purpose(record: &AuditRecord) -> AuditResult<Purpose> {
+    let details: serde_json::Value =
+        serde_json::from_str(&record.details).map_err(|source| AuditError::Details {
+            seq: record.seq,
+            source,
+        })?;
+    Ok(Purpose::of(&details))
+}
 
 /// One row per analysed frame of an `inference` record.
 pub fn rows(record: &AuditRecord) -> AuditResult<Vec<Row>> {
@@ -80,6 +121,7 @@ pub fn rows(record: &AuditRecord) -> AuditResult<Vec<Row>> {
             d["job_id"].clone(),
             d["attempt"].clone(),
             record.hash.clone().into(),
+            Purpose::of(d).as_str().into(),
         ];
         out.push(COLUMNS.iter().map(|c| c.to_string()).zip(values).collect());
     }
@@ -127,6 +169,35 @@ pub fn to_csv(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validation_inferences_are_told_apart_from_clinical_ones() {
+        let record = |details: serde_json::Value| AuditRecord {
+            seq: 1,
+            timestamp: "t".into(),
+            appliance: "a".into(),
+            software_version: "v".into(),
+            git_commit: "c".into(),
+            kind: "inference".into(),
+            outcome: "ok".into(),
+            study_instance_uid: None,
+            sop_instance_uid: None,
+            model_id: None,
+            model_version: None,
+            details: details.to_string(),
+            prev_hash: "p".into(),
+            hash: "h".into(),
+        };
+        let clinical = record(serde_json::json!({ "rule": "neuro", "frames": [{}] }));
+        let validation = record(serde_json::json!({ "rule": "validation", "frames": [{}] }));
+        assert_eq!(purpose(&clinical).unwrap(), Purpose::Clinical);
+        assert_eq!(purpose(&validation).unwrap(), Purpose::Validation);
+        assert_eq!(rows(&validation).unwrap()[0]["purpose"], "validation");
+        assert!(purpose(&record(serde_json::json!("x"))).is_ok());
+        let mut broken = clinical.clone();
+        broken.details = "{".into();
+        assert!(purpose(&broken).is_err());
+    }
 
     #[test]
     fn csv_quotes_what_needs_quoting_and_rows_come_one_per_frame() {

@@ -165,6 +165,10 @@ pub struct ExportArgs {
     /// Write to this file (durably) instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also export the inferences of `vigie validate run` (column
+    /// `purpose` = `validation`); without it only clinical ones.
+    #[arg(long)]
+    pub include_validation: bool,
 }
 
 /// `vigie serve`: command-line overrides of the configuration, so that

@@ -118,6 +118,29 @@ fn the_demo_dataset_gives_17_of_17_with_its_wilson_interval_and_an_audited_run()
             .unwrap()
             > 0.0
     );
+    // The run's inferences are in the trail, and never exported as
+    // clinical ones: left out by default, marked when asked for.
+    let export = |extra: &[&str]| {
+        let mut args = vec!["audit", "export", "--data-dir", data.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = vigie(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        export(&[]).is_empty(),
+        "validation rows exported as clinical"
+    );
+    let marked = export(&["--include-validation"]);
+    assert_eq!(marked.len(), 17);
+    assert!(marked.iter().all(|r| r["purpose"] == "validation"));
     // Subgroups from the manifest (site) and the headers (manufacturer).
     let groups = report["subgroups"].as_array().unwrap();
     let site = |v: &str| {

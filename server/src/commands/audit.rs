@@ -196,7 +196,14 @@ fn export(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
         ..Query::default()
     };
     let mut all = Vec::new();
+    let mut validation = 0;
     for record in audit.records(&query)? {
+        if vigie_audit::export::purpose(&record)? == vigie_audit::export::Purpose::Validation {
+            validation += 1;
+            if !args.include_validation {
+                continue;
+            }
+        }
         all.extend(vigie_audit::export::rows(&record)?);
     }
     let text = match args.format {
@@ -222,12 +229,21 @@ fn export(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
                 "model": args.model,
                 "format": match args.format { ExportFormat::Jsonl => "jsonl", ExportFormat::Csv => "csv" },
                 "rows": all.len(),
+                "include_validation": args.include_validation,
                 "output": args.out,
                 "output_sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),
             }),
         ),
     )?;
-    eprintln!("exported {} inference rows", all.len());
+    eprintln!(
+        "exported {} inference rows ({validation} inference records of validation runs {})",
+        all.len(),
+        if args.include_validation {
+            "included"
+        } else {
+            "left out: --include-validation"
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
