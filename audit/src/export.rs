@@ -170,24 +170,28 @@ pub fn to_csv(rows: &[Row]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn validation_inferences_are_told_apart_from_clinical_ones() {
-        let record = |details: serde_json::Value| AuditRecord {
-            seq: 1,
+    /// An inference record of instance 1.2.3 (study 1.2), model m 1.
+    fn record(details: serde_json::Value) -> AuditRecord {
+        AuditRecord {
+            seq: 7,
             timestamp: "t".into(),
             appliance: "a".into(),
             software_version: "v".into(),
             git_commit: "c".into(),
             kind: "inference".into(),
             outcome: "ok".into(),
-            study_instance_uid: None,
-            sop_instance_uid: None,
-            model_id: None,
-            model_version: None,
+            study_instance_uid: Some("1.2".into()),
+            sop_instance_uid: Some("1.2.3".into()),
+            model_id: Some("m".into()),
+            model_version: Some("1".into()),
             details: details.to_string(),
             prev_hash: "p".into(),
             hash: "h".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn validation_inferences_are_told_apart_from_clinical_ones() {
         let clinical = record(serde_json::json!({ "rule": "neuro", "frames": [{}] }));
         let validation = record(serde_json::json!({ "rule": "validation", "frames": [{}] }));
         assert_eq!(purpose(&clinical).unwrap(), Purpose::Clinical);
@@ -201,28 +205,12 @@ mod tests {
 
     #[test]
     fn csv_quotes_what_needs_quoting_and_rows_come_one_per_frame() {
-        let record = AuditRecord {
-            seq: 7,
-            timestamp: "t".into(),
-            appliance: "a".into(),
-            software_version: "v".into(),
-            git_commit: "c".into(),
-            kind: "inference".into(),
-            outcome: "ok".into(),
-            study_instance_uid: Some("1.2".into()),
-            sop_instance_uid: Some("1.2.3".into()),
-            model_id: Some("m".into()),
-            model_version: Some("1".into()),
-            details: serde_json::json!({
-                "frames": [
-                    { "finding": { "decision": "a,b", "labels": ["x", "y"] } },
-                    { "finding": { "decision": "say \"no\"" } },
-                ]
-            })
-            .to_string(),
-            prev_hash: "p".into(),
-            hash: "h".into(),
-        };
+        let record = record(serde_json::json!({
+            "frames": [
+                { "finding": { "decision": "a,b", "labels": ["x", "y"] } },
+                { "finding": { "decision": "say \"no\"" } },
+            ]
+        }));
         let all = rows(&record).unwrap();
         assert_eq!(all.len(), 2);
         let csv = to_csv(&all);
