@@ -806,15 +806,9 @@ mod tests {
 
     const YEAR_MS: i64 = 365 * 86_400_000;
 
-    /// Hardening defect 9: a clock 11 years ahead at one start deleted the
-    /// whole trail as past retention, with only an INFO line, and verify
-    /// said OK; set right again, timestamps ran backwards unnoticed.
-    #[test]
-    fn regression_a_clock_jump_forward_prunes_nothing_and_a_clock_set_back_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = AuditConfig::default();
-        let audit = Audit::open(dir.path(), "test", &config).unwrap();
-        for n in 0..10 {
+    /// `n` C-ECHO records, numbered.
+    fn echoes(audit: &Audit, n: usize) {
+        for n in 0..n {
             audit
                 .record(AuditEvent::new(
                     EventKind::Echo,
@@ -823,6 +817,17 @@ mod tests {
                 ))
                 .unwrap();
         }
+    }
+
+    /// Hardening defect 9: a clock 11 years ahead at one start deleted the
+    /// whole trail as past retention, with only an INFO line, and verify
+    /// said OK; set right again, timestamps ran backwards unnoticed.
+    #[test]
+    fn regression_a_clock_jump_forward_prunes_nothing_and_a_clock_set_back_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig::default();
+        let audit = Audit::open(dir.path(), "test", &config).unwrap();
+        echoes(&audit, 10);
         drop(audit);
         // Eleven years ahead at the next start.
         CLOCK_OFFSET_MS.set(11 * YEAR_MS);
@@ -886,15 +891,7 @@ mod tests {
         let config = AuditConfig::default();
         {
             let audit = Audit::open(dir.path(), "test", &config).unwrap();
-            for n in 0..20 {
-                audit
-                    .record(AuditEvent::new(
-                        EventKind::Echo,
-                        "ok",
-                        serde_json::json!({ "n": n }),
-                    ))
-                    .unwrap();
-            }
+            echoes(&audit, 20);
             audit.checkpoint().unwrap();
             audit.check_head().unwrap();
         }
@@ -917,15 +914,7 @@ mod tests {
             audit.checkpoint(),
             Err(AuditError::HeadDisagrees { .. })
         ));
-        for n in 0..40 {
-            audit
-                .record(AuditEvent::new(
-                    EventKind::Echo,
-                    "ok",
-                    serde_json::json!({ "n": n }),
-                ))
-                .unwrap();
-        }
+        echoes(&audit, 40);
         assert_eq!(
             std::fs::read(dir.path().join(sqlite::HEAD)).unwrap(),
             head_before

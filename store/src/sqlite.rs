@@ -1173,15 +1173,22 @@ mod tests {
         assert_eq!(catalog.stable_studies(now).unwrap().len(), 1);
     }
 
-    /// One instance of study 1.2, complete, with one job pending on it.
-    fn one_pending_job(catalog: &SqliteCatalog) {
+    /// One instance of `study` (series `study`.1), complete at `now_ms`,
+    /// with `pending` on it.
+    fn complete_with(catalog: &SqliteCatalog, study: &str, pending: NewJob, now_ms: i64) {
+        let series = format!("{study}.1");
         catalog
-            .record_instance(&instance("1.2", "1.2.1", "1.2.1.1"), 0)
+            .record_instance(&instance(study, &series, &format!("{series}.1")), 0)
             .unwrap();
         let stable = catalog.stable_studies(0).unwrap();
         catalog
-            .complete_study(&stable[0], 0, &[job("1.2.1")], None, 0)
+            .complete_study(&stable[0], 0, &[pending], None, now_ms)
             .unwrap();
+    }
+
+    /// One instance of study 1.2, complete, with one job pending on it.
+    fn one_pending_job(catalog: &SqliteCatalog) {
+        complete_with(catalog, "1.2", job("1.2.1"), 0);
     }
 
     #[test]
@@ -1220,15 +1227,9 @@ mod tests {
     fn finished_jobs_fill_the_outbox_per_destination() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = SqliteCatalog::open(&dir.path().join("index.sqlite")).unwrap();
-        catalog
-            .record_instance(&instance("1.3", "1.3.1", "1.3.1.1"), 0)
-            .unwrap();
-        let stable = catalog.stable_studies(0).unwrap();
         let mut two = job("1.3.1");
         two.destinations.push("archive".into());
-        catalog
-            .complete_study(&stable[0], 0, &[two], None, 0)
-            .unwrap();
+        complete_with(&catalog, "1.3", two, 0);
         let claimed = catalog.claim_job(0).unwrap().unwrap();
         let results = [ResultFile {
             path: PathBuf::from("/r/1.dcm"),
@@ -1274,13 +1275,7 @@ mod tests {
     fn jobs_are_filtered_retried_and_resubmitted() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = SqliteCatalog::open(&dir.path().join("index.sqlite")).unwrap();
-        catalog
-            .record_instance(&instance("1.4", "1.4.1", "1.4.1.1"), 0)
-            .unwrap();
-        let stable = catalog.stable_studies(0).unwrap();
-        catalog
-            .complete_study(&stable[0], 0, &[job("1.4.1")], None, 10)
-            .unwrap();
+        complete_with(&catalog, "1.4", job("1.4.1"), 10);
         // A late instance in another round: re-analysis covers both.
         catalog
             .record_instance(&instance("1.4", "1.4.2", "1.4.2.1"), 20)
