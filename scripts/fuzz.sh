@@ -19,3 +19,4 @@ run -p vigie-dicom-io --test fuzz
 run -p vigie-inference --test fuzz_manifest
 run -p vigie-dicom-io --lib
 run -p vigie-store --lib
+run -p vigie-validation --lib

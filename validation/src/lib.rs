@@ -7,6 +7,10 @@
 //!   files and ground truth, and the dataset's content hash.
 //! - [`import`]: build a dataset of synthetic DICOM MR studies from
 //!   labelled pictures (`vigie validate import-images`).
+//! - [`labels`]: the labels CSV of a dataset from the hospital's own
+//!   DICOM (key column, label, subgroup attributes; every problem by line)
+//!   and the matching of its rows to studies (the command that uses it,
+//!   `validate import-dicom`, is not built yet).
 //! - [`compare`]: non-inferiority of a candidate against a baseline, and
 //!   of one `report.json` against another.
 //! - [`run`]: a validation run through the production hot loop, every
@@ -23,6 +27,7 @@ pub mod compare;
 pub mod dataset;
 pub mod error;
 pub mod import;
+pub mod labels;
 pub mod report;
 pub mod run;
 pub mod segmentation;
