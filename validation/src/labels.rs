@@ -74,6 +74,14 @@ pub enum LabelsError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is larger than [`MAX_LABELS_BYTES`].
+    #[error("{path}: larger than {limit} bytes, not read")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
     /// A line is not UTF-8.
     #[error("{path} line {line}: not UTF-8 text (save the spreadsheet as CSV UTF-8)")]
     NotUtf8 {
@@ -141,12 +149,33 @@ pub enum LabelsError {
     },
 }
 
-/// Read and check a labels file.
+/// The largest labels file read (64 MiB: several hundred thousand rows):
+/// a larger file is refused before it is read into memory.
+pub const MAX_LABELS_BYTES: u64 = 64 << 20;
+
+/// Read and check a labels file of at most [`MAX_LABELS_BYTES`].
 pub fn read(path: &Path) -> Result<Labels, LabelsError> {
-    let bytes = std::fs::read(path).map_err(|source| LabelsError::Io {
+    read_at_most(path, MAX_LABELS_BYTES)
+}
+
+fn read_at_most(path: &Path, limit: u64) -> Result<Labels, LabelsError> {
+    use std::io::Read;
+    let io = |source| LabelsError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(LabelsError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        });
+    }
     parse(path, &bytes)
 }
 
@@ -508,6 +537,15 @@ mod tests {
         );
         let missing = read(Path::new("/nonexistent/labels.csv")).unwrap_err();
         assert!(std::error::Error::source(&missing).is_some());
+        // Beyond the limit, refused without reading on; at it, read.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("labels.csv");
+        std::fs::write(&file, b"study_instance_uid,label\n1.2.3,x\n").unwrap();
+        assert!(matches!(
+            read_at_most(&file, 10).unwrap_err(),
+            LabelsError::TooLarge { limit: 10, .. }
+        ));
+        assert_eq!(read_at_most(&file, 33).unwrap().rows.len(), 1);
     }
 
     #[test]
