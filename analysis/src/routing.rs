@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use vigie_inference::manifest::AppliesTo;
-use vigie_store::{NewJob, SeriesSummary, StableStudy};
+/// The study, series and job types routing reads and writes (re-exported
+/// so that callers outside the service need not depend on the store).
+pub use vigie_store::{NewJob, SeriesSummary, StableStudy};
 
 /// A routing table that cannot be built.
 #[derive(Debug, thiserror::Error)]

@@ -107,6 +107,9 @@ event_kinds! {
     ValidationStarted => "validation_started",
     /// A validation run finished.
     ValidationFinished => "validation_finished",
+    /// Received studies were copied into a validation dataset
+    /// (`vigie validate import-dicom --from-store`).
+    DatasetExported => "dataset_exported",
 }
 
 impl fmt::Display for EventKind {

@@ -41,6 +41,21 @@ impl ModelRegistry {
         })
     }
 
+    /// Each package folder's name with its manifest, or why it cannot be
+    /// read (a broken package is reported, not fatal to the others).
+    pub fn manifests(&self) -> Result<Vec<(String, PathBuf, Result<crate::manifest::Manifest>)>> {
+        Ok(self
+            .package_dirs()?
+            .into_iter()
+            .filter_map(|dir| {
+                let name = dir.file_name()?.to_string_lossy().into_owned();
+                let manifest =
+                    crate::manifest::Manifest::from_file(&dir.join(crate::package::MANIFEST_FILE));
+                Some((name, dir, manifest))
+            })
+            .collect())
+    }
+
     /// The folder of package `id`, or of the default one: the configured
     /// default, else the only package installed.
     pub fn find(&self, id: Option<&str>) -> Result<PathBuf> {

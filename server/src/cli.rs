@@ -227,6 +227,12 @@ pub struct InferArgs {
 pub enum ValidateCommand {
     /// Build a labelled dataset of synthetic DICOM MR studies from pictures.
     ImportImages(ImportArgs),
+    /// Build a labelled dataset from DICOM studies (files, folders, or the
+    /// studies the appliance received) and a labels CSV; the series are
+    /// chosen by the routing rules, as `vigie serve` chooses them. Exit
+    /// status 1, nothing written, when rows or studies do not match
+    /// (unless --allow-unmatched).
+    ImportDicom(ImportDicomArgs),
     /// Run a classification model on a labelled dataset and write the
     /// performance report (report.json, report.md) with 95% intervals.
     Run(RunArgs),
@@ -280,6 +286,41 @@ pub struct RunArgs {
     /// `CLASS:specificity=0.9` (threshold on that class's probability).
     #[arg(long = "operating-point")]
     pub operating_points: Vec<String>,
+}
+
+/// `vigie validate import-dicom`.
+#[derive(Debug, Args)]
+pub struct ImportDicomArgs {
+    /// Labels CSV: a header row; one key column (`study_instance_uid`,
+    /// `accession_number`, or `patient_id` with `study_date`); `label`;
+    /// every other column a subgroup attribute.
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Output folder (new or empty): copied files and dataset.toml.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model package whose series are chosen (default: the configured
+    /// default); a segmentation model takes its reference masks from the
+    /// DICOM SEG objects among the sources.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Also read the studies already received by the appliance whose data
+    /// directory this is (the copy is recorded in its audit trail).
+    #[arg(long, value_name = "DATA_DIR")]
+    pub from_store: Option<PathBuf>,
+    /// Write the dataset of the studies that match even when some rows,
+    /// studies or references do not (each still reported).
+    #[arg(long)]
+    pub allow_unmatched: bool,
+    /// Dataset name.
+    #[arg(long, default_value = "Imported DICOM studies")]
+    pub name: String,
+    /// Print what was found, chosen and written as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// DICOM files or folders (read recursively; DICOMDIR and non-DICOM
+    /// files are skipped and listed).
+    pub sources: Vec<PathBuf>,
 }
 
 /// `vigie validate import-images`.

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use vigie_audit::{Audit, AuditEvent, EventKind};
 use vigie_dicom_io::net::scp::{self, ScpOptions};
 use vigie_inference::ModelPackage;
-use vigie_inference::manifest::Manifest;
 use vigie_store::layout::{DataDirLock, Layout, Reserve, create_dir_durably};
 use vigie_store::sqlite::SqliteCatalog;
 use vigie_store::{Catalog, now_ms};
@@ -499,10 +498,7 @@ fn models(
     let default_model = config.inference.default_model.as_deref();
     let mut applies = BTreeMap::new();
     let mut infos = Vec::new();
-    for dir in config.resolve()?.registry.package_dirs()? {
-        let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-            continue;
-        };
+    for (name, dir, manifest) in config.resolve()?.registry.manifests()? {
         let rules: Vec<String> = config
             .routing
             .rules
@@ -519,7 +515,7 @@ fn models(
             rules,
             error: None,
         };
-        match Manifest::from_file(&dir.join(vigie_inference::package::MANIFEST_FILE)) {
+        match manifest {
             Ok(manifest) => {
                 info.manifest = serde_json::to_value(&manifest).ok();
                 applies.insert(name, manifest.applies_to);

@@ -385,6 +385,7 @@ fn a_segmentation_model_is_scored_against_reference_masks_in_millimetres() {
             source: None,
             attributes: Default::default(),
             references: vec![reference],
+            series: Vec::new(),
         });
     }
     let dataset = Dataset {

@@ -491,6 +491,11 @@ pub trait InstanceIndex: Send + Sync + 'static {
 
     /// Instances of `study`'s generation in `series`.
     fn job_instances(&self, job: &Job) -> StoreResult<Vec<InstanceRecord>>;
+
+    /// Every received instance (the copy kept of each), by study, series
+    /// and reception: what a retrospective evaluation reads
+    /// (`vigie validate import-dicom --from-store`).
+    fn received_instances(&self) -> StoreResult<Vec<InstanceRecord>>;
 }
 
 /// Study assembly: studies quiet for the stable age, completed

@@ -288,6 +288,13 @@ fn index_received(
 }
 
 impl SqliteCatalog {
+    /// The schema version of the catalog at `path`, read without changing
+    /// anything (`None` when there is no catalog): tools that read another
+    /// appliance's catalog check it before opening.
+    pub fn schema_version(path: &Path) -> StoreResult<Option<u32>> {
+        Ok(vigie_durable::schema_version(path)?)
+    }
+
     /// Open (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let opened = vigie_durable::open_versioned(path, &SCHEMA)?;
@@ -396,6 +403,16 @@ impl InstanceIndex for SqliteCatalog {
                 .into_iter()
                 .filter(|i| job.series.is_empty() || job.series.contains(&i.series_instance_uid))
                 .collect())
+        })
+    }
+
+    fn received_instances(&self) -> StoreResult<Vec<InstanceRecord>> {
+        self.with("received instances", |c| {
+            let mut stmt = c.prepare(
+                "SELECT * FROM instances
+                 ORDER BY study_instance_uid, series_instance_uid, received_ms, sop_instance_uid",
+            )?;
+            stmt.query_map([], instance_from_row)?.collect()
         })
     }
 }
@@ -987,6 +1004,35 @@ mod tests {
             series: vec![series.into()],
             destinations: vec!["pacs".into()],
         }
+    }
+
+    #[test]
+    fn received_instances_lists_the_copy_kept_of_each_by_study_and_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        assert_eq!(SqliteCatalog::schema_version(&path).unwrap(), None);
+        let catalog = SqliteCatalog::open(&path).unwrap();
+        for (study, series, sop, at) in [
+            ("2.1", "2.1.1", "2.1.1.1", 1000),
+            ("1.1", "1.1.2", "1.1.2.1", 1001),
+            ("1.1", "1.1.1", "1.1.1.1", 1002),
+            ("1.1", "1.1.1", "1.1.1.1", 1003),
+        ] {
+            catalog
+                .record_instance(&instance(study, series, sop), at)
+                .unwrap();
+        }
+        let sops: Vec<String> = catalog
+            .received_instances()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.sop_instance_uid)
+            .collect();
+        assert_eq!(sops, ["1.1.1.1", "1.1.2.1", "2.1.1.1"]);
+        assert_eq!(
+            SqliteCatalog::schema_version(&path).unwrap(),
+            Some(CATALOG_SCHEMA_VERSION)
+        );
     }
 
     #[test]

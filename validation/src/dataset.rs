@@ -52,6 +52,33 @@ pub struct StudyEntry {
     /// background), for segmentation models.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<PathBuf>,
+    /// The series its files come from and why they were chosen (datasets
+    /// built by `validate import-dicom`; empty for older datasets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<SeriesEntry>,
+}
+
+/// A series of a study in the dataset: the one the routing rules chose for
+/// the model, as `vigie serve` would have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesEntry {
+    /// Series Instance UID.
+    pub series_instance_uid: String,
+    /// Modality.
+    #[serde(default)]
+    pub modality: Option<String>,
+    /// Series Description.
+    #[serde(default)]
+    pub series_description: Option<String>,
+    /// The routing rule that took it for the model.
+    pub rule: String,
+    /// Its images in the dataset.
+    pub images: usize,
+    /// SOP Instance UIDs of the DICOM SEG objects its reference masks were
+    /// taken from (segmentation models).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segmentations: Vec<String>,
 }
 
 impl Dataset {

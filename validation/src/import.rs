@@ -148,6 +148,7 @@ pub fn import_images(source: &Path, out: &Path, options: &ImportOptions) -> Resu
             source: Some(name),
             attributes: Default::default(),
             references: Vec::new(),
+            series: Vec::new(),
         });
     }
     if studies.is_empty() {

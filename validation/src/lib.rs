@@ -7,10 +7,13 @@
 //!   files and ground truth, and the dataset's content hash.
 //! - [`import`]: build a dataset of synthetic DICOM MR studies from
 //!   labelled pictures (`vigie validate import-images`).
+//! - [`import_dicom`]: build a dataset from the hospital's own DICOM
+//!   studies and a labels spreadsheet, the series chosen by the routing
+//!   rules as `vigie serve` chooses them, reference masks from SEG objects
+//!   (`vigie validate import-dicom`).
 //! - [`labels`]: the labels CSV of a dataset from the hospital's own
 //!   DICOM (key column, label, subgroup attributes; every problem by line)
-//!   and the matching of its rows to studies (the command that uses it,
-//!   `validate import-dicom`, is not built yet).
+//!   and the matching of its rows to studies.
 //! - [`compare`]: non-inferiority of a candidate against a baseline, and
 //!   of one `report.json` against another.
 //! - [`run`]: a validation run through the production hot loop, every
@@ -27,6 +30,7 @@ pub mod compare;
 pub mod dataset;
 pub mod error;
 pub mod import;
+pub mod import_dicom;
 pub mod labels;
 pub mod report;
 pub mod run;

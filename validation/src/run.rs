@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::report::{
     AuditRef, Case, ClassificationReport, DatasetInfo, HotLoopInfo, Latency, ModelInfo,
     OperatingPointEntry, Operational, Report, Reproducibility, SegmentSummary, SegmentationCase,
-    SegmentationReport, SegmentationSubgroup, SoftwareInfo, Subgroup,
+    SegmentationReport, SegmentationSubgroup, SeriesUsed, SoftwareInfo, Subgroup,
 };
 use crate::segmentation::{Mask, load_mask, mean_ci, resample_nearest, score};
 use crate::stats::{self, Target};
@@ -135,6 +135,20 @@ pub fn run(
             content_sha256: dataset.content_sha256.clone(),
             studies: dataset.studies.len(),
             path: root.to_path_buf(),
+            series: dataset
+                .studies
+                .iter()
+                .flat_map(|study| {
+                    study.series.iter().map(|s| SeriesUsed {
+                        study_instance_uid: study.study_instance_uid.clone(),
+                        series_instance_uid: s.series_instance_uid.clone(),
+                        modality: s.modality.clone(),
+                        series_description: s.series_description.clone(),
+                        rule: s.rule.clone(),
+                        images: s.images,
+                    })
+                })
+                .collect(),
         },
         execution: model.execution().clone(),
         hot_loop: HotLoopInfo {

@@ -6,6 +6,7 @@ use crate::cli::{Cli, Command, ConfigCommand, TokenCommand};
 use crate::config::Config;
 
 mod audit;
+mod import_dicom;
 pub mod infer;
 mod serve;
 mod validate;

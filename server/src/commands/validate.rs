@@ -19,6 +19,7 @@ pub fn run(config: &Config, command: ValidateCommand) -> anyhow::Result<ExitCode
             margin,
             json,
         } => super::validate_run::compare(&baseline, &candidate, margin, json),
+        ValidateCommand::ImportDicom(args) => super::import_dicom::run(config, args),
         ValidateCommand::ImportImages(args) => {
             let pattern = regex::Regex::new(&args.label_pattern)
                 .context("--label-pattern is not a valid regular expression")?;

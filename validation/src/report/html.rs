@@ -355,6 +355,7 @@ mod tests {
                     content_sha256: "11".into(),
                     studies: 4,
                     path: "/d".into(),
+                    series: Vec::new(),
                 },
                 execution: vigie_inference::backend::Execution {
                     backend: "onnxruntime",

@@ -23,7 +23,9 @@ fn row(md: &mut String, cells: &[String]) {
     md.push('|');
     for cell in cells {
         md.push(' ');
-        md.push_str(cell);
+        // A `|` in a value (a series description, a label) would end
+        // the cell.
+        md.push_str(&cell.replace('|', "\\|"));
         md.push_str(" |");
     }
     md.push('\n');
@@ -47,6 +49,27 @@ pub(super) fn title(r: &Reproducibility) -> String {
         "Validation report: {} {} on {}",
         r.model.id, r.model.version, r.dataset.name
     )
+}
+
+/// The series the images come from, when the dataset records them.
+fn series_used(md: &mut String, r: &Reproducibility) {
+    if r.dataset.series.is_empty() {
+        return;
+    }
+    md.push_str("\n## Series used\n\nChosen by the routing rules for the model, as `vigie serve` chooses them (`validate import-dicom`).\n\n| study | series | modality | description | rule | images |\n|---|---|---|---|---|---|\n");
+    for s in &r.dataset.series {
+        row(
+            md,
+            &[
+                s.study_instance_uid.clone(),
+                s.series_instance_uid.clone(),
+                s.modality.clone().unwrap_or_default(),
+                s.series_description.clone().unwrap_or_default(),
+                s.rule.clone(),
+                s.images.to_string(),
+            ],
+        );
+    }
 }
 
 fn reproducibility_json(r: &Reproducibility) -> String {
@@ -159,6 +182,7 @@ pub fn classification(report: &ClassificationReport) -> String {
         }
     }
     latency(&mut md, report);
+    series_used(&mut md, r);
     let _ = write!(
         md,
         "\nThroughput: {:.2} images/s.\n\n## Methods\n\nProportions: Wilson score interval (95%, no continuity correction). ROC AUC: Mann–Whitney statistic with DeLong's variance, normal interval clipped to [0, 1]. PR AUC: average precision (step-wise). Brier score per class, one vs rest. Metrics computed by `vigie_validation::stats`, tested against scikit-learn and scipy to 1e-9.\n\n## Reproducibility\n\n```json\n{}\n```\n",
@@ -202,6 +226,7 @@ pub fn segmentation(report: &SegmentationReport) -> String {
             ],
         );
     }
+    series_used(&mut md, r);
     let _ = write!(
         md,
         "\nMetrics as MedPy defines them (Dice, Jaccard, HD95 pooled over both directions, ASSD), distances in mm from Pixel Spacing, the prediction resampled to the reference grid (nearest neighbour); tested against scipy.ndimage.\n\n## Reproducibility\n\n```json\n{}\n```\n",

@@ -126,6 +126,28 @@ pub struct DatasetInfo {
     pub studies: usize,
     /// Its folder.
     pub path: PathBuf,
+    /// The series its images come from, as `validate import-dicom` chose
+    /// them (empty for datasets made otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<SeriesUsed>,
+}
+
+/// A series whose images the run analysed, and the routing rule that
+/// chose it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesUsed {
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// Series Instance UID.
+    pub series_instance_uid: String,
+    /// Modality.
+    pub modality: Option<String>,
+    /// Series Description.
+    pub series_description: Option<String>,
+    /// The routing rule that took it.
+    pub rule: String,
+    /// Its images in the dataset.
+    pub images: usize,
 }
 
 /// The hot loop settings of a run.
