@@ -101,6 +101,19 @@ impl Dataset {
         Ok((root, dataset))
     }
 
+    /// Write it as `dir/dataset.toml`, durably.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(DATASET_FILE);
+        let text = toml::to_string_pretty(self).map_err(|e| Error::Dataset {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        vigie_dicom_io::write::write_durably(&path, |w| {
+            std::io::Write::write_all(w, text.as_bytes())
+        })?;
+        Ok(())
+    }
+
     /// Recompute the content hash from the files (and reference masks) on
     /// disk and compare it, and each file's hash, with the manifest.
     pub fn verify(&self, root: &Path) -> Result<()> {

@@ -13,7 +13,7 @@ use regex::Regex;
 use uuid::Uuid;
 use vigie_dicom_io::write::{MrImage, write_part10};
 
-use crate::dataset::{DATASET_FILE, Dataset, StudyEntry, content_hash};
+use crate::dataset::{Dataset, StudyEntry, content_hash};
 use crate::error::{Error, Result};
 
 /// How to import.
@@ -168,12 +168,6 @@ pub fn import_images(source: &Path, out: &Path, options: &ImportOptions) -> Resu
         content_sha256: content_hash(&hashes),
         studies,
     };
-    let text = toml::to_string_pretty(&dataset).map_err(|e| Error::Dataset {
-        path: out.join(DATASET_FILE),
-        reason: e.to_string(),
-    })?;
-    vigie_dicom_io::write::write_durably(&out.join(DATASET_FILE), |w| {
-        w.write_all(text.as_bytes())
-    })?;
+    dataset.write(out)?;
     Ok(dataset)
 }

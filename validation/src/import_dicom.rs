@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 use vigie_analysis::routing::{Router, SeriesSummary, StableStudy};
 use vigie_dicom_io::DicomFile;
 
-use crate::dataset::{DATASET_FILE, Dataset, SeriesEntry, StudyEntry, content_hash};
+use crate::dataset::{Dataset, SeriesEntry, StudyEntry, content_hash};
 use crate::error::{Error, Result};
 use crate::labels::{Labels, Matching, StudyKeys, match_studies};
 
@@ -318,7 +318,8 @@ fn read_sources(
         };
         let h = file.header();
         if let Some(first) = first_copy.get(&h.sop_instance_uid) {
-            let same = sha256_of(first).is_some() && sha256_of(first) == sha256_of(path);
+            let first_sha = sha256_of(first);
+            let same = first_sha.is_some() && first_sha == sha256_of(path);
             outcome.skipped.push(skip(format!(
                 "{} the instance already read from {}",
                 if same {
@@ -870,13 +871,7 @@ pub fn import_dicom(
         content_sha256: content_hash(&hashes),
         studies: entries,
     };
-    let text = toml::to_string_pretty(&dataset).map_err(|e| Error::Dataset {
-        path: out.join(DATASET_FILE),
-        reason: e.to_string(),
-    })?;
-    vigie_dicom_io::write::write_durably(&out.join(DATASET_FILE), |w| {
-        w.write_all(text.as_bytes())
-    })?;
+    dataset.write(out)?;
     outcome.dataset = Some(dataset);
     Ok(outcome)
 }
