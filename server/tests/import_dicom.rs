@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use vigie_test_support::{oracle, pydicom_test_files, repo_root, require};
+use vigie_test_support::{oracle, pydicom_test_files};
 
 /// The demo dataset's description series (the rule below takes only it).
 const ROUTING_ORIGINAL_SERIES: &str = r#"
@@ -34,10 +34,14 @@ impl Corpus {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
+        // The 17 demo pictures as DICOM studies, made here (the setup step
+        // makes them only beside the release build).
+        let demo = dir.join("demo");
+        assert_eq!(common::demo_studies(&demo, 17).len(), 17);
         let out = oracle(
             "import_corpus.py",
             [
-                require(repo_root().join(".cache/vigie/demo/dicom")),
+                demo.join("dicom"),
                 pydicom_test_files().join("dicomdirtests/DICOMDIR"),
                 dir.clone(),
             ],
@@ -214,7 +218,7 @@ fn a_mixed_corpus_keyed_by_study_uid_gives_the_routed_series_and_the_original_re
     let imported = validate_run(&config, &out, &corpus.dir.join("imported"), &[]);
     let original = validate_run(
         &config,
-        &repo_root().join(".cache/vigie/demo/dicom"),
+        &corpus.dir.join("demo/dicom"),
         &corpus.dir.join("original"),
         &[],
     );
