@@ -110,6 +110,13 @@ event_kinds! {
     /// Received studies were copied into a validation dataset
     /// (`vigie validate import-dicom --from-store`).
     DatasetExported => "dataset_exported",
+    /// A radiologist's review of a result was recorded (outcome `ok`, or
+    /// `superseding` when it supersedes the same reviewer's earlier review
+    /// of that result, or `duplicate` for a reviewer's SR received again).
+    ReviewRecorded => "review_recorded",
+    /// A review was refused (unknown job or result, a verdict or label that
+    /// does not fit, a malformed body or reviewer's SR).
+    ReviewRefused => "review_refused",
 }
 
 impl fmt::Display for EventKind {

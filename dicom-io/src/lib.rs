@@ -38,6 +38,7 @@ pub mod multipart;
 pub mod net;
 pub mod pixels;
 pub mod results;
+pub mod review;
 pub mod scan;
 pub mod uid;
 pub mod volume;

@@ -579,6 +579,17 @@ fn long_length(vr: VR) -> bool {
     )
 }
 
+/// The size of one value of a fixed-size binary VR (PS3.5 6.2, table
+/// 6.2-1): its value length must be a multiple of it.
+fn value_size(vr: VR) -> Option<u64> {
+    match vr {
+        VR::US | VR::SS | VR::OW => Some(2),
+        VR::UL | VR::SL | VR::FL | VR::AT | VR::OL | VR::OF => Some(4),
+        VR::FD | VR::SV | VR::UV | VR::OD | VR::OV => Some(8),
+        _ => None,
+    }
+}
+
 /// A fault found while walking, before the file is known.
 enum Fault {
     Malformed { offset: u64, reason: String },
@@ -818,6 +829,19 @@ fn walk(
                     ));
                 }
                 let length = u64::from(length);
+                if let Some(size) = value_size(vr)
+                    && length % size != 0
+                {
+                    // dicom-rs reads such a value short and then parses
+                    // the rest of the data set out of step: a 1.5 KB file
+                    // took it 20 s of CPU (debug build) before it failed.
+                    return Err(malformed(
+                        input,
+                        format!(
+                            "{tag} of VR {vr}: length {length} is not a multiple of its {size}-byte values (PS3.5 6.2)"
+                        ),
+                    ));
+                }
                 let end = fits(input, &stack, length, limits)?;
                 if vr == VR::SQ {
                     depth = enter(input, depth, limits)?;

@@ -111,6 +111,47 @@ fn regression_huge_lengths_and_unknown_vrs_are_refused_before_any_allocation() {
     ));
 }
 
+/// Found by fuzzing the reviewer's SR reader: a Text Value whose VR was
+/// changed to UV (64-bit values) with a length of 2 passed the structural
+/// scan, and dicom-rs, reading the value short and the rest of the data set
+/// out of step, spent 20 s of CPU (debug build) on the 1.5 KB file before failing. Such
+/// lengths (not a multiple of a fixed-size VR's value size) are refused by
+/// the scan, at once.
+#[test]
+fn regression_a_binary_value_length_that_is_not_a_multiple_of_its_size_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for (vr, length) in [
+        (b"UV", 2u32),
+        (b"FD", 12),
+        (b"UL", 6),
+        (b"US", 3),
+        (b"OW", 5),
+    ] {
+        let mut bad = header();
+        bad.extend_from_slice(&[0x40, 0x00, 0x60, 0xA1, vr[0], vr[1]]);
+        if matches!(vr, b"UV" | b"OW") {
+            bad.extend_from_slice(&[0, 0]);
+            bad.extend_from_slice(&length.to_le_bytes());
+        } else {
+            bad.extend_from_slice(&(length as u16).to_le_bytes());
+        }
+        bad.extend(vec![b'x'; length as usize]);
+        bad.extend(element(0x0040, 0xA040, b"CS", b"TEXT"));
+        let path = part10(dir.path(), "bad.dcm", &bad);
+        let started = std::time::Instant::now();
+        let outcome = DicomFile::open_header(&path);
+        assert!(
+            matches!(&outcome, Err(Error::Malformed { reason, .. }) if reason.contains("not a multiple")),
+            "{vr:?}: {outcome:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+    // A length that is a multiple is read as before.
+    let mut good = header();
+    good.extend(element(0x0028, 0x0010, b"US", &[4, 0]));
+    assert!(DicomFile::open_header(part10(dir.path(), "good.dcm", &good)).is_ok());
+}
+
 /// Defect 2: a corrupt RLE segment made dicom-rs's decoder panic
 /// (`rle_lossless.rs:119`), which killed the worker thread, the
 /// pixel-hash thread and `vigie infer`. RLE is now decoded by our own

@@ -140,7 +140,11 @@ pub enum Role {
     Operator,
     /// Reads and verifies the audit trail.
     Auditor,
-    /// Everything.
+    /// A radiologist: reads what a reader reads and records reviews of
+    /// results (accept, reject, correct). The only role that reviews: a
+    /// verdict is a clinical act, not an administrative one.
+    Reviewer,
+    /// Everything but reviewing.
     Admin,
 }
 
@@ -151,6 +155,7 @@ impl Role {
             Self::Reader => "reader",
             Self::Operator => "operator",
             Self::Auditor => "auditor",
+            Self::Reviewer => "reviewer",
             Self::Admin => "admin",
         }
     }

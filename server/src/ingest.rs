@@ -12,6 +12,12 @@
 //! audit record: the trail then also has the instance's refusal (A700), as
 //! the peer was told.
 //!
+//! A reviewer's SR (a radiologist's verdict on one of Vigie's results,
+//! `docs/results.md`) is checked before it is stored: one that cannot be
+//! read or that references no result of this appliance is refused (C000,
+//! with the reason, and a `review_refused` record); the review of one that
+//! is stored is recorded once the instance is durable, before Success.
+//!
 //! Statuses: A700 out of resources (free space below the configured
 //! reserve, write or index failure), A900 data set does not match the SOP
 //! class (other SOP Class/Instance UID than the command, required
@@ -27,6 +33,7 @@ use vigie_dicom_io::net::admission;
 use vigie_dicom_io::net::scp::{ReceivedInstance, ScpEvent, StoreHandler, StoreOutcome};
 
 use crate::metrics::Metrics;
+use crate::reviews::{ReviewDesk, ReviewError, ReviewRequest};
 use vigie_audit::{Audit, AuditEvent, EventKind};
 use vigie_store::layout::{Layout, Reserve, commit_synced_file_then, is_disk_full};
 use vigie_store::{InstanceIndex, InstanceRecord, now_ms};
@@ -76,6 +83,7 @@ pub struct Stored {
 pub struct Ingest {
     layout: Layout,
     catalog: Arc<dyn InstanceIndex>,
+    reviews: Arc<ReviewDesk>,
     audit: Audit,
     /// Queue of the pixel-hash thread; `None` once [`Ingest::close`] ran.
     pixels: std::sync::Mutex<Option<std::sync::mpsc::Sender<InstanceRecord>>>,
@@ -106,9 +114,13 @@ impl std::fmt::Debug for Ingest {
 impl Ingest {
     /// Ingest into `layout`, indexing in `catalog`, refusing instances when
     /// less than `min_free_bytes` are free.
+    // Each part is a distinct shared service of the wiring; a struct of
+    // them would only be built to be taken apart here.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         layout: Layout,
         catalog: Arc<dyn InstanceIndex>,
+        reviews: Arc<ReviewDesk>,
         audit: Audit,
         min_free_bytes: u64,
         metrics: Arc<Metrics>,
@@ -130,6 +142,7 @@ impl Ingest {
         Self {
             layout,
             catalog,
+            reviews,
             audit,
             pixels: std::sync::Mutex::new(Some(pixels)),
             pixel_thread: std::sync::Mutex::new(pixel_thread),
@@ -251,7 +264,7 @@ impl Ingest {
                 .unwrap_or_else(|_| Err(std::io::Error::other("fdatasync thread panicked")));
             (checked, synced)
         });
-        let (record, event) = checked?;
+        let (record, event, review) = checked?;
         // A new study only while jobs and receiving studies leave room.
         if let Some(reason) = self.backlog.admit(&record.study_instance_uid) {
             return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
@@ -284,6 +297,20 @@ impl Ingest {
             self.out_of_space(&reason);
             StoreOutcome::failure(status::OUT_OF_RESOURCES, reason)
         })?;
+        if let Some(review) = review {
+            // Durable first, then the review; a failure here is answered
+            // as one (the sender sends the SR again, and a review already
+            // recorded from it is not recorded twice).
+            self.reviews.submit(&review).map_err(|e| match e {
+                ReviewError::Refused(refusal) => {
+                    StoreOutcome::failure(status::CANNOT_UNDERSTAND, refusal.to_string())
+                }
+                other => StoreOutcome::failure(
+                    status::OUT_OF_RESOURCES,
+                    format!("review not recorded: {other}"),
+                ),
+            })?;
+        }
         self.stats.bytes.fetch_add(record.size, Ordering::Relaxed);
         // Space is back: hold the reserve again.
         if self.reserve.is_released()
@@ -306,7 +333,7 @@ impl Ingest {
         source: Source,
         study: Option<&str>,
         uids: &mut Option<(String, String)>,
-    ) -> Result<(InstanceRecord, AuditEvent), StoreOutcome> {
+    ) -> Result<(InstanceRecord, AuditEvent, Option<ReviewRequest>), StoreOutcome> {
         let file = admission::open_checked(&received.path)?;
         let header = file.header();
         let patient_id = file.string(dicom_dictionary_std::tags::PATIENT_ID);
@@ -315,6 +342,7 @@ impl Ingest {
             header.series_instance_uid.clone(),
         ));
         admission::matches_request(&file, received, study)?;
+        let review = self.review_in(&file, received, source)?;
         let to = self
             .layout
             .instance(
@@ -362,7 +390,64 @@ impl Ingest {
             Some(&record.study_instance_uid),
             Some(&record.sop_instance_uid),
         );
-        Ok((record, event))
+        Ok((record, event, review))
+    }
+
+    /// The review a reviewer's SR carries, checked against the catalog
+    /// (the job and result it names, the verdict and label); `None` for
+    /// any other instance. A refusal is audited by the desk.
+    fn review_in(
+        &self,
+        file: &DicomFile,
+        received: &ReceivedInstance,
+        source: Source,
+    ) -> Result<Option<ReviewRequest>, StoreOutcome> {
+        let caller = &received.calling_ae_title;
+        let authenticated_as = match source {
+            Source::Dimse => format!("AE {caller}"),
+            Source::Stow => format!("token {caller}"),
+        };
+        let document = match vigie_dicom_io::review::read_review(file) {
+            Ok(None) => return Ok(None),
+            Ok(Some(document)) => document,
+            Err(e) => {
+                let reason = e.to_string();
+                self.reviews.refused_unread(
+                    None,
+                    vigie_store::ReviewVia::Dicom,
+                    &authenticated_as,
+                    &reason,
+                );
+                return Err(StoreOutcome::failure(status::CANNOT_UNDERSTAND, reason));
+            }
+        };
+        use vigie_dicom_io::review::ReviewedVerdict;
+        let request = ReviewRequest {
+            job_id: None,
+            results: document.referenced,
+            verdict: match document.verdict {
+                ReviewedVerdict::Accept => vigie_store::Verdict::Accept,
+                ReviewedVerdict::Reject => vigie_store::Verdict::Reject,
+                ReviewedVerdict::Correct => vigie_store::Verdict::Correct,
+            },
+            label: document.corrected,
+            comment: document.comment,
+            reviewer: document.reviewer.unwrap_or_else(|| caller.clone()),
+            via: vigie_store::ReviewVia::Dicom,
+            authenticated_as,
+            source_sop_instance_uid: Some(document.sop_instance_uid),
+        };
+        match self.reviews.check_only(&request) {
+            Ok(()) => Ok(Some(request)),
+            Err(ReviewError::Refused(refusal)) => Err(StoreOutcome::failure(
+                status::CANNOT_UNDERSTAND,
+                refusal.to_string(),
+            )),
+            Err(other) => Err(StoreOutcome::failure(
+                status::OUT_OF_RESOURCES,
+                format!("review not checked: {other}"),
+            )),
+        }
     }
 }
 

@@ -20,4 +20,5 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod reviews;
 pub mod service;

@@ -255,9 +255,16 @@ impl Service {
                 (config.pipeline.stable_age_s.max(0.0) * 2.0 + 600.0).min(86_400.0),
             )),
         );
+        let reviews = Arc::new(crate::reviews::ReviewDesk::new(
+            catalog.clone(),
+            audit.clone(),
+            metrics.clone(),
+            &model_infos,
+        ));
         let ingest = Arc::new(Ingest::new(
             layout.clone(),
             catalog.clone().as_instance_index(),
+            reviews.clone(),
             audit.clone(),
             config.storage.min_free_mib.saturating_mul(1 << 20),
             metrics.clone(),
@@ -301,6 +308,7 @@ impl Service {
             started: std::time::Instant::now(),
             backlog,
             workers: pipeline.health.clone(),
+            reviews,
         })));
         Ok(Bound {
             core,

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use vigie_dicom_io::dimse::status;
 use vigie_dicom_io::net::scp::{VERIFICATION, default_transfer_syntaxes};
-use vigie_dicom_io::net::storage_classes::IMAGE_STORAGE;
+use vigie_dicom_io::net::storage_classes::{IMAGE_STORAGE, SR_STORAGE};
 use vigie_dicom_io::results::{seg, sr, summary};
 use vigie_dicom_io::write::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use vigie_server::config::Config;
@@ -46,10 +46,15 @@ fn storage_sop_classes_are_those_accepted() {
         rows.iter().map(|r| (r[1].clone(), r[0].clone())).collect();
     let accepted: BTreeSet<(String, String)> = IMAGE_STORAGE
         .iter()
+        .chain(SR_STORAGE)
         .map(|(uid, name)| (uid.to_string(), name.to_string()))
         .collect();
     assert_eq!(documented, accepted);
-    assert_eq!(rows.len(), IMAGE_STORAGE.len(), "no duplicates");
+    assert_eq!(
+        rows.len(),
+        IMAGE_STORAGE.len() + SR_STORAGE.len(),
+        "no duplicates"
+    );
 }
 
 #[test]

@@ -333,20 +333,7 @@ port = {}
                 .any(|j| j["study_instance_uid"] == future_study.as_str() && j["state"] == "done")
         },
     );
-    let verify = vigie.http(
-        "POST",
-        "/api/v1/audit/verify",
-        Some(token("auditor")),
-        &[],
-        b"",
-    );
-    assert_eq!(
-        verify.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&verify.body)
-    );
-    let report = verify.json();
+    let report = vigie.verify_audit();
     assert!(
         !report["time_went_backwards"].as_array().unwrap().is_empty(),
         "{report}"

@@ -171,6 +171,51 @@ fn a_data_directory_of_release_0_1_0_opens_keeps_everything_and_finishes_its_wor
         .filter(|i| i["00080060"]["Value"][0] == "MR")
         .count();
     assert_eq!(received, 5, "{instances}");
+    // The result 0.1.0 wrote is linked to its job by the migration (catalog
+    // version 3): it can be reviewed.
+    let first = jobs
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .min()
+        .unwrap();
+    let entry = vigie.json(&format!("/api/v1/review/worklist?job={first}"))[0].clone();
+    assert!(
+        !entry["results"].as_array().unwrap().is_empty(),
+        "the 0.1.0 job's results: {entry}"
+    );
+    let post = |body: serde_json::Value| {
+        vigie.http(
+            "POST",
+            &format!("/api/v1/jobs/{first}/reviews"),
+            Some(common::token("reviewer")),
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    };
+    // Its two images gave two SRs: the page shows one item each, with its
+    // own source image, and a review must say which.
+    let items = entry["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{entry}");
+    assert_ne!(
+        items[0]["source_sop_instance_uid"],
+        items[1]["source_sop_instance_uid"]
+    );
+    assert!(
+        items
+            .iter()
+            .all(|i| i["source_sop_instance_uid"].is_string())
+    );
+    let ambiguous = post(serde_json::json!({"verdict": "accept"}));
+    assert_eq!(ambiguous.status, 422);
+    assert_eq!(ambiguous.json()["error"]["code"], "ambiguous_result");
+    let result = entry["results"][0]["sop_instance_uid"].clone();
+    let review = post(serde_json::json!({"verdict": "accept", "result": result}));
+    assert_eq!(
+        review.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&review.body)
+    );
     vigie.stop();
     let after = files_under(&data);
     let missing: Vec<_> = before

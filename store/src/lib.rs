@@ -1,6 +1,8 @@
 //! The appliance's persistent state: the index of received instances,
 //! study assembly, the job queue and the result outbox.
 //!
+//! Reviews of results (a radiologist's verdict) are kept in [`review`].
+//!
 //! Everything goes through the [`Catalog`] trait so that a shared database
 //! can replace the embedded SQLite one ([`sqlite::SqliteCatalog`]) when a
 //! site outgrows one machine. Files live under the data directory
@@ -13,7 +15,10 @@
 
 pub mod layout;
 pub mod query;
+pub mod review;
 pub mod sqlite;
+
+pub use review::{NewReview, RecordedReview, Review, ReviewFilter, ReviewVia, Reviews, Verdict};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -619,14 +624,14 @@ pub trait WebIndex: Send + Sync + 'static {
 /// trait. A consumer takes only the trait it needs (ingest an
 /// [`InstanceIndex`], DICOMweb a [`WebIndex`]); the service wiring holds
 /// the whole.
-pub trait Catalog: InstanceIndex + StudyAssembly + JobQueue + Outbox + WebIndex {
+pub trait Catalog: InstanceIndex + StudyAssembly + JobQueue + Outbox + WebIndex + Reviews {
     /// This catalog as its instance index.
     fn as_instance_index(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn InstanceIndex>;
     /// This catalog as its DICOMweb index.
     fn as_web_index(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn WebIndex>;
 }
 
-impl<T: InstanceIndex + StudyAssembly + JobQueue + Outbox + WebIndex> Catalog for T {
+impl<T: InstanceIndex + StudyAssembly + JobQueue + Outbox + WebIndex + Reviews> Catalog for T {
     fn as_instance_index(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn InstanceIndex> {
         self
     }

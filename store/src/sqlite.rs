@@ -102,6 +102,33 @@ const MIGRATIONS: &[&str] = &[
     // 2: attempts that were interrupted (the process stopped during the
     // job) are counted apart from attempts that failed.
     "ALTER TABLE jobs ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;",
+    // 3: reviews (a radiologist's verdict on a result), and the job that
+    // created each result object, filled in for results already stored
+    // from the jobs' lists of result files.
+    "ALTER TABLE web_index ADD COLUMN job_id INTEGER;
+     UPDATE web_index SET job_id = (
+         SELECT max(j.id) FROM jobs j, json_each(j.results) e WHERE e.value = web_index.path)
+     WHERE origin = 'result';
+     CREATE INDEX web_index_job ON web_index (job_id);
+     CREATE TABLE reviews (
+         id                      INTEGER PRIMARY KEY AUTOINCREMENT,
+         job_id                  INTEGER NOT NULL,
+         result_sop_instance_uid TEXT NOT NULL,
+         verdict                 TEXT NOT NULL,
+         label                   TEXT,
+         comment                 TEXT,
+         reviewer                TEXT NOT NULL,
+         via                     TEXT NOT NULL,
+         authenticated_as        TEXT NOT NULL,
+         source_sop_instance_uid TEXT,
+         recorded_ms             INTEGER NOT NULL,
+         supersedes              INTEGER
+     );
+     CREATE INDEX reviews_job ON reviews (job_id, id);
+     CREATE INDEX reviews_result ON reviews (result_sop_instance_uid, reviewer, id);
+     CREATE INDEX reviews_time ON reviews (recorded_ms);
+     CREATE UNIQUE INDEX reviews_source ON reviews (source_sop_instance_uid)
+         WHERE source_sop_instance_uid IS NOT NULL;",
 ];
 
 /// The catalog schema version this binary writes.
@@ -113,11 +140,19 @@ const SCHEMA: vigie_durable::Schema<'static> = vigie_durable::Schema {
     migrations: MIGRATIONS,
 };
 
-fn index_web(tx: &Connection, w: &WebInstance, now_ms: i64) -> rusqlite::Result<()> {
+/// Index an instance for DICOMweb; `job_id` is the job that created a
+/// result object (`None` for received instances).
+fn index_web(
+    tx: &Connection,
+    w: &WebInstance,
+    job_id: Option<i64>,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT OR REPLACE INTO web_index (sop_instance_uid, sop_class_uid, study_instance_uid,
-            series_instance_uid, origin, transfer_syntax, path, size, attributes, stored_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            series_instance_uid, origin, transfer_syntax, path, size, attributes, stored_ms,
+            job_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             w.sop_instance_uid,
             w.sop_class_uid,
@@ -128,13 +163,14 @@ fn index_web(tx: &Connection, w: &WebInstance, now_ms: i64) -> rusqlite::Result<
             w.path.to_string_lossy(),
             i64::try_from(w.size).unwrap_or(i64::MAX),
             serde_json::to_string(&w.attributes).unwrap_or_else(|_| "{}".into()),
-            now_ms
+            now_ms,
+            job_id
         ],
     )?;
     Ok(())
 }
 
-fn web_from_row(row: &Row<'_>) -> rusqlite::Result<WebInstance> {
+pub(crate) fn web_from_row(row: &Row<'_>) -> rusqlite::Result<WebInstance> {
     Ok(WebInstance {
         sop_instance_uid: row.get("sop_instance_uid")?,
         sop_class_uid: row.get("sop_class_uid")?,
@@ -259,6 +295,7 @@ fn insert_instance(tx: &Connection, i: &InstanceRecord, now_ms: i64) -> rusqlite
             size: i.size,
             attributes: i.attributes.clone(),
         },
+        None,
         now_ms,
     )?;
     Ok(())
@@ -312,7 +349,7 @@ impl SqliteCatalog {
         self.migrated
     }
 
-    fn with<T>(
+    pub(crate) fn with<T>(
         &self,
         operation: &'static str,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
@@ -609,7 +646,7 @@ impl JobQueue for SqliteCatalog {
                 params![job.id, json_list(&paths), notes, now_ms],
             )?;
             for result in results {
-                index_web(&tx, result, now_ms)?;
+                index_web(&tx, result, Some(job.id), now_ms)?;
             }
             for destination in &job.destinations {
                 for result in results {
@@ -902,6 +939,7 @@ impl WebIndex for SqliteCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{NewReview, ReviewFilter, ReviewVia, Reviews, Verdict};
 
     fn instance(study: &str, series: &str, sop: &str) -> InstanceRecord {
         InstanceRecord {
@@ -1097,7 +1135,11 @@ mod tests {
              INSERT INTO jobs (study_instance_uid, generation, rule, model, series, destinations,
                  state, attempts, not_before_ms, results, created_ms, updated_ms)
              VALUES ('1.2', 0, 'r', 'm', '[\"1.2.1\"]', '[]', 'pending', 0, 0, '[]', 5, 5),
-                    ('1.2', 0, 'r', 'm', '[\"1.2.1\"]', '[]', 'running', 1, 0, '[]', 5, 5);",
+                    ('1.2', 0, 'r', 'm', '[\"1.2.1\"]', '[]', 'running', 1, 0, '[]', 5, 5),
+                    ('1.2', 0, 'r', 'm', '[\"1.2.1\"]', '[]', 'done', 0, 0,
+                     '[\"/data/results/1.2/9.1/9.1.1.dcm\"]', 5, 5);
+             INSERT INTO web_index VALUES ('9.1.1', '1.2.840.10008.5.1.4.1.1.88.33', '1.2', '9.1',
+                 'result', '1.2.840.10008.1.2.1', '/data/results/1.2/9.1/9.1.1.dcm', 10, '{}', 5);",
         )
         .unwrap();
         let version: u32 = c
@@ -1119,8 +1161,16 @@ mod tests {
             .unwrap();
         assert_eq!(version, CATALOG_SCHEMA_VERSION);
         let jobs = catalog.jobs(10).unwrap();
-        assert_eq!(jobs.len(), 2, "nothing lost");
+        assert_eq!(jobs.len(), 3, "nothing lost");
         assert!(jobs.iter().all(|j| j.interrupted == 0));
+        // Version 3: the result object already stored is linked to the job
+        // that made it (from the job's list of result files), so it can be
+        // reviewed.
+        let done = jobs.iter().find(|j| j.state == JobState::Done).unwrap();
+        assert_eq!(catalog.result_job("9.1.1").unwrap(), Some(done.id));
+        let results = catalog.job_results(done.id).unwrap();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].sop_instance_uid, "9.1.1");
         // The interrupted one runs again; then both finish their work.
         let reset = catalog.reset_running_jobs(3, 10).unwrap();
         assert_eq!(reset.requeued.len(), 1);
@@ -1134,7 +1184,8 @@ mod tests {
         drop(catalog);
         // Opening again migrates nothing and keeps the version.
         let catalog = SqliteCatalog::open(&path).unwrap();
-        assert_eq!(catalog.jobs(10).unwrap().len(), 2);
+        assert!(catalog.migrated().is_none());
+        assert_eq!(catalog.jobs(10).unwrap().len(), 3);
     }
 
     #[test]
@@ -1366,5 +1417,113 @@ mod tests {
         let id = catalog.submit_job("1.4", &whole, 40).unwrap().unwrap();
         let submitted = catalog.job(id).unwrap().unwrap();
         assert_eq!(catalog.job_instances(&submitted).unwrap().len(), 2);
+    }
+
+    fn new_review(job_id: i64, result: &str, verdict: Verdict, reviewer: &str) -> NewReview {
+        NewReview {
+            job_id,
+            result_sop_instance_uid: result.into(),
+            verdict,
+            label: (verdict == Verdict::Correct).then(|| "glioma".into()),
+            comment: None,
+            reviewer: reviewer.into(),
+            via: ReviewVia::Api,
+            authenticated_as: "token".into(),
+            source_sop_instance_uid: None,
+        }
+    }
+
+    #[test]
+    fn reviews_are_new_records_a_reviewers_latest_counts_and_an_sr_is_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let catalog = SqliteCatalog::open(&path).unwrap();
+        complete_with(&catalog, "1.4", job("1.4.1"), 0);
+        let claimed = catalog.claim_job(0).unwrap().unwrap();
+        let result = |sop: &str| ResultFile {
+            path: PathBuf::from(format!("/r/{sop}.dcm")),
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.88.33".into(),
+            study_instance_uid: "1.4".into(),
+            series_instance_uid: "1.4.9".into(),
+            origin: Origin::Result,
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            size: 1,
+            attributes: BTreeMap::new(),
+        };
+        catalog
+            .finish_job(&claimed, &[result("1.4.9.1"), result("1.4.9.2")], None, 5)
+            .unwrap();
+        assert_eq!(catalog.result_job("1.4.9.2").unwrap(), Some(claimed.id));
+        assert_eq!(catalog.result_job("1.4.1.1").unwrap(), None, "received");
+        assert_eq!(catalog.result_job("nothing").unwrap(), None);
+        assert_eq!(catalog.job_results(claimed.id).unwrap().len(), 2);
+
+        let first = catalog
+            .record_review(
+                &new_review(claimed.id, "1.4.9.1", Verdict::Accept, "Dr A"),
+                10,
+            )
+            .unwrap();
+        assert!(!first.already_recorded);
+        assert_eq!(first.review.supersedes, None);
+        assert!(first.review.counts);
+        let other = catalog
+            .record_review(
+                &new_review(claimed.id, "1.4.9.1", Verdict::Reject, "Dr B"),
+                11,
+            )
+            .unwrap();
+        assert_eq!(other.review.supersedes, None, "another reviewer");
+        let second = catalog
+            .record_review(
+                &new_review(claimed.id, "1.4.9.1", Verdict::Correct, "Dr A"),
+                12,
+            )
+            .unwrap();
+        assert_eq!(second.review.supersedes, Some(first.review.id));
+        assert_eq!(second.review.review.label.as_deref(), Some("glioma"));
+
+        let all = catalog
+            .reviews(&ReviewFilter {
+                job_id: Some(claimed.id),
+                ..ReviewFilter::default()
+            })
+            .unwrap();
+        // Nothing was edited: three records, in order; the first no longer
+        // counts.
+        assert_eq!(
+            all.iter()
+                .map(|r| (r.review.verdict, r.counts))
+                .collect::<Vec<_>>(),
+            [
+                (Verdict::Accept, false),
+                (Verdict::Reject, true),
+                (Verdict::Correct, true)
+            ]
+        );
+        let counting = catalog
+            .reviews(&ReviewFilter {
+                counting_only: true,
+                since_ms: Some(11),
+                ..ReviewFilter::default()
+            })
+            .unwrap();
+        assert_eq!(counting.len(), 2);
+
+        // A reviewer's SR received twice is one review.
+        let mut from_sr = new_review(claimed.id, "1.4.9.2", Verdict::Reject, "Dr C");
+        from_sr.via = ReviewVia::Dicom;
+        from_sr.source_sop_instance_uid = Some("7.7.7".into());
+        let once = catalog.record_review(&from_sr, 20).unwrap();
+        let again = catalog.record_review(&from_sr, 21).unwrap();
+        assert!(again.already_recorded);
+        assert_eq!(again.review, once.review);
+        drop(catalog);
+        let catalog = SqliteCatalog::open(&path).unwrap();
+        let kept = catalog.reviews(&ReviewFilter::default()).unwrap();
+        assert_eq!(kept.len(), 4, "durable across a reopen");
+        assert_eq!(kept[3].review.via, ReviewVia::Dicom);
+        assert_eq!(kept[3].recorded_at, rfc3339(20));
     }
 }

@@ -81,6 +81,47 @@ pub fn refusal(e: &Error) -> StoreOutcome {
     }
 }
 
+/// An SR document (the SR classes accepted, for reviewers' SRs): the SR
+/// Document General and Content modules' Type 1 attributes at the root
+/// (PS3.3 C.17.2, C.17.3: Value Type CONTAINER, Concept Name Code
+/// Sequence, Completion Flag, Verification Flag) and the Content Sequence
+/// (Type 1C, present for any report with content; its absence is also how
+/// a data set truncated before it shows). No pixel data.
+fn check_sr(file: &DicomFile) -> Result<(), StoreOutcome> {
+    use dicom_dictionary_std::tags;
+    let object = file.object();
+    let missing = |attribute: &str| {
+        StoreOutcome::failure(
+            status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            format!("required attribute {attribute} missing"),
+        )
+    };
+    if file.string(tags::VALUE_TYPE).as_deref() != Some("CONTAINER") {
+        return Err(missing("ValueType CONTAINER"));
+    }
+    for (tag, name) in [
+        (tags::CONCEPT_NAME_CODE_SEQUENCE, "ConceptNameCodeSequence"),
+        (tags::CONTENT_SEQUENCE, "ContentSequence"),
+    ] {
+        if object
+            .get(tag)
+            .and_then(|e| e.items())
+            .is_none_or(|i| i.is_empty())
+        {
+            return Err(missing(name));
+        }
+    }
+    for (tag, name) in [
+        (tags::COMPLETION_FLAG, "CompletionFlag"),
+        (tags::VERIFICATION_FLAG, "VerificationFlag"),
+    ] {
+        if file.string(tag).is_none() {
+            return Err(missing(name));
+        }
+    }
+    Ok(())
+}
+
 /// What ingest checks beyond parsing to the end (PS3.3 Type 1 attributes
 /// an AI node relies on, PS3.5 pixel data consistency): the SOP Instance
 /// UID in the data set itself (not only in the file meta group built from
@@ -104,11 +145,14 @@ pub fn check_content(file: &DicomFile) -> Result<(), StoreOutcome> {
     if file.header().modality.is_none() {
         return Err(missing("Modality"));
     }
+    if crate::net::storage_classes::is_sr(&file.header().sop_class_uid) {
+        return check_sr(file);
+    }
     if let Some(scanned) = file.scanned() {
         use crate::scan::{PixelDataLayout, PixelDataProblem};
-        // Every storage class the node accepts is an image IOD, whose Image
-        // Pixel module has pixel data of Type 1: its absence is also how a
-        // data set truncated between two elements shows.
+        // Every other storage class the node accepts is an image IOD, whose
+        // Image Pixel module has pixel data of Type 1: its absence is also
+        // how a data set truncated between two elements shows.
         if scanned.pixel_data == PixelDataLayout::Absent {
             return Err(missing("PixelData"));
         }

@@ -128,10 +128,12 @@ impl ScpOptions {
     }
 }
 
-/// Every non-retired image storage SOP class UID.
+/// Every non-retired image storage SOP class UID, and the SR classes of
+/// reviewers' SRs.
 pub fn default_sop_classes() -> Vec<String> {
     IMAGE_STORAGE
         .iter()
+        .chain(super::storage_classes::SR_STORAGE)
         .map(|(u, _)| (*u).to_string())
         .collect()
 }

@@ -1,6 +1,7 @@
-//! The image storage SOP classes of PS3.4 Annex B.5 (not retired) that the
-//! C-STORE SCP accepts by default, taken from the DICOM dictionary of
-//! `dicom-dictionary-std` 0.10.
+//! The storage SOP classes the C-STORE SCP accepts by default: the image
+//! storage SOP classes of PS3.4 Annex B.5 (not retired), taken from the
+//! DICOM dictionary of `dicom-dictionary-std` 0.10, and the SR classes a
+//! reviewer's SR comes in.
 
 /// (UID, name) of every non-retired image storage SOP class.
 pub const IMAGE_STORAGE: &[(&str, &str)] = &[
@@ -247,3 +248,21 @@ pub const IMAGE_STORAGE: &[(&str, &str)] = &[
         "Confocal Microscopy Tiled Pyramidal Image Storage",
     ),
 ];
+
+/// (UID, name) of the SR storage classes the C-STORE SCP (and STOW-RS)
+/// accept by default: a radiologist's review of a result comes back as one
+/// of these (`crate::review`). An SR that is not a review is stored and
+/// served, never analysed.
+pub const SR_STORAGE: &[(&str, &str)] = &[
+    ("1.2.840.10008.5.1.4.1.1.88.22", "Enhanced SR Storage"),
+    ("1.2.840.10008.5.1.4.1.1.88.33", "Comprehensive SR Storage"),
+    (
+        "1.2.840.10008.5.1.4.1.1.88.34",
+        "Comprehensive 3D SR Storage",
+    ),
+];
+
+/// Whether `uid` is one of [`SR_STORAGE`].
+pub fn is_sr(uid: &str) -> bool {
+    SR_STORAGE.iter().any(|(u, _)| *u == uid)
+}

@@ -74,20 +74,11 @@ pub fn render_banner(lines: &[String], columns: usize) -> (usize, Vec<u8>) {
     (rows, banner)
 }
 
-/// Build the summary image from the source and its display pixels (frame 0
-/// of `display`, VOI already applied: values in `[0, 1]`).
-pub fn build_summary_image(
-    source: &DicomFile,
-    display: &PixelArray,
-    lines: &[String],
-    new: &NewInstance,
-) -> Result<InMemDicomObject> {
-    let frame = display.frame(0).ok_or_else(|| Error::Build {
-        sop_instance_uid: new.sop_instance_uid.clone(),
-        reason: "source has no frame".into(),
-    })?;
-    let (rows, columns) = (display.rows, display.columns);
-    let gray: Vec<u8> = match display.samples_per_pixel {
+/// 8-bit grey values of one frame of display pixels (VOI applied: grey
+/// values in `[0, 1]`; colour samples as stored, turned into luma): what
+/// the summary image and the review page's thumbnails show.
+pub fn grey8(display: &PixelArray, frame: &[f32]) -> Vec<u8> {
+    match display.samples_per_pixel {
         1 => frame
             .iter()
             .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
@@ -104,7 +95,23 @@ pub fn build_summary_image(
                 })
                 .collect()
         }
-    };
+    }
+}
+
+/// Build the summary image from the source and its display pixels (frame 0
+/// of `display`, VOI already applied: values in `[0, 1]`).
+pub fn build_summary_image(
+    source: &DicomFile,
+    display: &PixelArray,
+    lines: &[String],
+    new: &NewInstance,
+) -> Result<InMemDicomObject> {
+    let frame = display.frame(0).ok_or_else(|| Error::Build {
+        sop_instance_uid: new.sop_instance_uid.clone(),
+        reason: "source has no frame".into(),
+    })?;
+    let (rows, columns) = (display.rows, display.columns);
+    let gray = grey8(display, frame);
     let (banner_rows, banner) = render_banner(lines, columns);
     let total_rows = rows + banner_rows;
     let total_rows_u16 = u16::try_from(total_rows).map_err(|_| Error::Build {

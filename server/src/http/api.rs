@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::auth::{Access, Caller};
 use super::dicomweb::{qido, stow, wado};
 use super::error::{ApiError, ApiResult};
+use super::reviews;
 use super::{AppState, blocking, caller_name, free_bytes};
 use vigie_audit::{AuditEvent, EventKind, Query as AuditQuery};
 use vigie_store::{JobFilter, JobState, NewJob, RetryOutcome};
@@ -146,6 +147,23 @@ pub fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         endpoint!(get "/api/v1/jobs/{id}", Read, "jobs", "One job: state, attempts, stage timings, result instances, deliveries and its audit events", &[], None, &[(200, "application/json"), (404, "no such job")], job_detail),
         endpoint!(post "/api/v1/jobs/{id}/retry", Operate, "jobs", "Retry a failed job (attempts reset), or the failed deliveries of a done one", &[], None, &[(200, "what was requeued"), (404, "no such job"), (409, "nothing failed")], retry_job),
         endpoint!(post "/api/v1/studies/{study}/analyses", Operate, "jobs", "Analyse a stored study again with a model: body {\"model\": id, \"destinations\": [names]}", &[], Some("application/json"), &[(202, "job queued: {job_id}"), (404, "study not stored"), (422, "unknown model or destination"), (503, "analysis backlog full (pipeline.max_backlog), with Retry-After")], submit_analysis),
+        endpoint!(post "/api/v1/jobs/{id}/reviews", Review, "reviews", "Record a radiologist's review of a job's result (a new record; the result is never changed): body {\"verdict\": \"accept\"|\"reject\"|\"correct\", \"label\": corrected class (correct only), \"comment\", \"reviewer\" (default: the token's name), \"result\": SOP Instance UID (default: the job's one SR or SEG)}", &[], Some("application/json"), &[(201, "the review recorded (supersedes: the same reviewer's earlier review of that result)"), (404, "no such job"), (409, "the job is not done, or has no result objects"), (422, "the verdict, label, result or a text does not fit, with the reason")], reviews::post_review),
+        endpoint!(get "/api/v1/jobs/{id}/reviews", Read, "reviews", "The reviews of a job's results, in the order recorded, each saying whether it counts (its reviewer's latest of that result)", &[], None, &[(200, "application/json array of reviews"), (404, "no such job")], reviews::job_reviews),
+        endpoint!(get "/api/v1/reviews", Read, "reviews", "Reviews, in the order recorded", &[
+            ("since", "query", "Recorded at or after (RFC 3339 or YYYY-MM-DD)"),
+            ("until", "query", "Recorded before (RFC 3339 or YYYY-MM-DD)"),
+            ("counting", "query", "true: only the reviews that count (each reviewer's latest of a result)"),
+            ("result", "query", "Of this result object (SOP Instance UID)"),
+            ("limit", "query", "At most this many (default 1000, maximum 10000)"),
+            ("offset", "query", "Skip this many"),
+        ], None, &[(200, "application/json array of reviews"), (400, "bad filter")], reviews::list_reviews),
+        endpoint!(get "/api/v1/review/worklist", Read, "reviews", "What the review page shows: the latest done jobs with their AI findings, result objects and reviews", &[
+            ("limit", "query", "At most this many jobs (default 20, maximum 100)"),
+            ("job", "query", "Only this job"),
+        ], None, JSON_OK, reviews::worklist),
+        endpoint!(get "/api/v1/jobs/{id}/thumbnail", Read, "reviews", "A PNG of a source image of the job with the file's VOI, at most 256 pixels on a side", &[("instance", "query", "SOP Instance UID of the source image (default: the first)")], None, &[(200, "image/png"), (404, "no such job or source image"), (422, "the image cannot be rendered")], reviews::thumbnail),
+        endpoint!(get "/review", Public, "reviews", "The review page: the latest results with their source image and AI finding, and accept / reject / correct controls; holds no data (its script asks for a reviewer token)", &[], None, &[(200, "text/html")], reviews::page),
+        endpoint!(get "/review/app.js", Public, "reviews", "The review page's script", &[], None, &[(200, "text/javascript")], reviews::script),
         endpoint!(get "/api/v1/models", Read, "models", "Installed model packages: manifest, verified weights hash, routing rules using them", &[], None, JSON_OK, models),
         endpoint!(get "/api/v1/audit", Audit, "audit", "Audit records matching filters, in order (the access itself is audited)", &[
             ("kind", "query", "Event type (inference, instance_stored, …)"),
@@ -360,7 +378,18 @@ async fn studies(State(app): State<AppState>, Query(q): Query<Limit>) -> ApiResu
 }
 
 /// A time filter: RFC 3339 or a date (midnight UTC), to ms since the epoch.
-fn parse_time(name: &str, text: &str) -> ApiResult<i64> {
+/// `since`/`until` filters, to ms since the epoch.
+pub(super) fn parse_range(
+    since: Option<&str>,
+    until: Option<&str>,
+) -> ApiResult<(Option<i64>, Option<i64>)> {
+    Ok((
+        since.map(|t| parse_time("since", t)).transpose()?,
+        until.map(|t| parse_time("until", t)).transpose()?,
+    ))
+}
+
+pub(super) fn parse_time(name: &str, text: &str) -> ApiResult<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_millis());
     }
@@ -408,21 +437,14 @@ async fn list_jobs(
             return Err(ApiError::bad_request(format!("delivery={other:?}: failed")));
         }
     };
+    let (since_ms, until_ms) = parse_range(q.since.as_deref(), q.until.as_deref())?;
     let filter = JobFilter {
         state,
         undelivered,
         model: q.model,
         study: q.study,
-        since_ms: q
-            .since
-            .as_deref()
-            .map(|t| parse_time("since", t))
-            .transpose()?,
-        until_ms: q
-            .until
-            .as_deref()
-            .map(|t| parse_time("until", t))
-            .transpose()?,
+        since_ms,
+        until_ms,
         limit: q.limit.unwrap_or(100).min(1000),
         offset: q.offset.unwrap_or(0),
     };

@@ -33,12 +33,14 @@ pub struct Caller {
 pub enum Access {
     /// Anyone, without a token (liveness, readiness, API description).
     Public,
-    /// reader, operator, admin.
+    /// reader, operator, reviewer, admin.
     Read,
     /// operator, admin.
     Operate,
     /// auditor, admin.
     Audit,
+    /// reviewer only (see [`Role::Reviewer`]).
+    Review,
 }
 
 impl Access {
@@ -46,9 +48,13 @@ impl Access {
     pub fn admits(self, role: Role) -> bool {
         match self {
             Self::Public => true,
-            Self::Read => matches!(role, Role::Reader | Role::Operator | Role::Admin),
+            Self::Read => matches!(
+                role,
+                Role::Reader | Role::Operator | Role::Reviewer | Role::Admin
+            ),
             Self::Operate => matches!(role, Role::Operator | Role::Admin),
             Self::Audit => matches!(role, Role::Auditor | Role::Admin),
+            Self::Review => role == Role::Reviewer,
         }
     }
 
@@ -56,9 +62,10 @@ impl Access {
     pub fn roles(self) -> &'static [&'static str] {
         match self {
             Self::Public => &[],
-            Self::Read => &["reader", "operator", "admin"],
+            Self::Read => &["reader", "operator", "reviewer", "admin"],
             Self::Operate => &["operator", "admin"],
             Self::Audit => &["auditor", "admin"],
+            Self::Review => &["reviewer"],
         }
     }
 }
@@ -204,13 +211,14 @@ mod tests {
     fn roles_admit_what_they_should() {
         use Role::*;
         let table = [
-            (Access::Read, [true, true, false, true]),
-            (Access::Operate, [false, true, false, true]),
-            (Access::Audit, [false, false, true, true]),
-            (Access::Public, [true, true, true, true]),
+            (Access::Read, [true, true, false, true, true]),
+            (Access::Operate, [false, true, false, false, true]),
+            (Access::Audit, [false, false, true, false, true]),
+            (Access::Review, [false, false, false, true, false]),
+            (Access::Public, [true, true, true, true, true]),
         ];
         for (access, expected) in table {
-            let got = [Reader, Operator, Auditor, Admin].map(|r| access.admits(r));
+            let got = [Reader, Operator, Auditor, Reviewer, Admin].map(|r| access.admits(r));
             assert_eq!(got, expected, "{access:?}");
         }
     }

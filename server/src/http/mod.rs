@@ -7,6 +7,8 @@
 //! - [`api`]: the JSON API under `/api/v1`: jobs (list, detail, retry,
 //!   re-analysis), models, audit (query, verification), status; the
 //!   OpenAPI description.
+//! - [`reviews`]: radiologists' reviews of results (API, listings, the
+//!   review page under `/review`).
 //! - `/healthz` (alive), `/readyz` (store writable, models verified, ONNX
 //!   Runtime loaded, with reasons) and `/metrics` (Prometheus).
 //!
@@ -20,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod dicomweb;
 pub mod error;
+pub mod reviews;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,6 +104,8 @@ pub struct App {
     pub backlog: Arc<crate::backlog::Backlog>,
     /// The worker threads' health.
     pub workers: Arc<crate::pipeline::WorkerHealth>,
+    /// Checks and records reviews (shared with ingest, for reviewers' SRs).
+    pub reviews: Arc<crate::reviews::ReviewDesk>,
 }
 
 impl std::fmt::Debug for App {

@@ -76,10 +76,11 @@ retry_max_s = 2.0
 }
 
 /// The test tokens, one per role: (role, token).
-pub const TOKENS: [(&str, &str); 4] = [
+pub const TOKENS: [(&str, &str); 5] = [
     ("reader", "test-token-reader"),
     ("operator", "test-token-operator"),
     ("auditor", "test-token-auditor"),
+    ("reviewer", "test-token-reviewer"),
     ("admin", "test-token-admin"),
 ];
 
@@ -249,6 +250,20 @@ impl Vigie {
         );
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         r.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// `POST /api/v1/audit/verify` (auditor token), which must answer 200:
+    /// the verification report.
+    pub fn verify_audit(&self) -> serde_json::Value {
+        let r = self.http(
+            "POST",
+            "/api/v1/audit/verify",
+            Some(token("auditor")),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
     }
 
     /// Write `config` in `dir` and start `vigie serve` on fresh ports with
