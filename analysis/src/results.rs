@@ -64,6 +64,7 @@ pub struct ResultBuilder {
     observer: DeviceObserver,
     summary: bool,
     series: HashMap<(String, ResultKind, String), String>,
+    review_link: Option<String>,
 }
 
 fn code(c: &ConceptCode) -> Code {
@@ -114,7 +115,14 @@ impl ResultBuilder {
             },
             summary,
             series: HashMap::new(),
+            review_link: None,
         })
+    }
+
+    /// The review page's URL for the results built from now on (the job's
+    /// page), written into the SR and the summary image; `None`: none.
+    pub fn set_review_link(&mut self, link: Option<String>) {
+        self.review_link = link;
     }
 
     fn new_instance(&mut self, study: &str, kind: ResultKind, manifest: &Manifest) -> NewInstance {
@@ -202,6 +210,7 @@ impl ResultBuilder {
                     procedure: concepts::imaging_procedure(),
                     sources: vec![source.clone()],
                     instance: new.clone(),
+                    review_link: self.review_link.clone(),
                 };
                 let uids = &self.uids;
                 push(
@@ -273,6 +282,9 @@ impl ResultBuilder {
             ));
             lines.push(manifest.model.regulatory_status.clone());
             lines.push(REVIEW_NOTICE.into());
+            if let Some(link) = &self.review_link {
+                lines.push(format!("Review: {link}"));
+            }
             let display = file.decode(&PixelOptions::with_voi(VoiSelection::FromFile))?;
             let new = self.new_instance(&study, ResultKind::Summary, manifest);
             let sc = build_summary_image(file, &display, &lines, &new)?;

@@ -63,6 +63,7 @@ fn report(source: &DicomFile, uids: &UidGenerator, threshold: Option<f64>) -> Cl
             manufacturer: "Vigie".into(),
             software_version: "0.1.0".into(),
         },
+        review_link: Some("https://vigie.example.org/review#job=7".into()),
     }
 }
 
@@ -111,6 +112,10 @@ fn classification_sr_passes_dciodvfy_and_reads_back_in_highdicom() {
     let decision = &groups[3];
     assert_eq!(decision["finding"], "GLIOMA");
     assert_eq!(decision["threshold"].as_f64(), Some(0.5));
+    assert_eq!(
+        doc["review_link"], "https://vigie.example.org/review#job=7",
+        "the review page's link, read back by pydicom"
+    );
 }
 
 fn new_instance(uids: &UidGenerator, description: &str) -> NewInstance {

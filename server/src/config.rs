@@ -331,6 +331,19 @@ pub struct ResultsConfig {
     /// Also create a Secondary Capture summary image with the result
     /// burned in, for viewers that do not display SR.
     pub summary_image: bool,
+    /// The review page as radiologists reach it (e.g.
+    /// `https://vigie.hospital.example:8443/review`); when set, each SR and
+    /// summary image carries the link to its job's review
+    /// (`<url>#job=<id>`). Empty: no link.
+    pub review_page_url: String,
+}
+
+impl ResultsConfig {
+    /// The review link of job `id`, when a review page is configured.
+    pub fn review_link(&self, id: i64) -> Option<String> {
+        let url = self.review_page_url.trim();
+        (!url.is_empty()).then(|| format!("{url}#job={id}"))
+    }
 }
 
 impl Default for ResultsConfig {
@@ -338,6 +351,7 @@ impl Default for ResultsConfig {
         Self {
             uid_root: vigie_dicom_io::uid::UUID_ROOT.into(),
             summary_image: false,
+            review_page_url: String::new(),
         }
     }
 }
@@ -397,6 +411,17 @@ impl Config {
         }
         if let Err(e) = vigie_dicom_io::uid::UidGenerator::new(&self.results.uid_root) {
             problems.push(format!("results.uid_root: {e}"));
+        }
+        let url = self.results.review_page_url.trim();
+        if !url.is_empty()
+            && (!(url.starts_with("https://") || url.starts_with("http://"))
+                || url.len() > 512
+                || url.contains('#')
+                || url.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            problems.push(
+                "results.review_page_url: an http:// or https:// URL of at most 512 characters, without spaces or a fragment (#)".into(),
+            );
         }
         self.validate_node(&mut problems);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

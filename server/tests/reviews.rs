@@ -18,12 +18,17 @@ use vigie_test_support::{oracle, repo_root};
 
 const SR_CLASS: &str = "1.2.840.10008.5.1.4.1.1.88.33";
 
-/// The demo model on MR with summary images: each job has an SR and an SC.
+/// The review page as the tests' radiologists reach it.
+const PAGE_URL: &str = "https://vigie.hospital.example/review";
+
+/// The demo model on MR with summary images: each job has an SR and an SC,
+/// both with the link to the job's review.
 fn config() -> String {
     base_config(
         r#"
 [results]
 summary_image = true
+review_page_url = "https://vigie.hospital.example/review"
 
 [[routing.rules]]
 name = "brain-mr"
@@ -115,6 +120,11 @@ fn reviews_round_trip_over_the_api_and_every_refusal_is_answered_and_audited() {
     assert_eq!(results.len(), 2, "SR and summary image: {entry}");
     let sr = result_uid(&entry, SR_CLASS, true);
     let sc = result_uid(&entry, SR_CLASS, false);
+    // The SR carries the link to this job's review (what the page opens
+    // with: `#job=`), read back by pydicom.
+    let read: Value =
+        serde_json::from_slice(&oracle("read_sr.py", [file_of(&vigie.data, &sr)]).stdout).unwrap();
+    assert_eq!(read["review_link"], format!("{PAGE_URL}#job={job}"));
 
     // Accept, with no result named: the job's one SR.
     let first = post(

@@ -55,6 +55,7 @@ def read(path):
         "observer_type": observer[0].ConceptCodeSequence[0].CodeValue,
         "evidence": evidence,
         "groups": groups,
+        "review_link": text_of(ds.ContentSequence, "REVIEWLINK"),
     }
 
 

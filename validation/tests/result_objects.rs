@@ -40,6 +40,7 @@ fn demo_studies_get_conformant_srs_that_match_the_inference() {
     let mut model = model("brain-tumour-vgg16");
     let manifest = model.package().manifest().clone();
     let mut builder = ResultBuilder::new("vigie-test", "2.25", true).expect("builder");
+    builder.set_review_link(Some("https://vigie.example.org/review#job=3".into()));
     let out = tmp.path().join("results");
     let mut srs = Vec::new();
     let mut expected = Vec::new();
@@ -91,6 +92,7 @@ fn demo_studies_get_conformant_srs_that_match_the_inference() {
             panic!("classification expected")
         };
         assert_eq!(doc["evidence"], serde_json::json!([source_uid]));
+        assert_eq!(doc["review_link"], "https://vigie.example.org/review#job=3");
         let groups = doc["groups"].as_array().expect("groups");
         assert_eq!(groups.len(), c.labels.len() + 1);
         for (i, p) in c.probabilities.iter().enumerate() {

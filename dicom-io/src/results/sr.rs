@@ -19,6 +19,8 @@
 //!       CONTAINS CODE Finding = the decided class
 //!       CONTAINS NUM Probability of the decided class
 //!       CONTAINS NUM Decision threshold (99VIGIE), for threshold rules
+//!   CONTAINS         TEXT Review of this result (99VIGIE) = the review
+//!                    page's URL, when configured
 //! ```
 
 use dicom_core::VR;
@@ -55,6 +57,9 @@ pub struct ClassificationReport {
     pub sources: Vec<SourceImage>,
     /// Identity of the new SR.
     pub instance: NewInstance,
+    /// Where a radiologist reviews this result (Vigie's review page), when
+    /// the appliance is configured with one.
+    pub review_link: Option<String>,
 }
 
 /// Concept codes used by the report.
@@ -86,6 +91,15 @@ pub mod concepts {
             "DECISIONTHRESH",
             crate::results::PRIVATE_SCHEME,
             "Decision threshold",
+        )
+    }
+    /// Private: (REVIEWLINK, 99VIGIE, "Review of this result"): the URL
+    /// of the review page for the result.
+    pub fn review_link() -> Code {
+        Code::new(
+            "REVIEWLINK",
+            crate::results::PRIVATE_SCHEME,
+            "Review of this result",
         )
     }
     /// (363679005, SCT, "Imaging procedure").
@@ -401,6 +415,14 @@ pub fn build_classification_sr(
     put_str(&mut template, tags::MAPPING_RESOURCE, VR::CS, "DCMR");
     put_str(&mut template, tags::TEMPLATE_IDENTIFIER, VR::CS, "1500");
     put_sequence(&mut obj, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template]);
+    if let Some(link) = &report.review_link {
+        content.push(item(
+            "CONTAINS",
+            Some(&concepts::review_link()),
+            Value::Text(link),
+            vec![],
+        ));
+    }
     put_sequence(&mut obj, tags::CONTENT_SEQUENCE, content);
     Ok(obj)
 }

@@ -267,6 +267,7 @@ impl Pipeline {
             &self.config.results.uid_root,
             self.config.results.summary_image,
         )?;
+        builder.set_review_link(self.config.results.review_link(job.id));
         let mut results = Vec::new();
         let mut failures = Vec::new();
         // The hot loop: decoding and preprocessing run on their own threads
