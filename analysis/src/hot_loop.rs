@@ -53,6 +53,8 @@ pub struct InstanceAnalysis {
     /// little endian, `[frame][row][column][sample]`): which pixels exactly
     /// produced the result.
     pub pixels_sha256: String,
+    /// Summary statistics of those pixels (input drift).
+    pub intensity: crate::population::IntensityStats,
     /// One result per frame.
     pub results: Vec<ModelResult>,
 }
@@ -75,15 +77,21 @@ pub struct Decoded {
     /// SHA-256 of the decoded pixels (see
     /// [`InstanceAnalysis::pixels_sha256`]).
     pub pixels_sha256: String,
+    /// Their summary statistics.
+    pub intensity: crate::population::IntensityStats,
 }
 
-/// Check that `manifest`'s model applies to `file`, then decode its pixels
-/// and hash them; returns the pixels, the milliseconds spent decoding and
-/// the hash.
-fn decode_pixels(
-    manifest: &manifest::Manifest,
-    file: &DicomFile,
-) -> Result<(PixelArray, f64, String)> {
+/// Pixels decoded for the model, with what is recorded of them.
+struct DecodedPixels {
+    pixels: PixelArray,
+    decode_ms: f64,
+    sha256: String,
+    intensity: crate::population::IntensityStats,
+}
+
+/// Check that `manifest`'s model applies to `file`, then decode its pixels,
+/// hash them and take their summary statistics.
+fn decode_pixels(manifest: &manifest::Manifest, file: &DicomFile) -> Result<DecodedPixels> {
     let header = file.header();
     if !manifest.applies_to.matches(
         header.modality.as_deref(),
@@ -106,8 +114,14 @@ fn decode_pixels(
     let started = Instant::now();
     let pixels = file.decode(&options)?;
     let decode_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let pixels_sha256 = hash_samples(&pixels.data);
-    Ok((pixels, decode_ms, pixels_sha256))
+    let sha256 = hash_samples(&pixels.data);
+    let intensity = crate::population::IntensityStats::of(&pixels.data);
+    Ok(DecodedPixels {
+        pixels,
+        decode_ms,
+        sha256,
+        intensity,
+    })
 }
 
 /// The frames of decoded pixels as images.
@@ -132,7 +146,12 @@ pub fn decode(
     pool: &TensorPool,
     file: &DicomFile,
 ) -> Result<Decoded> {
-    let (pixels, decode_ms, pixels_sha256) = decode_pixels(manifest, file)?;
+    let DecodedPixels {
+        pixels,
+        decode_ms,
+        sha256: pixels_sha256,
+        intensity,
+    } = decode_pixels(manifest, file)?;
     let mut frames = Vec::with_capacity(pixels.frames);
     for image in frames_of(&pixels) {
         match preparer.prepare(&image, pool.take()) {
@@ -147,6 +166,7 @@ pub fn decode(
         frames,
         decode_ms,
         pixels_sha256,
+        intensity,
     })
 }
 
@@ -187,6 +207,7 @@ pub fn infer(model: &mut Model, items: &[(&DicomFile, &Decoded)]) -> Result<Vec<
             header: file.header().clone(),
             decode_ms: d.decode_ms,
             pixels_sha256: d.pixels_sha256.clone(),
+            intensity: d.intensity,
             results: results.by_ref().take(d.frames.len()).collect(),
         })
         .collect())
@@ -382,14 +403,15 @@ pub fn analyse_stream<E>(
 /// Analyse an opened instance: check the model applies, decode, run every
 /// frame through the model.
 pub fn analyse(model: &mut Model, file: &DicomFile) -> Result<InstanceAnalysis> {
-    let (pixels, decode_ms, pixels_sha256) = decode_pixels(model.package().manifest(), file)?;
-    let images: Vec<Image<'_>> = frames_of(&pixels).collect();
+    let decoded = decode_pixels(model.package().manifest(), file)?;
+    let images: Vec<Image<'_>> = frames_of(&decoded.pixels).collect();
     let results = model.run(&images)?;
     Ok(InstanceAnalysis {
         path: file.path().to_path_buf(),
         header: file.header().clone(),
-        decode_ms,
-        pixels_sha256,
+        decode_ms: decoded.decode_ms,
+        pixels_sha256: decoded.sha256,
+        intensity: decoded.intensity,
         results,
     })
 }

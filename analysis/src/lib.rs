@@ -10,6 +10,9 @@
 //!   into pooled tensors, dynamic batching, results in input order.
 //! - [`results`]: model results → result objects (TID 1500 SR, binary SEG,
 //!   summary Secondary Capture) built with `vigie-dicom-io`.
+//! - [`population`]: what post-market surveillance groups and watches
+//!   inferences by, recorded with each (subgroup attributes, intensity
+//!   statistics of the pixels the model saw).
 //! - [`config`]: the `[inference]` section and its one resolve step into
 //!   the thread plan, backend options, model registry and each model's
 //!   hot loop ([`config::Resolved`]).
@@ -26,6 +29,7 @@
 pub mod config;
 pub mod error;
 pub mod hot_loop;
+pub mod population;
 pub mod results;
 pub mod routing;
 

@@ -117,6 +117,11 @@ event_kinds! {
     /// A review was refused (unknown job or result, a verdict or label that
     /// does not fit, a malformed body or reviewer's SR).
     ReviewRefused => "review_refused",
+    /// A post-market surveillance report was made (`vigie pms report`).
+    PmsReported => "pms_reported",
+    /// An indicator of a post-market surveillance report passed its
+    /// threshold.
+    PmsAlarm => "pms_alarm",
 }
 
 impl fmt::Display for EventKind {

@@ -40,6 +40,55 @@ pub enum Command {
     /// HTTP API bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Post-market surveillance.
+    #[command(subcommand)]
+    Pms(PmsCommand),
+}
+
+/// `vigie pms …`.
+#[derive(Debug, Subcommand)]
+pub enum PmsCommand {
+    /// The post-market surveillance report of a model over a window, from
+    /// the audit trail and the reviews: volume, failures, latency,
+    /// agreement with the radiologists, subgroups, trends with control
+    /// limits, input and output drift, alarms (recorded in the audit trail
+    /// and exposed as `vigie_pms_*` metrics). Exit status 1 when an alarm
+    /// is raised in the window.
+    Report(PmsReportArgs),
+}
+
+/// `vigie pms report`.
+#[derive(Debug, Args)]
+pub struct PmsReportArgs {
+    /// Data directory (overrides appliance.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Model id.
+    #[arg(long)]
+    pub model: String,
+    /// Only this model version.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// From this date (YYYY-MM-DD, UTC) or RFC 3339 time, inclusive.
+    #[arg(long)]
+    pub from: String,
+    /// Until this date or time, exclusive.
+    #[arg(long)]
+    pub to: String,
+    /// Periods of the trends and of drift: week or month.
+    #[arg(long, default_value = "week")]
+    pub period: String,
+    /// Reference period of drift, start (default: the window's first
+    /// period).
+    #[arg(long, requires = "reference_to")]
+    pub reference_from: Option<String>,
+    /// Reference period of drift, end (exclusive).
+    #[arg(long, requires = "reference_from")]
+    pub reference_to: Option<String>,
+    /// Folder of the report (report.json, pms.md, pms.html, cases.csv,
+    /// pms.prom).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `vigie token …`.

@@ -32,6 +32,7 @@ pub mod error;
 pub mod import;
 pub mod import_dicom;
 pub mod labels;
+pub mod pms;
 pub mod report;
 pub mod run;
 pub mod segmentation;

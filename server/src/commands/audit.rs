@@ -14,13 +14,13 @@ use crate::config::Config;
 use vigie_audit::sqlite::{DATABASE, SqliteAudit};
 use vigie_audit::{AuditEvent, AuditLog, EventKind, Query, SIGNING_KEY_FILE, keys};
 
-fn data_dir(config: &Config, over: Option<&PathBuf>) -> PathBuf {
+pub(crate) fn data_dir(config: &Config, over: Option<&PathBuf>) -> PathBuf {
     over.cloned()
         .unwrap_or_else(|| config.appliance.data_dir.clone())
 }
 
 /// Open an existing audit log (never creates one or its key).
-fn open_existing(config: &Config, dir: &Path) -> anyhow::Result<SqliteAudit> {
+pub(crate) fn open_existing(config: &Config, dir: &Path) -> anyhow::Result<SqliteAudit> {
     if !dir.join(DATABASE).is_file() {
         bail!("no audit log in {} ({DATABASE} missing)", dir.display());
     }
@@ -41,7 +41,11 @@ fn open_existing(config: &Config, dir: &Path) -> anyhow::Result<SqliteAudit> {
 }
 
 /// Append the record of this access, and forward it like the service does.
-fn record_access(config: &Config, audit: &SqliteAudit, event: AuditEvent) -> anyhow::Result<()> {
+pub(crate) fn record_access(
+    config: &Config,
+    audit: &SqliteAudit,
+    event: AuditEvent,
+) -> anyhow::Result<()> {
     let record = audit.append(&event)?;
     if let Some(target) = &config.audit.syslog {
         vigie_audit::syslog::Forwarder::new(target)
@@ -52,7 +56,7 @@ fn record_access(config: &Config, audit: &SqliteAudit, event: AuditEvent) -> any
 }
 
 /// Who runs this command, for the record.
-fn who() -> String {
+pub(crate) fn who() -> String {
     let uid = rustix::process::getuid().as_raw();
     match std::env::var("USER") {
         Ok(user) if !user.is_empty() => format!("{user} (uid {uid})"),

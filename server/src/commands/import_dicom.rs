@@ -21,10 +21,10 @@ use vigie_validation::import_dicom::{
 use crate::cli::ImportDicomArgs;
 use crate::config::Config;
 
-/// The received instances of the appliance whose data directory is `dir`,
-/// each with the AE title that sent it. The catalog is read as it is: an
-/// older schema is not upgraded here (that is `vigie serve`'s, audited).
-fn store_files(dir: &Path) -> anyhow::Result<Vec<SourceFile>> {
+/// The catalog of the appliance whose data directory is `dir`, opened as
+/// it is: an older schema is not upgraded here (that is `vigie serve`'s,
+/// audited), it is refused.
+pub(crate) fn open_catalog_as_is(dir: &Path) -> anyhow::Result<SqliteCatalog> {
     let layout = Layout::new(dir);
     let database = layout.database();
     match SqliteCatalog::schema_version(&database)? {
@@ -39,7 +39,13 @@ fn store_files(dir: &Path) -> anyhow::Result<Vec<SourceFile>> {
         ),
         Some(_) => {}
     }
-    let catalog = SqliteCatalog::open(&database)?;
+    Ok(SqliteCatalog::open(&database)?)
+}
+
+/// The received instances of the appliance whose data directory is `dir`,
+/// each with the AE title that sent it.
+fn store_files(dir: &Path) -> anyhow::Result<Vec<SourceFile>> {
+    let catalog = open_catalog_as_is(dir)?;
     Ok(catalog
         .received_instances()?
         .into_iter()

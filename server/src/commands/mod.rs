@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command, ConfigCommand, TokenCommand};
+use crate::cli::{Cli, Command, ConfigCommand, PmsCommand, TokenCommand};
 use crate::config::Config;
 
 mod audit;
 mod import_dicom;
 pub mod infer;
+mod pms;
 mod serve;
 mod validate;
 mod validate_run;
@@ -43,6 +44,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(cmd) => audit::run(&Config::load(cli.config.as_deref())?, cmd),
+        Command::Pms(PmsCommand::Report(args)) => {
+            pms::report(&Config::load(cli.config.as_deref())?, args)
+        }
         Command::Serve(args) => serve::run(
             with_limits(Config::load(cli.config.as_deref())?),
             args,

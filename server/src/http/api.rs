@@ -264,6 +264,68 @@ pub async fn openapi() -> Json<Value> {
     Json(description())
 }
 
+/// The `vigie_pms_*` metrics of the latest post-market surveillance report
+/// of each model (`DATA_DIR/pms/<model>.prom`, written by `vigie pms
+/// report`), merged family by family; only `vigie_pms_` lines are taken,
+/// and at most 64 KiB of each file.
+fn pms_metrics(dir: &std::path::Path) -> String {
+    use std::collections::BTreeMap;
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut samples: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "prom"))
+        .collect();
+    files.sort();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        for line in text.lines().take_while({
+            let mut read = 0usize;
+            move |l| {
+                read += l.len() + 1;
+                read <= 64 << 10
+            }
+        }) {
+            let comment = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "));
+            let name = comment
+                .unwrap_or(line)
+                .split(|c: char| c == '{' || c.is_whitespace())
+                .next()
+                .unwrap_or("");
+            if !name.starts_with("vigie_pms_") {
+                continue;
+            }
+            if comment.is_some() {
+                let known = headers.entry(name.to_string()).or_default();
+                if known.len() < 2 && !known.iter().any(|h| h[..6] == line[..6]) {
+                    known.push(line.to_string());
+                }
+            } else {
+                samples
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(line.to_string());
+            }
+        }
+    }
+    let mut out = String::new();
+    for (name, lines) in headers {
+        out.extend(lines.into_iter().map(|l| l + "\n"));
+        for sample in samples.remove(&name).unwrap_or_default() {
+            out.push_str(&sample);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// `GET /metrics`.
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let state = app.clone();
@@ -331,16 +393,16 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             String::new(),
             state.started.elapsed().as_secs_f64(),
         ));
-        Ok(gauges)
+        Ok((gauges, pms_metrics(&state.layout.root().join("pms"))))
     })
     .await;
     match scraped {
-        Ok(gauges) => (
+        Ok((gauges, pms)) => (
             [(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            app.metrics.render(&gauges),
+            app.metrics.render(&gauges) + &pms,
         )
             .into_response(),
         Err(e) => e.into_response(),

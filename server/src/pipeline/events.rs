@@ -96,6 +96,8 @@ pub enum Event<'a> {
         instance: &'a InstanceRecord,
         /// What the model found.
         analysis: &'a vigie_analysis::InstanceAnalysis,
+        /// Its subgroup attributes (post-market surveillance).
+        subgroups: &'a vigie_analysis::population::Subgroups,
         /// Instances in its model run.
         batch: usize,
         /// The model.
@@ -485,9 +487,10 @@ fn audit_records(event: &Event<'_>) -> Vec<AuditEvent> {
             job,
             instance,
             analysis,
+            subgroups,
             batch,
             model,
-        } => inference_record(job, instance, analysis, batch, model),
+        } => inference_record(job, instance, analysis, subgroups, batch, model),
         Event::ResultCreated {
             job,
             kind,
@@ -665,6 +668,7 @@ fn inference_record(
     job: &Job,
     instance: &InstanceRecord,
     analysis: &vigie_analysis::InstanceAnalysis,
+    subgroups: &vigie_analysis::population::Subgroups,
     batch: usize,
     model: &Ran,
 ) -> AuditEvent {
@@ -717,6 +721,15 @@ fn inference_record(
             "batch_instances": batch,
             "decision": decision,
             "frames": frames,
+            "population": {
+                "calling_ae_title": instance.calling_ae_title,
+                "manufacturer": subgroups.manufacturer,
+                "model_name": subgroups.model_name,
+                "body_part": subgroups.body_part,
+                "sex": subgroups.sex,
+                "age_band": subgroups.age_band,
+                "intensity": analysis.intensity,
+            },
         }),
     )
     .instance(

@@ -334,10 +334,12 @@ impl Pipeline {
             analysis,
             batch,
         } = done;
+        let subgroups = vigie_analysis::population::Subgroups::of(file);
         let mut events = self.emit_durable(Event::Analysed {
             job,
             instance,
             analysis,
+            subgroups: &subgroups,
             batch,
             model,
         });

@@ -9,6 +9,7 @@
 
 pub mod html;
 pub mod markdown;
+pub mod pms;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
