@@ -19,4 +19,5 @@ run -p vigie-dicom-io --test fuzz
 run -p vigie-inference --test fuzz_manifest
 run -p vigie-dicom-io --lib
 run -p vigie-store --lib
+run -p vigie-analysis --lib
 run -p vigie-validation --lib

@@ -14,7 +14,7 @@ use vigie_dicom_io::DicomFile;
 /// Samples the intensity statistics read at most (evenly strided over the
 /// whole array): enough for stable quantiles at a cost the hot loop does
 /// not notice.
-pub const INTENSITY_SAMPLES: usize = 16_384;
+pub const INTENSITY_SAMPLES: usize = 4_096;
 
 /// Subgroup attributes of one analysed instance.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,15 +41,19 @@ fn text(file: &DicomFile, tag: dicom_object::Tag) -> String {
         .unwrap_or_else(|| UNKNOWN.into())
 }
 
-/// Years from a DICOM AS value (`045Y`; months, weeks, days are under a
-/// year).
+/// Whole years from a DICOM AS value (`045Y`, `240M`, `052W`, `400D`).
 fn age_years(age: &str) -> Option<u32> {
     let age = age.trim();
+    if !age.is_ascii() {
+        return None;
+    }
     let (number, unit) = age.split_at(age.len().checked_sub(1)?);
     let n: u32 = number.parse().ok()?;
     match unit {
         "Y" => Some(n),
-        "M" | "W" | "D" => Some(0),
+        "M" => Some(n / 12),
+        "W" => Some(n / 52),
+        "D" => Some(n / 365),
         _ => None,
     }
 }
@@ -58,7 +62,7 @@ fn age_years(age: &str) -> Option<u32> {
 fn years_between(birth: &str, on: &str) -> Option<u32> {
     let parse = |d: &str| {
         let d = d.trim();
-        if d.len() != 8 {
+        if d.len() != 8 || !d.is_ascii() {
             return None;
         }
         Some((
@@ -147,12 +151,21 @@ impl IntensityStats {
         }
         let mean = sample.iter().sum::<f64>() / n as f64;
         let var = sample.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
-        let mut quantile = |q: f64| {
-            let k = ((n - 1) as f64 * q).round() as usize;
-            let (_, v, _) = sample.select_nth_unstable_by(k, f64::total_cmp);
-            *v
+        let rank = |q: f64| ((n - 1) as f64 * q).round() as usize;
+        let (k05, k50, k95) = (rank(0.05), rank(0.5), rank(0.95));
+        // The median first; then each outer quantile within its half.
+        let (low, p50, high) = sample.select_nth_unstable_by(k50, f64::total_cmp);
+        let p50 = *p50;
+        let p05 = if k05 < k50 {
+            *low.select_nth_unstable_by(k05, f64::total_cmp).1
+        } else {
+            p50
         };
-        let (p05, p50, p95) = (quantile(0.05), quantile(0.5), quantile(0.95));
+        let p95 = if k95 > k50 {
+            *high.select_nth_unstable_by(k95 - k50 - 1, f64::total_cmp).1
+        } else {
+            p50
+        };
         Self {
             samples: n,
             mean,
@@ -172,12 +185,17 @@ mod tests {
     fn ages_fall_in_ten_year_bands_from_either_attribute() {
         assert_eq!(age_years("045Y").map(age_band).as_deref(), Some("40-49"));
         assert_eq!(age_years("006M").map(age_band).as_deref(), Some("0-9"));
+        assert_eq!(age_years("240M"), Some(20));
+        assert_eq!(age_years("104W"), Some(2));
         assert_eq!(age_years("x"), None);
         assert_eq!(age_years(""), None);
         assert_eq!(years_between("19600615", "20260614"), Some(65));
         assert_eq!(years_between("19600615", "20260615"), Some(66));
         assert_eq!(age_band(93), "90+");
         assert_eq!(years_between("2026", "20260101"), None);
+        // Values from outside: never a panic on a character boundary.
+        assert_eq!(age_years("04\u{e9}"), None);
+        assert_eq!(years_between("2026\u{e9}01", "20260101"), None);
     }
 
     #[test]
@@ -193,5 +211,58 @@ mod tests {
         let big = vec![0.25f32; 1 << 20];
         assert!(IntensityStats::of(&big).samples <= INTENSITY_SAMPLES);
         assert_eq!(IntensityStats::of(&[f32::NAN]).samples, 0);
+    }
+
+    /// A synthetic MR with the header attributes the subgroups read.
+    fn mr(dir: &std::path::Path) -> std::path::PathBuf {
+        use dicom_core::VR;
+        use vigie_dicom_io::write::{MrImage, put_str, write_part10};
+        let uids = vigie_dicom_io::uid::UidGenerator::default();
+        let pixels = vec![7u8; 16];
+        let mut obj = MrImage::new(4, 4, &pixels, &uids).build().unwrap();
+        put_str(&mut obj, tags::MANUFACTURER, VR::LO, "SIEMENS");
+        put_str(&mut obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, "Skyra");
+        put_str(&mut obj, tags::PATIENT_SEX, VR::CS, "F");
+        put_str(&mut obj, tags::PATIENT_AGE, VR::AS, "052Y");
+        put_str(&mut obj, tags::PATIENT_BIRTH_DATE, VR::DA, "19740203");
+        let path = dir.join("mr.dcm");
+        write_part10(obj, &path).unwrap();
+        path
+    }
+
+    #[test]
+    fn subgroups_are_read_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Subgroups::of(&DicomFile::open(mr(dir.path())).unwrap());
+        assert_eq!(
+            (
+                s.manufacturer.as_str(),
+                s.model_name.as_str(),
+                s.sex.as_str()
+            ),
+            ("SIEMENS", "Skyra", "F")
+        );
+        assert_eq!(s.age_band, "50-59");
+    }
+
+    #[test]
+    fn fuzz_population_attributes() {
+        use vigie_test_support::fuzz;
+        let dir = tempfile::tempdir().unwrap();
+        let seeds = vec![std::fs::read(mr(dir.path())).unwrap()];
+        let path = dir.path().join("fuzzed.dcm");
+        let summary = fuzz::run(
+            "population",
+            &seeds,
+            fuzz::iterations(1_000_000),
+            fuzz::budget(2),
+            |bytes| {
+                std::fs::write(&path, bytes).unwrap();
+                if let Ok(file) = DicomFile::open(&path) {
+                    let _ = Subgroups::of(&file);
+                }
+            },
+        );
+        assert!(summary.executions > 3);
     }
 }

@@ -22,6 +22,8 @@ pub mod status {
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
     /// Failure: processing failure.
     pub const PROCESSING_FAILURE: u16 = 0x0110;
+    /// Refused: not authorized (PS3.7 C.5.x).
+    pub const NOT_AUTHORIZED: u16 = 0x0124;
     /// Failure: unrecognized operation.
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
     /// Warning: coercion of data elements.

@@ -90,7 +90,7 @@ pub enum ReviewSrError {
         value: String,
     },
     /// Several assessment items.
-    #[error("reviewer SR {sop_instance_uid}: {count} assessment items; one review per SR")]
+    #[error("review SR: {count} assessments, one per SR")]
     SeveralVerdicts {
         /// The SR.
         sop_instance_uid: String,
@@ -99,7 +99,7 @@ pub enum ReviewSrError {
     },
     /// A correction without the corrected finding, or a finding without a
     /// correction.
-    #[error("reviewer SR {sop_instance_uid}: {reason}")]
+    #[error("review SR: {reason}")]
     Inconsistent {
         /// The SR.
         sop_instance_uid: String,
@@ -197,9 +197,16 @@ pub fn read_review(file: &DicomFile) -> Result<Option<ReviewDocument>, ReviewSrE
         other => {
             return Err(ReviewSrError::UnknownVerdict {
                 sop_instance_uid,
+                // Code values are SH, schemes SH: 16 characters each.
                 value: other
                     .as_ref()
-                    .map(|(v, s)| format!("({v}, {s})"))
+                    .map(|(v, s)| {
+                        format!(
+                            "({}, {})",
+                            v.chars().take(16).collect::<String>(),
+                            s.chars().take(16).collect::<String>()
+                        )
+                    })
                     .unwrap_or_else(|| "(none)".into()),
             });
         }
@@ -214,16 +221,22 @@ pub fn read_review(file: &DicomFile) -> Result<Option<ReviewDocument>, ReviewSrE
         (ReviewedVerdict::Correct, None) => {
             return Err(ReviewSrError::Inconsistent {
                 sop_instance_uid,
-                reason: "a CORRECT assessment needs the corrected finding (AICORRECTED, 99VIGIE)",
+                reason: "CORRECT without AICORRECTED finding",
             });
         }
         (ReviewedVerdict::Accept | ReviewedVerdict::Reject, Some(_)) => {
             return Err(ReviewSrError::Inconsistent {
                 sop_instance_uid,
-                reason: "a corrected finding comes only with a CORRECT assessment",
+                reason: "AICORRECTED finding without CORRECT",
             });
         }
         _ => {}
+    }
+    if text(root, tags::COMPLETION_FLAG).as_deref() != Some("COMPLETE") {
+        return Err(ReviewSrError::Inconsistent {
+            sop_instance_uid,
+            reason: "Completion Flag not COMPLETE",
+        });
     }
     let comment = text_of("121106", "DCM");
     let reviewer = tree
@@ -317,6 +330,8 @@ mod tests {
         put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.9");
         put_str(&mut obj, tags::MODALITY, VR::CS, "SR");
         put_str(&mut obj, tags::VALUE_TYPE, VR::CS, "CONTAINER");
+        put_str(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
+        put_str(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "VERIFIED");
         let mut reference = InMemDicomObject::new_empty();
         put_str(
             &mut reference,

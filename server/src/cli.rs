@@ -85,6 +85,11 @@ pub struct PmsReportArgs {
     /// Reference period of drift, end (exclusive).
     #[arg(long, requires = "reference_from")]
     pub reference_to: Option<String>,
+    /// Only the reviews recorded before this time count (default: now; the
+    /// report says which, so that it can be made again with the same
+    /// figures).
+    #[arg(long)]
+    pub reviews_until: Option<String>,
     /// Folder of the report (report.json, pms.md, pms.html, cases.csv,
     /// pms.prom).
     #[arg(long)]

@@ -336,6 +336,10 @@ pub struct ResultsConfig {
     /// summary image carries the link to its job's review
     /// (`<url>#job=<id>`). Empty: no link.
     pub review_page_url: String,
+    /// Who may send reviewers' SRs: calling AE titles (C-STORE) and token
+    /// names (STOW-RS) of the reporting systems trusted to relay a
+    /// radiologist's verdict. Empty: reviewers' SRs are refused (0124).
+    pub review_senders: Vec<String>,
 }
 
 impl ResultsConfig {
@@ -352,6 +356,7 @@ impl Default for ResultsConfig {
             uid_root: vigie_dicom_io::uid::UUID_ROOT.into(),
             summary_image: false,
             review_page_url: String::new(),
+            review_senders: Vec::new(),
         }
     }
 }

@@ -342,6 +342,29 @@ impl Ingest {
             header.series_instance_uid.clone(),
         ));
         admission::matches_request(&file, received, study)?;
+        if self.reviews.is_own_result(&header.sop_instance_uid) {
+            // One of our results, sent back (a PACS forwarding the study):
+            // already held, indexed with its job; stored again it would be
+            // taken for a received instance and reopen the study.
+            self.audit.note(
+                AuditEvent::new(
+                    EventKind::InstanceStored,
+                    "already_held",
+                    serde_json::json!({
+                        "source": source.as_str(),
+                        "calling_ae_title": received.calling_ae_title,
+                        "sop_class_uid": header.sop_class_uid,
+                        "file_sha256": received.sha256,
+                        "reason": "a result object of this appliance, already held",
+                    }),
+                )
+                .instance(
+                    Some(&header.study_instance_uid),
+                    Some(&header.sop_instance_uid),
+                ),
+            );
+            return Err(StoreOutcome::success());
+        }
         let review = self.review_in(&file, received, source)?;
         let to = self
             .layout
@@ -416,11 +439,23 @@ impl Ingest {
                     None,
                     vigie_store::ReviewVia::Dicom,
                     &authenticated_as,
+                    "malformed",
                     &reason,
                 );
                 return Err(StoreOutcome::failure(status::CANNOT_UNDERSTAND, reason));
             }
         };
+        if !self.reviews.may_send_reviews(caller) {
+            let reason = "this sender may not send reviews (results.review_senders)";
+            self.reviews.refused_unread(
+                None,
+                vigie_store::ReviewVia::Dicom,
+                &authenticated_as,
+                "sender_not_allowed",
+                reason,
+            );
+            return Err(StoreOutcome::failure(status::NOT_AUTHORIZED, reason));
+        }
         use vigie_dicom_io::review::ReviewedVerdict;
         let request = ReviewRequest {
             job_id: None,

@@ -188,12 +188,22 @@ pub struct ReviewDesk {
     audit: Audit,
     metrics: Arc<Metrics>,
     models: BTreeMap<String, ModelFacts>,
+    senders: Vec<String>,
 }
 
 impl std::fmt::Debug for ReviewDesk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReviewDesk").finish_non_exhaustive()
     }
+}
+
+/// A name from outside as the audit record keeps it: at most
+/// [`MAX_NAME`] characters, control characters dropped.
+fn bounded(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_NAME)
+        .collect()
 }
 
 fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), Refusal> {
@@ -227,6 +237,7 @@ impl ReviewDesk {
         audit: Audit,
         metrics: Arc<Metrics>,
         models: &[ModelInfo],
+        senders: &[String],
     ) -> Self {
         let models = models
             .iter()
@@ -253,7 +264,20 @@ impl ReviewDesk {
             audit,
             metrics,
             models,
+            senders: senders.iter().map(|s| s.trim().to_string()).collect(),
         }
+    }
+
+    /// Whether `sop_instance_uid` is one of this appliance's own result
+    /// objects (a PACS forwarding a study back sends them again).
+    pub fn is_own_result(&self, sop_instance_uid: &str) -> bool {
+        matches!(self.catalog.result_job(sop_instance_uid), Ok(Some(_)))
+    }
+
+    /// Whether `name` (a calling AE title, a STOW-RS token's name) may send
+    /// reviewers' SRs (`results.review_senders`).
+    pub fn may_send_reviews(&self, name: &str) -> bool {
+        self.senders.iter().any(|s| s == name.trim())
     }
 
     /// A classifier's labels, for the review page's correction list.
@@ -287,20 +311,28 @@ impl ReviewDesk {
         }
     }
 
-    /// Audit a review refused before it could be read (a malformed body, a
-    /// reviewer's SR that does not parse): `reason` is ours, never the
-    /// sender's text.
-    pub fn refused_unread(&self, job_id: Option<i64>, via: ReviewVia, who: &str, reason: &str) {
-        self.count_refusal("malformed", via);
+    /// Audit a review refused before it could be read (`malformed`: a
+    /// body or a reviewer's SR that does not parse; `sender_not_allowed`):
+    /// `message` is ours, the sender's text in it bounded.
+    pub fn refused_unread(
+        &self,
+        job_id: Option<i64>,
+        via: ReviewVia,
+        who: &str,
+        code: &str,
+        message: &str,
+    ) {
+        self.count_refusal(code, via);
+        tracing::warn!(job = ?job_id, via = via.as_str(), reason = code, "review refused");
         self.audit.note(AuditEvent::new(
             EventKind::ReviewRefused,
             "refused",
             json!({
                 "job_id": job_id,
                 "via": via.as_str(),
-                "authenticated_as": who,
-                "reason": "malformed",
-                "message": reason,
+                "authenticated_as": bounded(who),
+                "reason": code,
+                "message": message.chars().take(200).collect::<String>(),
             }),
         ));
     }
@@ -315,11 +347,12 @@ impl ReviewDesk {
 
     fn refused(&self, request: &ReviewRequest, refusal: &Refusal) {
         self.count_refusal(refusal.code(), request.via);
+        // The code only: the message may quote what the sender typed.
         tracing::warn!(
             job = ?request.job_id,
             via = request.via.as_str(),
             reason = refusal.code(),
-            "review refused: {refusal}"
+            "review refused"
         );
         self.audit.note(
             AuditEvent::new(
@@ -330,11 +363,11 @@ impl ReviewDesk {
                     "results": request.results,
                     "verdict": request.verdict.as_str(),
                     "via": request.via.as_str(),
-                    "authenticated_as": request.authenticated_as,
-                    "reviewer": request.reviewer,
+                    "authenticated_as": bounded(&request.authenticated_as),
+                    "reviewer": bounded(&request.reviewer),
                     "source_sop_instance_uid": request.source_sop_instance_uid,
                     "reason": refusal.code(),
-                    "message": refusal.to_string(),
+                    "message": refusal.to_string().chars().take(200).collect::<String>(),
                 }),
             )
             .instance(None, request.source_sop_instance_uid.as_deref()),

@@ -260,6 +260,7 @@ impl Service {
             audit.clone(),
             metrics.clone(),
             &model_infos,
+            &config.results.review_senders,
         ));
         let ingest = Arc::new(Ingest::new(
             layout.clone(),

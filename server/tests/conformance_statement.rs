@@ -98,6 +98,7 @@ fn sop_classes_statuses_and_identifiers_match_the_code() {
             status::SUCCESS,
             status::OUT_OF_RESOURCES,
             status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            status::NOT_AUTHORIZED,
             status::CANNOT_UNDERSTAND,
             status::PROCESSING_FAILURE,
             status::UNRECOGNIZED_OPERATION,

@@ -29,6 +29,7 @@ fn config() -> String {
 [results]
 summary_image = true
 review_page_url = "https://vigie.hospital.example/review"
+review_senders = ["MODALITY", "test-operator"]
 
 [[routing.rules]]
 name = "brain-mr"
@@ -502,7 +503,9 @@ fn a_reviewers_sr_by_c_store_and_stow_rs_is_recorded_once_and_bad_ones_are_refus
         .collect();
     assert_eq!(outcomes, ["ok", "duplicate"]);
 
-    // By STOW-RS: a correction by the same reviewer supersedes it.
+    // By STOW-RS: a correction under the same name, but sent by another
+    // system (a token, not the AE): it does not supersede the first, both
+    // count (one sender cannot override another's reviews).
     let (correct, _) = make("correct.dcm", &["CORRECT", "Curie^Marie", "glioma"]);
     let boundary = "vigie-review-boundary";
     let mut body = format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").into_bytes();
@@ -525,12 +528,47 @@ fn a_reviewers_sr_by_c_store_and_stow_rs_is_recorded_once_and_bad_ones_are_refus
     let reviews = reviews.as_array().unwrap();
     assert_eq!(reviews.len(), 2);
     assert_eq!(reviews[1]["label"], "glioma");
-    assert_eq!(reviews[1]["supersedes"], reviews[0]["id"]);
+    assert_eq!(reviews[1]["supersedes"], Value::Null);
+    assert!(reviews.iter().all(|r| r["counts"] == true));
     assert!(
         reviews[1]["authenticated_as"]
             .as_str()
             .unwrap()
             .starts_with("token ")
+    );
+
+    // One of Vigie's own results sent back (a PACS forwarding the study):
+    // acknowledged, not stored again, still linked to its job.
+    let sent = common::dcmtk(
+        "storescu",
+        &common::storescu_args(vigie.dicom, "-xe", std::slice::from_ref(&ai_sr)),
+    );
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let held = vigie.audit_records("kind=instance_stored&outcome=already_held");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["sop_instance_uid"], sr.as_str());
+    let entry = vigie.json(&format!("/api/v1/review/worklist?job={job}"))[0].clone();
+    assert_eq!(
+        result_uid(&entry, SR_CLASS, true),
+        sr,
+        "still the job's result"
+    );
+
+    // From a sender not in results.review_senders: 0124, not stored.
+    let (other, _) = make("other-sender.dcm", &["ACCEPT", "Curie^Marie"]);
+    let mut args = common::storescu_args(vigie.dicom, "-xe", std::slice::from_ref(&other));
+    args[1] = "OTHER".into();
+    args.insert(0, "-v".into());
+    let sent = common::dcmtk("storescu", &args);
+    let text =
+        String::from_utf8_lossy(&sent.stderr).to_string() + &String::from_utf8_lossy(&sent.stdout);
+    assert!(
+        text.contains("Received Store Response") && !text.contains("(Success)"),
+        "{text}"
     );
 
     // Refused, with the reason in the C-STORE response, not stored, audited:
@@ -593,12 +631,17 @@ fn a_reviewers_sr_by_c_store_and_stow_rs_is_recorded_once_and_bad_ones_are_refus
         .collect();
     assert_eq!(
         reasons,
-        bad.iter()
-            .map(|(_, _, r)| r.to_string())
+        std::iter::once("sender_not_allowed")
+            .chain(bad.iter().map(|(_, _, r)| *r))
             .collect::<Vec<_>>()
     );
     let refused = vigie.audit_records("kind=instance_refused");
-    assert_eq!(refused.len(), 3);
+    assert_eq!(refused.len(), 4);
+    let statuses: Vec<String> = refused
+        .iter()
+        .map(|r| details(r)["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses, ["0x0124", "0xC000", "0xC000", "0xC000"]);
     assert_eq!(
         vigie
             .json(&format!("/api/v1/jobs/{job}/reviews"))

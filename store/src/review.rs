@@ -3,8 +3,10 @@
 //!
 //! A review is never an edit: each is a new row, the result and its audit
 //! record stay as they were. A second review of the same result by the
-//! same reviewer is kept too; it *supersedes* the earlier one, and only a
-//! reviewer's latest review of a result *counts* ([`Review::counts`]).
+//! same reviewer (the same declared name, authenticated the same way: one
+//! token cannot supersede another's reviews) is kept too; it *supersedes*
+//! the earlier one, and only a reviewer's latest review of a result
+//! *counts* ([`Review::counts`]).
 //! A review that came as a DICOM SR is recorded once per SR instance: the
 //! same SR received again (a C-STORE retry, STOW-RS of the same file)
 //! returns the review already recorded.
@@ -198,7 +200,8 @@ pub(crate) mod sqlite {
         r.comment, r.reviewer, r.via, r.authenticated_as, r.source_sop_instance_uid,
         r.recorded_ms, r.supersedes,
         NOT EXISTS (SELECT 1 FROM reviews l WHERE l.result_sop_instance_uid =
-            r.result_sop_instance_uid AND l.reviewer = r.reviewer AND l.id > r.id) AS counts";
+            r.result_sop_instance_uid AND l.authenticated_as = r.authenticated_as
+            AND l.reviewer = r.reviewer AND l.id > r.id) AS counts";
 
     fn review_from_row(row: &Row<'_>) -> rusqlite::Result<Review> {
         let verdict: String = row.get("verdict")?;
@@ -255,8 +258,13 @@ pub(crate) mod sqlite {
                 }
                 let supersedes: Option<i64> = tx.query_row(
                     "SELECT max(id) FROM reviews
-                     WHERE result_sop_instance_uid = ?1 AND reviewer = ?2",
-                    params![review.result_sop_instance_uid, review.reviewer],
+                     WHERE result_sop_instance_uid = ?1 AND authenticated_as = ?2
+                       AND reviewer = ?3",
+                    params![
+                        review.result_sop_instance_uid,
+                        review.authenticated_as,
+                        review.reviewer
+                    ],
                     |r| r.get(0),
                 )?;
                 tx.execute(

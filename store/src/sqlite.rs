@@ -106,9 +106,14 @@ const MIGRATIONS: &[&str] = &[
     // created each result object, filled in for results already stored
     // from the jobs' lists of result files.
     "ALTER TABLE web_index ADD COLUMN job_id INTEGER;
+     CREATE TEMP TABLE result_jobs AS
+         SELECT e.value AS path, max(j.id) AS job_id
+         FROM jobs j, json_each(j.results) e GROUP BY e.value;
+     CREATE INDEX temp.result_jobs_path ON result_jobs (path);
      UPDATE web_index SET job_id = (
-         SELECT max(j.id) FROM jobs j, json_each(j.results) e WHERE e.value = web_index.path)
+         SELECT job_id FROM result_jobs WHERE result_jobs.path = web_index.path)
      WHERE origin = 'result';
+     DROP TABLE temp.result_jobs;
      CREATE INDEX web_index_job ON web_index (job_id);
      CREATE TABLE reviews (
          id                      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -125,7 +130,8 @@ const MIGRATIONS: &[&str] = &[
          supersedes              INTEGER
      );
      CREATE INDEX reviews_job ON reviews (job_id, id);
-     CREATE INDEX reviews_result ON reviews (result_sop_instance_uid, reviewer, id);
+     CREATE INDEX reviews_result ON reviews
+         (result_sop_instance_uid, authenticated_as, reviewer, id);
      CREATE INDEX reviews_time ON reviews (recorded_ms);
      CREATE UNIQUE INDEX reviews_source ON reviews (source_sop_instance_uid)
          WHERE source_sop_instance_uid IS NOT NULL;",

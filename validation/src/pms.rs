@@ -78,8 +78,10 @@ pub struct ReviewInput {
     pub verdict: String,
     /// The corrected class.
     pub label: Option<String>,
-    /// Who.
+    /// Who, as declared.
     pub reviewer: String,
+    /// What authenticated it (a token's name, `AE <title>`).
+    pub authenticated_as: String,
     /// When recorded (ms since the epoch).
     pub recorded_ms: i64,
     /// Whether it counts (its reviewer's latest of the result).
@@ -101,6 +103,10 @@ pub struct PmsOptions {
     pub period: Period,
     /// Reference period for drift (default: the window's first period).
     pub reference: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Reviews recorded before this time count (the report's cut-off, so
+    /// that a report made again with the same cut-off gives the same
+    /// figures).
+    pub reviews_until: DateTime<Utc>,
 }
 
 /// One clinical inference of the model, with what the report needs.
@@ -112,6 +118,9 @@ pub struct Case {
     pub timestamp: String,
     /// Its period (first day).
     pub period: NaiveDate,
+    /// In the report's window (a case of the reference period outside the
+    /// window serves drift only).
+    pub in_window: bool,
     /// In the reference period.
     pub reference: bool,
     /// Model version.
@@ -176,7 +185,7 @@ pub struct PeriodFigures {
     pub volume: usize,
     /// Failed over volume.
     pub failure_rate: Option<Proportion>,
-    /// p-chart limits of the failure rate (3 sigma around the window's).
+    /// Control limits of the failure rate around the window's (exact binomial).
     pub failure_limits: Option<(f64, f64)>,
     /// Above its upper limit.
     pub failure_out_of_control: bool,
@@ -253,6 +262,8 @@ pub struct PmsReport {
     pub period: Period,
     /// Reference period of drift (RFC 3339 bounds) and its cases.
     pub reference: (String, String, usize),
+    /// Reviews recorded before this time were read (RFC 3339).
+    pub reviews_until: String,
     /// Inferences in the window.
     pub volume: usize,
     /// Failures by reason.
@@ -286,8 +297,9 @@ pub struct Thresholds {
     pub psi_alarm: f64,
     /// Fewest cases per period for drift.
     pub min_cases_for_drift: usize,
-    /// Sigmas of the p-chart limits.
-    pub control_sigmas: f64,
+    /// One-sided false-alarm probability of the exact binomial control
+    /// limits (that of 3-sigma limits).
+    pub control_alpha: f64,
 }
 
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
@@ -446,13 +458,77 @@ fn failure_rate(cases: &[&Case]) -> Option<Proportion> {
     proportion(failed as u64, cases.len() as u64)
 }
 
-/// 3-sigma p-chart limits around `p` for a sample of `n`.
-fn limits(p: f64, n: u64) -> Option<(f64, f64)> {
+/// One-sided probability outside 3-sigma limits of a normal law: the
+/// false-alarm rate of a Shewhart chart's limit.
+pub const CONTROL_ALPHA: f64 = 0.001_35;
+
+/// ln C(n, k).
+fn ln_choose(n: u64, k: u64) -> f64 {
+    let lgamma = |x: f64| {
+        // Stirling series with the first corrections (x ≥ 1 here; exact
+        // enough for tail sums compared with 0.00135).
+        if x < 8.0 {
+            let mut acc = 0.0;
+            let mut y = x;
+            while y < 8.0 {
+                acc -= y.ln();
+                y += 1.0;
+            }
+            acc + stirling(y)
+        } else {
+            stirling(x)
+        }
+    };
+    fn stirling(x: f64) -> f64 {
+        (x - 0.5) * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI).ln() + 1.0 / (12.0 * x)
+            - 1.0 / (360.0 * x.powi(3))
+    }
+    lgamma(n as f64 + 1.0) - lgamma(k as f64 + 1.0) - lgamma((n - k) as f64 + 1.0)
+}
+
+/// P(X = k) for X ~ Binomial(n, p), for every k.
+fn binomial_pmf(n: u64, p: f64) -> Vec<f64> {
+    if p <= 0.0 || p >= 1.0 {
+        let at = if p <= 0.0 { 0 } else { n };
+        return (0..=n).map(|k| if k == at { 1.0 } else { 0.0 }).collect();
+    }
+    (0..=n)
+        .map(|k| (ln_choose(n, k) + k as f64 * p.ln() + (n - k) as f64 * (1.0 - p).ln()).exp())
+        .collect()
+}
+
+/// Control limits of a proportion with centre `p` for a sample of `n`:
+/// the exact binomial counts beyond which a period is out of control with
+/// probability at most [`CONTROL_ALPHA`] on each side (the p-chart's
+/// 3-sigma limits without its normal approximation, which alarms on small
+/// periods: one rejected review out of one is not a signal), as
+/// proportions.
+pub fn control_limits(p: f64, n: u64) -> Option<(f64, f64)> {
     if n == 0 {
         return None;
     }
-    let half = 3.0 * (p * (1.0 - p) / n as f64).sqrt();
-    Some(((p - half).max(0.0), (p + half).min(1.0)))
+    let pmf = binomial_pmf(n, p);
+    // Lowest count not in the lower tail: P(X ≤ k) ≥ α.
+    let mut cdf = 0.0;
+    let mut low = n;
+    for (k, mass) in pmf.iter().enumerate() {
+        cdf += mass;
+        if cdf >= CONTROL_ALPHA {
+            low = k as u64;
+            break;
+        }
+    }
+    // Highest count not in the upper tail: P(X ≥ k) ≥ α.
+    let mut sf = 0.0;
+    let mut high = 0;
+    for (k, mass) in pmf.iter().enumerate().rev() {
+        sf += mass;
+        if sf >= CONTROL_ALPHA {
+            high = k as u64;
+            break;
+        }
+    }
+    Some((low as f64 / n as f64, high as f64 / n as f64))
 }
 
 /// The reference period of drift: the one asked for, else the window's
@@ -499,13 +575,31 @@ pub fn cases(
     // (job, source instance) → the counting reviews, in order.
     let mut by_case: BTreeMap<(i64, String), Vec<&ReviewInput>> = BTreeMap::new();
     let mut unmatched = 0;
-    for review in reviews.iter().filter(|r| r.counts) {
+    let until = options.reviews_until.timestamp_millis();
+    // Which review counts is decided among those before the cut-off: each
+    // reviewer's latest of a result before it.
+    let mut latest: BTreeMap<(&str, &str, &str), &ReviewInput> = BTreeMap::new();
+    for r in reviews.iter().filter(|r| r.recorded_ms < until) {
+        let key = (
+            r.result_sop_instance_uid.as_str(),
+            r.authenticated_as.as_str(),
+            r.reviewer.as_str(),
+        );
+        if latest
+            .get(&key)
+            .is_none_or(|l| (l.recorded_ms, l.id) < (r.recorded_ms, r.id))
+        {
+            latest.insert(key, r);
+        }
+    }
+    for review in latest.into_values() {
         match source_str.get(review.result_sop_instance_uid.as_str()) {
             Some(key) => by_case.entry(key.clone()).or_default().push(review),
             None => unmatched += 1,
         }
     }
     let mut out = Vec::new();
+    let mut attempts: BTreeMap<(i64, String), usize> = BTreeMap::new();
     let mut validation = 0;
     for r in records.iter().filter(|r| r.kind == "inference") {
         if r.model_id.as_deref() != Some(options.model.as_str()) {
@@ -561,19 +655,48 @@ pub fn cases(
         );
         let reviews = by_case.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         let latest = reviews.iter().max_by_key(|r| (r.recorded_ms, r.id));
-        let verdict = latest.map(|r| r.verdict.clone());
-        let truth = latest.and_then(|r| match r.verdict.as_str() {
-            "accept" => decision.clone(),
-            "correct" => r.label.clone(),
-            _ => None,
-        });
+        let labels: Vec<&str> = finding["labels"]
+            .as_array()
+            .map(|l| l.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        // What a verdict says of the truth: a correction to the decided
+        // class is an acceptance; a rejection of a two-class decision
+        // names the other class.
+        let (verdict, truth) = match latest.map(|r| (r.verdict.as_str(), r.label.as_deref())) {
+            None => (None, None),
+            Some(("correct", Some(l))) if Some(l) == decision.as_deref() => {
+                (Some("accept".to_string()), decision.clone())
+            }
+            Some(("accept", _)) => (Some("accept".into()), decision.clone()),
+            Some(("correct", label)) => (Some("correct".into()), label.map(str::to_string)),
+            Some((v, _)) => {
+                let other = (labels.len() == 2)
+                    .then(|| labels.iter().find(|l| Some(**l) != decision.as_deref()))
+                    .flatten()
+                    .map(|l| (*l).to_string());
+                (Some(v.to_string()), other)
+            }
+        };
         let disagree = reviews
             .iter()
             .any(|a| a.verdict != reviews[0].verdict || a.label != reviews[0].label);
+        // A job attempted again analyses the same instance again: its last
+        // attempt is the case.
+        let attempt_key = key.clone();
+        if let Some(&i) = attempts.get(&attempt_key) {
+            out.remove(i);
+            for v in attempts.values_mut() {
+                if *v > i {
+                    *v -= 1;
+                }
+            }
+        }
+        attempts.insert(attempt_key, out.len());
         out.push(Case {
             seq: r.seq,
             timestamp: r.timestamp.clone(),
             period: options.period.start_of(t),
+            in_window,
             reference: in_reference,
             model_version: r.model_version.clone().unwrap_or_default(),
             failure,
@@ -587,11 +710,6 @@ pub fn cases(
             truth,
             reviewers_disagree: disagree,
         });
-        // Cases of the reference period outside the window are kept for
-        // drift only (flag `reference`); [`report`] counts the window.
-        if !in_window && let Some(last) = out.last_mut() {
-            last.period = NaiveDate::MIN;
-        }
     }
     (out, validation, unmatched)
 }
@@ -603,7 +721,7 @@ pub fn report(
     reviews_unmatched: usize,
     options: &PmsOptions,
 ) -> PmsReport {
-    let window: Vec<&Case> = all.iter().filter(|c| c.period != NaiveDate::MIN).collect();
+    let window: Vec<&Case> = all.iter().filter(|c| c.in_window).collect();
     let reference: Vec<&Case> = all
         .iter()
         .filter(|c| c.reference && c.failure.is_none())
@@ -637,13 +755,14 @@ pub fn report(
             .filter(|c| c.failure.is_none())
             .collect();
         let fr = failure_rate(&cases);
-        let failure_limits = overall_failure.and_then(|o| limits(o.value, cases.len() as u64));
+        let failure_limits =
+            overall_failure.and_then(|o| control_limits(o.value, cases.len() as u64));
         let failure_out = matches!((fr, failure_limits), (Some(f), Some((_, hi))) if f.value > hi);
         let ag = agreement(&cases, &classes);
         let agreement_limits = overall_agreement
             .agreement
             .zip(ag.agreement)
-            .and_then(|(o, a)| limits(o.value, a.n));
+            .and_then(|(o, a)| control_limits(o.value, a.n));
         let agreement_out =
             matches!((ag.agreement, agreement_limits), (Some(a), Some((lo, _))) if a.value < lo);
         let mut drift = Drift::default();
@@ -755,6 +874,7 @@ pub fn report(
             reference_bounds.1.to_rfc3339(),
             reference.len(),
         ),
+        reviews_until: options.reviews_until.to_rfc3339(),
         volume: window.len(),
         failures,
         failure_rate: overall_failure,
@@ -769,7 +889,7 @@ pub fn report(
             psi_watch: PSI_WATCH,
             psi_alarm: PSI_ALARM,
             min_cases_for_drift: MIN_CASES_FOR_DRIFT,
-            control_sigmas: 3.0,
+            control_alpha: CONTROL_ALPHA,
         },
     }
 }
@@ -783,7 +903,7 @@ const ACTION_AGREEMENT: &str = "radiologists reject more results than usual: rev
 /// aggregate of these rows.
 pub fn cases_csv(cases: &[Case]) -> String {
     let mut out = String::from(
-        "seq,timestamp,period,reference,model_version,failure,decision,probability,latency_ms,intensity_mean,review,verdict,truth",
+        "seq,timestamp,period,in_window,reference,model_version,failure,decision,probability,latency_ms,intensity_mean,review,verdict,truth",
     );
     for a in ATTRIBUTES {
         out.push(',');
@@ -791,23 +911,25 @@ pub fn cases_csv(cases: &[Case]) -> String {
     }
     out.push('\n');
     let field = |s: &str| {
+        // A value a spreadsheet would take for a formula is kept as text.
+        let s = if s.starts_with(['=', '+', '-', '@']) {
+            format!("'{s}")
+        } else {
+            s.to_string()
+        };
         if s.contains([',', '"', '\n']) {
             format!("\"{}\"", s.replace('"', "\"\""))
         } else {
-            s.to_string()
+            s
         }
     };
     let num = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_default();
     for c in cases {
-        let period = if c.period == NaiveDate::MIN {
-            String::new()
-        } else {
-            c.period.to_string()
-        };
         let mut row = vec![
             c.seq.to_string(),
             c.timestamp.clone(),
-            period,
+            c.period.to_string(),
+            c.in_window.to_string(),
             c.reference.to_string(),
             field(&c.model_version),
             field(c.failure.as_deref().unwrap_or("")),

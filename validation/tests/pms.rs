@@ -65,7 +65,21 @@ fn month() -> (Vec<AuditRecord>, Vec<ReviewInput>) {
             let job = day * 100 + i;
             let source = format!("1.2.{job}.1");
             seq += 1;
-            if rng.next() < 0.02 {
+            if day == 4 && i == 0 {
+                // A first attempt that failed; the job's next attempt
+                // (below) is the case.
+                records.push(record(
+                    seq,
+                    "inference",
+                    "failed",
+                    at,
+                    &source,
+                    json!({
+                        "job_id": job, "rule": "brain-mr", "error": "worker stopped: interrupted",
+                    }),
+                ));
+                seq += 1;
+            } else if rng.next() < 0.02 {
                 records.push(record(seq, "inference", "failed", at, &source, json!({
                     "job_id": job, "rule": "brain-mr", "error": "cannot decode pixel data: truncated",
                 })));
@@ -123,6 +137,7 @@ fn month() -> (Vec<AuditRecord>, Vec<ReviewInput>) {
                     verdict: verdict.into(),
                     label,
                     reviewer: "Dr A".into(),
+                    authenticated_as: "dr-a".into(),
                     recorded_ms: (at + Duration::hours(2)).timestamp_millis(),
                     counts: true,
                 });
@@ -152,6 +167,7 @@ fn drift_from_day_20_is_detected_after_it_and_not_before_and_figures_match_scipy
         to: Utc.with_ymd_and_hms(2026, 7, 1, 0, 0, 0).unwrap(),
         period: Period::Week,
         reference: None,
+        reviews_until: Utc.with_ymd_and_hms(2026, 7, 8, 0, 0, 0).unwrap(),
     };
     let (cases, validation, unmatched) = pms::cases(&records, &reviews, &options);
     assert_eq!(validation, 1);
@@ -238,10 +254,33 @@ fn drift_from_day_20_is_detected_after_it_and_not_before_and_figures_match_scipy
     );
     assert_eq!(
         report.failures.keys().collect::<Vec<_>>(),
-        ["cannot decode pixel data"]
+        ["cannot decode pixel data"],
+        "the retried job's failed attempt is not a case"
     );
+    assert_eq!(cases.iter().filter(|c| c.in_window).count(), 1200);
     let latency = report.latency_ms.unwrap();
     assert!(latency[0] > 23.0 && latency[2] < 34.0, "{latency:?}");
+    // The control limits are the exact binomial ones (scipy's ppf and isf
+    // at 0.00135); one rejection out of one review is no alarm.
+    let pairs = [
+        (1u64, 0.95f64),
+        (20, 0.9),
+        (100, 0.95),
+        (400, 0.5),
+        (50, 0.02),
+    ];
+    let asked: Vec<String> = pairs.iter().map(|(n, p)| format!("{n}/{p}")).collect();
+    let out = vigie_test_support::oracle("binom_limits_scipy.py", &asked);
+    let scipy: Vec<(f64, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    for ((n, p), s) in pairs.iter().zip(&scipy) {
+        let (lo, hi) = pms::control_limits(*p, *n).unwrap();
+        assert_eq!(
+            ((lo * *n as f64).round(), (hi * *n as f64).round()),
+            *s,
+            "n={n} p={p}"
+        );
+    }
+    assert_eq!(pms::control_limits(0.95, 1).unwrap().0, 0.0);
     // Every case is a row of cases.csv, with its audit sequence number.
     let csv = pms::cases_csv(&cases);
     assert_eq!(csv.lines().count(), cases.len() + 1);

@@ -81,23 +81,47 @@ pub fn refusal(e: &Error) -> StoreOutcome {
     }
 }
 
-/// An SR document (the SR classes accepted, for reviewers' SRs): the SR
-/// Document General and Content modules' Type 1 attributes at the root
-/// (PS3.3 C.17.2, C.17.3: Value Type CONTAINER, Concept Name Code
-/// Sequence, Completion Flag, Verification Flag) and the Content Sequence
-/// (Type 1C, present for any report with content; its absence is also how
-/// a data set truncated before it shows). No pixel data.
+/// An SR document (the SR classes accepted, for reviewers' SRs): Modality
+/// SR (SR Document Series, PS3.3 C.17.1), the SR Document General module's
+/// Type 1 attributes (C.17.2: Instance Number, Content Date and Time,
+/// Completion Flag PARTIAL or COMPLETE, Verification Flag UNVERIFIED or
+/// VERIFIED), the SR Document Content module's at the root (C.17.3: Value
+/// Type CONTAINER, Concept Name Code Sequence, Continuity of Content
+/// SEPARATE or CONTINUOUS) and the Content Sequence (Type 1C, present for
+/// any report with content; its absence is also how a data set truncated
+/// before it shows). No pixel data.
 fn check_sr(file: &DicomFile) -> Result<(), StoreOutcome> {
     use dicom_dictionary_std::tags;
     let object = file.object();
     let missing = |attribute: &str| {
         StoreOutcome::failure(
             status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            format!("required attribute {attribute} missing"),
+            format!("required attribute {attribute} missing or invalid"),
         )
     };
-    if file.string(tags::VALUE_TYPE).as_deref() != Some("CONTAINER") {
-        return Err(missing("ValueType CONTAINER"));
+    let is = |tag, values: &[&str]| file.string(tag).is_some_and(|v| values.contains(&v.trim()));
+    for (tag, name, values) in [
+        (tags::MODALITY, "Modality SR", &["SR"][..]),
+        (tags::VALUE_TYPE, "ValueType CONTAINER", &["CONTAINER"][..]),
+        (
+            tags::COMPLETION_FLAG,
+            "CompletionFlag",
+            &["PARTIAL", "COMPLETE"][..],
+        ),
+        (
+            tags::VERIFICATION_FLAG,
+            "VerificationFlag",
+            &["UNVERIFIED", "VERIFIED"][..],
+        ),
+        (
+            tags::CONTINUITY_OF_CONTENT,
+            "ContinuityOfContent",
+            &["SEPARATE", "CONTINUOUS"][..],
+        ),
+    ] {
+        if !is(tag, values) {
+            return Err(missing(name));
+        }
     }
     for (tag, name) in [
         (tags::CONCEPT_NAME_CODE_SEQUENCE, "ConceptNameCodeSequence"),
@@ -112,8 +136,9 @@ fn check_sr(file: &DicomFile) -> Result<(), StoreOutcome> {
         }
     }
     for (tag, name) in [
-        (tags::COMPLETION_FLAG, "CompletionFlag"),
-        (tags::VERIFICATION_FLAG, "VerificationFlag"),
+        (tags::INSTANCE_NUMBER, "InstanceNumber"),
+        (tags::CONTENT_DATE, "ContentDate"),
+        (tags::CONTENT_TIME, "ContentTime"),
     ] {
         if file.string(tag).is_none() {
             return Err(missing(name));

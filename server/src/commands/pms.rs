@@ -54,6 +54,7 @@ fn reviews(dir: &Path) -> anyhow::Result<Vec<ReviewInput>> {
             verdict: r.review.verdict.as_str().into(),
             label: r.review.label,
             reviewer: r.review.reviewer,
+            authenticated_as: r.review.authenticated_as,
             recorded_ms: r.recorded_ms,
             counts: r.counts,
         }));
@@ -82,16 +83,30 @@ pub fn report(config: &Config, args: PmsReportArgs) -> anyhow::Result<ExitCode> 
             (Some(a), Some(b)) => Some((time(a)?, time(b)?)),
             _ => None,
         },
+        reviews_until: match &args.reviews_until {
+            Some(t) => time(t)?,
+            None => chrono::Utc::now(),
+        },
     };
     if options.to <= options.from {
         bail!("--to must be after --from");
+    }
+    if let Some((a, b)) = options.reference
+        && b <= a
+    {
+        bail!("--reference-to must be after --reference-from");
     }
     let audit = open_existing(config, &dir)?;
     let reference = pms::reference_window(&options);
     let from = options.from.min(reference.0);
     let to = options.to.max(reference.1);
     let mut records = Vec::new();
-    for kind in ["inference", "result_created"] {
+    // A result record follows its inference record by microseconds: an
+    // hour past the window's end finds those of its last inferences.
+    for (kind, to) in [
+        ("inference", to),
+        ("result_created", to + chrono::Duration::hours(1)),
+    ] {
         records.extend(audit.records(&Query {
             from: Some(from.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
             to: Some(to.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
@@ -153,6 +168,7 @@ pub fn report(config: &Config, args: PmsReportArgs) -> anyhow::Result<ExitCode> 
                 "to": report.to,
                 "period": report.period,
                 "reference": report.reference,
+                "reviews_until": options.reviews_until.to_rfc3339(),
                 "volume": report.volume,
                 "reviews": reviews.len(),
                 "alarms": report.alarms.len(),

@@ -281,16 +281,14 @@ fn pms_metrics(dir: &std::path::Path) -> String {
         .collect();
     files.sort();
     for file in files {
-        let Ok(text) = std::fs::read_to_string(&file) else {
+        let mut text = String::new();
+        let read = std::fs::File::open(&file).and_then(|f| {
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, 64 << 10), &mut text)
+        });
+        if read.is_err() {
             continue;
-        };
-        for line in text.lines().take_while({
-            let mut read = 0usize;
-            move |l| {
-                read += l.len() + 1;
-                read <= 64 << 10
-            }
-        }) {
+        }
+        for line in text.lines() {
             let comment = line
                 .strip_prefix("# HELP ")
                 .or_else(|| line.strip_prefix("# TYPE "));
@@ -307,7 +305,14 @@ fn pms_metrics(dir: &std::path::Path) -> String {
                 if known.len() < 2 && !known.iter().any(|h| h[..6] == line[..6]) {
                     known.push(line.to_string());
                 }
-            } else {
+            } else if line
+                .rsplit(' ')
+                .next()
+                .is_some_and(|v| v.parse::<f64>().is_ok())
+                && line.matches('{').count() <= 1
+            {
+                // A sample ends in its value; anything else is left out
+                // rather than breaking the whole scrape.
                 samples
                     .entry(name.to_string())
                     .or_default()

@@ -84,7 +84,7 @@ pub async fn post_review(
             let message = rejection.body_text();
             let reason = format!("malformed review body (HTTP {})", status.as_u16());
             blocking(move || {
-                desk.refused_unread(Some(id), ReviewVia::Api, &who, &reason);
+                desk.refused_unread(Some(id), ReviewVia::Api, &who, "malformed", &reason);
                 Ok(())
             })
             .await?;
@@ -100,6 +100,7 @@ pub async fn post_review(
                     Some(id),
                     ReviewVia::Api,
                     &who,
+                    "malformed",
                     "via is neither api nor page",
                 );
                 Ok(())

@@ -134,6 +134,8 @@ pub enum Event<'a> {
         instance: &'a InstanceRecord,
         /// Why.
         error: &'a str,
+        /// The model that was to analyse it.
+        model: &'a Ran,
     },
     /// A panic caught in a worker: the attempt fails, the worker goes on.
     WorkerPanicked {
@@ -524,24 +526,23 @@ fn audit_records(event: &Event<'_>) -> Vec<AuditEvent> {
             job,
             instance,
             error,
-        } => {
-            let mut event = AuditEvent::new(
-                EventKind::Inference,
-                "failed",
-                serde_json::json!({
-                    "job_id": job.id,
-                    "attempt": job.attempts,
-                    "input": { "file_sha256": instance.sha256 },
-                    "error": error,
-                }),
-            )
-            .instance(
-                Some(&instance.study_instance_uid),
-                Some(&instance.sop_instance_uid),
-            );
-            event.model_id = Some(job.model.clone());
-            event
-        }
+            model,
+        } => AuditEvent::new(
+            EventKind::Inference,
+            "failed",
+            serde_json::json!({
+                "job_id": job.id,
+                "attempt": job.attempts,
+                "rule": job.rule,
+                "input": { "file_sha256": instance.sha256 },
+                "error": error,
+            }),
+        )
+        .instance(
+            Some(&instance.study_instance_uid),
+            Some(&instance.sop_instance_uid),
+        )
+        .model(model.package.id(), model.package.version()),
         Event::JobDone {
             job,
             results,

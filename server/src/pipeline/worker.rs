@@ -297,6 +297,7 @@ impl Pipeline {
                         job,
                         instance: &instances[index],
                         error: &error,
+                        model: &ran,
                     });
                     failures.push(format!("{}: {error}", instances[index].sop_instance_uid));
                 }

@@ -116,7 +116,7 @@ pub fn markdown(r: &PmsReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\n## Per period\n\n| period | volume | failure rate | agreement | agreement limits (3σ) | latency p50 ms | input PSI (max) | intensity PSI | output PSI | mean p | records |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "\n## Per period\n\n| period | volume | failure rate | agreement | agreement control limits | latency p50 ms | input PSI (max) | intensity PSI | output PSI | mean p | records |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in &r.periods {
         let max_input = p
@@ -178,11 +178,11 @@ pub fn markdown(r: &PmsReport) -> String {
     }
     let _ = writeln!(
         out,
-        "Thresholds: PSI ≥ {} watch, ≥ {} alarm, measured in periods of at least {} analysed cases; p-chart limits at {} σ. Method: docs/post-market.md.",
+        "Thresholds: PSI ≥ {} watch, ≥ {} alarm, measured in periods of at least {} analysed cases; control limits: exact binomial, {} on each side (3 σ). Method: docs/post-market.md.",
         r.thresholds.psi_watch,
         r.thresholds.psi_alarm,
         r.thresholds.min_cases_for_drift,
-        r.thresholds.control_sigmas
+        r.thresholds.control_alpha
     );
     out
 }
@@ -282,7 +282,7 @@ pub fn html(r: &PmsReport) -> String {
                     }
                 }
                 div class="plots" {
-                    (trend("Agreement per period (band: 3σ control limits)", &agreement, 1.0))
+                    (trend("Agreement per period (band: control limits)", &agreement, 1.0))
                     (trend(&format!("Largest drift PSI per period (alarm at {})", r.thresholds.psi_alarm), &psi, psi_max))
                     (trend("Volume per period", &volume, volume_max))
                 }
