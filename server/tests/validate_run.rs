@@ -467,3 +467,83 @@ fn a_segmentation_model_is_scored_against_reference_masks_in_millimetres() {
     assert!(!tampered.status.success());
     assert!(String::from_utf8_lossy(&tampered.stderr).contains("content hash"));
 }
+
+/// `vigie validate run` must work as the service user, not only as root:
+/// run by an unprivileged uid (`nobody`, switched to with `setpriv` when
+/// the tests run as root; the tests' own uid otherwise), with its own data
+/// directory, it reads the dataset, the models and ONNX Runtime, records
+/// the run in that directory's audit trail and writes its reports.
+#[test]
+fn validate_run_works_as_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = rustix::process::getuid().is_root();
+    // The scratch folder readable by everyone (tempdir makes it 0700).
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let files = demo_studies(tmp.path(), 3);
+    assert_eq!(files.len(), 3);
+    let dataset = tmp.path().join("dicom");
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let mut command = if root {
+        for dir in [&data, &out] {
+            rustix::fs::chown(
+                dir.as_path(),
+                Some(rustix::fs::Uid::from_raw(65534)),
+                Some(rustix::fs::Gid::from_raw(65534)),
+            )
+            .unwrap();
+        }
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_vigie"),
+        ]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_vigie"))
+    };
+    let run = command
+        .env_remove("VIGIE_CONFIG")
+        .env("HOME", tmp.path())
+        .env("VIGIE__INFERENCE__MODELS_DIR", repo_root().join("models"))
+        .env(
+            "VIGIE__INFERENCE__ONNXRUNTIME_LIBRARY",
+            onnxruntime_library(),
+        )
+        .env("VIGIE__INFERENCE__INTRA_THREADS", "2")
+        .args(["validate", "run", "--dataset"])
+        .arg(&dataset)
+        .arg("--out")
+        .arg(&out)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("vigie runs");
+    assert!(
+        run.status.success(),
+        "as uid {}: {}",
+        if root {
+            65534
+        } else {
+            rustix::process::getuid().as_raw()
+        },
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("(3/3;"));
+    assert!(out.join("report.json").is_file());
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(data.join("audit.sqlite")).unwrap().uid();
+    assert_eq!(
+        owner,
+        if root {
+            65534
+        } else {
+            rustix::process::getuid().as_raw()
+        },
+        "the audit trail is the unprivileged user's"
+    );
+}
