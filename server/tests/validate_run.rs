@@ -486,6 +486,44 @@ fn validate_run_works_as_an_unprivileged_user() {
     let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
     std::fs::create_dir_all(&data).unwrap();
     std::fs::create_dir_all(&out).unwrap();
+    // What the unprivileged user runs and reads; linked (or copied) into
+    // the scratch folder when a folder above it is closed to others (a
+    // checkout under /root).
+    let open_to_others = |path: &std::path::Path| {
+        path.ancestors()
+            .skip(1)
+            .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+    };
+    let reachable = |path: &std::path::Path, name: &str| -> std::path::PathBuf {
+        if !root || open_to_others(path) {
+            return path.to_path_buf();
+        }
+        let to = tmp.path().join(name);
+        if path.is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+            for entry in std::fs::read_dir(path).unwrap().flatten() {
+                let target = to.join(entry.file_name());
+                if std::fs::hard_link(entry.path(), &target).is_err() {
+                    std::fs::copy(entry.path(), &target).unwrap();
+                }
+            }
+        } else if std::fs::hard_link(path, &to).is_err() {
+            std::fs::copy(path, &to).unwrap();
+        }
+        to
+    };
+    let binary = reachable(std::path::Path::new(env!("CARGO_BIN_EXE_vigie")), "vigie");
+    let models = tmp.path().join("models");
+    let package = reachable(
+        &repo_root().join("models/brain-tumour-vgg16"),
+        "models/brain-tumour-vgg16",
+    );
+    let models = if package.starts_with(tmp.path()) {
+        models
+    } else {
+        repo_root().join("models")
+    };
+    let library = reachable(&onnxruntime_library(), "libonnxruntime.so");
     let mut command = if root {
         for dir in [&data, &out] {
             rustix::fs::chown(
@@ -496,24 +534,17 @@ fn validate_run_works_as_an_unprivileged_user() {
             .unwrap();
         }
         let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_vigie"),
-        ]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        c.arg(&binary);
         c
     } else {
-        Command::new(env!("CARGO_BIN_EXE_vigie"))
+        Command::new(&binary)
     };
     let run = command
         .env_remove("VIGIE_CONFIG")
         .env("HOME", tmp.path())
-        .env("VIGIE__INFERENCE__MODELS_DIR", repo_root().join("models"))
-        .env(
-            "VIGIE__INFERENCE__ONNXRUNTIME_LIBRARY",
-            onnxruntime_library(),
-        )
+        .env("VIGIE__INFERENCE__MODELS_DIR", &models)
+        .env("VIGIE__INFERENCE__ONNXRUNTIME_LIBRARY", &library)
         .env("VIGIE__INFERENCE__INTRA_THREADS", "2")
         .args(["validate", "run", "--dataset"])
         .arg(&dataset)
