@@ -324,3 +324,20 @@ fn read_header(path: &Path, object: &DefaultDicomObject) -> Result<InstanceHeade
         transfer_syntax,
     })
 }
+
+/// The items of the sequence `tag` in `object` (none when it is absent or
+/// not a sequence).
+pub fn items(
+    object: &dicom_object::InMemDicomObject,
+    tag: dicom_core::Tag,
+) -> &[dicom_object::InMemDicomObject] {
+    object.get(tag).and_then(|e| e.items()).unwrap_or(&[])
+}
+
+/// The text of `tag` in `object`, trimmed of padding (spaces, NULs);
+/// `None` when absent or empty.
+pub fn text(object: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    let value = object.get(tag)?.to_str().ok()?;
+    let trimmed = value.trim_matches(|c: char| c == ' ' || c == '\0');
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
+}

@@ -28,7 +28,7 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use crate::file::DicomFile;
+use crate::file::{DicomFile, items};
 use crate::results::PRIVATE_SCHEME;
 
 /// Concept name of the verdict: (AIRESULTASSESS, 99VIGIE).
@@ -116,14 +116,9 @@ pub enum ReviewSrError {
     },
 }
 
-fn items(object: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
-    object.get(tag).and_then(|e| e.items()).unwrap_or(&[])
-}
-
+/// A text value, bounded to [`MAX_TEXT`] characters.
 fn text(object: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let value = object.get(tag)?.to_str().ok()?;
-    let trimmed = value.trim_matches(|c: char| c == ' ' || c == '\0');
-    (!trimmed.is_empty()).then(|| trimmed.chars().take(MAX_TEXT).collect())
+    crate::file::text(object, tag).map(|t| t.chars().take(MAX_TEXT).collect())
 }
 
 /// (value, scheme) of the first item of a code sequence.

@@ -33,7 +33,7 @@ use vigie_dicom_io::net::admission;
 use vigie_dicom_io::net::scp::{ReceivedInstance, ScpEvent, StoreHandler, StoreOutcome};
 
 use crate::metrics::Metrics;
-use crate::reviews::{ReviewDesk, ReviewError, ReviewRequest};
+use crate::reviews::{Checked, ReviewDesk, ReviewError, ReviewRequest};
 use vigie_audit::{Audit, AuditEvent, EventKind};
 use vigie_store::layout::{Layout, Reserve, commit_synced_file_then, is_disk_full};
 use vigie_store::{InstanceIndex, InstanceRecord, now_ms};
@@ -301,7 +301,7 @@ impl Ingest {
             // Durable first, then the review; a failure here is answered
             // as one (the sender sends the SR again, and a review already
             // recorded from it is not recorded twice).
-            self.reviews.submit(&review).map_err(|e| match e {
+            self.reviews.record(review).map_err(|e| match e {
                 ReviewError::Refused(refusal) => {
                     StoreOutcome::failure(status::CANNOT_UNDERSTAND, refusal.to_string())
                 }
@@ -333,7 +333,7 @@ impl Ingest {
         source: Source,
         study: Option<&str>,
         uids: &mut Option<(String, String)>,
-    ) -> Result<(InstanceRecord, AuditEvent, Option<ReviewRequest>), StoreOutcome> {
+    ) -> Result<(InstanceRecord, AuditEvent, Option<Checked>), StoreOutcome> {
         let file = admission::open_checked(&received.path)?;
         let header = file.header();
         let patient_id = file.string(dicom_dictionary_std::tags::PATIENT_ID);
@@ -424,7 +424,7 @@ impl Ingest {
         file: &DicomFile,
         received: &ReceivedInstance,
         source: Source,
-    ) -> Result<Option<ReviewRequest>, StoreOutcome> {
+    ) -> Result<Option<Checked>, StoreOutcome> {
         let caller = &received.calling_ae_title;
         let authenticated_as = match source {
             Source::Dimse => format!("AE {caller}"),
@@ -472,8 +472,8 @@ impl Ingest {
             authenticated_as,
             source_sop_instance_uid: Some(document.sop_instance_uid),
         };
-        match self.reviews.check_only(&request) {
-            Ok(()) => Ok(Some(request)),
+        match self.reviews.check(&request) {
+            Ok(checked) => Ok(Some(checked)),
             Err(ReviewError::Refused(refusal)) => Err(StoreOutcome::failure(
                 status::CANNOT_UNDERSTAND,
                 refusal.to_string(),

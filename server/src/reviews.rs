@@ -66,6 +66,15 @@ pub struct ReviewRequest {
     pub source_sop_instance_uid: Option<String>,
 }
 
+/// A review that passed [`ReviewDesk::check`], ready to record: the row,
+/// and the study and model of its job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    review: NewReview,
+    study: String,
+    model: String,
+}
+
 /// Why a review was refused: each says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -288,26 +297,19 @@ impl ReviewDesk {
     /// Check, record and audit `request`. A refusal is audited
     /// (`review_refused`) before it is returned.
     pub fn submit(&self, request: &ReviewRequest) -> Result<RecordedReview, ReviewError> {
-        match self.check(request) {
-            Ok(review) => self.record(review),
-            Err(ReviewError::Refused(refusal)) => {
-                self.refused(request, &refusal);
-                Err(ReviewError::Refused(refusal))
-            }
-            Err(e) => Err(e),
-        }
+        self.record(self.check(request)?)
     }
 
-    /// Check `request` without recording it (a reviewer's SR, before the
-    /// instance is stored); a refusal is audited.
-    pub fn check_only(&self, request: &ReviewRequest) -> Result<(), ReviewError> {
-        match self.check(request) {
-            Ok(_) => Ok(()),
+    /// Check `request` without recording it (a reviewer's SR is checked
+    /// before the instance is stored, and [`ReviewDesk::record`]ed once it
+    /// is durable); a refusal is audited.
+    pub fn check(&self, request: &ReviewRequest) -> Result<Checked, ReviewError> {
+        match self.checked(request) {
             Err(ReviewError::Refused(refusal)) => {
                 self.refused(request, &refusal);
                 Err(ReviewError::Refused(refusal))
             }
-            Err(e) => Err(e),
+            other => other,
         }
     }
 
@@ -374,7 +376,7 @@ impl ReviewDesk {
         );
     }
 
-    fn check(&self, request: &ReviewRequest) -> Result<(NewReview, String, String), ReviewError> {
+    fn checked(&self, request: &ReviewRequest) -> Result<Checked, ReviewError> {
         check_text("reviewer", &request.reviewer, MAX_NAME)?;
         if let Some(label) = &request.label {
             check_text("label", label, MAX_NAME)?;
@@ -474,8 +476,8 @@ impl ReviewDesk {
             }
             _ => {}
         }
-        Ok((
-            NewReview {
+        Ok(Checked {
+            review: NewReview {
                 job_id,
                 result_sop_instance_uid: result,
                 verdict: request.verdict,
@@ -486,15 +488,18 @@ impl ReviewDesk {
                 authenticated_as: request.authenticated_as.clone(),
                 source_sop_instance_uid: request.source_sop_instance_uid.clone(),
             },
-            job.study_instance_uid,
-            job.model,
-        ))
+            study: job.study_instance_uid,
+            model: job.model,
+        })
     }
 
-    fn record(
-        &self,
-        (review, study, model): (NewReview, String, String),
-    ) -> Result<RecordedReview, ReviewError> {
+    /// Record and audit a checked review.
+    pub fn record(&self, checked: Checked) -> Result<RecordedReview, ReviewError> {
+        let Checked {
+            review,
+            study,
+            model,
+        } = checked;
         let recorded = self.catalog.record_review(&review, vigie_store::now_ms())?;
         let stored = &recorded.review;
         let r = &stored.review;

@@ -38,6 +38,7 @@ use dicom_object::InMemDicomObject;
 use sha2::{Digest, Sha256};
 use vigie_analysis::routing::{Router, SeriesSummary, StableStudy};
 use vigie_dicom_io::DicomFile;
+use vigie_dicom_io::file::{items, text};
 
 use crate::dataset::{Dataset, SeriesEntry, StudyEntry, content_hash};
 use crate::error::{Error, Result};
@@ -415,16 +416,6 @@ struct SegMasks {
     /// Source image → per-pixel model class index.
     masks: BTreeMap<String, Vec<u8>>,
     notes: Vec<String>,
-}
-
-fn items(object: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
-    object.get(tag).and_then(|e| e.items()).unwrap_or(&[])
-}
-
-fn text(object: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let value = object.get(tag)?.to_str().ok()?;
-    let trimmed = value.trim_matches(|c: char| c == ' ' || c == '\0');
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
 fn int(object: &InMemDicomObject, tag: Tag) -> Option<i64> {
