@@ -455,6 +455,164 @@ async fn unknown_calling_ae_titles_and_addresses_are_rejected() {
     scp.task.abort();
 }
 
+/// Conformance defect (integration issue, part 6): the A-ASSOCIATE-AC and
+/// -RQ carried dicom-rs's Implementation Class UID and Version Name
+/// (`DICOM-rs 0.10.1`), not the ones of the conformance statement. Seen by
+/// DCMTK on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_associations_carry_vigies_implementation_identifiers() {
+    use vigie_dicom_io::write::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+    // Vigie accepting: echoscu prints the A-ASSOCIATE-AC it received.
+    let scp = start(|_| {}).await;
+    let out = dcmtk("echoscu", scu_args(scp.port, "VIGIE", &["-d"])).await;
+    assert!(out.status.success());
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every non-empty "Their Implementation …" line DCMTK prints (the
+    // request it sent shows empty ones) is Vigie's, and there is one.
+    let theirs = |log: &str, what: &str| {
+        let values: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(&format!("Their Implementation {what}")))
+            .map(|l| l.rsplit(':').next().unwrap_or("").trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let first = values.first().cloned();
+        assert!(
+            values.iter().all(|v| Some(v) == first.as_ref()),
+            "{values:?}"
+        );
+        first
+    };
+    assert_eq!(
+        theirs(&log, "Class UID").as_deref(),
+        Some(IMPLEMENTATION_CLASS_UID),
+        "{log}"
+    );
+    assert_eq!(
+        theirs(&log, "Version Name").as_deref(),
+        Some(IMPLEMENTATION_VERSION_NAME),
+        "{log}"
+    );
+    assert!(!log.contains("DICOM-rs"), "{log}");
+    scp.task.abort();
+    // Vigie requesting: storescp prints the A-ASSOCIATE-RQ it received.
+    let tmp = tempfile::tempdir().unwrap();
+    let port = vigie_test_support::free_port();
+    let mut child = Command::new("storescp")
+        .args(["-d", "-aet", "PACS", "-od"])
+        .arg(tmp.path())
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("storescp (apt-get install dcmtk)");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let remote = RemoteAe {
+        ae_title: "PACS".into(),
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let file = pydicom_test_files().join("CT_small.dcm");
+    let outcomes = send_files(&remote, &ScuOptions::new("VIGIE-SCU"), &[file])
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(SendOutcome::delivered), "{outcomes:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        theirs(&log, "Class UID").as_deref(),
+        Some(IMPLEMENTATION_CLASS_UID),
+        "{log}"
+    );
+    assert_eq!(
+        theirs(&log, "Version Name").as_deref(),
+        Some(IMPLEMENTATION_VERSION_NAME),
+        "{log}"
+    );
+}
+
+/// Conformance defect (integration issue, part 6): `dicom.transfer_syntaxes`
+/// is documented as an order of preference, but the requester's order won:
+/// DCMTK's `storescu` proposes, for each SOP class, a context with Explicit
+/// VR Little Endian alone and one with Explicit VR Big Endian then Implicit
+/// VR Little Endian, and that second context got the retired Big Endian.
+/// Vigie's order now decides, context by context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_the_acceptors_transfer_syntax_preference_wins() {
+    let file = pydicom_test_files().join("CT_small.dcm"); // Explicit VR LE
+    // The transfer syntaxes the A-ASSOCIATE-AC accepted, as storescu saw it.
+    async fn accepted(port: u16, file: &Path) -> Vec<String> {
+        let mut args = scu_args(port, "VIGIE", &["-d"]);
+        args.push(file.display().to_string());
+        let out = dcmtk("storescu", args).await;
+        let log = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{log}");
+        let ac = log
+            .split("BEGIN A-ASSOCIATE-AC")
+            .nth(1)
+            .and_then(|rest| rest.split("END A-ASSOCIATE-AC").next())
+            .unwrap_or_else(|| panic!("no A-ASSOCIATE-AC in {log}"))
+            .to_string();
+        ac.lines()
+            .filter_map(|l| l.split("Accepted Transfer Syntax: =").nth(1))
+            .map(|ts| ts.trim().to_string())
+            .collect()
+    }
+    // Defaults: Explicit VR Little Endian first, Big Endian last.
+    let scp = start(|_| {}).await;
+    let syntaxes = accepted(scp.port, &file).await;
+    assert!(
+        syntaxes.iter().any(|t| t == "LittleEndianImplicit"),
+        "{syntaxes:?}"
+    );
+    assert!(
+        !syntaxes.iter().any(|t| t == "BigEndianExplicit"),
+        "{syntaxes:?}"
+    );
+    scp.task.abort();
+    // A configured order that puts Big Endian first gets it, from the very
+    // same proposal: the order is Vigie's, not the requester's.
+    let scp = start(|o| {
+        o.transfer_syntaxes = vec![
+            "1.2.840.10008.1.2.2".into(),
+            "1.2.840.10008.1.2".into(),
+            "1.2.840.10008.1.2.1".into(),
+        ]
+    })
+    .await;
+    let syntaxes = accepted(scp.port, &file).await;
+    assert!(
+        syntaxes.iter().any(|t| t == "BigEndianExplicit"),
+        "{syntaxes:?}"
+    );
+    assert!(
+        !syntaxes.iter().any(|t| t == "LittleEndianImplicit"),
+        "{syntaxes:?}"
+    );
+    // The file still travels as it is, on the context that has its syntax.
+    let stored = vigie_dicom_io::DicomFile::open(&scp.stored(&sop_instance_uid(&file))).unwrap();
+    assert_eq!(stored.header().transfer_syntax, "1.2.840.10008.1.2.1");
+    scp.task.abort();
+}
+
 /// DCMTK's `storescp` on a free port, storing under `dir`; killed on drop.
 struct StoreScp {
     child: std::process::Child,

@@ -11,6 +11,9 @@
 //!   streamed to disk, and a [`scp::StoreHandler`] deciding each status.
 //! - [`scu`]: Storage SCU sending Part 10 files to a remote AE.
 //! - [`storage_classes`]: the image storage SOP classes accepted by default.
+//! - [`ul`]: the upper layer: PDUs over a stream and the association
+//!   negotiation of both sides, with Vigie's implementation identifiers
+//!   and its own order of transfer syntax preference.
 
 pub mod admission;
 pub mod config;
@@ -18,6 +21,7 @@ pub mod message;
 pub mod scp;
 pub mod scu;
 pub mod storage_classes;
+pub mod ul;
 
 /// Acknowledge what arrives at once instead of delaying the ACK (Linux
 /// `TCP_QUICKACK`, which the kernel clears again by itself, hence set before

@@ -33,11 +33,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_object::FileMetaTableBuilder;
-use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
+use dicom_ul::association::server::AccessControl;
 use dicom_ul::pdu::{
-    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJServiceUserReason, AssociationRJSource, PDataValueType, Pdu,
-    PresentationContextResultReason, UserIdentity,
+    AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
+    AssociationRJSource, PDataValueType, Pdu, UserIdentity,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,6 +46,7 @@ use tokio::sync::Semaphore;
 
 use super::message::{MessageAssembler, Step, fragment};
 use super::storage_classes::IMAGE_STORAGE;
+use super::ul::{self, Connection, Negotiated, Offer};
 use crate::dimse::{Command, field, status};
 use crate::pixels::DECODABLE_TRANSFER_SYNTAXES;
 use crate::uid;
@@ -138,12 +139,34 @@ pub fn default_sop_classes() -> Vec<String> {
         .collect()
 }
 
-/// Every transfer syntax the pixel decoder handles, uncompressed first.
+/// Explicit VR Little Endian.
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+/// Implicit VR Little Endian.
+const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+/// Deflated Explicit VR Little Endian.
+const DEFLATED_LE: &str = "1.2.840.10008.1.2.1.99";
+/// Explicit VR Big Endian (retired).
+const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
+
+/// Every transfer syntax the pixel decoder handles, in the order of
+/// preference the acceptor applies to each presentation context: Explicit
+/// VR Little Endian (keeps every VR), Implicit VR Little Endian, then the
+/// compressed ones in the decoder's order (a context that proposes one is
+/// taken as sent), Deflated, and the retired Explicit VR Big Endian last.
 pub fn default_transfer_syntaxes() -> Vec<String> {
-    DECODABLE_TRANSFER_SYNTAXES
+    let first = [EXPLICIT_VR_LE, IMPLICIT_VR_LE];
+    let last = [DEFLATED_LE, EXPLICIT_VR_BE];
+    let middle = DECODABLE_TRANSFER_SYNTAXES
         .iter()
-        .map(|s| (*s).to_string())
-        .collect()
+        .copied()
+        .filter(|ts| !first.contains(ts) && !last.contains(ts));
+    let order: Vec<&str> = first
+        .into_iter()
+        .chain(middle)
+        .chain(last)
+        .filter(|ts| DECODABLE_TRANSFER_SYNTAXES.contains(ts))
+        .collect();
+    order.into_iter().map(str::to_string).collect()
 }
 
 /// A data set received by C-STORE, written as a Part 10 file in the
@@ -729,9 +752,10 @@ impl Drop for Incoming {
 }
 
 struct Association<H> {
-    inner: dicom_ul::association::server::AsyncServerAssociation<TcpStream>,
+    conn: Connection<TcpStream>,
+    negotiated: Negotiated,
     /// A second handle on the same socket, to see when a PDU's first
-    /// bytes arrive (dicom-ul owns the first one).
+    /// bytes arrive (the connection owns the first one).
     watcher: Option<TcpStream>,
     /// True once the service stops and the grace period is over.
     cut: tokio::sync::watch::Receiver<bool>,
@@ -752,53 +776,69 @@ impl<H: StoreHandler> Association<H> {
         cut: tokio::sync::watch::Receiver<bool>,
     ) {
         let watcher = watch(&socket);
-        let mut server = ServerAssociationOptions::new()
-            .ae_access_control(Access {
+        let mut conn = Connection::new(socket, options.max_pdu_length);
+        let establish = async {
+            let request = match conn.receive().await {
+                Ok(Pdu::AssociationRQ(rq)) => rq,
+                Ok(other) => return Err(format!("unexpected PDU before association: {other:?}")),
+                Err(e) => return Err(format!("cannot read the association request: {e}")),
+            };
+            let mut abstract_syntaxes: Vec<&str> = vec![VERIFICATION];
+            abstract_syntaxes.extend(options.sop_classes.iter().map(String::as_str));
+            let transfer_syntaxes: Vec<&str> = options
+                .transfer_syntaxes
+                .iter()
+                .map(String::as_str)
+                .collect();
+            let offer = Offer {
+                abstract_syntaxes: &abstract_syntaxes,
+                transfer_syntaxes: &transfer_syntaxes,
+                max_pdu_length: options.max_pdu_length,
+            };
+            let access = Access {
                 callers,
                 peer: peer.ip().to_canonical(),
-            })
-            .ae_title(options.ae_title.as_str())
-            .max_pdu_length(options.max_pdu_length)
-            .with_abstract_syntax(VERIFICATION);
-        for class in &options.sop_classes {
-            server = server.with_abstract_syntax(class.as_str());
-        }
-        for ts in &options.transfer_syntaxes {
-            server = server.with_transfer_syntax(ts.as_str());
-        }
-        let inner =
-            match tokio::time::timeout(options.artim_timeout, server.establish_async(socket)).await
-            {
-                Ok(Ok(a)) => a,
-                Ok(Err(e)) => {
-                    handler.event(ScpEvent::Rejected {
-                        peer,
-                        reason: e.to_string(),
-                    });
-                    return;
-                }
-                Err(_) => {
-                    handler.event(ScpEvent::Rejected {
-                        peer,
-                        reason: "ARTIM timeout waiting for A-ASSOCIATE-RQ".into(),
-                    });
-                    return;
-                }
             };
-        let calling =
-            trim_ae(dicom_ul::association::Association::peer_ae_title(&inner)).to_string();
-        let contexts = inner
-            .presentation_contexts()
-            .iter()
-            .filter(|c| c.reason == PresentationContextResultReason::Acceptance)
-            .count();
+            match ul::accept(request, offer, |calling, called, identity| {
+                access.check_access(&options.ae_title, calling, called, identity)
+            }) {
+                Ok((ac, negotiated)) => {
+                    conn.send(&Pdu::AssociationAC(ac))
+                        .await
+                        .map_err(|e| format!("cannot answer the association request: {e}"))?;
+                    Ok(negotiated)
+                }
+                Err(rj) => {
+                    let reason = ul::describe_rejection(&rj);
+                    let _ = conn.send(&Pdu::AssociationRJ(rj)).await;
+                    conn.shutdown().await;
+                    Err(reason)
+                }
+            }
+        };
+        let negotiated = match tokio::time::timeout(options.artim_timeout, establish).await {
+            Ok(Ok(negotiated)) => negotiated,
+            Ok(Err(reason)) => {
+                handler.event(ScpEvent::Rejected { peer, reason });
+                return;
+            }
+            Err(_) => {
+                handler.event(ScpEvent::Rejected {
+                    peer,
+                    reason: "ARTIM timeout waiting for A-ASSOCIATE-RQ".into(),
+                });
+                return;
+            }
+        };
+        let calling = negotiated.calling_ae_title.clone();
         handler.event(ScpEvent::Accepted {
             peer,
             calling_ae_title: calling.clone(),
-            contexts,
+            contexts: negotiated.accepted_count(),
         });
         let mut association = Self {
-            inner,
+            conn,
+            negotiated,
             watcher,
             cut,
             calling,
@@ -814,7 +854,7 @@ impl<H: StoreHandler> Association<H> {
                 stores: association.stores,
             },
             Err(reason) => {
-                let _ = association.inner.abort().await;
+                association.abort().await;
                 ScpEvent::Aborted {
                     calling_ae_title: association.calling.clone(),
                     reason,
@@ -829,11 +869,11 @@ impl<H: StoreHandler> Association<H> {
         let mut assembler = MessageAssembler::new();
         let mut incoming: Option<Incoming> = None;
         loop {
-            super::quick_ack(self.inner.inner_stream());
+            super::quick_ack(self.conn.stream());
             // Idle time before a PDU is bounded by the idle timeout; once its
             // first bytes are here, the whole PDU must follow within the
             // PDU timeout.
-            let receive = tokio::time::timeout(self.options.idle_timeout, self.inner.receive());
+            let receive = tokio::time::timeout(self.options.idle_timeout, self.conn.receive());
             let slow = slow_pdu(self.watcher.as_ref(), self.options.pdu_timeout);
             let mut cut = self.cut.clone();
             let pdu = tokio::select! {
@@ -883,7 +923,8 @@ impl<H: StoreHandler> Association<H> {
                     if incoming.is_some() || assembler.in_message() {
                         return Err("release requested in the middle of a message".into());
                     }
-                    let _ = self.inner.send(&Pdu::ReleaseRP).await;
+                    let _ = self.conn.send(&Pdu::ReleaseRP).await;
+                    self.conn.shutdown().await;
                     return Ok(());
                 }
                 Pdu::AbortRQ { source } => return Err(format!("aborted by peer ({source:?})")),
@@ -893,11 +934,20 @@ impl<H: StoreHandler> Association<H> {
     }
 
     fn context_syntaxes(&self, context: u8) -> Option<(String, String)> {
-        self.inner
-            .presentation_contexts()
-            .iter()
-            .find(|c| c.id == context && c.reason == PresentationContextResultReason::Acceptance)
-            .map(|c| (c.abstract_syntax.clone(), c.transfer_syntax.clone()))
+        self.negotiated
+            .accepted(context)
+            .map(|(a, t)| (a.to_string(), t.to_string()))
+    }
+
+    /// A-ABORT (service provider, no reason), then close.
+    async fn abort(&mut self) {
+        let abort = Pdu::AbortRQ {
+            source: AbortRQSource::ServiceProvider(
+                AbortRQServiceProviderReason::ReasonNotSpecified,
+            ),
+        };
+        let _ = tokio::time::timeout(self.options.pdu_timeout, self.conn.send(&abort)).await;
+        self.conn.shutdown().await;
     }
 
     /// Handle a complete command; returns the C-STORE to receive, if any.
@@ -1020,18 +1070,18 @@ impl<H: StoreHandler> Association<H> {
             context,
             PDataValueType::Command,
             &bytes,
-            self.inner.requestor_max_pdu_length(),
+            self.negotiated.peer_max_pdu_length,
         ) {
             // A peer that never reads its responses cannot hold the
             // association: the send is bounded like a receive.
-            tokio::time::timeout(self.options.pdu_timeout, self.inner.send(&pdu))
+            tokio::time::timeout(self.options.pdu_timeout, self.conn.send(&pdu))
                 .await
                 .map_err(|_| "peer does not read its responses (dicom.pdu_timeout_s)".to_string())?
                 .map_err(|e| format!("cannot send response: {e}"))?;
         }
         // Sending made the connection look interactive to the kernel, which
         // then delays its ACKs: leave that mode before the next message.
-        super::quick_ack(self.inner.inner_stream());
+        super::quick_ack(self.conn.stream());
         Ok(())
     }
 }

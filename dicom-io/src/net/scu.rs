@@ -19,11 +19,11 @@ use std::time::Duration;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{FileMetaTable, InMemDicomObject};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::association::client::ClientAssociationOptions;
 use dicom_ul::pdu::{PDataValueType, Pdu, PresentationContextResultReason};
 use thiserror::Error;
 
 use super::message::{MessageAssembler, Step, fragment};
+use super::ul::{self, Connection, Proposal};
 use crate::dimse::{Command, field, status};
 
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
@@ -209,47 +209,48 @@ pub async fn send_files(
             }
         }
     }
-    let mut client = ClientAssociationOptions::new()
-        .calling_ae_title(options.calling_ae_title.as_str())
-        .called_ae_title(remote.ae_title.as_str())
-        .max_pdu_length(options.max_pdu_length)
-        .connection_timeout(options.timeout)
-        .read_timeout(options.timeout)
-        .write_timeout(options.timeout);
-    for (class, syntaxes) in &proposals {
-        client = client.with_presentation_context(
-            class.as_str(),
-            syntaxes.iter().map(String::as_str).collect(),
-        );
-    }
     let associate_err = |reason: String| ScuError::Associate {
         ae_title: remote.ae_title.clone(),
         host: remote.host.clone(),
         port: remote.port,
         reason,
     };
-    let mut association = tokio::time::timeout(
-        options.timeout,
-        client.establish_async((remote.host.as_str(), remote.port)),
-    )
-    .await
-    .map_err(|_| associate_err("timeout".into()))?
-    .map_err(|e| associate_err(e.to_string()))?;
-    // Each C-STORE is a command PDU then the data set's PDUs: with Nagle's
-    // algorithm on, the data set's last segment waits for the peer to
-    // acknowledge the command, and a peer that delays its acknowledgements
-    // (DCMTK, hence Orthanc, as installed) makes every instance cost 40 ms
-    // or more. Best effort: a socket that refuses the option still works.
-    if let Err(e) = association.inner_stream().set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY not set on the SCU socket");
-    }
-    let accepted: Vec<(u8, String, String)> = association
-        .presentation_contexts()
+    let proposal = Proposal {
+        calling_ae_title: options.calling_ae_title.clone(),
+        called_ae_title: remote.ae_title.clone(),
+        contexts: proposals,
+        max_pdu_length: options.max_pdu_length,
+    };
+    let establish = async {
+        let socket = tokio::net::TcpStream::connect((remote.host.as_str(), remote.port))
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        // Each C-STORE is a command PDU then the data set's PDUs: with
+        // Nagle's algorithm on, the data set's last segment waits for the
+        // peer to acknowledge the command, and a peer that delays its
+        // acknowledgements (DCMTK, hence Orthanc, as installed) makes every
+        // instance cost 40 ms or more. Best effort: a socket that refuses
+        // the option still works.
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on the SCU socket");
+        }
+        let mut connection = Connection::new(socket, options.max_pdu_length);
+        let negotiated = ul::request(&mut connection, &proposal)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((connection, negotiated))
+    };
+    let (mut association, negotiated) = tokio::time::timeout(options.timeout, establish)
+        .await
+        .map_err(|_| associate_err("timeout".into()))?
+        .map_err(associate_err)?;
+    let accepted: Vec<(u8, String, String)> = negotiated
+        .contexts
         .iter()
         .filter(|c| c.reason == PresentationContextResultReason::Acceptance)
         .map(|c| (c.id, c.abstract_syntax.clone(), c.transfer_syntax.clone()))
         .collect();
-    let peer_max = association.acceptor_max_pdu_length();
+    let peer_max = negotiated.peer_max_pdu_length;
     let mut outcomes = Vec::new();
     for (index, file) in outgoing.iter().enumerate() {
         let class = file.meta.media_storage_sop_class_uid();
@@ -298,9 +299,9 @@ pub async fn send_files(
         .into_iter()
         .chain(fragment(context, PDataValueType::Data, &dataset, peer_max));
         for pdu in pdus {
-            association
-                .send(&pdu)
+            tokio::time::timeout(options.timeout, association.send(&pdu))
                 .await
+                .map_err(|_| transfer_err("timeout sending".into()))?
                 .map_err(|e| transfer_err(e.to_string()))?;
         }
         let response = receive_response(&mut association, options.timeout)
@@ -319,17 +320,17 @@ pub async fn send_files(
             comment: response.error_comment,
         });
     }
-    let _ = association.release().await;
+    let _ = tokio::time::timeout(options.timeout, ul::release(&mut association)).await;
     Ok(outcomes)
 }
 
 async fn receive_response(
-    association: &mut dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream>,
+    association: &mut Connection<tokio::net::TcpStream>,
     timeout: Duration,
 ) -> Result<Command, String> {
     let mut assembler = MessageAssembler::new();
     loop {
-        super::quick_ack(association.inner_stream());
+        super::quick_ack(association.stream());
         let pdu = tokio::time::timeout(timeout, association.receive())
             .await
             .map_err(|_| "timeout waiting for C-STORE-RSP".to_string())?

@@ -279,30 +279,55 @@ impl Pipeline {
             execution: model.execution().clone(),
         };
         // Each instance is written and recorded as soon as the model has
-        // it, on this thread, while the next ones are being decoded.
-        vigie_analysis::analyse_stream(model, &paths, &hot_loop, |index, outcome| {
-            match outcome {
-                Ok(streamed) => {
-                    let done = Analysed {
-                        instance: &instances[index],
-                        file: &streamed.file,
-                        analysis: &streamed.analysis,
-                        batch: streamed.batch,
-                    };
-                    self.record_analysis(job, done, &ran, &mut builder, &mut results)?;
+        // it, on a writer thread of its own, while the model runs the next
+        // ones (as `validate run`'s records, writing results must not hold
+        // the model: measured by benches/validate_vs_serve). The channel is
+        // bounded: a slow disk slows the model down, memory stays bounded.
+        let capacity = 2 * hot_loop.batching.max_batch.max(1);
+        let (tx, rx) =
+            sync_channel::<(usize, vigie_analysis::Result<vigie_analysis::Streamed>)>(capacity);
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| -> anyhow::Result<()> {
+                for (index, outcome) in rx {
+                    match outcome {
+                        Ok(streamed) => {
+                            let done = Analysed {
+                                instance: &instances[index],
+                                file: &streamed.file,
+                                analysis: &streamed.analysis,
+                                batch: streamed.batch,
+                            };
+                            self.record_analysis(job, done, &ran, &mut builder, &mut results)?;
+                        }
+                        Err(e) => {
+                            let error = format!("{:#}", anyhow::Error::from(e));
+                            self.emit(Event::NotAnalysed {
+                                job,
+                                instance: &instances[index],
+                                error: &error,
+                                model: &ran,
+                            });
+                            failures
+                                .push(format!("{}: {error}", instances[index].sop_instance_uid));
+                        }
+                    }
                 }
-                Err(e) => {
-                    let error = format!("{:#}", anyhow::Error::from(e));
-                    self.emit(Event::NotAnalysed {
-                        job,
-                        instance: &instances[index],
-                        error: &error,
-                        model: &ran,
-                    });
-                    failures.push(format!("{}: {error}", instances[index].sop_instance_uid));
-                }
-            }
-            Ok::<(), anyhow::Error>(())
+                Ok(())
+            });
+            // A send fails only once the writer stopped on an error: the
+            // loop stops too, and the writer's error is the job's.
+            let streamed =
+                vigie_analysis::analyse_stream(model, &paths, &hot_loop, |index, outcome| {
+                    tx.send((index, outcome))
+                        .map_err(|_| anyhow::anyhow!("the result writer stopped"))
+                });
+            drop(tx);
+            let written = match writer.join() {
+                Ok(written) => written,
+                // A panic while writing fails this attempt as any panic does.
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            written.and(streamed)
         })?;
         if results.is_empty() && !failures.is_empty() {
             anyhow::bail!("no instance could be analysed: {}", failures.join("; "));
