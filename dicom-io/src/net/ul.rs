@@ -439,7 +439,7 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
             let ours = proposed.iter().find(|p| p.id == result.id)?;
             let ts = trim(&result.transfer_syntax).to_string();
             let reason = if result.reason == PresentationContextResultReason::Acceptance
-                && !ours.transfer_syntaxes.iter().any(|t| *t == ts)
+                && !ours.transfer_syntaxes.contains(&ts)
             {
                 PresentationContextResultReason::TransferSyntaxesNotSupported
             } else {
