@@ -608,7 +608,7 @@ async fn regression_the_acceptors_transfer_syntax_preference_wins() {
         "{syntaxes:?}"
     );
     // The file still travels as it is, on the context that has its syntax.
-    let stored = vigie_dicom_io::DicomFile::open(&scp.stored(&sop_instance_uid(&file))).unwrap();
+    let stored = vigie_dicom_io::DicomFile::open(scp.stored(&sop_instance_uid(&file))).unwrap();
     assert_eq!(stored.header().transfer_syntax, "1.2.840.10008.1.2.1");
     scp.task.abort();
 }
