@@ -5,6 +5,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -501,24 +502,8 @@ async fn regression_associations_carry_vigies_implementation_identifiers() {
     scp.task.abort();
     // Vigie requesting: storescp prints the A-ASSOCIATE-RQ it received.
     let tmp = tempfile::tempdir().unwrap();
-    let port = vigie_test_support::free_port();
-    let mut child = Command::new("storescp")
-        .args(["-d", "-aet", "PACS", "-od"])
-        .arg(tmp.path())
-        .arg(port.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("storescp (apt-get install dcmtk)");
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut pacs = storescp_logging(tmp.path()).await;
+    let port = pacs.port;
     let remote = RemoteAe {
         ae_title: "PACS".into(),
         host: "127.0.0.1".into(),
@@ -530,13 +515,7 @@ async fn regression_associations_carry_vigies_implementation_identifiers() {
         .unwrap();
     assert!(outcomes.iter().all(SendOutcome::delivered), "{outcomes:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let log = pacs.log();
     assert_eq!(
         theirs(&log, "Class UID").as_deref(),
         Some(IMPLEMENTATION_CLASS_UID),
@@ -619,6 +598,32 @@ struct StoreScp {
     port: u16,
 }
 
+impl StoreScp {
+    /// Stop it and return what it printed (with `storescp_logging`).
+    fn log(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut log = String::new();
+        for pipe in [
+            self.child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            self.child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut pipe = pipe;
+            let _ = pipe.read_to_string(&mut log);
+        }
+        log
+    }
+}
+
 impl Drop for StoreScp {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -627,13 +632,30 @@ impl Drop for StoreScp {
 }
 
 async fn storescp(dir: &Path) -> StoreScp {
+    spawn_storescp(dir, false).await
+}
+
+/// `storescp -d`, its debug log kept for [`StoreScp::log`].
+async fn storescp_logging(dir: &Path) -> StoreScp {
+    spawn_storescp(dir, true).await
+}
+
+async fn spawn_storescp(dir: &Path, debug: bool) -> StoreScp {
     let port = vigie_test_support::free_port();
+    let output = || {
+        if debug {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        }
+    };
     let child = Command::new("storescp")
+        .args(if debug { &["-d"][..] } else { &[][..] })
         .args(["-aet", "PACS", "-od"])
         .arg(dir)
         .arg(port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(output())
+        .stderr(output())
         .spawn()
         .expect("storescp (apt-get install dcmtk)");
     // Wait until it listens.

@@ -188,6 +188,45 @@ pub fn choose_transfer_syntax<'a>(preference: &[&'a str], proposed: &[String]) -
     })
 }
 
+/// What the peer said about itself in its user information items.
+struct PeerItems<'a> {
+    max_pdu_length: u32,
+    identity: Option<&'a UserIdentity>,
+    class_uid: Option<String>,
+    version_name: Option<String>,
+}
+
+impl<'a> PeerItems<'a> {
+    fn of(items: &'a [UserVariableItem]) -> Self {
+        let mut peer = Self {
+            max_pdu_length: DEFAULT_PEER_MAX_PDU,
+            identity: None,
+            class_uid: None,
+            version_name: None,
+        };
+        for item in items {
+            match item {
+                // PS3.8 D.1: 0 means no limit.
+                UserVariableItem::MaxLength(0) => {
+                    peer.max_pdu_length = dicom_ul::pdu::MAXIMUM_PDU_SIZE
+                }
+                UserVariableItem::MaxLength(n) => {
+                    peer.max_pdu_length = (*n).min(dicom_ul::pdu::MAXIMUM_PDU_SIZE)
+                }
+                UserVariableItem::UserIdentityItem(u) => peer.identity = Some(u),
+                UserVariableItem::ImplementationClassUID(u) => {
+                    peer.class_uid = Some(trim(u).to_string())
+                }
+                UserVariableItem::ImplementationVersionName(v) => {
+                    peer.version_name = Some(trim(v).to_string())
+                }
+                _ => {}
+            }
+        }
+        peer
+    }
+}
+
 /// A rejection in words, for logs and audit records.
 pub fn describe_rejection(rj: &AssociationRJ) -> String {
     let why = match &rj.source {
@@ -244,25 +283,10 @@ pub fn accept(
             AssociationRJServiceUserReason::ApplicationContextNameNotSupported,
         ));
     }
-    let mut peer_max = DEFAULT_PEER_MAX_PDU;
-    let mut identity = None;
-    let mut class_uid = None;
-    let mut version_name = None;
-    for item in &request.user_variables {
-        match item {
-            UserVariableItem::MaxLength(0) => peer_max = dicom_ul::pdu::MAXIMUM_PDU_SIZE,
-            UserVariableItem::MaxLength(n) => peer_max = (*n).min(dicom_ul::pdu::MAXIMUM_PDU_SIZE),
-            UserVariableItem::UserIdentityItem(u) => identity = Some(u),
-            UserVariableItem::ImplementationClassUID(u) => class_uid = Some(trim(u).to_string()),
-            UserVariableItem::ImplementationVersionName(v) => {
-                version_name = Some(trim(v).to_string())
-            }
-            _ => {}
-        }
-    }
+    let peer = PeerItems::of(&request.user_variables);
     let calling = trim(&request.calling_ae_title).to_string();
     let called = trim(&request.called_ae_title).to_string();
-    access(&calling, &called, identity)
+    access(&calling, &called, peer.identity)
         .map_err(|reason| rejection(AssociationRJResult::Permanent, reason))?;
     let contexts: Vec<PresentationContextNegotiated> = request
         .presentation_contexts
@@ -289,10 +313,10 @@ pub fn accept(
         Negotiated {
             calling_ae_title: calling,
             called_ae_title: called,
-            peer_max_pdu_length: peer_max,
+            peer_max_pdu_length: peer.max_pdu_length,
             contexts,
-            peer_implementation_class_uid: class_uid,
-            peer_implementation_version_name: version_name,
+            peer_implementation_class_uid: peer.class_uid,
+            peer_implementation_version_name: peer.version_name,
         },
     ))
 }
@@ -416,20 +440,7 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
         Pdu::AbortRQ { .. } => return Err(RequestError::Aborted),
         other => return Err(RequestError::Unexpected(format!("{other:?}"))),
     };
-    let mut peer_max = DEFAULT_PEER_MAX_PDU;
-    let mut class_uid = None;
-    let mut version_name = None;
-    for item in &ac.user_variables {
-        match item {
-            UserVariableItem::MaxLength(0) => peer_max = dicom_ul::pdu::MAXIMUM_PDU_SIZE,
-            UserVariableItem::MaxLength(n) => peer_max = (*n).min(dicom_ul::pdu::MAXIMUM_PDU_SIZE),
-            UserVariableItem::ImplementationClassUID(u) => class_uid = Some(trim(u).to_string()),
-            UserVariableItem::ImplementationVersionName(v) => {
-                version_name = Some(trim(v).to_string())
-            }
-            _ => {}
-        }
-    }
+    let peer = PeerItems::of(&ac.user_variables);
     // Only contexts we proposed count, with the abstract syntax we proposed
     // under that identifier, and only a transfer syntax we proposed for it.
     let contexts: Vec<PresentationContextNegotiated> = ac
@@ -456,10 +467,10 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
     let negotiated = Negotiated {
         calling_ae_title: proposal.calling_ae_title.clone(),
         called_ae_title: proposal.called_ae_title.clone(),
-        peer_max_pdu_length: peer_max,
+        peer_max_pdu_length: peer.max_pdu_length,
         contexts,
-        peer_implementation_class_uid: class_uid,
-        peer_implementation_version_name: version_name,
+        peer_implementation_class_uid: peer.class_uid,
+        peer_implementation_version_name: peer.version_name,
     };
     if negotiated.accepted_count() == 0 {
         return Err(RequestError::NoContext);
