@@ -252,7 +252,23 @@ fn fuzz_upper_layer_pdus() {
         |bytes| {
             for strict in [true, false] {
                 let mut cursor = std::io::Cursor::new(bytes);
-                let _ = read_pdu(&mut cursor, 116_794, strict);
+                // A request that parses goes on through Vigie's own
+                // negotiation (vigie_dicom_io::net::ul::accept).
+                if let Ok(Some(Pdu::AssociationRQ(request))) =
+                    read_pdu(&mut cursor, 116_794, strict)
+                {
+                    let offer = vigie_dicom_io::net::ul::Offer {
+                        abstract_syntaxes: &["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.1"],
+                        transfer_syntaxes: &["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],
+                        max_pdu_length: 116_794,
+                    };
+                    if let Ok((ac, _)) =
+                        vigie_dicom_io::net::ul::accept(request, offer, |_, _, _| Ok(()))
+                    {
+                        let mut out = Vec::new();
+                        let _ = write_pdu(&mut out, &Pdu::AssociationAC(ac));
+                    }
+                }
             }
         },
     );
