@@ -41,3 +41,34 @@ pub enum Error {
         reason: String,
     },
 }
+
+impl Error {
+    /// A stable, machine-readable code for the kind of failure: the
+    /// underlying crate's code for DICOM and model errors (see
+    /// [`vigie_dicom_io::Error::code`] and [`vigie_inference::Error::code`]),
+    /// `batch_failed` and `not_applicable` for this crate's own.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Dicom(e) => e.code(),
+            Error::Inference(e) => e.code(),
+            Error::BatchFailed { .. } => "batch_failed",
+            Error::NotApplicable { .. } => "not_applicable",
+        }
+    }
+
+    /// The SOP Instance UID of the instance concerned, when the error knows
+    /// it.
+    pub fn sop_instance_uid(&self) -> Option<&str> {
+        match self {
+            Error::Dicom(e) => e.sop_instance_uid(),
+            Error::Inference(_) => None,
+            Error::BatchFailed {
+                sop_instance_uid, ..
+            }
+            | Error::NotApplicable {
+                sop_instance_uid, ..
+            } => (!sop_instance_uid.is_empty() && sop_instance_uid != "unknown")
+                .then_some(sop_instance_uid.as_str()),
+        }
+    }
+}

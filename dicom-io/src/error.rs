@@ -136,3 +136,49 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+impl Error {
+    /// A stable, machine-readable code for the kind of failure (`snake_case`;
+    /// one per variant, never renamed), for tools and reports that group
+    /// failures without parsing their text.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Open { .. } => "not_dicom",
+            Error::Malformed { .. } => "malformed_data_set",
+            Error::Limit { .. } => "beyond_limits",
+            Error::MissingAttribute { .. } => "missing_attribute",
+            Error::InvalidAttribute { .. } => "invalid_attribute",
+            Error::UnsupportedTransferSyntax { .. } => "unsupported_transfer_syntax",
+            Error::UnsupportedPixelData { .. } => "unsupported_pixel_data",
+            Error::DecodePixelData { .. } => "pixel_data_not_decodable",
+            Error::Volume { .. } => "volume_not_assembled",
+            Error::InvalidUid { .. } => "invalid_uid",
+            Error::Build { .. } => "result_not_built",
+            Error::Write { .. } => "write_failed",
+        }
+    }
+
+    /// The SOP Instance UID of the instance concerned, when the error knows
+    /// it (never the `unknown` placeholder).
+    pub fn sop_instance_uid(&self) -> Option<&str> {
+        let uid = match self {
+            Error::MissingAttribute {
+                sop_instance_uid, ..
+            }
+            | Error::InvalidAttribute {
+                sop_instance_uid, ..
+            }
+            | Error::UnsupportedTransferSyntax {
+                sop_instance_uid, ..
+            }
+            | Error::UnsupportedPixelData {
+                sop_instance_uid, ..
+            }
+            | Error::DecodePixelData {
+                sop_instance_uid, ..
+            } => sop_instance_uid.as_str(),
+            _ => return None,
+        };
+        (!uid.is_empty() && uid != "unknown").then_some(uid)
+    }
+}

@@ -154,3 +154,26 @@ pub enum Error {
         reason: String,
     },
 }
+
+impl Error {
+    /// A stable, machine-readable code for the kind of failure (`snake_case`;
+    /// one per variant, never renamed).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::ManifestRead { .. } => "manifest_unreadable",
+            Error::ManifestParse { .. } => "manifest_malformed",
+            Error::ManifestInvalid { .. } => "manifest_invalid",
+            Error::WeightsRead { .. } => "weights_unreadable",
+            Error::HashMismatch { .. } => "weights_hash_mismatch",
+            Error::RuntimeUnavailable { .. } => "runtime_unavailable",
+            Error::SessionCreate { .. } => "session_not_created",
+            Error::ContractMismatch { .. } => "contract_mismatch",
+            Error::ProviderUnavailable { .. } => "provider_unavailable",
+            Error::Registry { .. } => "registry_invalid",
+            Error::NotCompiledWith { .. } => "not_compiled_with",
+            Error::Preprocess { .. } => "preprocessing_failed",
+            Error::Inference { .. } => "inference_failed",
+            Error::Postprocess { .. } => "postprocessing_failed",
+        }
+    }
+}

@@ -24,7 +24,10 @@ fn pydicom_file(name: &str) -> PathBuf {
 }
 
 #[test]
-fn bad_inputs_are_reported_and_do_not_stop_the_good_ones() {
+/// Bad inputs are reported and do not stop the good ones; each failure in
+/// `--json` carries the file, the SOP Instance UID and a stable reason code
+/// as fields of their own (#22 part 6: they carried only a text).
+fn regression_infer_json_failures_carry_file_sop_instance_uid_and_reason_code() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let pictures = tmp.path().join("pictures");
     std::fs::create_dir(&pictures).expect("mkdir");
@@ -123,6 +126,53 @@ fn bad_inputs_are_reported_and_do_not_stop_the_good_ones() {
         assert!(Path::new(w["path"].as_str().expect("path")).is_file());
     }
     let failures = doc["failures"].as_array().expect("failures");
+    // Each failure carries the file, the SOP Instance UID and a stable
+    // reason code as fields of their own (#22 part 6).
+    let sop_of = |path: &Path| -> String {
+        dicom_object::open_file(path)
+            .expect("opens")
+            .element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+            .expect("SOP Instance UID")
+            .to_str()
+            .expect("text")
+            .trim_end_matches(['\0', ' '])
+            .to_string()
+    };
+    let fields = |file: &str| -> (serde_json::Value, String) {
+        let f = failures
+            .iter()
+            .find(|f| f["path"].as_str().is_some_and(|p| p.ends_with(file)))
+            .unwrap_or_else(|| panic!("no failure reported for {file}: {failures:?}"));
+        (
+            f["sop_instance_uid"].clone(),
+            f["reason"].as_str().expect("reason code").to_string(),
+        )
+    };
+    assert_eq!(
+        fields("notes.txt"),
+        (serde_json::Value::Null, "not_dicom".to_string())
+    );
+    assert_eq!(
+        fields("jpeg12.dcm"),
+        (
+            serde_json::Value::from(sop_of(&input.join("jpeg12.dcm"))),
+            "unsupported_transfer_syntax".to_string()
+        )
+    );
+    assert_eq!(
+        fields("ct.dcm"),
+        (
+            serde_json::Value::from(sop_of(&input.join("ct.dcm"))),
+            "not_applicable".to_string()
+        )
+    );
+    let (truncated_uid, truncated_reason) = fields("truncated.dcm");
+    assert_eq!(
+        truncated_uid,
+        serde_json::Value::from(sop_of(&input.join("Te-gl_0010.dcm"))),
+        "the UID is read from the file meta group the truncation left intact"
+    );
+    assert_eq!(truncated_reason, "malformed_data_set");
     let reason = |file: &str| -> String {
         failures
             .iter()

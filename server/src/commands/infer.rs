@@ -108,10 +108,34 @@ fn write_results(
     Ok(written)
 }
 
+/// An instance that was not analysed: the file, its SOP Instance UID (from
+/// the error, else the Media Storage SOP Instance UID of its file meta
+/// group, which a truncated data set still has; absent when neither tells),
+/// a stable reason code ([`vigie_analysis::Error::code`]) and the full
+/// message.
 #[derive(Debug, Serialize)]
 struct Failure {
     path: PathBuf,
+    sop_instance_uid: Option<String>,
+    reason: &'static str,
     error: String,
+}
+
+impl Failure {
+    fn of(path: &std::path::Path, err: &vigie_analysis::Error) -> Self {
+        let sop_instance_uid = err.sop_instance_uid().map(str::to_string).or_else(|| {
+            vigie_dicom_io::file::read_meta(path)
+                .ok()
+                .map(|meta| meta.sop_instance_uid)
+                .filter(|uid| !uid.is_empty())
+        });
+        Failure {
+            path: path.to_path_buf(),
+            sop_instance_uid,
+            reason: err.code(),
+            error: err.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -165,10 +189,7 @@ pub fn run(config: &Config, args: InferArgs) -> anyhow::Result<ExitCode> {
             Err(err) => {
                 let path = &files[index];
                 tracing::warn!(file = %path.display(), error = %err, "instance not analysed");
-                failures.push(Failure {
-                    path: path.clone(),
-                    error: err.to_string(),
-                });
+                failures.push(Failure::of(path, &err));
             }
         }
         Ok::<(), std::convert::Infallible>(())
@@ -305,7 +326,7 @@ fn print_text(
         }
     }
     for f in failures {
-        println!("\nFAILED {}: {}", f.path.display(), f.error);
+        println!("\nFAILED {} [{}]: {}", f.path.display(), f.reason, f.error);
     }
     let decisions: Vec<String> = summary
         .decisions
