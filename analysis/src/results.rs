@@ -2,8 +2,6 @@
 //! the SR for classifications, the SEG for segmentations, and optionally
 //! the summary image. The appliance and the validation suite share it.
 
-use std::collections::HashMap;
-
 use dicom_object::InMemDicomObject;
 use uuid::Uuid;
 use vigie_dicom_io::results::seg::{Segment, SegmentationInput, build_segmentation};
@@ -57,13 +55,13 @@ pub struct ResultObject {
     pub dataset: InMemDicomObject,
 }
 
-/// Builds result objects; one new series per study, object kind and model.
+/// Builds result objects; one series per study, object kind and model
+/// version, the same for every job and restart ([`UidGenerator::derive`]).
 #[derive(Debug)]
 pub struct ResultBuilder {
     uids: UidGenerator,
     observer: DeviceObserver,
     summary: bool,
-    series: HashMap<(String, ResultKind, String), String>,
     review_link: Option<String>,
 }
 
@@ -114,7 +112,6 @@ impl ResultBuilder {
                 model_name: format!("Vigie {}", env!("CARGO_PKG_VERSION")),
             },
             summary,
-            series: HashMap::new(),
             review_link: None,
         })
     }
@@ -127,18 +124,20 @@ impl ResultBuilder {
 
     fn new_instance(&mut self, study: &str, kind: ResultKind, manifest: &Manifest) -> NewInstance {
         let model = format!("{} {}", manifest.model.id, manifest.model.version);
-        let key = (study.to_string(), kind, model.clone());
-        let uids = &self.uids;
-        let series_instance_uid = self
-            .series
-            .entry(key)
-            .or_insert_with(|| uids.generate())
-            .clone();
         let (series_number, what) = match kind {
             ResultKind::Sr => (SR_SERIES_NUMBER, "SR"),
             ResultKind::Seg => (SEG_SERIES_NUMBER, "SEG"),
             ResultKind::Summary => (SUMMARY_SERIES_NUMBER, "summary"),
         };
+        // One series per study, object kind and model version, whichever
+        // job builds it: a re-analysis adds its objects to the series the
+        // first analysis made, instead of a second series with the same
+        // number and description. Derived from this appliance's identity,
+        // so two appliances never share a series.
+        let series_instance_uid = self.uids.derive(&format!(
+            "vigie/result-series/{}/{study}/{what}/{model}",
+            self.observer.uid
+        ));
         NewInstance {
             series_instance_uid,
             sop_instance_uid: self.uids.generate(),

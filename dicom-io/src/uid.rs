@@ -75,7 +75,20 @@ impl UidGenerator {
     /// A new UID: the root followed by the decimal value of a random UUID
     /// (truncated to fit 64 characters for roots other than 2.25).
     pub fn generate(&self) -> String {
-        let value = uuid::Uuid::new_v4().as_u128();
+        self.under_root(uuid::Uuid::new_v4().as_u128())
+    }
+
+    /// The UID that `name` always gives under this root: the root followed
+    /// by the decimal value of the name-based (SHA-1, version 5) UUID of
+    /// `name` in the OID namespace (PS3.5 B.2), so that the same name gives
+    /// the same UID on every run and restart, and different names different
+    /// UIDs. For identifiers that must stay the same across jobs, such as
+    /// the series Vigie's results of one study and model version go into.
+    pub fn derive(&self, name: &str) -> String {
+        self.under_root(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).as_u128())
+    }
+
+    fn under_root(&self, value: u128) -> String {
         let room = 64 - self.root.len() - 1;
         let digits = value.to_string();
         let digits = if digits.len() > room {
@@ -133,5 +146,17 @@ mod tests {
             }
         }
         assert!(UidGenerator::new("1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17.18.19.20").is_err());
+    }
+
+    #[test]
+    fn derived_uids_are_valid_stable_and_distinct_per_name() {
+        for root in ["2.25", "1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16"] {
+            let generator = UidGenerator::new(root).expect("valid root");
+            let a = generator.derive("study 1.2.3 / SR / model 1.0");
+            assert_eq!(a, generator.derive("study 1.2.3 / SR / model 1.0"));
+            assert_ne!(a, generator.derive("study 1.2.3 / SR / model 1.1"));
+            validate(&a).expect("derived UID is valid");
+            assert!(a.starts_with(&format!("{root}.")));
+        }
     }
 }

@@ -629,3 +629,52 @@ fn a_full_backlog_refuses_work_instead_of_growing() {
         "{metrics}"
     );
 }
+
+/// #22 part 6, "SR series on re-analysis": a re-analysis opened a second
+/// SR series with the same Series Number and description, although
+/// docs/results.md promises one series per study, object type and model
+/// version. Now its SR joins the first analysis's series.
+#[test]
+fn regression_a_reanalysis_adds_its_sr_to_the_series_of_the_first_analysis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let config = base_config(
+        r#"
+[[routing.rules]]
+name = "brain-mr"
+modalities = ["MR"]
+"#,
+    );
+    let vigie = Vigie::start(tmp.path(), &config);
+    assert!(send(vigie.dicom, &demo).iter().all(|o| o.delivered()));
+    let (study, _, _) = uids(&demo[0]);
+    let done = |v: &Vigie, n: usize| v.jobs().iter().filter(|j| j["state"] == "done").count() == n;
+    vigie.wait_for("the first analysis", Duration::from_secs(120), |v| {
+        done(v, 1)
+    });
+    let r = vigie.http(
+        "POST",
+        &format!("/api/v1/studies/{study}/analyses"),
+        Some(token("operator")),
+        &[("Content-Type", "application/json")],
+        br#"{"model": "brain-tumour-vgg16"}"#,
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    vigie.wait_for("the re-analysis", Duration::from_secs(120), |v| done(v, 2));
+    let series = vigie
+        .http(
+            "GET",
+            &format!("/dicomweb/studies/{study}/series?Modality=SR"),
+            Some(token("reader")),
+            &[("Accept", "application/dicom+json")],
+            b"",
+        )
+        .json();
+    let series = series.as_array().expect("series");
+    assert_eq!(series.len(), 1, "one SR series: {series:?}");
+    assert_eq!(series[0]["00200011"]["Value"][0], 9001, "{series:?}");
+    assert_eq!(
+        series[0]["00201209"]["Value"][0], 2,
+        "both analyses' SRs in it: {series:?}"
+    );
+}

@@ -93,8 +93,16 @@ fn demo_studies_get_conformant_srs_that_match_the_inference() {
         };
         assert_eq!(doc["evidence"], serde_json::json!([source_uid]));
         assert_eq!(doc["review_link"], "https://vigie.example.org/review#job=3");
+        // One measurement group per class, each with its own finding
+        // (#22 part 6: a separate decision group repeated one of them),
+        // the decision a qualitative evaluation in the decided class's.
         let groups = doc["groups"].as_array().expect("groups");
-        assert_eq!(groups.len(), c.labels.len() + 1);
+        assert_eq!(groups.len(), c.labels.len());
+        let findings: std::collections::BTreeSet<&str> = groups
+            .iter()
+            .map(|g| g["finding"].as_str().expect("finding"))
+            .collect();
+        assert_eq!(findings.len(), c.labels.len(), "each finding once");
         for (i, p) in c.probabilities.iter().enumerate() {
             let read = groups[i]["probability"].as_f64().expect("probability");
             assert!(
@@ -102,13 +110,36 @@ fn demo_studies_get_conformant_srs_that_match_the_inference() {
                 "class {i}: SR says {read}, model said {p}"
             );
             assert_eq!(groups[i]["source"], serde_json::json!([source_uid]));
+            assert_eq!(groups[i]["algorithm"], "brain-tumour-vgg16");
+            assert_eq!(groups[i]["algorithm_version"], "0.1.1");
+            let decided = c.labels[i] == c.decision;
+            assert_eq!(
+                groups[i]["qualitative"],
+                serde_json::json!([[
+                    "AIDECISION",
+                    "99VIGIE",
+                    if decided { "373066001" } else { "373067005" },
+                    "SCT"
+                ]]),
+                "highdicom reads the decision as the group's qualitative evaluation"
+            );
+            assert_eq!(groups[i]["decision"], if decided { "Yes" } else { "No" });
         }
-        let decision = groups.last().expect("decision group");
+        let decided: Vec<&serde_json::Value> =
+            groups.iter().filter(|g| g["decision"] == "Yes").collect();
+        assert_eq!(decided.len(), 1, "one decided class");
         let code = c.decision.to_ascii_uppercase();
-        assert_eq!(decision["finding"].as_str(), Some(code.as_str()));
+        assert_eq!(decided[0]["finding"].as_str(), Some(code.as_str()));
         assert_eq!(&c.decision, label, "and the decision is right");
-        assert_eq!(decision["algorithm"], "brain-tumour-vgg16");
-        assert_eq!(decision["algorithm_version"], "0.1.1");
+        assert_eq!(
+            doc["coding_schemes"],
+            serde_json::json!([{
+                "designator": "99VIGIE",
+                "name": "Vigie private codes (docs/results.md)",
+                "organization": "Vigie"
+            }]),
+            "the private scheme is declared"
+        );
     }
 }
 
@@ -184,5 +215,51 @@ fn fixture_segmentation_becomes_a_seg_whose_masks_equal_the_model_output() {
             read, s.mask,
             "decoded SEG mask differs from the model output"
         );
+    }
+}
+
+/// #22 part 6, "SR series on re-analysis": a second job on the same study
+/// (a re-analysis, a restart in between) put its SR into a second series
+/// with the same Series Number and description. Each result kind now has
+/// one series per study and model version, whichever job builds it; another
+/// model version or another appliance gets a series of its own.
+#[test]
+fn regression_a_reanalysis_adds_to_the_result_series_of_the_first_analysis() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dataset = common::import_demo(tmp.path());
+    let mut model = model("brain-tumour-vgg16");
+    let manifest = model.package().manifest().clone();
+    let file = DicomFile::open(tmp.path().join(&dataset.studies[0].files[0])).expect("opens");
+    let analysis = vigie_analysis::analyse(&mut model, &file).expect("analysed");
+    let result = &analysis.results[0];
+    // One builder per job, as `vigie serve` makes them.
+    let job = |appliance: &str, manifest: &vigie_inference::manifest::Manifest| {
+        let mut builder = ResultBuilder::new(appliance, "2.25", true).expect("builder");
+        builder
+            .build(&file, 0, 1, manifest, result)
+            .expect("builds")
+            .into_iter()
+            .map(|o| (o.kind, o.series_instance_uid, o.sop_instance_uid))
+            .collect::<Vec<_>>()
+    };
+    let first = job("vigie-test", &manifest);
+    let again = job("vigie-test", &manifest);
+    assert_eq!(first.len(), 2, "an SR and a summary image: {first:?}");
+    for ((kind, series, sop), (kind2, series2, sop2)) in first.iter().zip(&again) {
+        assert_eq!(kind, kind2);
+        assert_eq!(series, series2, "{kind:?}: the re-analysis's series");
+        assert_ne!(sop, sop2, "{kind:?}: a new instance in that series");
+    }
+    assert_ne!(first[0].1, first[1].1, "SR and summary image in two series");
+    let mut newer = manifest.clone();
+    newer.model.version = "0.1.2".into();
+    let other_version = job("vigie-test", &newer);
+    let other_appliance = job("vigie-other", &manifest);
+    for (i, (kind, series, _)) in first.iter().enumerate() {
+        assert_ne!(
+            series, &other_version[i].1,
+            "{kind:?}: another model version"
+        );
+        assert_ne!(series, &other_appliance[i].1, "{kind:?}: another appliance");
     }
 }
