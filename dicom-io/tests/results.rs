@@ -96,9 +96,18 @@ fn classification_sr_passes_dciodvfy_and_reads_back_in_highdicom() {
         doc["evidence"],
         serde_json::json!([source.header().sop_instance_uid])
     );
+    // One group per class and no decision group (#22 part 6): the
+    // decision is each group's qualitative evaluation, Yes in one.
     let groups = doc["groups"].as_array().expect("groups");
-    assert_eq!(groups.len(), 4, "{groups:?}");
-    for ((code, p), g) in report.classes.iter().zip(groups) {
+    assert_eq!(groups.len(), 3, "{groups:?}");
+    for (i, ((code, p), g)) in report.classes.iter().zip(groups).enumerate() {
+        let decided = i == report.decision;
+        assert_eq!(g["decision"], if decided { "Yes" } else { "No" });
+        assert_eq!(
+            g["threshold"].as_f64(),
+            decided.then_some(0.5),
+            "the threshold in the decided class's group only"
+        );
         assert_eq!(g["finding"], code.value.as_str());
         assert!((g["probability"].as_f64().expect("p") - p).abs() < 1e-12);
         assert_eq!(g["unit"], "1");
@@ -109,12 +118,72 @@ fn classification_sr_passes_dciodvfy_and_reads_back_in_highdicom() {
             serde_json::json!([source.header().sop_instance_uid])
         );
     }
-    let decision = &groups[3];
-    assert_eq!(decision["finding"], "GLIOMA");
-    assert_eq!(decision["threshold"].as_f64(), Some(0.5));
+    assert_eq!(doc["coding_schemes"][0]["designator"], "99VIGIE");
     assert_eq!(
         doc["review_link"], "https://vigie.example.org/review#job=7",
         "the review page's link, read back by pydicom"
+    );
+}
+
+/// #22 part 6, "Reading the SR": dcmqi's `tid1500reader` and highdicom saw
+/// the SR's "decision" group as a second measurement group with the same
+/// finding. Now: one measurement per class, each finding once, the
+/// decision each group's qualitative evaluation (Yes in one), and 99VIGIE
+/// declared in the Coding Scheme Identification Sequence.
+#[test]
+fn regression_readers_tell_the_decision_apart_from_the_class_groups() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = source(tmp.path());
+    let uids = UidGenerator::default();
+    let report = report(&source, &uids, None);
+    let sr = build_classification_sr(&source, &report, || uids.generate()).expect("builds");
+    let path = tmp.path().join("sr.dcm");
+    write_part10(sr, &path).expect("writes");
+    let object = dicom_object::open_file(&path).expect("opens");
+    let schemes = object
+        .element(dicom_dictionary_std::tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE)
+        .expect("Coding Scheme Identification Sequence")
+        .items()
+        .expect("items");
+    assert_eq!(schemes.len(), 1);
+    let designator = schemes[0]
+        .element(dicom_dictionary_std::tags::CODING_SCHEME_DESIGNATOR)
+        .expect("designator")
+        .to_str()
+        .expect("text");
+    assert_eq!(designator.trim_end(), "99VIGIE");
+    // dcmqi's tid1500reader.
+    let metadata = tmp.path().join("tid1500.json");
+    let reader = vigie_test_support::require(
+        vigie_test_support::repo_root().join(".venv/bin/tid1500reader"),
+    );
+    vigie_test_support::run_ok(
+        std::process::Command::new(reader)
+            .arg("--inputDICOM")
+            .arg(&path)
+            .arg("--outputMetadata")
+            .arg(&metadata),
+    );
+    let read: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&metadata).expect("metadata")).expect("json");
+    let measurements = read["Measurements"].as_array().expect("Measurements");
+    let seen: Vec<(&str, &str)> = measurements
+        .iter()
+        .map(|m| {
+            let evaluations = m["qualitativeEvaluations"].as_array().expect("evaluations");
+            assert_eq!(evaluations.len(), 1, "{m}");
+            assert_eq!(evaluations[0]["conceptCode"]["CodeValue"], "AIDECISION");
+            (
+                m["Finding"]["CodeValue"].as_str().expect("finding"),
+                evaluations[0]["conceptValue"]["CodeMeaning"]
+                    .as_str()
+                    .expect("value"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("GLIOMA", "Yes"), ("MENINGIOMA", "No"), ("NOTUMOR", "No")]
     );
 }
 

@@ -30,7 +30,16 @@ def read(path):
             item for item in children
             if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == "DECISIONTHRESH"
         ]
+        decisions = [
+            item for item in children
+            if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == "AIDECISION"
+        ]
         groups.append({
+            "decision": decisions[0].ConceptCodeSequence[0].CodeMeaning if decisions else None,
+            "qualitative": [
+                (q.name.value, q.name.scheme_designator, q.value.value, q.value.scheme_designator)
+                for q in g.get_qualitative_evaluations()
+            ],
             "tracking": g.tracking_identifier,
             "finding": g.finding_type.value if g.finding_type is not None else None,
             "probability": float(probabilities[0].value) if probabilities else None,
@@ -56,6 +65,14 @@ def read(path):
         "evidence": evidence,
         "groups": groups,
         "review_link": text_of(ds.ContentSequence, "REVIEWLINK"),
+        "coding_schemes": [
+            {
+                "designator": c.CodingSchemeDesignator,
+                "name": getattr(c, "CodingSchemeName", None),
+                "organization": getattr(c, "CodingSchemeResponsibleOrganization", None),
+            }
+            for c in getattr(ds, "CodingSchemeIdentificationSequence", [])
+        ],
     }
 
 

@@ -81,6 +81,39 @@ impl Code {
 /// `docs/results.md`.
 pub const PRIVATE_SCHEME: &str = "99VIGIE";
 
+/// Declare [`PRIVATE_SCHEME`] in the SOP Common module's Coding Scheme
+/// Identification Sequence (0008,0110), PS3.3 C.12.1.1.3: Coding Scheme
+/// Designator, Name, Version and Responsible Organization, so that a reader
+/// meeting a 99VIGIE code knows whose it is (PS3.16 8.2: a private
+/// scheme's designator begins with "99" and should be declared there).
+pub fn put_private_coding_scheme(obj: &mut InMemDicomObject) {
+    let mut scheme = InMemDicomObject::new_empty();
+    put_str(
+        &mut scheme,
+        tags::CODING_SCHEME_DESIGNATOR,
+        VR::SH,
+        PRIVATE_SCHEME,
+    );
+    put_str(
+        &mut scheme,
+        tags::CODING_SCHEME_NAME,
+        VR::ST,
+        "Vigie private codes (docs/results.md)",
+    );
+    put_str(&mut scheme, tags::CODING_SCHEME_VERSION, VR::SH, "1");
+    put_str(
+        &mut scheme,
+        tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION,
+        VR::ST,
+        "Vigie",
+    );
+    put_sequence(
+        obj,
+        tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
+        vec![scheme],
+    );
+}
+
 /// An instance a result was derived from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceImage {

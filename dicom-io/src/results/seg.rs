@@ -124,6 +124,12 @@ pub fn build_segmentation(
     let mut obj = InMemDicomObject::new_empty();
     copy_patient_and_study(&mut obj, source);
     put_new_instance(&mut obj, SEGMENTATION, "SEG", &input.instance)?;
+    if input.segments.iter().any(|s| {
+        s.category.scheme == super::PRIVATE_SCHEME
+            || s.property_type.scheme == super::PRIVATE_SCHEME
+    }) {
+        super::put_private_coding_scheme(&mut obj);
+    }
     if let (Some(uid), Some(_)) = (&frame_of_reference, geometry) {
         put_str(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, uid);
         put_str(

@@ -14,14 +14,23 @@
 //!       CONTAINS CODE Finding = the class
 //!       HAS CONCEPT MOD Algorithm Name/Version/Parameters     TID 4019
 //!       CONTAINS NUM Probability [1 "no units", UCUM]         TID 300
+//!       CONTAINS CODE AI decision (99VIGIE) = Yes | No        qualitative
+//!                     (SCT 373066001 / 373067005): whether   evaluation
+//!                     this class is the algorithm's decision
+//!       CONTAINS NUM Decision threshold (99VIGIE), in the decided
+//!                    class's group, for threshold rules
 //!       CONTAINS IMAGE Source of Measurement
-//!     CONTAINS       Measurement Group "decision"
-//!       CONTAINS CODE Finding = the decided class
-//!       CONTAINS NUM Probability of the decided class
-//!       CONTAINS NUM Decision threshold (99VIGIE), for threshold rules
 //!   CONTAINS         TEXT Review of this result (99VIGIE) = the review
 //!                    page's URL, when configured
 //! ```
+//!
+//! The decision is a qualitative evaluation inside the class's own group
+//! (TID 1501 row "CONTAINS CODE $QualitativeEvaluations"), not a group of
+//! its own: a reader (highdicom, dcmqi's tid1500reader) then sees one
+//! group per class, each with one finding, and which one was decided.
+//! Until 0.1.x a separate "decision" group repeated the decided class's
+//! finding, which readers took for a second measurement of it. 99VIGIE is
+//! declared in the Coding Scheme Identification Sequence.
 
 use dicom_core::VR;
 use dicom_dictionary_std::tags;
@@ -92,6 +101,19 @@ pub mod concepts {
             crate::results::PRIVATE_SCHEME,
             "Decision threshold",
         )
+    }
+    /// Private: (AIDECISION, 99VIGIE, "AI decision"): the concept of the
+    /// qualitative evaluation that says whether a class is the decision.
+    pub fn decision() -> Code {
+        Code::new("AIDECISION", crate::results::PRIVATE_SCHEME, "AI decision")
+    }
+    /// (373066001, SCT, "Yes").
+    pub fn yes() -> Code {
+        Code::new("373066001", "SCT", "Yes")
+    }
+    /// (373067005, SCT, "No").
+    pub fn no() -> Code {
+        Code::new("373067005", "SCT", "No")
     }
     /// Private: (REVIEWLINK, 99VIGIE, "Review of this result"): the URL
     /// of the review page for the result.
@@ -220,7 +242,7 @@ fn tracking(identifier: &str, uid: &str) -> Vec<InMemDicomObject> {
 
 /// Build the SR data set. `source` is one of the source instances; its
 /// patient and study attributes are copied. `tracking_uids` supplies one
-/// UID per measurement group (classes, then the decision).
+/// UID per measurement group (one per class).
 pub fn build_classification_sr(
     source: &DicomFile,
     report: &ClassificationReport,
@@ -257,6 +279,7 @@ pub fn build_classification_sr(
         tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
         vec![],
     );
+    super::put_private_coding_scheme(&mut obj);
     put_str(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
     put_str(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
     put_str(&mut obj, tags::PRELIMINARY_FLAG, VR::CS, "PRELIMINARY");
@@ -336,66 +359,68 @@ pub fn build_classification_sr(
     ));
 
     let source_of_measurement = Code::new("121112", "DCM", "Source of Measurement");
-    let group =
-        |label: &str, finding: &Code, probability: f64, threshold: Option<f64>, uid: String| {
-            let mut children = tracking(&format!("{}: {label}", report.algorithm.name), &uid);
+    let group = |label: &str, finding: &Code, probability: f64, decided: bool, uid: String| {
+        let mut children = tracking(&format!("{}: {label}", report.algorithm.name), &uid);
+        children.push(item(
+            "CONTAINS",
+            Some(&concepts::finding()),
+            Value::Code(finding),
+            vec![],
+        ));
+        children.extend(algorithm_items(&report.algorithm));
+        children.push(item(
+            "CONTAINS",
+            Some(&concepts::probability()),
+            Value::Num(probability, concepts::no_units()),
+            algorithm_items(&report.algorithm),
+        ));
+        children.push(item(
+            "CONTAINS",
+            Some(&concepts::decision()),
+            Value::Code(&if decided {
+                concepts::yes()
+            } else {
+                concepts::no()
+            }),
+            vec![],
+        ));
+        if let Some(t) = report.threshold.filter(|_| decided) {
             children.push(item(
                 "CONTAINS",
-                Some(&concepts::finding()),
-                Value::Code(finding),
+                Some(&concepts::decision_threshold()),
+                Value::Num(t, concepts::no_units()),
                 vec![],
             ));
-            children.extend(algorithm_items(&report.algorithm));
+        }
+        for s in &report.sources {
             children.push(item(
                 "CONTAINS",
-                Some(&concepts::probability()),
-                Value::Num(probability, concepts::no_units()),
-                algorithm_items(&report.algorithm),
+                Some(&source_of_measurement),
+                Value::Image(s),
+                vec![],
             ));
-            if let Some(t) = threshold {
-                children.push(item(
-                    "CONTAINS",
-                    Some(&concepts::decision_threshold()),
-                    Value::Num(t, concepts::no_units()),
-                    vec![],
-                ));
-            }
-            for s in &report.sources {
-                children.push(item(
-                    "CONTAINS",
-                    Some(&source_of_measurement),
-                    Value::Image(s),
-                    vec![],
-                ));
-            }
-            item(
-                "CONTAINS",
-                Some(&Code::new("125007", "DCM", "Measurement Group")),
-                Value::Container,
-                children,
-            )
-        };
-    let mut groups: Vec<InMemDicomObject> = report
+        }
+        item(
+            "CONTAINS",
+            Some(&Code::new("125007", "DCM", "Measurement Group")),
+            Value::Container,
+            children,
+        )
+    };
+    let groups: Vec<InMemDicomObject> = report
         .classes
         .iter()
-        .map(|(code, p)| {
+        .enumerate()
+        .map(|(i, (code, p))| {
             group(
                 &format!("probability of {}", code.meaning),
                 code,
                 *p,
-                None,
+                i == report.decision,
                 tracking_uid(),
             )
         })
         .collect();
-    let (decided, p) = &report.classes[report.decision];
-    groups.push(group(
-        "decision",
-        decided,
-        *p,
-        report.threshold,
-        tracking_uid(),
-    ));
     content.push(item(
         "CONTAINS",
         Some(&Code::new("126010", "DCM", "Imaging Measurements")),
