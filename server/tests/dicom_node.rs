@@ -359,3 +359,71 @@ fn a_large_instance_is_streamed_to_disk_not_held_in_memory() {
         size >> 20
     );
 }
+
+/// #22 part 6, "Missing Modality": `docs/dicom-node.md` promises A900 for
+/// an instance without Modality (Type 1 in the General Series module of
+/// every image IOD). Checked from a real peer: DCMTK's `storescu` sends one
+/// without the attribute and one with it empty; both get A900 naming
+/// Modality, neither is stored, each refusal is audited, and a good
+/// instance sent after them is stored.
+#[test]
+fn regression_an_instance_without_modality_is_refused_with_a900() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let vigie = Vigie::start(tmp.path(), &base_config(""));
+    let mut files = Vec::new();
+    for (name, sop, empty) in [
+        ("absent", "2.25.4242001", false),
+        ("empty", "2.25.4242002", true),
+    ] {
+        let path = tmp.path().join(format!("modality-{name}.dcm"));
+        another_instance(&demo[0], &path, sop);
+        let mut object = dicom_object::open_file(&path).unwrap();
+        if empty {
+            object.put(dicom_core::DataElement::new(
+                dicom_dictionary_std::tags::MODALITY,
+                dicom_core::VR::CS,
+                dicom_core::PrimitiveValue::Empty,
+            ));
+        } else {
+            object.remove_element(dicom_dictionary_std::tags::MODALITY);
+        }
+        object.write_to_file(&path).unwrap();
+        files.push((path, sop));
+    }
+    for (path, sop) in &files {
+        let mut args = storescu_args(vigie.dicom, "-xe", &[path.clone()]);
+        args.insert(0, "-v".into());
+        let out = dcmtk("storescu", &args);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .to_lowercase();
+        // DCMTK's name for 0xA900.
+        assert!(
+            said.contains("error: datasetdoesnotmatchsopclass"),
+            "storescu {sop}: {said}"
+        );
+        let refused = vigie.audit_records("kind=instance_refused");
+        let record = refused
+            .iter()
+            .find(|r| r["sop_instance_uid"] == *sop)
+            .unwrap_or_else(|| panic!("no instance_refused record for {sop}: {refused:?}"));
+        assert!(
+            record.to_string().contains("Modality"),
+            "the record says why: {record}"
+        );
+    }
+    let (study, series, _) = uids(&demo[0]);
+    for (_, sop) in &files {
+        assert!(
+            !vigie.stored(&study, &series, sop).exists(),
+            "{sop} not stored"
+        );
+    }
+    storescu_ok(vigie.dicom, "-xe", &demo);
+    let (_, _, good) = uids(&demo[0]);
+    assert!(vigie.stored(&study, &series, &good).is_file());
+}
