@@ -195,6 +195,45 @@ pub struct StorageConfig {
     /// the disk fills so that the index and the audit trail can still
     /// record what happens; 0: none.
     pub reserve_mib: u64,
+    /// What to do with an instance received again with the SOP Instance
+    /// UID of one already held but other content (a different file
+    /// SHA-256): keep the first, replace it, or keep both. The same
+    /// content received again is always stored as a new reception.
+    pub duplicates: DuplicatePolicy,
+}
+
+/// `storage.duplicates`: an instance received with the SOP Instance UID of
+/// one already held but other content. The references are Orthanc's
+/// `OverwriteInstances` (false by default: keep the first) and dcm4chee's
+/// overwrite policy (`NEVER` by default). Each case is answered Success
+/// (the instance of that UID is durably held), logged as a warning and
+/// recorded (`instance_stored` with outcome `duplicate_kept_first`,
+/// `duplicate_replaced` or `duplicate_kept_both`, and both SHA-256).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicatePolicy {
+    /// Keep the copy held, discard the new one (the default).
+    #[default]
+    KeepFirst,
+    /// Store the new copy in place of the one held (moved into the new
+    /// copy's study and series when they differ), which is analysed and
+    /// served from then on; the earlier copy's file is removed.
+    Replace,
+    /// Keep the copy held as the instance of record, and the new copy in
+    /// `DATA_DIR/duplicates/<SOP Instance UID>/<SHA-256>.dcm`, for a person
+    /// to resolve; it is neither indexed, analysed nor served.
+    KeepBoth,
+}
+
+impl DuplicatePolicy {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DuplicatePolicy::KeepFirst => "keep_first",
+            DuplicatePolicy::Replace => "replace",
+            DuplicatePolicy::KeepBoth => "keep_both",
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -202,6 +241,7 @@ impl Default for StorageConfig {
         Self {
             min_free_mib: 1024,
             reserve_mib: 64,
+            duplicates: DuplicatePolicy::default(),
         }
     }
 }

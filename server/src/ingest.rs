@@ -32,6 +32,7 @@ use vigie_dicom_io::dimse::status;
 use vigie_dicom_io::net::admission;
 use vigie_dicom_io::net::scp::{ReceivedInstance, ScpEvent, StoreHandler, StoreOutcome};
 
+use crate::config::DuplicatePolicy;
 use crate::metrics::Metrics;
 use crate::reviews::{Checked, ReviewDesk, ReviewError, ReviewRequest};
 use vigie_audit::{Audit, AuditEvent, EventKind};
@@ -92,14 +93,28 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     backlog: Arc<crate::backlog::Backlog>,
     reserve: Arc<Reserve>,
+    duplicates: DuplicatePolicy,
     /// Counters.
     pub stats: Arc<IngestStats>,
+}
+
+/// What [`Ingest::check`] admits: the catalog record and the audit event
+/// of the instance's storage, the review a reviewer's SR carries, and the
+/// file of the copy it replaces when that is elsewhere (policy `replace`,
+/// another study or series).
+struct Admitted {
+    record: InstanceRecord,
+    event: AuditEvent,
+    review: Option<Checked>,
+    replaces: Option<std::path::PathBuf>,
 }
 
 const STORED: &str = "vigie_instances_stored_total";
 const STORED_HELP: &str = "Instances stored durably and acknowledged, by source.";
 const REFUSED: &str = "vigie_instances_refused_total";
 const REFUSED_HELP: &str = "Instances refused, by source and DICOM status (A700 out of resources, A900 mismatch, C000 cannot understand, 0122 SOP class, C122 transfer syntax).";
+const DUPLICATES: &str = "vigie_instances_duplicate_total";
+const DUPLICATES_HELP: &str = "Instances received with the SOP Instance UID of one held but other content, by what the duplicate policy did (kept_first, replaced, kept_both).";
 const ASSOCIATIONS: &str = "vigie_dicom_associations_total";
 const ASSOCIATIONS_HELP: &str = "DICOM associations by outcome (accepted, rejected, released, aborted, refused_before_request: connections closed before a whole A-ASSOCIATE-RQ).";
 
@@ -150,8 +165,16 @@ impl Ingest {
             metrics,
             backlog,
             reserve,
+            duplicates: DuplicatePolicy::default(),
             stats: Arc::default(),
         }
+    }
+
+    /// Apply `policy` to instances received again with other content
+    /// (`storage.duplicates`; keep the first by default).
+    pub fn with_duplicate_policy(mut self, policy: DuplicatePolicy) -> Self {
+        self.duplicates = policy;
+        self
     }
 
     /// At shutdown, once no instance can arrive any more: the pixel-hash
@@ -264,7 +287,12 @@ impl Ingest {
                 .unwrap_or_else(|_| Err(std::io::Error::other("fdatasync thread panicked")));
             (checked, synced)
         });
-        let (record, event, review) = checked?;
+        let Admitted {
+            record,
+            event,
+            review,
+            replaces,
+        } = checked?;
         // A new study only while jobs and receiving studies leave room.
         if let Some(reason) = self.backlog.admit(&record.study_instance_uid) {
             return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
@@ -291,6 +319,18 @@ impl Ingest {
             let reason = format!("cannot index instance: {e}");
             self.out_of_space(&reason);
             return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
+        }
+        if let Some(earlier) = replaces {
+            // The index now points at the new copy: the earlier one's file,
+            // in another study or series, goes (left behind by a crash
+            // here, the orphan scan moves it aside at the next start).
+            if let Err(e) = std::fs::remove_file(&earlier) {
+                tracing::warn!(
+                    sop_instance_uid = %record.sop_instance_uid,
+                    error = %e,
+                    "cannot remove the replaced copy's file"
+                );
+            }
         }
         audited.map_err(|e| {
             let reason = format!("audit trail unavailable: {e}");
@@ -333,7 +373,7 @@ impl Ingest {
         source: Source,
         study: Option<&str>,
         uids: &mut Option<(String, String)>,
-    ) -> Result<(InstanceRecord, AuditEvent, Option<Checked>), StoreOutcome> {
+    ) -> Result<Admitted, StoreOutcome> {
         let file = admission::open_checked(&received.path)?;
         let header = file.header();
         let patient_id = file.string(dicom_dictionary_std::tags::PATIENT_ID);
@@ -365,6 +405,22 @@ impl Ingest {
             );
             return Err(StoreOutcome::success());
         }
+        let held = self
+            .catalog
+            .held_instance(&header.sop_instance_uid)
+            .map_err(|e| {
+                StoreOutcome::failure(
+                    status::OUT_OF_RESOURCES,
+                    format!("cannot look the instance up in the index: {e}"),
+                )
+            })?;
+        // Received again with other content: the duplicate policy.
+        let duplicate = held.filter(|h| h.sha256 != received.sha256);
+        if let Some(held) = &duplicate
+            && self.duplicates != DuplicatePolicy::Replace
+        {
+            return Err(self.keep_held(received, source, &file, held));
+        }
         let review = self.review_in(&file, received, source)?;
         let to = self
             .layout
@@ -392,28 +448,119 @@ impl Ingest {
             sha256: received.sha256.clone(),
             attributes: vigie_dicom_io::web::index_attributes(&file),
         };
-        let event = AuditEvent::new(
-            EventKind::InstanceStored,
-            "ok",
-            serde_json::json!({
-                "source": source.as_str(),
-                "calling_ae_title": received.calling_ae_title,
-                "peer": received.peer.to_string(),
-                "sop_class_uid": record.sop_class_uid,
-                "series_instance_uid": record.series_instance_uid,
-                "transfer_syntax": record.transfer_syntax,
-                "modality": record.modality,
-                "file_sha256": record.sha256,
-                "bytes": record.size,
-                "path": record.path,
-                "patient_id": self.audit.patient_id(patient_id.as_deref()),
-            }),
-        )
-        .instance(
+        let mut details = serde_json::json!({
+            "source": source.as_str(),
+            "calling_ae_title": received.calling_ae_title,
+            "peer": received.peer.to_string(),
+            "sop_class_uid": record.sop_class_uid,
+            "series_instance_uid": record.series_instance_uid,
+            "transfer_syntax": record.transfer_syntax,
+            "modality": record.modality,
+            "file_sha256": record.sha256,
+            "bytes": record.size,
+            "path": record.path,
+            "patient_id": self.audit.patient_id(patient_id.as_deref()),
+        });
+        let mut outcome = "ok";
+        let mut replaces = None;
+        if let Some(held) = &duplicate {
+            outcome = "duplicate_replaced";
+            details["policy"] = DuplicatePolicy::Replace.as_str().into();
+            details["replaced"] = held_details(held);
+            self.warn_duplicate(&record.sop_instance_uid, held, received, "replaced");
+            replaces = Some(held.path.clone()).filter(|p| *p != record.path);
+        }
+        let event = AuditEvent::new(EventKind::InstanceStored, outcome, details).instance(
             Some(&record.study_instance_uid),
             Some(&record.sop_instance_uid),
         );
-        Ok((record, event, review))
+        Ok(Admitted {
+            record,
+            event,
+            review,
+            replaces,
+        })
+    }
+
+    /// Policies `keep_first` and `keep_both` for an instance received
+    /// with the SOP Instance UID of `held` but other content: the copy held
+    /// stays the instance of record; under `keep_both` the new one is kept
+    /// durably in `duplicates/`. Recorded durably, then answered Success;
+    /// A700 when the record or the copy cannot be written (the sender
+    /// sends it again).
+    fn keep_held(
+        &self,
+        received: &ReceivedInstance,
+        source: Source,
+        file: &DicomFile,
+        held: &vigie_store::HeldInstance,
+    ) -> StoreOutcome {
+        let header = file.header();
+        let sop = &header.sop_instance_uid;
+        let mut details = serde_json::json!({
+            "source": source.as_str(),
+            "calling_ae_title": received.calling_ae_title,
+            "peer": received.peer.to_string(),
+            "sop_class_uid": header.sop_class_uid,
+            "series_instance_uid": header.series_instance_uid,
+            "policy": self.duplicates.as_str(),
+            "file_sha256": received.sha256,
+            "bytes": received.bytes,
+            "held": held_details(held),
+        });
+        let event = |outcome: &str, details: serde_json::Value| {
+            AuditEvent::new(EventKind::InstanceStored, outcome, details)
+                .instance(Some(&header.study_instance_uid), Some(sop))
+        };
+        let recorded = if self.duplicates == DuplicatePolicy::KeepBoth {
+            let to = match self.layout.duplicate(sop, &received.sha256) {
+                Ok(to) => to,
+                Err(e) => return StoreOutcome::failure(status::CANNOT_UNDERSTAND, e.to_string()),
+            };
+            details["kept_at"] = serde_json::json!(to);
+            self.warn_duplicate(sop, held, received, "kept_both");
+            vigie_store::layout::commit_file_then(&received.path, &to, || {
+                self.audit
+                    .record(event("duplicate_kept_both", details))
+                    .map_err(std::io::Error::other)
+            })
+        } else {
+            self.warn_duplicate(sop, held, received, "kept_first");
+            self.audit
+                .record(event("duplicate_kept_first", details))
+                .map_err(std::io::Error::other)
+        };
+        match recorded {
+            Ok(_) => StoreOutcome::success(),
+            Err(e) => {
+                let reason = format!("duplicate not recorded: {e}");
+                self.out_of_space(&reason);
+                StoreOutcome::failure(status::OUT_OF_RESOURCES, reason)
+            }
+        }
+    }
+
+    /// The warning and the metric of a duplicate (UIDs, AE titles and
+    /// hashes only: no patient identifiers in the log).
+    fn warn_duplicate(
+        &self,
+        sop_instance_uid: &str,
+        held: &vigie_store::HeldInstance,
+        received: &ReceivedInstance,
+        what: &str,
+    ) {
+        tracing::warn!(
+            sop_instance_uid,
+            policy = self.duplicates.as_str(),
+            outcome = what,
+            held_from = %held.calling_ae_title,
+            held_sha256 = %held.sha256,
+            received_from = %received.calling_ae_title,
+            received_sha256 = %received.sha256,
+            "instance received again with other content"
+        );
+        self.metrics
+            .inc(DUPLICATES, DUPLICATES_HELP, &[("outcome", what)]);
     }
 
     /// The review a reviewer's SR carries, checked against the catalog
@@ -506,6 +653,17 @@ const PIXEL_RECORDS_BATCH: usize = 64;
 /// one, they would add a flush of the disk and a turn at the audit log per
 /// instance, both of which the acknowledgement of the next instance waits
 /// behind. When the queue closes, what was gathered is written at once.
+/// The copy held, as an audit record names it.
+fn held_details(held: &vigie_store::HeldInstance) -> serde_json::Value {
+    serde_json::json!({
+        "file_sha256": held.sha256,
+        "calling_ae_title": held.calling_ae_title,
+        "study_instance_uid": held.study_instance_uid,
+        "series_instance_uid": held.series_instance_uid,
+        "path": held.path,
+    })
+}
+
 fn hash_pixels(
     audit: &Audit,
     queue: &std::sync::mpsc::Receiver<InstanceRecord>,

@@ -262,16 +262,19 @@ impl Service {
             &model_infos,
             &config.results.review_senders,
         ));
-        let ingest = Arc::new(Ingest::new(
-            layout.clone(),
-            catalog.clone().as_instance_index(),
-            reviews.clone(),
-            audit.clone(),
-            config.storage.min_free_mib.saturating_mul(1 << 20),
-            metrics.clone(),
-            backlog.clone(),
-            reserve.clone(),
-        ));
+        let ingest = Arc::new(
+            Ingest::new(
+                layout.clone(),
+                catalog.clone().as_instance_index(),
+                reviews.clone(),
+                audit.clone(),
+                config.storage.min_free_mib.saturating_mul(1 << 20),
+                metrics.clone(),
+                backlog.clone(),
+                reserve.clone(),
+            )
+            .with_duplicate_policy(config.storage.duplicates),
+        );
         let pipeline = Pipeline {
             config: config.clone(),
             catalog: catalog.clone(),

@@ -392,7 +392,7 @@ fn regression_an_instance_without_modality_is_refused_with_a900() {
         files.push((path, sop));
     }
     for (path, sop) in &files {
-        let mut args = storescu_args(vigie.dicom, "-xe", &[path.clone()]);
+        let mut args = storescu_args(vigie.dicom, "-xe", std::slice::from_ref(path));
         args.insert(0, "-v".into());
         let out = dcmtk("storescu", &args);
         let said = format!(
@@ -426,4 +426,148 @@ fn regression_an_instance_without_modality_is_refused_with_a900() {
     storescu_ok(vigie.dicom, "-xe", &demo);
     let (_, _, good) = uids(&demo[0]);
     assert!(vigie.stored(&study, &series, &good).is_file());
+}
+
+/// A copy of `from` with the same SOP Instance UID and other content
+/// (Image Comments), in `series` when given.
+fn other_content(from: &Path, to: &Path, comment: &str, series: Option<&str>) {
+    let mut object = dicom_object::open_file(from).unwrap();
+    object.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::IMAGE_COMMENTS,
+        dicom_core::VR::LT,
+        dicom_core::PrimitiveValue::from(comment),
+    ));
+    if let Some(series) = series {
+        object.put(dicom_core::DataElement::new(
+            dicom_dictionary_std::tags::SERIES_INSTANCE_UID,
+            dicom_core::VR::UI,
+            dicom_core::PrimitiveValue::from(series),
+        ));
+    }
+    object.write_to_file(to).unwrap();
+}
+
+fn image_comments(path: &Path) -> Option<String> {
+    let object = dicom_object::open_file(path).unwrap();
+    object
+        .element(dicom_dictionary_std::tags::IMAGE_COMMENTS)
+        .ok()
+        .map(|e| e.to_str().unwrap().trim_end().to_string())
+}
+
+/// #22 part 6, "Duplicate SOP Instance UID": an instance received again
+/// with the same SOP Instance UID and other content silently replaced the
+/// stored copy. Now `storage.duplicates` says what happens — keep the
+/// first (the default, as Orthanc's `OverwriteInstances = false` and
+/// dcm4chee's `NEVER`), replace, or keep both — each answered Success to
+/// DCMTK's storescu (and to STOW-RS), logged as a warning, recorded with
+/// both hashes and counted; the same content received again is a plain
+/// new reception.
+#[test]
+fn regression_a_duplicate_sop_instance_uid_follows_the_configured_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let (study, series, sop) = uids(&demo[0]);
+    let first = tmp.path().join("first.dcm");
+    other_content(&demo[0], &first, "first copy", None);
+    let second = tmp.path().join("second.dcm");
+    other_content(&demo[0], &second, "second copy", None);
+    let moved_series = "2.25.4242777";
+    let elsewhere = tmp.path().join("elsewhere.dcm");
+    other_content(&demo[0], &elsewhere, "second copy", Some(moved_series));
+    let duplicate_records = |vigie: &Vigie| -> Vec<serde_json::Value> {
+        vigie
+            .audit_records("kind=instance_stored")
+            .into_iter()
+            .filter(|r| r["sop_instance_uid"] == sop.as_str())
+            .filter(|r| {
+                r["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("duplicate"))
+            })
+            .collect()
+    };
+    let metric = |vigie: &Vigie, outcome: &str| -> bool {
+        let text = String::from_utf8(
+            vigie
+                .http("GET", "/metrics", Some(common::token("reader")), &[], b"")
+                .body,
+        )
+        .unwrap();
+        text.contains(&format!(
+            "vigie_instances_duplicate_total{{outcome=\"{outcome}\"}} 1"
+        ))
+    };
+    for policy in ["keep_first", "replace", "keep_both"] {
+        let dir = tmp.path().join(policy);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = base_config("").replace(
+            "min_free_mib = 0",
+            &format!("min_free_mib = 0\nduplicates = \"{policy}\""),
+        );
+        let vigie = Vigie::start(&dir, &config);
+        storescu_ok(vigie.dicom, "-xe", std::slice::from_ref(&first));
+        // The same content again: a new reception, no duplicate.
+        storescu_ok(vigie.dicom, "-xe", std::slice::from_ref(&first));
+        assert!(duplicate_records(&vigie).is_empty(), "{policy}: identical");
+        let other = if policy == "replace" {
+            &elsewhere
+        } else {
+            &second
+        };
+        storescu_ok(vigie.dicom, "-xe", std::slice::from_ref(other));
+        let records = duplicate_records(&vigie);
+        assert_eq!(records.len(), 1, "{policy}: {records:?}");
+        let details: serde_json::Value =
+            serde_json::from_str(records[0]["details"].as_str().unwrap()).unwrap();
+        let held_copy = vigie.stored(&study, &series, &sop);
+        match policy {
+            "keep_first" => {
+                assert_eq!(records[0]["outcome"], "duplicate_kept_first");
+                assert_eq!(image_comments(&held_copy).as_deref(), Some("first copy"));
+                assert_ne!(details["held"]["file_sha256"], details["file_sha256"]);
+                assert!(metric(&vigie, "kept_first"));
+                // STOW-RS gets the same policy.
+                let mut body = b"--B0UNDARY\r\nContent-Type: application/dicom\r\n\r\n".to_vec();
+                body.extend(std::fs::read(&second).unwrap());
+                body.extend(b"\r\n--B0UNDARY--\r\n");
+                let r = vigie.http(
+                    "POST",
+                    "/dicomweb/studies",
+                    Some(common::token("operator")),
+                    &[(
+                        "Content-Type",
+                        "multipart/related; type=\"application/dicom\"; boundary=B0UNDARY",
+                    )],
+                    &body,
+                );
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                assert_eq!(duplicate_records(&vigie).len(), 2);
+                assert_eq!(image_comments(&held_copy).as_deref(), Some("first copy"));
+            }
+            "replace" => {
+                assert_eq!(records[0]["outcome"], "duplicate_replaced");
+                // Moved into the new copy's series; the earlier file gone.
+                let now = vigie.stored(&study, moved_series, &sop);
+                assert_eq!(image_comments(&now).as_deref(), Some("second copy"));
+                assert!(!held_copy.exists(), "the replaced copy's file is removed");
+                assert_eq!(details["replaced"]["series_instance_uid"], series.as_str());
+                assert!(metric(&vigie, "replaced"));
+            }
+            _ => {
+                assert_eq!(records[0]["outcome"], "duplicate_kept_both");
+                assert_eq!(image_comments(&held_copy).as_deref(), Some("first copy"));
+                let kept = Path::new(details["kept_at"].as_str().unwrap());
+                assert!(kept.starts_with(vigie.data.join("duplicates").join(&sop)));
+                assert_eq!(image_comments(kept).as_deref(), Some("second copy"));
+                assert!(metric(&vigie, "kept_both"));
+            }
+        }
+        let log = vigie.log_text();
+        assert!(
+            log.contains("instance received again with other content"),
+            "{policy}: warned"
+        );
+        assert!(echo(vigie.dicom), "still serving");
+    }
 }

@@ -60,6 +60,25 @@ impl Layout {
         self.root.join("staging")
     }
 
+    /// Where a second copy of an instance is kept under the duplicate
+    /// policy `keep_both`: `duplicates/<SOP Instance UID>/<SHA-256>.dcm`,
+    /// outside `studies/` (never indexed, analysed or served; the orphan
+    /// scan leaves it alone).
+    pub fn duplicate(&self, instance: &str, sha256: &str) -> vigie_dicom_io::Result<PathBuf> {
+        uid::validate(instance)?;
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(vigie_dicom_io::Error::InvalidUid {
+                value: sha256.chars().take(80).collect(),
+                reason: "not a SHA-256 in hexadecimal",
+            });
+        }
+        Ok(self
+            .root
+            .join("duplicates")
+            .join(instance)
+            .join(format!("{sha256}.dcm")))
+    }
+
     fn under(
         &self,
         top: &str,

@@ -123,6 +123,21 @@ impl StoreError {
 /// Result with [`StoreError`].
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The copy held of a received instance ([`InstanceIndex::held_instance`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldInstance {
+    /// Its study.
+    pub study_instance_uid: String,
+    /// Its series.
+    pub series_instance_uid: String,
+    /// Where it is stored.
+    pub path: PathBuf,
+    /// SHA-256 of the file as received.
+    pub sha256: String,
+    /// Calling AE title (or token name) it came from.
+    pub calling_ae_title: String,
+}
+
 /// A received, durably stored instance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InstanceRecord {
@@ -482,6 +497,11 @@ pub trait InstanceIndex: Send + Sync + 'static {
     /// Record a stored instance (replacing a previous copy), and mark its
     /// study as receiving. Durable when it returns.
     fn record_instance(&self, instance: &InstanceRecord, now_ms: i64) -> StoreResult<()>;
+
+    /// The copy held of the received instance `sop_instance_uid`, if any:
+    /// what ingest compares a new arrival with the same UID against (the
+    /// duplicate policy, `storage.duplicates`).
+    fn held_instance(&self, sop_instance_uid: &str) -> StoreResult<Option<HeldInstance>>;
 
     /// Every file the catalog refers to: received instances, result
     /// objects (DICOMweb index, outbox, jobs' results). A file under

@@ -15,10 +15,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use vigie_durable::GroupCommit;
 
 use super::{
-    Delivery, IndexError, InstanceIndex, InstanceRecord, Job, JobFilter, JobQueue, JobState,
-    NewJob, Origin, Outbox, OutboxItem, OutboxStatus, ResetJobs, ResultFile, RetryOutcome,
-    SeriesSummary, StableStudy, StoreError, StoreResult, StudyAssembly, StudyStatus, WebIndex,
-    WebInstance, WebScope, rfc3339,
+    Delivery, HeldInstance, IndexError, InstanceIndex, InstanceRecord, Job, JobFilter, JobQueue,
+    JobState, NewJob, Origin, Outbox, OutboxItem, OutboxStatus, ResetJobs, ResultFile,
+    RetryOutcome, SeriesSummary, StableStudy, StoreError, StoreResult, StudyAssembly, StudyStatus,
+    WebIndex, WebInstance, WebScope, rfc3339,
 };
 
 const BASE: &str = "
@@ -396,6 +396,26 @@ impl InstanceIndex for SqliteCatalog {
                 vigie_durable::CommitError::Outputs { got: 0, items: 1 },
             ))),
         }
+    }
+
+    fn held_instance(&self, sop_instance_uid: &str) -> StoreResult<Option<HeldInstance>> {
+        self.with("held instance", |c| {
+            c.query_row(
+                "SELECT study_instance_uid, series_instance_uid, path, sha256, calling_ae_title
+                 FROM instances WHERE sop_instance_uid = ?1",
+                params![sop_instance_uid],
+                |r| {
+                    Ok(HeldInstance {
+                        study_instance_uid: r.get(0)?,
+                        series_instance_uid: r.get(1)?,
+                        path: PathBuf::from(r.get::<_, String>(2)?),
+                        sha256: r.get(3)?,
+                        calling_ae_title: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+        })
     }
 
     fn known_paths(&self) -> StoreResult<std::collections::HashSet<PathBuf>> {
