@@ -479,8 +479,25 @@ pub fn element_json(path: &Path, tag: Tag) -> Result<Option<Value>> {
 
 /// Convert a stored file into Explicit VR Little Endian (decoding
 /// compressed pixel data), as a Part 10 byte stream, for clients that do
-/// not accept the stored transfer syntax.
+/// not accept the stored transfer syntax. The new file is Vigie's: its
+/// file meta group names Vigie's Implementation Class UID and Version
+/// Name (PS3.10 7.1), not those of the application that wrote the
+/// original. A decoder that panics (dicom-rs's, on some corrupt streams)
+/// is an error like any other.
 pub fn transcode_to_explicit_le(path: &Path) -> Result<Vec<u8>> {
+    std::panic::catch_unwind(|| transcode(path)).unwrap_or_else(|panic| {
+        Err(Error::DecodePixelData {
+            path: path.to_path_buf(),
+            sop_instance_uid: "unknown".into(),
+            reason: format!(
+                "decoder panicked while transcoding: {}",
+                crate::pixels::panic_message(&panic)
+            ),
+        })
+    })
+}
+
+fn transcode(path: &Path) -> Result<Vec<u8>> {
     // Decoding happens in memory: the file must pass the scan, and its
     // decoded pixel data stay within the limit, before anything is read.
     let limits = crate::scan::limits();
@@ -510,6 +527,11 @@ pub fn transcode_to_explicit_le(path: &Path) -> Result<Vec<u8>> {
             "cannot transcode to Explicit VR Little Endian: {e}"
         ))
     })?;
+    object.update_meta(|meta| {
+        meta.implementation_class_uid = crate::write::IMPLEMENTATION_CLASS_UID.to_string();
+        meta.implementation_version_name =
+            Some(crate::write::IMPLEMENTATION_VERSION_NAME.to_string());
+    });
     let mut out = Vec::new();
     object
         .write_all(&mut out)

@@ -571,3 +571,124 @@ fn orthanc_dicomweb_plugin_pushes_to_and_pulls_from_vigie() {
     assert_eq!(stored.get("stow-rs"), Some(&2));
     let _ = repo_root();
 }
+
+/// The DICOM part of a single-part WADO-RS response.
+fn only_part(response: &common::HttpResponse) -> Vec<u8> {
+    let content_type = response.header("content-type").unwrap().to_string();
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let body = &response.body;
+    let start = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("part headers")
+        + 4;
+    let end_marker = format!("\r\n--{boundary}--\r\n");
+    assert!(
+        body.ends_with(end_marker.as_bytes()),
+        "the body ends with its closing delimiter"
+    );
+    body[start..body.len() - end_marker.len()].to_vec()
+}
+
+/// #23's defects "WADO-RS cut short" and "Implementation Class UID after
+/// transcoding": WADO-RS of an instance that cannot be transcoded (pydicom's
+/// 12-bit JPEG Extended file, which STOW-RS accepts) answered 200 and then
+/// cut the body; now it is a 406 naming the instance before anything is
+/// sent, at instance and at study level, and `transfer-syntax=*` still
+/// serves it whole. A transcoded instance (RLE Lossless to Explicit VR
+/// Little Endian) is Vigie's file: its meta group names Vigie's
+/// Implementation Class UID and Version Name, not the sender's.
+#[test]
+fn regression_wado_rs_decides_before_sending_and_names_vigie_in_what_it_transcodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vigie = Vigie::start(tmp.path(), &base_config(""));
+    let files = vigie_test_support::pydicom_test_files();
+    let jpeg12 = files.join("JPGExtended.dcm");
+    let rle = files.join("MR_small_RLE.dcm");
+    let r = stow(
+        &vigie,
+        "/dicomweb/studies",
+        STOW_TYPE,
+        &multipart(&[jpeg12.clone(), rle.clone()], "XyZ-42"),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let get = |path: &str, accept: &str| {
+        vigie.http(
+            "GET",
+            path,
+            Some(token("reader")),
+            &[("Accept", accept)],
+            b"",
+        )
+    };
+    let default = "multipart/related; type=\"application/dicom\"";
+    let (st, se, sop) = uids(&jpeg12);
+    for path in [
+        format!("/dicomweb/studies/{st}/series/{se}/instances/{sop}"),
+        format!("/dicomweb/studies/{st}"),
+    ] {
+        let r = get(&path, default);
+        assert_eq!(
+            r.status,
+            406,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains(&sop) && message.contains("transfer-syntax=*"),
+            "{message}"
+        );
+        assert!(
+            !message.contains(&*vigie.data.to_string_lossy()),
+            "no path: {message}"
+        );
+    }
+    let whole = get(
+        &format!("/dicomweb/studies/{st}/series/{se}/instances/{sop}"),
+        "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
+    );
+    assert_eq!(whole.status, 200);
+    let part = only_part(&whole);
+    let original = std::fs::read(&jpeg12).unwrap();
+    assert_eq!(part.len(), original.len(), "served whole, as stored");
+    // Nothing transcoded is left behind in the staging folder.
+    let staged: Vec<_> = std::fs::read_dir(vigie.data.join("staging"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("wado-"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+
+    let (st, se, sop) = uids(&rle);
+    let transcoded = get(
+        &format!("/dicomweb/studies/{st}/series/{se}/instances/{sop}"),
+        default,
+    );
+    assert_eq!(transcoded.status, 200);
+    let copy = tmp.path().join("transcoded.dcm");
+    std::fs::write(&copy, only_part(&transcoded)).unwrap();
+    let object = dicom_object::open_file(&copy).unwrap();
+    let meta = object.meta();
+    assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2.1");
+    let trimmed = |text: &str| text.trim_end_matches(['\0', ' ']).to_string();
+    assert_eq!(
+        trimmed(&meta.implementation_class_uid),
+        vigie_dicom_io::write::IMPLEMENTATION_CLASS_UID
+    );
+    assert_eq!(
+        meta.implementation_version_name.as_deref().map(trimmed),
+        Some(vigie_dicom_io::write::IMPLEMENTATION_VERSION_NAME.to_string())
+    );
+    let sender = dicom_object::open_file(&rle).unwrap();
+    assert_ne!(
+        trimmed(&sender.meta().implementation_class_uid),
+        trimmed(&meta.implementation_class_uid),
+        "the sender's identifiers are not kept"
+    );
+}

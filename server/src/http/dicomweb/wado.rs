@@ -171,6 +171,14 @@ async fn retrieve(
                 }
             }
         }
+        // Transcoded before the first byte is sent, each into a file of
+        // its own (memory holds one instance at a time): an instance whose
+        // pixel data cannot be decoded (12-bit JPEG Extended, a corrupt
+        // stream) is a 406 naming it, not a body cut short after a 200.
+        let staging = app.layout.staging();
+        let wanted_ts = wanted.clone();
+        let instances =
+            blocking(move || prepare(instances, wanted_ts.as_deref(), &staging)).await?;
         let audit = app.audit.clone();
         let event = AuditEvent::new(
             EventKind::DicomwebRetrieve,
@@ -187,18 +195,9 @@ async fn retrieve(
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
         let tail = boundary.clone();
         tokio::task::spawn_blocking(move || {
-            for i in instances {
-                let (bytes, ts) = match &wanted {
-                    Some(ts) if ts != &i.transfer_syntax => (
-                        {
-                            let _permit = TranscodePermit::take();
-                            vigie_dicom_io::web::transcode_to_explicit_le(&i.path)
-                                .map_err(|e| std::io::Error::other(e.to_string()))
-                        },
-                        ts.clone(),
-                    ),
-                    _ => (std::fs::read(&i.path), i.transfer_syntax.clone()),
-                };
+            for prepared in instances {
+                let bytes = std::fs::read(prepared.path());
+                let ts = prepared.transfer_syntax.clone();
                 let head = format!(
                     "--{tail}\r\nContent-Type: application/dicom; transfer-syntax={ts}\r\nContent-Length: {}\r\n\r\n",
                     bytes.as_ref().map(Vec::len).unwrap_or(0)
@@ -231,6 +230,90 @@ async fn retrieve(
         )
     };
     run.await.unwrap_or_else(|e| e.into_response())
+}
+
+/// An instance ready to be sent: its file as stored, or a transcoded copy
+/// in the staging folder, removed once sent (or at the next start).
+struct Prepared {
+    stored: std::path::PathBuf,
+    transcoded: Option<std::path::PathBuf>,
+    transfer_syntax: String,
+}
+
+impl Prepared {
+    fn path(&self) -> &std::path::Path {
+        self.transcoded.as_deref().unwrap_or(&self.stored)
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(copy) = &self.transcoded {
+            let _ = std::fs::remove_file(copy);
+        }
+    }
+}
+
+/// Each of `instances` as it will be sent in `wanted` (`None`: as stored),
+/// transcoding into `staging` the ones stored otherwise; the first that
+/// cannot be transcoded is a 406 naming it and why.
+fn prepare(
+    instances: Vec<WebInstance>,
+    wanted: Option<&str>,
+    staging: &std::path::Path,
+) -> ApiResult<Vec<Prepared>> {
+    let mut prepared = Vec::with_capacity(instances.len());
+    for i in instances {
+        let Some(ts) = wanted.filter(|ts| *ts != i.transfer_syntax) else {
+            prepared.push(Prepared {
+                stored: i.path,
+                transcoded: None,
+                transfer_syntax: i.transfer_syntax,
+            });
+            continue;
+        };
+        let bytes = {
+            let _permit = TranscodePermit::take();
+            vigie_dicom_io::web::transcode_to_explicit_le(&i.path)
+        }
+        .map_err(|e| {
+            ApiError::not_acceptable(format!(
+                "instance {} is stored as {} and cannot be served as {ts}: {}; ask for transfer-syntax=*",
+                i.sop_instance_uid,
+                i.transfer_syntax,
+                short(&e)
+            ))
+        })?;
+        let copy = staging.join(format!("wado-{}.dcm", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&copy, bytes).map_err(|e| {
+            let _ = std::fs::remove_file(&copy);
+            ApiError::internal(
+                "transcode_not_held",
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cannot hold the transcoded instance: {e}"),
+            )
+        })?;
+        prepared.push(Prepared {
+            stored: i.path,
+            transcoded: Some(copy),
+            transfer_syntax: ts.to_string(),
+        });
+    }
+    Ok(prepared)
+}
+
+/// What a transcoding error says, without the stored file's path (which
+/// stays internal).
+fn short(e: &vigie_dicom_io::Error) -> String {
+    let text = match e {
+        vigie_dicom_io::Error::Open { reason, .. }
+        | vigie_dicom_io::Error::Malformed { reason, .. }
+        | vigie_dicom_io::Error::Limit { reason, .. }
+        | vigie_dicom_io::Error::DecodePixelData { reason, .. }
+        | vigie_dicom_io::Error::UnsupportedPixelData { reason, .. } => reason.clone(),
+        other => other.code().to_string(),
+    };
+    text.chars().take(200).collect()
 }
 
 /// Transcodes running at once, service-wide: each holds a whole instance
