@@ -108,6 +108,44 @@ pub struct HttpConfig {
     pub metrics_public: bool,
     /// On SIGTERM, time given to requests in flight, in seconds.
     pub shutdown_grace_s: u64,
+    /// Web origins (`scheme://host[:port]`, e.g. the hospital's OHIF) whose
+    /// pages may call the API and DICOMweb from a browser: their CORS
+    /// preflight is answered without a token, and every response to them,
+    /// errors included, carries `Access-Control-Allow-Origin`. Empty: no
+    /// cross-origin access (same-origin pages and non-browser clients are
+    /// not concerned).
+    pub cors_origins: Vec<String>,
+}
+
+/// Whether `origin` is a Web origin as a browser sends it (RFC 6454):
+/// `http` or `https`, a host, an optional port, and nothing else.
+pub fn is_web_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    if !matches!(scheme, "http" | "https") || rest.is_empty() {
+        return false;
+    }
+    let (host, port) = if let Some(end) = rest.strip_prefix('[').and_then(|r| r.find(']')) {
+        // An IPv6 literal: `[addr]` and an optional `:port`.
+        let (host, after) = rest.split_at(end + 2);
+        match after.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if after.is_empty() => (host, None),
+            None => return false,
+        }
+    } else {
+        match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.parse::<u16>().is_ok());
+    host_ok && port_ok
 }
 
 impl Default for HttpConfig {
@@ -124,6 +162,7 @@ impl Default for HttpConfig {
             max_concurrent_requests: 64,
             metrics_public: false,
             shutdown_grace_s: 30,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -518,6 +557,13 @@ impl Config {
         if h.max_concurrent_requests == 0 {
             problems.push("http.max_concurrent_requests: must be at least 1".into());
         }
+        for (i, origin) in h.cors_origins.iter().enumerate() {
+            if !is_web_origin(origin) {
+                problems.push(format!(
+                    "http.cors_origins[{i}]: {origin:?} is not an origin (scheme://host[:port], http or https, no path, no wildcard)"
+                ));
+            }
+        }
     }
 
     fn validate_node(&self, problems: &mut Vec<String>) {
@@ -687,6 +733,33 @@ mod example_tests {
                 out.insert(prefix.to_string());
             }
         }
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        for good in [
+            "https://ohif.hospital.example",
+            "http://127.0.0.1:3000",
+            "https://[::1]:8443",
+            "https://[::1]",
+        ] {
+            assert!(is_web_origin(good), "{good} refused");
+        }
+        for bad in [
+            "*",
+            "ohif.hospital.example",
+            "https://",
+            "https://ohif.example/viewer",
+            "https://ohif.example:port",
+            "ftp://ohif.example",
+            "https://ohif.example:99999",
+        ] {
+            assert!(!is_web_origin(bad), "{bad} accepted");
+        }
+        let mut config = Config::default();
+        config.http.cors_origins = vec!["https://ok.example".into(), "*".into()];
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("http.cors_origins[1]"), "{err}");
     }
 
     #[test]

@@ -28,7 +28,13 @@ fn storescu_ok(port: u16, proposal: &str, files: &[PathBuf]) {
 fn storescu_and_echoscu_against_vigie_serve() {
     let tmp = tempfile::tempdir().unwrap();
     let demo = demo_studies(&tmp.path().join("demo"), 3);
-    let vigie = Vigie::start(tmp.path(), &base_config(""));
+    // Several of pydicom's files are one image in several encodings with
+    // the same SOP Instance UID: each must replace the one before.
+    let config = base_config("").replace(
+        "min_free_mib = 0",
+        "min_free_mib = 0\nduplicates = \"replace\"",
+    );
+    let vigie = Vigie::start(tmp.path(), &config);
     assert!(echo(vigie.dicom), "C-ECHO:\n{}", vigie.log_text());
 
     storescu_ok(vigie.dicom, "-xe", &demo);

@@ -678,3 +678,103 @@ modalities = ["MR"]
         "both analyses' SRs in it: {series:?}"
     );
 }
+
+/// #23's defect "CORS and OPTIONS": OPTIONS answered 401, 403 or 405
+/// depending on the token, and no CORS headers were sent, so a viewer on
+/// another origin (OHIF) could load nothing. Now any OPTIONS is the CORS
+/// preflight, answered without a token; a listed origin gets the allow
+/// headers, on errors too; any other origin gets none.
+#[test]
+fn regression_options_is_the_cors_preflight_and_errors_carry_cors_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ohif = "https://ohif.hospital.example:3000";
+    let config = base_config("").replacen(
+        "[http]\nbind = \"127.0.0.1\"",
+        &format!("[http]\nbind = \"127.0.0.1\"\ncors_origins = [\"{ohif}\"]"),
+        1,
+    );
+    let vigie = Vigie::start(tmp.path(), &config);
+    let preflight = |origin: &str, with_token: bool| {
+        vigie.http(
+            "OPTIONS",
+            "/dicomweb/studies",
+            with_token.then(|| token("reader")),
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "GET"),
+                ("Access-Control-Request-Headers", "authorization, accept"),
+            ],
+            b"",
+        )
+    };
+    for with_token in [false, true] {
+        let r = preflight(ohif, with_token);
+        assert_eq!(r.status, 200, "token {with_token}: {:?}", r.headers);
+        assert_eq!(r.header("access-control-allow-origin"), Some(ohif));
+        let methods = r
+            .header("access-control-allow-methods")
+            .unwrap()
+            .to_lowercase();
+        assert!(
+            methods.contains("get") && methods.contains("post"),
+            "{methods}"
+        );
+        let headers = r
+            .header("access-control-allow-headers")
+            .unwrap()
+            .to_lowercase();
+        assert!(headers.contains("authorization"), "{headers}");
+        assert_eq!(r.header("access-control-max-age"), Some("600"));
+    }
+    let stranger = preflight("https://elsewhere.example", false);
+    assert_eq!(stranger.status, 200);
+    assert_eq!(stranger.header("access-control-allow-origin"), None);
+    // Errors carry the headers, so the viewer can read them.
+    let get = |origin: &str, with_token: bool| {
+        vigie.http(
+            "GET",
+            "/dicomweb/studies",
+            with_token.then(|| token("reader")),
+            &[("Origin", origin), ("Accept", "application/dicom+json")],
+            b"",
+        )
+    };
+    let unauthorized = get(ohif, false);
+    assert_eq!(unauthorized.status, 401);
+    assert_eq!(
+        unauthorized.header("access-control-allow-origin"),
+        Some(ohif)
+    );
+    assert!(
+        unauthorized
+            .header("vary")
+            .is_some_and(|v| v.to_lowercase().contains("origin")),
+        "{:?}",
+        unauthorized.headers
+    );
+    let ok = get(ohif, true);
+    assert_eq!(ok.status, 204, "no study yet");
+    assert_eq!(ok.header("access-control-allow-origin"), Some(ohif));
+    assert!(
+        ok.header("access-control-expose-headers")
+            .unwrap()
+            .to_lowercase()
+            .contains("warning")
+    );
+    assert_eq!(
+        get("https://elsewhere.example", true).header("access-control-allow-origin"),
+        None
+    );
+    // Without any origin configured, OPTIONS is still a plain preflight.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = Vigie::start(plain_dir.path(), &base_config(""));
+    let r = plain.http(
+        "OPTIONS",
+        "/api/v1/jobs",
+        Some(token("admin")),
+        &[("Origin", ohif), ("Access-Control-Request-Method", "GET")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
