@@ -692,3 +692,43 @@ fn regression_wado_rs_decides_before_sending_and_names_vigie_in_what_it_transcod
         "the sender's identifiers are not kept"
     );
 }
+
+/// #23, "Attributes asked at the wrong level": OHIF asks for Modality
+/// (0008,0060) at study level, and it came back from one arbitrary
+/// instance. Now a series- or instance-level attribute asked at study level
+/// is left out; ModalitiesInStudy says what the study holds, and at series
+/// level Modality is the series' own.
+#[test]
+fn regression_modality_asked_at_study_level_is_not_taken_from_an_arbitrary_instance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let vigie = Vigie::start(tmp.path(), &base_config(""));
+    let r = stow(
+        &vigie,
+        "/dicomweb/studies",
+        STOW_TYPE,
+        &multipart(&demo, "XyZ-42"),
+    );
+    assert_eq!(r.status, 200);
+    let get = |path: &str| {
+        vigie
+            .http(
+                "GET",
+                path,
+                Some(token("reader")),
+                &[("Accept", "application/dicom+json")],
+                b"",
+            )
+            .json()
+    };
+    let studies = get("/dicomweb/studies?includefield=00081030,00080060,SeriesNumber");
+    let study = &studies[0];
+    assert!(study.get("00080060").is_none(), "{study}");
+    assert!(study.get("00200011").is_none(), "{study}");
+    assert_eq!(study["00080061"]["Value"][0], "MR", "{study}");
+    let (st, _, _) = uids(&demo[0]);
+    let series = get(&format!(
+        "/dicomweb/studies/{st}/series?includefield=00080060"
+    ));
+    assert_eq!(series[0]["00080060"]["Value"][0], "MR", "{series}");
+}

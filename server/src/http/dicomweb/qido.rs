@@ -7,7 +7,9 @@
 //! results. Keys ignored (another level's, `fuzzymatching=true`,
 //! attributes the index does not hold) are named in a `Warning: 299`
 //! header. `includefield` takes keywords, tags or `all`; attributes
-//! outside the index are read from the instance's header. `limit`
+//! outside the index are read from the first instance's header, and an
+//! indexed attribute of a lower level (Modality at study level) is left
+//! out rather than taken from an arbitrary instance. `limit`
 //! (default and maximum 1000) and `offset` page the results; a `Warning`
 //! header says when more results remain.
 
@@ -94,11 +96,21 @@ async fn search(
         let matched: Vec<&Group<'_>> = groups.iter().filter(|g| search.matches(g)).collect();
         let total = matched.len();
         let attrs = search.returned(level);
+        // An attribute asked at a level above its own (Modality at study
+        // level, as OHIF asks) is not answered: read from the first
+        // instance it would be an arbitrary one's value (PS3.18 lets the
+        // origin server leave it out; ModalitiesInStudy is the study's).
         let extra: Vec<Tag> = search
             .include
             .iter()
             .copied()
             .filter(|t| !attrs.iter().any(|a| a.tag == *t))
+            .filter(|t| {
+                !web::INDEXED
+                    .iter()
+                    .chain(web::COMPUTED)
+                    .any(|a| a.tag == *t && a.level > level)
+            })
             .collect();
         let mut out = Vec::new();
         for g in matched.iter().skip(search.offset).take(search.limit) {
