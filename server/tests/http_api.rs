@@ -778,3 +778,31 @@ fn regression_options_is_the_cors_preflight_and_errors_carry_cors_headers() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
+
+/// #23, "Logging": a 404 on a path no endpoint serves left no log line, so
+/// a viewer asking for what Vigie does not serve went unnoticed. Now it is
+/// logged with its method and path, never its query string (which may
+/// hold patient identifiers).
+#[test]
+fn regression_unknown_endpoints_are_logged_without_their_query() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vigie = Vigie::start(tmp.path(), &base_config(""));
+    let r = vigie.http(
+        "GET",
+        "/dicomweb/studies/1.2.3/series/4.5/instances/6.7/frames/1?PatientID=DOE-SECRET-42",
+        Some(token("reader")),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "not_found");
+    vigie.wait_for("the 404 in the log", Duration::from_secs(10), |v| {
+        v.log_text().contains("no such endpoint (404)")
+    });
+    let log = vigie.log_text();
+    assert!(
+        log.contains("/dicomweb/studies/1.2.3/series/4.5/instances/6.7/frames/1"),
+        "the path is logged"
+    );
+    assert!(!log.contains("DOE-SECRET-42"), "the query is not");
+}

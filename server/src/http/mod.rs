@@ -284,6 +284,16 @@ async fn track(State(app): State<AppState>, request: Request, next: Next) -> Res
     response
 }
 
+/// 404 for a path no endpoint serves, with a log line (method and path
+/// only: a query string may hold patient identifiers), so that a client
+/// asking for what Vigie does not serve (a viewer's frames, say) shows in
+/// the log.
+async fn unknown_endpoint(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let path: String = uri.path().chars().take(256).collect();
+    tracing::warn!(%method, path, "no such endpoint (404)");
+    ApiError::not_found("no such endpoint")
+}
+
 async fn overloaded(error: tower::BoxError) -> Response {
     if error.is::<tower::load_shed::error::Overloaded>() {
         let mut e = ApiError::new(
@@ -367,7 +377,7 @@ pub fn app(state: AppState) -> Router {
         timed(stow, Duration::from_secs(http.stow_timeout_s)).layer(DefaultBodyLimit::disable());
     let rest = timed(rest, timeout).layer(DefaultBodyLimit::max(json_limit));
     rest.merge(stow)
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .fallback(unknown_endpoint)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(middleware::from_fn(error::json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
