@@ -141,3 +141,99 @@ fn batched_and_single_runs_agree_and_a_bad_instance_does_not_stop_the_job() {
         );
     }
 }
+
+/// One-image studies that wait together run through one hot loop (jobs of
+/// one model are grouped, batched across jobs here), and each job still
+/// gets exactly its own results: each SR is in its job's study and
+/// references its job's instance; a job whose one instance cannot be
+/// analysed fails alone, with its reason, while the others are done.
+#[test]
+fn jobs_run_together_each_get_their_own_results_and_fail_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut studies = demo_studies(&tmp.path().join("demo"), 6);
+    // A seventh study, of a brain MR in an encoding the decoders cannot
+    // read (pydicom's 12-bit JPEG Extended, relabelled): routed, then not
+    // analysable.
+    let bad = tmp.path().join("jpeg12.dcm");
+    let mut obj =
+        dicom_object::open_file(vigie_test_support::pydicom_test_files().join("JPGExtended.dcm"))
+            .unwrap();
+    for (tag, value) in [(tags::MODALITY, "MR"), (tags::BODY_PART_EXAMINED, "BRAIN")] {
+        obj.put(DataElement::new(tag, VR::CS, PrimitiveValue::from(value)));
+    }
+    obj.write_to_file(&bad).unwrap();
+    let bad_study = common::uids(&bad).0;
+    studies.insert(3, bad);
+    let config = base_config(
+        "[[routing.rules]]\nname = \"all\"\n\n[inference.batching.brain-tumour-vgg16]\nmax_batch = 4\nmax_delay_ms = 100\n",
+    );
+    let vigie = Vigie::start(tmp.path(), &config);
+    assert!(send(vigie.dicom, &studies).iter().all(|o| o.delivered()));
+    vigie.wait_for("every job concluded", Duration::from_secs(180), |v| {
+        let jobs = v.jobs();
+        jobs.len() == 7
+            && jobs
+                .iter()
+                .all(|j| j["state"] == "done" || j["state"] == "failed")
+    });
+    let jobs = vigie.jobs();
+    let failed: Vec<_> = jobs.iter().filter(|j| j["state"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{jobs:?}");
+    assert_eq!(failed[0]["study_instance_uid"], bad_study.as_str());
+    assert!(
+        failed[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no instance could be analysed"),
+        "{}",
+        failed[0]
+    );
+    let sources: BTreeMap<String, String> = studies
+        .iter()
+        .map(|f| {
+            let (study, _, sop) = common::uids(f);
+            (study, sop)
+        })
+        .collect();
+    for job in jobs.iter().filter(|j| j["state"] == "done") {
+        let study = job["study_instance_uid"].as_str().unwrap();
+        let results = job["results"].as_array().unwrap();
+        assert_eq!(results.len(), 1, "{job}");
+        let sr = dicom_object::open_file(results[0].as_str().unwrap()).unwrap();
+        let text = |tag| {
+            sr.element(tag)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0')
+                .to_string()
+        };
+        assert_eq!(text(tags::STUDY_INSTANCE_UID), study, "its job's study");
+        let evidence = sr
+            .element(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .element(tags::REFERENCED_SERIES_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .element(tags::REFERENCED_SOP_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .element(tags::REFERENCED_SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string();
+        assert_eq!(evidence, sources[study], "its job's instance");
+    }
+    // Every analysed instance has one inference record, with its own job.
+    let records = inferences(&vigie);
+    assert_eq!(records.len(), 7);
+    let by_job: std::collections::BTreeSet<_> =
+        records.values().map(|d| d["job_id"].to_string()).collect();
+    assert_eq!(by_job.len(), 7, "one job per instance: {records:?}");
+}

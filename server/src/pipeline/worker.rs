@@ -1,7 +1,11 @@
 //! The dispatcher and the worker threads: jobs claimed from the queue,
 //! each analysed through `vigie_analysis`'s hot loop, its result objects
 //! written durably, then the job done and its results queued, in one
-//! transaction. Dedicated OS threads, off the async runtime.
+//! transaction. Jobs of one model already waiting when a worker takes one
+//! run through the same hot loop (at most `pipeline.queue_capacity` + 1,
+//! and 16; only while no other worker is idle), each concluded as soon as
+//! its last instance is written.
+//! Dedicated OS threads, off the async runtime.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -68,6 +72,17 @@ impl WorkerHealth {
         }
     }
 
+    /// Whether every other started worker is alive and on a job: only then
+    /// does a worker take waiting jobs into its own group.
+    fn others_busy(&self, worker: usize) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .enumerate()
+            .filter(|(n, slot)| *n != worker && slot.started && slot.alive)
+            .all(|(_, slot)| slot.busy.is_some())
+    }
+
     fn busy(&self, worker: usize, job: Option<i64>) {
         self.update(worker, |slot| {
             slot.busy = job.map(|id| (id, Instant::now()))
@@ -92,6 +107,48 @@ impl WorkerHealth {
             }
         }
         problems
+    }
+}
+
+/// What a job's attempt gave: its results and notes on the instances not
+/// analysed, or why it failed.
+type JobOutcome = anyhow::Result<(Vec<ResultFile>, Option<String>)>;
+
+/// Most jobs of one model run through one hot loop together.
+const MAX_GROUP_JOBS: usize = 16;
+
+/// A job of a group being run: its instances, its result builder and what
+/// its instances gave so far.
+struct JobRun {
+    /// Its place in the group.
+    n: usize,
+    instances: Vec<vigie_store::InstanceRecord>,
+    builder: ResultBuilder,
+    results: Vec<ResultFile>,
+    failures: Vec<String>,
+    /// Instances written or failed so far.
+    seen: usize,
+}
+
+impl JobRun {
+    /// Once every instance is through: the results and the notes on the
+    /// instances not analysed, or the job's failure when none could be.
+    fn outcome(&mut self) -> JobOutcome {
+        if self.results.is_empty() && !self.failures.is_empty() {
+            anyhow::bail!(
+                "no instance could be analysed: {}",
+                self.failures.join("; ")
+            );
+        }
+        let notes = (!self.failures.is_empty()).then(|| {
+            format!(
+                "{} of {} instances not analysed: {}",
+                self.failures.len(),
+                self.instances.len(),
+                self.failures.join("; ")
+            )
+        });
+        Ok((std::mem::take(&mut self.results), notes))
     }
 }
 
@@ -158,122 +215,229 @@ impl Pipeline {
         if let Some(&cpu) = self.resolved.threads.model_cpus.first() {
             vigie_inference::threads::pin_current_thread(cpu);
         }
+        // A job of another model met while gathering a group: the next one.
+        let mut held: Option<Job> = None;
         loop {
-            let job = {
-                let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-                guard.recv()
+            let job = match held.take() {
+                Some(job) => job,
+                None => {
+                    let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                    match guard.recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    }
+                }
             };
-            let Ok(job) = job else { return };
             // Stopping: the job stays as it is, and the stop releases it.
             if self.stop.is_cancelled() {
                 continue;
             }
-            // From here on `attempts` counts this attempt too, as if it
-            // failed: it is the number the retry rule and the records use.
-            let job = Job {
+            let mut group = vec![job];
+            // Jobs of the same model already waiting join this one's hot
+            // loop, so that each one's decoding overlaps the model run of
+            // the one before and its bookkeeping the next one's (one-image
+            // studies: benches/validate_vs_serve). Only while the other
+            // workers are busy: an idle one would take them sooner.
+            // At most the queue's capacity more: the jobs a crash would
+            // find running (and count as interrupted) stay about as many
+            // as without groups.
+            let most = (self.config.pipeline.queue_capacity + 1).min(MAX_GROUP_JOBS);
+            if self.health.others_busy(worker) {
+                let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                while group.len() < most {
+                    match guard.try_recv() {
+                        Ok(next) if next.model == group[0].model => group.push(next),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.run_group(worker, group, &mut models);
+        }
+    }
+
+    /// Run `group` (jobs of one model) through one hot loop, each job
+    /// concluded — done or failed, recorded — as soon as its last instance
+    /// is written. A failure of the whole run (the model, the writer, a
+    /// panic) fails the attempt of every job not concluded yet.
+    fn run_group(&self, worker: usize, group: Vec<Job>, models: &mut HashMap<String, Model>) {
+        // From here on `attempts` counts this attempt too, as if it
+        // failed: it is the number the retry rule and the records use.
+        let group: Vec<Job> = group
+            .into_iter()
+            .map(|job| Job {
                 attempts: job.attempts + 1,
                 ..job
-            };
-            let started = Instant::now();
-            self.health.busy(worker, Some(job.id));
-            // A panic in decoding, preprocessing, the runtime or result
-            // building fails this attempt only: the thread goes on with the
-            // next job. Its warm sessions may be half-changed: dropped.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run_job(&job, &mut models)
-            }))
-            .unwrap_or_else(|panic| {
-                models.clear();
-                let message = vigie_dicom_io::pixels::panic_message(&panic);
-                self.emit(Event::WorkerPanicked {
-                    job: &job,
-                    message: &message,
-                });
-                Err(anyhow::anyhow!(
-                    "internal error: analysis panicked: {message}"
-                ))
-            });
-            self.health.busy(worker, None);
-            let now = now_ms();
-            match outcome {
-                Ok((results, notes)) => {
-                    if let Err(e) = self
-                        .catalog
-                        .finish_job(&job, &results, notes.as_deref(), now)
-                    {
-                        tracing::error!(job = job.id, error = %e, "cannot record finished job");
-                        continue;
-                    }
-                    if !job.destinations.is_empty() {
-                        self.wake.results_ready();
-                    }
-                    self.emit(Event::JobDone {
-                        job: &job,
-                        results: results.len(),
-                        notes: notes.as_deref(),
-                        took: started.elapsed(),
+            })
+            .collect();
+        let started = Instant::now();
+        self.health.busy(worker, Some(group[0].id));
+        let concluded: Vec<std::sync::atomic::AtomicBool> = group
+            .iter()
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect();
+        let conclude = |n: usize, outcome: JobOutcome| {
+            if !concluded[n].swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.conclude(&group[n], outcome, started.elapsed());
+                // The worker is on the next job now: `stuck_after_s` counts
+                // from here.
+                let next = (0..group.len())
+                    .find(|&m| !concluded[m].load(std::sync::atomic::Ordering::SeqCst));
+                if let Some(m) = next {
+                    self.health.busy(worker, Some(group[m].id));
+                }
+            }
+        };
+        // A panic in decoding, preprocessing, the runtime or result
+        // building fails this attempt only: the thread goes on with the
+        // next job. Its warm sessions may be half-changed: dropped.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run_jobs(&group, models, &conclude)
+        }))
+        .unwrap_or_else(|panic| {
+            models.clear();
+            let message = vigie_dicom_io::pixels::panic_message(&panic);
+            for (n, job) in group.iter().enumerate() {
+                if !concluded[n].load(std::sync::atomic::Ordering::SeqCst) {
+                    self.emit(Event::WorkerPanicked {
+                        job,
+                        message: &message,
                     });
                 }
-                Err(e) => {
-                    let error = format!("{e:#}");
-                    let retry = (job.attempts < self.config.pipeline.max_attempts).then(|| {
-                        let factor = 2f64.powi(job.attempts.saturating_sub(1).min(16) as i32);
-                        now + seconds_ms(self.config.pipeline.retry_delay_s * factor)
-                    });
-                    self.emit(Event::JobFailed {
-                        job: &job,
-                        error: &error,
-                        will_retry: retry.is_some(),
-                        max_attempts: self.config.pipeline.max_attempts,
-                    });
-                    if let Err(e) = self.catalog.job_attempt_failed(job.id, &error, retry, now) {
-                        tracing::error!(job = job.id, error = %e, "cannot record job failure");
-                    }
+            }
+            Err(anyhow::anyhow!(
+                "internal error: analysis panicked: {message}"
+            ))
+        });
+        if let Err(e) = ran {
+            let error = format!("{e:#}");
+            for n in 0..group.len() {
+                conclude(n, Err(anyhow::anyhow!("{error}")));
+            }
+        }
+        self.health.busy(worker, None);
+    }
+
+    /// A job's attempt is over: record it done (its results queued for
+    /// delivery) or failed (with a retry when attempts remain).
+    fn conclude(&self, job: &Job, outcome: JobOutcome, took: Duration) {
+        let now = now_ms();
+        match outcome {
+            Ok((results, notes)) => {
+                if let Err(e) = self
+                    .catalog
+                    .finish_job(job, &results, notes.as_deref(), now)
+                {
+                    tracing::error!(job = job.id, error = %e, "cannot record finished job");
+                    return;
+                }
+                if !job.destinations.is_empty() {
+                    self.wake.results_ready();
+                }
+                self.emit(Event::JobDone {
+                    job,
+                    results: results.len(),
+                    notes: notes.as_deref(),
+                    took,
+                });
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                let retry = (job.attempts < self.config.pipeline.max_attempts).then(|| {
+                    let factor = 2f64.powi(job.attempts.saturating_sub(1).min(16) as i32);
+                    now + seconds_ms(self.config.pipeline.retry_delay_s * factor)
+                });
+                self.emit(Event::JobFailed {
+                    job,
+                    error: &error,
+                    will_retry: retry.is_some(),
+                    max_attempts: self.config.pipeline.max_attempts,
+                });
+                if let Err(e) = self.catalog.job_attempt_failed(job.id, &error, retry, now) {
+                    tracing::error!(job = job.id, error = %e, "cannot record job failure");
                 }
             }
         }
     }
 
-    /// Run one job: results written, and notes on instances not analysed.
-    fn run_job(
+    /// The hot loop over every instance of `group`'s jobs (one model): each
+    /// instance's results written and recorded with its own job on a writer
+    /// thread beside the model, each job concluded (`conclude`) once its
+    /// last instance is. An error returned fails the jobs not concluded.
+    fn run_jobs(
         &self,
-        job: &Job,
+        group: &[Job],
         models: &mut HashMap<String, Model>,
-    ) -> anyhow::Result<(Vec<ResultFile>, Option<String>)> {
-        let instances = self.catalog.job_instances(job)?;
-        if instances.is_empty() {
-            anyhow::bail!("no instances found for the job's series");
+        conclude: &(dyn Fn(usize, JobOutcome) + Sync),
+    ) -> anyhow::Result<()> {
+        let model_id = group[0].model.clone();
+        // Each job's instances; a job that has none, or whose instances
+        // cannot be read from the catalog, fails alone.
+        let mut jobs: Vec<JobRun> = Vec::with_capacity(group.len());
+        for (n, job) in group.iter().enumerate() {
+            match self.catalog.job_instances(job) {
+                Ok(instances) if !instances.is_empty() => {
+                    let mut builder = ResultBuilder::new(
+                        &self.config.appliance.id,
+                        &self.config.results.uid_root,
+                        self.config.results.summary_image,
+                    )?;
+                    builder.set_review_link(self.config.results.review_link(job.id));
+                    jobs.push(JobRun {
+                        n,
+                        instances,
+                        builder,
+                        results: Vec::new(),
+                        failures: Vec::new(),
+                        seen: 0,
+                    });
+                }
+                Ok(_) => conclude(
+                    n,
+                    Err(anyhow::anyhow!("no instances found for the job's series")),
+                ),
+                Err(e) => conclude(n, Err(e.into())),
+            }
         }
-        if !models.contains_key(&job.model) {
-            match self.resolved.load_model(Some(&job.model), None) {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        if !models.contains_key(&model_id) {
+            match self.resolved.load_model(Some(&model_id), None) {
                 Ok(model) => {
                     self.emit(Event::ModelLoaded { model: &model });
-                    models.insert(job.model.clone(), model);
+                    models.insert(model_id.clone(), model);
                 }
                 Err(e) => {
-                    self.emit(Event::ModelRefused {
-                        job,
-                        error: &format!("{e:#}"),
-                    });
+                    let error = format!("{e:#}");
+                    for run in &jobs {
+                        self.emit(Event::ModelRefused {
+                            job: &group[run.n],
+                            error: &error,
+                        });
+                    }
                     return Err(e.into());
                 }
             }
         }
-        let Some(model) = models.get_mut(&job.model) else {
-            anyhow::bail!("model {} not loaded", job.model);
+        let Some(model) = models.get_mut(&model_id) else {
+            anyhow::bail!("model {model_id} not loaded");
         };
-        let mut builder = ResultBuilder::new(
-            &self.config.appliance.id,
-            &self.config.results.uid_root,
-            self.config.results.summary_image,
-        )?;
-        builder.set_review_link(self.config.results.review_link(job.id));
-        let mut results = Vec::new();
-        let mut failures = Vec::new();
         // The hot loop: decoding and preprocessing run on their own threads
-        // ahead of the model, up to max_batch instances per model run.
-        let paths: Vec<PathBuf> = instances.iter().map(|i| i.path.clone()).collect();
-        let hot_loop = self.resolved.hot_loop(&job.model);
+        // ahead of the model, up to max_batch instances per model run,
+        // across the jobs of the group.
+        let mut paths: Vec<PathBuf> = Vec::new();
+        let mut owner: Vec<(usize, usize)> = Vec::new();
+        for (j, run) in jobs.iter().enumerate() {
+            for (i, instance) in run.instances.iter().enumerate() {
+                paths.push(instance.path.clone());
+                owner.push((j, i));
+            }
+        }
+        let hot_loop = self.resolved.hot_loop(&model_id);
         let ran = Ran {
             package: model.package().clone(),
             execution: model.execution().clone(),
@@ -289,33 +453,47 @@ impl Pipeline {
         std::thread::scope(|scope| {
             let writer = scope.spawn(|| -> anyhow::Result<()> {
                 for (index, outcome) in rx {
+                    let (j, i) = owner[index];
+                    let run = &mut jobs[j];
+                    let job = &group[run.n];
+                    let instance = &run.instances[i];
                     match outcome {
                         Ok(streamed) => {
                             let done = Analysed {
-                                instance: &instances[index],
+                                instance,
                                 file: &streamed.file,
                                 analysis: &streamed.analysis,
                                 batch: streamed.batch,
                             };
-                            self.record_analysis(job, done, &ran, &mut builder, &mut results)?;
+                            self.record_analysis(
+                                job,
+                                done,
+                                &ran,
+                                &mut run.builder,
+                                &mut run.results,
+                            )?;
                         }
                         Err(e) => {
                             let error = format!("{:#}", anyhow::Error::from(e));
                             self.emit(Event::NotAnalysed {
                                 job,
-                                instance: &instances[index],
+                                instance,
                                 error: &error,
                                 model: &ran,
                             });
-                            failures
-                                .push(format!("{}: {error}", instances[index].sop_instance_uid));
+                            run.failures
+                                .push(format!("{}: {error}", instance.sop_instance_uid));
                         }
+                    }
+                    run.seen += 1;
+                    if run.seen == run.instances.len() {
+                        conclude(run.n, run.outcome());
                     }
                 }
                 Ok(())
             });
             // A send fails only once the writer stopped on an error: the
-            // loop stops too, and the writer's error is the job's.
+            // loop stops too, and the writer's error is the jobs'.
             let streamed =
                 vigie_analysis::analyse_stream(model, &paths, &hot_loop, |index, outcome| {
                     tx.send((index, outcome))
@@ -328,19 +506,7 @@ impl Pipeline {
                 Err(panic) => std::panic::resume_unwind(panic),
             };
             written.and(streamed)
-        })?;
-        if results.is_empty() && !failures.is_empty() {
-            anyhow::bail!("no instance could be analysed: {}", failures.join("; "));
-        }
-        let notes = (!failures.is_empty()).then(|| {
-            format!(
-                "{} of {} instances not analysed: {}",
-                failures.len(),
-                instances.len(),
-                failures.join("; ")
-            )
-        });
-        Ok((results, notes))
+        })
     }
 
     /// Write an analysed instance's result objects and put the inference
