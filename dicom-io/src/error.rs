@@ -143,7 +143,7 @@ impl Error {
     /// failures without parsing their text.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Open { .. } => "not_dicom",
+            Error::Open { .. } => "not_readable_as_dicom",
             Error::Malformed { .. } => "malformed_data_set",
             Error::Limit { .. } => "beyond_limits",
             Error::MissingAttribute { .. } => "missing_attribute",

@@ -117,6 +117,21 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
 }
 
+/// `origin` as a browser serialises it (RFC 6454 6.2): scheme and host in
+/// lower case, the scheme's default port (80, 443) left out; what the
+/// `Origin` header is compared with, byte for byte.
+pub fn normalise_origin(origin: &str) -> String {
+    let lower = origin.trim().to_ascii_lowercase();
+    for (scheme, port) in [("http://", ":80"), ("https://", ":443")] {
+        if lower.starts_with(scheme)
+            && let Some(host) = lower.strip_suffix(port)
+        {
+            return host.to_string();
+        }
+    }
+    lower
+}
+
 /// Whether `origin` is a Web origin as a browser sends it (RFC 6454):
 /// `http` or `https`, a host, an optional port, and nothing else.
 pub fn is_web_origin(origin: &str) -> bool {
@@ -737,6 +752,12 @@ mod example_tests {
 
     #[test]
     fn cors_origins_must_be_origins() {
+        assert_eq!(
+            normalise_origin("HTTPS://OHIF.Hospital.example:443"),
+            "https://ohif.hospital.example"
+        );
+        assert_eq!(normalise_origin("http://h:80"), "http://h");
+        assert_eq!(normalise_origin("http://h:8080"), "http://h:8080");
         for good in [
             "https://ohif.hospital.example",
             "http://127.0.0.1:3000",

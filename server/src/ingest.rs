@@ -94,6 +94,10 @@ pub struct Ingest {
     backlog: Arc<crate::backlog::Backlog>,
     reserve: Arc<Reserve>,
     duplicates: DuplicatePolicy,
+    /// One lock per stripe of SOP Instance UIDs: two receptions of one
+    /// UID at once are stored one after the other (the duplicate policy
+    /// compares each with what is held when it is its turn).
+    stripes: [std::sync::Mutex<()>; 64],
     /// Counters.
     pub stats: Arc<IngestStats>,
 }
@@ -107,6 +111,8 @@ struct Admitted {
     event: AuditEvent,
     review: Option<Checked>,
     replaces: Option<std::path::PathBuf>,
+    /// The copy held that this one replaces (policy `replace`).
+    replaced: Option<vigie_store::HeldInstance>,
 }
 
 const STORED: &str = "vigie_instances_stored_total";
@@ -166,6 +172,7 @@ impl Ingest {
             backlog,
             reserve,
             duplicates: DuplicatePolicy::default(),
+            stripes: std::array::from_fn(|_| std::sync::Mutex::new(())),
             stats: Arc::default(),
         }
     }
@@ -263,6 +270,15 @@ impl Ingest {
         study: Option<&str>,
         uids: &mut Option<(String, String)>,
     ) -> Result<InstanceRecord, StoreOutcome> {
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            received.sop_instance_uid.hash(&mut hasher);
+            (hasher.finish() % self.stripes.len() as u64) as usize
+        };
+        let _one_at_a_time = self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         // Taking more studies than the workers can analyse would only grow
         // the backlog: the sender keeps them and retries.
         if let Some(reason) = self.backlog.full() {
@@ -292,12 +308,20 @@ impl Ingest {
             event,
             review,
             replaces,
+            replaced,
         } = checked?;
         // A new study only while jobs and receiving studies leave room.
         if let Some(reason) = self.backlog.admit(&record.study_instance_uid) {
             return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
         }
         synced.map_err(cannot_store)?;
+        // A copy held at the same place (received again, or replaced) is
+        // kept under a second name until the new one is indexed: restored
+        // if indexing fails, so that an acknowledged instance is never lost
+        // (left by a crash, the orphan scan moves it aside).
+        let kept = record.path.with_extension("dcm.held");
+        let _ = std::fs::remove_file(&kept);
+        let keeping = record.path.is_file() && std::fs::hard_link(&record.path, &kept).is_ok();
         // The folder's fsync, the index commit and the audit record overlap;
         // Success is answered only once all three are durable.
         let (indexed, audited) = commit_synced_file_then(&received.path, &record.path, || {
@@ -314,11 +338,22 @@ impl Ingest {
         .map_err(cannot_store)?;
         if let Err(e) = indexed {
             // Not indexed, not acknowledged: the file must not stay in the
-            // store unknown to the index (the sender sends it again).
-            let _ = std::fs::remove_file(&record.path);
+            // store unknown to the index (the sender sends it again); the
+            // copy held before, if any, goes back in its place.
+            if keeping {
+                let _ = std::fs::rename(&kept, &record.path);
+            } else {
+                let _ = std::fs::remove_file(&record.path);
+            }
             let reason = format!("cannot index instance: {e}");
             self.out_of_space(&reason);
             return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
+        }
+        if keeping {
+            let _ = std::fs::remove_file(&kept);
+        }
+        if let Some(held) = &replaced {
+            self.warn_duplicate(&record.sop_instance_uid, held, received, "replaced");
         }
         if let Some(earlier) = replaces {
             // The index now points at the new copy: the earlier one's file,
@@ -467,7 +502,6 @@ impl Ingest {
             outcome = "duplicate_replaced";
             details["policy"] = DuplicatePolicy::Replace.as_str().into();
             details["replaced"] = held_details(held);
-            self.warn_duplicate(&record.sop_instance_uid, held, received, "replaced");
             replaces = Some(held.path.clone()).filter(|p| *p != record.path);
         }
         let event = AuditEvent::new(EventKind::InstanceStored, outcome, details).instance(
@@ -479,6 +513,7 @@ impl Ingest {
             event,
             review,
             replaces,
+            replaced: duplicate,
         })
     }
 
@@ -518,20 +553,26 @@ impl Ingest {
                 Err(e) => return StoreOutcome::failure(status::CANNOT_UNDERSTAND, e.to_string()),
             };
             details["kept_at"] = serde_json::json!(to);
-            self.warn_duplicate(sop, held, received, "kept_both");
             vigie_store::layout::commit_file_then(&received.path, &to, || {
                 self.audit
                     .record(event("duplicate_kept_both", details))
                     .map_err(std::io::Error::other)
             })
         } else {
-            self.warn_duplicate(sop, held, received, "kept_first");
             self.audit
                 .record(event("duplicate_kept_first", details))
                 .map_err(std::io::Error::other)
         };
         match recorded {
-            Ok(_) => StoreOutcome::success(),
+            Ok(_) => {
+                let what = if self.duplicates == DuplicatePolicy::KeepBoth {
+                    "kept_both"
+                } else {
+                    "kept_first"
+                };
+                self.warn_duplicate(sop, held, received, what);
+                StoreOutcome::success()
+            }
             Err(e) => {
                 let reason = format!("duplicate not recorded: {e}");
                 self.out_of_space(&reason);
@@ -642,17 +683,6 @@ const PIXEL_RECORDS_LINGER: std::time::Duration = std::time::Duration::from_mill
 /// Most records written in one transaction.
 const PIXEL_RECORDS_BATCH: usize = 64;
 
-/// The decoded-pixel records, off the acknowledgement path: for each stored
-/// instance, decode the stored sample values (no LUT) and record their
-/// SHA-256 (`f32` little endian, `[frame][row][column][sample]`), which
-/// does not depend on the transfer syntax of a lossless transfer.
-///
-/// Instances are gathered for up to `linger` after the first one (or until
-/// [`PIXEL_RECORDS_BATCH`] have arrived), then decoded and their records
-/// written in one transaction: one fsync for many instances. Written one by
-/// one, they would add a flush of the disk and a turn at the audit log per
-/// instance, both of which the acknowledgement of the next instance waits
-/// behind. When the queue closes, what was gathered is written at once.
 /// The copy held, as an audit record names it.
 fn held_details(held: &vigie_store::HeldInstance) -> serde_json::Value {
     serde_json::json!({
@@ -664,6 +694,17 @@ fn held_details(held: &vigie_store::HeldInstance) -> serde_json::Value {
     })
 }
 
+/// The decoded-pixel records, off the acknowledgement path: for each stored
+/// instance, decode the stored sample values (no LUT) and record their
+/// SHA-256 (`f32` little endian, `[frame][row][column][sample]`), which
+/// does not depend on the transfer syntax of a lossless transfer.
+///
+/// Instances are gathered for up to `linger` after the first one (or until
+/// [`PIXEL_RECORDS_BATCH`] have arrived), then decoded and their records
+/// written in one transaction: one fsync for many instances. Written one by
+/// one, they would add a flush of the disk and a turn at the audit log per
+/// instance, both of which the acknowledgement of the next instance waits
+/// behind. When the queue closes, what was gathered is written at once.
 fn hash_pixels(
     audit: &Audit,
     queue: &std::sync::mpsc::Receiver<InstanceRecord>,

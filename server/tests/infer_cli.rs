@@ -150,7 +150,7 @@ fn regression_infer_json_failures_carry_file_sop_instance_uid_and_reason_code() 
     };
     assert_eq!(
         fields("notes.txt"),
-        (serde_json::Value::Null, "not_dicom".to_string())
+        (serde_json::Value::Null, "not_readable_as_dicom".to_string())
     );
     assert_eq!(
         fields("jpeg12.dcm"),

@@ -290,7 +290,7 @@ async fn track(State(app): State<AppState>, request: Request, next: Next) -> Res
 /// the log.
 async fn unknown_endpoint(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     let path: String = uri.path().chars().take(256).collect();
-    tracing::warn!(%method, path, "no such endpoint (404)");
+    tracing::info!(%method, path, "no such endpoint (404)");
     ApiError::not_found("no such endpoint")
 }
 
@@ -347,7 +347,13 @@ pub fn app(state: AppState) -> Router {
         } else {
             endpoint.access
         };
-        let streaming = endpoint.path.starts_with("/dicomweb/") && endpoint.method == "post";
+        // STOW-RS, and WADO-RS retrieval (which transcodes before its first
+        // byte), run under the long timeout.
+        let streaming = endpoint.path.starts_with("/dicomweb/")
+            && (endpoint.method == "post"
+                || (endpoint.method == "get"
+                    && endpoint.path.starts_with("/dicomweb/studies/")
+                    && endpoint.path.ends_with('}')));
         match groups
             .iter_mut()
             .find(|(a, s, _)| *a == access && *s == streaming)
@@ -372,7 +378,8 @@ pub fn app(state: AppState) -> Router {
             rest = rest.merge(router);
         }
     }
-    // STOW-RS streams its body to disk under its own limit and timeout.
+    // STOW-RS streams its body to disk under its own limit and timeout;
+    // WADO-RS retrieval shares that timeout.
     let stow =
         timed(stow, Duration::from_secs(http.stow_timeout_s)).layer(DefaultBodyLimit::disable());
     let rest = timed(rest, timeout).layer(DefaultBodyLimit::max(json_limit));
@@ -402,11 +409,13 @@ pub fn app(state: AppState) -> Router {
 /// request came from a listed origin. From any other origin the preflight
 /// gets no `Access-Control-Allow-Origin`, and the browser stops there.
 /// No credentials mode: the bearer token travels in `Authorization`.
+/// Origins are compared as browsers serialise them (lower case, no default
+/// port: `crate::config::normalise_origin`).
 fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     use axum::http::{HeaderValue, Method, header};
     let listed: Vec<HeaderValue> = origins
         .iter()
-        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .filter_map(|o| HeaderValue::from_str(&crate::config::normalise_origin(o)).ok())
         .collect();
     tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::AllowOrigin::list(listed))

@@ -128,7 +128,15 @@ struct JobRun {
     failures: Vec<String>,
     /// Instances written or failed so far.
     seen: usize,
+    /// Concluded as failed already (its results could not be recorded).
+    failed: bool,
 }
+
+/// The service is stopping: the jobs of a group not begun are left to the
+/// stop, which releases them.
+#[derive(Debug, thiserror::Error)]
+#[error("the service is stopping")]
+struct Stopping;
 
 impl JobRun {
     /// Once every instance is through: the results and the notes on the
@@ -242,9 +250,15 @@ impl Pipeline {
             // find running (and count as interrupted) stay about as many
             // as without groups.
             let most = (self.config.pipeline.queue_capacity + 1).min(MAX_GROUP_JOBS);
-            if self.health.others_busy(worker) {
-                let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-                while group.len() < most {
+            // `try_lock`: a worker waiting for a job holds the lock inside
+            // `recv`; this one must not wait behind it with a job in hand.
+            let guard = match rx.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(guard) = guard.filter(|_| self.health.others_busy(worker)) {
+                while group.len() < most && !self.stop.is_cancelled() {
                     match guard.try_recv() {
                         Ok(next) if next.model == group[0].model => group.push(next),
                         Ok(other) => {
@@ -273,7 +287,9 @@ impl Pipeline {
                 ..job
             })
             .collect();
-        let started = Instant::now();
+        // Each job's time runs from the conclusion of the one before it in
+        // the group (the first: from the start of the group).
+        let since = std::sync::Mutex::new(Instant::now());
         self.health.busy(worker, Some(group[0].id));
         let concluded: Vec<std::sync::atomic::AtomicBool> = group
             .iter()
@@ -281,7 +297,13 @@ impl Pipeline {
             .collect();
         let conclude = |n: usize, outcome: JobOutcome| {
             if !concluded[n].swap(true, std::sync::atomic::Ordering::SeqCst) {
-                self.conclude(&group[n], outcome, started.elapsed());
+                let took = {
+                    let mut since = since.lock().unwrap_or_else(|p| p.into_inner());
+                    let took = since.elapsed();
+                    *since = Instant::now();
+                    took
+                };
+                self.conclude(&group[n], outcome, took);
                 // The worker is on the next job now: `stuck_after_s` counts
                 // from here.
                 let next = (0..group.len())
@@ -312,11 +334,17 @@ impl Pipeline {
                 "internal error: analysis panicked: {message}"
             ))
         });
-        if let Err(e) = ran {
-            let error = format!("{e:#}");
-            for n in 0..group.len() {
-                conclude(n, Err(anyhow::anyhow!("{error}")));
+        match ran {
+            // Stopping between two jobs of the group: those not begun stay
+            // running, and the stop releases them (no attempt counted).
+            Err(e) if e.is::<Stopping>() => {}
+            Err(e) => {
+                let error = format!("{e:#}");
+                for n in 0..group.len() {
+                    conclude(n, Err(anyhow::anyhow!("{error}")));
+                }
             }
+            Ok(()) => {}
         }
         self.health.busy(worker, None);
     }
@@ -393,6 +421,7 @@ impl Pipeline {
                         results: Vec::new(),
                         failures: Vec::new(),
                         seen: 0,
+                        failed: false,
                     });
                 }
                 Ok(_) => conclude(
@@ -465,13 +494,21 @@ impl Pipeline {
                                 analysis: &streamed.analysis,
                                 batch: streamed.batch,
                             };
-                            self.record_analysis(
-                                job,
-                                done,
-                                &ran,
-                                &mut run.builder,
-                                &mut run.results,
-                            )?;
+                            // This job's own failure (its result cannot be
+                            // built, written or recorded) fails it alone; the
+                            // group goes on.
+                            if !run.failed
+                                && let Err(e) = self.record_analysis(
+                                    job,
+                                    done,
+                                    &ran,
+                                    &mut run.builder,
+                                    &mut run.results,
+                                )
+                            {
+                                run.failed = true;
+                                conclude(run.n, Err(e));
+                            }
                         }
                         Err(e) => {
                             let error = format!("{:#}", anyhow::Error::from(e));
@@ -496,6 +533,10 @@ impl Pipeline {
             // loop stops too, and the writer's error is the jobs'.
             let streamed =
                 vigie_analysis::analyse_stream(model, &paths, &hot_loop, |index, outcome| {
+                    // A stop is taken between jobs: the one under way ends.
+                    if index > 0 && owner[index].1 == 0 && self.stop.is_cancelled() {
+                        return Err(anyhow::Error::new(Stopping));
+                    }
                     tx.send((index, outcome))
                         .map_err(|_| anyhow::anyhow!("the result writer stopped"))
                 });

@@ -175,10 +175,17 @@ async fn retrieve(
         // its own (memory holds one instance at a time): an instance whose
         // pixel data cannot be decoded (12-bit JPEG Extended, a corrupt
         // stream) is a 406 naming it, not a body cut short after a 200.
-        let staging = app.layout.staging();
+        // Given up when the request is (a timeout, a client gone): the
+        // flag stops the transcodes between two instances.
+        let cancelled = CancelOnDrop::default();
+        let room = Room {
+            layout: app.layout.clone(),
+            min_free: app.config.storage.min_free_mib.saturating_mul(1 << 20),
+            cancelled: cancelled.0.clone(),
+        };
         let wanted_ts = wanted.clone();
-        let instances =
-            blocking(move || prepare(instances, wanted_ts.as_deref(), &staging)).await?;
+        let instances = blocking(move || prepare(instances, wanted_ts.as_deref(), &room)).await?;
+        drop(cancelled.disarm());
         let audit = app.audit.clone();
         let event = AuditEvent::new(
             EventKind::DicomwebRetrieve,
@@ -254,16 +261,52 @@ impl Drop for Prepared {
     }
 }
 
+/// Sets its flag when dropped unless disarmed: the request was given up.
+#[derive(Default)]
+struct CancelOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>, bool);
+
+impl CancelOnDrop {
+    fn disarm(mut self) -> Self {
+        self.1 = true;
+        self
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Where transcoded copies go, and when to stop making them.
+struct Room {
+    layout: vigie_store::layout::Layout,
+    /// Free space to leave (`storage.min_free_mib`): ingest's reserve is
+    /// not spent on copies.
+    min_free: u64,
+    cancelled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Each of `instances` as it will be sent in `wanted` (`None`: as stored),
-/// transcoding into `staging` the ones stored otherwise; the first that
-/// cannot be transcoded is a 406 naming it and why.
+/// transcoding into the staging folder the ones stored otherwise; the first
+/// that cannot be transcoded is a 406 naming it and why. Copies are named
+/// `wado-*.dcm.part`, which the start-up cleaning of staging removes if a
+/// stop or crash leaves one.
 fn prepare(
     instances: Vec<WebInstance>,
     wanted: Option<&str>,
-    staging: &std::path::Path,
+    room: &Room,
 ) -> ApiResult<Vec<Prepared>> {
     let mut prepared = Vec::with_capacity(instances.len());
     for i in instances {
+        if room.cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::of_status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request was given up",
+            ));
+        }
         let Some(ts) = wanted.filter(|ts| *ts != i.transfer_syntax) else {
             prepared.push(Prepared {
                 stored: i.path,
@@ -284,7 +327,17 @@ fn prepare(
                 short(&e)
             ))
         })?;
-        let copy = staging.join(format!("wado-{}.dcm", uuid::Uuid::new_v4().simple()));
+        let free = crate::http::free_bytes(&room.layout).unwrap_or(0);
+        if free < room.min_free.saturating_add(bytes.len() as u64) {
+            return Err(ApiError::of_status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not enough free space to transcode; ask for transfer-syntax=*",
+            ));
+        }
+        let copy = room
+            .layout
+            .staging()
+            .join(format!("wado-{}.dcm.part", uuid::Uuid::new_v4().simple()));
         std::fs::write(&copy, bytes).map_err(|e| {
             let _ = std::fs::remove_file(&copy);
             ApiError::internal(
