@@ -122,19 +122,30 @@ pub struct HttpConfig {
 /// `Origin` header is compared with, byte for byte.
 pub fn normalise_origin(origin: &str) -> String {
     let lower = origin.trim().to_ascii_lowercase();
-    for (scheme, port) in [("http://", ":80"), ("https://", ":443")] {
-        if lower.starts_with(scheme)
-            && let Some(host) = lower.strip_suffix(port)
-        {
-            return host.to_string();
-        }
+    let Some((scheme, rest)) = lower.split_once("://") else {
+        return lower;
+    };
+    // The port as a number (`080` is 80), after an IPv6 literal's `]`.
+    let split = match rest.rfind(']') {
+        Some(end) => rest[end..].find(':').map(|i| end + i),
+        None => rest.find(':'),
+    };
+    let Some(colon) = split else {
+        return lower;
+    };
+    let (host, port) = (&rest[..colon], &rest[colon + 1..]);
+    match port.parse::<u16>() {
+        Ok(80) if scheme == "http" => format!("{scheme}://{host}"),
+        Ok(443) if scheme == "https" => format!("{scheme}://{host}"),
+        Ok(port) => format!("{scheme}://{host}:{port}"),
+        Err(_) => lower,
     }
-    lower
 }
 
 /// Whether `origin` is a Web origin as a browser sends it (RFC 6454):
 /// `http` or `https`, a host, an optional port, and nothing else.
 pub fn is_web_origin(origin: &str) -> bool {
+    let origin = origin.to_ascii_lowercase();
     let Some((scheme, rest)) = origin.split_once("://") else {
         return false;
     };
@@ -159,7 +170,8 @@ pub fn is_web_origin(origin: &str) -> bool {
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.parse::<u16>().is_ok());
+    let port_ok =
+        port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
     host_ok && port_ok
 }
 
@@ -758,6 +770,10 @@ mod example_tests {
         );
         assert_eq!(normalise_origin("http://h:80"), "http://h");
         assert_eq!(normalise_origin("http://h:8080"), "http://h:8080");
+        assert_eq!(normalise_origin("http://h:080"), "http://h");
+        assert_eq!(normalise_origin("https://[::1]:443"), "https://[::1]");
+        assert!(is_web_origin("HTTPS://OHIF.example"));
+        assert!(!is_web_origin("https://h:+80"));
         for good in [
             "https://ohif.hospital.example",
             "http://127.0.0.1:3000",

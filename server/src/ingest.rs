@@ -321,10 +321,30 @@ impl Ingest {
         // (left by a crash, the orphan scan moves it aside).
         let kept = record.path.with_extension("dcm.held");
         let _ = std::fs::remove_file(&kept);
-        let keeping = record.path.is_file() && std::fs::hard_link(&record.path, &kept).is_ok();
+        let keeping = record.path.is_file();
+        if keeping && let Err(e) = std::fs::hard_link(&record.path, &kept) {
+            // Without the second name a failed index commit would lose the
+            // copy held: refused, the sender sends it again.
+            return Err(cannot_store(std::io::Error::other(format!(
+                "cannot keep the copy held while it is replaced: {e}"
+            ))));
+        }
+        // Not indexed, not acknowledged: the file must not stay in the
+        // store unknown to the index (the sender sends it again); the copy
+        // held before, if any, goes back in its place.
+        let undo = || {
+            if keeping {
+                let _ = std::fs::rename(&kept, &record.path);
+            } else {
+                let _ = std::fs::remove_file(&record.path);
+            }
+        };
         // The folder's fsync, the index commit and the audit record overlap;
-        // Success is answered only once all three are durable.
-        let (indexed, audited) = commit_synced_file_then(&received.path, &record.path, || {
+        // Success is answered only once all three are durable. What the
+        // index said is kept apart: a folder that fails after the commit
+        // must not undo an indexed instance.
+        let index_outcome = std::sync::Mutex::new(None);
+        let committed = commit_synced_file_then(&received.path, &record.path, || {
             Ok(std::thread::scope(|scope| {
                 let indexed = scope.spawn(|| self.catalog.record_instance(&record, now_ms()));
                 let audited = self.audit.record(event);
@@ -332,19 +352,26 @@ impl Ingest {
                     Ok(done) => done.map_err(|e| e.to_string()),
                     Err(_) => Err("index thread panicked".to_string()),
                 };
+                *index_outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(indexed.is_ok());
                 (indexed, audited)
             }))
-        })
-        .map_err(cannot_store)?;
-        if let Err(e) = indexed {
-            // Not indexed, not acknowledged: the file must not stay in the
-            // store unknown to the index (the sender sends it again); the
-            // copy held before, if any, goes back in its place.
-            if keeping {
-                let _ = std::fs::rename(&kept, &record.path);
-            } else {
-                let _ = std::fs::remove_file(&record.path);
+        });
+        let (indexed, audited) = match committed {
+            Ok(both) => both,
+            Err(e) => {
+                let indexed = *index_outcome.lock().unwrap_or_else(|p| p.into_inner());
+                if indexed == Some(true) {
+                    if keeping {
+                        let _ = std::fs::remove_file(&kept);
+                    }
+                } else if record.path.is_file() {
+                    undo();
+                }
+                return Err(cannot_store(e));
             }
+        };
+        if let Err(e) = indexed {
+            undo();
             let reason = format!("cannot index instance: {e}");
             self.out_of_space(&reason);
             return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
