@@ -199,6 +199,10 @@ pub(crate) fn web_from_row(row: &Row<'_>) -> rusqlite::Result<WebInstance> {
 pub struct SqliteCatalog {
     path: PathBuf,
     connection: Mutex<Connection>,
+    /// A read-only connection for the one lookup on the acknowledgement
+    /// path (`held_instance`): in WAL mode it reads the last commit without
+    /// waiting for the writer's transaction and its flush.
+    reader: Mutex<Connection>,
     /// Received instances waiting to be indexed (group commit: see
     /// `record_instance`).
     received: GroupCommit<(InstanceRecord, i64), rusqlite::Result<()>>,
@@ -341,9 +345,23 @@ impl SqliteCatalog {
     /// Open (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let opened = vigie_durable::open_versioned(path, &SCHEMA)?;
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| {
+            c.busy_timeout(std::time::Duration::from_secs(30))?;
+            Ok(c)
+        })
+        .map_err(|source| StoreError::Database {
+            path: path.to_path_buf(),
+            operation: "open the read connection",
+            source,
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             connection: Mutex::new(opened.connection),
+            reader: Mutex::new(reader),
             received: GroupCommit::default(),
             migrated: opened.migrated,
         })
@@ -399,8 +417,9 @@ impl InstanceIndex for SqliteCatalog {
     }
 
     fn held_instance(&self, sop_instance_uid: &str) -> StoreResult<Option<HeldInstance>> {
-        self.with("held instance", |c| {
-            c.query_row(
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        reader
+            .query_row(
                 "SELECT study_instance_uid, series_instance_uid, path, sha256, calling_ae_title
                  FROM instances WHERE sop_instance_uid = ?1",
                 params![sop_instance_uid],
@@ -415,7 +434,11 @@ impl InstanceIndex for SqliteCatalog {
                 },
             )
             .optional()
-        })
+            .map_err(|source| StoreError::Database {
+                path: self.path.clone(),
+                operation: "held instance",
+                source,
+            })
     }
 
     fn known_paths(&self) -> StoreResult<std::collections::HashSet<PathBuf>> {
