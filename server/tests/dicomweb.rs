@@ -469,6 +469,8 @@ fn stow_of_the_demo_studies_matches_dimse_ingest() {
             |v| {
                 v.jobs().iter().filter(|j| j["state"] == "done").count() == 17
                     && v.audit_records("kind=instance_pixels").len() == 17
+                    // Done in the catalog a moment before `job_done` is noted.
+                    && v.audit_records("kind=job_done").len() == 17
             },
         );
     }

@@ -304,8 +304,15 @@ fn readiness_metrics_and_load_shedding() {
     );
 
     assert!(send(vigie.dicom, &demo).iter().all(|o| o.delivered()));
-    vigie.wait_for("the job", Duration::from_secs(60), |v| {
+    // The job is done in the catalog a moment before its `job_done` event
+    // counts it: wait for both.
+    vigie.wait_for("the job, counted", Duration::from_secs(60), |v| {
         v.jobs().iter().any(|j| j["state"] == "done")
+            && String::from_utf8_lossy(
+                &v.http("GET", "/metrics", Some(token("reader")), &[], b"")
+                    .body,
+            )
+            .contains("vigie_job_attempts_total{model=\"brain-tumour-vgg16\",outcome=\"done\"} 1\n")
     });
     let metrics = vigie.http("GET", "/metrics", Some(token("reader")), &[], b"");
     assert_eq!(metrics.status, 200);
