@@ -61,6 +61,8 @@ event_kinds! {
     Association => "association",
     /// Connections closed before any association, summarised.
     ConnectionsRefused => "connections_refused",
+    /// The DICOM TLS certificate and trust loaded at start or reloaded.
+    TlsCertificate => "tls_certificate",
     /// A C-ECHO.
     Echo => "echo",
     /// An instance acknowledged (C-STORE or STOW-RS).

@@ -220,6 +220,7 @@ async fn our_scu_sends_to_our_scp_in_small_pdus() {
         ae_title: "VIGIE".into(),
         host: "127.0.0.1".into(),
         port: scp.port,
+        tls: None,
     };
     let outcomes = send_files(&remote, &options, &files).await.unwrap();
     assert_eq!(outcomes.len(), 2);
@@ -430,10 +431,12 @@ async fn unknown_calling_ae_titles_and_addresses_are_rejected() {
             AllowedCaller {
                 ae_title: "PACS".into(),
                 address: Some("127.0.0.1".parse().unwrap()),
+                certificate: None,
             },
             AllowedCaller {
                 ae_title: "FARAWAY".into(),
                 address: Some("10.1.2.3".parse().unwrap()),
+                certificate: None,
             },
         ]
     })
@@ -508,6 +511,7 @@ async fn regression_associations_carry_vigies_implementation_identifiers() {
         ae_title: "PACS".into(),
         host: "127.0.0.1".into(),
         port,
+        tls: None,
     };
     let file = pydicom_test_files().join("CT_small.dcm");
     let outcomes = send_files(&remote, &ScuOptions::new("VIGIE-SCU"), &[file])
@@ -688,6 +692,7 @@ async fn our_scu_does_not_wait_on_delayed_acknowledgements_of_a_peer_that_never_
         ae_title: "PACS".into(),
         host: "127.0.0.1".into(),
         port: pacs.port,
+        tls: None,
     };
     let started = std::time::Instant::now();
     let outcomes = send_files(&remote, &ScuOptions::new("VIGIE-SCU"), &files)

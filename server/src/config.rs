@@ -425,6 +425,13 @@ pub struct DestinationConfig {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// Send over TLS (`[dicom.tls]`: its certificate is presented, its CA
+    /// verifies the destination's certificate).
+    #[serde(default)]
+    pub tls: bool,
+    /// The name the destination's certificate must carry; unset: `host`.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// `[results]`.
@@ -628,6 +635,25 @@ impl Config {
         for (name, d) in &self.destinations {
             if d.ae_title.trim().is_empty() || d.ae_title.len() > 16 {
                 problems.push(format!("destinations.{name}.ae_title: 1 to 16 characters"));
+            }
+            if d.tls {
+                match &self.dicom.tls {
+                    None => problems.push(format!(
+                        "destinations.{name}.tls: needs [dicom.tls] (the certificate presented and the CA that verifies the destination)"
+                    )),
+                    Some(tls) if tls.ca.is_none() => problems.push(format!(
+                        "destinations.{name}.tls: needs dicom.tls.ca to verify the destination's certificate"
+                    )),
+                    Some(_) => {}
+                }
+                let expected = d.server_name.as_deref().unwrap_or(&d.host);
+                if let Err(e) = vigie_dicom_io::net::tls::server_name(expected) {
+                    problems.push(format!("destinations.{name}.server_name: {e}"));
+                }
+            } else if d.server_name.is_some() {
+                problems.push(format!(
+                    "destinations.{name}.server_name: only used with tls = true"
+                ));
             }
         }
     }
@@ -914,6 +940,15 @@ mod reference_tests {
             "audit.syslog",
             "http.tls.certificate",
             "http.tls.private_key",
+            "dicom.tls.port",
+            "dicom.tls.plaintext",
+            "dicom.tls.certificate",
+            "dicom.tls.private_key",
+            "dicom.tls.ca",
+            "dicom.tls.client_certificates",
+            "dicom.tls.reload_check_s",
+            "dicom.allowed_callers[].certificate",
+            "destinations.<name>.server_name",
         ] {
             all.insert(optional.into(), String::new());
         }

@@ -925,8 +925,10 @@ impl StoreHandler for Ingest {
                 peer,
                 calling_ae_title,
                 contexts,
+                tls,
             } => {
-                tracing::info!(%peer, calling = %calling_ae_title, contexts, "association accepted");
+                let protocol = tls.as_ref().map_or("none", |t| t.protocol.as_str());
+                tracing::info!(%peer, calling = %calling_ae_title, contexts, tls = protocol, "association accepted");
                 self.metrics
                     .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "accepted")]);
                 self.audit.note(AuditEvent::new(
@@ -936,6 +938,7 @@ impl StoreHandler for Ingest {
                         "calling_ae_title": calling_ae_title,
                         "peer": peer.to_string(),
                         "presentation_contexts": contexts,
+                        "tls": tls,
                     }),
                 ));
             }
@@ -992,6 +995,7 @@ impl StoreHandler for Ingest {
                 total,
                 reasons,
                 addresses,
+                sample,
                 period_s,
             } => {
                 let summary: Vec<String> =
@@ -1015,6 +1019,7 @@ impl StoreHandler for Ingest {
                     serde_json::json!({
                         "total": total,
                         "addresses": addresses,
+                        "sample_addresses": sample.iter().map(ToString::to_string).collect::<Vec<_>>(),
                         "period_s": period_s,
                         "reasons": reasons.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                     }),

@@ -16,7 +16,8 @@ use anyhow::Context;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 use vigie_audit::{Audit, AuditEvent, EventKind};
-use vigie_dicom_io::net::scp::{self, ScpOptions};
+use vigie_dicom_io::net::scp::{self, Listener, ScpOptions};
+use vigie_dicom_io::net::tls::DicomTls;
 use vigie_inference::ModelPackage;
 use vigie_store::layout::{DataDirLock, Layout, Reserve, create_dir_durably};
 use vigie_store::sqlite::SqliteCatalog;
@@ -218,15 +219,38 @@ impl Service {
             reserve,
             ..
         } = &core;
-        let dicom_addr = (config.dicom.bind, config.dicom.port);
-        let dicom = tokio::net::TcpListener::bind(dicom_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen for DICOM on {}:{}",
-                    dicom_addr.0, dicom_addr.1
-                )
-            })?;
+        let dicom_tls = match &config.dicom.tls {
+            Some(settings) => {
+                let loaded = DicomTls::load(settings.files())
+                    .context("cannot load the DICOM TLS certificate (dicom.tls)")?;
+                tls_loaded(audit, &metrics, "loaded", &loaded);
+                Some(Arc::new(loaded))
+            }
+            None => None,
+        };
+        let mut listeners = Vec::new();
+        let plaintext = config.dicom.tls.as_ref().is_none_or(|t| t.plaintext);
+        let ports = [
+            plaintext.then_some((config.dicom.port, None)),
+            config
+                .dicom
+                .tls
+                .as_ref()
+                .zip(dicom_tls.clone())
+                .map(|(t, loaded)| (t.port, Some(loaded))),
+        ];
+        for (port, tls) in ports.into_iter().flatten() {
+            let tcp = tokio::net::TcpListener::bind((config.dicom.bind, port))
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen for DICOM{} on {}:{port}",
+                        if tls.is_some() { " over TLS" } else { "" },
+                        config.dicom.bind
+                    )
+                })?;
+            listeners.push(Listener { tcp, tls });
+        }
         let http_addr = (config.http.bind, config.http.port);
         // tokio's bind sets SO_REUSEADDR: a restart does not wait for the
         // previous run's connections in TIME_WAIT.
@@ -286,6 +310,7 @@ impl Service {
             wake: Arc::default(),
             resolved: Arc::new(config.resolve()?),
             health: Arc::default(),
+            dicom_tls: dicom_tls.clone(),
         };
         let options = config.dicom.scp_options(&layout.staging());
         let tokens = crate::http::auth::Tokens::new(&config.http.tokens);
@@ -316,7 +341,8 @@ impl Service {
         })));
         Ok(Bound {
             core,
-            dicom,
+            listeners,
+            dicom_tls,
             http,
             tls,
             options,
@@ -331,7 +357,9 @@ impl Service {
 /// yet.
 pub struct Bound {
     core: Core,
-    dicom: tokio::net::TcpListener,
+    /// DICOM in clear and/or over TLS.
+    listeners: Vec<Listener>,
+    dicom_tls: Option<Arc<DicomTls>>,
     http: std::net::TcpListener,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     options: ScpOptions,
@@ -343,16 +371,19 @@ pub struct Bound {
 impl std::fmt::Debug for Bound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bound")
-            .field("dicom", &self.dicom.local_addr().ok())
+            .field("dicom", &self.dicom_addr().ok())
             .field("http", &self.http.local_addr().ok())
             .finish_non_exhaustive()
     }
 }
 
 impl Bound {
-    /// The DICOM listener's address.
+    /// The first DICOM listener's address (in clear unless TLS only).
     pub fn dicom_addr(&self) -> std::io::Result<SocketAddr> {
-        self.dicom.local_addr()
+        match self.listeners.first() {
+            Some(listener) => listener.tcp.local_addr(),
+            None => Err(std::io::Error::other("no DICOM listener")),
+        }
     }
 
     /// The HTTP listener's address.
@@ -373,7 +404,8 @@ impl Bound {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Bound {
             core,
-            dicom,
+            listeners,
+            dicom_tls,
             http,
             tls,
             options,
@@ -389,10 +421,19 @@ impl Bound {
             router,
             ..
         } = &core;
-        let (dicom_addr, http_addr) = (dicom.local_addr()?, http.local_addr()?);
+        let address = |tls: bool| {
+            listeners
+                .iter()
+                .filter(|l| l.tls.is_some() == tls)
+                .find_map(|l| l.tcp.local_addr().ok())
+                .map_or_else(|| "off".to_string(), |a| a.to_string())
+        };
+        let (dicom_addr, dicom_tls_addr) = (address(false), address(true));
+        let http_addr = http.local_addr()?;
         tracing::info!(
             ae_title = %config.dicom.ae_title,
             dicom = %dicom_addr,
+            dicom_tls = %dicom_tls_addr,
             http = %http_addr,
             data_dir = %layout.root().display(),
             sop_classes = options.sop_classes.len(),
@@ -408,8 +449,17 @@ impl Bound {
         let grace = Duration::from_secs(config.http.shutdown_grace_s);
         let dicom_stop = shutdown.clone().cancelled_owned();
         let closing = ingest.clone();
-        let mut scp_task =
-            tokio::spawn(scp::serve_until(dicom, options, ingest, dicom_stop, grace));
+        let mut scp_task = tokio::spawn(scp::serve_listeners_until(
+            listeners, options, ingest, dicom_stop, grace,
+        ));
+        if let (Some(loaded), Some(settings)) = (dicom_tls, &config.dicom.tls) {
+            tokio::spawn(reload_tls(
+                loaded,
+                audit.clone(),
+                pipeline.metrics.clone(),
+                Duration::from_secs(settings.reload_check_s),
+            ));
+        }
         let handle = axum_server::Handle::new();
         let mut http_task = tokio::spawn(crate::http::serve(http, app, tls, handle.clone()));
         tokio::spawn(pipeline.clone().assembly_loop(router.clone()));
@@ -494,6 +544,105 @@ impl Bound {
         audit.checkpoint()?;
         drop(core);
         Ok(())
+    }
+}
+
+const TLS_EXPIRY: &str = "vigie_dicom_tls_certificate_expiry_timestamp_seconds";
+const TLS_EXPIRY_HELP: &str =
+    "End of validity (Unix seconds) of the DICOM TLS certificate presented now.";
+
+/// On record: the DICOM TLS certificate now presented (`loaded` at start,
+/// `reloaded`), with its expiry as a metric; a warning when it expires
+/// within 30 days.
+fn tls_loaded(audit: &Audit, metrics: &Metrics, outcome: &str, tls: &DicomTls) {
+    let certificate = tls.certificate();
+    let days_left = certificate.seconds_left() / 86_400;
+    metrics.set(
+        TLS_EXPIRY,
+        TLS_EXPIRY_HELP,
+        &[],
+        certificate.not_after as f64,
+    );
+    tracing::info!(
+        subject = %certificate.subject,
+        sha256 = %certificate.sha256,
+        days_left,
+        "DICOM TLS certificate {outcome}"
+    );
+    if days_left < 30 {
+        tracing::warn!(
+            subject = %certificate.subject,
+            days_left,
+            "the DICOM TLS certificate expires within 30 days: renew it (reloaded on SIGHUP or within dicom.tls.reload_check_s)"
+        );
+    }
+    audit.note(AuditEvent::new(
+        EventKind::TlsCertificate,
+        outcome,
+        serde_json::json!({
+            "subject": certificate.subject,
+            "issuer": certificate.issuer,
+            "names": certificate.names,
+            "not_after": certificate.not_after,
+            "sha256": certificate.sha256,
+            "certificate": tls.files().certificate.display().to_string(),
+            "client_certificates": tls.files().client_auth,
+        }),
+    ));
+}
+
+/// Reload the DICOM TLS files on SIGHUP, and when they change (checked
+/// every `check`; zero: on SIGHUP only). A set that does not load leaves
+/// the previous one in use, on record as `reload_failed`.
+async fn reload_tls(tls: Arc<DicomTls>, audit: Audit, metrics: Arc<Metrics>, check: Duration) {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(h) => h.recv().await.is_some(),
+                None => std::future::pending().await,
+            }
+        };
+        let periodic = async {
+            if check.is_zero() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(check).await;
+        };
+        let forced = tokio::select! {
+            received = hangup => {
+                if !received {
+                    hangups = None;
+                    continue;
+                }
+                true
+            }
+            () = periodic => false,
+        };
+        let reloading = tls.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            if forced {
+                Some(reloading.reload())
+            } else {
+                reloading.reload_if_changed()
+            }
+        })
+        .await;
+        match result {
+            Ok(Some(Ok(_))) => tls_loaded(&audit, &metrics, "reloaded", &tls),
+            Ok(Some(Err(e))) => {
+                tracing::error!(error = %e, "DICOM TLS certificate not reloaded: the previous one stays in use");
+                audit.note(AuditEvent::new(
+                    EventKind::TlsCertificate,
+                    "reload_failed",
+                    serde_json::json!({
+                        "error": e.to_string(),
+                        "in_use_sha256": tls.certificate().sha256,
+                    }),
+                ));
+            }
+            _ => {}
+        }
     }
 }
 

@@ -127,3 +127,31 @@ fn sop_classes_statuses_and_identifiers_match_the_code() {
         defaults.dicom.ae_title, defaults.dicom.bind, defaults.dicom.port
     )));
 }
+
+#[test]
+fn the_tls_profile_is_the_one_offered() {
+    let text = statement();
+    let rows = table(&text, "TLS protocol versions and cipher suites");
+    let documented: Vec<(String, String)> = rows
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    let offered: Vec<(String, String)> = vigie_dicom_io::net::tls::bcp195_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| {
+            let name = format!("{:?}", s.suite());
+            let protocol = if name.starts_with("TLS13_") {
+                "TLS 1.3"
+            } else {
+                "TLS 1.2"
+            };
+            (protocol.to_string(), name)
+        })
+        .collect();
+    assert_eq!(documented, offered);
+    assert!(text.contains(&format!(
+        "`dicom.tls.port` (default {}",
+        vigie_dicom_io::net::tls::DICOM_TLS_PORT
+    )));
+}

@@ -7,6 +7,7 @@
 
 pub mod fuzz;
 pub mod hostile;
+pub mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -200,5 +201,63 @@ impl Orthanc {
     /// Run curl with `args`.
     pub fn curl(&self, args: &[&str]) -> Output {
         Command::new("curl").args(args).output().expect("curl runs")
+    }
+
+    /// A REST call (`curl -s -f` with `args`, the URL among them); its
+    /// JSON answer (`Null` when it is not JSON). Panics, with Orthanc's
+    /// log, when the call fails.
+    pub fn rest(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-s", "-f"];
+        all.extend_from_slice(args);
+        let out = self.curl(&all);
+        assert!(
+            out.status.success(),
+            "curl {args:?} failed:\n{}",
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Upload Part 10 files (`POST /instances`).
+    pub fn upload(&self, files: &[PathBuf]) {
+        for file in files {
+            let body = format!("@{}", file.display());
+            self.rest(&[
+                "-X",
+                "POST",
+                "--data-binary",
+                &body,
+                &self.url("/instances"),
+            ]);
+        }
+    }
+
+    /// Declare the modality `name` (`PUT /modalities/{name}`), check it
+    /// with a C-ECHO, then send it every study Orthanc holds by C-STORE,
+    /// synchronously.
+    pub fn store_all_to(&self, name: &str, modality: &serde_json::Value) {
+        let modality = modality.to_string();
+        let path = format!("/modalities/{name}");
+        self.rest(&["-X", "PUT", "-d", &modality, &self.url(&path)]);
+        self.rest(&["-X", "POST", "-d", "{}", &self.url(&format!("{path}/echo"))]);
+        let studies = self.rest(&[&self.url("/studies")]);
+        let store = serde_json::json!({ "Resources": studies, "Synchronous": true }).to_string();
+        self.rest(&[
+            "-X",
+            "POST",
+            "-d",
+            &store,
+            &self.url(&format!("{path}/store")),
+        ]);
+    }
+
+    /// How many series of this modality Orthanc holds.
+    pub fn series_count(&self, modality: &str) -> usize {
+        let series = self.rest(&[&self.url("/series?expand")]);
+        series.as_array().map_or(0, |all| {
+            all.iter()
+                .filter(|s| s["MainDicomTags"]["Modality"] == modality)
+                .count()
+        })
     }
 }

@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         ae_title: called,
         host,
         port,
+        tls: None,
     };
     let mut options = ScuOptions::new("BENCH-SCU");
     options.timeout = std::time::Duration::from_secs(600);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::net::scp::{AllowedCaller, ScpOptions};
+use crate::net::tls::{ClientAuth, DICOM_TLS_PORT, TlsFiles};
 
 /// `[dicom]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +48,59 @@ pub struct DicomConfig {
     /// Connections at once that have not yet sent a whole A-ASSOCIATE-RQ;
     /// they hold no association slot, and more are closed at once.
     pub max_pending_connections: usize,
+    /// Seconds between the summaries of connections closed before
+    /// association (log line, audit record, metric).
+    pub refusal_summary_s: u64,
+    /// DICOM over TLS; unset: DICOM in clear only.
+    pub tls: Option<DicomTlsConfig>,
+}
+
+/// `[dicom.tls]`: DICOM over TLS (PS3.15 Annex B, BCP 195).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomTlsConfig {
+    /// TLS port (default 2762, IANA `dicom-tls`).
+    #[serde(default = "default_tls_port")]
+    pub port: u16,
+    /// Also listen in clear on `dicom.port` (default false: TLS only).
+    #[serde(default)]
+    pub plaintext: bool,
+    /// Certificate chain presented (PEM, leaf first), as SCP and SCU.
+    pub certificate: std::path::PathBuf,
+    /// Its private key (PEM).
+    pub private_key: std::path::PathBuf,
+    /// Certification authorities trusted for callers' certificates and
+    /// destinations' server certificates (PEM).
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// Whether callers present a certificate: `required` (default),
+    /// `optional` or `none`.
+    #[serde(default)]
+    pub client_certificates: ClientAuth,
+    /// Seconds between checks of the files for a renewal (also on
+    /// SIGHUP); 0: on SIGHUP only.
+    #[serde(default = "default_reload_check_s")]
+    pub reload_check_s: u64,
+}
+
+fn default_tls_port() -> u16 {
+    DICOM_TLS_PORT
+}
+
+fn default_reload_check_s() -> u64 {
+    60
+}
+
+impl DicomTlsConfig {
+    /// The files to load.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            certificate: self.certificate.clone(),
+            private_key: self.private_key.clone(),
+            ca: self.ca.clone(),
+            client_auth: self.client_certificates,
+        }
+    }
 }
 
 /// One allowed peer.
@@ -58,6 +112,11 @@ pub struct CallerConfig {
     /// Its IP address; unset: any address.
     #[serde(default)]
     pub address: Option<IpAddr>,
+    /// A name its TLS client certificate must carry (common name, or DNS
+    /// name or IP address of the Subject Alternative Name); set, this
+    /// title is accepted only over TLS with such a certificate.
+    #[serde(default)]
+    pub certificate: Option<String>,
 }
 
 impl Default for DicomConfig {
@@ -77,6 +136,8 @@ impl Default for DicomConfig {
             pdu_timeout_s: 30,
             max_connections_per_address: 32,
             max_pending_connections: 64,
+            refusal_summary_s: 60,
+            tls: None,
         }
     }
 }
@@ -103,6 +164,50 @@ impl DicomConfig {
         if self.max_associations == 0 {
             problems.push("dicom.max_associations: must be at least 1".into());
         }
+        match &self.tls {
+            Some(tls) => {
+                for (path, key) in [
+                    (Some(&tls.certificate), "certificate"),
+                    (Some(&tls.private_key), "private_key"),
+                    (tls.ca.as_ref(), "ca"),
+                ] {
+                    if let Some(path) = path
+                        && !path.exists()
+                    {
+                        problems.push(format!(
+                            "dicom.tls.{key}: {} does not exist",
+                            path.display()
+                        ));
+                    }
+                }
+                if tls.client_certificates != ClientAuth::None && tls.ca.is_none() {
+                    problems.push(
+                        "dicom.tls.ca: needed to verify client certificates (or set client_certificates = \"none\")"
+                            .into(),
+                    );
+                }
+                if tls.plaintext && tls.port == self.port {
+                    problems.push(
+                        "dicom.tls.port: must differ from dicom.port when plaintext = true".into(),
+                    );
+                }
+                let bound = self.allowed_callers.iter().any(|c| c.certificate.is_some());
+                if bound && tls.client_certificates == ClientAuth::None {
+                    problems.push(
+                        "dicom.allowed_callers: a certificate is named but dicom.tls.client_certificates = \"none\""
+                            .into(),
+                    );
+                }
+            }
+            None => {
+                if self.allowed_callers.iter().any(|c| c.certificate.is_some()) {
+                    problems.push(
+                        "dicom.allowed_callers: a certificate is named but [dicom.tls] is not set"
+                            .into(),
+                    );
+                }
+            }
+        }
         problems
     }
 
@@ -115,6 +220,12 @@ impl DicomConfig {
             .map(|c| AllowedCaller {
                 ae_title: c.ae_title.trim().to_string(),
                 address: c.address,
+                certificate: c
+                    .certificate
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string),
             })
             .collect();
         if !self.sop_classes.is_empty() {
@@ -130,6 +241,7 @@ impl DicomConfig {
         options.pdu_timeout = Duration::from_secs(self.pdu_timeout_s.max(1));
         options.max_connections_per_address = self.max_connections_per_address;
         options.max_pending_connections = self.max_pending_connections;
+        options.refusal_summary_period = Duration::from_secs(self.refusal_summary_s.max(1));
         options
     }
 }
@@ -145,6 +257,7 @@ mod tests {
             allowed_callers: vec![CallerConfig {
                 ae_title: " PACS ".into(),
                 address: Some(IpAddr::from([10, 0, 0, 1])),
+                certificate: None,
             }],
             idle_timeout_s: 0,
             max_associations: 3,
@@ -170,5 +283,73 @@ mod tests {
         assert!(problems[0].starts_with("dicom.ae_title:"));
         assert!(problems[1].starts_with("dicom.sop_classes:"));
         assert!(problems[2].starts_with("dicom.max_associations:"));
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_named() {
+        let tls = DicomTlsConfig {
+            port: 11112,
+            plaintext: true,
+            certificate: "/nonexistent/dicom.crt".into(),
+            private_key: "/nonexistent/dicom.key".into(),
+            ca: None,
+            client_certificates: ClientAuth::Required,
+            reload_check_s: 60,
+        };
+        let config = DicomConfig {
+            tls: Some(tls.clone()),
+            ..DicomConfig::default()
+        };
+        let problems = config.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("dicom.tls.certificate:")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("dicom.tls.private_key:"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("dicom.tls.ca: needed"))
+        );
+        assert!(problems.iter().any(|p| p.starts_with("dicom.tls.port:")));
+        let bound = vec![CallerConfig {
+            ae_title: "CT1".into(),
+            address: None,
+            certificate: Some(" ct1.example ".into()),
+        }];
+        let without_tls = DicomConfig {
+            allowed_callers: bound.clone(),
+            ..DicomConfig::default()
+        };
+        assert_eq!(
+            without_tls.problems(),
+            ["dicom.allowed_callers: a certificate is named but [dicom.tls] is not set"]
+        );
+        let no_client_certificates = DicomConfig {
+            allowed_callers: bound,
+            tls: Some(DicomTlsConfig {
+                client_certificates: ClientAuth::None,
+                ..tls
+            }),
+            ..DicomConfig::default()
+        };
+        assert!(
+            no_client_certificates
+                .problems()
+                .iter()
+                .any(|p| p.contains("client_certificates = \"none\""))
+        );
+        let options = no_client_certificates.scp_options(Path::new("/data/staging"));
+        assert_eq!(
+            options.allowed_callers[0].certificate.as_deref(),
+            Some("ct1.example"),
+            "trimmed"
+        );
     }
 }

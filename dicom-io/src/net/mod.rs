@@ -11,6 +11,8 @@
 //!   streamed to disk, and a [`scp::StoreHandler`] deciding each status.
 //! - [`scu`]: Storage SCU sending Part 10 files to a remote AE.
 //! - [`storage_classes`]: the image storage SOP classes accepted by default.
+//! - [`tls`]: DICOM over TLS (PS3.15 Annex B, BCP 195): the appliance's
+//!   certificate and trust, reloadable, and the stream both sides run over.
 //! - [`ul`]: the upper layer: PDUs over a stream and the association
 //!   negotiation of both sides, with Vigie's implementation identifiers
 //!   and its own order of transfer syntax preference.
@@ -21,6 +23,7 @@ pub mod message;
 pub mod scp;
 pub mod scu;
 pub mod storage_classes;
+pub mod tls;
 pub mod ul;
 
 /// Acknowledge what arrives at once instead of delaying the ACK (Linux

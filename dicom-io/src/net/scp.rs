@@ -40,12 +40,13 @@ use dicom_ul::pdu::{
     AssociationRJSource, PDataValueType, Pdu, UserIdentity,
 };
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::message::{MessageAssembler, Step, fragment};
 use super::storage_classes::IMAGE_STORAGE;
+use super::tls::{CertificateSummary, DicomStream, DicomTls, TlsSession, describe_handshake_error};
 use super::ul::{self, Connection, Negotiated, Offer};
 use crate::dimse::{Command, field, status};
 use crate::pixels::DECODABLE_TRANSFER_SYNTAXES;
@@ -65,6 +66,22 @@ pub struct AllowedCaller {
     pub ae_title: String,
     /// Its IP address, when the title alone is not trusted.
     pub address: Option<IpAddr>,
+    /// A name its TLS client certificate must carry (subject common name,
+    /// or a DNS name or IP address of its Subject Alternative Name); set,
+    /// the title is accepted only over TLS with a verified certificate
+    /// that names it.
+    pub certificate: Option<String>,
+}
+
+/// A socket to accept associations on: in clear, or TLS with the
+/// appliance's certificate ([`DicomTls`], read again at each connection so
+/// that a reload applies to the next one).
+#[derive(Debug)]
+pub struct Listener {
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// TLS, or `None` for DICOM in clear.
+    pub tls: Option<Arc<DicomTls>>,
 }
 
 /// Settings of the listener.
@@ -232,6 +249,9 @@ pub enum ScpEvent {
         calling_ae_title: String,
         /// Presentation contexts accepted.
         contexts: usize,
+        /// The TLS session (protocol, suite, the caller's certificate);
+        /// `None` in clear.
+        tls: Option<TlsSession>,
     },
     /// An association request was rejected or failed before being
     /// established.
@@ -275,6 +295,8 @@ pub enum ScpEvent {
         reasons: Vec<(String, u64)>,
         /// Distinct peer addresses among them.
         addresses: usize,
+        /// The first of those addresses (16 at most), for the audit trail.
+        sample: Vec<IpAddr>,
         /// Seconds the summary covers.
         period_s: u64,
     },
@@ -310,10 +332,42 @@ pub trait StoreHandler: Send + Sync + 'static {
 struct Access {
     callers: Arc<Vec<AllowedCaller>>,
     peer: IpAddr,
+    /// The caller's verified TLS client certificate, if any.
+    certificate: Option<CertificateSummary>,
 }
 
 fn trim_ae(title: &str) -> &str {
     title.trim_matches(|c: char| c == ' ' || c == '\0')
+}
+
+impl Access {
+    /// Why `calling` was not recognised, when a certificate binding is the
+    /// cause (for the audit trail).
+    fn explain(&self, calling: &str) -> Option<String> {
+        let calling = trim_ae(calling);
+        let bound: Vec<&str> = self
+            .callers
+            .iter()
+            .filter(|c| c.ae_title == calling)
+            .filter(|c| c.address.is_none_or(|a| a == self.peer.to_canonical()))
+            .filter_map(|c| c.certificate.as_deref())
+            .collect();
+        if bound.is_empty() {
+            return None;
+        }
+        Some(match &self.certificate {
+            None => format!(
+                "calling AE title {calling} must present a TLS client certificate naming {}; none was presented",
+                bound.join(" or ")
+            ),
+            Some(cert) => format!(
+                "calling AE title {calling} must present a TLS client certificate naming {}; this one names {} (sha256 {})",
+                bound.join(" or "),
+                cert.names.join(", "),
+                cert.sha256
+            ),
+        })
+    }
 }
 
 impl AccessControl for Access {
@@ -332,7 +386,13 @@ impl AccessControl for Access {
         }
         let calling = trim_ae(calling_ae_title);
         let known = self.callers.iter().any(|c| {
-            c.ae_title == calling && c.address.is_none_or(|a| a == self.peer.to_canonical())
+            c.ae_title == calling
+                && c.address.is_none_or(|a| a == self.peer.to_canonical())
+                && c.certificate.as_deref().is_none_or(|name| {
+                    self.certificate
+                        .as_ref()
+                        .is_some_and(|cert| cert.names(name))
+                })
         });
         if known {
             Ok(())
@@ -373,7 +433,30 @@ pub async fn serve_until<H: StoreHandler>(
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
+    let listener = Listener {
+        tcp: listener,
+        tls: None,
+    };
+    serve_listeners_until(vec![listener], options, handler, shutdown, grace).await
+}
+
+/// [`serve_until`] on several sockets at once (DICOM in clear and over
+/// TLS), which share the limits: associations, pending connections and
+/// connections per address count across all of them.
+pub async fn serve_listeners_until<H: StoreHandler>(
+    listeners: Vec<Listener>,
+    options: ScpOptions,
+    handler: Arc<H>,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(&options.staging_dir)?;
+    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(16);
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| tokio::spawn(accept_loop(listener, accepted_tx.clone())))
+        .collect();
+    drop(accepted_tx);
     let max = options.max_associations.max(1);
     let limit = Arc::new(Semaphore::new(max));
     let pending = Arc::new(Semaphore::new(options.max_pending_connections.max(1)));
@@ -392,16 +475,11 @@ pub async fn serve_until<H: StoreHandler>(
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = accepted_rx.recv() => accepted,
             () = &mut shutdown => break,
         };
-        let (socket, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(_) => {
-                // Back off on accept errors (e.g. too many open files).
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let Some((socket, peer, tls)) = accepted else {
+            break;
         };
         let Some(address) = addresses.take(
             peer.ip().to_canonical(),
@@ -423,23 +501,35 @@ pub async fn serve_until<H: StoreHandler>(
         let cut = cut_rx.clone();
         tokio::spawn(async move {
             // No association slot until a whole A-ASSOCIATE-RQ is here:
-            // silent or slow sockets wait on their own, bounded, pool.
-            if let Err(reason) = wait_for_request(&socket, &options).await {
-                refused.add(reason, peer);
-                return;
-            }
+            // silent or slow sockets (and TLS handshakes) wait on their
+            // own, bounded, pool.
+            let opened = match tls {
+                None => wait_for_request(&socket, &options)
+                    .await
+                    .map(|()| Connection::new(DicomStream::Plain(socket), options.max_pdu_length)),
+                Some(tls) => tls_request(socket, &tls, &options).await,
+            };
+            let conn = match opened {
+                Ok(conn) => conn,
+                Err(reason) => {
+                    refused.add(reason, peer);
+                    return;
+                }
+            };
             drop(waiting);
             let Ok(permit) = limit.try_acquire_owned() else {
-                let reason = reject_busy(socket, options.artim_timeout).await;
+                let reason = reject_busy(conn, options.artim_timeout).await;
                 handler.event(ScpEvent::Rejected { peer, reason });
                 return;
             };
-            Association::run(socket, peer, options, callers, handler, cut).await;
+            Association::run(conn, peer, options, callers, handler, cut).await;
             drop(permit);
             drop(address);
         });
     }
-    drop(listener);
+    for acceptor in acceptors {
+        acceptor.abort();
+    }
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, limit.acquire_many(all))
         .await
@@ -453,6 +543,74 @@ pub async fn serve_until<H: StoreHandler>(
     summary.abort();
     flush_refusals(&refused, handler.as_ref());
     Ok(())
+}
+
+/// A connection accepted on one of the listeners, with its TLS settings.
+type Accepted = (TcpStream, SocketAddr, Option<Arc<DicomTls>>);
+
+/// Accept connections on `listener` and hand them over until the receiver
+/// is gone.
+async fn accept_loop(listener: Listener, accepted: tokio::sync::mpsc::Sender<Accepted>) {
+    loop {
+        match listener.tcp.accept().await {
+            Ok((socket, peer)) => {
+                if accepted
+                    .send((socket, peer, listener.tls.clone()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // Back off on accept errors (e.g. too many open files).
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The TLS handshake, then the whole A-ASSOCIATE-RQ read (type 01H, no
+/// longer than `max_request_length`), both within the ARTIM time.
+async fn tls_request(
+    socket: TcpStream,
+    tls: &DicomTls,
+    options: &ScpOptions,
+) -> Result<Connection<DicomStream>, String> {
+    let open = async {
+        let mut stream = tls
+            .acceptor()
+            .accept(socket)
+            .await
+            .map_err(|e| describe_handshake_error(&e))?;
+        let mut request = vec![0u8; 6];
+        stream
+            .read_exact(&mut request)
+            .await
+            .map_err(|_| "closed before an association request (TLS)".to_string())?;
+        if request[0] != 0x01 {
+            return Err("first PDU is not an A-ASSOCIATE-RQ".to_string());
+        }
+        let length = u32::from_be_bytes([request[2], request[3], request[4], request[5]]) as usize;
+        let total = length.saturating_add(6);
+        if total > options.max_request_length {
+            return Err("association request longer than the limit".to_string());
+        }
+        request.resize(total, 0);
+        stream
+            .read_exact(&mut request[6..])
+            .await
+            .map_err(|_| "closed before a whole association request (TLS)".to_string())?;
+        Ok(Connection::with_received(
+            DicomStream::Server(Box::new(stream)),
+            options.max_pdu_length,
+            request,
+        ))
+    };
+    match tokio::time::timeout(options.artim_timeout, open).await {
+        Ok(result) => result,
+        Err(_) => Err(
+            "no TLS handshake and whole association request within the ARTIM timeout".to_string(),
+        ),
+    }
 }
 
 /// How long associations cut at the end of the grace period have to finish
@@ -508,6 +666,7 @@ struct Refusals {
 struct RefusalCounts {
     reasons: std::collections::BTreeMap<String, u64>,
     addresses: std::collections::HashSet<IpAddr>,
+    sample: Vec<IpAddr>,
     since: Option<std::time::Instant>,
 }
 
@@ -517,8 +676,12 @@ impl Refusals {
         state.since.get_or_insert_with(std::time::Instant::now);
         *state.reasons.entry(reason.into()).or_insert(0) += 1;
         // Bounded: past this many, the count of addresses saturates.
-        if state.addresses.len() < 4096 {
-            state.addresses.insert(peer.ip().to_canonical());
+        let address = peer.ip().to_canonical();
+        if state.addresses.len() < 4096
+            && state.addresses.insert(address)
+            && state.sample.len() < 16
+        {
+            state.sample.push(address);
         }
     }
 }
@@ -544,6 +707,7 @@ fn flush_refusals<H: StoreHandler>(refused: &Refusals, handler: &H) {
         total: taken.reasons.values().sum(),
         reasons: taken.reasons.into_iter().collect(),
         addresses: taken.addresses.len(),
+        sample: taken.sample,
         period_s: since.elapsed().as_secs(),
     });
 }
@@ -593,26 +757,20 @@ async fn wait_for_request(socket: &TcpStream, options: &ScpOptions) -> Result<()
 /// Read the A-ASSOCIATE-RQ of a peer we have no room for and answer
 /// A-ASSOCIATE-RJ (transient, service provider presentation, local limit
 /// exceeded), as PS3.8 §7.1.1.9 allows.
-async fn reject_busy(mut socket: TcpStream, artim: Duration) -> String {
+async fn reject_busy(mut conn: Connection<DicomStream>, artim: Duration) -> String {
     let read = async {
-        let mut header = [0u8; 6];
-        socket.read_exact(&mut header).await?;
-        let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
-        let mut rest = (&mut socket).take(u64::from(length));
-        tokio::io::copy(&mut rest, &mut tokio::io::sink()).await?;
-        let mut out = Vec::new();
-        dicom_ul::pdu::write_pdu(
-            &mut out,
-            &Pdu::AssociationRJ(AssociationRJ {
-                result: AssociationRJResult::Transient,
-                source: AssociationRJSource::ServiceProviderPresentation(
-                    AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-                ),
-            }),
-        )
+        // The request is whole (checked before), within the PDU limit.
+        conn.receive().await.map_err(std::io::Error::other)?;
+        conn.send(&Pdu::AssociationRJ(AssociationRJ {
+            result: AssociationRJResult::Transient,
+            source: AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            ),
+        }))
+        .await
         .map_err(std::io::Error::other)?;
-        socket.write_all(&out).await?;
-        socket.shutdown().await
+        conn.shutdown().await;
+        Ok::<(), std::io::Error>(())
     };
     match tokio::time::timeout(artim, read).await {
         Ok(Ok(())) => "too many concurrent associations: rejected (transient)".into(),
@@ -752,7 +910,7 @@ impl Drop for Incoming {
 }
 
 struct Association<H> {
-    conn: Connection<TcpStream>,
+    conn: Connection<DicomStream>,
     negotiated: Negotiated,
     /// A second handle on the same socket, to see when a PDU's first
     /// bytes arrive (the connection owns the first one).
@@ -768,15 +926,15 @@ struct Association<H> {
 
 impl<H: StoreHandler> Association<H> {
     async fn run(
-        socket: TcpStream,
+        mut conn: Connection<DicomStream>,
         peer: SocketAddr,
         options: Arc<ScpOptions>,
         callers: Arc<Vec<AllowedCaller>>,
         handler: Arc<H>,
         cut: tokio::sync::watch::Receiver<bool>,
     ) {
-        let watcher = watch(&socket);
-        let mut conn = Connection::new(socket, options.max_pdu_length);
+        let watcher = watch(conn.stream().tcp());
+        let tls = conn.stream().session();
         let establish = async {
             let request = match conn.receive().await {
                 Ok(Pdu::AssociationRQ(rq)) => rq,
@@ -798,7 +956,9 @@ impl<H: StoreHandler> Association<H> {
             let access = Access {
                 callers,
                 peer: peer.ip().to_canonical(),
+                certificate: tls.as_ref().and_then(|t| t.peer_certificate.clone()),
             };
+            let calling = request.calling_ae_title.clone();
             match ul::accept(request, offer, |calling, called, identity| {
                 access.check_access(&options.ae_title, calling, called, identity)
             }) {
@@ -809,7 +969,14 @@ impl<H: StoreHandler> Association<H> {
                     Ok(negotiated)
                 }
                 Err(rj) => {
-                    let reason = ul::describe_rejection(&rj);
+                    let mut reason = ul::describe_rejection(&rj);
+                    if let AssociationRJSource::ServiceUser(
+                        AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+                    ) = &rj.source
+                        && let Some(why) = access.explain(&calling)
+                    {
+                        reason = format!("{reason}: {why}");
+                    }
                     let _ = conn.send(&Pdu::AssociationRJ(rj)).await;
                     conn.shutdown().await;
                     Err(reason)
@@ -835,6 +1002,7 @@ impl<H: StoreHandler> Association<H> {
             peer,
             calling_ae_title: calling.clone(),
             contexts: negotiated.accepted_count(),
+            tls,
         });
         let mut association = Self {
             conn,
@@ -869,7 +1037,7 @@ impl<H: StoreHandler> Association<H> {
         let mut assembler = MessageAssembler::new();
         let mut incoming: Option<Incoming> = None;
         loop {
-            super::quick_ack(self.conn.stream());
+            super::quick_ack(self.conn.stream().tcp());
             // Idle time before a PDU is bounded by the idle timeout; once its
             // first bytes are here, the whole PDU must follow within the
             // PDU timeout.
@@ -1081,7 +1249,7 @@ impl<H: StoreHandler> Association<H> {
         }
         // Sending made the connection look interactive to the kernel, which
         // then delays its ACKs: leave that mode before the next message.
-        super::quick_ack(self.conn.stream());
+        super::quick_ack(self.conn.stream().tcp());
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ use dicom_ul::pdu::{PDataValueType, Pdu, PresentationContextResultReason};
 use thiserror::Error;
 
 use super::message::{MessageAssembler, Step, fragment};
+use super::tls::{DicomStream, TlsDestination};
 use super::ul::{self, Connection, Proposal};
 use crate::dimse::{Command, field, status};
 
@@ -38,6 +39,8 @@ pub struct RemoteAe {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// TLS, or `None` for DICOM in clear.
+    pub tls: Option<TlsDestination>,
 }
 
 /// Settings of the SCU side.
@@ -234,7 +237,11 @@ pub async fn send_files(
         if let Err(e) = socket.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set on the SCU socket");
         }
-        let mut connection = Connection::new(socket, options.max_pdu_length);
+        let stream = match &remote.tls {
+            None => DicomStream::Plain(socket),
+            Some(tls) => tls.connect(socket).await?,
+        };
+        let mut connection = Connection::new(stream, options.max_pdu_length);
         let negotiated = ul::request(&mut connection, &proposal)
             .await
             .map_err(|e| e.to_string())?;
@@ -325,12 +332,12 @@ pub async fn send_files(
 }
 
 async fn receive_response(
-    association: &mut Connection<tokio::net::TcpStream>,
+    association: &mut Connection<DicomStream>,
     timeout: Duration,
 ) -> Result<Command, String> {
     let mut assembler = MessageAssembler::new();
     loop {
-        super::quick_ack(association.stream());
+        super::quick_ack(association.stream().tcp());
         let pdu = tokio::time::timeout(timeout, association.receive())
             .await
             .map_err(|_| "timeout waiting for C-STORE-RSP".to_string())?

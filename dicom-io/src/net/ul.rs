@@ -15,8 +15,8 @@
 //! - the protocol version is checked as PS3.8 §9.3.2 says (bit 0 set, other
 //!   bits not tested).
 //!
-//! The stream is generic so that the same code runs over TCP and, later,
-//! TLS.
+//! The stream is generic: the same code runs over TCP and TLS
+//! ([`super::tls::DicomStream`]).
 
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -78,6 +78,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             buffer: Vec::with_capacity(64 * 1024),
             max_pdu_length: max,
         }
+    }
+
+    /// A connection whose first bytes were already read from the stream
+    /// (an association request read during the TLS handshake's ARTIM
+    /// time): they are parsed before anything more is read.
+    pub fn with_received(stream: S, max_pdu_length: u32, received: Vec<u8>) -> Self {
+        let mut connection = Self::new(stream, max_pdu_length);
+        connection.buffer = received;
+        connection
     }
 
     /// The next PDU; a PDU longer than the maximum is an error, not read.

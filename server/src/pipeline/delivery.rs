@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use vigie_dicom_io::dimse::status;
 use vigie_dicom_io::net::scu::{RemoteAe, ScuOptions, send_files};
+use vigie_dicom_io::net::tls::TlsDestination;
 use vigie_store::{OutboxItem, now_ms};
 
 use super::events::{Event, Sent};
@@ -43,10 +44,40 @@ impl Pipeline {
                 }
                 continue;
             };
+            let tls = match (destination.tls, &self.dicom_tls) {
+                (false, _) => None,
+                (true, Some(tls)) => {
+                    let name = destination
+                        .server_name
+                        .as_deref()
+                        .unwrap_or(&destination.host);
+                    // Checked with the configuration: a valid name.
+                    vigie_dicom_io::net::tls::server_name(name)
+                        .ok()
+                        .map(|server_name| TlsDestination {
+                            tls: tls.clone(),
+                            server_name,
+                        })
+                }
+                (true, None) => None,
+            };
+            if destination.tls && tls.is_none() {
+                // Never in clear to a destination that asked for TLS.
+                for item in &items {
+                    self.catalog.outbox_failed(
+                        item.id,
+                        &format!("destination {name:?} needs TLS, which is not configured"),
+                        None,
+                        now_ms(),
+                    )?;
+                }
+                continue;
+            }
             let remote = RemoteAe {
                 ae_title: destination.ae_title.clone(),
                 host: destination.host.clone(),
                 port: destination.port,
+                tls,
             };
             for chunk in items.chunks(batch) {
                 let paths: Vec<PathBuf> = chunk.iter().map(|i| i.path.clone()).collect();

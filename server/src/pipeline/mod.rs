@@ -69,6 +69,8 @@ pub struct Pipeline {
     pub resolved: Arc<crate::config::Resolved>,
     /// Whether each worker thread is alive, and since when it is busy.
     pub health: Arc<WorkerHealth>,
+    /// The DICOM TLS settings, for destinations with `tls = true`.
+    pub dicom_tls: Option<Arc<vigie_dicom_io::net::tls::DicomTls>>,
 }
 
 impl std::fmt::Debug for Pipeline {

@@ -641,6 +641,7 @@ pub fn send(port: u16, files: &[PathBuf]) -> Vec<vigie_dicom_io::net::scu::SendO
         ae_title: "VIGIE".into(),
         host: "127.0.0.1".into(),
         port,
+        tls: None,
     };
     tokio::runtime::Runtime::new()
         .unwrap()
