@@ -42,7 +42,7 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import pydicom, data_store, onnxruntime, PIL, numpy, pylibjpeg, pydantic, highdicom, onnx, sklearn, scipy, dicomweb_client' 2>/dev/null \
+if ! .venv/bin/python -c 'import pydicom, data_store, onnxruntime, PIL, numpy, pylibjpeg, pydantic, highdicom, onnx, sklearn, scipy, dicomweb_client, pynetdicom' 2>/dev/null \
   || [ ! -x .venv/bin/tid1500reader ]; then
   say "installing Python test peers"
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-test.txt

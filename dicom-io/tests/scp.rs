@@ -749,7 +749,7 @@ async fn regression_associations_cut_at_shutdown_are_each_reported() {
     let events = sink.events.lock().unwrap().clone();
     assert!(
         events.iter().any(|e| matches!(e,
-            ScpEvent::Aborted { reason, calling_ae_title }
+            ScpEvent::Aborted { reason, calling_ae_title, .. }
                 if reason.contains("service stopping") && calling_ae_title == "IDLE")),
         "{events:?}"
     );

@@ -18,6 +18,19 @@ pub struct Backlog {
     limit: u64,
     receiving: std::sync::Mutex<HashMap<String, Instant>>,
     forget_after: Duration,
+    /// Studies whose carrier (association, STOW-RS request) ended
+    /// normally: when it ended, and when they may close.
+    released: std::sync::Mutex<HashMap<String, Released>>,
+    /// Woken when a study is released, for the assembly loop.
+    release_wake: tokio::sync::Notify,
+}
+
+/// A study whose carrier ended: closable at `closes` unless an instance
+/// arrives after `at`.
+#[derive(Debug, Clone, Copy)]
+struct Released {
+    at: Instant,
+    closes: Instant,
 }
 
 impl Backlog {
@@ -29,6 +42,8 @@ impl Backlog {
             limit,
             receiving: std::sync::Mutex::new(HashMap::new()),
             forget_after: Duration::from_secs(600),
+            released: std::sync::Mutex::new(HashMap::new()),
+            release_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -70,6 +85,9 @@ impl Backlog {
         receiving.retain(|_, last| last.elapsed() < self.forget_after);
         if let Some(last) = receiving.get_mut(study) {
             *last = Instant::now();
+            // More is coming: a release before this instance no longer
+            // closes the study.
+            self.released_map().remove(study);
             return None;
         }
         let jobs = self.jobs.load(Ordering::Relaxed);
@@ -100,6 +118,61 @@ impl Backlog {
         let mut receiving = self.receiving();
         receiving.remove(study);
         receiving.retain(|_, last| last.elapsed() < forget_after);
+        let mut released = self.released_map();
+        released.remove(study);
+        released.retain(|s, _| receiving.contains_key(s));
+    }
+
+    fn released_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Released>> {
+        self.released.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What carried instances of `study` ended normally (an association
+    /// released, a STOW-RS request answered): the study may close `grace`
+    /// from now unless an instance of it arrives meanwhile. Studies not
+    /// receiving are ignored.
+    pub fn released(&self, study: &str, grace: Duration) {
+        if !self.receiving().contains_key(study) {
+            return;
+        }
+        let at = Instant::now();
+        self.released_map().insert(
+            study.to_string(),
+            Released {
+                at,
+                closes: at + grace,
+            },
+        );
+        self.release_wake.notify_one();
+    }
+
+    /// Studies released whose grace is over with nothing received since
+    /// their release.
+    pub fn closable_early(&self) -> Vec<String> {
+        let now = Instant::now();
+        let receiving = self.receiving();
+        self.released_map()
+            .iter()
+            .filter(|(study, r)| {
+                r.closes <= now && receiving.get(*study).is_none_or(|last| *last <= r.at)
+            })
+            .map(|(study, _)| study.clone())
+            .collect()
+    }
+
+    /// Drop the release of `study` (it is not receiving any more).
+    pub fn forget_release(&self, study: &str) {
+        self.released_map().remove(study);
+    }
+
+    /// When the next released study's grace ends.
+    pub fn next_release_close(&self) -> Option<Instant> {
+        self.released_map().values().map(|r| r.closes).min()
+    }
+
+    /// Wait until a study is released.
+    pub async fn release_wakes(&self) {
+        self.release_wake.notified().await;
     }
 
     /// Studies counted as receiving.
@@ -143,5 +216,31 @@ mod tests {
         // Entries quieter than the forget period go at the next completion.
         backlog.completed("none", Duration::ZERO);
         assert_eq!(backlog.receiving_studies(), 0);
+    }
+
+    #[test]
+    fn a_released_study_closes_after_the_grace_unless_more_arrives() {
+        let backlog = Backlog::new(100, 0);
+        backlog.released("1.9", Duration::ZERO);
+        assert!(
+            backlog.closable_early().is_empty(),
+            "not receiving: ignored"
+        );
+        assert_eq!(backlog.admit("1.1"), None);
+        assert_eq!(backlog.admit("1.2"), None);
+        backlog.released("1.1", Duration::from_millis(50));
+        backlog.released("1.2", Duration::from_millis(50));
+        assert!(backlog.closable_early().is_empty(), "within the grace");
+        assert!(backlog.next_release_close().is_some());
+        // An instance of 1.2 after its release: the release no longer counts.
+        assert_eq!(backlog.admit("1.2"), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(backlog.closable_early(), ["1.1"]);
+        backlog.completed("1.1", Duration::from_secs(60));
+        assert!(backlog.closable_early().is_empty());
+        assert!(backlog.next_release_close().is_none());
+        backlog.released("1.2", Duration::ZERO);
+        backlog.forget_release("1.2");
+        assert!(backlog.closable_early().is_empty());
     }
 }

@@ -354,6 +354,11 @@ impl LimitsConfig {
 pub struct PipelineConfig {
     /// Seconds without a new instance after which a study is complete.
     pub stable_age_s: f64,
+    /// Close a study this many seconds after the association or STOW-RS
+    /// request that carried it ended normally (nothing arrived for it
+    /// meanwhile, no other association carrying it); unset: only the
+    /// stable age closes studies.
+    pub release_grace_s: Option<f64>,
     /// Inference worker threads; 0 queues jobs without running them.
     pub workers: usize,
     /// Jobs handed to workers ahead of time (the bounded queue).
@@ -379,6 +384,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             stable_age_s: 10.0,
+            release_grace_s: None,
             workers: 1,
             queue_capacity: 4,
             max_attempts: 3,
@@ -608,10 +614,21 @@ impl Config {
             (self.delivery.retry_initial_s, "delivery.retry_initial_s"),
             (self.delivery.retry_max_s, "delivery.retry_max_s"),
             (self.delivery.give_up_after_h, "delivery.give_up_after_h"),
+            (
+                self.pipeline.release_grace_s.unwrap_or(0.0),
+                "pipeline.release_grace_s",
+            ),
         ] {
             if !value.is_finite() || value < 0.0 {
                 problems.push(format!("{name}: must be a number, 0 or more"));
             }
+        }
+        if let Some(grace) = self.pipeline.release_grace_s
+            && grace > self.pipeline.stable_age_s
+        {
+            problems.push(
+                "pipeline.release_grace_s: longer than pipeline.stable_age_s, it would never close a study sooner".into(),
+            );
         }
         if self.pipeline.max_attempts == 0 {
             problems.push("pipeline.max_attempts: must be at least 1".into());
@@ -940,6 +957,7 @@ mod reference_tests {
             "audit.syslog",
             "http.tls.certificate",
             "http.tls.private_key",
+            "pipeline.release_grace_s",
             "dicom.tls.port",
             "dicom.tls.plaintext",
             "dicom.tls.certificate",

@@ -98,6 +98,11 @@ pub struct Ingest {
     /// UID at once are stored one after the other (the duplicate policy
     /// compares each with what is held when it is its turn).
     stripes: [std::sync::Mutex<()>; 64],
+    /// With `pipeline.release_grace_s`: how long after its carrier ended a
+    /// study may close.
+    release_grace: Option<std::time::Duration>,
+    /// The studies each open association has stored instances of.
+    carried: std::sync::Mutex<std::collections::HashMap<u64, std::collections::BTreeSet<String>>>,
     /// Counters.
     pub stats: Arc<IngestStats>,
 }
@@ -173,6 +178,8 @@ impl Ingest {
             reserve,
             duplicates: DuplicatePolicy::default(),
             stripes: std::array::from_fn(|_| std::sync::Mutex::new(())),
+            release_grace: None,
+            carried: std::sync::Mutex::new(std::collections::HashMap::new()),
             stats: Arc::default(),
         }
     }
@@ -182,6 +189,48 @@ impl Ingest {
     pub fn with_duplicate_policy(mut self, policy: DuplicatePolicy) -> Self {
         self.duplicates = policy;
         self
+    }
+
+    /// Let a study close `grace` after the association or STOW-RS request
+    /// that carried it ended normally (`pipeline.release_grace_s`).
+    pub fn with_release_grace(mut self, grace: Option<std::time::Duration>) -> Self {
+        self.release_grace = grace;
+        self
+    }
+
+    fn carried(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, std::collections::BTreeSet<String>>>
+    {
+        self.carried.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A STOW-RS request that stored instances of `studies` was answered:
+    /// with `pipeline.release_grace_s`, they may close after the grace.
+    pub fn request_ended<'a>(&self, studies: impl IntoIterator<Item = &'a str>) {
+        if let Some(grace) = self.release_grace {
+            for study in studies {
+                self.backlog.released(study, grace);
+            }
+        }
+    }
+
+    /// Association `number` was released normally: with
+    /// `pipeline.release_grace_s`, each study it carried that no other open
+    /// association is carrying may close after the grace.
+    fn association_ended(&self, number: u64, released: bool) {
+        let mut carried = self.carried();
+        let Some(studies) = carried.remove(&number) else {
+            return;
+        };
+        let (true, Some(grace)) = (released, self.release_grace) else {
+            return;
+        };
+        for study in &studies {
+            if !carried.values().any(|others| others.contains(study)) {
+                self.backlog.released(study, grace);
+            }
+        }
     }
 
     /// At shutdown, once no instance can arrive any more: the pixel-hash
@@ -911,7 +960,20 @@ impl Ingest {
 
 impl StoreHandler for Ingest {
     fn store(&self, received: ReceivedInstance) -> StoreOutcome {
-        self.store_from(received, Source::Dimse)
+        let association = received.association;
+        let stored = self.store_checked(received, Source::Dimse, None);
+        if let (Some(number), Some(study), Some(_)) = (
+            association,
+            stored.study_instance_uid.as_ref(),
+            self.release_grace,
+        ) && stored.outcome.status == status::SUCCESS
+        {
+            self.carried()
+                .entry(number)
+                .or_default()
+                .insert(study.clone());
+        }
+        stored.outcome
     }
 
     fn admission(&self) -> Option<StoreOutcome> {
@@ -922,6 +984,7 @@ impl StoreHandler for Ingest {
         // UIDs and AE titles only: no patient identifiers in the log.
         match event {
             ScpEvent::Accepted {
+                association: _,
                 peer,
                 calling_ae_title,
                 contexts,
@@ -979,9 +1042,11 @@ impl StoreHandler for Ingest {
                 }
             }
             ScpEvent::Released {
+                association,
                 calling_ae_title,
                 stores,
             } => {
+                self.association_ended(association, true);
                 tracing::info!(calling = %calling_ae_title, stores, "association released");
                 self.metrics
                     .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "released")]);
@@ -1026,9 +1091,11 @@ impl StoreHandler for Ingest {
                 ));
             }
             ScpEvent::Aborted {
+                association,
                 calling_ae_title,
                 reason,
             } => {
+                self.association_ended(association, false);
                 tracing::warn!(calling = %calling_ae_title, %reason, "association aborted");
                 self.metrics
                     .inc(ASSOCIATIONS, ASSOCIATIONS_HELP, &[("outcome", "aborted")]);

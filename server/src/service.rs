@@ -297,7 +297,13 @@ impl Service {
                 backlog.clone(),
                 reserve.clone(),
             )
-            .with_duplicate_policy(config.storage.duplicates),
+            .with_duplicate_policy(config.storage.duplicates)
+            .with_release_grace(
+                config
+                    .pipeline
+                    .release_grace_s
+                    .map(|s| Duration::from_secs_f64(s.clamp(0.0, 86_400.0))),
+            ),
         );
         let pipeline = Pipeline {
             config: config.clone(),

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Vigie, base_config, demo_studies, send, token, uids};
+use common::{Vigie, base_config, demo_studies, multipart, send, token, uids};
 use vigie_test_support::{oracle, repo_root};
 
 const STUDY_ROUTE: &str = r#"
@@ -21,18 +21,6 @@ const STUDY_ROUTE: &str = r#"
 name = "brain-mr"
 modalities = ["MR"]
 "#;
-
-/// A STOW-RS body of these files.
-pub fn multipart(files: &[PathBuf], boundary: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    for f in files {
-        body.extend(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
-        body.extend(std::fs::read(f).unwrap());
-        body.extend(b"\r\n");
-    }
-    body.extend(format!("--{boundary}--\r\n").as_bytes());
-    body
-}
 
 const STOW_TYPE: &str = "multipart/related; type=\"application/dicom\"; boundary=XyZ-42";
 

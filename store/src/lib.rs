@@ -530,6 +530,15 @@ pub trait StudyAssembly: Send + Sync + 'static {
     /// the current generation.
     fn stable_studies(&self, cutoff_ms: i64) -> StoreResult<Vec<StableStudy>>;
 
+    /// One study, when it is receiving and quiet since `cutoff_ms`, with
+    /// its series of the current generation (a study closed before the
+    /// stable age, `pipeline.release_grace_s`).
+    fn stable_study(
+        &self,
+        study_instance_uid: &str,
+        cutoff_ms: i64,
+    ) -> StoreResult<Option<StableStudy>>;
+
     /// Atomically: create `jobs` for `study` (generation `generation`),
     /// mark it complete with `note`, open the next generation. Does nothing
     /// and returns false if an instance arrived after `cutoff_ms`.

@@ -503,6 +503,45 @@ impl InstanceIndex for SqliteCatalog {
     }
 }
 
+/// Fill in the series of the current generation of `studies`.
+fn with_series(c: &rusqlite::Connection, studies: &mut [StableStudy]) -> rusqlite::Result<()> {
+    let mut stmt = c.prepare_cached(
+        "SELECT series_instance_uid, modality, body_part, series_description,
+                group_concat(DISTINCT sop_class_uid),
+                group_concat(DISTINCT calling_ae_title), count(*)
+         FROM instances WHERE study_instance_uid = ?1 AND generation = ?2
+         GROUP BY series_instance_uid ORDER BY min(received_ms)",
+    )?;
+    for study in studies {
+        study.series = stmt
+            .query_map(params![study.study_instance_uid, study.generation], |r| {
+                let split = |s: Option<String>| -> Vec<String> {
+                    s.map(|s| s.split(',').map(str::to_string).collect())
+                        .unwrap_or_default()
+                };
+                Ok(SeriesSummary {
+                    series_instance_uid: r.get(0)?,
+                    modality: r.get(1)?,
+                    body_part: r.get(2)?,
+                    series_description: r.get(3)?,
+                    sop_classes: split(r.get(4)?),
+                    calling_ae_titles: split(r.get(5)?),
+                    instances: r.get::<_, i64>(6)?.max(0).unsigned_abs() as usize,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(())
+}
+
+fn stable_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StableStudy> {
+    Ok(StableStudy {
+        study_instance_uid: r.get(0)?,
+        generation: r.get(1)?,
+        series: Vec::new(),
+    })
+}
+
 impl StudyAssembly for SqliteCatalog {
     fn stable_studies(&self, cutoff_ms: i64) -> StoreResult<Vec<StableStudy>> {
         self.with("stable studies", |c| {
@@ -512,42 +551,31 @@ impl StudyAssembly for SqliteCatalog {
                      WHERE state = 'receiving' AND last_received_ms <= ?1
                      ORDER BY last_received_ms",
                 )?;
-                stmt.query_map(params![cutoff_ms], |r| {
-                    Ok(StableStudy {
-                        study_instance_uid: r.get(0)?,
-                        generation: r.get(1)?,
-                        series: Vec::new(),
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?
+                stmt.query_map(params![cutoff_ms], stable_from_row)?
+                    .collect::<rusqlite::Result<_>>()?
             };
-            let mut stmt = c.prepare(
-                "SELECT series_instance_uid, modality, body_part, series_description,
-                        group_concat(DISTINCT sop_class_uid),
-                        group_concat(DISTINCT calling_ae_title), count(*)
-                 FROM instances WHERE study_instance_uid = ?1 AND generation = ?2
-                 GROUP BY series_instance_uid ORDER BY min(received_ms)",
-            )?;
-            for study in &mut studies {
-                study.series = stmt
-                    .query_map(params![study.study_instance_uid, study.generation], |r| {
-                        let split = |s: Option<String>| -> Vec<String> {
-                            s.map(|s| s.split(',').map(str::to_string).collect())
-                                .unwrap_or_default()
-                        };
-                        Ok(SeriesSummary {
-                            series_instance_uid: r.get(0)?,
-                            modality: r.get(1)?,
-                            body_part: r.get(2)?,
-                            series_description: r.get(3)?,
-                            sop_classes: split(r.get(4)?),
-                            calling_ae_titles: split(r.get(5)?),
-                            instances: r.get::<_, i64>(6)?.max(0).unsigned_abs() as usize,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-            }
+            with_series(c, &mut studies)?;
             Ok(studies)
+        })
+    }
+
+    fn stable_study(
+        &self,
+        study_instance_uid: &str,
+        cutoff_ms: i64,
+    ) -> StoreResult<Option<StableStudy>> {
+        self.with("stable study", |c| {
+            let mut studies: Vec<StableStudy> = {
+                let mut stmt = c.prepare_cached(
+                    "SELECT study_instance_uid, generation FROM studies
+                     WHERE study_instance_uid = ?1 AND state = 'receiving'
+                       AND last_received_ms <= ?2",
+                )?;
+                stmt.query_map(params![study_instance_uid, cutoff_ms], stable_from_row)?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            with_series(c, &mut studies)?;
+            Ok(studies.pop())
         })
     }
 

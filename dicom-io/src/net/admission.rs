@@ -218,6 +218,7 @@ mod tests {
             peer: "127.0.0.1:104".parse().unwrap(),
             bytes: 0,
             sha256: String::new(),
+            association: Some(1),
         }
     }
 

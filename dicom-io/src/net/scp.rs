@@ -208,6 +208,9 @@ pub struct ReceivedInstance {
     /// SHA-256 (hex) of the staged Part 10 file as written, computed while
     /// receiving.
     pub sha256: String,
+    /// The association that carried it (its number in [`ScpEvent`]s);
+    /// `None` when it did not come by C-STORE (STOW-RS).
+    pub association: Option<u64>,
 }
 
 /// The handler's answer to a C-STORE.
@@ -243,6 +246,8 @@ impl StoreOutcome {
 pub enum ScpEvent {
     /// An association was accepted.
     Accepted {
+        /// The association's number, unique for the life of the listener.
+        association: u64,
         /// Peer address.
         peer: SocketAddr,
         /// Calling AE title.
@@ -279,6 +284,8 @@ pub enum ScpEvent {
     },
     /// The association was released normally.
     Released {
+        /// The association's number.
+        association: u64,
         /// Calling AE title.
         calling_ae_title: String,
         /// C-STORE requests answered on it.
@@ -304,6 +311,8 @@ pub enum ScpEvent {
     /// connection lost); an instance being received is discarded, never
     /// acknowledged.
     Aborted {
+        /// The association's number.
+        association: u64,
         /// Calling AE title.
         calling_ae_title: String,
         /// Why.
@@ -464,6 +473,7 @@ pub async fn serve_listeners_until<H: StoreHandler>(
     let refused = Arc::new(Refusals::default());
     let options = Arc::new(options);
     let callers = Arc::new(options.allowed_callers.clone());
+    let numbers = Arc::new(std::sync::atomic::AtomicU64::new(1));
     // Set once the grace period is over: associations still running are
     // cut at their next wait for a PDU, never inside a store.
     let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
@@ -499,6 +509,7 @@ pub async fn serve_listeners_until<H: StoreHandler>(
         let limit = limit.clone();
         let refused = refused.clone();
         let cut = cut_rx.clone();
+        let number = numbers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             // No association slot until a whole A-ASSOCIATE-RQ is here:
             // silent or slow sockets (and TLS handshakes) wait on their
@@ -522,7 +533,7 @@ pub async fn serve_listeners_until<H: StoreHandler>(
                 handler.event(ScpEvent::Rejected { peer, reason });
                 return;
             };
-            Association::run(conn, peer, options, callers, handler, cut).await;
+            Association::run(conn, number, peer, options, callers, handler, cut).await;
             drop(permit);
             drop(address);
         });
@@ -911,6 +922,7 @@ impl Drop for Incoming {
 
 struct Association<H> {
     conn: Connection<DicomStream>,
+    number: u64,
     negotiated: Negotiated,
     /// A second handle on the same socket, to see when a PDU's first
     /// bytes arrive (the connection owns the first one).
@@ -927,6 +939,7 @@ struct Association<H> {
 impl<H: StoreHandler> Association<H> {
     async fn run(
         mut conn: Connection<DicomStream>,
+        number: u64,
         peer: SocketAddr,
         options: Arc<ScpOptions>,
         callers: Arc<Vec<AllowedCaller>>,
@@ -999,6 +1012,7 @@ impl<H: StoreHandler> Association<H> {
         };
         let calling = negotiated.calling_ae_title.clone();
         handler.event(ScpEvent::Accepted {
+            association: number,
             peer,
             calling_ae_title: calling.clone(),
             contexts: negotiated.accepted_count(),
@@ -1006,6 +1020,7 @@ impl<H: StoreHandler> Association<H> {
         });
         let mut association = Self {
             conn,
+            number,
             negotiated,
             watcher,
             cut,
@@ -1018,12 +1033,14 @@ impl<H: StoreHandler> Association<H> {
         let end = association.serve_messages().await;
         let event = match end {
             Ok(()) => ScpEvent::Released {
+                association: association.number,
                 calling_ae_title: association.calling.clone(),
                 stores: association.stores,
             },
             Err(reason) => {
                 association.abort().await;
                 ScpEvent::Aborted {
+                    association: association.number,
                     calling_ae_title: association.calling.clone(),
                     reason,
                 }
@@ -1196,6 +1213,7 @@ impl<H: StoreHandler> Association<H> {
                     peer: self.peer,
                     bytes: incoming.bytes,
                     sha256: hex::encode(std::mem::take(&mut incoming.hasher).finalize()),
+                    association: Some(self.number),
                 };
                 let handler = self.handler.clone();
                 tokio::task::spawn_blocking(move || handler.store(received))

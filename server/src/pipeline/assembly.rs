@@ -1,6 +1,8 @@
 //! Study assembly: a study is complete when no instance has arrived for
-//! `pipeline.stable_age_s`; routing turns it into jobs in the same
-//! transaction that marks it complete.
+//! `pipeline.stable_age_s`, or, with `pipeline.release_grace_s`, that long
+//! after the association or STOW-RS request that carried it ended
+//! normally; routing turns it into jobs in the same transaction that marks
+//! it complete.
 
 use std::time::Duration;
 
@@ -32,25 +34,56 @@ impl Pipeline {
             {
                 continue;
             }
-            let (jobs, note) = router.route(&study);
-            if self
-                .catalog
-                .complete_study(&study, cutoff, &jobs, note.as_deref(), now)?
-            {
+            if self.complete(router, &study, cutoff, now, "stable_age")? {
                 completed += 1;
-                self.backlog.completed(
-                    &study.study_instance_uid,
-                    stable_age * 2 + Duration::from_secs(60),
-                );
-                self.emit(Event::StudyComplete {
-                    study: &study,
-                    jobs: &jobs,
-                    note: note.as_deref(),
-                    stable_age_s: self.config.pipeline.stable_age_s,
-                });
+            }
+        }
+        // Released studies whose grace is over, nothing received since
+        // their release (by the monotonic clock): quiet since now.
+        for uid in self.backlog.closable_early() {
+            match self.catalog.stable_study(&uid, now)? {
+                Some(study) => {
+                    if self.complete(router, &study, now, now, "carrier_ended")? {
+                        completed += 1;
+                    }
+                }
+                // Not receiving (closed meanwhile): nothing to wait for.
+                None => self.backlog.forget_release(&uid),
             }
         }
         Ok(completed)
+    }
+
+    /// Route `study` and complete it with its jobs, unless an instance
+    /// arrived after `cutoff`; `closed_by` says which rule closed it.
+    fn complete(
+        &self,
+        router: &Router,
+        study: &vigie_store::StableStudy,
+        cutoff: i64,
+        now: i64,
+        closed_by: &'static str,
+    ) -> anyhow::Result<bool> {
+        let stable_age = Duration::from_secs_f64(self.config.pipeline.stable_age_s.max(0.0));
+        let (jobs, note) = router.route(study);
+        if !self
+            .catalog
+            .complete_study(study, cutoff, &jobs, note.as_deref(), now)?
+        {
+            return Ok(false);
+        }
+        self.backlog.completed(
+            &study.study_instance_uid,
+            stable_age * 2 + Duration::from_secs(60),
+        );
+        self.emit(Event::StudyComplete {
+            study,
+            jobs: &jobs,
+            note: note.as_deref(),
+            stable_age_s: self.config.pipeline.stable_age_s,
+            closed_by,
+        });
+        Ok(true)
     }
 
     /// The assembly loop, until the pipeline stops.
@@ -77,8 +110,18 @@ impl Pipeline {
                 Err(e) => tracing::error!(error = %e, "study assembly panicked"),
                 Ok(Ok(_)) => {}
             }
+            // Sleep the period, or until the next released study's grace
+            // ends, or a study is released.
+            let wait = self
+                .backlog
+                .next_release_close()
+                .map_or(period, |at| {
+                    at.saturating_duration_since(std::time::Instant::now())
+                })
+                .min(period);
             tokio::select! {
-                () = tokio::time::sleep(period) => {}
+                () = tokio::time::sleep(wait) => {}
+                () = self.backlog.release_wakes() => {}
                 () = self.stop.cancelled() => {}
             }
         }

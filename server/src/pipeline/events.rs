@@ -75,6 +75,9 @@ pub enum Event<'a> {
         note: Option<&'a str>,
         /// The stable age it was quiet for.
         stable_age_s: f64,
+        /// What closed it: `stable_age`, or `carrier_ended` (its
+        /// association or STOW-RS request ended, plus the grace).
+        closed_by: &'static str,
     },
     /// A worker loaded a model.
     ModelLoaded {
@@ -253,7 +256,11 @@ impl Pipeline {
                 "the clock went back: studies received later than now by the clock wait the stable age from now (check NTP)"
             ),
             Event::StudyComplete {
-                study, jobs, note, ..
+                study,
+                jobs,
+                note,
+                closed_by,
+                ..
             } => {
                 let instances: usize = study.series.iter().map(|s| s.instances).sum();
                 match note {
@@ -268,6 +275,7 @@ impl Pipeline {
                         study = %study.study_instance_uid,
                         generation = study.generation,
                         instances,
+                        closed_by,
                         jobs = jobs.len(),
                         models = ?jobs.iter().map(|j| j.model.as_str()).collect::<Vec<_>>(),
                         "study complete, jobs queued"
@@ -461,7 +469,8 @@ fn audit_records(event: &Event<'_>) -> Vec<AuditEvent> {
             jobs,
             note,
             stable_age_s,
-        } => return study_records(study, jobs, note, stable_age_s).to_vec(),
+            closed_by,
+        } => return study_records(study, jobs, note, stable_age_s, closed_by).to_vec(),
         Event::ModelLoaded { model } => {
             let package = model.package();
             AuditEvent::new(
@@ -636,6 +645,7 @@ fn study_records(
     jobs: &[NewJob],
     note: Option<&str>,
     stable_age_s: f64,
+    closed_by: &str,
 ) -> [AuditEvent; 2] {
     let instances: usize = study.series.iter().map(|s| s.instances).sum();
     let uid = Some(study.study_instance_uid.as_str());
@@ -648,6 +658,7 @@ fn study_records(
                 "instances": instances,
                 "series": study.series,
                 "stable_age_s": stable_age_s,
+                "closed_by": closed_by,
             }),
         )
         .instance(uid, None),

@@ -589,6 +589,18 @@ pub fn dcmtk(program: &str, args: &[String]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("{program} runs (apt-get install dcmtk): {e}"))
 }
 
+/// A STOW-RS body of these files.
+pub fn multipart(files: &[PathBuf], boundary: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for f in files {
+        body.extend(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+        body.extend(std::fs::read(f).unwrap());
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{boundary}--\r\n").as_bytes());
+    body
+}
+
 /// storescu arguments to send `files` to `port`, proposing `proposal`
 /// (e.g. "-xr" for RLE) and only what the files need.
 pub fn storescu_args(port: u16, proposal: &str, files: &[PathBuf]) -> Vec<String> {

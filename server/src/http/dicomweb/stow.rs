@@ -197,6 +197,14 @@ async fn run(app: AppState, study: Option<String>, request: Request) -> Result<R
     if outcomes.is_empty() {
         return Err(ApiError::bad_request("the request holds no instance"));
     }
+    // The request carried these studies to their end (with
+    // pipeline.release_grace_s, they may close after the grace).
+    let studies: std::collections::BTreeSet<&str> = outcomes
+        .iter()
+        .filter(|o| o.failure.is_none())
+        .filter_map(|o| o.study_instance_uid.as_deref())
+        .collect();
+    app.ingest.request_ended(studies);
     Ok(response(
         &base_url(&app, &headers),
         study.as_deref(),
@@ -355,6 +363,7 @@ fn check_and_store(
         peer,
         bytes: staged.bytes,
         sha256: hex::encode(staged.hasher.finalize()),
+        association: None,
     };
     // One header parse, in the ingest: it checks the study of the URL too.
     let stored = app.ingest.store_checked(received, Source::Stow, study);

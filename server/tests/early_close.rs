@@ -1,0 +1,191 @@
+//! Closing a study sooner than the stable age (`pipeline.release_grace_s`):
+//! the association (or STOW-RS request) that carried it ended normally,
+//! plus the grace. The stable age is 30 s in these tests, so a study that
+//! completes within seconds was closed by the release; one that must not
+//! close early is checked not to have closed after several seconds.
+//! Peers: DCMTK `storescu`, pynetdicom holding an association open
+//! (`tests/peers/hold_association.py`), STOW-RS.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Vigie, base_config, dcmtk, demo_studies, multipart, storescu_args, token, uids};
+use vigie_test_support::{python, repo_root};
+
+fn config() -> String {
+    base_config(
+        r#"
+[[routing.rules]]
+name = "brain-mr"
+modalities = ["MR"]
+"#,
+    )
+    .replace(
+        "stable_age_s = 1.0",
+        "stable_age_s = 30.0\nrelease_grace_s = 0.3",
+    )
+}
+
+fn details(record: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(record["details"].as_str().unwrap()).unwrap()
+}
+
+/// The `study_complete` records of a study: (instances, closed_by).
+fn completions(vigie: &Vigie, study: &str) -> Vec<(u64, String)> {
+    vigie
+        .audit_records(&format!("kind=study_complete&study={study}"))
+        .iter()
+        .map(details)
+        .map(|d| {
+            (
+                d["instances"].as_u64().unwrap(),
+                d["closed_by"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// pynetdicom storing `count` instances of `file`'s study on one
+/// association, `pause` seconds apart, then releasing (or aborting) it.
+fn holder(
+    vigie: &Vigie,
+    file: &std::path::Path,
+    first: u32,
+    count: u32,
+    pause: f64,
+    abort: bool,
+) -> std::process::Child {
+    let mut command = Command::new(python());
+    command
+        .arg(repo_root().join("tests/peers/hold_association.py"))
+        .args(["127.0.0.1", &vigie.dicom.to_string()])
+        .arg(file)
+        .args(["--first", &first.to_string(), "--count", &count.to_string()])
+        .args(["--pause", &pause.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if abort {
+        command.arg("--abort");
+    }
+    command.spawn().expect("python runs")
+}
+
+fn finished(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn a_study_closes_once_the_association_that_carried_it_is_released() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vigie = Vigie::start(tmp.path(), &config());
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let (study, _, _) = uids(&demo[0]);
+    let out = dcmtk("storescu", &storescu_args(vigie.dicom, "-xs", &demo));
+    assert!(out.status.success());
+    let released = Instant::now();
+    vigie.wait_for(
+        "the study closed by the release",
+        Duration::from_secs(10),
+        |v| !completions(v, &study).is_empty(),
+    );
+    let took = released.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "closed {took:?} after the release, stable age 30 s"
+    );
+    assert_eq!(
+        completions(&vigie, &study),
+        [(1, "carrier_ended".to_string())]
+    );
+    vigie.wait_for("its job done", Duration::from_secs(60), |v| {
+        v.jobs().iter().any(|j| j["state"] == "done")
+    });
+}
+
+#[test]
+fn another_association_still_carrying_the_study_keeps_it_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vigie = Vigie::start(tmp.path(), &config());
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let (study, _, _) = uids(&demo[0]);
+    // One association stores an instance, waits 4 s, stores another.
+    let long = holder(&vigie, &demo[0], 1, 2, 4.0, false);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Meanwhile a second one stores a third instance and is released.
+    let short = holder(&vigie, &demo[0], 3, 1, 0.0, false);
+    assert!(finished(short).contains("released"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        completions(&vigie, &study).is_empty(),
+        "closed while the first association was still carrying it"
+    );
+    assert!(finished(long).contains("released"));
+    vigie.wait_for("the study closed", Duration::from_secs(10), |v| {
+        !completions(v, &study).is_empty()
+    });
+    assert_eq!(
+        completions(&vigie, &study),
+        [(3, "carrier_ended".to_string())],
+        "one study of three instances, closed once"
+    );
+}
+
+#[test]
+fn an_aborted_association_leaves_the_study_to_the_stable_age() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vigie = Vigie::start(tmp.path(), &config());
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let (study, _, _) = uids(&demo[0]);
+    assert!(finished(holder(&vigie, &demo[0], 1, 1, 0.0, true)).contains("aborted"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        completions(&vigie, &study).is_empty(),
+        "an abort does not close the study"
+    );
+    let kept = vigie
+        .audit_records("kind=association&outcome=aborted")
+        .len();
+    assert_eq!(kept, 1);
+}
+
+#[test]
+fn a_stow_rs_request_closes_its_studies_when_answered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vigie = Vigie::start(tmp.path(), &config());
+    let demo = demo_studies(&tmp.path().join("demo"), 2);
+    let response = vigie.http(
+        "POST",
+        "/dicomweb/studies",
+        Some(token("operator")),
+        &[(
+            "Content-Type",
+            "multipart/related; type=\"application/dicom\"; boundary=B-42",
+        )],
+        &multipart(&demo, "B-42"),
+    );
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    for file in &demo {
+        let (study, _, _) = uids(file);
+        vigie.wait_for(
+            "the study closed by the request's end",
+            Duration::from_secs(10),
+            |v| completions(v, &study) == [(1, "carrier_ended".to_string())],
+        );
+    }
+}
