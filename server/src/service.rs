@@ -562,7 +562,6 @@ const TLS_EXPIRY_HELP: &str =
 /// within 30 days.
 fn tls_loaded(audit: &Audit, metrics: &Metrics, outcome: &str, tls: &DicomTls) {
     let certificate = tls.certificate();
-    let days_left = certificate.seconds_left() / 86_400;
     metrics.set(
         TLS_EXPIRY,
         TLS_EXPIRY_HELP,
@@ -572,16 +571,10 @@ fn tls_loaded(audit: &Audit, metrics: &Metrics, outcome: &str, tls: &DicomTls) {
     tracing::info!(
         subject = %certificate.subject,
         sha256 = %certificate.sha256,
-        days_left,
+        days_left = certificate.seconds_left() / 86_400,
         "DICOM TLS certificate {outcome}"
     );
-    if days_left < 30 {
-        tracing::warn!(
-            subject = %certificate.subject,
-            days_left,
-            "the DICOM TLS certificate expires within 30 days: renew it (reloaded on SIGHUP or within dicom.tls.reload_check_s)"
-        );
-    }
+    warn_if_expiring(&certificate);
     audit.note(AuditEvent::new(
         EventKind::TlsCertificate,
         outcome,
@@ -597,11 +590,26 @@ fn tls_loaded(audit: &Audit, metrics: &Metrics, outcome: &str, tls: &DicomTls) {
     ));
 }
 
+/// A warning when the certificate presented expires within 30 days (at
+/// each load, and every six hours while it is in use).
+fn warn_if_expiring(certificate: &vigie_dicom_io::net::tls::CertificateSummary) {
+    let days_left = certificate.seconds_left() / 86_400;
+    if days_left < 30 {
+        tracing::warn!(
+            subject = %certificate.subject,
+            days_left,
+            "the DICOM TLS certificate expires within 30 days: renew it (reloaded on SIGHUP or within dicom.tls.reload_check_s)"
+        );
+    }
+}
+
 /// Reload the DICOM TLS files on SIGHUP, and when they change (checked
 /// every `check`; zero: on SIGHUP only). A set that does not load leaves
 /// the previous one in use, on record as `reload_failed`.
 async fn reload_tls(tls: Arc<DicomTls>, audit: Audit, metrics: Arc<Metrics>, check: Duration) {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let every = Duration::from_secs(6 * 3600);
+    let mut expiry_check = tokio::time::Instant::now() + every;
     loop {
         let hangup = async {
             match hangups.as_mut() {
@@ -624,6 +632,11 @@ async fn reload_tls(tls: Arc<DicomTls>, audit: Audit, metrics: Arc<Metrics>, che
                 true
             }
             () = periodic => false,
+            () = tokio::time::sleep_until(expiry_check) => {
+                expiry_check = tokio::time::Instant::now() + every;
+                warn_if_expiring(&tls.certificate());
+                continue;
+            }
         };
         let reloading = tls.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -108,6 +108,10 @@ reload_check_s = 0
 ae_title = "MOD1"
 certificate = "modality1.test"
 
+# An unbound entry of the same title opens no way around the certificate.
+[[dicom.allowed_callers]]
+ae_title = "MOD1"
+
 [[dicom.allowed_callers]]
 ae_title = "OTHER"
 "#,
@@ -294,34 +298,55 @@ fn results_are_delivered_over_tls_to_dcmtk_storescp_and_never_in_clear() {
     let (tmp, pki, ca, server) = hospital_pki();
     let modality = leaf(&pki, &ca, "modality1.test", "modality1", "");
     let pacs = leaf(&pki, &ca, "pacs.test", "pacs", ",IP:127.0.0.1");
+    let storescp = |tls: &[String], dir: &Path, port: u16| {
+        std::fs::create_dir_all(dir).unwrap();
+        Command::new("storescp")
+            .args(tls)
+            .args(["-aet", "PACS", "-od"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("storescp runs")
+    };
+    // One PACS over TLS (it requires and verifies Vigie's certificate, as
+    // storescp does by default); one that speaks only in clear but is
+    // configured with tls = true: Vigie must never send to it in clear.
+    let (tls_pacs, plain_pacs) = (free_port(), free_port());
     let received = tmp.path().join("pacs");
-    std::fs::create_dir_all(&received).unwrap();
-    let pacs_port = free_port();
-    // storescp requires and verifies the client's certificate (default).
-    let mut storescp = Command::new("storescp")
-        .args(tls_args(&pacs, &ca))
-        .args(["-aet", "PACS", "-od"])
-        .arg(&received)
-        .arg(pacs_port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("storescp runs");
+    let received_plain = tmp.path().join("pacs-plain");
+    let mut secure = storescp(&tls_args(&pacs, &ca), &received, tls_pacs);
+    let mut plain = storescp(&[], &received_plain, plain_pacs);
     let tls_port = free_port();
+    // The presented certificate is a copy, broken later to see the
+    // periodic check refuse it without a SIGHUP.
+    let presented = Issued {
+        certificate: pki.join("presented.crt"),
+        key: server.key.clone(),
+    };
+    replace(&server.certificate, &presented.certificate);
     let config = base_config(&format!(
         r#"
 [[routing.rules]]
 name = "brain-mr"
 modalities = ["MR"]
-destinations = ["pacs"]
+destinations = ["pacs", "plain"]
 
 [destinations.pacs]
 ae_title = "PACS"
 host = "127.0.0.1"
-port = {pacs_port}
+port = {tls_pacs}
 tls = true
-{tls}"#,
-        tls = tls_section(&server, &ca, tls_port),
+
+[destinations.plain]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {plain_pacs}
+tls = true
+{tls}reload_check_s = 1
+"#,
+        tls = tls_section(&presented, &ca, tls_port),
     ));
     let vigie = Vigie::start(tmp.path(), &config);
     let demo = demo_studies(&tmp.path().join("demo"), 1);
@@ -341,11 +366,49 @@ tls = true
         Duration::from_secs(90),
         |_| has_result(&received),
     );
+    vigie.wait_for(
+        "the failed TLS delivery to the plaintext PACS on record",
+        Duration::from_secs(30),
+        |v| {
+            v.audit_records("kind=result_delivery&outcome=failed")
+                .iter()
+                .map(details)
+                .any(|d| {
+                    d["destination"] == "plain"
+                        && d["tls"] == true
+                        && d["error"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("TLS handshake failed")
+                })
+        },
+    );
+    assert!(!has_result(&received_plain), "nothing sent in clear");
     // In TLS-only mode there is no plain listener.
-    let plain = std::net::TcpStream::connect(("127.0.0.1", vigie.dicom));
-    assert!(plain.is_err(), "TLS only: nothing listens in clear");
-    let _ = storescp.kill();
-    let _ = storescp.wait();
+    let listening = std::net::TcpStream::connect(("127.0.0.1", vigie.dicom));
+    assert!(listening.is_err(), "TLS only: nothing listens in clear");
+
+    // A renewal gone wrong, seen by the periodic check (no SIGHUP): the
+    // certificate file truncated. Refused; the certificate in use stays.
+    std::fs::write(
+        &presented.certificate,
+        "-----BEGIN CERTIFICATE-----\ntruncated",
+    )
+    .unwrap();
+    vigie.wait_for(
+        "the failed reload on record",
+        Duration::from_secs(10),
+        |v| {
+            !v.audit_records("kind=tls_certificate&outcome=reload_failed")
+                .is_empty()
+        },
+    );
+    let out = echo(tls_port, "MODALITY", &tls_args(&modality, &ca));
+    assert!(out.status.success(), "previous set in use: {}", text(&out));
+    for child in [&mut secure, &mut plain] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 #[test]

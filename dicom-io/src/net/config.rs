@@ -112,8 +112,8 @@ pub struct CallerConfig {
     /// Its IP address; unset: any address.
     #[serde(default)]
     pub address: Option<IpAddr>,
-    /// A name its TLS client certificate must carry (common name, or DNS
-    /// name or IP address of the Subject Alternative Name); set, this
+    /// A name its TLS client certificate must carry (matched as
+    /// [`crate::net::tls::CertificateSummary::carries`] says); set, this
     /// title is accepted only over TLS with such a certificate.
     #[serde(default)]
     pub certificate: Option<String>,
@@ -163,6 +163,17 @@ impl DicomConfig {
         }
         if self.max_associations == 0 {
             problems.push("dicom.max_associations: must be at least 1".into());
+        }
+        for (i, caller) in self.allowed_callers.iter().enumerate() {
+            if caller
+                .certificate
+                .as_deref()
+                .is_some_and(|n| n.trim().is_empty())
+            {
+                problems.push(format!(
+                    "dicom.allowed_callers[{i}].certificate: empty (name the certificate, or remove the key)"
+                ));
+            }
         }
         match &self.tls {
             Some(tls) => {
@@ -220,12 +231,9 @@ impl DicomConfig {
             .map(|c| AllowedCaller {
                 ae_title: c.ae_title.trim().to_string(),
                 address: c.address,
-                certificate: c
-                    .certificate
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|n| !n.is_empty())
-                    .map(str::to_string),
+                // Trimmed, kept even when empty (which matches no
+                // certificate: the title stays closed).
+                certificate: c.certificate.as_deref().map(|n| n.trim().to_string()),
             })
             .collect();
         if !self.sop_classes.is_empty() {

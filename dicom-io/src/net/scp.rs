@@ -66,10 +66,10 @@ pub struct AllowedCaller {
     pub ae_title: String,
     /// Its IP address, when the title alone is not trusted.
     pub address: Option<IpAddr>,
-    /// A name its TLS client certificate must carry (subject common name,
-    /// or a DNS name or IP address of its Subject Alternative Name); set,
-    /// the title is accepted only over TLS with a verified certificate
-    /// that names it.
+    /// A name its TLS client certificate must carry (matched as
+    /// [`CertificateSummary::carries`] says); set, the title is accepted
+    /// only over TLS with a verified certificate that carries it, by every
+    /// entry of that title.
     pub certificate: Option<String>,
 }
 
@@ -256,7 +256,7 @@ pub enum ScpEvent {
         contexts: usize,
         /// The TLS session (protocol, suite, the caller's certificate);
         /// `None` in clear.
-        tls: Option<TlsSession>,
+        tls: Option<Box<TlsSession>>,
     },
     /// An association request was rejected or failed before being
     /// established.
@@ -358,7 +358,6 @@ impl Access {
             .callers
             .iter()
             .filter(|c| c.ae_title == calling)
-            .filter(|c| c.address.is_none_or(|a| a == self.peer.to_canonical()))
             .filter_map(|c| c.certificate.as_deref())
             .collect();
         if bound.is_empty() {
@@ -394,14 +393,23 @@ impl AccessControl for Access {
             return Ok(());
         }
         let calling = trim_ae(calling_ae_title);
+        // A title bound to a certificate by any entry is let in only by
+        // its bound entries: an unbound entry of the same title does not
+        // open a way around the certificate.
+        let bound = self
+            .callers
+            .iter()
+            .any(|c| c.ae_title == calling && c.certificate.is_some());
         let known = self.callers.iter().any(|c| {
             c.ae_title == calling
                 && c.address.is_none_or(|a| a == self.peer.to_canonical())
-                && c.certificate.as_deref().is_none_or(|name| {
-                    self.certificate
+                && match c.certificate.as_deref() {
+                    Some(name) => self
+                        .certificate
                         .as_ref()
-                        .is_some_and(|cert| cert.names(name))
-                })
+                        .is_some_and(|cert| cert.carries(name)),
+                    None => !bound,
+                }
         });
         if known {
             Ok(())
@@ -518,7 +526,7 @@ pub async fn serve_listeners_until<H: StoreHandler>(
                 None => wait_for_request(&socket, &options)
                     .await
                     .map(|()| Connection::new(DicomStream::Plain(socket), options.max_pdu_length)),
-                Some(tls) => tls_request(socket, &tls, &options).await,
+                Some(tls) => tls_request(socket, peer, &tls, &options).await,
             };
             let conn = match opened {
                 Ok(conn) => conn,
@@ -541,6 +549,9 @@ pub async fn serve_listeners_until<H: StoreHandler>(
     for acceptor in acceptors {
         acceptor.abort();
     }
+    // Connections accepted but not yet served are closed now, not left
+    // waiting through the grace period.
+    drop(accepted_rx);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, limit.acquire_many(all))
         .await
@@ -583,15 +594,17 @@ async fn accept_loop(listener: Listener, accepted: tokio::sync::mpsc::Sender<Acc
 /// longer than `max_request_length`), both within the ARTIM time.
 async fn tls_request(
     socket: TcpStream,
+    peer: SocketAddr,
     tls: &DicomTls,
     options: &ScpOptions,
 ) -> Result<Connection<DicomStream>, String> {
     let open = async {
-        let mut stream = tls
-            .acceptor()
-            .accept(socket)
-            .await
-            .map_err(|e| describe_handshake_error(&e))?;
+        let mut stream = tls.acceptor().accept(socket).await.map_err(|e| {
+            // The detail (rustls's own words) at debug only: a peer
+            // can choose it, and a flood of them would flood the log.
+            tracing::debug!(%peer, error = %e, "DICOM TLS handshake failed");
+            describe_handshake_error(&e)
+        })?;
         let mut request = vec![0u8; 6];
         stream
             .read_exact(&mut request)
@@ -667,6 +680,9 @@ impl Drop for AddressSlot {
     }
 }
 
+/// Distinct reasons a refusal summary counts separately.
+const MAX_REFUSAL_REASONS: usize = 32;
+
 /// Connections refused before association, counted for the summary.
 #[derive(Debug, Default)]
 struct Refusals {
@@ -685,7 +701,13 @@ impl Refusals {
     fn add(&self, reason: impl Into<String>, peer: SocketAddr) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.since.get_or_insert_with(std::time::Instant::now);
-        *state.reasons.entry(reason.into()).or_insert(0) += 1;
+        let mut reason = reason.into();
+        // Bounded: past this many distinct reasons in a period, the rest
+        // count together.
+        if state.reasons.len() >= MAX_REFUSAL_REASONS && !state.reasons.contains_key(&reason) {
+            reason = "other reasons".into();
+        }
+        *state.reasons.entry(reason).or_insert(0) += 1;
         // Bounded: past this many, the count of addresses saturates.
         let address = peer.ip().to_canonical();
         if state.addresses.len() < 4096
@@ -1016,7 +1038,7 @@ impl<H: StoreHandler> Association<H> {
             peer,
             calling_ae_title: calling.clone(),
             contexts: negotiated.accepted_count(),
-            tls,
+            tls: tls.map(Box::new),
         });
         let mut association = Self {
             conn,

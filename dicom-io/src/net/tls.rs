@@ -181,9 +181,15 @@ pub struct CertificateSummary {
     pub subject: String,
     /// Issuer distinguished name.
     pub issuer: String,
-    /// Its names: the subject's common names, then the DNS names and IP
-    /// addresses of its Subject Alternative Name.
+    /// Its names, for people: the subject's common names, then the DNS
+    /// names and IP addresses of its Subject Alternative Name.
     pub names: Vec<String>,
+    /// The subject's common names.
+    pub common_names: Vec<String>,
+    /// The DNS names of its Subject Alternative Name.
+    pub dns_names: Vec<String>,
+    /// The IP addresses of its Subject Alternative Name.
+    pub ip_addresses: Vec<std::net::IpAddr>,
     /// End of validity (Unix seconds).
     pub not_after: i64,
     /// SHA-256 of the DER certificate (hex).
@@ -194,42 +200,70 @@ impl CertificateSummary {
     /// Read a DER certificate.
     pub fn of(der: &[u8]) -> Result<Self, String> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
-        let mut names: Vec<String> = cert
+        let common_names: Vec<String> = cert
             .subject()
             .iter_common_name()
             .filter_map(|cn| cn.as_str().ok())
             .map(str::to_string)
             .collect();
+        let (mut dns_names, mut ip_addresses) = (Vec::new(), Vec::new());
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             use x509_parser::extensions::GeneralName;
             for name in &san.value.general_names {
                 match name {
-                    GeneralName::DNSName(dns) => names.push((*dns).to_string()),
+                    GeneralName::DNSName(dns) => dns_names.push((*dns).to_string()),
                     GeneralName::IPAddress(bytes) => {
                         if let Ok(v4) = <[u8; 4]>::try_from(*bytes) {
-                            names.push(std::net::IpAddr::from(v4).to_string());
+                            ip_addresses.push(std::net::IpAddr::from(v4));
                         } else if let Ok(v6) = <[u8; 16]>::try_from(*bytes) {
-                            names.push(std::net::IpAddr::from(v6).to_string());
+                            ip_addresses.push(std::net::IpAddr::from(v6));
                         }
                     }
                     _ => {}
                 }
             }
         }
+        let names = common_names
+            .iter()
+            .chain(&dns_names)
+            .cloned()
+            .chain(ip_addresses.iter().map(ToString::to_string))
+            .collect();
         Ok(Self {
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
             names,
+            common_names,
+            dns_names,
+            ip_addresses,
             not_after: cert.validity().not_after.timestamp(),
             sha256: hex::encode(Sha256::digest(der)),
         })
     }
 
-    /// Whether `name` is one of the certificate's names (DNS names compare
-    /// without regard to case).
-    pub fn names(&self, name: &str) -> bool {
+    /// Whether the certificate carries `name`, as RFC 9525 matches
+    /// identities: an IP address against the Subject Alternative Name's
+    /// addresses only (any spelling of it); a DNS name against its DNS
+    /// names, without regard to case and without wildcards; the subject's
+    /// common name only when the certificate has no DNS name at all. An
+    /// empty name matches nothing.
+    pub fn carries(&self, name: &str) -> bool {
         let name = name.trim();
-        !name.is_empty() && self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+        if name.is_empty() {
+            return false;
+        }
+        if let Ok(address) = name.parse::<std::net::IpAddr>() {
+            return self
+                .ip_addresses
+                .iter()
+                .any(|a| a.to_canonical() == address.to_canonical());
+        }
+        let candidates = if self.dns_names.is_empty() {
+            &self.common_names
+        } else {
+            &self.dns_names
+        };
+        candidates.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 
     /// Seconds until the certificate expires (negative once it has).
@@ -438,15 +472,18 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(config("server certificate and key"))?;
-    // No session resumption by ticket: each association is authenticated
-    // afresh, and a renewed certificate or CA applies to every new one.
+    // No session resumption (TLS 1.3 tickets, TLS 1.2 session IDs): each
+    // association is authenticated afresh, its certificate checked again,
+    // and a renewed certificate or CA applies to every new one.
     server.send_tls13_tickets = 0;
-    let client = ClientConfig::builder_with_provider(provider)
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    let mut client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
         .map_err(config("protocol versions"))?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(config("client certificate and key"))?;
+    client.resumption = rustls::client::Resumption::disabled();
     Ok(Loaded {
         server: Arc::new(server),
         client: Arc::new(client),
@@ -600,30 +637,58 @@ impl AsyncWrite for DicomStream {
 }
 
 /// Why a TLS handshake failed, in words a support engineer can act on
-/// (the peer spoke in clear, its certificate is not trusted, …).
+/// (the peer spoke in clear, its certificate is not trusted, …). One of a
+/// fixed set of texts: nothing the peer chose (a certificate's dates, an
+/// algorithm identifier) is copied in, so that the refusal summary keyed
+/// by these texts stays small whatever a peer sends.
 pub fn describe_handshake_error(error: &io::Error) -> String {
+    use rustls::CertificateError as C;
     let inner = error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>());
-    match inner {
-        Some(rustls::Error::InvalidMessage(_)) => {
-            "TLS handshake failed: the peer does not speak TLS (plain DICOM on a TLS port?)".into()
+    let why = match inner {
+        Some(rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. }) => {
+            "the peer does not speak TLS (plain DICOM on a TLS port?)"
         }
-        Some(rustls::Error::NoCertificatesPresented) => {
-            "TLS handshake failed: the peer presented no certificate".into()
+        Some(rustls::Error::NoCertificatesPresented) => "the peer presented no certificate",
+        Some(rustls::Error::InvalidCertificate(why)) => match why {
+            C::UnknownIssuer => {
+                "the peer's certificate is refused (UnknownIssuer: not from a trusted CA)"
+            }
+            C::Expired | C::ExpiredContext { .. } => "the peer's certificate is refused (Expired)",
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the peer's certificate is refused (NotValidYet)"
+            }
+            C::Revoked => "the peer's certificate is refused (Revoked)",
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "the peer's certificate is refused (NotValidForName: it does not carry the expected name)"
+            }
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "the peer's certificate is refused (InvalidPurpose: wrong extended key usage)"
+            }
+            C::BadSignature
+            | C::UnsupportedSignatureAlgorithmContext { .. }
+            | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                "the peer's certificate is refused (bad or unsupported signature)"
+            }
+            C::BadEncoding => "the peer's certificate is refused (BadEncoding)",
+            _ => "the peer's certificate is refused (other reason)",
+        },
+        Some(rustls::Error::PeerIncompatible(_)) => {
+            "no common protocol version or cipher suite (the peer is outside BCP 195)"
         }
-        Some(rustls::Error::InvalidCertificate(why)) => {
-            format!("TLS handshake failed: the peer's certificate is refused ({why:?})")
+        Some(rustls::Error::AlertReceived(alert)) => {
+            return format!(
+                "TLS handshake failed: the peer ended it with the alert {alert:?} (does it trust this side's certificate and name?)"
+            );
         }
-        Some(rustls::Error::PeerIncompatible(why)) => {
-            format!("TLS handshake failed: no common protocol version or cipher suite ({why:?})")
+        Some(rustls::Error::PeerMisbehaved(_)) => "the peer broke the TLS protocol",
+        Some(_) => "TLS error",
+        None => {
+            return format!("TLS handshake failed: connection {:?}", error.kind());
         }
-        Some(rustls::Error::AlertReceived(alert)) => format!(
-            "TLS handshake failed: the peer ended it with the alert {alert:?} (does it trust this side's certificate and name?)"
-        ),
-        Some(other) => format!("TLS handshake failed: {other}"),
-        None => format!("TLS handshake failed: {error}"),
-    }
+    };
+    format!("TLS handshake failed: {why}")
 }
 
 #[cfg(test)]
@@ -654,10 +719,23 @@ mod tests {
             summary.subject
         );
         assert_eq!(summary.subject, summary.issuer, "self-signed");
-        assert!(summary.names("MODALITY1.test"), "DNS names ignore case");
-        assert!(summary.names("::1"));
-        assert!(!summary.names("modality2.test"));
-        assert!(!summary.names(" "), "an empty name matches nothing");
+        assert_eq!(summary.common_names, ["modality1"]);
+        assert_eq!(summary.dns_names, ["modality1.test"]);
+        assert!(summary.carries("MODALITY1.test"), "DNS names ignore case");
+        assert!(
+            !summary.carries("modality1"),
+            "the common name does not count when there are DNS names (RFC 9525)"
+        );
+        assert!(summary.carries("::1"));
+        assert!(
+            summary.carries("0:0:0:0:0:0:0:1"),
+            "any spelling of the address"
+        );
+        assert!(summary.carries("::ffff:127.0.0.1"), "IPv4-mapped");
+        assert!(!summary.carries("127.0.0.2"));
+        assert!(!summary.carries("modality2.test"));
+        assert!(!summary.carries("*.test"), "no wildcards");
+        assert!(!summary.carries(" "), "an empty name matches nothing");
         assert_eq!(summary.sha256.len(), 64);
         assert!(summary.seconds_left() > 86_400 * 365, "valid for ten years");
         assert!(CertificateSummary::of(b"not a certificate").is_err());
@@ -684,14 +762,16 @@ mod tests {
     }
 
     #[test]
-    fn files_that_do_not_load_are_named_in_the_error() {
+    fn files_that_do_not_load_are_named_and_a_failed_reload_keeps_the_set_in_use() {
+        use vigie_test_support::pki::{authority, leaf};
         let dir = tempfile::tempdir().unwrap();
-        let certificate = dir.path().join("c.pem");
-        std::fs::write(&certificate, TEST_CERTIFICATE).unwrap();
-        let files = |key: &Path, ca: Option<PathBuf>, client_auth| TlsFiles {
-            certificate: certificate.clone(),
+        let ca = authority(dir.path(), "test-ca");
+        let good = leaf(dir.path(), &ca, "vigie.test", "vigie", "");
+        let other = leaf(dir.path(), &ca, "other.test", "other", "");
+        let files = |key: &Path, ca_file: Option<PathBuf>, client_auth| TlsFiles {
+            certificate: good.certificate.clone(),
             private_key: key.to_path_buf(),
-            ca,
+            ca: ca_file,
             client_auth,
         };
         let missing = dir.path().join("absent.key");
@@ -720,21 +800,53 @@ mod tests {
             ),
             "{e}"
         );
-        let e = DicomTls::load(files(&empty, None, ClientAuth::Required)).unwrap_err();
+        // A good key: the CA checks are reached.
+        let e = DicomTls::load(files(&good.key, None, ClientAuth::Required)).unwrap_err();
+        assert!(matches!(e, TlsError::NoCa(ClientAuth::Required)), "{e}");
+        let no_ca = dir.path().join("ca.pem");
+        std::fs::write(&no_ca, "").unwrap();
+        let e = DicomTls::load(files(&good.key, Some(no_ca), ClientAuth::Required)).unwrap_err();
+        assert!(matches!(e, TlsError::Empty { what: "CA", .. }), "{e}");
+        let e = DicomTls::load(files(&other.key, None, ClientAuth::None)).unwrap_err();
         assert!(
-            matches!(e, TlsError::Empty { .. } | TlsError::NoCa(_)),
-            "{e}"
+            matches!(e, TlsError::Config { .. }),
+            "a key of another certificate: {e}"
         );
-        let not_ca = dir.path().join("ca.pem");
-        std::fs::write(&not_ca, "").unwrap();
-        let e = DicomTls::load(files(&empty, Some(not_ca), ClientAuth::Required)).unwrap_err();
-        assert!(matches!(e, TlsError::Empty { .. }), "{e}");
         assert!(server_name("pacs.hospital.example").is_ok());
         assert!(server_name("10.0.0.1").is_ok());
         assert!(matches!(
             server_name("not a name!"),
             Err(TlsError::ServerName { .. })
         ));
+
+        // Loaded; a change to the files is seen once; a broken set is
+        // refused and the one in use stays.
+        let key = dir.path().join("in-use.key");
+        std::fs::copy(&good.key, &key).unwrap();
+        let tls = DicomTls::load(files(
+            &key,
+            Some(ca.certificate.clone()),
+            ClientAuth::Required,
+        ))
+        .unwrap();
+        let in_use = tls.certificate().sha256;
+        assert!(tls.reload_if_changed().is_none(), "nothing changed");
+        // Another length, so that the change shows whatever the file
+        // system's time resolution.
+        let mut other_key = std::fs::read(&other.key).unwrap();
+        other_key.extend_from_slice(b"\n\n");
+        std::fs::write(&key, other_key).unwrap();
+        let failed = tls.reload_if_changed().expect("a change is seen");
+        assert!(matches!(failed, Err(TlsError::Config { .. })));
+        assert_eq!(tls.certificate().sha256, in_use, "the previous set stays");
+        assert!(
+            tls.reload_if_changed().is_none(),
+            "retried only on the next change"
+        );
+        std::fs::copy(&good.key, &key).unwrap();
+        // The same size and, within the file system's clock resolution,
+        // maybe the same time: a forced reload always reads.
+        assert!(tls.reload().is_ok());
     }
 
     /// Bounded, seeded fuzzing of the certificate reader (docs/fuzzing.md):
@@ -750,7 +862,8 @@ mod tests {
             fuzz::budget(6),
             |bytes| {
                 if let Ok(summary) = CertificateSummary::of(bytes) {
-                    let _ = summary.names("modality1.test");
+                    let _ = summary.carries("modality1.test");
+                    let _ = summary.carries("127.0.0.1");
                     let _ = summary.seconds_left();
                 }
             },

@@ -74,7 +74,7 @@ async fn reload_logging_on_sighup(file: Option<PathBuf>) {
             Ok(log) => tracing::warn!(
                 level = %log.level,
                 format = ?log.format,
-                "SIGHUP: log settings applied (DICOM TLS files reloaded too; other settings need a restart)"
+                "SIGHUP: log settings applied (other settings need a restart, but the [dicom.tls] files, when configured, are reloaded on SIGHUP too)"
             ),
             Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
         }
