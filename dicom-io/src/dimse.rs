@@ -65,6 +65,10 @@ pub mod field {
     pub const C_ECHO_RQ: u16 = 0x0030;
     /// C-ECHO-RSP.
     pub const C_ECHO_RSP: u16 = 0x8030;
+    /// C-FIND-RQ.
+    pub const C_FIND_RQ: u16 = 0x0020;
+    /// C-FIND-RSP.
+    pub const C_FIND_RSP: u16 = 0x8020;
 }
 
 /// Command Data Set Type (0000,0800) value meaning "no data set".
@@ -176,6 +180,19 @@ impl Command {
             message_id: Some(message_id),
             affected_sop_class_uid: Some(sop_class_uid.into()),
             affected_sop_instance_uid: Some(sop_instance_uid.into()),
+            priority: Some(0),
+            has_data_set: true,
+            ..Self::default()
+        }
+    }
+
+    /// C-FIND-RQ in the information model `sop_class_uid` (an identifier
+    /// data set follows), medium priority.
+    pub fn find_request(message_id: u16, sop_class_uid: &str) -> Self {
+        Self {
+            field: field::C_FIND_RQ,
+            message_id: Some(message_id),
+            affected_sop_class_uid: Some(sop_class_uid.into()),
             priority: Some(0),
             has_data_set: true,
             ..Self::default()

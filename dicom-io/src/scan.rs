@@ -296,6 +296,44 @@ impl Input for FileInput {
     }
 }
 
+/// A data set held in memory (a C-FIND identifier).
+struct SliceInput<'a> {
+    bytes: &'a [u8],
+    position: u64,
+}
+
+impl Input for SliceInput<'_> {
+    fn read_or_end(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        let start = usize::try_from(self.position).unwrap_or(usize::MAX);
+        let rest = self.bytes.get(start..).unwrap_or_default();
+        if rest.is_empty() && !buf.is_empty() {
+            return Ok(false);
+        }
+        let Some(chunk) = rest.get(..buf.len()) else {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        };
+        buf.copy_from_slice(chunk);
+        self.position += buf.len() as u64;
+        Ok(true)
+    }
+
+    fn skip(&mut self, n: u64) -> std::io::Result<()> {
+        if self.remaining().is_some_and(|r| r < n) {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.position += n;
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn remaining(&self) -> Option<u64> {
+        Some((self.bytes.len() as u64).saturating_sub(self.position))
+    }
+}
+
 struct InflatedInput<R: Read> {
     reader: R,
     position: u64,
@@ -444,6 +482,39 @@ pub fn scan_file(path: impl AsRef<Path>, limits: &Limits) -> Result<Scanned> {
             .map_err(|fault| fault.into_error(path, start))?;
         scanned.dataset_bytes = input.position - start;
     }
+    Ok(scanned)
+}
+
+/// Scan a data set held in memory (no file meta group), encoded in
+/// `transfer_syntax` (deflated syntaxes are refused), against `limits`:
+/// what comes from a peer outside a file, such as a C-FIND identifier,
+/// gets the same structural checks as a stored instance before any parser
+/// reads it. `what` names it in errors.
+pub fn scan_dataset(
+    bytes: &[u8],
+    transfer_syntax: &str,
+    limits: &Limits,
+    what: &Path,
+) -> Result<Scanned> {
+    let (encoding, deflated) = Encoding::of(transfer_syntax);
+    if deflated {
+        return Err(Error::Malformed {
+            path: what.to_path_buf(),
+            offset: 0,
+            reason: "a deflated data set is not accepted here".into(),
+        });
+    }
+    let mut scanned = Scanned {
+        transfer_syntax: transfer_syntax.to_string(),
+        dataset_bytes: 0,
+        elements: 0,
+        depth: 0,
+        image: ImageGeometry::default(),
+        pixel_data: PixelDataLayout::Absent,
+    };
+    let mut input = SliceInput { bytes, position: 0 };
+    walk(&mut input, encoding, limits, &mut scanned).map_err(|fault| fault.into_error(what, 0))?;
+    scanned.dataset_bytes = input.position;
     Ok(scanned)
 }
 

@@ -23,6 +23,9 @@ pub struct Backlog {
     released: std::sync::Mutex<HashMap<String, Released>>,
     /// Woken when a study is released, for the assembly loop.
     release_wake: tokio::sync::Notify,
+    /// What the PACS announced (C-FIND `NumberOfStudyRelatedInstances`)
+    /// for studies receiving: `None` while asked or when it did not say.
+    expected: std::sync::Mutex<HashMap<String, Option<u64>>>,
 }
 
 /// A study whose carrier ended: closable at `closes` unless an instance
@@ -44,6 +47,7 @@ impl Backlog {
             forget_after: Duration::from_secs(600),
             released: std::sync::Mutex::new(HashMap::new()),
             release_wake: tokio::sync::Notify::new(),
+            expected: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -121,6 +125,52 @@ impl Backlog {
         let mut released = self.released_map();
         released.remove(study);
         released.retain(|s, _| receiving.contains_key(s));
+        self.expected_map().retain(|s, _| receiving.contains_key(s));
+    }
+
+    fn expected_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<u64>>> {
+        self.expected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Receiving studies nobody asked the PACS about yet; each is marked
+    /// asked (at most `limit`).
+    pub fn to_ask(&self, limit: usize) -> Vec<String> {
+        let receiving = self.receiving();
+        let mut expected = self.expected_map();
+        let new: Vec<String> = receiving
+            .keys()
+            .filter(|s| !expected.contains_key(*s))
+            .take(limit)
+            .cloned()
+            .collect();
+        for study in &new {
+            expected.insert(study.clone(), None);
+        }
+        new
+    }
+
+    /// The PACS announced `count` instances for `study`.
+    pub fn expect(&self, study: &str, count: u64) {
+        if let Some(entry) = self.expected_map().get_mut(study) {
+            *entry = Some(count);
+            self.release_wake.notify_one();
+        }
+    }
+
+    /// Studies with an announced count, and the count.
+    pub fn expected_counts(&self) -> Vec<(String, u64)> {
+        self.expected_map()
+            .iter()
+            .filter_map(|(s, n)| n.map(|n| (s.clone(), n)))
+            .collect()
+    }
+
+    /// An instance of `study` is stored: wake the assembly loop when the
+    /// PACS announced a count for it (the count may be reached).
+    pub fn stored(&self, study: &str) {
+        if self.expected_map().get(study).is_some_and(Option::is_some) {
+            self.release_wake.notify_one();
+        }
     }
 
     fn released_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Released>> {

@@ -359,6 +359,10 @@ pub struct PipelineConfig {
     /// meanwhile, no other association carrying it); unset: only the
     /// stable age closes studies.
     pub release_grace_s: Option<f64>,
+    /// Ask this destination (a PACS) by C-FIND how many instances it holds
+    /// for each new study, and close the study once that many have
+    /// arrived; unset: not asked.
+    pub expected_instances_from: Option<String>,
     /// Inference worker threads; 0 queues jobs without running them.
     pub workers: usize,
     /// Jobs handed to workers ahead of time (the bounded queue).
@@ -385,6 +389,7 @@ impl Default for PipelineConfig {
         Self {
             stable_age_s: 10.0,
             release_grace_s: None,
+            expected_instances_from: None,
             workers: 1,
             queue_capacity: 4,
             max_attempts: 3,
@@ -629,6 +634,13 @@ impl Config {
             problems.push(
                 "pipeline.release_grace_s: longer than pipeline.stable_age_s, it would never close a study sooner".into(),
             );
+        }
+        if let Some(name) = &self.pipeline.expected_instances_from
+            && !self.destinations.contains_key(name)
+        {
+            problems.push(format!(
+                "pipeline.expected_instances_from: {name:?} is not a [destinations.*]"
+            ));
         }
         if self.pipeline.max_attempts == 0 {
             problems.push("pipeline.max_attempts: must be at least 1".into());
@@ -958,6 +970,7 @@ mod reference_tests {
             "http.tls.certificate",
             "http.tls.private_key",
             "pipeline.release_grace_s",
+            "pipeline.expected_instances_from",
             "dicom.tls.port",
             "dicom.tls.plaintext",
             "dicom.tls.certificate",

@@ -892,6 +892,7 @@ impl Ingest {
         let outcome = match self.try_store(&received, source, study, &mut uids) {
             Ok(record) => {
                 self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                self.backlog.stored(&record.study_instance_uid);
                 self.metrics
                     .inc(STORED, STORED_HELP, &[("source", source.as_str())]);
                 if let Ok(pixels) = self.pixels.lock()

@@ -59,19 +59,25 @@ fn holder(
     pause: f64,
     abort: bool,
 ) -> std::process::Child {
-    let mut command = Command::new(python());
-    command
-        .arg(repo_root().join("tests/peers/hold_association.py"))
-        .args(["127.0.0.1", &vigie.dicom.to_string()])
-        .arg(file)
-        .args(["--first", &first.to_string(), "--count", &count.to_string()])
-        .args(["--pause", &pause.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let (first, count, pause) = (first.to_string(), count.to_string(), pause.to_string());
+    let mut args = vec!["--first", &first, "--count", &count, "--pause", &pause];
     if abort {
-        command.arg("--abort");
+        args.push("--abort");
     }
-    command.spawn().expect("python runs")
+    peer(vigie.dicom, file, &args)
+}
+
+/// `tests/peers/hold_association.py` to `port` with `args`.
+fn peer(port: u16, file: &std::path::Path, args: &[&str]) -> std::process::Child {
+    Command::new(python())
+        .arg(repo_root().join("tests/peers/hold_association.py"))
+        .args(["127.0.0.1", &port.to_string()])
+        .arg(file)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs")
 }
 
 fn finished(child: std::process::Child) -> String {
@@ -188,4 +194,83 @@ fn a_stow_rs_request_closes_its_studies_when_answered() {
             |v| completions(v, &study) == [(1, "carrier_ended".to_string())],
         );
     }
+}
+
+#[test]
+fn a_study_closes_once_the_instances_the_pacs_announces_have_arrived() {
+    let tmp = tempfile::tempdir().unwrap();
+    let orthanc = vigie_test_support::Orthanc::start();
+    let demo = demo_studies(&tmp.path().join("demo"), 1);
+    let (study, _, _) = uids(&demo[0]);
+    // The PACS holds the study: three instances.
+    let out = peer(
+        orthanc.dicom,
+        &demo[0],
+        &["--first", "1", "--count", "3", "--called", "ORTHANC"],
+    );
+    assert!(finished(out).contains("released"));
+    let config = base_config(&format!(
+        r#"
+[[routing.rules]]
+name = "brain-mr"
+modalities = ["MR"]
+
+[destinations.pacs]
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = {}
+"#,
+        orthanc.dicom
+    ))
+    .replace(
+        "stable_age_s = 1.0",
+        "stable_age_s = 30.0\nexpected_instances_from = \"pacs\"",
+    );
+    let vigie = Vigie::start(tmp.path(), &config);
+    orthanc.rest(&[
+        "-X",
+        "PUT",
+        "-d",
+        &serde_json::json!({"AET": "VIGIE", "Host": "127.0.0.1", "Port": vigie.dicom}).to_string(),
+        &orthanc.url("/modalities/vigie"),
+    ]);
+    // Two of the three arrive, on an association held open: not closed.
+    let first = peer(
+        vigie.dicom,
+        &demo[0],
+        &["--first", "1", "--count", "2", "--hold", "3"],
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        completions(&vigie, &study).is_empty(),
+        "closed before the announced count arrived:\n{}",
+        vigie.log_text()
+    );
+    assert!(finished(first).contains("released"));
+    // The third, on an association held open 20 s: the count closes the
+    // study, not the release nor the stable age.
+    let last = peer(
+        vigie.dicom,
+        &demo[0],
+        &["--first", "3", "--count", "1", "--hold", "20"],
+    );
+    let sent = Instant::now();
+    vigie.wait_for(
+        "the study closed by the count",
+        Duration::from_secs(15),
+        |v| !completions(v, &study).is_empty(),
+    );
+    assert!(sent.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        completions(&vigie, &study),
+        [(3, "expected_count".to_string())]
+    );
+    assert!(
+        vigie
+            .log_text()
+            .contains("the PACS announces the study's instance count")
+    );
+    let mut last = last;
+    let _ = last.kill();
+    let _ = last.wait();
 }

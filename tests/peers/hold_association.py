@@ -5,7 +5,7 @@ Each instance is FILE with a new SOP Instance UID (FILE's, then ".<k>"),
 so that several instances of FILE's study and series go in.
 
 Usage: hold_association.py HOST PORT FILE --first K --count N
-           [--pause S] [--abort] [--calling AET] [--called AET]
+           [--pause S] [--hold S] [--abort] [--calling AET] [--called AET]
 Prints one line per instance: the status of its C-STORE-RSP (hex), and
 "released" or "aborted" at the end. Exit status 1 when association or a
 store fails.
@@ -24,6 +24,8 @@ parser.add_argument("file")
 parser.add_argument("--first", type=int, default=1)
 parser.add_argument("--count", type=int, default=1)
 parser.add_argument("--pause", type=float, default=0.0)
+parser.add_argument("--hold", type=float, default=0.0,
+                    help="seconds to keep the association open after the last store")
 parser.add_argument("--abort", action="store_true")
 parser.add_argument("--calling", default="HOLDER")
 parser.add_argument("--called", default="VIGIE")
@@ -47,6 +49,9 @@ for k in range(args.first, args.first + args.count):
     code = getattr(status, "Status", None)
     print(f"{code:04X}" if code is not None else "no answer", flush=True)
     failed |= code != 0
+if args.hold:
+    print("holding", flush=True)
+    time.sleep(args.hold)
 if args.abort:
     assoc.abort()
     print("aborted", flush=True)

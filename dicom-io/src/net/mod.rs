@@ -4,6 +4,8 @@
 //!   status of each refusal.
 //! - [`config`]: the `[dicom]` section of the configuration and the SCP
 //!   options it makes.
+//! - [`find`]: Query SCU (C-FIND, Study Root) for what Vigie asks a PACS,
+//!   its answers bounded and scanned before they are parsed.
 //! - [`message`]: the DIMSE message layer over P-DATA (command and data set
 //!   fragments, reassembly, splitting to the peer's maximum PDU length).
 //! - [`scp`]: Verification and Storage SCP with AE title and address checks,
@@ -19,6 +21,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod find;
 pub mod message;
 pub mod scp;
 pub mod scu;

@@ -212,45 +212,7 @@ pub async fn send_files(
             }
         }
     }
-    let associate_err = |reason: String| ScuError::Associate {
-        ae_title: remote.ae_title.clone(),
-        host: remote.host.clone(),
-        port: remote.port,
-        reason,
-    };
-    let proposal = Proposal {
-        calling_ae_title: options.calling_ae_title.clone(),
-        called_ae_title: remote.ae_title.clone(),
-        contexts: proposals,
-        max_pdu_length: options.max_pdu_length,
-    };
-    let establish = async {
-        let socket = tokio::net::TcpStream::connect((remote.host.as_str(), remote.port))
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        // Each C-STORE is a command PDU then the data set's PDUs: with
-        // Nagle's algorithm on, the data set's last segment waits for the
-        // peer to acknowledge the command, and a peer that delays its
-        // acknowledgements (DCMTK, hence Orthanc, as installed) makes every
-        // instance cost 40 ms or more. Best effort: a socket that refuses
-        // the option still works.
-        if let Err(e) = socket.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set on the SCU socket");
-        }
-        let stream = match &remote.tls {
-            None => DicomStream::Plain(socket),
-            Some(tls) => tls.connect(socket).await?,
-        };
-        let mut connection = Connection::new(stream, options.max_pdu_length);
-        let negotiated = ul::request(&mut connection, &proposal)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((connection, negotiated))
-    };
-    let (mut association, negotiated) = tokio::time::timeout(options.timeout, establish)
-        .await
-        .map_err(|_| associate_err("timeout".into()))?
-        .map_err(associate_err)?;
+    let (mut association, negotiated) = associate(remote, options, proposals).await?;
     let accepted: Vec<(u8, String, String)> = negotiated
         .contexts
         .iter()
@@ -329,6 +291,55 @@ pub async fn send_files(
     }
     let _ = tokio::time::timeout(options.timeout, ul::release(&mut association)).await;
     Ok(outcomes)
+}
+
+/// Open an association with `remote` proposing `contexts` (abstract
+/// syntax, transfer syntaxes), over TLS when the remote asks for it, within
+/// the options' timeout.
+pub(crate) async fn associate(
+    remote: &RemoteAe,
+    options: &ScuOptions,
+    contexts: Vec<(String, Vec<String>)>,
+) -> Result<(Connection<DicomStream>, ul::Negotiated), ScuError> {
+    let associate_err = |reason: String| ScuError::Associate {
+        ae_title: remote.ae_title.clone(),
+        host: remote.host.clone(),
+        port: remote.port,
+        reason,
+    };
+    let proposal = Proposal {
+        calling_ae_title: options.calling_ae_title.clone(),
+        called_ae_title: remote.ae_title.clone(),
+        contexts,
+        max_pdu_length: options.max_pdu_length,
+    };
+    let establish = async {
+        let socket = tokio::net::TcpStream::connect((remote.host.as_str(), remote.port))
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        // Each C-STORE is a command PDU then the data set's PDUs: with
+        // Nagle's algorithm on, the data set's last segment waits for the
+        // peer to acknowledge the command, and a peer that delays its
+        // acknowledgements (DCMTK, hence Orthanc, as installed) makes every
+        // instance cost 40 ms or more. Best effort: a socket that refuses
+        // the option still works.
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on the SCU socket");
+        }
+        let stream = match &remote.tls {
+            None => DicomStream::Plain(socket),
+            Some(tls) => tls.connect(socket).await?,
+        };
+        let mut connection = Connection::new(stream, options.max_pdu_length);
+        let negotiated = ul::request(&mut connection, &proposal)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((connection, negotiated))
+    };
+    tokio::time::timeout(options.timeout, establish)
+        .await
+        .map_err(|_| associate_err("timeout".into()))?
+        .map_err(associate_err)
 }
 
 async fn receive_response(

@@ -1,8 +1,9 @@
 //! Study assembly: a study is complete when no instance has arrived for
 //! `pipeline.stable_age_s`, or, with `pipeline.release_grace_s`, that long
 //! after the association or STOW-RS request that carried it ended
-//! normally; routing turns it into jobs in the same transaction that marks
-//! it complete.
+//! normally, or once the instance count the PACS announces for it has
+//! arrived (`pipeline.expected_instances_from`); routing turns it into
+//! jobs in the same transaction that marks it complete.
 
 use std::time::Duration;
 
@@ -51,7 +52,60 @@ impl Pipeline {
                 None => self.backlog.forget_release(&uid),
             }
         }
+        // Studies whose every instance the PACS announced has arrived
+        // (first reception round only: the count is the whole study's).
+        for (uid, expected) in self.backlog.expected_counts() {
+            if let Some(study) = self.catalog.stable_study(&uid, now)?
+                && study.generation == 0
+                && study.series.iter().map(|s| s.instances as u64).sum::<u64>() >= expected
+                && self.complete(router, &study, now, now, "expected_count")?
+            {
+                completed += 1;
+            }
+        }
         Ok(completed)
+    }
+
+    /// Ask the PACS of `pipeline.expected_instances_from` how many
+    /// instances it holds for each new study (C-FIND, Study Root,
+    /// `NumberOfStudyRelatedInstances`), at most 8 new studies a round,
+    /// each once; the answers arrive in the backlog.
+    fn ask_expected_counts(&self) {
+        let Some(name) = &self.config.pipeline.expected_instances_from else {
+            return;
+        };
+        let Some(remote) = self
+            .config
+            .destinations
+            .get(name)
+            .and_then(|d| self.remote(d))
+        else {
+            return;
+        };
+        let mut scu = vigie_dicom_io::net::scu::ScuOptions::new(&self.config.dicom.ae_title);
+        scu.timeout = Duration::from_secs(self.config.dicom.scu_timeout_s.max(1));
+        for study in self.backlog.to_ask(8) {
+            let (remote, scu, backlog, name) = (
+                remote.clone(),
+                scu.clone(),
+                self.backlog.clone(),
+                name.clone(),
+            );
+            tokio::spawn(async move {
+                match vigie_dicom_io::net::find::study_instance_count(&remote, &scu, &study).await {
+                    Ok(Some(count)) => {
+                        tracing::info!(%study, destination = %name, count, "the PACS announces the study's instance count");
+                        backlog.expect(&study, count);
+                    }
+                    Ok(None) => {
+                        tracing::debug!(%study, destination = %name, "the PACS gives no instance count for the study")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%study, destination = %name, error = %e, "cannot ask the PACS for the study's instance count")
+                    }
+                }
+            });
+        }
     }
 
     /// Route `study` and complete it with its jobs, unless an instance
@@ -91,6 +145,7 @@ impl Pipeline {
         let period =
             Duration::from_secs_f64((self.config.pipeline.stable_age_s / 4.0).clamp(0.1, 1.0));
         while !self.stop.is_cancelled() {
+            self.ask_expected_counts();
             let this = self.clone();
             let router = router.clone();
             let result = tokio::task::spawn_blocking(move || {

@@ -44,24 +44,7 @@ impl Pipeline {
                 }
                 continue;
             };
-            let tls = match (destination.tls, &self.dicom_tls) {
-                (false, _) => None,
-                (true, Some(tls)) => {
-                    let name = destination
-                        .server_name
-                        .as_deref()
-                        .unwrap_or(&destination.host);
-                    // Checked with the configuration: a valid name.
-                    vigie_dicom_io::net::tls::server_name(name)
-                        .ok()
-                        .map(|server_name| TlsDestination {
-                            tls: tls.clone(),
-                            server_name,
-                        })
-                }
-                (true, None) => None,
-            };
-            if destination.tls && tls.is_none() {
+            let Some(remote) = self.remote(destination) else {
                 // Never in clear to a destination that asked for TLS.
                 for item in &items {
                     self.catalog.outbox_failed(
@@ -72,12 +55,6 @@ impl Pipeline {
                     )?;
                 }
                 continue;
-            }
-            let remote = RemoteAe {
-                ae_title: destination.ae_title.clone(),
-                host: destination.host.clone(),
-                port: destination.port,
-                tls,
             };
             for chunk in items.chunks(batch) {
                 let paths: Vec<PathBuf> = chunk.iter().map(|i| i.path.clone()).collect();
@@ -168,6 +145,35 @@ impl Pipeline {
             }
         }
         Ok(delivered)
+    }
+
+    /// The remote AE of a destination, over TLS when it says `tls = true`;
+    /// `None` when it asks for TLS and `[dicom.tls]` is not loaded (never
+    /// in clear then).
+    pub(crate) fn remote(
+        &self,
+        destination: &crate::config::DestinationConfig,
+    ) -> Option<RemoteAe> {
+        let tls = if destination.tls {
+            let name = destination
+                .server_name
+                .as_deref()
+                .unwrap_or(&destination.host);
+            // Checked with the configuration: a valid name.
+            let server_name = vigie_dicom_io::net::tls::server_name(name).ok()?;
+            Some(TlsDestination {
+                tls: self.dicom_tls.clone()?,
+                server_name,
+            })
+        } else {
+            None
+        };
+        Some(RemoteAe {
+            ae_title: destination.ae_title.clone(),
+            host: destination.host.clone(),
+            port: destination.port,
+            tls,
+        })
     }
 
     fn retry_item(&self, item: &OutboxItem, error: &str) -> anyhow::Result<()> {
