@@ -23,9 +23,22 @@ pub struct Backlog {
     released: std::sync::Mutex<HashMap<String, Released>>,
     /// Woken when a study is released, for the assembly loop.
     release_wake: tokio::sync::Notify,
-    /// What the PACS announced (C-FIND `NumberOfStudyRelatedInstances`)
-    /// for studies receiving: `None` while asked or when it did not say.
-    expected: std::sync::Mutex<HashMap<String, Option<u64>>>,
+    /// For each study receiving: what its PACS announced (C-FIND
+    /// `NumberOfStudyRelatedInstances`) and how many instances were stored
+    /// since it started receiving.
+    expected: std::sync::Mutex<HashMap<String, Expected>>,
+    /// Studies already asked about (kept past their completion, so that a
+    /// later reception round is not asked again), with when.
+    asked: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Questions to the PACS in flight.
+    asking: std::sync::atomic::AtomicUsize,
+}
+
+/// A receiving study's count: announced, and stored so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Expected {
+    announced: Option<u64>,
+    stored: u64,
 }
 
 /// A study whose carrier ended: closable at `closes` unless an instance
@@ -48,6 +61,8 @@ impl Backlog {
             released: std::sync::Mutex::new(HashMap::new()),
             release_wake: tokio::sync::Notify::new(),
             expected: std::sync::Mutex::new(HashMap::new()),
+            asked: std::sync::Mutex::new(HashMap::new()),
+            asking: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -86,7 +101,12 @@ impl Backlog {
         let mut receiving = self.receiving();
         // A study admitted whose instance was then refused (a write that
         // failed) never completes: forgotten once quiet for long.
+        let before = receiving.len();
         receiving.retain(|_, last| last.elapsed() < self.forget_after);
+        if receiving.len() < before {
+            self.released_map().retain(|s, _| receiving.contains_key(s));
+            self.expected_map().retain(|s, _| receiving.contains_key(s));
+        }
         if let Some(last) = receiving.get_mut(study) {
             *last = Instant::now();
             // More is coming: a release before this instance no longer
@@ -104,6 +124,10 @@ impl Backlog {
             ));
         }
         receiving.insert(study.to_string(), Instant::now());
+        // A new reception round: nothing of a previous one counts.
+        self.released_map().remove(study);
+        self.expected_map()
+            .insert(study.to_string(), Expected::default());
         None
     }
 
@@ -128,48 +152,75 @@ impl Backlog {
         self.expected_map().retain(|s, _| receiving.contains_key(s));
     }
 
-    fn expected_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<u64>>> {
+    fn expected_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Expected>> {
         self.expected.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Receiving studies nobody asked the PACS about yet; each is marked
-    /// asked (at most `limit`).
-    pub fn to_ask(&self, limit: usize) -> Vec<String> {
+    /// Receiving studies nobody asked the PACS about yet (in any reception
+    /// round), while fewer than `max_in_flight` questions are in flight;
+    /// each is marked asked. Every one returned must get its
+    /// [`Backlog::answered`].
+    pub fn to_ask(&self, max_in_flight: usize) -> Vec<String> {
         let receiving = self.receiving();
-        let mut expected = self.expected_map();
+        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+        asked.retain(|s, at| receiving.contains_key(s) || at.elapsed() < self.forget_after);
+        let room = max_in_flight.saturating_sub(self.asking.load(Ordering::Relaxed));
         let new: Vec<String> = receiving
             .keys()
-            .filter(|s| !expected.contains_key(*s))
-            .take(limit)
+            .filter(|s| !asked.contains_key(*s))
+            .take(room)
             .cloned()
             .collect();
         for study in &new {
-            expected.insert(study.clone(), None);
+            asked.insert(study.clone(), Instant::now());
         }
+        self.asking.fetch_add(new.len(), Ordering::Relaxed);
         new
     }
 
-    /// The PACS announced `count` instances for `study`.
-    pub fn expect(&self, study: &str, count: u64) {
+    /// The PACS's answer for `study`: the count it announced, if any. A
+    /// count of 0 is no count.
+    pub fn answered(&self, study: &str, count: Option<u64>) {
+        self.asking.fetch_sub(1, Ordering::Relaxed);
+        let Some(count) = count.filter(|n| *n > 0) else {
+            return;
+        };
         if let Some(entry) = self.expected_map().get_mut(study) {
-            *entry = Some(count);
-            self.release_wake.notify_one();
+            entry.announced = Some(count);
+            if entry.stored >= count {
+                self.release_wake.notify_one();
+            }
         }
     }
 
-    /// Studies with an announced count, and the count.
+    /// Studies whose stored instances reached the count announced, and the
+    /// count (the catalog confirms it).
     pub fn expected_counts(&self) -> Vec<(String, u64)> {
         self.expected_map()
             .iter()
-            .filter_map(|(s, n)| n.map(|n| (s.clone(), n)))
+            .filter_map(|(s, e)| {
+                let n = e.announced?;
+                (e.stored >= n).then(|| (s.clone(), n))
+            })
             .collect()
     }
 
-    /// An instance of `study` is stored: wake the assembly loop when the
-    /// PACS announced a count for it (the count may be reached).
+    /// The count of `study` cannot be trusted (more instances than
+    /// announced): it no longer closes the study.
+    pub fn forget_count(&self, study: &str) {
+        if let Some(entry) = self.expected_map().get_mut(study) {
+            entry.announced = None;
+        }
+    }
+
+    /// An instance of `study` is stored: wake the assembly loop when that
+    /// reaches the count its PACS announced.
     pub fn stored(&self, study: &str) {
-        if self.expected_map().get(study).is_some_and(Option::is_some) {
-            self.release_wake.notify_one();
+        if let Some(entry) = self.expected_map().get_mut(study) {
+            entry.stored += 1;
+            if entry.announced.is_some_and(|n| entry.stored >= n) {
+                self.release_wake.notify_one();
+            }
         }
     }
 
@@ -182,7 +233,10 @@ impl Backlog {
     /// from now unless an instance of it arrives meanwhile. Studies not
     /// receiving are ignored.
     pub fn released(&self, study: &str, grace: Duration) {
-        if !self.receiving().contains_key(study) {
+        // Held across the insert: a study completed meanwhile is not
+        // marked released.
+        let receiving = self.receiving();
+        if !receiving.contains_key(study) {
             return;
         }
         let at = Instant::now();
@@ -193,6 +247,7 @@ impl Backlog {
                 closes: at + grace,
             },
         );
+        drop(receiving);
         self.release_wake.notify_one();
     }
 
@@ -292,5 +347,32 @@ mod tests {
         backlog.released("1.2", Duration::ZERO);
         backlog.forget_release("1.2");
         assert!(backlog.closable_early().is_empty());
+    }
+
+    #[test]
+    fn an_announced_count_closes_only_once_reached_and_a_zero_count_is_none() {
+        let backlog = Backlog::new(100, 0);
+        assert_eq!(backlog.admit("2.1"), None);
+        assert_eq!(backlog.admit("2.2"), None);
+        let mut asked = backlog.to_ask(1);
+        assert_eq!(asked.len(), 1, "one question in flight at most");
+        assert!(backlog.to_ask(1).is_empty());
+        backlog.answered(&asked[0], Some(2));
+        asked.extend(backlog.to_ask(1));
+        assert_eq!(asked.len(), 2);
+        assert!(backlog.to_ask(4).is_empty(), "each study asked once");
+        let (counted, zero) = (asked[0].clone(), asked[1].clone());
+        backlog.answered(&zero, Some(0));
+        backlog.stored(&counted);
+        backlog.stored(&zero);
+        assert!(backlog.expected_counts().is_empty(), "1 of 2 stored");
+        backlog.stored(&counted);
+        assert_eq!(backlog.expected_counts(), [(counted.clone(), 2)]);
+        backlog.forget_count(&counted);
+        assert!(backlog.expected_counts().is_empty());
+        // A later reception round of an asked study is not asked again.
+        backlog.completed(&counted, Duration::from_secs(60));
+        assert_eq!(backlog.admit(&counted), None);
+        assert!(backlog.to_ask(4).is_empty());
     }
 }

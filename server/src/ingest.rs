@@ -120,6 +120,10 @@ struct Admitted {
     replaced: Option<vigie_store::HeldInstance>,
 }
 
+/// STOW-RS carrier numbers, far above the DICOM listener's association
+/// numbers.
+static STOW_CARRIERS: AtomicU64 = AtomicU64::new(1 << 48);
+
 const STORED: &str = "vigie_instances_stored_total";
 const STORED_HELP: &str = "Instances stored durably and acknowledged, by source.";
 const REFUSED: &str = "vigie_instances_refused_total";
@@ -205,14 +209,19 @@ impl Ingest {
         self.carried.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A STOW-RS request that stored instances of `studies` was answered:
-    /// with `pipeline.release_grace_s`, they may close after the grace.
-    pub fn request_ended<'a>(&self, studies: impl IntoIterator<Item = &'a str>) {
-        if let Some(grace) = self.release_grace {
-            for study in studies {
-                self.backlog.released(study, grace);
-            }
-        }
+    /// A number for a STOW-RS request, as [`ReceivedInstance::association`]
+    /// of what it carries (apart from the DICOM listener's numbers); end it
+    /// with [`Ingest::carrier_ended`].
+    pub fn stow_carrier(&self) -> u64 {
+        STOW_CARRIERS.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The STOW-RS request `carrier` ended: answered (`normally`), or cut
+    /// (an error, the client gone). With `pipeline.release_grace_s`, the
+    /// studies it carried that nothing else carries may close after the
+    /// grace when it was answered.
+    pub fn carrier_ended(&self, carrier: u64, normally: bool) {
+        self.association_ended(carrier, normally);
     }
 
     /// Association `number` was released normally: with
@@ -360,7 +369,18 @@ impl Ingest {
             replaced,
         } = checked?;
         // A new study only while jobs and receiving studies leave room.
-        if let Some(reason) = self.backlog.admit(&record.study_instance_uid) {
+        let refused = self.backlog.admit(&record.study_instance_uid);
+        if refused.is_none()
+            && let (Some(carrier), Some(_)) = (received.association, self.release_grace)
+        {
+            // Carried from its admission on (kept if the store then
+            // fails: that only keeps the study open a little longer).
+            self.carried()
+                .entry(carrier)
+                .or_default()
+                .insert(record.study_instance_uid.clone());
+        }
+        if let Some(reason) = refused {
             return Err(StoreOutcome::failure(status::OUT_OF_RESOURCES, reason));
         }
         synced.map_err(cannot_store)?;
@@ -961,20 +981,7 @@ impl Ingest {
 
 impl StoreHandler for Ingest {
     fn store(&self, received: ReceivedInstance) -> StoreOutcome {
-        let association = received.association;
-        let stored = self.store_checked(received, Source::Dimse, None);
-        if let (Some(number), Some(study), Some(_)) = (
-            association,
-            stored.study_instance_uid.as_ref(),
-            self.release_grace,
-        ) && stored.outcome.status == status::SUCCESS
-        {
-            self.carried()
-                .entry(number)
-                .or_default()
-                .insert(study.clone());
-        }
-        stored.outcome
+        self.store_from(received, Source::Dimse)
     }
 
     fn admission(&self) -> Option<StoreOutcome> {

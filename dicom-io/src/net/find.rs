@@ -89,11 +89,14 @@ pub fn study_query(study_instance_uid: &str, return_keys: &[(Tag, VR)]) -> InMem
 }
 
 /// Run one C-FIND of `identifier` in the Study Root model against
-/// `remote`, then release the association.
+/// `remote`, then release the association; more than `max_matches`
+/// matches (at most [`MAX_MATCHES`]) is an error. Each PDU is bounded by
+/// the options' timeout; the caller bounds the whole.
 pub async fn find(
     remote: &RemoteAe,
     options: &ScuOptions,
     identifier: &InMemDicomObject,
+    max_matches: usize,
 ) -> Result<FindOutcome, ScuError> {
     let contexts = vec![(
         STUDY_ROOT_FIND.to_string(),
@@ -140,7 +143,13 @@ pub async fn find(
             .map_err(|_| transfer("timeout sending the C-FIND-RQ".into()))?
             .map_err(|e| transfer(e.to_string()))?;
     }
-    let outcome = read_responses(&mut association, &ts, options.timeout).await;
+    let outcome = read_responses(
+        &mut association,
+        &ts,
+        options.timeout,
+        max_matches.min(MAX_MATCHES),
+    )
+    .await;
     let _ = tokio::time::timeout(options.timeout, ul::release(&mut association)).await;
     outcome.map_err(transfer)
 }
@@ -150,6 +159,7 @@ async fn read_responses(
     association: &mut ul::Connection<super::tls::DicomStream>,
     transfer_syntax: &str,
     timeout: Duration,
+    max_matches: usize,
 ) -> Result<FindOutcome, String> {
     let mut assembler = MessageAssembler::new();
     let mut matches = Vec::new();
@@ -201,8 +211,8 @@ async fn read_responses(
                     if last {
                         let bytes = pending.take().unwrap_or_default();
                         matches.push(decode_identifier(&bytes, transfer_syntax)?);
-                        if matches.len() > MAX_MATCHES {
-                            return Err(format!("more than {MAX_MATCHES} matches"));
+                        if matches.len() > max_matches {
+                            return Err(format!("more than {max_matches} matches"));
                         }
                     }
                 }
@@ -223,7 +233,16 @@ pub async fn study_instance_count(
         study_instance_uid,
         &[(tags::NUMBER_OF_STUDY_RELATED_INSTANCES, VR::IS)],
     );
-    let outcome = find(remote, options, &query).await?;
+    // One deadline for the whole query, whatever the peer sends: a study
+    // has one match, a few are tolerated.
+    let outcome = tokio::time::timeout(options.timeout, find(remote, options, &query, 16))
+        .await
+        .map_err(|_| ScuError::Associate {
+            ae_title: remote.ae_title.clone(),
+            host: remote.host.clone(),
+            port: remote.port,
+            reason: "C-FIND not answered within the timeout".into(),
+        })??;
     if outcome.status != status::SUCCESS {
         return Err(ScuError::Associate {
             ae_title: remote.ae_title.clone(),

@@ -42,25 +42,55 @@ impl Pipeline {
         // Released studies whose grace is over, nothing received since
         // their release (by the monotonic clock): quiet since now.
         for uid in self.backlog.closable_early() {
-            match self.catalog.stable_study(&uid, now)? {
-                Some(study) => {
-                    if self.complete(router, &study, now, now, "carrier_ended")? {
-                        completed += 1;
+            match self.catalog.stable_study(&uid, now) {
+                Ok(Some(study)) => match self.complete(router, &study, now, now, "carrier_ended") {
+                    Ok(true) => completed += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        // The stable age will close it; no retry at every
+                        // round.
+                        tracing::error!(study = %uid, error = %e, "cannot close the released study");
+                        self.backlog.forget_release(&uid);
                     }
-                }
+                },
                 // Not receiving (closed meanwhile): nothing to wait for.
-                None => self.backlog.forget_release(&uid),
+                Ok(None) => self.backlog.forget_release(&uid),
+                Err(e) => {
+                    tracing::error!(study = %uid, error = %e, "cannot read the released study");
+                    self.backlog.forget_release(&uid);
+                }
             }
         }
         // Studies whose every instance the PACS announced has arrived
         // (first reception round only: the count is the whole study's).
         for (uid, expected) in self.backlog.expected_counts() {
-            if let Some(study) = self.catalog.stable_study(&uid, now)?
-                && study.generation == 0
-                && study.series.iter().map(|s| s.instances as u64).sum::<u64>() >= expected
-                && self.complete(router, &study, now, now, "expected_count")?
-            {
-                completed += 1;
+            let study = match self.catalog.stable_study(&uid, now) {
+                Ok(Some(study)) if study.generation == 0 => study,
+                Ok(_) => {
+                    self.backlog.forget_count(&uid);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(study = %uid, error = %e, "cannot read the study to count it");
+                    self.backlog.forget_count(&uid);
+                    continue;
+                }
+            };
+            let held: u64 = study.series.iter().map(|s| s.instances as u64).sum();
+            if held > expected {
+                // More than the PACS announced: its count was stale.
+                self.backlog.forget_count(&uid);
+                continue;
+            }
+            if held == expected {
+                match self.complete(router, &study, now, now, "expected_count") {
+                    Ok(true) => completed += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(study = %uid, error = %e, "cannot close the counted study");
+                        self.backlog.forget_count(&uid);
+                    }
+                }
             }
         }
         Ok(completed)
@@ -68,8 +98,8 @@ impl Pipeline {
 
     /// Ask the PACS of `pipeline.expected_instances_from` how many
     /// instances it holds for each new study (C-FIND, Study Root,
-    /// `NumberOfStudyRelatedInstances`), at most 8 new studies a round,
-    /// each once; the answers arrive in the backlog.
+    /// `NumberOfStudyRelatedInstances`), at most 4 questions in flight,
+    /// each study once; the answers arrive in the backlog.
     fn ask_expected_counts(&self) {
         let Some(name) = &self.config.pipeline.expected_instances_from else {
             return;
@@ -84,7 +114,7 @@ impl Pipeline {
         };
         let mut scu = vigie_dicom_io::net::scu::ScuOptions::new(&self.config.dicom.ae_title);
         scu.timeout = Duration::from_secs(self.config.dicom.scu_timeout_s.max(1));
-        for study in self.backlog.to_ask(8) {
+        for study in self.backlog.to_ask(4) {
             let (remote, scu, backlog, name) = (
                 remote.clone(),
                 scu.clone(),
@@ -95,13 +125,15 @@ impl Pipeline {
                 match vigie_dicom_io::net::find::study_instance_count(&remote, &scu, &study).await {
                     Ok(Some(count)) => {
                         tracing::info!(%study, destination = %name, count, "the PACS announces the study's instance count");
-                        backlog.expect(&study, count);
+                        backlog.answered(&study, Some(count));
                     }
                     Ok(None) => {
-                        tracing::debug!(%study, destination = %name, "the PACS gives no instance count for the study")
+                        tracing::debug!(%study, destination = %name, "the PACS gives no instance count for the study");
+                        backlog.answered(&study, None);
                     }
                     Err(e) => {
-                        tracing::warn!(%study, destination = %name, error = %e, "cannot ask the PACS for the study's instance count")
+                        tracing::warn!(%study, destination = %name, error = %e, "cannot ask the PACS for the study's instance count");
+                        backlog.answered(&study, None);
                     }
                 }
             });
@@ -173,7 +205,10 @@ impl Pipeline {
                 .map_or(period, |at| {
                     at.saturating_duration_since(std::time::Instant::now())
                 })
-                .min(period);
+                .min(period)
+                // A floor: a release past its time that cannot close (yet)
+                // never makes the loop spin.
+                .max(Duration::from_millis(20));
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.backlog.release_wakes() => {}

@@ -124,6 +124,13 @@ async fn run(app: AppState, study: Option<String>, request: Request) -> Result<R
     let mut total: u64 = 0;
     let mut current: Option<Staged> = None;
     let mut outcomes = Vec::new();
+    // What this request carries; ended when it returns, answered or not
+    // (an error, or the client gone and the future dropped).
+    let mut carrier = Carrier {
+        ingest: app.ingest.clone(),
+        id: app.ingest.stow_carrier(),
+        answered: false,
+    };
     let fail = |current: &mut Option<Staged>, e: ApiError| {
         if let Some(staged) = current.take() {
             let _ = std::fs::remove_file(&staged.path);
@@ -184,7 +191,9 @@ async fn run(app: AppState, study: Option<String>, request: Request) -> Result<R
                 }
                 Event::PartEnd => {
                     if let Some(staged) = current.take() {
-                        let outcome = finish_part(&app, staged, study.clone(), &caller, peer).await;
+                        let outcome =
+                            finish_part(&app, staged, study.clone(), &caller, peer, carrier.id)
+                                .await;
                         outcomes.push(outcome);
                     }
                 }
@@ -197,14 +206,9 @@ async fn run(app: AppState, study: Option<String>, request: Request) -> Result<R
     if outcomes.is_empty() {
         return Err(ApiError::bad_request("the request holds no instance"));
     }
-    // The request carried these studies to their end (with
+    // The request carried its studies to their end (with
     // pipeline.release_grace_s, they may close after the grace).
-    let studies: std::collections::BTreeSet<&str> = outcomes
-        .iter()
-        .filter(|o| o.failure.is_none())
-        .filter_map(|o| o.study_instance_uid.as_deref())
-        .collect();
-    app.ingest.request_ended(studies);
+    carrier.answered = true;
     Ok(response(
         &base_url(&app, &headers),
         study.as_deref(),
@@ -258,6 +262,7 @@ async fn finish_part(
     study: Option<String>,
     caller: &str,
     peer: SocketAddr,
+    carrier: u64,
 ) -> Outcome {
     if let Some(mut file) = staged.file.take()
         && let Err(e) = file.flush().await
@@ -271,7 +276,7 @@ async fn finish_part(
     let caller = caller.to_string();
     let path = staged.path.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let outcome = check_and_store(&app, staged, study.as_deref(), &caller, peer);
+        let outcome = check_and_store(&app, staged, study.as_deref(), &caller, peer, carrier);
         if let Some((code, reason)) = &outcome.failure {
             app.ingest.refused(
                 Source::Stow,
@@ -302,6 +307,7 @@ fn check_and_store(
     study: Option<&str>,
     caller: &str,
     peer: SocketAddr,
+    carrier: u64,
 ) -> Outcome {
     let mut outcome = Outcome {
         sop_class_uid: String::new(),
@@ -363,7 +369,7 @@ fn check_and_store(
         peer,
         bytes: staged.bytes,
         sha256: hex::encode(staged.hasher.finalize()),
-        association: None,
+        association: Some(carrier),
     };
     // One header parse, in the ingest: it checks the study of the URL too.
     let stored = app.ingest.store_checked(received, Source::Stow, study);
@@ -374,6 +380,20 @@ fn check_and_store(
         outcome.failure = Some((answer.status, answer.comment.unwrap_or_default()));
     }
     outcome
+}
+
+/// The studies a STOW-RS request carries: ended when dropped, normally
+/// once the request was answered (`answered`).
+struct Carrier {
+    ingest: std::sync::Arc<crate::ingest::Ingest>,
+    id: u64,
+    answered: bool,
+}
+
+impl Drop for Carrier {
+    fn drop(&mut self) {
+        self.ingest.carrier_ended(self.id, self.answered);
+    }
 }
 
 /// Warning headers with a reason, at most; then one that counts the rest.

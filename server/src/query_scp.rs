@@ -1,0 +1,336 @@
+//! The Query SCP's answers (C-FIND, PS3.4 C.4.1): a request identifier
+//! read into a web-index [`Search`], matched over what the appliance holds
+//! (received instances and its own result objects) with the QIDO-RS
+//! matching (PS3.4 C.2.2.2: single values, wildcards, UID lists, ranges),
+//! and each match written back as a response identifier holding every
+//! key asked for (values the index holds; zero length for those it does
+//! not).
+//!
+//! Study Root (STUDY, SERIES, IMAGE levels) and Patient Root (PATIENT,
+//! STUDY, SERIES, IMAGE). Keys above the queried level match as given (no
+//! hierarchical check that they are unique keys: a relational-style
+//! leniency that PS3.4 C.4.1.2.2.1 allows an SCP to offer without
+//! negotiating it, at no risk since every key is matched).
+
+use std::collections::BTreeMap;
+
+use dicom_core::value::PrimitiveValue;
+use dicom_core::{DataElement, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use vigie_dicom_io::dimse::status;
+use vigie_dicom_io::net::scp::{FindAnswer, FindRequest};
+use vigie_dicom_io::web::{self, Level};
+use vigie_store::query::{Group, MAX_LIMIT, Search, groups};
+use vigie_store::{WebIndex, WebScope};
+
+/// Patient Root Query/Retrieve Information Model - FIND.
+pub const PATIENT_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.1.1";
+/// Study Root Query/Retrieve Information Model - FIND.
+pub const STUDY_ROOT_FIND: &str = vigie_dicom_io::net::find::STUDY_ROOT_FIND;
+
+/// Status A900: identifier does not match SOP class.
+const IDENTIFIER_MISMATCH: u16 = 0xA900;
+/// Status C000: unable to process.
+const UNABLE_TO_PROCESS: u16 = 0xC000;
+
+/// The queried level, as the identifier's Query/Retrieve Level says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryLevel {
+    /// PATIENT (Patient Root only).
+    Patient,
+    /// STUDY, SERIES or IMAGE.
+    Index(Level),
+}
+
+impl QueryLevel {
+    /// The level's name as written in (0008,0052).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Patient => "PATIENT",
+            Self::Index(Level::Study) => "STUDY",
+            Self::Index(Level::Series) => "SERIES",
+            Self::Index(Level::Instance) => "IMAGE",
+        }
+    }
+}
+
+/// What one request asked, for the audit trail and the log: level and
+/// the keywords of its matching keys (never their values: a Patient Name
+/// pattern is a patient identifier).
+#[derive(Debug, Clone, Default)]
+pub struct Asked {
+    /// The level's name.
+    pub level: String,
+    /// Keywords (or tags) of the keys with a value.
+    pub keys: Vec<String>,
+}
+
+fn text(element: &DataElement<InMemDicomObject>) -> String {
+    element
+        .to_str()
+        .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Answer a C-FIND over `index`.
+pub fn answer(index: &dyn WebIndex, request: &FindRequest) -> (FindAnswer, Asked) {
+    let failure = |code: u16, comment: &str, asked: Asked| {
+        (
+            FindAnswer {
+                matches: Vec::new(),
+                status: code,
+                comment: Some(comment.to_string()),
+            },
+            asked,
+        )
+    };
+    let identifier = &request.identifier;
+    let level_text = identifier
+        .element(tags::QUERY_RETRIEVE_LEVEL)
+        .map(text)
+        .unwrap_or_default();
+    let patient_root = request.model.trim_end_matches('\0') == PATIENT_ROOT_FIND;
+    let level = match level_text.as_str() {
+        "PATIENT" if patient_root => QueryLevel::Patient,
+        "STUDY" => QueryLevel::Index(Level::Study),
+        "SERIES" => QueryLevel::Index(Level::Series),
+        "IMAGE" => QueryLevel::Index(Level::Instance),
+        _ => {
+            return failure(
+                IDENTIFIER_MISMATCH,
+                "Query/Retrieve Level missing or not of this model",
+                Asked::default(),
+            );
+        }
+    };
+    let search_level = match level {
+        QueryLevel::Patient => Level::Study,
+        QueryLevel::Index(l) => l,
+    };
+    // The keys, as QIDO-RS parameters named by tag (so that attributes the
+    // index does not hold are set aside, not refused).
+    let mut params = Vec::new();
+    let mut asked = Asked {
+        level: level.name().to_string(),
+        keys: Vec::new(),
+    };
+    let mut study_scope = None;
+    for element in identifier.iter() {
+        let tag = element.header().tag;
+        if tag == tags::QUERY_RETRIEVE_LEVEL || tag == tags::SPECIFIC_CHARACTER_SET {
+            continue;
+        }
+        if element.vr() == VR::SQ {
+            continue;
+        }
+        let value = text(element);
+        if value.is_empty() {
+            continue;
+        }
+        let keyword = web::attribute(&web::tag_key(tag))
+            .map_or_else(|| web::tag_key(tag), |a| a.keyword.to_string());
+        if level == QueryLevel::Patient
+            && !matches!(
+                tag,
+                tags::PATIENT_NAME | tags::PATIENT_ID | tags::PATIENT_BIRTH_DATE | tags::PATIENT_SEX
+            )
+        {
+            continue;
+        }
+        if tag == tags::STUDY_INSTANCE_UID && !value.contains(['\\', '*', '?', ',']) {
+            study_scope = Some(value.clone());
+        }
+        asked.keys.push(keyword);
+        params.push((web::tag_key(tag), value));
+    }
+    let search = match Search::parse(params, search_level) {
+        Ok(s) => s,
+        Err(e) => return failure(UNABLE_TO_PROCESS, &e.to_string(), asked),
+    };
+    let scope = WebScope {
+        study: study_scope,
+        series: None,
+        instance: None,
+    };
+    let rows = match index.web_instances(&scope) {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "C-FIND: the index cannot be read");
+            return failure(UNABLE_TO_PROCESS, "the index cannot be read", asked);
+        }
+    };
+    let grouped = groups(search_level, &rows);
+    let matched: Vec<&Group<'_>> = grouped.iter().filter(|g| search.matches(g)).collect();
+    let mut matches = Vec::new();
+    match level {
+        QueryLevel::Patient => {
+            let mut patients: BTreeMap<String, Vec<&Group<'_>>> = BTreeMap::new();
+            for g in &matched {
+                let id = g
+                    .value(patient_attribute(tags::PATIENT_ID))
+                    .unwrap_or_default();
+                patients.entry(id).or_default().push(g);
+            }
+            for studies in patients.values().take(MAX_LIMIT) {
+                matches.push(patient_identifier(identifier, studies));
+            }
+        }
+        QueryLevel::Index(l) => {
+            for g in matched.iter().take(MAX_LIMIT) {
+                matches.push(group_identifier(identifier, g, l));
+            }
+        }
+    }
+    if matched.len() > MAX_LIMIT {
+        tracing::warn!(
+            matches = matched.len(),
+            sent = MAX_LIMIT,
+            "C-FIND: more matches than sent"
+        );
+    }
+    (
+        FindAnswer {
+            matches,
+            status: status::SUCCESS,
+            comment: None,
+        },
+        asked,
+    )
+}
+
+fn patient_attribute(tag: Tag) -> &'static web::Attribute {
+    // The patient attributes are in the index's table (checked by test).
+    web::INDEXED
+        .iter()
+        .find(|a| a.tag == tag)
+        .unwrap_or(&web::INDEXED[0])
+}
+
+/// An element of `vr` holding `value` (backslash-separated values).
+fn element(tag: Tag, vr: VR, value: Option<String>) -> DataElement<InMemDicomObject> {
+    match value.filter(|v| !v.is_empty()) {
+        None => DataElement::new(tag, vr, PrimitiveValue::Empty),
+        Some(v) if v.contains('\\') => DataElement::new(
+            tag,
+            vr,
+            PrimitiveValue::Strs(v.split('\\').map(str::to_string).collect()),
+        ),
+        Some(v) => DataElement::new(tag, vr, PrimitiveValue::from(v)),
+    }
+}
+
+/// The response identifier: Query/Retrieve Level, then every key of the
+/// request with the group's value (zero length when the index does not
+/// hold it, or it belongs to a level below the one queried).
+fn group_identifier(request: &InMemDicomObject, group: &Group<'_>, level: Level) -> InMemDicomObject {
+    let mut out = InMemDicomObject::new_empty();
+    let mut non_ascii = false;
+    for asked in request.iter() {
+        let tag = asked.header().tag;
+        if tag == tags::SPECIFIC_CHARACTER_SET {
+            continue;
+        }
+        if tag == tags::QUERY_RETRIEVE_LEVEL {
+            out.put(asked.clone());
+            continue;
+        }
+        let known = web::attribute(&web::tag_key(tag)).filter(|a| a.level <= level);
+        let value = known.and_then(|a| group.value(a));
+        non_ascii |= value.as_deref().is_some_and(|v| !v.is_ascii());
+        let vr = known.map_or(asked.vr(), |a| a.vr);
+        out.put(element(tag, vr, value));
+    }
+    if non_ascii {
+        out.put(DataElement::new(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            PrimitiveValue::from("ISO_IR 192"),
+        ));
+    }
+    out
+}
+
+/// The response identifier of a patient: its attributes from its first
+/// study, and the counts over its studies.
+fn patient_identifier(request: &InMemDicomObject, studies: &[&Group<'_>]) -> InMemDicomObject {
+    let mut out = InMemDicomObject::new_empty();
+    let mut non_ascii = false;
+    let first = studies[0];
+    for asked in request.iter() {
+        let tag = asked.header().tag;
+        let value = match tag {
+            tags::SPECIFIC_CHARACTER_SET => continue,
+            tags::QUERY_RETRIEVE_LEVEL => {
+                out.put(asked.clone());
+                continue;
+            }
+            tags::PATIENT_NAME | tags::PATIENT_ID | tags::PATIENT_BIRTH_DATE | tags::PATIENT_SEX => {
+                first.value(patient_attribute(tag))
+            }
+            tags::NUMBER_OF_PATIENT_RELATED_STUDIES => Some(studies.len().to_string()),
+            tags::NUMBER_OF_PATIENT_RELATED_SERIES => Some(
+                studies
+                    .iter()
+                    .filter_map(|g| {
+                        g.value(
+                            web::COMPUTED
+                                .iter()
+                                .find(|a| a.tag == tags::NUMBER_OF_STUDY_RELATED_SERIES)?,
+                        )
+                    })
+                    .filter_map(|n| n.parse::<u64>().ok())
+                    .sum::<u64>()
+                    .to_string(),
+            ),
+            tags::NUMBER_OF_PATIENT_RELATED_INSTANCES => Some(
+                studies
+                    .iter()
+                    .filter_map(|g| {
+                        g.value(
+                            web::COMPUTED
+                                .iter()
+                                .find(|a| a.tag == tags::NUMBER_OF_STUDY_RELATED_INSTANCES)?,
+                        )
+                    })
+                    .filter_map(|n| n.parse::<u64>().ok())
+                    .sum::<u64>()
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        non_ascii |= value.as_deref().is_some_and(|v| !v.is_ascii());
+        let vr = match tag {
+            tags::NUMBER_OF_PATIENT_RELATED_STUDIES
+            | tags::NUMBER_OF_PATIENT_RELATED_SERIES
+            | tags::NUMBER_OF_PATIENT_RELATED_INSTANCES => VR::IS,
+            _ => asked.vr(),
+        };
+        out.put(element(tag, vr, value));
+    }
+    if non_ascii {
+        out.put(DataElement::new(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            PrimitiveValue::from("ISO_IR 192"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_patient_attributes_are_in_the_index() {
+        for tag in [
+            tags::PATIENT_NAME,
+            tags::PATIENT_ID,
+            tags::PATIENT_BIRTH_DATE,
+            tags::PATIENT_SEX,
+        ] {
+            assert_eq!(patient_attribute(tag).tag, tag);
+        }
+    }
+}
