@@ -63,6 +63,8 @@ event_kinds! {
     ConnectionsRefused => "connections_refused",
     /// The DICOM TLS certificate and trust loaded at start or reloaded.
     TlsCertificate => "tls_certificate",
+    /// A C-FIND answered (Query SCP).
+    DicomQuery => "dicom_query",
     /// A C-ECHO.
     Echo => "echo",
     /// An instance acknowledged (C-STORE or STOW-RS).

@@ -101,6 +101,9 @@ pub struct Ingest {
     /// With `pipeline.release_grace_s`: how long after its carrier ended a
     /// study may close.
     release_grace: Option<std::time::Duration>,
+    /// The index C-FIND answers from (`dicom.query`); `None`: no query
+    /// service.
+    web: Option<Arc<dyn vigie_store::WebIndex>>,
     /// The studies each open association has stored instances of.
     carried: std::sync::Mutex<std::collections::HashMap<u64, std::collections::BTreeSet<String>>>,
     /// Counters.
@@ -183,6 +186,7 @@ impl Ingest {
             duplicates: DuplicatePolicy::default(),
             stripes: std::array::from_fn(|_| std::sync::Mutex::new(())),
             release_grace: None,
+            web: None,
             carried: std::sync::Mutex::new(std::collections::HashMap::new()),
             stats: Arc::default(),
         }
@@ -192,6 +196,12 @@ impl Ingest {
     /// (`storage.duplicates`; keep the first by default).
     pub fn with_duplicate_policy(mut self, policy: DuplicatePolicy) -> Self {
         self.duplicates = policy;
+        self
+    }
+
+    /// Answer C-FIND from `web` (`dicom.query`).
+    pub fn with_query(mut self, web: Option<Arc<dyn vigie_store::WebIndex>>) -> Self {
+        self.web = web;
         self
     }
 
@@ -986,6 +996,59 @@ impl StoreHandler for Ingest {
 
     fn admission(&self) -> Option<StoreOutcome> {
         self.space_admission()
+    }
+
+    fn find(
+        &self,
+        request: vigie_dicom_io::net::scp::FindRequest,
+    ) -> vigie_dicom_io::net::scp::FindAnswer {
+        let Some(web) = &self.web else {
+            return vigie_dicom_io::net::scp::FindAnswer {
+                matches: Vec::new(),
+                status: status::SOP_CLASS_NOT_SUPPORTED,
+                comment: Some("no query service (dicom.query)".into()),
+            };
+        };
+        let (answer, asked) = crate::query_scp::answer(web.as_ref(), &request);
+        // Keywords only, never the values (patient identifiers).
+        tracing::info!(
+            calling = %request.calling_ae_title,
+            level = %asked.level,
+            keys = ?asked.keys,
+            matches = answer.matches.len(),
+            status = format!("0x{:04X}", answer.status),
+            "C-FIND answered"
+        );
+        self.metrics.inc(
+            "vigie_dicom_queries_total",
+            "C-FIND requests answered, by outcome (ok, failed).",
+            &[(
+                "outcome",
+                if answer.status == status::SUCCESS {
+                    "ok"
+                } else {
+                    "failed"
+                },
+            )],
+        );
+        self.audit.note(AuditEvent::new(
+            EventKind::DicomQuery,
+            if answer.status == status::SUCCESS {
+                "ok"
+            } else {
+                "failed"
+            },
+            serde_json::json!({
+                "calling_ae_title": request.calling_ae_title,
+                "model": request.model,
+                "level": asked.level,
+                "keys": asked.keys,
+                "matches": answer.matches.len(),
+                "status": format!("0x{:04X}", answer.status),
+                "comment": answer.comment,
+            }),
+        ));
+        answer
     }
 
     fn event(&self, event: ScpEvent) {

@@ -20,5 +20,6 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod query_scp;
 pub mod reviews;
 pub mod service;

@@ -24,10 +24,7 @@ use vigie_dicom_io::web::{self, Level};
 use vigie_store::query::{Group, MAX_LIMIT, Search, groups};
 use vigie_store::{WebIndex, WebScope};
 
-/// Patient Root Query/Retrieve Information Model - FIND.
-pub const PATIENT_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.1.1";
-/// Study Root Query/Retrieve Information Model - FIND.
-pub const STUDY_ROOT_FIND: &str = vigie_dicom_io::net::find::STUDY_ROOT_FIND;
+use vigie_dicom_io::net::find::PATIENT_ROOT_FIND;
 
 /// Status A900: identifier does not match SOP class.
 const IDENTIFIER_MISMATCH: u16 = 0xA900;
@@ -133,7 +130,10 @@ pub fn answer(index: &dyn WebIndex, request: &FindRequest) -> (FindAnswer, Asked
         if level == QueryLevel::Patient
             && !matches!(
                 tag,
-                tags::PATIENT_NAME | tags::PATIENT_ID | tags::PATIENT_BIRTH_DATE | tags::PATIENT_SEX
+                tags::PATIENT_NAME
+                    | tags::PATIENT_ID
+                    | tags::PATIENT_BIRTH_DATE
+                    | tags::PATIENT_SEX
             )
         {
             continue;
@@ -223,7 +223,11 @@ fn element(tag: Tag, vr: VR, value: Option<String>) -> DataElement<InMemDicomObj
 /// The response identifier: Query/Retrieve Level, then every key of the
 /// request with the group's value (zero length when the index does not
 /// hold it, or it belongs to a level below the one queried).
-fn group_identifier(request: &InMemDicomObject, group: &Group<'_>, level: Level) -> InMemDicomObject {
+fn group_identifier(
+    request: &InMemDicomObject,
+    group: &Group<'_>,
+    level: Level,
+) -> InMemDicomObject {
     let mut out = InMemDicomObject::new_empty();
     let mut non_ascii = false;
     for asked in request.iter() {
@@ -265,9 +269,10 @@ fn patient_identifier(request: &InMemDicomObject, studies: &[&Group<'_>]) -> InM
                 out.put(asked.clone());
                 continue;
             }
-            tags::PATIENT_NAME | tags::PATIENT_ID | tags::PATIENT_BIRTH_DATE | tags::PATIENT_SEX => {
-                first.value(patient_attribute(tag))
-            }
+            tags::PATIENT_NAME
+            | tags::PATIENT_ID
+            | tags::PATIENT_BIRTH_DATE
+            | tags::PATIENT_SEX => first.value(patient_attribute(tag)),
             tags::NUMBER_OF_PATIENT_RELATED_STUDIES => Some(studies.len().to_string()),
             tags::NUMBER_OF_PATIENT_RELATED_SERIES => Some(
                 studies

@@ -298,6 +298,7 @@ impl Service {
                 reserve.clone(),
             )
             .with_duplicate_policy(config.storage.duplicates)
+            .with_query(config.dicom.query.then(|| catalog.clone().as_web_index()))
             .with_release_grace(
                 config
                     .pipeline

@@ -233,13 +233,10 @@ port = {}
         "stable_age_s = 30.0\nexpected_instances_from = \"pacs\"",
     );
     let vigie = Vigie::start(tmp.path(), &config);
-    orthanc.rest(&[
-        "-X",
-        "PUT",
-        "-d",
-        &serde_json::json!({"AET": "VIGIE", "Host": "127.0.0.1", "Port": vigie.dicom}).to_string(),
-        &orthanc.url("/modalities/vigie"),
-    ]);
+    orthanc.add_modality(
+        "vigie",
+        &serde_json::json!({"AET": "VIGIE", "Host": "127.0.0.1", "Port": vigie.dicom}),
+    );
     // Two of the three arrive, on an association held open: not closed.
     let first = peer(
         vigie.dicom,

@@ -232,13 +232,25 @@ impl Orthanc {
         }
     }
 
+    /// Declare the modality `name` (`PUT /modalities/{name}`): an AE it
+    /// may query, retrieve from and send to.
+    pub fn add_modality(&self, name: &str, modality: &serde_json::Value) {
+        let modality = modality.to_string();
+        self.rest(&[
+            "-X",
+            "PUT",
+            "-d",
+            &modality,
+            &self.url(&format!("/modalities/{name}")),
+        ]);
+    }
+
     /// Declare the modality `name` (`PUT /modalities/{name}`), check it
     /// with a C-ECHO, then send it every study Orthanc holds by C-STORE,
     /// synchronously.
     pub fn store_all_to(&self, name: &str, modality: &serde_json::Value) {
-        let modality = modality.to_string();
+        self.add_modality(name, modality);
         let path = format!("/modalities/{name}");
-        self.rest(&["-X", "PUT", "-d", &modality, &self.url(&path)]);
         self.rest(&["-X", "POST", "-d", "{}", &self.url(&format!("{path}/echo"))]);
         let studies = self.rest(&[&self.url("/studies")]);
         let store = serde_json::json!({ "Resources": studies, "Synchronous": true }).to_string();

@@ -53,6 +53,9 @@ pub struct DicomConfig {
     pub refusal_summary_s: u64,
     /// DICOM over TLS; unset: DICOM in clear only.
     pub tls: Option<DicomTlsConfig>,
+    /// Answer C-FIND (Patient Root and Study Root) over what the appliance
+    /// holds, for the allowed callers.
+    pub query: bool,
 }
 
 /// `[dicom.tls]`: DICOM over TLS (PS3.15 Annex B, BCP 195).
@@ -138,6 +141,7 @@ impl Default for DicomConfig {
             max_pending_connections: 64,
             refusal_summary_s: 60,
             tls: None,
+            query: false,
         }
     }
 }
@@ -250,6 +254,12 @@ impl DicomConfig {
         options.max_connections_per_address = self.max_connections_per_address;
         options.max_pending_connections = self.max_pending_connections;
         options.refusal_summary_period = Duration::from_secs(self.refusal_summary_s.max(1));
+        if self.query {
+            options.query_models = vec![
+                crate::net::find::PATIENT_ROOT_FIND.to_string(),
+                crate::net::find::STUDY_ROOT_FIND.to_string(),
+            ];
+        }
         options
     }
 }

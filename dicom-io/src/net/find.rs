@@ -25,6 +25,9 @@ use crate::dimse::{Command, field, status};
 /// Study Root Query/Retrieve Information Model - FIND.
 pub const STUDY_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
 
+/// Patient Root Query/Retrieve Information Model - FIND.
+pub const PATIENT_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.1.1";
+
 /// Largest identifier accepted in a C-FIND-RSP.
 pub const MAX_IDENTIFIER_BYTES: usize = 1 << 20;
 

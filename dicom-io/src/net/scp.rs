@@ -56,6 +56,9 @@ use crate::write::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 /// Verification SOP Class.
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
+/// Status FF00: pending (a C-FIND match follows).
+const PENDING: u16 = 0xFF00;
+
 /// Default maximum PDU length we announce (bytes).
 pub const DEFAULT_MAX_PDU_LENGTH: u32 = 116_794;
 
@@ -96,6 +99,9 @@ pub struct ScpOptions {
     pub sop_classes: Vec<String>,
     /// Transfer syntaxes accepted, in order of preference.
     pub transfer_syntaxes: Vec<String>,
+    /// Query/Retrieve information models whose C-FIND is answered (the
+    /// handler's [`StoreHandler::find`]); empty: no query service.
+    pub query_models: Vec<String>,
     /// Maximum PDU length we announce.
     pub max_pdu_length: u32,
     /// How long a peer has to send its A-ASSOCIATE-RQ after connecting.
@@ -132,6 +138,7 @@ impl ScpOptions {
             allowed_callers: Vec::new(),
             sop_classes: default_sop_classes(),
             transfer_syntaxes: default_transfer_syntaxes(),
+            query_models: Vec::new(),
             max_pdu_length: DEFAULT_MAX_PDU_LENGTH,
             artim_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
@@ -212,6 +219,32 @@ pub struct ReceivedInstance {
     /// `None` when it did not come by C-STORE (STOW-RS).
     pub association: Option<u64>,
 }
+
+/// A C-FIND received: the information model of its presentation context
+/// and its identifier, parsed.
+#[derive(Debug, Clone)]
+pub struct FindRequest {
+    /// The information model (abstract syntax) it came on.
+    pub model: String,
+    /// The request identifier.
+    pub identifier: dicom_object::InMemDicomObject,
+    /// Calling AE title of the sender.
+    pub calling_ae_title: String,
+}
+
+/// The handler's answer to a C-FIND.
+#[derive(Debug, Clone)]
+pub struct FindAnswer {
+    /// The matches, each a response identifier, sent as pending responses.
+    pub matches: Vec<dicom_object::InMemDicomObject>,
+    /// The final status.
+    pub status: u16,
+    /// Error Comment of a failure.
+    pub comment: Option<String>,
+}
+
+/// Longest C-FIND identifier accepted from a peer.
+pub const MAX_FIND_IDENTIFIER: usize = 64 * 1024;
 
 /// The handler's answer to a C-STORE.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,6 +340,17 @@ pub enum ScpEvent {
         /// Seconds the summary covers.
         period_s: u64,
     },
+    /// A C-FIND was answered.
+    Queried {
+        /// The association's number.
+        association: u64,
+        /// Calling AE title.
+        calling_ae_title: String,
+        /// Matches sent.
+        matches: usize,
+        /// Final status sent.
+        status: u16,
+    },
     /// The association ended abnormally (abort, protocol error, timeout,
     /// connection lost); an instance being received is discarded, never
     /// acknowledged.
@@ -335,6 +379,18 @@ pub trait StoreHandler: Send + Sync + 'static {
     /// and answer with that outcome. Must not block for long.
     fn admission(&self) -> Option<StoreOutcome> {
         None
+    }
+
+    /// Answer a C-FIND on one of [`ScpOptions::query_models`]; runs on a
+    /// blocking thread. Without an implementation: SOP class not
+    /// supported.
+    fn find(&self, request: FindRequest) -> FindAnswer {
+        let _ = request;
+        FindAnswer {
+            matches: Vec::new(),
+            status: status::SOP_CLASS_NOT_SUPPORTED,
+            comment: Some("no query service".into()),
+        }
     }
 }
 
@@ -823,6 +879,8 @@ struct Incoming {
     bytes: u64,
     /// Set once something failed; the rest of the data set is discarded.
     failure: Option<StoreOutcome>,
+    /// For a C-FIND: its identifier, gathered in memory (bounded).
+    query: Option<Vec<u8>>,
 }
 
 impl Incoming {
@@ -837,6 +895,7 @@ impl Incoming {
             hasher: Sha256::new(),
             bytes: 0,
             failure: None,
+            query: None,
         }
     }
 
@@ -853,6 +912,7 @@ impl Incoming {
             hasher: Sha256::new(),
             bytes: 0,
             failure: None,
+            query: None,
         };
         let class = incoming.request.affected_sop_class_uid.clone();
         let instance = incoming.request.affected_sop_instance_uid.clone();
@@ -900,7 +960,28 @@ impl Incoming {
         Ok(writer)
     }
 
+    /// An incoming C-FIND identifier, gathered in memory.
+    fn query(context: u8, request: Command, transfer_syntax: &str, options: &ScpOptions) -> Self {
+        let mut incoming = Self::discard(context, request, transfer_syntax, options);
+        incoming.query = Some(Vec::new());
+        incoming
+    }
+
     fn write(&mut self, bytes: &[u8]) {
+        if let Some(identifier) = self.query.as_mut() {
+            if identifier.len() + bytes.len() > MAX_FIND_IDENTIFIER {
+                identifier.clear();
+                self.failure.get_or_insert_with(|| {
+                    StoreOutcome::failure(
+                        status::OUT_OF_RESOURCES,
+                        format!("identifier longer than {MAX_FIND_IDENTIFIER} bytes"),
+                    )
+                });
+            } else if self.failure.is_none() {
+                identifier.extend_from_slice(bytes);
+            }
+            return;
+        }
         self.bytes += bytes.len() as u64;
         self.hasher.update(bytes);
         if let Some(writer) = self.writer.as_mut()
@@ -978,6 +1059,7 @@ impl<H: StoreHandler> Association<H> {
             };
             let mut abstract_syntaxes: Vec<&str> = vec![VERIFICATION];
             abstract_syntaxes.extend(options.sop_classes.iter().map(String::as_str));
+            abstract_syntaxes.extend(options.query_models.iter().map(String::as_str));
             let transfer_syntaxes: Vec<&str> = options
                 .transfer_syntaxes
                 .iter()
@@ -1120,7 +1202,11 @@ impl<H: StoreHandler> Association<H> {
                                 }
                                 current.write(&bytes);
                                 if last && let Some(done) = incoming.take() {
-                                    self.finish_store(done).await?;
+                                    if done.query.is_some() {
+                                        self.finish_find(done).await?;
+                                    } else {
+                                        self.finish_store(done).await?;
+                                    }
                                 }
                             }
                         }
@@ -1195,6 +1281,21 @@ impl<H: StoreHandler> Association<H> {
                 }
                 Ok(Some(incoming))
             }
+            field::C_FIND_RQ
+                if command.has_data_set
+                    && self
+                        .options
+                        .query_models
+                        .iter()
+                        .any(|m| m == trim_uid(&abstract_syntax)) =>
+            {
+                Ok(Some(Incoming::query(
+                    context,
+                    command,
+                    &transfer_syntax,
+                    &self.options,
+                )))
+            }
             _ => {
                 // Anything else has no data set we could skip reliably when
                 // it claims one; answer "unrecognized operation" when it
@@ -1263,6 +1364,94 @@ impl<H: StoreHandler> Association<H> {
             status: outcome.status,
             comment: outcome.comment,
         });
+        Ok(())
+    }
+
+    /// Answer a C-FIND: one pending response with its identifier per
+    /// match, then the final response.
+    async fn finish_find(&mut self, mut incoming: Incoming) -> Result<(), String> {
+        let request = incoming.request.clone();
+        let context = incoming.context;
+        let model = self
+            .context_syntaxes(context)
+            .map(|(a, _)| trim_uid(&a).to_string())
+            .unwrap_or_default();
+        let bytes = incoming.query.take().unwrap_or_default();
+        let answer = match incoming.failure.take() {
+            Some(failure) => FindAnswer {
+                matches: Vec::new(),
+                status: failure.status,
+                comment: failure.comment,
+            },
+            None => match super::find::decode_identifier(&bytes, &incoming.transfer_syntax) {
+                Err(e) => FindAnswer {
+                    matches: Vec::new(),
+                    status: status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    comment: Some(format!("identifier cannot be read: {e}")),
+                },
+                Ok(identifier) => {
+                    let handler = self.handler.clone();
+                    let find = FindRequest {
+                        model,
+                        identifier,
+                        calling_ae_title: self.calling.clone(),
+                    };
+                    tokio::task::spawn_blocking(move || handler.find(find))
+                        .await
+                        .unwrap_or_else(|e| FindAnswer {
+                            matches: Vec::new(),
+                            status: status::PROCESSING_FAILURE,
+                            comment: Some(format!("query handler failed: {e}")),
+                        })
+                }
+            },
+        };
+        let syntax = {
+            use dicom_encoding::TransferSyntaxIndex;
+            dicom_transfer_syntax_registry::TransferSyntaxRegistry
+                .get(trim_uid(&incoming.transfer_syntax))
+                .ok_or_else(|| format!("unknown transfer syntax {}", incoming.transfer_syntax))?
+        };
+        let mut sent = 0;
+        for identifier in &answer.matches {
+            let mut data = Vec::new();
+            if let Err(e) = identifier.write_dataset_with_ts(&mut data, syntax) {
+                tracing::warn!(error = %e, "C-FIND: a match cannot be encoded; skipped");
+                continue;
+            }
+            let mut pending = request.response(PENDING, None);
+            pending.has_data_set = true;
+            self.send_fragments(context, PDataValueType::Command, &pending.encode())
+                .await?;
+            self.send_fragments(context, PDataValueType::Data, &data)
+                .await?;
+            sent += 1;
+        }
+        self.respond(context, &request, answer.status, answer.comment.as_deref())
+            .await?;
+        self.handler.event(ScpEvent::Queried {
+            association: self.number,
+            calling_ae_title: self.calling.clone(),
+            matches: sent,
+            status: answer.status,
+        });
+        Ok(())
+    }
+
+    /// Send `bytes` as PDVs of `kind` on `context`, each PDU bounded by the
+    /// PDU timeout.
+    async fn send_fragments(
+        &mut self,
+        context: u8,
+        kind: PDataValueType,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        for pdu in fragment(context, kind, bytes, self.negotiated.peer_max_pdu_length) {
+            tokio::time::timeout(self.options.pdu_timeout, self.conn.send(&pdu))
+                .await
+                .map_err(|_| "peer does not read its responses (dicom.pdu_timeout_s)".to_string())?
+                .map_err(|e| format!("cannot send response: {e}"))?;
+        }
         Ok(())
     }
 

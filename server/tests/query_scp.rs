@@ -1,0 +1,250 @@
+//! The Query SCP (C-FIND, Patient Root and Study Root, `dicom.query`)
+//! against real peers: DCMTK `findscu` at every level, with wildcards and
+//! UID keys, and Orthanc querying Vigie through its own query/retrieve
+//! (`/modalities/vigie/query`). The answers cover received instances and
+//! Vigie's own result objects (the SR of each study).
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Vigie, base_config, dcmtk, demo_studies, storescu_args, uids};
+use vigie_test_support::{Orthanc, python};
+
+/// The identifiers `findscu` extracted into `dir` (rsp0001.dcm, …), read
+/// by pydicom: one JSON object per response, keyword → value (text).
+fn responses(dir: &Path) -> Vec<serde_json::Value> {
+    let script = r#"
+import json, pathlib, sys
+import pydicom
+out = []
+for path in sorted(pathlib.Path(sys.argv[1]).glob("rsp*.dcm")):
+    ds = pydicom.dcmread(path, force=True)
+    out.append({e.keyword or str(e.tag): str(e.value) for e in ds if e.tag.group != 2})
+print(json.dumps(out))
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `findscu` (`-S` Study Root or `-P` Patient Root) with `keys`; the
+/// response identifiers.
+fn find(vigie: &Vigie, root: &str, keys: &[&str], dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut args: Vec<String> = [
+        root, "-aet", "FINDER", "-aec", "VIGIE", "-to", "10", "-X", "-od",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(dir.display().to_string());
+    for key in keys {
+        args.push("-k".into());
+        args.push((*key).to_string());
+    }
+    args.push("127.0.0.1".into());
+    args.push(vigie.dicom.to_string());
+    let out = dcmtk("findscu", &args);
+    assert!(
+        out.status.success(),
+        "findscu {keys:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    responses(dir)
+}
+
+fn config(query: bool) -> String {
+    let mut config = base_config(
+        r#"
+[[routing.rules]]
+name = "brain-mr"
+modalities = ["MR"]
+"#,
+    );
+    if query {
+        config = config.replace("artim_timeout_s = 5", "artim_timeout_s = 5\nquery = true");
+    }
+    config
+}
+
+#[test]
+fn findscu_and_orthanc_query_received_studies_and_vigie_s_results_at_every_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vigie = Vigie::start(tmp.path(), &config(true));
+    let demo = demo_studies(&tmp.path().join("demo"), 2);
+    let out = dcmtk("storescu", &storescu_args(vigie.dicom, "-xs", &demo));
+    assert!(out.status.success());
+    vigie.wait_for("both jobs done", Duration::from_secs(90), |v| {
+        v.jobs().iter().filter(|j| j["state"] == "done").count() == 2
+    });
+    let (study, _, _) = uids(&demo[0]);
+    let work = tmp.path().join("find");
+
+    // STUDY level, every study: the MR and the SR Vigie made.
+    let studies = find(
+        &vigie,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            "StudyInstanceUID",
+            "PatientName",
+            "ModalitiesInStudy",
+            "NumberOfStudyRelatedInstances",
+            "AccessionNumber",
+        ],
+        &work.join("studies"),
+    );
+    assert_eq!(studies.len(), 2, "{studies:?}");
+    for s in &studies {
+        assert_eq!(s["QueryRetrieveLevel"], "STUDY");
+        let modalities = s["ModalitiesInStudy"].as_str().unwrap();
+        assert!(
+            modalities.contains("MR") && modalities.contains("SR"),
+            "{s}"
+        );
+        assert_eq!(s["NumberOfStudyRelatedInstances"], "2", "{s}");
+        assert!(
+            s.get("AccessionNumber").is_some(),
+            "every key asked is returned: {s}"
+        );
+    }
+
+    // SERIES level in one study, by modality: the SR series only.
+    let series = find(
+        &vigie,
+        "-S",
+        &[
+            "QueryRetrieveLevel=SERIES",
+            &format!("StudyInstanceUID={study}"),
+            "SeriesInstanceUID",
+            "Modality=SR",
+            "NumberOfSeriesRelatedInstances",
+        ],
+        &work.join("series"),
+    );
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0]["Modality"], "SR");
+    assert_eq!(series[0]["StudyInstanceUID"], study);
+
+    // IMAGE level, a wildcard on the SOP Class UID list: the MR images.
+    let images = find(
+        &vigie,
+        "-S",
+        &[
+            "QueryRetrieveLevel=IMAGE",
+            "SOPInstanceUID",
+            "SOPClassUID=1.2.840.10008.5.1.4.1.1.4\\1.2.840.10008.5.1.4.1.1.7",
+        ],
+        &work.join("images"),
+    );
+    assert_eq!(images.len(), 2, "{images:?}");
+
+    // Patient Root, PATIENT level, a wildcard on the name.
+    let patients = find(
+        &vigie,
+        "-P",
+        &[
+            "QueryRetrieveLevel=PATIENT",
+            "PatientName=*",
+            "PatientID",
+            "NumberOfPatientRelatedStudies",
+        ],
+        &work.join("patients"),
+    );
+    let related: u64 = patients
+        .iter()
+        .map(|p| {
+            p["NumberOfPatientRelatedStudies"]
+                .as_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(related, 2, "{patients:?}");
+
+    // A name that matches nothing: no match, success.
+    let none = find(
+        &vigie,
+        "-S",
+        &["QueryRetrieveLevel=STUDY", "PatientName=NOBODY^*"],
+        &work.join("none"),
+    );
+    assert!(none.is_empty());
+
+    // On record, keys without their values.
+    let records = vigie.audit_records("kind=dicom_query");
+    assert!(records.len() >= 5, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| !r["details"].as_str().unwrap().contains("NOBODY")),
+        "query values (patient identifiers) never in the trail"
+    );
+    assert!(!vigie.log_text().contains("NOBODY"), "nor in the log");
+
+    // Orthanc queries Vigie through its own query/retrieve.
+    let orthanc = Orthanc::start();
+    orthanc.add_modality(
+        "vigie",
+        &serde_json::json!({"AET": "VIGIE", "Host": "127.0.0.1", "Port": vigie.dicom}),
+    );
+    let query = orthanc.rest(&[
+        "-X",
+        "POST",
+        "-d",
+        &serde_json::json!({"Level": "Study", "Query": {"StudyInstanceUID": "", "ModalitiesInStudy": ""}})
+            .to_string(),
+        &orthanc.url("/modalities/vigie/query"),
+    ]);
+    let id = query["ID"].as_str().unwrap();
+    let answers = orthanc.rest(&[&orthanc.url(&format!("/queries/{id}/answers?expand&simplify"))]);
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["ModalitiesInStudy"].as_str().unwrap().contains("SR"))
+    );
+}
+
+#[test]
+fn without_dicom_query_c_find_is_not_offered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vigie = Vigie::start(tmp.path(), &config(false));
+    let dir = tmp.path().join("find");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dcmtk(
+        "findscu",
+        &[
+            "-S".into(),
+            "-aec".into(),
+            "VIGIE".into(),
+            "-k".into(),
+            "QueryRetrieveLevel=STUDY".into(),
+            "127.0.0.1".into(),
+            vigie.dicom.to_string(),
+        ],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(vigie.audit_records("kind=dicom_query").is_empty());
+}
