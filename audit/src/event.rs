@@ -65,6 +65,8 @@ event_kinds! {
     TlsCertificate => "tls_certificate",
     /// A C-FIND answered (Query SCP).
     DicomQuery => "dicom_query",
+    /// A C-MOVE answered and its sub-operations done (Retrieve SCP).
+    DicomRetrieve => "dicom_retrieve",
     /// A C-ECHO.
     Echo => "echo",
     /// An instance acknowledged (C-STORE or STOW-RS).

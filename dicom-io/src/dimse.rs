@@ -69,6 +69,10 @@ pub mod field {
     pub const C_FIND_RQ: u16 = 0x0020;
     /// C-FIND-RSP.
     pub const C_FIND_RSP: u16 = 0x8020;
+    /// C-MOVE-RQ.
+    pub const C_MOVE_RQ: u16 = 0x0021;
+    /// C-MOVE-RSP.
+    pub const C_MOVE_RSP: u16 = 0x8021;
 }
 
 /// Command Data Set Type (0000,0800) value meaning "no data set".
@@ -133,6 +137,24 @@ pub struct Command {
     pub move_originator_ae_title: Option<String>,
     /// Move Originator Message ID (0000,1031).
     pub move_originator_message_id: Option<u16>,
+    /// Move Destination (0000,0600), C-MOVE-RQ.
+    pub move_destination: Option<String>,
+    /// Numbers of Remaining, Completed, Failed and Warning Sub-operations
+    /// (0000,1020 to 0000,1023), C-MOVE-RSP and C-GET-RSP.
+    pub sub_operations: Option<SubOperations>,
+}
+
+/// The sub-operation counts of a C-MOVE or C-GET response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubOperations {
+    /// Remaining (pending responses only).
+    pub remaining: Option<u16>,
+    /// Completed.
+    pub completed: u16,
+    /// Failed.
+    pub failed: u16,
+    /// Completed with a warning.
+    pub warning: u16,
 }
 
 const AFFECTED_SOP_CLASS: u16 = 0x0002;
@@ -146,6 +168,11 @@ const ERROR_COMMENT: u16 = 0x0902;
 const AFFECTED_SOP_INSTANCE: u16 = 0x1000;
 const MOVE_ORIGINATOR_AE: u16 = 0x1030;
 const MOVE_ORIGINATOR_ID: u16 = 0x1031;
+const MOVE_DESTINATION: u16 = 0x0600;
+const REMAINING: u16 = 0x1020;
+const COMPLETED: u16 = 0x1021;
+const FAILED: u16 = 0x1022;
+const WARNING: u16 = 0x1023;
 
 fn put(out: &mut Vec<u8>, element: u16, value: &[u8]) {
     out.extend_from_slice(&0u16.to_le_bytes());
@@ -227,6 +254,9 @@ impl Command {
         if let Some(id) = self.responding_to {
             put(&mut body, RESPONDING_TO, &id.to_le_bytes());
         }
+        if let Some(ae) = &self.move_destination {
+            put(&mut body, MOVE_DESTINATION, &text(ae, b' '));
+        }
         if let Some(p) = self.priority {
             put(&mut body, PRIORITY, &p.to_le_bytes());
         }
@@ -245,12 +275,21 @@ impl Command {
         if let Some(uid) = &self.affected_sop_instance_uid {
             put(&mut body, AFFECTED_SOP_INSTANCE, &text(uid, 0));
         }
+        if let Some(ops) = self.sub_operations {
+            if let Some(n) = ops.remaining {
+                put(&mut body, REMAINING, &n.to_le_bytes());
+            }
+            put(&mut body, COMPLETED, &ops.completed.to_le_bytes());
+            put(&mut body, FAILED, &ops.failed.to_le_bytes());
+            put(&mut body, WARNING, &ops.warning.to_le_bytes());
+        }
         if let Some(ae) = &self.move_originator_ae_title {
             put(&mut body, MOVE_ORIGINATOR_AE, &text(ae, b' '));
         }
         if let Some(id) = self.move_originator_message_id {
             put(&mut body, MOVE_ORIGINATOR_ID, &id.to_le_bytes());
         }
+
         let mut out = Vec::with_capacity(body.len() + 12);
         put(&mut out, 0x0000, &(body.len() as u32).to_le_bytes());
         out.extend_from_slice(&body);
@@ -305,6 +344,19 @@ impl Command {
                 AFFECTED_SOP_INSTANCE => command.affected_sop_instance_uid = Some(string()),
                 MOVE_ORIGINATOR_AE => command.move_originator_ae_title = Some(string()),
                 MOVE_ORIGINATOR_ID => command.move_originator_message_id = Some(us()?),
+                MOVE_DESTINATION => command.move_destination = Some(string()),
+                REMAINING | COMPLETED | FAILED | WARNING => {
+                    let n = us()?;
+                    let ops = command
+                        .sub_operations
+                        .get_or_insert_with(SubOperations::default);
+                    match element {
+                        REMAINING => ops.remaining = Some(n),
+                        COMPLETED => ops.completed = n,
+                        FAILED => ops.failed = n,
+                        _ => ops.warning = n,
+                    }
+                }
                 _ => {}
             }
         }

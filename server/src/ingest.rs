@@ -104,6 +104,8 @@ pub struct Ingest {
     /// The index C-FIND answers from (`dicom.query`); `None`: no query
     /// service.
     web: Option<Arc<dyn vigie_store::WebIndex>>,
+    /// Where C-MOVE may send, by AE title: the configured destinations.
+    move_destinations: std::collections::BTreeMap<String, vigie_dicom_io::net::scu::RemoteAe>,
     /// The studies each open association has stored instances of.
     carried: std::sync::Mutex<std::collections::HashMap<u64, std::collections::BTreeSet<String>>>,
     /// Counters.
@@ -187,6 +189,7 @@ impl Ingest {
             stripes: std::array::from_fn(|_| std::sync::Mutex::new(())),
             release_grace: None,
             web: None,
+            move_destinations: std::collections::BTreeMap::new(),
             carried: std::sync::Mutex::new(std::collections::HashMap::new()),
             stats: Arc::default(),
         }
@@ -199,9 +202,15 @@ impl Ingest {
         self
     }
 
-    /// Answer C-FIND from `web` (`dicom.query`).
-    pub fn with_query(mut self, web: Option<Arc<dyn vigie_store::WebIndex>>) -> Self {
+    /// Answer C-FIND and C-MOVE from `web` (`dicom.query`), C-MOVE sending
+    /// only to `destinations` (by AE title).
+    pub fn with_query(
+        mut self,
+        web: Option<Arc<dyn vigie_store::WebIndex>>,
+        destinations: std::collections::BTreeMap<String, vigie_dicom_io::net::scu::RemoteAe>,
+    ) -> Self {
         self.web = web;
+        self.move_destinations = destinations;
         self
     }
 
@@ -1051,6 +1060,60 @@ impl StoreHandler for Ingest {
         answer
     }
 
+    fn retrieve(
+        &self,
+        request: vigie_dicom_io::net::scp::RetrieveRequest,
+    ) -> vigie_dicom_io::net::scp::RetrieveAnswer {
+        use vigie_dicom_io::net::scp::{MOVE_DESTINATION_UNKNOWN, RetrieveAnswer};
+        let refuse = |status: u16, comment: String| RetrieveAnswer {
+            files: Vec::new(),
+            destination: None,
+            status,
+            comment: Some(comment),
+        };
+        let Some(web) = &self.web else {
+            return refuse(
+                status::SOP_CLASS_NOT_SUPPORTED,
+                "no retrieve service (dicom.query)".into(),
+            );
+        };
+        let Some(remote) = self.move_destinations.get(request.destination.trim()) else {
+            self.audit.note(AuditEvent::new(
+                EventKind::DicomRetrieve,
+                "refused",
+                serde_json::json!({
+                    "calling_ae_title": request.calling_ae_title,
+                    "destination": request.destination,
+                    "status": format!("0x{MOVE_DESTINATION_UNKNOWN:04X}"),
+                    "reason": "move destination unknown (not a [destinations.*] AE title)",
+                }),
+            ));
+            return refuse(
+                MOVE_DESTINATION_UNKNOWN,
+                format!("move destination {} unknown", request.destination.trim()),
+            );
+        };
+        match crate::query_scp::instances(web.as_ref(), &request.identifier, &request.model) {
+            Ok((files, asked)) => {
+                tracing::info!(
+                    calling = %request.calling_ae_title,
+                    destination = %request.destination,
+                    level = %asked.level,
+                    keys = ?asked.keys,
+                    instances = files.len(),
+                    "C-MOVE: sending"
+                );
+                RetrieveAnswer {
+                    files,
+                    destination: Some(remote.clone()),
+                    status: status::SUCCESS,
+                    comment: None,
+                }
+            }
+            Err((code, comment, _)) => refuse(code, comment),
+        }
+    }
+
     fn event(&self, event: ScpEvent) {
         // UIDs and AE titles only: no patient identifiers in the log.
         match event {
@@ -1158,6 +1221,45 @@ impl StoreHandler for Ingest {
                         "sample_addresses": sample.iter().map(ToString::to_string).collect::<Vec<_>>(),
                         "period_s": period_s,
                         "reasons": reasons.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    }),
+                ));
+            }
+            ScpEvent::Moved {
+                calling_ae_title,
+                destination,
+                completed,
+                failed,
+                warning,
+                status: code,
+                ..
+            } => {
+                tracing::info!(calling = %calling_ae_title, %destination, completed, failed, warning, status = format!("0x{code:04X}"), "C-MOVE answered");
+                self.metrics.inc(
+                    "vigie_dicom_retrieves_total",
+                    "C-MOVE requests answered, by outcome (ok, failed).",
+                    &[(
+                        "outcome",
+                        if code == status::SUCCESS {
+                            "ok"
+                        } else {
+                            "failed"
+                        },
+                    )],
+                );
+                self.audit.note(AuditEvent::new(
+                    EventKind::DicomRetrieve,
+                    if code == status::SUCCESS {
+                        "ok"
+                    } else {
+                        "failed"
+                    },
+                    serde_json::json!({
+                        "calling_ae_title": calling_ae_title,
+                        "destination": destination,
+                        "completed": completed,
+                        "failed": failed,
+                        "warning": warning,
+                        "status": format!("0x{code:04X}"),
                     }),
                 ));
             }

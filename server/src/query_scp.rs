@@ -24,7 +24,7 @@ use vigie_dicom_io::web::{self, Level};
 use vigie_store::query::{Group, MAX_LIMIT, Search, groups};
 use vigie_store::{WebIndex, WebScope};
 
-use vigie_dicom_io::net::find::PATIENT_ROOT_FIND;
+use vigie_dicom_io::net::find::{PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE};
 
 /// Status A900: identifier does not match SOP class.
 const IDENTIFIER_MISMATCH: u16 = 0xA900;
@@ -70,24 +70,28 @@ fn text(element: &DataElement<InMemDicomObject>) -> String {
         .unwrap_or_default()
 }
 
-/// Answer a C-FIND over `index`.
-pub fn answer(index: &dyn WebIndex, request: &FindRequest) -> (FindAnswer, Asked) {
-    let failure = |code: u16, comment: &str, asked: Asked| {
-        (
-            FindAnswer {
-                matches: Vec::new(),
-                status: code,
-                comment: Some(comment.to_string()),
-            },
-            asked,
-        )
-    };
-    let identifier = &request.identifier;
+/// A request read: its level, search, the index rows in scope, and what it
+/// asked (for the trail); or the failure to answer.
+struct Prepared {
+    level: QueryLevel,
+    search_level: Level,
+    search: Search,
+    rows: Vec<vigie_store::WebInstance>,
+    asked: Asked,
+}
+
+fn prepare(
+    index: &dyn WebIndex,
+    identifier: &InMemDicomObject,
+    model: &str,
+) -> Result<Prepared, (u16, String, Asked)> {
+    let failure = |code: u16, comment: &str, asked: Asked| Err((code, comment.to_string(), asked));
     let level_text = identifier
         .element(tags::QUERY_RETRIEVE_LEVEL)
         .map(text)
         .unwrap_or_default();
-    let patient_root = request.model.trim_end_matches('\0') == PATIENT_ROOT_FIND;
+    let patient_root =
+        [PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE].contains(&model.trim_end_matches('\0'));
     let level = match level_text.as_str() {
         "PATIENT" if patient_root => QueryLevel::Patient,
         "STUDY" => QueryLevel::Index(Level::Study),
@@ -160,6 +164,37 @@ pub fn answer(index: &dyn WebIndex, request: &FindRequest) -> (FindAnswer, Asked
             return failure(UNABLE_TO_PROCESS, "the index cannot be read", asked);
         }
     };
+    Ok(Prepared {
+        level,
+        search_level,
+        search,
+        rows,
+        asked,
+    })
+}
+
+/// Answer a C-FIND over `index`.
+pub fn answer(index: &dyn WebIndex, request: &FindRequest) -> (FindAnswer, Asked) {
+    let Prepared {
+        level,
+        search_level,
+        search,
+        rows,
+        asked,
+    } = match prepare(index, &request.identifier, &request.model) {
+        Ok(p) => p,
+        Err((status, comment, asked)) => {
+            return (
+                FindAnswer {
+                    matches: Vec::new(),
+                    status,
+                    comment: Some(comment),
+                },
+                asked,
+            );
+        }
+    };
+    let identifier = &request.identifier;
     let grouped = groups(search_level, &rows);
     let matched: Vec<&Group<'_>> = grouped.iter().filter(|g| search.matches(g)).collect();
     let mut matches = Vec::new();
@@ -197,6 +232,68 @@ pub fn answer(index: &dyn WebIndex, request: &FindRequest) -> (FindAnswer, Asked
         },
         asked,
     )
+}
+
+/// The files of the instances a C-MOVE identifier matches (every instance
+/// of each matching patient, study or series), in index order; or the
+/// failure to answer.
+pub fn instances(
+    index: &dyn WebIndex,
+    identifier: &InMemDicomObject,
+    model: &str,
+) -> Result<(Vec<std::path::PathBuf>, Asked), (u16, String, Asked)> {
+    let Prepared {
+        level,
+        search_level,
+        search,
+        rows,
+        asked,
+    } = prepare(index, identifier, model)?;
+    let key = |row: &vigie_store::WebInstance| -> (String, String, String) {
+        match search_level {
+            Level::Study => (row.study_instance_uid.clone(), String::new(), String::new()),
+            Level::Series => (
+                row.study_instance_uid.clone(),
+                row.series_instance_uid.clone(),
+                String::new(),
+            ),
+            Level::Instance => (
+                row.study_instance_uid.clone(),
+                row.series_instance_uid.clone(),
+                row.sop_instance_uid.clone(),
+            ),
+        }
+    };
+    let grouped = groups(search_level, &rows);
+    let matched: std::collections::BTreeSet<(String, String, String)> = match level {
+        QueryLevel::Patient => {
+            // Every study of each matching patient.
+            let patients: std::collections::BTreeSet<String> = grouped
+                .iter()
+                .filter(|g| search.matches(g))
+                .filter_map(|g| g.value(patient_attribute(tags::PATIENT_ID)))
+                .collect();
+            grouped
+                .iter()
+                .filter(|g| {
+                    g.value(patient_attribute(tags::PATIENT_ID))
+                        .is_some_and(|id| patients.contains(&id))
+                })
+                .map(|g| key(g.first))
+                .collect()
+        }
+        QueryLevel::Index(_) => grouped
+            .iter()
+            .filter(|g| search.matches(g))
+            .map(|g| key(g.first))
+            .collect(),
+    };
+    let files = rows
+        .iter()
+        .filter(|r| matched.contains(&key(r)))
+        .map(|r| r.path.clone())
+        .collect();
+    Ok((files, asked))
 }
 
 fn patient_attribute(tag: Tag) -> &'static web::Attribute {

@@ -298,7 +298,17 @@ impl Service {
                 reserve.clone(),
             )
             .with_duplicate_policy(config.storage.duplicates)
-            .with_query(config.dicom.query.then(|| catalog.clone().as_web_index()))
+            .with_query(
+                config.dicom.query.then(|| catalog.clone().as_web_index()),
+                config
+                    .destinations
+                    .values()
+                    .filter_map(|d| {
+                        crate::pipeline::delivery::remote_ae(d, dicom_tls.as_ref())
+                            .map(|r| (d.ae_title.trim().to_string(), r))
+                    })
+                    .collect(),
+            )
             .with_release_grace(
                 config
                     .pipeline

@@ -248,3 +248,119 @@ fn without_dicom_query_c_find_is_not_offered() {
     assert!(!out.status.success(), "{text}");
     assert!(vigie.audit_records("kind=dicom_query").is_empty());
 }
+
+#[test]
+fn movescu_and_orthanc_retrieve_a_study_and_its_results_to_a_configured_destination() {
+    let tmp = tempfile::tempdir().unwrap();
+    let received = tmp.path().join("pacs");
+    std::fs::create_dir_all(&received).unwrap();
+    let pacs_port = vigie_test_support::free_port();
+    let mut storescp = Command::new("storescp")
+        .args(["-aet", "PACS", "-od"])
+        .arg(&received)
+        .arg(pacs_port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("storescp runs");
+    let orthanc = Orthanc::start();
+    let config = config(true).replace(
+        "[[routing.rules]]",
+        &format!(
+            "[destinations.pacs]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\n[destinations.orthanc]\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\nport = {}\n\n[[routing.rules]]",
+            orthanc.dicom
+        ),
+    );
+    let vigie = Vigie::start(tmp.path(), &config);
+    let demo = demo_studies(&tmp.path().join("demo"), 2);
+    let out = dcmtk("storescu", &storescu_args(vigie.dicom, "-xs", &demo));
+    assert!(out.status.success());
+    vigie.wait_for("both jobs done", Duration::from_secs(90), |v| {
+        v.jobs().iter().filter(|j| j["state"] == "done").count() == 2
+    });
+    let (study, _, _) = uids(&demo[0]);
+    let movescu = |destination: &str| {
+        dcmtk(
+            "movescu",
+            &[
+                "-S",
+                "-aet",
+                "MOVER",
+                "-aec",
+                "VIGIE",
+                "-aem",
+                destination,
+                "-to",
+                "20",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                &format!("StudyInstanceUID={study}"),
+                "127.0.0.1",
+                &vigie.dicom.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        )
+    };
+    // To the configured PACS: the MR and the SR of the study, nothing else.
+    let out = movescu("PACS");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&received)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect()
+    };
+    vigie.wait_for("two instances at the PACS", Duration::from_secs(20), |_| {
+        names().len() == 2
+    });
+    let names = names();
+    assert!(names.iter().any(|n| n.starts_with("MR")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("SR")), "{names:?}");
+    let moved = vigie.audit_records("kind=dicom_retrieve&outcome=ok");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let details: serde_json::Value =
+        serde_json::from_str(moved[0]["details"].as_str().unwrap()).unwrap();
+    assert_eq!(details["completed"], 2);
+    assert_eq!(details["failed"], 0);
+
+    // To an AE that is not a destination: refused (A801), nothing sent.
+    let _ = movescu("NOWHERE");
+    vigie.wait_for("the refusal on record", Duration::from_secs(10), |v| {
+        !v.audit_records("kind=dicom_retrieve&outcome=refused")
+            .is_empty()
+    });
+
+    // Orthanc retrieves the study into itself through its own C-MOVE.
+    orthanc.add_modality(
+        "vigie",
+        &serde_json::json!({"AET": "VIGIE", "Host": "127.0.0.1", "Port": vigie.dicom}),
+    );
+    orthanc.rest(&[
+        "-X",
+        "POST",
+        "-d",
+        &serde_json::json!({
+            "Level": "Study",
+            "Resources": [{"StudyInstanceUID": study}],
+            "TargetAet": "ORTHANC",
+            "Synchronous": true,
+        })
+        .to_string(),
+        &orthanc.url("/modalities/vigie/move"),
+    ]);
+    vigie.wait_for(
+        "the study and its SR in Orthanc",
+        Duration::from_secs(20),
+        |_| orthanc.series_count("SR") == 1 && orthanc.series_count("MR") == 1,
+    );
+    let _ = storescp.kill();
+    let _ = storescp.wait();
+}

@@ -53,8 +53,9 @@ pub struct DicomConfig {
     pub refusal_summary_s: u64,
     /// DICOM over TLS; unset: DICOM in clear only.
     pub tls: Option<DicomTlsConfig>,
-    /// Answer C-FIND (Patient Root and Study Root) over what the appliance
-    /// holds, for the allowed callers.
+    /// Answer C-FIND and C-MOVE (Patient Root and Study Root) over what the
+    /// appliance holds, for the allowed callers (C-MOVE sends only to
+    /// configured destinations).
     pub query: bool,
 }
 
@@ -258,6 +259,10 @@ impl DicomConfig {
             options.query_models = vec![
                 crate::net::find::PATIENT_ROOT_FIND.to_string(),
                 crate::net::find::STUDY_ROOT_FIND.to_string(),
+            ];
+            options.retrieve_models = vec![
+                crate::net::find::PATIENT_ROOT_MOVE.to_string(),
+                crate::net::find::STUDY_ROOT_MOVE.to_string(),
             ];
         }
         options

@@ -56,8 +56,13 @@ use crate::write::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 /// Verification SOP Class.
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
-/// Status FF00: pending (a C-FIND match follows).
+/// Status FF00: pending (a C-FIND match follows, C-MOVE sub-operations go
+/// on).
 const PENDING: u16 = 0xFF00;
+/// Status B000: sub-operations complete, one or more failures or warnings.
+const SUB_OPERATIONS_WITH_FAILURES: u16 = 0xB000;
+/// Status A702: refused, unable to perform sub-operations.
+const UNABLE_TO_PERFORM_SUB_OPERATIONS: u16 = 0xA702;
 
 /// Default maximum PDU length we announce (bytes).
 pub const DEFAULT_MAX_PDU_LENGTH: u32 = 116_794;
@@ -102,6 +107,9 @@ pub struct ScpOptions {
     /// Query/Retrieve information models whose C-FIND is answered (the
     /// handler's [`StoreHandler::find`]); empty: no query service.
     pub query_models: Vec<String>,
+    /// Query/Retrieve information models whose C-MOVE is answered (the
+    /// handler's [`StoreHandler::retrieve`]); empty: no retrieve service.
+    pub retrieve_models: Vec<String>,
     /// Maximum PDU length we announce.
     pub max_pdu_length: u32,
     /// How long a peer has to send its A-ASSOCIATE-RQ after connecting.
@@ -139,6 +147,7 @@ impl ScpOptions {
             sop_classes: default_sop_classes(),
             transfer_syntaxes: default_transfer_syntaxes(),
             query_models: Vec::new(),
+            retrieve_models: Vec::new(),
             max_pdu_length: DEFAULT_MAX_PDU_LENGTH,
             artim_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
@@ -242,6 +251,38 @@ pub struct FindAnswer {
     /// Error Comment of a failure.
     pub comment: Option<String>,
 }
+
+/// A C-MOVE received: the information model, its identifier, and the AE
+/// title the matches are to be sent to.
+#[derive(Debug, Clone)]
+pub struct RetrieveRequest {
+    /// The information model (abstract syntax) it came on.
+    pub model: String,
+    /// The request identifier.
+    pub identifier: dicom_object::InMemDicomObject,
+    /// Calling AE title of the requester.
+    pub calling_ae_title: String,
+    /// Move Destination: the AE title to send to.
+    pub destination: String,
+}
+
+/// The handler's answer to a C-MOVE: the files to send and where, or the
+/// failure status.
+#[derive(Debug, Clone)]
+pub struct RetrieveAnswer {
+    /// The Part 10 files of the matching instances.
+    pub files: Vec<PathBuf>,
+    /// The destination's address (`None` with a failure status).
+    pub destination: Option<super::scu::RemoteAe>,
+    /// `0000` to go on, or the failure status to answer at once (`A801`
+    /// move destination unknown, `A900`, `C000`).
+    pub status: u16,
+    /// Error Comment of a failure.
+    pub comment: Option<String>,
+}
+
+/// Status A801: move destination unknown.
+pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
 
 /// Longest C-FIND identifier accepted from a peer.
 pub const MAX_FIND_IDENTIFIER: usize = 64 * 1024;
@@ -351,6 +392,23 @@ pub enum ScpEvent {
         /// Final status sent.
         status: u16,
     },
+    /// A C-MOVE was answered, its sub-operations done.
+    Moved {
+        /// The association's number.
+        association: u64,
+        /// Calling AE title.
+        calling_ae_title: String,
+        /// Move Destination.
+        destination: String,
+        /// Sub-operations: completed, failed, completed with a warning.
+        completed: u16,
+        /// Failed.
+        failed: u16,
+        /// With a warning.
+        warning: u16,
+        /// Final status sent.
+        status: u16,
+    },
     /// The association ended abnormally (abort, protocol error, timeout,
     /// connection lost); an instance being received is discarded, never
     /// acknowledged.
@@ -390,6 +448,19 @@ pub trait StoreHandler: Send + Sync + 'static {
             matches: Vec::new(),
             status: status::SOP_CLASS_NOT_SUPPORTED,
             comment: Some("no query service".into()),
+        }
+    }
+
+    /// Answer a C-MOVE on one of [`ScpOptions::retrieve_models`]: which
+    /// files to send where; runs on a blocking thread. The SCP sends them
+    /// (one association to the destination) and answers with the counts.
+    fn retrieve(&self, request: RetrieveRequest) -> RetrieveAnswer {
+        let _ = request;
+        RetrieveAnswer {
+            files: Vec::new(),
+            destination: None,
+            status: status::SOP_CLASS_NOT_SUPPORTED,
+            comment: Some("no retrieve service".into()),
         }
     }
 }
@@ -1060,6 +1131,7 @@ impl<H: StoreHandler> Association<H> {
             let mut abstract_syntaxes: Vec<&str> = vec![VERIFICATION];
             abstract_syntaxes.extend(options.sop_classes.iter().map(String::as_str));
             abstract_syntaxes.extend(options.query_models.iter().map(String::as_str));
+            abstract_syntaxes.extend(options.retrieve_models.iter().map(String::as_str));
             let transfer_syntaxes: Vec<&str> = options
                 .transfer_syntaxes
                 .iter()
@@ -1202,7 +1274,11 @@ impl<H: StoreHandler> Association<H> {
                                 }
                                 current.write(&bytes);
                                 if last && let Some(done) = incoming.take() {
-                                    if done.query.is_some() {
+                                    if done.query.is_some()
+                                        && done.request.field == field::C_MOVE_RQ
+                                    {
+                                        self.finish_move(done).await?;
+                                    } else if done.query.is_some() {
                                         self.finish_find(done).await?;
                                     } else {
                                         self.finish_store(done).await?;
@@ -1286,6 +1362,21 @@ impl<H: StoreHandler> Association<H> {
                     && self
                         .options
                         .query_models
+                        .iter()
+                        .any(|m| m == trim_uid(&abstract_syntax)) =>
+            {
+                Ok(Some(Incoming::query(
+                    context,
+                    command,
+                    &transfer_syntax,
+                    &self.options,
+                )))
+            }
+            field::C_MOVE_RQ
+                if command.has_data_set
+                    && self
+                        .options
+                        .retrieve_models
                         .iter()
                         .any(|m| m == trim_uid(&abstract_syntax)) =>
             {
@@ -1434,6 +1525,139 @@ impl<H: StoreHandler> Association<H> {
             calling_ae_title: self.calling.clone(),
             matches: sent,
             status: answer.status,
+        });
+        Ok(())
+    }
+
+    /// Answer a C-MOVE: the handler says which files go where; they are
+    /// sent on one association to the destination (Vigie the SCU), then the
+    /// final response gives the counts and, after failures, the Failed SOP
+    /// Instance UID List.
+    async fn finish_move(&mut self, mut incoming: Incoming) -> Result<(), String> {
+        use crate::dimse::SubOperations;
+        let request = incoming.request.clone();
+        let context = incoming.context;
+        let destination = request.move_destination.clone().unwrap_or_default();
+        let model = self
+            .context_syntaxes(context)
+            .map(|(a, _)| trim_uid(&a).to_string())
+            .unwrap_or_default();
+        let bytes = incoming.query.take().unwrap_or_default();
+        let answer = match incoming.failure.take() {
+            Some(failure) => RetrieveAnswer {
+                files: Vec::new(),
+                destination: None,
+                status: failure.status,
+                comment: failure.comment,
+            },
+            None => match super::find::decode_identifier(&bytes, &incoming.transfer_syntax) {
+                Err(e) => RetrieveAnswer {
+                    files: Vec::new(),
+                    destination: None,
+                    status: status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    comment: Some(format!("identifier cannot be read: {e}")),
+                },
+                Ok(identifier) => {
+                    let handler = self.handler.clone();
+                    let retrieve = RetrieveRequest {
+                        model,
+                        identifier,
+                        calling_ae_title: self.calling.clone(),
+                        destination: destination.clone(),
+                    };
+                    tokio::task::spawn_blocking(move || handler.retrieve(retrieve))
+                        .await
+                        .unwrap_or_else(|e| RetrieveAnswer {
+                            files: Vec::new(),
+                            destination: None,
+                            status: status::PROCESSING_FAILURE,
+                            comment: Some(format!("retrieve handler failed: {e}")),
+                        })
+                }
+            },
+        };
+        let mut ops = SubOperations::default();
+        let mut failed_uids: Vec<String> = Vec::new();
+        let mut code = answer.status;
+        let mut comment = answer.comment.clone();
+        if code == status::SUCCESS
+            && let Some(remote) = &answer.destination
+            && !answer.files.is_empty()
+        {
+            let total = u16::try_from(answer.files.len()).unwrap_or(u16::MAX);
+            let mut pending = request.response(PENDING, None);
+            pending.sub_operations = Some(SubOperations {
+                remaining: Some(total),
+                ..SubOperations::default()
+            });
+            self.send_fragments(context, PDataValueType::Command, &pending.encode())
+                .await?;
+            let mut scu = super::scu::ScuOptions::new(&self.options.ae_title);
+            scu.timeout = self.options.pdu_timeout;
+            match super::scu::send_files(remote, &scu, &answer.files).await {
+                Ok(outcomes) => {
+                    for outcome in &outcomes {
+                        match outcome.status {
+                            Some(s) if s == status::SUCCESS => ops.completed += 1,
+                            Some(s) if status::category(s) == "warning" => ops.warning += 1,
+                            _ => {
+                                ops.failed += 1;
+                                failed_uids.push(outcome.sop_instance_uid.clone());
+                            }
+                        }
+                    }
+                    // Files never offered (the association ended early).
+                    let unanswered = answer.files.len().saturating_sub(outcomes.len());
+                    ops.failed = ops
+                        .failed
+                        .saturating_add(u16::try_from(unanswered).unwrap_or(u16::MAX));
+                    if ops.failed > 0 || ops.warning > 0 {
+                        code = SUB_OPERATIONS_WITH_FAILURES;
+                    }
+                }
+                Err(e) => {
+                    ops.failed = total;
+                    code = UNABLE_TO_PERFORM_SUB_OPERATIONS;
+                    comment = Some(e.to_string());
+                }
+            }
+        }
+        let mut last = request.response(code, comment.as_deref());
+        last.sub_operations = Some(ops);
+        let data = if failed_uids.is_empty() {
+            None
+        } else {
+            use dicom_encoding::TransferSyntaxIndex;
+            let syntax = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+                .get(trim_uid(&incoming.transfer_syntax))
+                .ok_or_else(|| format!("unknown transfer syntax {}", incoming.transfer_syntax))?;
+            let mut list = dicom_object::InMemDicomObject::new_empty();
+            list.put(dicom_core::DataElement::new(
+                dicom_dictionary_std::tags::FAILED_SOP_INSTANCE_UID_LIST,
+                dicom_core::VR::UI,
+                dicom_core::value::PrimitiveValue::Strs(failed_uids.iter().cloned().collect()),
+            ));
+            let mut bytes = Vec::new();
+            list.write_dataset_with_ts(&mut bytes, syntax)
+                .map_err(|e| format!("cannot encode the failed list: {e}"))?;
+            Some(bytes)
+        };
+        last.has_data_set = data.is_some();
+        self.send_fragments(context, PDataValueType::Command, &last.encode())
+            .await?;
+        if let Some(bytes) = data {
+            self.send_fragments(context, PDataValueType::Data, &bytes)
+                .await?;
+        }
+        super::quick_ack(self.conn.stream().tcp());
+        self.handler.event(ScpEvent::Moved {
+            association: self.number,
+            calling_ae_title: self.calling.clone(),
+            destination,
+            completed: ops.completed,
+            failed: ops.failed,
+            warning: ops.warning,
+            status: code,
         });
         Ok(())
     }

@@ -147,33 +147,13 @@ impl Pipeline {
         Ok(delivered)
     }
 
-    /// The remote AE of a destination, over TLS when it says `tls = true`;
-    /// `None` when it asks for TLS and `[dicom.tls]` is not loaded (never
-    /// in clear then).
+    /// The remote AE of a destination ([`remote_ae`] with this
+    /// pipeline's TLS settings).
     pub(crate) fn remote(
         &self,
         destination: &crate::config::DestinationConfig,
     ) -> Option<RemoteAe> {
-        let tls = if destination.tls {
-            let name = destination
-                .server_name
-                .as_deref()
-                .unwrap_or(&destination.host);
-            // Checked with the configuration: a valid name.
-            let server_name = vigie_dicom_io::net::tls::server_name(name).ok()?;
-            Some(TlsDestination {
-                tls: self.dicom_tls.clone()?,
-                server_name,
-            })
-        } else {
-            None
-        };
-        Some(RemoteAe {
-            ae_title: destination.ae_title.clone(),
-            host: destination.host.clone(),
-            port: destination.port,
-            tls,
-        })
+        remote_ae(destination, self.dicom_tls.as_ref())
     }
 
     fn retry_item(&self, item: &OutboxItem, error: &str) -> anyhow::Result<()> {
@@ -203,4 +183,33 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The remote AE of a destination, over TLS when it says `tls = true`;
+/// `None` when it asks for TLS and `[dicom.tls]` is not loaded (never in
+/// clear then).
+pub(crate) fn remote_ae(
+    destination: &crate::config::DestinationConfig,
+    dicom_tls: Option<&std::sync::Arc<vigie_dicom_io::net::tls::DicomTls>>,
+) -> Option<RemoteAe> {
+    let tls = if destination.tls {
+        let name = destination
+            .server_name
+            .as_deref()
+            .unwrap_or(&destination.host);
+        // Checked with the configuration: a valid name.
+        let server_name = vigie_dicom_io::net::tls::server_name(name).ok()?;
+        Some(TlsDestination {
+            tls: dicom_tls?.clone(),
+            server_name,
+        })
+    } else {
+        None
+    };
+    Some(RemoteAe {
+        ae_title: destination.ae_title.clone(),
+        host: destination.host.clone(),
+        port: destination.port,
+        tls,
+    })
 }
