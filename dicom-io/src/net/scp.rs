@@ -1357,29 +1357,17 @@ impl<H: StoreHandler> Association<H> {
                 }
                 Ok(Some(incoming))
             }
-            field::C_FIND_RQ
-                if command.has_data_set
-                    && self
-                        .options
-                        .query_models
-                        .iter()
-                        .any(|m| m == trim_uid(&abstract_syntax)) =>
+            field::C_FIND_RQ | field::C_MOVE_RQ
+                if command.has_data_set && {
+                    let models = if command.field == field::C_FIND_RQ {
+                        &self.options.query_models
+                    } else {
+                        &self.options.retrieve_models
+                    };
+                    models.iter().any(|m| m == trim_uid(&abstract_syntax))
+                } =>
             {
-                Ok(Some(Incoming::query(
-                    context,
-                    command,
-                    &transfer_syntax,
-                    &self.options,
-                )))
-            }
-            field::C_MOVE_RQ
-                if command.has_data_set
-                    && self
-                        .options
-                        .retrieve_models
-                        .iter()
-                        .any(|m| m == trim_uid(&abstract_syntax)) =>
-            {
+                // The identifier is gathered in memory, bounded.
                 Ok(Some(Incoming::query(
                     context,
                     command,
