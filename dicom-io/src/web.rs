@@ -313,15 +313,24 @@ pub fn index_attributes(file: &DicomFile) -> BTreeMap<String, String> {
 /// wildcards; PN matching ignores case.
 pub fn matches(vr: VR, pattern: &str, value: Option<&str>) -> bool {
     let pattern = pattern.trim();
-    if pattern.is_empty() {
+    // Universal matching: empty, or a lone `*` (which matches an absent
+    // value too, PS3.4 C.2.2.2.3).
+    if pattern.is_empty() || pattern == "*" {
         return true;
     }
     let Some(value) = value else {
         return false;
     };
+    // Several values in the key (backslash): any of them (multiple value
+    // matching, PS3.4 C.2.2.2.8); UI lists are split by `matches_one`.
+    let patterns: Vec<&str> = if vr == VR::UI {
+        vec![pattern]
+    } else {
+        pattern.split('\\').map(str::trim).collect()
+    };
     value
         .split('\\')
-        .any(|v| matches_one(vr, pattern, v.trim()))
+        .any(|v| patterns.iter().any(|p| matches_one(vr, p, v.trim())))
 }
 
 fn matches_one(vr: VR, pattern: &str, value: &str) -> bool {
@@ -562,6 +571,14 @@ mod tests {
         assert!(!matches(VR::CS, "ct", Some("CT")));
         assert!(matches(VR::SH, "A*1", Some("A0001")));
         assert!(!matches(VR::SH, "A*2", Some("A0001")));
+        // Multiple value matching and the universal `*` (C-FIND review).
+        assert!(matches(VR::CS, "CT\\MR", Some("MR")));
+        assert!(matches(VR::CS, "CT\\MR", Some("SR\\MR")));
+        assert!(!matches(VR::CS, "CT\\MR", Some("SR")));
+        assert!(
+            matches(VR::LO, "*", None),
+            "a lone * matches an absent value"
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl StoreHandler for Answers {
             matches,
             status: 0x0000,
             comment: None,
+            unsupported_keys: false,
         }
     }
 }

@@ -1016,6 +1016,7 @@ impl StoreHandler for Ingest {
                 matches: Vec::new(),
                 status: status::SOP_CLASS_NOT_SUPPORTED,
                 comment: Some("no query service (dicom.query)".into()),
+                unsupported_keys: false,
             };
         };
         let (answer, asked) = crate::query_scp::answer(web.as_ref(), &request);
@@ -1221,6 +1222,31 @@ impl StoreHandler for Ingest {
                         "sample_addresses": sample.iter().map(ToString::to_string).collect::<Vec<_>>(),
                         "period_s": period_s,
                         "reasons": reasons.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    }),
+                ));
+            }
+            ScpEvent::Queried {
+                calling_ae_title,
+                status: code,
+                handled: false,
+                ..
+            } => {
+                // Refused before the handler (identifier too long or
+                // unreadable): on record here.
+                tracing::warn!(calling = %calling_ae_title, status = format!("0x{code:04X}"), "C-FIND refused");
+                self.metrics.inc(
+                    "vigie_dicom_queries_total",
+                    "C-FIND requests answered, by outcome (ok, failed).",
+                    &[("outcome", "failed")],
+                );
+                self.audit.note(AuditEvent::new(
+                    EventKind::DicomQuery,
+                    "failed",
+                    serde_json::json!({
+                        "calling_ae_title": calling_ae_title,
+                        "matches": 0,
+                        "status": format!("0x{code:04X}"),
+                        "reason": "refused before matching (identifier too long or unreadable)",
                     }),
                 ));
             }

@@ -78,6 +78,29 @@ struct Prepared {
     search: Search,
     rows: Vec<vigie_store::WebInstance>,
     asked: Asked,
+    /// A key with a value was not matched (the index does not hold it,
+    /// or it is a count of another level): pending status FF01.
+    unsupported: bool,
+}
+
+/// Most keys in a request identifier.
+const MAX_KEYS: usize = 256;
+/// Status A700: out of resources.
+const OUT_OF_RESOURCES: u16 = 0xA700;
+
+/// Whether the index's value of `tag` means something at `level`: the
+/// counts and lists over a study at STUDY level only, the series count at
+/// SERIES level only (at another level a group's value would be the wrong
+/// aggregate).
+fn answered_at(tag: Tag, level: Level) -> bool {
+    match tag {
+        tags::NUMBER_OF_STUDY_RELATED_SERIES
+        | tags::NUMBER_OF_STUDY_RELATED_INSTANCES
+        | tags::MODALITIES_IN_STUDY
+        | tags::SOP_CLASSES_IN_STUDY => level == Level::Study,
+        tags::NUMBER_OF_SERIES_RELATED_INSTANCES => level == Level::Series,
+        _ => true,
+    }
 }
 
 fn prepare(
@@ -117,6 +140,14 @@ fn prepare(
         keys: Vec::new(),
     };
     let mut study_scope = None;
+    if identifier.iter().count() > MAX_KEYS {
+        return failure(
+            OUT_OF_RESOURCES,
+            &format!("more than {MAX_KEYS} keys in the identifier"),
+            asked,
+        );
+    }
+    let mut unsupported = false;
     for element in identifier.iter() {
         let tag = element.header().tag;
         if tag == tags::QUERY_RETRIEVE_LEVEL || tag == tags::SPECIFIC_CHARACTER_SET {
@@ -131,6 +162,11 @@ fn prepare(
         }
         let keyword = web::attribute(&web::tag_key(tag))
             .map_or_else(|| web::tag_key(tag), |a| a.keyword.to_string());
+        if !answered_at(tag, search_level) {
+            // A count of another level: not matched, returned empty.
+            unsupported = true;
+            continue;
+        }
         if level == QueryLevel::Patient
             && !matches!(
                 tag,
@@ -152,6 +188,7 @@ fn prepare(
         Ok(s) => s,
         Err(e) => return failure(UNABLE_TO_PROCESS, &e.to_string(), asked),
     };
+    let unsupported = unsupported || !search.ignored.is_empty();
     let scope = WebScope {
         study: study_scope,
         series: None,
@@ -170,6 +207,7 @@ fn prepare(
         search,
         rows,
         asked,
+        unsupported,
     })
 }
 
@@ -181,6 +219,7 @@ pub fn answer(index: &dyn WebIndex, request: &FindRequest) -> (FindAnswer, Asked
         search,
         rows,
         asked,
+        unsupported,
     } = match prepare(index, &request.identifier, &request.model) {
         Ok(p) => p,
         Err((status, comment, asked)) => {
@@ -189,6 +228,7 @@ pub fn answer(index: &dyn WebIndex, request: &FindRequest) -> (FindAnswer, Asked
                     matches: Vec::new(),
                     status,
                     comment: Some(comment),
+                    unsupported_keys: false,
                 },
                 asked,
             );
@@ -229,6 +269,7 @@ pub fn answer(index: &dyn WebIndex, request: &FindRequest) -> (FindAnswer, Asked
             matches,
             status: status::SUCCESS,
             comment: None,
+            unsupported_keys: unsupported,
         },
         asked,
     )
@@ -248,6 +289,7 @@ pub fn instances(
         search,
         rows,
         asked,
+        ..
     } = prepare(index, identifier, model)?;
     let key = |row: &vigie_store::WebInstance| -> (String, String, String) {
         match search_level {
@@ -304,9 +346,57 @@ fn patient_attribute(tag: Tag) -> &'static web::Attribute {
         .unwrap_or(&web::INDEXED[0])
 }
 
-/// An element of `vr` holding `value` (backslash-separated values).
+/// An element of `vr` holding `value` (backslash-separated values): text
+/// for the string VRs, numbers for the binary ones (a value that does not
+/// parse as the VR's number leaves the element empty).
 fn element(tag: Tag, vr: VR, value: Option<String>) -> DataElement<InMemDicomObject> {
-    match value.filter(|v| !v.is_empty()) {
+    let value = value.filter(|v| !v.is_empty());
+    if let Some(v) = &value {
+        let parts: Vec<&str> = v.split('\\').map(str::trim).collect();
+        let numbers = match vr {
+            VR::US => parts
+                .iter()
+                .map(|p| p.parse::<u16>().ok())
+                .collect::<Option<Vec<_>>>()
+                .map(|n| PrimitiveValue::U16(n.into_iter().collect())),
+            VR::UL => parts
+                .iter()
+                .map(|p| p.parse::<u32>().ok())
+                .collect::<Option<Vec<_>>>()
+                .map(|n| PrimitiveValue::U32(n.into_iter().collect())),
+            VR::SS => parts
+                .iter()
+                .map(|p| p.parse::<i16>().ok())
+                .collect::<Option<Vec<_>>>()
+                .map(|n| PrimitiveValue::I16(n.into_iter().collect())),
+            VR::SL => parts
+                .iter()
+                .map(|p| p.parse::<i32>().ok())
+                .collect::<Option<Vec<_>>>()
+                .map(|n| PrimitiveValue::I32(n.into_iter().collect())),
+            VR::FL => parts
+                .iter()
+                .map(|p| p.parse::<f32>().ok())
+                .collect::<Option<Vec<_>>>()
+                .map(|n| PrimitiveValue::F32(n.into_iter().collect())),
+            VR::FD => parts
+                .iter()
+                .map(|p| p.parse::<f64>().ok())
+                .collect::<Option<Vec<_>>>()
+                .map(|n| PrimitiveValue::F64(n.into_iter().collect())),
+            VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::UN | VR::SQ => {
+                Some(PrimitiveValue::Empty)
+            }
+            _ => None,
+        };
+        if let Some(number) = numbers {
+            return DataElement::new(tag, vr, number);
+        }
+        if matches!(vr, VR::US | VR::UL | VR::SS | VR::SL | VR::FL | VR::FD) {
+            return DataElement::new(tag, vr, PrimitiveValue::Empty);
+        }
+    }
+    match value {
         None => DataElement::new(tag, vr, PrimitiveValue::Empty),
         Some(v) if v.contains('\\') => DataElement::new(
             tag,
@@ -336,11 +426,50 @@ fn group_identifier(
             out.put(asked.clone());
             continue;
         }
-        let known = web::attribute(&web::tag_key(tag)).filter(|a| a.level <= level);
+        let known = web::attribute(&web::tag_key(tag))
+            .filter(|a| a.level <= level && answered_at(a.tag, level));
         let value = known.and_then(|a| group.value(a));
         non_ascii |= value.as_deref().is_some_and(|v| !v.is_ascii());
         let vr = known.map_or(asked.vr(), |a| a.vr);
         out.put(element(tag, vr, value));
+    }
+    // The unique keys of the level and the levels above, asked for or not
+    // (PS3.4 C.4.1.2.2: the SCP returns them), and the Patient ID.
+    let first = group.first;
+    let mut unique = vec![
+        (
+            tags::PATIENT_ID,
+            VR::LO,
+            first
+                .attributes
+                .get(&web::tag_key(tags::PATIENT_ID))
+                .cloned(),
+        ),
+        (
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            Some(first.study_instance_uid.clone()),
+        ),
+    ];
+    if level != Level::Study {
+        unique.push((
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            Some(first.series_instance_uid.clone()),
+        ));
+    }
+    if level == Level::Instance {
+        unique.push((
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            Some(first.sop_instance_uid.clone()),
+        ));
+    }
+    for (tag, vr, value) in unique {
+        if out.element(tag).is_err() {
+            non_ascii |= value.as_deref().is_some_and(|v| !v.is_ascii());
+            out.put(element(tag, vr, value));
+        }
     }
     if non_ascii {
         out.put(DataElement::new(

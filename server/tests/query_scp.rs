@@ -77,6 +77,12 @@ modalities = ["MR"]
     );
     if query {
         config = config.replace("artim_timeout_s = 5", "artim_timeout_s = 5\nquery = true");
+        // Querying needs its callers named.
+        for caller in ["MODALITY", "FINDER", "MOVER", "ORTHANC"] {
+            config.push_str(&format!(
+                "\n[[dicom.allowed_callers]]\nae_title = \"{caller}\"\n"
+            ));
+        }
     }
     config
 }
@@ -138,20 +144,46 @@ fn findscu_and_orthanc_query_received_studies_and_vigie_s_results_at_every_level
     );
     assert_eq!(series.len(), 1, "{series:?}");
     assert_eq!(series[0]["Modality"], "SR");
+    assert_eq!(
+        series[0]["NumberOfSeriesRelatedInstances"], "1",
+        "{series:?}"
+    );
     assert_eq!(series[0]["StudyInstanceUID"], study);
 
-    // IMAGE level, a wildcard on the SOP Class UID list: the MR images.
+    // IMAGE level, a list of SOP Class UIDs: the MR images, with their
+    // Rows as a number (US) and their unique keys though not asked.
     let images = find(
         &vigie,
         "-S",
         &[
             "QueryRetrieveLevel=IMAGE",
-            "SOPInstanceUID",
+            "Rows",
             "SOPClassUID=1.2.840.10008.5.1.4.1.1.4\\1.2.840.10008.5.1.4.1.1.7",
         ],
         &work.join("images"),
     );
     assert_eq!(images.len(), 2, "{images:?}");
+    for image in &images {
+        let rows: u32 = image["Rows"].as_str().unwrap().parse().unwrap();
+        assert!((64..=4096).contains(&rows), "{image}");
+        for unique in ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"] {
+            assert!(
+                image[unique]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("2.25.") || u.contains('.')),
+                "{unique}: {image}"
+            );
+        }
+    }
+
+    // Several values in a key: either matches.
+    let either = find(
+        &vigie,
+        "-S",
+        &["QueryRetrieveLevel=STUDY", "ModalitiesInStudy=CT\\MR"],
+        &work.join("either"),
+    );
+    assert_eq!(either.len(), 2, "{either:?}");
 
     // Patient Root, PATIENT level, a wildcard on the name.
     let patients = find(

@@ -169,6 +169,11 @@ impl DicomConfig {
         if self.max_associations == 0 {
             problems.push("dicom.max_associations: must be at least 1".into());
         }
+        if self.query && self.allowed_callers.is_empty() {
+            problems.push(
+                "dicom.query: needs dicom.allowed_callers (C-FIND and C-MOVE hand patient data to whoever may associate)".into(),
+            );
+        }
         for (i, caller) in self.allowed_callers.iter().enumerate() {
             if caller
                 .certificate
@@ -341,6 +346,17 @@ mod tests {
                 .any(|p| p.starts_with("dicom.tls.ca: needed"))
         );
         assert!(problems.iter().any(|p| p.starts_with("dicom.tls.port:")));
+        let open_query = DicomConfig {
+            query: true,
+            ..DicomConfig::default()
+        };
+        assert!(
+            open_query
+                .problems()
+                .iter()
+                .any(|p| p.starts_with("dicom.query: needs dicom.allowed_callers")),
+            "query and retrieve are never open to any caller"
+        );
         let bound = vec![CallerConfig {
             ae_title: "CT1".into(),
             address: None,

@@ -59,6 +59,11 @@ pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 /// Status FF00: pending (a C-FIND match follows, C-MOVE sub-operations go
 /// on).
 const PENDING: u16 = 0xFF00;
+/// C-CANCEL-RQ (Command Field 0FFFH).
+const C_CANCEL_RQ: u16 = 0x0FFF;
+
+/// Status FF01: pending, one or more optional keys not supported.
+const PENDING_UNSUPPORTED_KEYS: u16 = 0xFF01;
 /// Status B000: sub-operations complete, one or more failures or warnings.
 const SUB_OPERATIONS_WITH_FAILURES: u16 = 0xB000;
 /// Status A702: refused, unable to perform sub-operations.
@@ -250,6 +255,9 @@ pub struct FindAnswer {
     pub status: u16,
     /// Error Comment of a failure.
     pub comment: Option<String>,
+    /// Some keys were not matched (not supported): the pending responses
+    /// say so (`FF01` instead of `FF00`).
+    pub unsupported_keys: bool,
 }
 
 /// A C-MOVE received: the information model, its identifier, and the AE
@@ -391,6 +399,9 @@ pub enum ScpEvent {
         matches: usize,
         /// Final status sent.
         status: u16,
+        /// Whether the handler answered it ([`StoreHandler::find`]); false
+        /// when the SCP refused it first (identifier too long, unreadable).
+        handled: bool,
     },
     /// A C-MOVE was answered, its sub-operations done.
     Moved {
@@ -448,6 +459,7 @@ pub trait StoreHandler: Send + Sync + 'static {
             matches: Vec::new(),
             status: status::SOP_CLASS_NOT_SUPPORTED,
             comment: Some("no query service".into()),
+            unsupported_keys: false,
         }
     }
 
@@ -1357,6 +1369,9 @@ impl<H: StoreHandler> Association<H> {
                 }
                 Ok(Some(incoming))
             }
+            // C-CANCEL: answers are bounded and run to their end; nothing
+            // is answered to the cancel itself (PS3.7 9.3.2.3).
+            C_CANCEL_RQ => Ok(None),
             field::C_FIND_RQ | field::C_MOVE_RQ
                 if command.has_data_set && {
                     let models = if command.field == field::C_FIND_RQ {
@@ -1456,19 +1471,23 @@ impl<H: StoreHandler> Association<H> {
             .map(|(a, _)| trim_uid(&a).to_string())
             .unwrap_or_default();
         let bytes = incoming.query.take().unwrap_or_default();
+        let mut handled = false;
         let answer = match incoming.failure.take() {
             Some(failure) => FindAnswer {
                 matches: Vec::new(),
                 status: failure.status,
                 comment: failure.comment,
+                unsupported_keys: false,
             },
             None => match super::find::decode_identifier(&bytes, &incoming.transfer_syntax) {
                 Err(e) => FindAnswer {
                     matches: Vec::new(),
                     status: status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
                     comment: Some(format!("identifier cannot be read: {e}")),
+                    unsupported_keys: false,
                 },
                 Ok(identifier) => {
+                    handled = true;
                     let handler = self.handler.clone();
                     let find = FindRequest {
                         model,
@@ -1481,6 +1500,7 @@ impl<H: StoreHandler> Association<H> {
                             matches: Vec::new(),
                             status: status::PROCESSING_FAILURE,
                             comment: Some(format!("query handler failed: {e}")),
+                            unsupported_keys: false,
                         })
                 }
             },
@@ -1498,7 +1518,12 @@ impl<H: StoreHandler> Association<H> {
                 tracing::warn!(error = %e, "C-FIND: a match cannot be encoded; skipped");
                 continue;
             }
-            let mut pending = request.response(PENDING, None);
+            let code = if answer.unsupported_keys {
+                PENDING_UNSUPPORTED_KEYS
+            } else {
+                PENDING
+            };
+            let mut pending = request.response(code, None);
             pending.has_data_set = true;
             self.send_fragments(context, PDataValueType::Command, &pending.encode())
                 .await?;
@@ -1513,6 +1538,7 @@ impl<H: StoreHandler> Association<H> {
             calling_ae_title: self.calling.clone(),
             matches: sent,
             status: answer.status,
+            handled,
         });
         Ok(())
     }
