@@ -203,6 +203,11 @@ pub struct SqliteCatalog {
     /// path (`held_instance`): in WAL mode it reads the last commit without
     /// waiting for the writer's transaction and its flush.
     reader: Mutex<Connection>,
+    /// A read-only connection of its own for the web index's searches
+    /// (QIDO-RS, WADO-RS, C-FIND, C-MOVE): a long scan there neither holds
+    /// the writes of ingest nor its duplicate check (WAL: readers see what
+    /// is committed).
+    web_reader: Mutex<Connection>,
     /// Received instances waiting to be indexed (group commit: see
     /// `record_instance`).
     received: GroupCommit<(InstanceRecord, i64), rusqlite::Result<()>>,
@@ -345,23 +350,29 @@ impl SqliteCatalog {
     /// Open (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let opened = vigie_durable::open_versioned(path, &SCHEMA)?;
-        let reader = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .and_then(|c| {
-            c.busy_timeout(std::time::Duration::from_secs(30))?;
-            Ok(c)
-        })
-        .map_err(|source| StoreError::Database {
-            path: path.to_path_buf(),
-            operation: "open the read connection",
-            source,
-        })?;
+        let read_only = |what: &'static str| {
+            Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|c| {
+                c.busy_timeout(std::time::Duration::from_secs(30))?;
+                Ok(c)
+            })
+            .map_err(|source| StoreError::Database {
+                path: path.to_path_buf(),
+                operation: what,
+                source,
+            })
+        };
+        let reader = read_only("open the read connection")?;
+        let web_reader = read_only("open the web index read connection")?;
         Ok(Self {
             path: path.to_path_buf(),
             connection: Mutex::new(opened.connection),
             reader: Mutex::new(reader),
+            web_reader: Mutex::new(web_reader),
             received: GroupCommit::default(),
             migrated: opened.migrated,
         })
@@ -996,8 +1007,9 @@ impl Outbox for SqliteCatalog {
 
 impl WebIndex for SqliteCatalog {
     fn web_instances(&self, scope: &WebScope) -> StoreResult<Vec<WebInstance>> {
-        self.with("web instances", |c| {
-            let mut stmt = c.prepare(
+        let reader = self.web_reader.lock().unwrap_or_else(|p| p.into_inner());
+        let run = |c: &Connection| -> rusqlite::Result<Vec<WebInstance>> {
+            let mut stmt = c.prepare_cached(
                 "SELECT * FROM web_index
                  WHERE (?1 IS NULL OR study_instance_uid = ?1)
                    AND (?2 IS NULL OR series_instance_uid = ?2)
@@ -1009,6 +1021,11 @@ impl WebIndex for SqliteCatalog {
                 web_from_row,
             )?
             .collect()
+        };
+        run(&reader).map_err(|source| StoreError::Database {
+            path: self.path.clone(),
+            operation: "web instances",
+            source,
         })
     }
 }
