@@ -346,6 +346,11 @@ fn patient_attribute(tag: Tag) -> &'static web::Attribute {
         .unwrap_or(&web::INDEXED[0])
 }
 
+/// Every part parsed as a `T`, or `None` when one does not parse.
+fn parsed<T: std::str::FromStr>(parts: &[&str]) -> Option<Vec<T>> {
+    parts.iter().map(|p| p.parse::<T>().ok()).collect()
+}
+
 /// An element of `vr` holding `value` (backslash-separated values): text
 /// for the string VRs, numbers for the binary ones (a value that does not
 /// parse as the VR's number leaves the element empty).
@@ -354,36 +359,12 @@ fn element(tag: Tag, vr: VR, value: Option<String>) -> DataElement<InMemDicomObj
     if let Some(v) = &value {
         let parts: Vec<&str> = v.split('\\').map(str::trim).collect();
         let numbers = match vr {
-            VR::US => parts
-                .iter()
-                .map(|p| p.parse::<u16>().ok())
-                .collect::<Option<Vec<_>>>()
-                .map(|n| PrimitiveValue::U16(n.into_iter().collect())),
-            VR::UL => parts
-                .iter()
-                .map(|p| p.parse::<u32>().ok())
-                .collect::<Option<Vec<_>>>()
-                .map(|n| PrimitiveValue::U32(n.into_iter().collect())),
-            VR::SS => parts
-                .iter()
-                .map(|p| p.parse::<i16>().ok())
-                .collect::<Option<Vec<_>>>()
-                .map(|n| PrimitiveValue::I16(n.into_iter().collect())),
-            VR::SL => parts
-                .iter()
-                .map(|p| p.parse::<i32>().ok())
-                .collect::<Option<Vec<_>>>()
-                .map(|n| PrimitiveValue::I32(n.into_iter().collect())),
-            VR::FL => parts
-                .iter()
-                .map(|p| p.parse::<f32>().ok())
-                .collect::<Option<Vec<_>>>()
-                .map(|n| PrimitiveValue::F32(n.into_iter().collect())),
-            VR::FD => parts
-                .iter()
-                .map(|p| p.parse::<f64>().ok())
-                .collect::<Option<Vec<_>>>()
-                .map(|n| PrimitiveValue::F64(n.into_iter().collect())),
+            VR::US => parsed::<u16>(&parts).map(|n| PrimitiveValue::U16(n.into())),
+            VR::UL => parsed::<u32>(&parts).map(|n| PrimitiveValue::U32(n.into())),
+            VR::SS => parsed::<i16>(&parts).map(|n| PrimitiveValue::I16(n.into())),
+            VR::SL => parsed::<i32>(&parts).map(|n| PrimitiveValue::I32(n.into())),
+            VR::FL => parsed::<f32>(&parts).map(|n| PrimitiveValue::F32(n.into())),
+            VR::FD => parsed::<f64>(&parts).map(|n| PrimitiveValue::F64(n.into())),
             VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::UN | VR::SQ => {
                 Some(PrimitiveValue::Empty)
             }

@@ -80,6 +80,26 @@ fn peer(port: u16, file: &std::path::Path, args: &[&str]) -> std::process::Child
         .expect("python runs")
 }
 
+/// STOW-RS of `files` in one request, which must succeed.
+fn stow(vigie: &Vigie, files: &[std::path::PathBuf]) {
+    let response = vigie.http(
+        "POST",
+        "/dicomweb/studies",
+        Some(token("operator")),
+        &[(
+            "Content-Type",
+            "multipart/related; type=\"application/dicom\"; boundary=B-42",
+        )],
+        &multipart(files, "B-42"),
+    );
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+}
+
 /// Wait until `child` (the peer) has stored its first instance.
 fn first_store(child: &mut std::process::Child) {
     use std::io::BufRead;
@@ -176,22 +196,7 @@ fn a_stow_rs_request_closes_its_studies_when_answered() {
     let tmp = tempfile::tempdir().unwrap();
     let vigie = Vigie::start(tmp.path(), &config());
     let demo = demo_studies(&tmp.path().join("demo"), 2);
-    let response = vigie.http(
-        "POST",
-        "/dicomweb/studies",
-        Some(token("operator")),
-        &[(
-            "Content-Type",
-            "multipart/related; type=\"application/dicom\"; boundary=B-42",
-        )],
-        &multipart(&demo, "B-42"),
-    );
-    assert_eq!(
-        response.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
+    stow(&vigie, &demo);
     for file in &demo {
         let (study, _, _) = uids(file);
         vigie.wait_for(
@@ -290,22 +295,7 @@ fn regression_a_stow_rs_request_ending_does_not_close_a_study_an_association_sti
     let (study, _, _) = uids(&demo[0]);
     let mut long = holder(&vigie, &demo[0], 1, 2, 4.0, false);
     first_store(&mut long);
-    let response = vigie.http(
-        "POST",
-        "/dicomweb/studies",
-        Some(token("operator")),
-        &[(
-            "Content-Type",
-            "multipart/related; type=\"application/dicom\"; boundary=B-42",
-        )],
-        &multipart(&demo, "B-42"),
-    );
-    assert_eq!(
-        response.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
+    stow(&vigie, &demo);
     std::thread::sleep(Duration::from_secs(1));
     assert!(
         completions(&vigie, &study).is_empty(),
