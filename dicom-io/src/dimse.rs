@@ -2,8 +2,9 @@
 //! every DIMSE message, always encoded in Implicit VR Little Endian.
 //!
 //! [`crate::net::message`] carries these over `dicom-ul`'s P-DATA; the
-//! SCP and SCU of [`crate::net`] use both. Complete for the C-ECHO and
-//! C-STORE services and their statuses, and tested against pydicom's
+//! SCP and SCU of [`crate::net`] use both. Complete for C-ECHO, C-STORE,
+//! C-FIND, C-MOVE, and the N-ACTION and N-EVENT-REPORT of Storage
+//! Commitment (PS3.7 §10.3.1, §10.3.4), and tested against pydicom's
 //! encoding.
 
 use thiserror::Error;
@@ -73,6 +74,14 @@ pub mod field {
     pub const C_MOVE_RQ: u16 = 0x0021;
     /// C-MOVE-RSP.
     pub const C_MOVE_RSP: u16 = 0x8021;
+    /// N-EVENT-REPORT-RQ.
+    pub const N_EVENT_REPORT_RQ: u16 = 0x0100;
+    /// N-EVENT-REPORT-RSP.
+    pub const N_EVENT_REPORT_RSP: u16 = 0x8100;
+    /// N-ACTION-RQ.
+    pub const N_ACTION_RQ: u16 = 0x0130;
+    /// N-ACTION-RSP.
+    pub const N_ACTION_RSP: u16 = 0x8130;
 }
 
 /// Command Data Set Type (0000,0800) value meaning "no data set".
@@ -125,6 +134,14 @@ pub struct Command {
     pub affected_sop_class_uid: Option<String>,
     /// Affected SOP Instance UID (0000,1000).
     pub affected_sop_instance_uid: Option<String>,
+    /// Requested SOP Class UID (0000,0003), N-ACTION-RQ.
+    pub requested_sop_class_uid: Option<String>,
+    /// Requested SOP Instance UID (0000,1001), N-ACTION-RQ.
+    pub requested_sop_instance_uid: Option<String>,
+    /// Event Type ID (0000,1002), N-EVENT-REPORT.
+    pub event_type_id: Option<u16>,
+    /// Action Type ID (0000,1008), N-ACTION.
+    pub action_type_id: Option<u16>,
     /// Priority (0000,0700).
     pub priority: Option<u16>,
     /// Whether a data set follows (Command Data Set Type ≠ 0x0101).
@@ -158,6 +175,10 @@ pub struct SubOperations {
 }
 
 const AFFECTED_SOP_CLASS: u16 = 0x0002;
+const REQUESTED_SOP_CLASS: u16 = 0x0003;
+const REQUESTED_SOP_INSTANCE: u16 = 0x1001;
+const EVENT_TYPE_ID: u16 = 0x1002;
+const ACTION_TYPE_ID: u16 = 0x1008;
 const COMMAND_FIELD: u16 = 0x0100;
 const MESSAGE_ID: u16 = 0x0110;
 const RESPONDING_TO: u16 = 0x0120;
@@ -226,14 +247,63 @@ impl Command {
         }
     }
 
-    /// The response to this request with `status` (C-ECHO-RSP or
-    /// C-STORE-RSP), echoing what PS3.7 requires the response to carry.
+    /// N-ACTION-RQ of `action_type_id` on the SOP instance
+    /// `sop_instance_uid` of class `sop_class_uid` (an action information
+    /// data set follows).
+    pub fn action_request(
+        message_id: u16,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        action_type_id: u16,
+    ) -> Self {
+        Self {
+            field: field::N_ACTION_RQ,
+            message_id: Some(message_id),
+            requested_sop_class_uid: Some(sop_class_uid.into()),
+            requested_sop_instance_uid: Some(sop_instance_uid.into()),
+            action_type_id: Some(action_type_id),
+            has_data_set: true,
+            ..Self::default()
+        }
+    }
+
+    /// N-EVENT-REPORT-RQ of `event_type_id` about `sop_instance_uid` of
+    /// class `sop_class_uid` (an event information data set follows).
+    pub fn event_report_request(
+        message_id: u16,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        event_type_id: u16,
+    ) -> Self {
+        Self {
+            field: field::N_EVENT_REPORT_RQ,
+            message_id: Some(message_id),
+            affected_sop_class_uid: Some(sop_class_uid.into()),
+            affected_sop_instance_uid: Some(sop_instance_uid.into()),
+            event_type_id: Some(event_type_id),
+            has_data_set: true,
+            ..Self::default()
+        }
+    }
+
+    /// The response to this request with `status`, echoing what PS3.7
+    /// requires the response to carry: the affected SOP class and
+    /// instance (for an N-ACTION, the requested ones, §10.3.4.1.1), and the
+    /// event or action type of DIMSE-N requests. No data set.
     pub fn response(&self, status: u16, error_comment: Option<&str>) -> Self {
         Self {
             field: self.field | 0x8000,
             responding_to: self.message_id,
-            affected_sop_class_uid: self.affected_sop_class_uid.clone(),
-            affected_sop_instance_uid: self.affected_sop_instance_uid.clone(),
+            affected_sop_class_uid: self
+                .affected_sop_class_uid
+                .clone()
+                .or_else(|| self.requested_sop_class_uid.clone()),
+            affected_sop_instance_uid: self
+                .affected_sop_instance_uid
+                .clone()
+                .or_else(|| self.requested_sop_instance_uid.clone()),
+            event_type_id: self.event_type_id,
+            action_type_id: self.action_type_id,
             status: Some(status),
             error_comment: error_comment.map(|c| c.chars().take(64).collect()),
             ..Self::default()
@@ -246,6 +316,9 @@ impl Command {
         let mut body = Vec::new();
         if let Some(uid) = &self.affected_sop_class_uid {
             put(&mut body, AFFECTED_SOP_CLASS, &text(uid, 0));
+        }
+        if let Some(uid) = &self.requested_sop_class_uid {
+            put(&mut body, REQUESTED_SOP_CLASS, &text(uid, 0));
         }
         put(&mut body, COMMAND_FIELD, &self.field.to_le_bytes());
         if let Some(id) = self.message_id {
@@ -274,6 +347,15 @@ impl Command {
         }
         if let Some(uid) = &self.affected_sop_instance_uid {
             put(&mut body, AFFECTED_SOP_INSTANCE, &text(uid, 0));
+        }
+        if let Some(uid) = &self.requested_sop_instance_uid {
+            put(&mut body, REQUESTED_SOP_INSTANCE, &text(uid, 0));
+        }
+        if let Some(id) = self.event_type_id {
+            put(&mut body, EVENT_TYPE_ID, &id.to_le_bytes());
+        }
+        if let Some(id) = self.action_type_id {
+            put(&mut body, ACTION_TYPE_ID, &id.to_le_bytes());
         }
         if let Some(ops) = self.sub_operations {
             if let Some(n) = ops.remaining {
@@ -342,6 +424,10 @@ impl Command {
                 STATUS => command.status = Some(us()?),
                 ERROR_COMMENT => command.error_comment = Some(string()),
                 AFFECTED_SOP_INSTANCE => command.affected_sop_instance_uid = Some(string()),
+                REQUESTED_SOP_CLASS => command.requested_sop_class_uid = Some(string()),
+                REQUESTED_SOP_INSTANCE => command.requested_sop_instance_uid = Some(string()),
+                EVENT_TYPE_ID => command.event_type_id = Some(us()?),
+                ACTION_TYPE_ID => command.action_type_id = Some(us()?),
                 MOVE_ORIGINATOR_AE => command.move_originator_ae_title = Some(string()),
                 MOVE_ORIGINATOR_ID => command.move_originator_message_id = Some(us()?),
                 MOVE_DESTINATION => command.move_destination = Some(string()),
@@ -397,6 +483,62 @@ mod tests {
         assert_eq!(decoded.status, Some(0xA700));
         assert_eq!(decoded.error_comment.as_deref(), Some("disk full"));
         assert_eq!(status::category(0xA700), "failure (refused)");
+    }
+
+    #[test]
+    fn storage_commitment_commands_round_trip_in_tag_order() {
+        let action =
+            Command::action_request(5, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1);
+        let bytes = action.encode();
+        let decoded = Command::decode(&bytes).expect("decodes");
+        assert_eq!(decoded, action);
+        // Elements in ascending tag order: (0000,0003) before (0000,0100),
+        // (0000,1001) before (0000,1008).
+        let tags: Vec<u16> = {
+            let mut tags = Vec::new();
+            let mut offset = 0;
+            while offset < bytes.len() {
+                let element = u16::from_le_bytes([bytes[offset + 2], bytes[offset + 3]]);
+                let length = u32::from_le_bytes([
+                    bytes[offset + 4],
+                    bytes[offset + 5],
+                    bytes[offset + 6],
+                    bytes[offset + 7],
+                ]) as usize;
+                tags.push(element);
+                offset += 8 + length;
+            }
+            tags
+        };
+        assert_eq!(
+            tags,
+            vec![0x0000, 0x0003, 0x0100, 0x0110, 0x0800, 0x1001, 0x1008]
+        );
+        // The N-ACTION-RSP names the requested instance as the affected one
+        // (PS3.7 10.3.4.1.1) and carries no data set.
+        let rsp = Command::decode(&action.response(status::SUCCESS, None).encode()).expect("rsp");
+        assert_eq!(rsp.field, field::N_ACTION_RSP);
+        assert_eq!(
+            rsp.affected_sop_class_uid.as_deref(),
+            Some("1.2.840.10008.1.20.1")
+        );
+        assert_eq!(
+            rsp.affected_sop_instance_uid.as_deref(),
+            Some("1.2.840.10008.1.20.1.1")
+        );
+        assert_eq!(rsp.requested_sop_class_uid, None);
+        assert_eq!(rsp.action_type_id, Some(1));
+        assert!(!rsp.has_data_set);
+        let report =
+            Command::event_report_request(9, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 2);
+        let rsp = Command::decode(&report.response(status::SUCCESS, None).encode()).expect("rsp");
+        assert_eq!(rsp.field, field::N_EVENT_REPORT_RSP);
+        assert_eq!(rsp.responding_to, Some(9));
+        assert_eq!(rsp.event_type_id, Some(2));
+        assert_eq!(
+            rsp.affected_sop_instance_uid.as_deref(),
+            Some("1.2.840.10008.1.20.1.1")
+        );
     }
 
     #[test]

@@ -15,9 +15,9 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::pdu::{PDataValueType, Pdu, PresentationContextResultReason};
+use dicom_ul::pdu::{Pdu, PresentationContextResultReason};
 
-use super::message::{MessageAssembler, Step, fragment};
+use super::message::{MessageAssembler, Step};
 use super::scu::{RemoteAe, ScuError, ScuOptions, associate};
 use super::ul;
 use crate::dimse::{Command, field, status};
@@ -138,20 +138,21 @@ pub async fn find(
         .map_err(|e| failed(format!("cannot encode the query: {e}")))?;
     let request = Command::find_request(1, STUDY_ROOT_FIND);
     let peer_max = negotiated.peer_max_pdu_length;
-    let pdus = fragment(id, PDataValueType::Command, &request.encode(), peer_max)
-        .into_iter()
-        .chain(fragment(id, PDataValueType::Data, &encoded, peer_max));
     let transfer = |reason: String| ScuError::Transfer {
         ae_title: remote.ae_title.clone(),
         sop_instance_uid: String::new(),
         reason,
     };
-    for pdu in pdus {
-        tokio::time::timeout(options.timeout, association.send(&pdu))
-            .await
-            .map_err(|_| transfer("timeout sending the C-FIND-RQ".into()))?
-            .map_err(|e| transfer(e.to_string()))?;
-    }
+    super::scu::send_message(
+        &mut association,
+        id,
+        &request,
+        &encoded,
+        peer_max,
+        options.timeout,
+    )
+    .await
+    .map_err(|e| transfer(format!("C-FIND-RQ: {e}")))?;
     let outcome = read_responses(
         &mut association,
         &ts,

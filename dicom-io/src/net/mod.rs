@@ -2,6 +2,8 @@
 //!
 //! - [`admission`]: whether a received data set may be stored, and the
 //!   status of each refusal.
+//! - [`commitment`]: Storage Commitment Push Model SCU (N-ACTION, and the
+//!   N-EVENT-REPORT on the same association), the reports read bounded.
 //! - [`config`]: the `[dicom]` section of the configuration and the SCP
 //!   options it makes.
 //! - [`find`]: Query SCU (C-FIND, Study Root) for what Vigie asks a PACS,
@@ -20,6 +22,7 @@
 //!   and its own order of transfer syntax preference.
 
 pub mod admission;
+pub mod commitment;
 pub mod config;
 pub mod find;
 pub mod message;

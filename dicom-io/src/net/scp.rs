@@ -115,6 +115,11 @@ pub struct ScpOptions {
     /// Query/Retrieve information models whose C-MOVE is answered (the
     /// handler's [`StoreHandler::retrieve`]); empty: no retrieve service.
     pub retrieve_models: Vec<String>,
+    /// Accept Storage Commitment reports (N-EVENT-REPORT of the Storage
+    /// Commitment Push Model, from a requester that takes the SCP role),
+    /// handed to [`StoreHandler::commitment_report`]; false: the context is
+    /// refused.
+    pub commitment_reports: bool,
     /// Maximum PDU length we announce.
     pub max_pdu_length: u32,
     /// How long a peer has to send its A-ASSOCIATE-RQ after connecting.
@@ -153,6 +158,7 @@ impl ScpOptions {
             transfer_syntaxes: default_transfer_syntaxes(),
             query_models: Vec::new(),
             retrieve_models: Vec::new(),
+            commitment_reports: false,
             max_pdu_length: DEFAULT_MAX_PDU_LENGTH,
             artim_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
@@ -461,6 +467,21 @@ pub trait StoreHandler: Send + Sync + 'static {
             comment: Some("no query service".into()),
             unsupported_keys: false,
         }
+    }
+
+    /// Take a Storage Commitment report (an N-EVENT-REPORT-RQ, with
+    /// [`ScpOptions::commitment_reports`]); runs on a blocking thread.
+    /// Returns the status of the N-EVENT-REPORT-RSP and its Error Comment.
+    /// Without an implementation: processing failure.
+    fn commitment_report(
+        &self,
+        report: super::commitment::CommitmentReport,
+    ) -> (u16, Option<String>) {
+        let _ = report;
+        (
+            status::PROCESSING_FAILURE,
+            Some("no storage commitment service".into()),
+        )
     }
 
     /// Answer a C-MOVE on one of [`ScpOptions::retrieve_models`]: which
@@ -1149,9 +1170,15 @@ impl<H: StoreHandler> Association<H> {
                 .iter()
                 .map(String::as_str)
                 .collect();
+            let scp_role: &[&str] = if options.commitment_reports {
+                &[super::commitment::STORAGE_COMMITMENT_PUSH_MODEL]
+            } else {
+                &[]
+            };
             let offer = Offer {
                 abstract_syntaxes: &abstract_syntaxes,
                 transfer_syntaxes: &transfer_syntaxes,
+                scp_role_syntaxes: scp_role,
                 max_pdu_length: options.max_pdu_length,
             };
             let access = Access {
@@ -1287,6 +1314,10 @@ impl<H: StoreHandler> Association<H> {
                                 current.write(&bytes);
                                 if last && let Some(done) = incoming.take() {
                                     if done.query.is_some()
+                                        && done.request.field == field::N_EVENT_REPORT_RQ
+                                    {
+                                        self.finish_report(done).await?;
+                                    } else if done.query.is_some()
                                         && done.request.field == field::C_MOVE_RQ
                                     {
                                         self.finish_move(done).await?;
@@ -1368,6 +1399,27 @@ impl<H: StoreHandler> Association<H> {
                     ));
                 }
                 Ok(Some(incoming))
+            }
+            // A Storage Commitment SCP reporting, on a context where it
+            // took the SCP role: the event information is gathered in
+            // memory, bounded like a C-FIND identifier.
+            field::N_EVENT_REPORT_RQ
+                if command.has_data_set
+                    && self.options.commitment_reports
+                    && trim_uid(&abstract_syntax)
+                        == super::commitment::STORAGE_COMMITMENT_PUSH_MODEL
+                    && self
+                        .negotiated
+                        .requester_scp
+                        .iter()
+                        .any(|a| a == trim_uid(&abstract_syntax)) =>
+            {
+                Ok(Some(Incoming::query(
+                    context,
+                    command,
+                    &transfer_syntax,
+                    &self.options,
+                )))
             }
             // C-CANCEL: answers are bounded and run to their end; nothing
             // is answered to the cancel itself (PS3.7 9.3.2.3).
@@ -1541,6 +1593,50 @@ impl<H: StoreHandler> Association<H> {
             handled,
         });
         Ok(())
+    }
+
+    /// Answer a Storage Commitment report: read it (bounded, scanned), hand
+    /// it to the handler, answer with its status (no data set, PS3.4
+    /// J.3.3.1.2).
+    async fn finish_report(&mut self, mut incoming: Incoming) -> Result<(), String> {
+        let request = incoming.request.clone();
+        let context = incoming.context;
+        let bytes = incoming.query.take().unwrap_or_default();
+        let (code, comment) = match incoming.failure.take() {
+            Some(failure) => (status::PROCESSING_FAILURE, failure.comment),
+            None => match super::commitment::decode_report(
+                &bytes,
+                &incoming.transfer_syntax,
+                request.event_type_id.unwrap_or(0),
+                &self.calling,
+            ) {
+                Err(e) => (
+                    status::PROCESSING_FAILURE,
+                    Some(format!("report cannot be read: {e}")),
+                ),
+                Ok(report) => {
+                    let handler = self.handler.clone();
+                    tokio::task::spawn_blocking(move || handler.commitment_report(report))
+                        .await
+                        .unwrap_or_else(|e| {
+                            (
+                                status::PROCESSING_FAILURE,
+                                Some(format!("report handler failed: {e}")),
+                            )
+                        })
+                }
+            },
+        };
+        if code != status::SUCCESS {
+            tracing::warn!(
+                calling = %self.calling,
+                status = format!("0x{code:04X}"),
+                comment = comment.as_deref().unwrap_or(""),
+                "storage commitment report not taken"
+            );
+        }
+        self.respond(context, &request, code, comment.as_deref())
+            .await
     }
 
     /// Answer a C-MOVE: the handler says which files go where; they are

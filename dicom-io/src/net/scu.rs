@@ -259,20 +259,16 @@ pub async fn send_files(
         };
         let message_id = u16::try_from(index % usize::from(u16::MAX)).unwrap_or(0) + 1;
         let request = Command::store_request(message_id, class, &instance);
-        let pdus = fragment(
+        send_message(
+            &mut association,
             context,
-            PDataValueType::Command,
-            &request.encode(),
+            &request,
+            &dataset,
             peer_max,
+            options.timeout,
         )
-        .into_iter()
-        .chain(fragment(context, PDataValueType::Data, &dataset, peer_max));
-        for pdu in pdus {
-            tokio::time::timeout(options.timeout, association.send(&pdu))
-                .await
-                .map_err(|_| transfer_err("timeout sending".into()))?
-                .map_err(|e| transfer_err(e.to_string()))?;
-        }
+        .await
+        .map_err(transfer_err)?;
         let response = receive_response(&mut association, options.timeout)
             .await
             .map_err(transfer_err)?;
@@ -291,6 +287,34 @@ pub async fn send_files(
     }
     let _ = tokio::time::timeout(options.timeout, ul::release(&mut association)).await;
     Ok(outcomes)
+}
+
+/// Send one DIMSE message, its command then its data set (none when
+/// empty), in PDUs of at most `peer_max` bytes, each within `timeout`.
+pub(crate) async fn send_message(
+    association: &mut Connection<DicomStream>,
+    context: u8,
+    command: &Command,
+    data: &[u8],
+    peer_max: u32,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut pdus = fragment(
+        context,
+        PDataValueType::Command,
+        &command.encode(),
+        peer_max,
+    );
+    if command.has_data_set {
+        pdus.extend(fragment(context, PDataValueType::Data, data, peer_max));
+    }
+    for pdu in pdus {
+        tokio::time::timeout(timeout, association.send(&pdu))
+            .await
+            .map_err(|_| "timeout sending".to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Open an association with `remote` proposing `contexts` (abstract

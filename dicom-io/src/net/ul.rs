@@ -150,6 +150,10 @@ pub struct Negotiated {
     pub peer_implementation_class_uid: Option<String>,
     /// The peer's Implementation Version Name.
     pub peer_implementation_version_name: Option<String>,
+    /// Abstract syntaxes accepted with the requester in the SCP role (SCP/SCU
+    /// Role Selection, PS3.7 D.3.3.4): a Storage Commitment SCP that opened
+    /// an association to send its reports.
+    pub requester_scp: Vec<String>,
 }
 
 impl Negotiated {
@@ -177,6 +181,11 @@ pub struct Offer<'a> {
     pub abstract_syntaxes: &'a [&'a str],
     /// Transfer syntaxes accepted, in order of preference.
     pub transfer_syntaxes: &'a [&'a str],
+    /// Abstract syntaxes accepted only where the requester proposes to be
+    /// the SCP (SCP/SCU Role Selection, PS3.7 D.3.3.4), as a Storage
+    /// Commitment SCP does to send its N-EVENT-REPORT; proposed without
+    /// that role, they are refused (abstract syntax not supported).
+    pub scp_role_syntaxes: &'a [&'a str],
     /// The largest PDU this side receives.
     pub max_pdu_length: u32,
 }
@@ -297,11 +306,50 @@ pub fn accept(
     let called = trim(&request.called_ae_title).to_string();
     access(&calling, &called, peer.identity)
         .map_err(|reason| rejection(AssociationRJResult::Permanent, reason))?;
+    // The SCP roles the requester proposes (a Storage Commitment SCP
+    // reporting on an association of its own).
+    let scp_proposed: Vec<&str> = request
+        .user_variables
+        .iter()
+        .filter_map(|item| match item {
+            UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) if roles.scp => {
+                Some(trim(uid))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut requester_scp: Vec<String> = Vec::new();
     let contexts: Vec<PresentationContextNegotiated> = request
         .presentation_contexts
         .iter()
-        .map(|pc| negotiate_context(pc, offer))
+        .map(|pc| {
+            let abstract_syntax = trim(&pc.abstract_syntax);
+            if !offer.scp_role_syntaxes.contains(&abstract_syntax) {
+                return negotiate_context(pc, offer.abstract_syntaxes, offer);
+            }
+            let as_scp = scp_proposed.contains(&abstract_syntax);
+            let offered: &[&str] = if as_scp { &[abstract_syntax] } else { &[] };
+            let negotiated = negotiate_context(pc, offered, offer);
+            if negotiated.reason == PresentationContextResultReason::Acceptance
+                && !requester_scp.iter().any(|a| a == abstract_syntax)
+            {
+                requester_scp.push(abstract_syntax.to_string());
+            }
+            negotiated
+        })
         .collect();
+    let mut user_variables = our_user_variables(offer.max_pdu_length);
+    // The acceptor answers each role it accepts (PS3.7 D.3.3.4): the
+    // requester as SCP only.
+    for uid in &requester_scp {
+        user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(
+            uid.clone(),
+            dicom_ul::pdu::RequestorRoles {
+                scu: false,
+                scp: true,
+            },
+        ));
+    }
     let ac = AssociationAC {
         protocol_version: 1,
         calling_ae_title: request.calling_ae_title.clone(),
@@ -315,7 +363,7 @@ pub fn accept(
                 transfer_syntax: c.transfer_syntax.clone(),
             })
             .collect(),
-        user_variables: our_user_variables(offer.max_pdu_length),
+        user_variables,
     };
     Ok((
         ac,
@@ -326,12 +374,14 @@ pub fn accept(
             contexts,
             peer_implementation_class_uid: peer.class_uid,
             peer_implementation_version_name: peer.version_name,
+            requester_scp,
         },
     ))
 }
 
 fn negotiate_context(
     pc: &PresentationContextProposed,
+    abstract_syntaxes: &[&str],
     offer: Offer<'_>,
 ) -> PresentationContextNegotiated {
     let abstract_syntax = trim(&pc.abstract_syntax).to_string();
@@ -343,7 +393,7 @@ fn negotiate_context(
         transfer_syntax: "1.2.840.10008.1.2".to_string(),
         abstract_syntax: abstract_syntax.clone(),
     };
-    if !offer.abstract_syntaxes.contains(&abstract_syntax.as_str()) {
+    if !abstract_syntaxes.contains(&abstract_syntax.as_str()) {
         return refused(PresentationContextResultReason::AbstractSyntaxNotSupported);
     }
     match choose_transfer_syntax(offer.transfer_syntaxes, &pc.transfer_syntaxes) {
@@ -480,6 +530,7 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
         contexts,
         peer_implementation_class_uid: peer.class_uid,
         peer_implementation_version_name: peer.version_name,
+        requester_scp: Vec::new(),
     };
     if negotiated.accepted_count() == 0 {
         return Err(RequestError::NoContext);
@@ -513,6 +564,71 @@ mod tests {
     const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
     const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
     const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+    const COMMITMENT: &str = "1.2.840.10008.1.20.1";
+
+    #[test]
+    fn storage_commitment_is_accepted_only_with_the_requester_as_scp() {
+        // Without role selection the requester would be the SCU, asking
+        // Vigie to commit: refused.
+        let rq = request_with(vec![(1, COMMITMENT, vec![EXPLICIT_LE])]);
+        let (ac, negotiated) =
+            accept(rq, offer(&[EXPLICIT_LE]), |_, _, _| Ok(())).expect("associated");
+        assert_eq!(
+            ac.presentation_contexts[0].reason,
+            PresentationContextResultReason::AbstractSyntaxNotSupported
+        );
+        assert!(negotiated.requester_scp.is_empty());
+        // A reporting SCP proposes SCU-role 0, SCP-role 1 (as Orthanc and
+        // DCMTK do): accepted, and the role answered.
+        let mut rq = request_with(vec![
+            (1, COMMITMENT, vec![EXPLICIT_LE]),
+            (3, MR, vec![EXPLICIT_LE]),
+        ]);
+        rq.user_variables
+            .push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                format!("{COMMITMENT}\0"),
+                dicom_ul::pdu::RequestorRoles {
+                    scu: false,
+                    scp: true,
+                },
+            ));
+        let (ac, negotiated) =
+            accept(rq, offer(&[EXPLICIT_LE]), |_, _, _| Ok(())).expect("associated");
+        assert_eq!(negotiated.accepted(1), Some((COMMITMENT, EXPLICIT_LE)));
+        assert_eq!(negotiated.requester_scp, vec![COMMITMENT.to_string()]);
+        assert!(
+            ac.user_variables
+                .contains(&UserVariableItem::ScuScpRoleSelectionSubItem(
+                    COMMITMENT.into(),
+                    dicom_ul::pdu::RequestorRoles {
+                        scu: false,
+                        scp: true,
+                    },
+                ))
+        );
+        // No role answered for the storage context: default roles.
+        assert_eq!(
+            ac.user_variables
+                .iter()
+                .filter(|i| matches!(i, UserVariableItem::ScuScpRoleSelectionSubItem(..)))
+                .count(),
+            1
+        );
+        // Not offered at all: refused even as SCP.
+        let mut rq = request_with(vec![(1, COMMITMENT, vec![EXPLICIT_LE])]);
+        rq.user_variables
+            .push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                COMMITMENT.into(),
+                dicom_ul::pdu::RequestorRoles {
+                    scu: false,
+                    scp: true,
+                },
+            ));
+        let mut none = offer(&[EXPLICIT_LE]);
+        none.scp_role_syntaxes = &[];
+        let (_, negotiated) = accept(rq, none, |_, _, _| Ok(())).expect("associated");
+        assert_eq!(negotiated.accepted(1), None);
+    }
 
     fn request_with(contexts: Vec<(u8, &str, Vec<&str>)>) -> AssociationRQ {
         AssociationRQ {
@@ -540,6 +656,7 @@ mod tests {
         Offer {
             abstract_syntaxes: &[MR, "1.2.840.10008.1.1"],
             transfer_syntaxes: ts,
+            scp_role_syntaxes: &[COMMITMENT],
             max_pdu_length: 116_794,
         }
     }
