@@ -414,14 +414,21 @@ pub struct Delivery {
     pub destination: String,
     /// Result instance.
     pub sop_instance_uid: String,
-    /// `pending`, `sent` or `failed`.
+    /// `pending` (to send), `stored` (taken by C-STORE, commitment to
+    /// request), `committing` (commitment requested, report awaited),
+    /// `sent` (delivered: committed, where the destination asks for
+    /// commitment) or `failed`.
     pub state: String,
-    /// Sends tried.
+    /// Sends and commitment requests tried.
     pub attempts: u32,
-    /// Why the last send failed.
+    /// Why the last send or commitment failed.
     pub last_error: Option<String>,
     /// Last change (RFC 3339).
     pub updated_at: String,
+    /// Transaction UID of the last storage commitment request, if any.
+    pub commitment_uid: Option<String>,
+    /// When the destination committed it (RFC 3339), if it did.
+    pub committed_at: Option<String>,
 }
 
 /// What a retry request did.
@@ -484,6 +491,9 @@ pub struct StudyStatus {
 pub struct OutboxStatus {
     /// Waiting to be sent (including retries).
     pub pending: u64,
+    /// Stored by the destination, its storage commitment not yet reported
+    /// (`stored` and `committing`).
+    pub awaiting_commitment: u64,
     /// Delivered.
     pub sent: u64,
     /// Given up.
@@ -634,6 +644,41 @@ pub trait Outbox: Send + Sync + 'static {
         retry_at_ms: Option<i64>,
         now_ms: i64,
     ) -> StoreResult<()>;
+
+    /// An item was stored by a destination that commits: delivered once
+    /// committed; its commitment is due now.
+    fn outbox_stored(&self, id: i64, now_ms: i64) -> StoreResult<()>;
+
+    /// Items whose commitment is to be requested at `now_ms`: stored, or
+    /// requested without a report before their deadline.
+    fn commitment_due(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<OutboxItem>>;
+
+    /// A commitment is being requested for `ids` under `transaction_uid`;
+    /// without a report by `deadline_ms` it is due again. Recorded before
+    /// the request goes out (its report may come first).
+    fn commitment_requested(
+        &self,
+        ids: &[i64],
+        transaction_uid: &str,
+        deadline_ms: i64,
+        now_ms: i64,
+    ) -> StoreResult<()>;
+
+    /// A commitment request failed: ask again at `retry_at_ms`, or give up
+    /// when `None`.
+    fn commitment_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<()>;
+
+    /// The items awaiting the report of `transaction_uid`.
+    fn in_commitment(&self, transaction_uid: &str) -> StoreResult<Vec<OutboxItem>>;
+
+    /// The destination committed an item: delivered.
+    fn outbox_committed(&self, id: i64, now_ms: i64) -> StoreResult<()>;
 
     /// The deliveries of a job's results.
     fn deliveries(&self, job_id: i64) -> StoreResult<Vec<Delivery>>;

@@ -135,6 +135,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX reviews_time ON reviews (recorded_ms);
      CREATE UNIQUE INDEX reviews_source ON reviews (source_sop_instance_uid)
          WHERE source_sop_instance_uid IS NOT NULL;",
+    // 4: storage commitment of delivered results: the transaction of the
+    // last request and when the destination committed (states `stored`
+    // and `committing` are new values of `state`).
+    "ALTER TABLE outbox ADD COLUMN commitment_uid TEXT;
+     ALTER TABLE outbox ADD COLUMN committed_ms INTEGER;
+     CREATE INDEX outbox_commitment ON outbox (commitment_uid)
+         WHERE commitment_uid IS NOT NULL;",
 ];
 
 /// The catalog schema version this binary writes.
@@ -899,32 +906,147 @@ impl JobQueue for SqliteCatalog {
     }
 }
 
+/// An outbox attempt failed: back to `retry_state` at `retry_at_ms`, or
+/// failed for good when `None`.
+fn outbox_attempt_failed(
+    c: &Connection,
+    id: i64,
+    retry_state: &str,
+    error: &str,
+    retry_at_ms: Option<i64>,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE outbox SET state = ?2, attempts = attempts + 1, last_error = ?3,
+            not_before_ms = coalesce(?4, not_before_ms), updated_ms = ?5 WHERE id = ?1",
+        params![
+            id,
+            if retry_at_ms.is_some() {
+                retry_state
+            } else {
+                "failed"
+            },
+            error,
+            retry_at_ms,
+            now_ms
+        ],
+    )?;
+    Ok(())
+}
+
+/// Outbox items matching `condition` (on `outbox o`; its parameters
+/// `?1`, and `?2` the row limit), by destination and age.
+fn outbox_items(
+    c: &Connection,
+    condition: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<OutboxItem>> {
+    let mut stmt = c.prepare(&format!(
+        "SELECT o.id, o.job_id, o.destination, o.path, o.sop_instance_uid, o.attempts,
+                o.created_ms, j.study_instance_uid
+         FROM outbox o JOIN jobs j ON j.id = o.job_id
+         WHERE {condition}
+         ORDER BY o.destination, o.id LIMIT ?2"
+    ))?;
+    stmt.query_map(params, |r| {
+        Ok(OutboxItem {
+            id: r.get(0)?,
+            job_id: r.get(1)?,
+            destination: r.get(2)?,
+            path: PathBuf::from(r.get::<_, String>(3)?),
+            sop_instance_uid: r.get(4)?,
+            attempts: r.get(5)?,
+            created_ms: r.get(6)?,
+            study_instance_uid: r.get(7)?,
+        })
+    })?
+    .collect()
+}
+
 impl Outbox for SqliteCatalog {
     fn due_outbox(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<OutboxItem>> {
         self.with("due outbox", |c| {
-            let mut stmt = c.prepare(
-                "SELECT o.id, o.job_id, o.destination, o.path, o.sop_instance_uid, o.attempts,
-                        o.created_ms, j.study_instance_uid
-                 FROM outbox o JOIN jobs j ON j.id = o.job_id
-                 WHERE o.state = 'pending' AND o.not_before_ms <= ?1
-                 ORDER BY o.destination, o.id LIMIT ?2",
-            )?;
-            stmt.query_map(
+            outbox_items(
+                c,
+                "o.state = 'pending' AND o.not_before_ms <= ?1",
                 params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
-                |r| {
-                    Ok(OutboxItem {
-                        id: r.get(0)?,
-                        job_id: r.get(1)?,
-                        destination: r.get(2)?,
-                        path: PathBuf::from(r.get::<_, String>(3)?),
-                        sop_instance_uid: r.get(4)?,
-                        attempts: r.get(5)?,
-                        created_ms: r.get(6)?,
-                        study_instance_uid: r.get(7)?,
-                    })
-                },
-            )?
-            .collect()
+            )
+        })
+    }
+
+    fn outbox_stored(&self, id: i64, now_ms: i64) -> StoreResult<()> {
+        self.with("outbox stored", |c| {
+            c.execute(
+                "UPDATE outbox SET state = 'stored', attempts = attempts + 1, last_error = NULL,
+                    not_before_ms = ?2, updated_ms = ?2 WHERE id = ?1",
+                params![id, now_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn commitment_due(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<OutboxItem>> {
+        self.with("commitment due", |c| {
+            outbox_items(
+                c,
+                "o.state IN ('stored', 'committing') AND o.not_before_ms <= ?1",
+                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+        })
+    }
+
+    fn commitment_requested(
+        &self,
+        ids: &[i64],
+        transaction_uid: &str,
+        deadline_ms: i64,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        self.with("commitment requested", |c| {
+            let tx = c.transaction()?;
+            for id in ids {
+                tx.execute(
+                    "UPDATE outbox SET state = 'committing', commitment_uid = ?2,
+                        not_before_ms = ?3, updated_ms = ?4 WHERE id = ?1",
+                    params![id, transaction_uid, deadline_ms, now_ms],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn commitment_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        self.with("commitment failed", |c| {
+            outbox_attempt_failed(c, id, "stored", error, retry_at_ms, now_ms)
+        })
+    }
+
+    fn in_commitment(&self, transaction_uid: &str) -> StoreResult<Vec<OutboxItem>> {
+        self.with("in commitment", |c| {
+            outbox_items(
+                c,
+                "o.state = 'committing' AND o.commitment_uid = ?1",
+                // A transaction names at most a few hundred items.
+                params![transaction_uid, 100_000i64],
+            )
+        })
+    }
+
+    fn outbox_committed(&self, id: i64, now_ms: i64) -> StoreResult<()> {
+        self.with("outbox committed", |c| {
+            c.execute(
+                "UPDATE outbox SET state = 'sent', last_error = NULL, committed_ms = ?2,
+                    updated_ms = ?2 WHERE id = ?1",
+                params![id, now_ms],
+            )?;
+            Ok(())
         })
     }
 
@@ -947,29 +1069,15 @@ impl Outbox for SqliteCatalog {
         now_ms: i64,
     ) -> StoreResult<()> {
         self.with("outbox failed", |c| {
-            c.execute(
-                "UPDATE outbox SET state = ?2, attempts = attempts + 1, last_error = ?3,
-                    not_before_ms = coalesce(?4, not_before_ms), updated_ms = ?5 WHERE id = ?1",
-                params![
-                    id,
-                    if retry_at_ms.is_some() {
-                        "pending"
-                    } else {
-                        "failed"
-                    },
-                    error,
-                    retry_at_ms,
-                    now_ms
-                ],
-            )?;
-            Ok(())
+            outbox_attempt_failed(c, id, "pending", error, retry_at_ms, now_ms)
         })
     }
 
     fn deliveries(&self, job_id: i64) -> StoreResult<Vec<Delivery>> {
         self.with("deliveries", |c| {
             let mut stmt = c.prepare(
-                "SELECT destination, sop_instance_uid, state, attempts, last_error, updated_ms
+                "SELECT destination, sop_instance_uid, state, attempts, last_error, updated_ms,
+                        commitment_uid, committed_ms
                  FROM outbox WHERE job_id = ?1 ORDER BY id",
             )?;
             stmt.query_map(params![job_id], |r| {
@@ -980,6 +1088,8 @@ impl Outbox for SqliteCatalog {
                     attempts: r.get(3)?,
                     last_error: r.get(4)?,
                     updated_at: rfc3339(r.get(5)?),
+                    commitment_uid: r.get(6)?,
+                    committed_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
                 })
             })?
             .collect()
@@ -996,6 +1106,7 @@ impl Outbox for SqliteCatalog {
                 let n = n.max(0).unsigned_abs();
                 match state.as_str() {
                     "pending" => status.pending = n,
+                    "stored" | "committing" => status.awaiting_commitment += n,
                     "sent" => status.sent = n,
                     _ => status.failed = n,
                 }
@@ -1414,8 +1525,9 @@ mod tests {
         assert_eq!(jobs[0].last_error.as_deref(), Some("still broken"));
     }
 
-    #[test]
-    fn finished_jobs_fill_the_outbox_per_destination() {
+    /// A catalog with one done job of study 1.3 whose one result (an SR,
+    /// 1.9) is queued for two destinations.
+    fn one_result_for_two_destinations() -> (tempfile::TempDir, SqliteCatalog) {
         let dir = tempfile::tempdir().unwrap();
         let catalog = SqliteCatalog::open(&dir.path().join("index.sqlite")).unwrap();
         let mut two = job("1.3.1");
@@ -1434,6 +1546,12 @@ mod tests {
             attributes: BTreeMap::new(),
         }];
         catalog.finish_job(&claimed, &results, None, 5).unwrap();
+        (dir, catalog)
+    }
+
+    #[test]
+    fn finished_jobs_fill_the_outbox_per_destination() {
+        let (_dir, catalog) = one_result_for_two_destinations();
         // Received and created instances are both served over DICOMweb.
         let web = catalog
             .web_instances(&WebScope {
@@ -1460,6 +1578,55 @@ mod tests {
         assert_eq!(catalog.due_outbox(1000, 10).unwrap().len(), 1);
         let status = catalog.outbox_status().unwrap();
         assert_eq!((status.pending, status.sent, status.failed), (1, 1, 0));
+    }
+
+    #[test]
+    fn stored_items_await_their_commitment_before_they_count_as_sent() {
+        let (_dir, catalog) = one_result_for_two_destinations();
+        let due = catalog.due_outbox(5, 10).unwrap();
+        assert_eq!(due.len(), 2);
+        catalog.outbox_stored(due[0].id, 6).unwrap();
+        assert!(
+            catalog.due_outbox(6, 10).unwrap().len() == 1,
+            "stored is not sent again"
+        );
+        let status = catalog.outbox_status().unwrap();
+        assert_eq!((status.awaiting_commitment, status.sent), (1, 0));
+        let to_commit = catalog.commitment_due(6, 10).unwrap();
+        assert_eq!(
+            to_commit.iter().map(|i| i.id).collect::<Vec<_>>(),
+            vec![due[0].id]
+        );
+        catalog
+            .commitment_requested(&[due[0].id], "2.25.9", 100, 7)
+            .unwrap();
+        assert!(catalog.commitment_due(99, 10).unwrap().is_empty());
+        assert_eq!(
+            catalog.commitment_due(100, 10).unwrap().len(),
+            1,
+            "due again past its deadline"
+        );
+        assert_eq!(catalog.in_commitment("2.25.9").unwrap().len(), 1);
+        assert!(catalog.in_commitment("2.25.8").unwrap().is_empty());
+        catalog
+            .commitment_failed(due[0].id, "refused", Some(50), 8)
+            .unwrap();
+        assert!(catalog.in_commitment("2.25.9").unwrap().is_empty());
+        assert_eq!(catalog.commitment_due(50, 10).unwrap().len(), 1);
+        catalog
+            .commitment_requested(&[due[0].id], "2.25.10", 200, 9)
+            .unwrap();
+        catalog.outbox_committed(due[0].id, 10).unwrap();
+        let status = catalog.outbox_status().unwrap();
+        assert_eq!((status.awaiting_commitment, status.sent), (0, 1));
+        let deliveries = catalog.deliveries(due[0].job_id).unwrap();
+        let committed = deliveries
+            .iter()
+            .find(|d| d.destination == due[0].destination)
+            .unwrap();
+        assert_eq!(committed.state, "sent");
+        assert_eq!(committed.commitment_uid.as_deref(), Some("2.25.10"));
+        assert!(committed.committed_at.is_some());
     }
 
     #[test]
