@@ -101,6 +101,9 @@ event_kinds! {
     JobQuarantined => "job_quarantined",
     /// One attempt to send a result.
     ResultDelivery => "result_delivery",
+    /// Storage commitment of delivered results: a request, or what a
+    /// destination's report said of one result.
+    ResultCommitment => "result_commitment",
     /// The audit data was read, verified, exported or queried.
     AuditAccessed => "audit_accessed",
     /// Retention pruned old records.

@@ -413,6 +413,9 @@ pub struct DeliveryConfig {
     pub give_up_after_h: f64,
     /// Instances sent per association at most.
     pub batch_size: usize,
+    /// Seconds a destination with `commitment = true` has to report on a
+    /// storage commitment request before it is asked again.
+    pub commitment_timeout_s: f64,
 }
 
 impl Default for DeliveryConfig {
@@ -422,6 +425,7 @@ impl Default for DeliveryConfig {
             retry_max_s: 600.0,
             give_up_after_h: 168.0,
             batch_size: 64,
+            commitment_timeout_s: 600.0,
         }
     }
 }
@@ -443,6 +447,15 @@ pub struct DestinationConfig {
     /// The name the destination's certificate must carry; unset: `host`.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// Ask the destination for storage commitment (PS3.4 Annex J) of each
+    /// result it stored: a result counts as delivered only once committed.
+    #[serde(default)]
+    pub commitment: bool,
+    /// Seconds the association stays open after the commitment request for
+    /// a report on it (for a PACS that reports only there); 0: released at
+    /// once, the report comes on an association of the destination's own.
+    #[serde(default)]
+    pub commitment_wait_s: f64,
 }
 
 /// `[results]`.
@@ -684,6 +697,18 @@ impl Config {
                     "destinations.{name}.server_name: only used with tls = true"
                 ));
             }
+            if !(0.0..=60.0).contains(&d.commitment_wait_s) {
+                problems.push(format!(
+                    "destinations.{name}.commitment_wait_s: 0 to 60 seconds"
+                ));
+            } else if d.commitment_wait_s > 0.0 && !d.commitment {
+                problems.push(format!(
+                    "destinations.{name}.commitment_wait_s: only used with commitment = true"
+                ));
+            }
+        }
+        if !(1.0..=604_800.0).contains(&self.delivery.commitment_timeout_s) {
+            problems.push("delivery.commitment_timeout_s: 1 to 604800 seconds".into());
         }
     }
 

@@ -106,6 +106,9 @@ pub struct Ingest {
     web: Option<Arc<dyn vigie_store::WebIndex>>,
     /// Where C-MOVE may send, by AE title: the configured destinations.
     move_destinations: std::collections::BTreeMap<String, vigie_dicom_io::net::scu::RemoteAe>,
+    /// Where storage commitment reports go (destinations with
+    /// `commitment = true`); `None`: refused.
+    commitment: Option<crate::pipeline::Pipeline>,
     /// The studies each open association has stored instances of.
     carried: std::sync::Mutex<std::collections::HashMap<u64, std::collections::BTreeSet<String>>>,
     /// Counters.
@@ -190,6 +193,7 @@ impl Ingest {
             release_grace: None,
             web: None,
             move_destinations: std::collections::BTreeMap::new(),
+            commitment: None,
             carried: std::sync::Mutex::new(std::collections::HashMap::new()),
             stats: Arc::default(),
         }
@@ -211,6 +215,13 @@ impl Ingest {
     ) -> Self {
         self.web = web;
         self.move_destinations = destinations;
+        self
+    }
+
+    /// Take storage commitment reports for `pipeline` (some destination
+    /// has `commitment = true`).
+    pub fn with_commitment(mut self, pipeline: Option<crate::pipeline::Pipeline>) -> Self {
+        self.commitment = pipeline;
         self
     }
 
@@ -1059,6 +1070,19 @@ impl StoreHandler for Ingest {
             }),
         ));
         answer
+    }
+
+    fn commitment_report(
+        &self,
+        report: vigie_dicom_io::net::commitment::CommitmentReport,
+    ) -> (u16, Option<String>) {
+        match &self.commitment {
+            Some(pipeline) => pipeline.apply_report(&report),
+            None => (
+                status::PROCESSING_FAILURE,
+                Some("no storage commitment requested by this AE".into()),
+            ),
+        }
     }
 
     fn retrieve(

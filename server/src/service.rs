@@ -286,6 +286,22 @@ impl Service {
             &model_infos,
             &config.results.review_senders,
         ));
+        let pipeline = Pipeline {
+            config: config.clone(),
+            catalog: catalog.clone(),
+            layout: layout.clone(),
+            stop: CancellationToken::new(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            backlog: backlog.clone(),
+            wake: Arc::default(),
+            resolved: Arc::new(config.resolve()?),
+            health: Arc::default(),
+            dicom_tls: dicom_tls.clone(),
+        };
+        // Storage commitment reports are taken only when some destination
+        // asks for commitment.
+        let commitment = config.destinations.values().any(|d| d.commitment);
         let ingest = Arc::new(
             Ingest::new(
                 layout.clone(),
@@ -314,22 +330,11 @@ impl Service {
                     .pipeline
                     .release_grace_s
                     .map(|s| Duration::from_secs_f64(s.clamp(0.0, 86_400.0))),
-            ),
+            )
+            .with_commitment(commitment.then(|| pipeline.clone())),
         );
-        let pipeline = Pipeline {
-            config: config.clone(),
-            catalog: catalog.clone(),
-            layout: layout.clone(),
-            stop: CancellationToken::new(),
-            audit: audit.clone(),
-            metrics: metrics.clone(),
-            backlog: backlog.clone(),
-            wake: Arc::default(),
-            resolved: Arc::new(config.resolve()?),
-            health: Arc::default(),
-            dicom_tls: dicom_tls.clone(),
-        };
-        let options = config.dicom.scp_options(&layout.staging());
+        let mut options = config.dicom.scp_options(&layout.staging());
+        options.commitment_reports = commitment;
         let tokens = crate::http::auth::Tokens::new(&config.http.tokens);
         if tokens.is_empty() {
             tracing::warn!(

@@ -347,12 +347,13 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         let outbox = state.catalog.outbox_status()?;
         for (s, n) in [
             ("pending", outbox.pending),
+            ("awaiting_commitment", outbox.awaiting_commitment),
             ("sent", outbox.sent),
             ("failed", outbox.failed),
         ] {
             gauges.push((
                 "vigie_outbox",
-                "Result deliveries by state (pending is the delivery queue depth).",
+                "Result deliveries by state (pending is the delivery queue depth; awaiting_commitment: stored by a destination with commitment = true, not yet committed).",
                 crate::metrics::labels(&[("state", s)]),
                 n as f64,
             ));

@@ -1,7 +1,8 @@
 //! Result delivery: due outbox items sent by C-STORE, a batch per
 //! destination and association; transient failures retried with
 //! exponential backoff (`delivery.retry_initial_s` to `retry_max_s`) until
-//! `give_up_after_h`, permanent refusals failed at once.
+//! `give_up_after_h`, permanent refusals failed at once. A destination with
+//! `commitment = true` must then commit what it stored ([`super::commitment`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,16 +23,9 @@ impl Pipeline {
         let batch = self.config.delivery.batch_size;
         let due =
             tokio::task::spawn_blocking(move || catalog.due_outbox(now_ms(), batch * 8)).await??;
-        let mut by_destination: BTreeMap<String, Vec<OutboxItem>> = BTreeMap::new();
-        for item in due {
-            by_destination
-                .entry(item.destination.clone())
-                .or_default()
-                .push(item);
-        }
+        let by_destination = by_destination(due);
         let mut delivered = 0;
-        let mut scu = ScuOptions::new(&self.config.dicom.ae_title);
-        scu.timeout = Duration::from_secs(self.config.dicom.scu_timeout_s.max(1));
+        let scu = self.scu_options();
         for (name, items) in by_destination {
             let Some(destination) = self.config.destinations.get(&name) else {
                 for item in &items {
@@ -75,7 +69,12 @@ impl Pipeline {
                                 },
                             });
                             if outcome.delivered() {
-                                self.catalog.outbox_sent(item.id, now_ms())?;
+                                if destination.commitment {
+                                    // Delivered once committed (commitment.rs).
+                                    self.catalog.outbox_stored(item.id, now_ms())?;
+                                } else {
+                                    self.catalog.outbox_sent(item.id, now_ms())?;
+                                }
                                 delivered += 1;
                                 continue;
                             }
@@ -147,6 +146,13 @@ impl Pipeline {
         Ok(delivered)
     }
 
+    /// The SCU settings of delivery: our AE title, `dicom.scu_timeout_s`.
+    pub(super) fn scu_options(&self) -> ScuOptions {
+        let mut scu = ScuOptions::new(&self.config.dicom.ae_title);
+        scu.timeout = Duration::from_secs(self.config.dicom.scu_timeout_s.max(1));
+        scu
+    }
+
     /// The remote AE of a destination ([`remote_ae`] with this
     /// pipeline's TLS settings).
     pub(crate) fn remote(
@@ -156,7 +162,18 @@ impl Pipeline {
         remote_ae(destination, self.dicom_tls.as_ref())
     }
 
-    fn retry_item(&self, item: &OutboxItem, error: &str) -> anyhow::Result<()> {
+    /// Send `item` again later (exponential backoff), or give up past
+    /// `delivery.give_up_after_h`.
+    pub(super) fn retry_item(&self, item: &OutboxItem, error: &str) -> anyhow::Result<()> {
+        let (retry, now) = self.next_try(item, error);
+        self.catalog.outbox_failed(item.id, error, retry, now)?;
+        Ok(())
+    }
+
+    /// When to try `item` again (exponential backoff from its attempts),
+    /// with the time now; `None` past `delivery.give_up_after_h`, which is
+    /// reported.
+    pub(super) fn next_try(&self, item: &OutboxItem, error: &str) -> (Option<i64>, i64) {
         let d = &self.config.delivery;
         let now = now_ms();
         let give_up = now - item.created_ms > seconds_ms(d.give_up_after_h * 3600.0);
@@ -166,8 +183,7 @@ impl Pipeline {
         if retry.is_none() {
             self.emit(Event::Undeliverable { item, error });
         }
-        self.catalog.outbox_failed(item.id, error, retry, now)?;
-        Ok(())
+        (retry, now)
     }
 
     /// The delivery loop, until the pipeline stops.
@@ -176,6 +192,9 @@ impl Pipeline {
             if let Err(e) = self.deliver_once().await {
                 tracing::error!(error = %e, "result delivery failed");
             }
+            if let Err(e) = self.commit_once().await {
+                tracing::error!(error = %e, "storage commitment requests failed");
+            }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 () = self.wake.results.notified() => {}
@@ -183,6 +202,18 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Outbox items grouped by destination name.
+pub(super) fn by_destination(items: Vec<OutboxItem>) -> BTreeMap<String, Vec<OutboxItem>> {
+    let mut grouped: BTreeMap<String, Vec<OutboxItem>> = BTreeMap::new();
+    for item in items {
+        grouped
+            .entry(item.destination.clone())
+            .or_default()
+            .push(item);
+    }
+    grouped
 }
 
 /// The remote AE of a destination, over TLS when it says `tls = true`;

@@ -25,6 +25,8 @@ const JOBS_FINISHED: &str = "vigie_job_attempts_total";
 const JOBS_FINISHED_HELP: &str = "Job attempts ended, by model and outcome (done, retry: failed and will retry, failed: gave up).";
 const DELIVERIES: &str = "vigie_deliveries_total";
 const DELIVERIES_HELP: &str = "Result instances sent, by destination and outcome (delivered, refused by the peer, failed to send).";
+const COMMITMENTS: &str = "vigie_result_commitments_total";
+const COMMITMENTS_HELP: &str = "Storage commitment of result instances, by destination and outcome (committed; failed: the destination did not commit it, it is sent again; requested; request_failed: the request could not be made, it is asked again).";
 const STAGES: &str = "vigie_stage_duration_seconds";
 const STAGES_HELP: &str = "Time per analysed image and stage (decode per instance; preprocess, inference, postprocess per frame), by model.";
 
@@ -222,6 +224,64 @@ pub enum Event<'a> {
         status: &'a str,
         /// Comment.
         comment: &'a str,
+    },
+    /// A storage commitment request was made (recorded before it went
+    /// out) for these items.
+    CommitmentRequested {
+        /// Destination name.
+        destination: &'a str,
+        /// Its AE.
+        remote: &'a RemoteAe,
+        /// Transaction UID.
+        transaction: &'a str,
+        /// The items named.
+        items: &'a [OutboxItem],
+    },
+    /// A storage commitment request could not be made or was refused: it
+    /// is made again later.
+    CommitmentRequestFailed {
+        /// Destination name.
+        destination: &'a str,
+        /// Transaction UID.
+        transaction: &'a str,
+        /// Why.
+        error: &'a str,
+        /// Items it named.
+        items: usize,
+    },
+    /// The destination committed a result: delivered.
+    Committed {
+        /// The outbox item.
+        item: &'a OutboxItem,
+        /// Destination name.
+        destination: &'a str,
+        /// Transaction UID.
+        transaction: &'a str,
+    },
+    /// The destination did not commit a result: it is sent again.
+    NotCommitted {
+        /// The outbox item.
+        item: &'a OutboxItem,
+        /// Destination name.
+        destination: &'a str,
+        /// Transaction UID.
+        transaction: &'a str,
+        /// Why (the failure reason, or not named in the report).
+        reason: &'a str,
+    },
+    /// A storage commitment report that changes nothing: from another AE
+    /// than the transaction's destination (`refused`), or for a transaction
+    /// that awaits no report (`ignored`: superseded, already reported, or
+    /// unknown).
+    ReportNotApplied {
+        /// `refused` or `ignored`.
+        outcome: &'static str,
+        /// Calling AE title it came from.
+        calling_ae_title: &'a str,
+        /// Transaction UID.
+        transaction: &'a str,
+        /// Why.
+        why: &'a str,
     },
     /// An item past `delivery.give_up_after_h`.
     Undeliverable {
@@ -449,6 +509,85 @@ impl Pipeline {
                 comment,
                 "result refused by the destination (transient): will retry"
             ),
+            Event::CommitmentRequested {
+                destination,
+                transaction,
+                items,
+                ..
+            } => {
+                m.inc(
+                    COMMITMENTS,
+                    COMMITMENTS_HELP,
+                    &[("destination", destination), ("outcome", "requested")],
+                );
+                tracing::info!(
+                    destination,
+                    transaction,
+                    instances = items.len(),
+                    "storage commitment requested"
+                );
+            }
+            Event::CommitmentRequestFailed {
+                destination,
+                transaction,
+                error,
+                items,
+            } => {
+                m.inc(
+                    COMMITMENTS,
+                    COMMITMENTS_HELP,
+                    &[("destination", destination), ("outcome", "request_failed")],
+                );
+                tracing::warn!(
+                    destination,
+                    transaction,
+                    instances = items,
+                    %error,
+                    "storage commitment request failed, will ask again"
+                );
+            }
+            Event::Committed {
+                item, destination, ..
+            } => {
+                m.inc(
+                    COMMITMENTS,
+                    COMMITMENTS_HELP,
+                    &[("destination", destination), ("outcome", "committed")],
+                );
+                tracing::debug!(destination, job = item.job_id, sop_instance_uid = %item.sop_instance_uid, "result committed");
+            }
+            Event::NotCommitted {
+                item,
+                destination,
+                transaction,
+                reason,
+            } => {
+                m.inc(
+                    COMMITMENTS,
+                    COMMITMENTS_HELP,
+                    &[("destination", destination), ("outcome", "failed")],
+                );
+                tracing::warn!(
+                    destination,
+                    job = item.job_id,
+                    sop_instance_uid = %item.sop_instance_uid,
+                    transaction,
+                    reason,
+                    "result not committed by the destination: will send it again"
+                );
+            }
+            Event::ReportNotApplied {
+                outcome,
+                calling_ae_title,
+                transaction,
+                why,
+            } => tracing::warn!(
+                calling = calling_ae_title,
+                transaction,
+                outcome,
+                why,
+                "storage commitment report not applied"
+            ),
             Event::Undeliverable { item, error } => tracing::error!(
                 item = item.id,
                 destination = %item.destination,
@@ -630,6 +769,84 @@ fn audit_records(event: &Event<'_>) -> Vec<AuditEvent> {
             AuditEvent::new(EventKind::ResultDelivery, outcome, details)
                 .instance(Some(&item.study_instance_uid), Some(&item.sop_instance_uid))
         }
+        Event::CommitmentRequested {
+            destination,
+            remote,
+            transaction,
+            items,
+        } => AuditEvent::new(
+            EventKind::ResultCommitment,
+            "requested",
+            serde_json::json!({
+                "destination": destination,
+                "ae_title": remote.ae_title,
+                "address": format!("{}:{}", remote.host, remote.port),
+                "tls": remote.tls.is_some(),
+                "transaction_uid": transaction,
+                "sop_instance_uids": items.iter().map(|i| i.sop_instance_uid.as_str()).collect::<Vec<_>>(),
+                "jobs": items.iter().map(|i| i.job_id).collect::<std::collections::BTreeSet<_>>(),
+            }),
+        ),
+        Event::CommitmentRequestFailed {
+            destination,
+            transaction,
+            error,
+            items,
+        } => AuditEvent::new(
+            EventKind::ResultCommitment,
+            "request_failed",
+            serde_json::json!({
+                "destination": destination,
+                "transaction_uid": transaction,
+                "instances": items,
+                "error": error,
+            }),
+        ),
+        Event::Committed {
+            item,
+            destination,
+            transaction,
+        } => AuditEvent::new(
+            EventKind::ResultCommitment,
+            "committed",
+            serde_json::json!({
+                "destination": destination,
+                "transaction_uid": transaction,
+                "job_id": item.job_id,
+            }),
+        )
+        .instance(Some(&item.study_instance_uid), Some(&item.sop_instance_uid)),
+        Event::NotCommitted {
+            item,
+            destination,
+            transaction,
+            reason,
+        } => AuditEvent::new(
+            EventKind::ResultCommitment,
+            "failed",
+            serde_json::json!({
+                "destination": destination,
+                "transaction_uid": transaction,
+                "job_id": item.job_id,
+                "reason": reason,
+                "then": "sent again",
+            }),
+        )
+        .instance(Some(&item.study_instance_uid), Some(&item.sop_instance_uid)),
+        Event::ReportNotApplied {
+            outcome,
+            calling_ae_title,
+            transaction,
+            why,
+        } => AuditEvent::new(
+            EventKind::ResultCommitment,
+            outcome,
+            serde_json::json!({
+                "calling_ae_title": calling_ae_title,
+                "transaction_uid": transaction,
+                "reason": why,
+            }),
+        ),
         Event::ClockWentBack { .. }
         | Event::WorkerPanicked { .. }
         | Event::BatchSent { .. }

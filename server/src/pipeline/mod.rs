@@ -18,15 +18,19 @@
 //! - **Delivery** (async task): due outbox items are sent by C-STORE, a
 //!   batch per destination and association; failures are retried with
 //!   exponential backoff (`delivery.retry_initial_s` to `retry_max_s`) until
-//!   `give_up_after_h`.
+//!   `give_up_after_h`. A destination with `commitment = true` is then
+//!   asked to commit them (Storage Commitment); they are delivered once it
+//!   has.
 //!
 //! Modules: [`assembly`] (studies complete → jobs), [`worker`] (the
 //! dispatcher and worker threads, through `vigie_analysis`'s hot loop),
-//! [`delivery`] (the outbox sent by C-STORE), [`events`] (what each part
+//! [`delivery`] (the outbox sent by C-STORE), [`commitment`] (storage
+//! commitment of what was sent), [`events`] (what each part
 //! reports, typed, turned into audit record, metric and log line in one
 //! place).
 
 pub mod assembly;
+pub mod commitment;
 pub mod delivery;
 pub mod events;
 pub mod worker;
