@@ -74,6 +74,10 @@ pub mod field {
     pub const C_MOVE_RQ: u16 = 0x0021;
     /// C-MOVE-RSP.
     pub const C_MOVE_RSP: u16 = 0x8021;
+    /// C-GET-RQ.
+    pub const C_GET_RQ: u16 = 0x0010;
+    /// C-GET-RSP.
+    pub const C_GET_RSP: u16 = 0x8010;
     /// N-EVENT-REPORT-RQ.
     pub const N_EVENT_REPORT_RQ: u16 = 0x0100;
     /// N-EVENT-REPORT-RSP.

@@ -261,6 +261,7 @@ fn fuzz_upper_layer_pdus() {
                         abstract_syntaxes: &["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.1"],
                         transfer_syntaxes: &["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],
                         scp_role_syntaxes: &["1.2.840.10008.1.20.1"],
+                        get_syntaxes: &["1.2.840.10008.5.1.4.1.1.66.4"],
                         max_pdu_length: 116_794,
                     };
                     if let Ok((ac, _)) =

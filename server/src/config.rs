@@ -697,6 +697,19 @@ impl Config {
                     "destinations.{name}.server_name: only used with tls = true"
                 ));
             }
+            if d.commitment
+                && !self.dicom.allowed_callers.is_empty()
+                && !self
+                    .dicom
+                    .allowed_callers
+                    .iter()
+                    .any(|c| c.ae_title.trim() == d.ae_title.trim())
+            {
+                problems.push(format!(
+                    "destinations.{name}.commitment: its reports come on associations it opens to Vigie, and dicom.allowed_callers does not list its AE title {:?}",
+                    d.ae_title.trim()
+                ));
+            }
             if !(0.0..=60.0).contains(&d.commitment_wait_s) {
                 problems.push(format!(
                     "destinations.{name}.commitment_wait_s: 0 to 60 seconds"
@@ -755,6 +768,37 @@ mod tests {
         std::fs::write(&file, "[inference]\ndevise = \"cpu\"\n").unwrap();
         let err = Config::load(Some(&file)).unwrap_err().to_string();
         assert!(err.contains("devise"), "{err}");
+    }
+
+    #[test]
+    fn commitment_settings_that_cannot_work_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vigie.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Some(&file)).map_err(|e| format!("{e:#}"))
+        };
+        let pacs = "[destinations.pacs]\nae_title = \"PACS\"\nhost = \"10.0.0.2\"\nport = 104\n";
+        assert!(
+            load(&format!(
+                "{pacs}commitment = true\ncommitment_wait_s = 5.0\n"
+            ))
+            .is_ok()
+        );
+        let err = load(&format!("{pacs}commitment_wait_s = 5.0\n")).unwrap_err();
+        assert!(err.contains("only used with commitment = true"), "{err}");
+        let err = load(&format!(
+            "{pacs}commitment = true\ncommitment_wait_s = 61.0\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("0 to 60 seconds"), "{err}");
+        let callers = "[[dicom.allowed_callers]]\nae_title = \"MODALITY\"\n";
+        let err = load(&format!("{callers}{pacs}commitment = true\n")).unwrap_err();
+        assert!(err.contains("does not list its AE title \"PACS\""), "{err}");
+        let both = "[[dicom.allowed_callers]]\nae_title = \"PACS\"\n";
+        assert!(load(&format!("{both}{pacs}commitment = true\n")).is_ok());
+        let err = load("[delivery]\ncommitment_timeout_s = 0.5\n").unwrap_err();
+        assert!(err.contains("commitment_timeout_s"), "{err}");
     }
 
     #[test]

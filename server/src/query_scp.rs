@@ -24,7 +24,7 @@ use vigie_dicom_io::web::{self, Level};
 use vigie_store::query::{Group, MAX_LIMIT, Search, groups};
 use vigie_store::{WebIndex, WebScope};
 
-use vigie_dicom_io::net::find::{PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE};
+use vigie_dicom_io::net::find::{PATIENT_ROOT_FIND, PATIENT_ROOT_GET, PATIENT_ROOT_MOVE};
 
 /// Status A900: identifier does not match SOP class.
 const IDENTIFIER_MISMATCH: u16 = 0xA900;
@@ -113,8 +113,8 @@ fn prepare(
         .element(tags::QUERY_RETRIEVE_LEVEL)
         .map(text)
         .unwrap_or_default();
-    let patient_root =
-        [PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE].contains(&model.trim_end_matches('\0'));
+    let patient_root = [PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET]
+        .contains(&model.trim_end_matches('\0'));
     let level = match level_text.as_str() {
         "PATIENT" if patient_root => QueryLevel::Patient,
         "STUDY" => QueryLevel::Index(Level::Study),

@@ -486,6 +486,7 @@ impl Bound {
         let mut http_task = tokio::spawn(crate::http::serve(http, app, tls, handle.clone()));
         tokio::spawn(pipeline.clone().assembly_loop(router.clone()));
         tokio::spawn(pipeline.clone().delivery_loop());
+        tokio::spawn(pipeline.clone().commitment_loop());
         let _workers = pipeline.spawn_workers();
         let periodic = audit.clone();
         let interval = Duration::from_secs(config.audit.checkpoint_interval_s.max(1));

@@ -655,30 +655,44 @@ pub trait Outbox: Send + Sync + 'static {
 
     /// A commitment is being requested for `ids` under `transaction_uid`;
     /// without a report by `deadline_ms` it is due again. Recorded before
-    /// the request goes out (its report may come first).
+    /// the request goes out (its report may come first). Only items still
+    /// awaiting commitment are named: returns their ids.
     fn commitment_requested(
         &self,
         ids: &[i64],
         transaction_uid: &str,
         deadline_ms: i64,
         now_ms: i64,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Vec<i64>>;
 
     /// A commitment request failed: ask again at `retry_at_ms`, or give up
-    /// when `None`.
+    /// when `None`. Whether the item was still awaiting its commitment.
     fn commitment_failed(
         &self,
         id: i64,
         error: &str,
         retry_at_ms: Option<i64>,
         now_ms: i64,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<bool>;
 
-    /// The items awaiting the report of `transaction_uid`.
+    /// The destination reported an item not committed: send it again at
+    /// `retry_at_ms`, or give up when `None`. Whether the item was still
+    /// awaiting its commitment.
+    fn commitment_refused(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<bool>;
+
+    /// The items still awaiting a commitment that `transaction_uid` named
+    /// (the latest request or an earlier one).
     fn in_commitment(&self, transaction_uid: &str) -> StoreResult<Vec<OutboxItem>>;
 
-    /// The destination committed an item: delivered.
-    fn outbox_committed(&self, id: i64, now_ms: i64) -> StoreResult<()>;
+    /// The destination committed an item in `transaction_uid`: delivered.
+    /// Whether it was still awaiting its commitment.
+    fn outbox_committed(&self, id: i64, transaction_uid: &str, now_ms: i64) -> StoreResult<bool>;
 
     /// The deliveries of a job's results.
     fn deliveries(&self, job_id: i64) -> StoreResult<Vec<Delivery>>;

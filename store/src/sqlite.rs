@@ -136,12 +136,18 @@ const MIGRATIONS: &[&str] = &[
      CREATE UNIQUE INDEX reviews_source ON reviews (source_sop_instance_uid)
          WHERE source_sop_instance_uid IS NOT NULL;",
     // 4: storage commitment of delivered results: the transaction of the
-    // last request and when the destination committed (states `stored`
-    // and `committing` are new values of `state`).
+    // last request (or the one that committed) and when the destination
+    // committed (states `stored` and `committing` are new values of
+    // `state`); every transaction each item was named in, so that a late
+    // report of an earlier one still counts.
     "ALTER TABLE outbox ADD COLUMN commitment_uid TEXT;
      ALTER TABLE outbox ADD COLUMN committed_ms INTEGER;
-     CREATE INDEX outbox_commitment ON outbox (commitment_uid)
-         WHERE commitment_uid IS NOT NULL;",
+     CREATE TABLE outbox_commitments (
+         transaction_uid TEXT NOT NULL,
+         outbox_id       INTEGER NOT NULL,
+         requested_ms    INTEGER NOT NULL
+     );
+     CREATE INDEX outbox_commitments_transaction ON outbox_commitments (transaction_uid);",
 ];
 
 /// The catalog schema version this binary writes.
@@ -906,8 +912,12 @@ impl JobQueue for SqliteCatalog {
     }
 }
 
+/// The states of an item awaiting its commitment.
+const AWAITING: &str = "state IN ('stored', 'committing')";
+
 /// An outbox attempt failed: back to `retry_state` at `retry_at_ms`, or
-/// failed for good when `None`.
+/// failed for good when `None`; only while the item is in the state
+/// `guard` says. Whether it was.
 fn outbox_attempt_failed(
     c: &Connection,
     id: i64,
@@ -915,10 +925,14 @@ fn outbox_attempt_failed(
     error: &str,
     retry_at_ms: Option<i64>,
     now_ms: i64,
-) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE outbox SET state = ?2, attempts = attempts + 1, last_error = ?3,
-            not_before_ms = coalesce(?4, not_before_ms), updated_ms = ?5 WHERE id = ?1",
+    guard: &str,
+) -> rusqlite::Result<bool> {
+    let changed = c.execute(
+        &format!(
+            "UPDATE outbox SET state = ?2, attempts = attempts + 1, last_error = ?3,
+                not_before_ms = coalesce(?4, not_before_ms), updated_ms = ?5
+             WHERE id = ?1 AND {guard}"
+        ),
         params![
             id,
             if retry_at_ms.is_some() {
@@ -931,7 +945,7 @@ fn outbox_attempt_failed(
             now_ms
         ],
     )?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 /// Outbox items matching `condition` (on `outbox o`; its parameters
@@ -1001,18 +1015,28 @@ impl Outbox for SqliteCatalog {
         transaction_uid: &str,
         deadline_ms: i64,
         now_ms: i64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<i64>> {
         self.with("commitment requested", |c| {
             let tx = c.transaction()?;
+            let mut requested = Vec::new();
             for id in ids {
-                tx.execute(
+                let changed = tx.execute(
                     "UPDATE outbox SET state = 'committing', commitment_uid = ?2,
-                        not_before_ms = ?3, updated_ms = ?4 WHERE id = ?1",
+                        attempts = attempts + 1, not_before_ms = ?3, updated_ms = ?4
+                     WHERE id = ?1 AND state IN ('stored', 'committing')",
                     params![id, transaction_uid, deadline_ms, now_ms],
                 )?;
+                if changed == 1 {
+                    tx.execute(
+                        "INSERT INTO outbox_commitments (transaction_uid, outbox_id, requested_ms)
+                         VALUES (?1, ?2, ?3)",
+                        params![transaction_uid, id, now_ms],
+                    )?;
+                    requested.push(*id);
+                }
             }
             tx.commit()?;
-            Ok(())
+            Ok(requested)
         })
     }
 
@@ -1022,9 +1046,21 @@ impl Outbox for SqliteCatalog {
         error: &str,
         retry_at_ms: Option<i64>,
         now_ms: i64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         self.with("commitment failed", |c| {
-            outbox_attempt_failed(c, id, "stored", error, retry_at_ms, now_ms)
+            outbox_attempt_failed(c, id, "stored", error, retry_at_ms, now_ms, AWAITING)
+        })
+    }
+
+    fn commitment_refused(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        self.with("commitment refused", |c| {
+            outbox_attempt_failed(c, id, "pending", error, retry_at_ms, now_ms, AWAITING)
         })
     }
 
@@ -1032,21 +1068,23 @@ impl Outbox for SqliteCatalog {
         self.with("in commitment", |c| {
             outbox_items(
                 c,
-                "o.state = 'committing' AND o.commitment_uid = ?1",
+                "o.state IN ('stored', 'committing') AND o.id IN (
+                     SELECT outbox_id FROM outbox_commitments WHERE transaction_uid = ?1)",
                 // A transaction names at most a few hundred items.
                 params![transaction_uid, 100_000i64],
             )
         })
     }
 
-    fn outbox_committed(&self, id: i64, now_ms: i64) -> StoreResult<()> {
+    fn outbox_committed(&self, id: i64, transaction_uid: &str, now_ms: i64) -> StoreResult<bool> {
         self.with("outbox committed", |c| {
-            c.execute(
+            let changed = c.execute(
                 "UPDATE outbox SET state = 'sent', last_error = NULL, committed_ms = ?2,
-                    updated_ms = ?2 WHERE id = ?1",
-                params![id, now_ms],
+                    commitment_uid = ?3, updated_ms = ?2
+                 WHERE id = ?1 AND state IN ('stored', 'committing')",
+                params![id, now_ms, transaction_uid],
             )?;
-            Ok(())
+            Ok(changed == 1)
         })
     }
 
@@ -1069,7 +1107,7 @@ impl Outbox for SqliteCatalog {
         now_ms: i64,
     ) -> StoreResult<()> {
         self.with("outbox failed", |c| {
-            outbox_attempt_failed(c, id, "pending", error, retry_at_ms, now_ms)
+            outbox_attempt_failed(c, id, "pending", error, retry_at_ms, now_ms, "1 = 1").map(|_| ())
         })
     }
 
@@ -1608,15 +1646,42 @@ mod tests {
         );
         assert_eq!(catalog.in_commitment("2.25.9").unwrap().len(), 1);
         assert!(catalog.in_commitment("2.25.8").unwrap().is_empty());
-        catalog
-            .commitment_failed(due[0].id, "refused", Some(50), 8)
-            .unwrap();
-        assert!(catalog.in_commitment("2.25.9").unwrap().is_empty());
+        assert!(
+            catalog
+                .commitment_failed(due[0].id, "refused", Some(50), 8)
+                .unwrap()
+        );
+        // A report of the earlier transaction still counts while the item
+        // awaits its commitment.
+        assert_eq!(catalog.in_commitment("2.25.9").unwrap().len(), 1);
         assert_eq!(catalog.commitment_due(50, 10).unwrap().len(), 1);
-        catalog
-            .commitment_requested(&[due[0].id], "2.25.10", 200, 9)
-            .unwrap();
-        catalog.outbox_committed(due[0].id, 10).unwrap();
+        assert_eq!(
+            catalog
+                .commitment_requested(&[due[0].id, due[1].id], "2.25.10", 200, 9)
+                .unwrap(),
+            vec![due[0].id],
+            "only what awaits a commitment is named"
+        );
+        assert!(catalog.outbox_committed(due[0].id, "2.25.9", 10).unwrap());
+        // Once delivered, nothing moves it back.
+        assert!(!catalog.outbox_committed(due[0].id, "2.25.10", 11).unwrap());
+        assert!(
+            !catalog
+                .commitment_refused(due[0].id, "late", Some(99), 11)
+                .unwrap()
+        );
+        assert!(
+            !catalog
+                .commitment_failed(due[0].id, "late", Some(99), 11)
+                .unwrap()
+        );
+        assert!(
+            catalog
+                .commitment_requested(&[due[0].id], "2.25.11", 300, 12)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(catalog.in_commitment("2.25.10").unwrap().is_empty());
         let status = catalog.outbox_status().unwrap();
         assert_eq!((status.awaiting_commitment, status.sent), (0, 1));
         let deliveries = catalog.deliveries(due[0].job_id).unwrap();
@@ -1625,7 +1690,11 @@ mod tests {
             .find(|d| d.destination == due[0].destination)
             .unwrap();
         assert_eq!(committed.state, "sent");
-        assert_eq!(committed.commitment_uid.as_deref(), Some("2.25.10"));
+        assert_eq!(
+            committed.commitment_uid.as_deref(),
+            Some("2.25.9"),
+            "the transaction that committed it"
+        );
         assert!(committed.committed_at.is_some());
     }
 

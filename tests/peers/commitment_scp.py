@@ -12,13 +12,20 @@ repeats):
   handler, so before the N-ACTION-RSP), names every instance in the Failed
   SOP Sequence with reason 0110 (processing failure);
 - silent: Success, and no report ever;
-- ok: a forged report first (calling AE ROGUE, on an association of its
-  own, every instance committed), then the real one, as PACS, on another
-  association with the SCP role negotiated (SCP/SCU Role Selection).
+- ok: two forged reports first, on associations of their own, every
+  instance committed (calling AE ROGUE from 127.0.0.1; calling AE PACS
+  from 127.0.0.2, not the destination's address), then the real one, as
+  PACS from 127.0.0.1, with the SCP role negotiated (SCP/SCU Role
+  Selection).
+
+- late: Success and no report now; at the next N-ACTION (a new
+  transaction for the same instances), the report of this one is sent, as
+  PACS on an association of its own, and the new one is left unanswered.
 
 LOG gets one JSON object per line: {"step": ..., "transaction": ...,
-"instances": n} for each N-ACTION, {"forged_status": s} and
-{"report_status": s} for the reports sent on associations of their own.
+"instances": n} for each N-ACTION, {"forged_status": s},
+{"forged_address_status": s} and {"report_status": s} for the reports
+sent on associations of their own.
 """
 import argparse
 import json
@@ -42,6 +49,7 @@ parser.add_argument("--vigie-aet", default="VIGIE")
 args = parser.parse_args()
 plan = args.plan.split(",")
 requests = []
+late = []
 lock = threading.Lock()
 
 
@@ -68,12 +76,16 @@ def report(transaction, refs, failed):
     return ds
 
 
-def send_on_own_association(calling, transaction, refs):
+def send_on_own_association(calling, transaction, refs, source="127.0.0.1"):
     ae = AE(ae_title=calling)
     ae.add_requested_context(StorageCommitmentPushModel)
     role = build_role(StorageCommitmentPushModel, scp_role=True, scu_role=False)
     assoc = ae.associate(
-        args.vigie_host, args.vigie_port, ae_title=args.vigie_aet, ext_neg=[role]
+        args.vigie_host,
+        args.vigie_port,
+        ae_title=args.vigie_aet,
+        ext_neg=[role],
+        bind_address=(source, 0),
     )
     if not assoc.is_established:
         return -1
@@ -84,9 +96,16 @@ def send_on_own_association(calling, transaction, refs):
     return status.Status if status is not None and "Status" in status else -2
 
 
+def late_report(transaction, refs):
+    time.sleep(0.3)
+    log({"late_report_status": send_on_own_association(args.aet, transaction, refs)})
+
+
 def later(transaction, refs):
     time.sleep(0.3)
     log({"forged_status": send_on_own_association("ROGUE", transaction, refs)})
+    log({"forged_address_status": send_on_own_association(
+        args.aet, transaction, refs, "127.0.0.2")})
     log({"report_status": send_on_own_association(args.aet, transaction, refs)})
 
 
@@ -105,7 +124,14 @@ def handle_action(event):
         requests.append(step)
     transaction = str(info.TransactionUID)
     log({"step": step, "transaction": transaction, "instances": len(refs)})
-    if step == "fail":
+    with lock:
+        earlier = late.pop() if late else None
+    if earlier is not None:
+        threading.Thread(target=late_report, args=earlier, daemon=True).start()
+    if step == "late":
+        with lock:
+            late.append((transaction, refs))
+    elif step == "fail":
         status, _ = event.assoc.send_n_event_report(
             report(transaction, refs, True), 2, StorageCommitmentPushModel, INSTANCE
         )

@@ -51,7 +51,7 @@ pub const EVENT_SUCCESSFUL: u16 = 1;
 pub const EVENT_FAILURES_EXIST: u16 = 2;
 
 /// Most SOP instances one transaction names.
-pub const MAX_REFERENCES: usize = 256;
+pub const MAX_REFERENCES: usize = 128;
 
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
@@ -85,6 +85,9 @@ pub struct CommitmentReport {
     /// Calling AE title of the association it came on (the SCP's, when it
     /// opened its own; ours read back when it came on our association).
     pub calling_ae_title: String,
+    /// The address it came from, when the SCP opened the association;
+    /// `None` on the association Vigie opened to the destination.
+    pub peer: Option<std::net::IpAddr>,
     /// Committed instances (Referenced SOP Sequence).
     pub committed: Vec<Reference>,
     /// Instances not committed (Failed SOP Sequence).
@@ -311,62 +314,92 @@ pub fn decode_report(
         transaction_uid,
         event_type_id,
         calling_ae_title: calling_ae_title.to_string(),
+        peer: None,
         committed,
         failed,
     })
 }
 
-/// A whole DIMSE message received: its command and data set, if any.
-async fn next_message(
-    association: &mut Connection<DicomStream>,
-    assembler: &mut MessageAssembler,
-    timeout: Duration,
-) -> Result<Option<(u8, Command, Vec<u8>)>, String> {
-    let mut current: Option<(u8, Command, Vec<u8>)> = None;
-    loop {
-        super::quick_ack(association.stream().tcp());
-        let pdu = tokio::time::timeout(timeout, association.receive())
-            .await
-            .map_err(|_| "timeout waiting for the peer".to_string())?
-            .map_err(|e| e.to_string())?;
-        let data = match pdu {
-            Pdu::PData { data } => data,
-            // The peer released or aborted: no more messages.
-            Pdu::ReleaseRP => return Ok(None),
-            Pdu::AbortRQ { source } => return Err(format!("aborted by the peer ({source:?})")),
-            other => return Err(format!("unexpected PDU {other:?}")),
-        };
-        for value in data {
-            match assembler.push(value).map_err(|e| e.to_string())? {
-                Step::Pending => {}
-                Step::Command { context, command } => {
-                    if !command.has_data_set {
-                        return Ok(Some((context, command, Vec::new())));
+/// Whole DIMSE messages read from our association. Its state (PDVs of a
+/// PDU not yet used, a message half assembled) lives here, not in the
+/// future reading it, so that a wait cut short loses nothing.
+struct Reader {
+    assembler: MessageAssembler,
+    values: std::collections::VecDeque<dicom_ul::pdu::PDataValue>,
+    current: Option<(u8, Command, Vec<u8>)>,
+}
+
+/// What the peer sent next (short-lived, one at a time: its size does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
+enum Received {
+    /// A whole message: context, command, data set (empty when none).
+    Message(u8, Command, Vec<u8>),
+    /// The peer answered our A-RELEASE-RQ.
+    Released,
+}
+
+impl Reader {
+    fn new() -> Self {
+        Self {
+            assembler: MessageAssembler::new(),
+            values: std::collections::VecDeque::new(),
+            current: None,
+        }
+    }
+
+    /// The next message, each PDU within `timeout`.
+    async fn next(
+        &mut self,
+        association: &mut Connection<DicomStream>,
+        timeout: Duration,
+    ) -> Result<Received, String> {
+        loop {
+            while let Some(value) = self.values.pop_front() {
+                match self.assembler.push(value).map_err(|e| e.to_string())? {
+                    Step::Pending => {}
+                    Step::Command { context, command } => {
+                        if !command.has_data_set {
+                            return Ok(Received::Message(context, command, Vec::new()));
+                        }
+                        self.current = Some((context, command, Vec::new()));
                     }
-                    current = Some((context, command, Vec::new()));
+                    Step::Data { bytes, last, .. } => {
+                        let Some((_, _, buffer)) = self.current.as_mut() else {
+                            return Err("data set without a command".into());
+                        };
+                        if buffer.len() + bytes.len() > super::scp::MAX_FIND_IDENTIFIER {
+                            return Err(format!(
+                                "data set longer than {} bytes",
+                                super::scp::MAX_FIND_IDENTIFIER
+                            ));
+                        }
+                        buffer.extend_from_slice(&bytes);
+                        if last && let Some((context, command, data)) = self.current.take() {
+                            return Ok(Received::Message(context, command, data));
+                        }
+                    }
                 }
-                Step::Data { bytes, last, .. } => {
-                    let Some((_, _, buffer)) = current.as_mut() else {
-                        return Err("data set without a command".into());
-                    };
-                    if buffer.len() + bytes.len() > super::scp::MAX_FIND_IDENTIFIER {
-                        return Err(format!(
-                            "data set longer than {} bytes",
-                            super::scp::MAX_FIND_IDENTIFIER
-                        ));
-                    }
-                    buffer.extend_from_slice(&bytes);
-                    if last {
-                        return Ok(current.take());
-                    }
+            }
+            super::quick_ack(association.stream().tcp());
+            // `Connection::receive` keeps what it read in its own buffer
+            // when the wait is cut: no byte is lost.
+            let pdu = tokio::time::timeout(timeout, association.receive())
+                .await
+                .map_err(|_| "timeout waiting for the peer".to_string())?
+                .map_err(|e| e.to_string())?;
+            match pdu {
+                Pdu::PData { data } => self.values.extend(data),
+                Pdu::ReleaseRP => return Ok(Received::Released),
+                Pdu::AbortRQ { source } => {
+                    return Err(format!("aborted by the peer ({source:?})"));
                 }
+                other => return Err(format!("unexpected PDU {other:?}")),
             }
         }
     }
 }
 
-/// Answer an N-EVENT-REPORT-RQ received on our own association: the
-/// report, and Success; an unreadable one is answered Processing Failure.
 /// What answering a report on our association needs to know of it.
 #[derive(Clone, Copy)]
 struct Peer<'a> {
@@ -376,6 +409,8 @@ struct Peer<'a> {
     timeout: Duration,
 }
 
+/// Answer an N-EVENT-REPORT-RQ received on our own association: the
+/// report, and Success; an unreadable one is answered Processing Failure.
 async fn answer_report(
     association: &mut Connection<DicomStream>,
     peer: &Peer<'_>,
@@ -383,19 +418,13 @@ async fn answer_report(
     command: &Command,
     data: &[u8],
 ) -> Result<Option<CommitmentReport>, String> {
-    let Peer {
-        transfer_syntax,
-        calling_ae_title,
-        peer_max,
-        timeout,
-    } = *peer;
     let decoded =
         if command.affected_sop_class_uid.as_deref() == Some(STORAGE_COMMITMENT_PUSH_MODEL) {
             decode_report(
                 data,
-                transfer_syntax,
+                peer.transfer_syntax,
                 command.event_type_id.unwrap_or(0),
-                calling_ae_title,
+                peer.calling_ae_title,
             )
         } else {
             Err("N-EVENT-REPORT of another SOP class".to_string())
@@ -406,9 +435,16 @@ async fn answer_report(
         status::PROCESSING_FAILURE
     };
     let response = command.response(code, decoded.as_ref().err().map(String::as_str));
-    super::scu::send_message(association, context, &response, &[], peer_max, timeout)
-        .await
-        .map_err(|e| format!("N-EVENT-REPORT-RSP: {e}"))?;
+    super::scu::send_message(
+        association,
+        context,
+        &response,
+        &[],
+        peer.peer_max,
+        peer.timeout,
+    )
+    .await
+    .map_err(|e| format!("N-EVENT-REPORT-RSP: {e}"))?;
     match decoded {
         Ok(report) => Ok(Some(report)),
         Err(e) => {
@@ -418,18 +454,40 @@ async fn answer_report(
     }
 }
 
+/// Handle one message received after the request: a report is answered
+/// and kept; anything else ends the exchange (`Err`).
+async fn take_report(
+    association: &mut Connection<DicomStream>,
+    peer: &Peer<'_>,
+    (context, command, data): (u8, Command, Vec<u8>),
+    reports: &mut Vec<CommitmentReport>,
+) -> Result<(), String> {
+    if command.field != field::N_EVENT_REPORT_RQ {
+        return Err(format!(
+            "unexpected message (command 0x{:04X})",
+            command.field
+        ));
+    }
+    if let Some(report) = answer_report(association, peer, context, &command, &data).await? {
+        reports.push(report);
+    }
+    Ok(())
+}
+
 /// Ask `remote` to commit `references` under `transaction_uid` (record the
 /// transaction first: the report may come on another association before
 /// this returns). `wait` is how long the association stays open after the
-/// N-ACTION-RSP for a report on it; the report, when one came on it, is
-/// returned (already answered Success).
+/// N-ACTION-RSP for a report on it. Returns the reports that came on it
+/// (each already answered Success); once the N-ACTION-RSP accepted the
+/// request, whatever goes wrong afterwards (a silent or aborting peer)
+/// only ends the wait: the request stands.
 pub async fn request_commitment(
     remote: &RemoteAe,
     options: &ScuOptions,
     transaction_uid: &str,
     references: &[Reference],
     wait: Duration,
-) -> Result<Option<CommitmentReport>, CommitmentError> {
+) -> Result<Vec<CommitmentReport>, CommitmentError> {
     if references.is_empty() || references.len() > MAX_REFERENCES {
         return Err(CommitmentError::Size(references.len()));
     }
@@ -486,77 +544,73 @@ pub async fn request_commitment(
         peer_max,
         timeout: options.timeout,
     };
-    let mut assembler = MessageAssembler::new();
-    let mut report = None;
-    // The N-ACTION-RSP (a report may come first from a quick SCP).
+    let mut reader = Reader::new();
+    let mut reports = Vec::new();
+    // The N-ACTION-RSP (a quick SCP may report first).
     loop {
-        let Some((ctx, command, body)) =
-            next_message(&mut association, &mut assembler, options.timeout)
-                .await
-                .map_err(transfer)?
-        else {
+        let received = reader
+            .next(&mut association, options.timeout)
+            .await
+            .map_err(transfer)?;
+        let Received::Message(ctx, command, body) = received else {
             return Err(transfer(
                 "the peer ended the association before answering".into(),
             ));
         };
-        match command.field {
-            field::N_ACTION_RSP if command.responding_to == Some(1) => {
-                let code = command.status.unwrap_or(status::PROCESSING_FAILURE);
-                if code != status::SUCCESS && status::category(code) != "warning" {
-                    let _ =
-                        tokio::time::timeout(options.timeout, super::ul::release(&mut association))
-                            .await;
-                    return Err(CommitmentError::Refused {
-                        ae_title: remote.ae_title.clone(),
-                        transaction_uid: transaction_uid.to_string(),
-                        status: code,
-                        comment: command.error_comment.unwrap_or_default(),
-                    });
+        if command.field == field::N_ACTION_RSP && command.responding_to == Some(1) {
+            let code = command.status.unwrap_or(status::PROCESSING_FAILURE);
+            if code != status::SUCCESS && status::category(code) != "warning" {
+                let _ = tokio::time::timeout(options.timeout, super::ul::release(&mut association))
+                    .await;
+                return Err(CommitmentError::Refused {
+                    ae_title: remote.ae_title.clone(),
+                    transaction_uid: transaction_uid.to_string(),
+                    status: code,
+                    comment: command.error_comment.unwrap_or_default(),
+                });
+            }
+            break;
+        }
+        take_report(&mut association, &peer, (ctx, command, body), &mut reports)
+            .await
+            .map_err(transfer)?;
+    }
+    // Accepted: from here on a failure only ends the exchange.
+    let ended = |e: String| {
+        tracing::debug!(error = %e, transaction = transaction_uid, "after the storage commitment request");
+    };
+    // Reports on this association, within `wait`.
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut open = true;
+    while reports.is_empty() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match reader
+            .next(&mut association, left.min(options.timeout))
+            .await
+        {
+            Ok(Received::Message(ctx, command, body)) => {
+                if let Err(e) =
+                    take_report(&mut association, &peer, (ctx, command, body), &mut reports).await
+                {
+                    ended(e);
+                    open = false;
+                    break;
                 }
+            }
+            // A timeout ends the wait, nothing else.
+            Err(e) if e.starts_with("timeout") => {}
+            Ok(Received::Released) | Err(_) => {
+                open = false;
                 break;
-            }
-            field::N_EVENT_REPORT_RQ => {
-                report = answer_report(&mut association, &peer, ctx, &command, &body)
-                    .await
-                    .map_err(transfer)?;
-            }
-            other => {
-                return Err(transfer(format!(
-                    "unexpected response (command 0x{other:04X})"
-                )));
             }
         }
     }
-    // A report on this association, within `wait`.
-    if report.is_none() && !wait.is_zero() {
-        let deadline = tokio::time::Instant::now() + wait;
-        while report.is_none() {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(
-                left,
-                next_message(&mut association, &mut assembler, options.timeout),
-            )
-            .await
-            {
-                Err(_) => break,
-                Ok(Err(e)) => return Err(transfer(e)),
-                Ok(Ok(None)) => return Ok(None),
-                Ok(Ok(Some((ctx, command, body)))) => {
-                    if command.field != field::N_EVENT_REPORT_RQ {
-                        return Err(transfer(format!(
-                            "unexpected message (command 0x{:04X})",
-                            command.field
-                        )));
-                    }
-                    report = answer_report(&mut association, &peer, ctx, &command, &body)
-                        .await
-                        .map_err(transfer)?;
-                }
-            }
-        }
+    if !open {
+        association.shutdown().await;
+        return Ok(reports);
     }
     // Release; a report crossing our A-RELEASE-RQ is still answered (PS3.8
     // state Sta7 allows P-DATA both ways).
@@ -566,26 +620,21 @@ pub async fn request_commitment(
             .await
             .map_err(|e| e.to_string())?;
         loop {
-            match next_message(&mut association, &mut assembler, options.timeout).await? {
-                None => break,
-                Some((ctx, command, body)) if command.field == field::N_EVENT_REPORT_RQ => {
-                    if let Some(r) =
-                        answer_report(&mut association, &peer, ctx, &command, &body).await?
-                    {
-                        report = Some(r);
-                    }
+            match reader.next(&mut association, options.timeout).await? {
+                Received::Released => break,
+                Received::Message(ctx, command, body) => {
+                    take_report(&mut association, &peer, (ctx, command, body), &mut reports)
+                        .await?;
                 }
-                Some(_) => {}
             }
         }
-        association.shutdown().await;
         Ok::<_, String>(())
     };
-    // The commitment was requested: a release that fails changes nothing.
     if let Err(e) = release.await {
-        tracing::debug!(error = %e, "release after the storage commitment request");
+        ended(e);
     }
-    Ok(report)
+    association.shutdown().await;
+    Ok(reports)
 }
 
 #[cfg(test)]
@@ -597,6 +646,7 @@ mod tests {
             transaction_uid: "2.25.1234".into(),
             event_type_id: EVENT_FAILURES_EXIST,
             calling_ae_title: "PACS".into(),
+            peer: None,
             committed: vec![Reference {
                 sop_class_uid: "1.2.840.10008.5.1.4.1.1.88.22".into(),
                 sop_instance_uid: "2.25.1".into(),
@@ -652,7 +702,7 @@ mod tests {
         assert!(
             decode_report(&bytes, EXPLICIT_VR_LE, 1, "PACS")
                 .unwrap_err()
-                .contains("more than 256")
+                .contains("more than 128")
         );
     }
 

@@ -269,6 +269,10 @@ impl DicomConfig {
                 crate::net::find::PATIENT_ROOT_MOVE.to_string(),
                 crate::net::find::STUDY_ROOT_MOVE.to_string(),
             ];
+            options.get_models = vec![
+                crate::net::find::PATIENT_ROOT_GET.to_string(),
+                crate::net::find::STUDY_ROOT_GET.to_string(),
+            ];
         }
         options
     }

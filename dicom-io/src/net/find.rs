@@ -34,6 +34,12 @@ pub const PATIENT_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.1.2";
 /// Study Root Query/Retrieve Information Model - MOVE.
 pub const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
 
+/// Patient Root Query/Retrieve Information Model - GET.
+pub const PATIENT_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.1.3";
+
+/// Study Root Query/Retrieve Information Model - GET.
+pub const STUDY_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.2.3";
+
 /// Largest identifier accepted in a C-FIND-RSP.
 pub const MAX_IDENTIFIER_BYTES: usize = 1 << 20;
 

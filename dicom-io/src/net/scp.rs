@@ -115,6 +115,10 @@ pub struct ScpOptions {
     /// Query/Retrieve information models whose C-MOVE is answered (the
     /// handler's [`StoreHandler::retrieve`]); empty: no retrieve service.
     pub retrieve_models: Vec<String>,
+    /// Query/Retrieve information models whose C-GET is answered (the
+    /// handler's [`StoreHandler::get`]), the instances sent back on the
+    /// requester's association; empty: no C-GET service.
+    pub get_models: Vec<String>,
     /// Accept Storage Commitment reports (N-EVENT-REPORT of the Storage
     /// Commitment Push Model, from a requester that takes the SCP role),
     /// handed to [`StoreHandler::commitment_report`]; false: the context is
@@ -158,6 +162,7 @@ impl ScpOptions {
             transfer_syntaxes: default_transfer_syntaxes(),
             query_models: Vec::new(),
             retrieve_models: Vec::new(),
+            get_models: Vec::new(),
             commitment_reports: false,
             max_pdu_length: DEFAULT_MAX_PDU_LENGTH,
             artim_timeout: Duration::from_secs(30),
@@ -1179,6 +1184,7 @@ impl<H: StoreHandler> Association<H> {
                 abstract_syntaxes: &abstract_syntaxes,
                 transfer_syntaxes: &transfer_syntaxes,
                 scp_role_syntaxes: scp_role,
+                get_syntaxes: &[],
                 max_pdu_length: options.max_pdu_length,
             };
             let access = Access {
@@ -1614,7 +1620,8 @@ impl<H: StoreHandler> Association<H> {
                     status::PROCESSING_FAILURE,
                     Some(format!("report cannot be read: {e}")),
                 ),
-                Ok(report) => {
+                Ok(mut report) => {
+                    report.peer = Some(self.peer.ip().to_canonical());
                     let handler = self.handler.clone();
                     tokio::task::spawn_blocking(move || handler.commitment_report(report))
                         .await

@@ -154,6 +154,10 @@ pub struct Negotiated {
     /// Role Selection, PS3.7 D.3.3.4): a Storage Commitment SCP that opened
     /// an association to send its reports.
     pub requester_scp: Vec<String>,
+    /// Abstract syntaxes accepted with the requester as SCP only: it may
+    /// not send C-STORE on them (storage classes of C-GET that this side
+    /// does not store).
+    pub requester_not_scu: Vec<String>,
 }
 
 impl Negotiated {
@@ -186,6 +190,13 @@ pub struct Offer<'a> {
     /// Commitment SCP does to send its N-EVENT-REPORT; proposed without
     /// that role, they are refused (abstract syntax not supported).
     pub scp_role_syntaxes: &'a [&'a str],
+    /// Abstract syntaxes where a requester that proposes the SCP role gets
+    /// it (the storage SOP classes of C-GET sub-operations): those also in
+    /// [`Offer::abstract_syntaxes`] keep the SCU role the requester
+    /// proposed; the others are accepted with the SCP role only (the
+    /// requester may receive them, not store them). Without the SCP role
+    /// proposed, only [`Offer::abstract_syntaxes`] count.
+    pub get_syntaxes: &'a [&'a str],
     /// The largest PDU this side receives.
     pub max_pdu_length: u32,
 }
@@ -308,32 +319,58 @@ pub fn accept(
         .map_err(|reason| rejection(AssociationRJResult::Permanent, reason))?;
     // The SCP roles the requester proposes (a Storage Commitment SCP
     // reporting on an association of its own).
-    let scp_proposed: Vec<&str> = request
+    let scp_proposed: Vec<(&str, bool)> = request
         .user_variables
         .iter()
         .filter_map(|item| match item {
             UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) if roles.scp => {
-                Some(trim(uid))
+                Some((trim(uid), roles.scu))
             }
             _ => None,
         })
         .collect();
+    let proposes_scp = |uid: &str| {
+        scp_proposed
+            .iter()
+            .find(|(u, _)| *u == uid)
+            .map(|(_, scu)| *scu)
+    };
     let mut requester_scp: Vec<String> = Vec::new();
+    // Role answers: (abstract syntax, SCU role kept).
+    let mut roles: Vec<(String, bool)> = Vec::new();
     let contexts: Vec<PresentationContextNegotiated> = request
         .presentation_contexts
         .iter()
         .map(|pc| {
             let abstract_syntax = trim(&pc.abstract_syntax);
-            if !offer.scp_role_syntaxes.contains(&abstract_syntax) {
-                return negotiate_context(pc, offer.abstract_syntaxes, offer);
-            }
-            let as_scp = scp_proposed.contains(&abstract_syntax);
-            let offered: &[&str] = if as_scp { &[abstract_syntax] } else { &[] };
-            let negotiated = negotiate_context(pc, offered, offer);
+            let proposed_scu = proposes_scp(abstract_syntax);
+            // Reports (DIMSE-N) travel in Explicit or Implicit VR Little
+            // Endian only, whatever the storage preference.
+            const LITTLE_ENDIAN: [&str; 2] = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"];
+            let mut for_context = offer;
+            let (offered, scu_kept): (&[&str], bool) =
+                if offer.scp_role_syntaxes.contains(&abstract_syntax) {
+                    // A reporting SCP: that role only.
+                    for_context.transfer_syntaxes = &LITTLE_ENDIAN;
+                    match proposed_scu {
+                        Some(_) => (&[abstract_syntax][..], false),
+                        None => (&[][..], false),
+                    }
+                } else if let Some(scu) = proposed_scu
+                    && offer.get_syntaxes.contains(&abstract_syntax)
+                {
+                    // A C-GET requester, which may also store what we take.
+                    let stores = offer.abstract_syntaxes.contains(&abstract_syntax);
+                    (&[abstract_syntax][..], scu && stores)
+                } else {
+                    return negotiate_context(pc, offer.abstract_syntaxes, offer);
+                };
+            let negotiated = negotiate_context(pc, offered, for_context);
             if negotiated.reason == PresentationContextResultReason::Acceptance
                 && !requester_scp.iter().any(|a| a == abstract_syntax)
             {
                 requester_scp.push(abstract_syntax.to_string());
+                roles.push((abstract_syntax.to_string(), scu_kept));
             }
             negotiated
         })
@@ -341,15 +378,21 @@ pub fn accept(
     let mut user_variables = our_user_variables(offer.max_pdu_length);
     // The acceptor answers each role it accepts (PS3.7 D.3.3.4): the
     // requester as SCP only.
-    for uid in &requester_scp {
+    for (uid, scu) in &roles {
         user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(
             uid.clone(),
             dicom_ul::pdu::RequestorRoles {
-                scu: false,
+                scu: *scu,
                 scp: true,
             },
         ));
     }
+    // Where the requester was not left the SCU role, it may not store.
+    let requester_not_scu: Vec<String> = roles
+        .iter()
+        .filter(|(uid, scu)| !scu && !offer.scp_role_syntaxes.contains(&uid.as_str()))
+        .map(|(uid, _)| uid.clone())
+        .collect();
     let ac = AssociationAC {
         protocol_version: 1,
         calling_ae_title: request.calling_ae_title.clone(),
@@ -375,6 +418,7 @@ pub fn accept(
             peer_implementation_class_uid: peer.class_uid,
             peer_implementation_version_name: peer.version_name,
             requester_scp,
+            requester_not_scu,
         },
     ))
 }
@@ -531,6 +575,7 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
         peer_implementation_class_uid: peer.class_uid,
         peer_implementation_version_name: peer.version_name,
         requester_scp: Vec::new(),
+        requester_not_scu: Vec::new(),
     };
     if negotiated.accepted_count() == 0 {
         return Err(RequestError::NoContext);
@@ -565,6 +610,39 @@ mod tests {
     const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
     const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
     const COMMITMENT: &str = "1.2.840.10008.1.20.1";
+    const SEG: &str = "1.2.840.10008.5.1.4.1.1.66.4";
+
+    #[test]
+    fn a_c_get_requester_gets_the_scp_role_for_storage_classes() {
+        let role = |uid: &str, scu: bool| {
+            UserVariableItem::ScuScpRoleSelectionSubItem(
+                uid.into(),
+                dicom_ul::pdu::RequestorRoles { scu, scp: true },
+            )
+        };
+        let mut rq = request_with(vec![
+            (1, MR, vec![EXPLICIT_LE]),
+            (3, SEG, vec![EXPLICIT_LE]),
+        ]);
+        rq.user_variables.push(role(MR, true));
+        rq.user_variables.push(role(SEG, true));
+        let (ac, negotiated) =
+            accept(rq, offer(&[EXPLICIT_LE]), |_, _, _| Ok(())).expect("associated");
+        // MR: stored here too, both roles kept; SEG (not stored here): the
+        // requester as SCP only.
+        assert_eq!(
+            negotiated.requester_scp,
+            vec![MR.to_string(), SEG.to_string()]
+        );
+        assert_eq!(negotiated.requester_not_scu, vec![SEG.to_string()]);
+        assert!(ac.user_variables.contains(&role(MR, true)));
+        assert!(ac.user_variables.contains(&role(SEG, false)));
+        // SEG without the SCP role proposed: not offered.
+        let rq = request_with(vec![(1, SEG, vec![EXPLICIT_LE])]);
+        let (_, negotiated) =
+            accept(rq, offer(&[EXPLICIT_LE]), |_, _, _| Ok(())).expect("associated");
+        assert_eq!(negotiated.accepted(1), None);
+    }
 
     #[test]
     fn storage_commitment_is_accepted_only_with_the_requester_as_scp() {
@@ -657,6 +735,7 @@ mod tests {
             abstract_syntaxes: &[MR, "1.2.840.10008.1.1"],
             transfer_syntaxes: ts,
             scp_role_syntaxes: &[COMMITMENT],
+            get_syntaxes: &[MR, SEG],
             max_pdu_length: 116_794,
         }
     }

@@ -192,9 +192,6 @@ impl Pipeline {
             if let Err(e) = self.deliver_once().await {
                 tracing::error!(error = %e, "result delivery failed");
             }
-            if let Err(e) = self.commit_once().await {
-                tracing::error!(error = %e, "storage commitment requests failed");
-            }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 () = self.wake.results.notified() => {}

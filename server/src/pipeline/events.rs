@@ -258,7 +258,8 @@ pub enum Event<'a> {
         /// Transaction UID.
         transaction: &'a str,
     },
-    /// The destination did not commit a result: it is sent again.
+    /// The destination did not commit a result: it is sent again, or
+    /// given up.
     NotCommitted {
         /// The outbox item.
         item: &'a OutboxItem,
@@ -268,6 +269,8 @@ pub enum Event<'a> {
         transaction: &'a str,
         /// Why (the failure reason, or not named in the report).
         reason: &'a str,
+        /// Whether it is sent again (false: given up).
+        sent_again: bool,
     },
     /// A storage commitment report that changes nothing: from another AE
     /// than the transaction's destination (`refused`), or for a transaction
@@ -561,6 +564,7 @@ impl Pipeline {
                 destination,
                 transaction,
                 reason,
+                sent_again,
             } => {
                 m.inc(
                     COMMITMENTS,
@@ -573,7 +577,8 @@ impl Pipeline {
                     sop_instance_uid = %item.sop_instance_uid,
                     transaction,
                     reason,
-                    "result not committed by the destination: will send it again"
+                    sent_again,
+                    "result not committed by the destination"
                 );
             }
             Event::ReportNotApplied {
@@ -821,6 +826,7 @@ fn audit_records(event: &Event<'_>) -> Vec<AuditEvent> {
             destination,
             transaction,
             reason,
+            sent_again,
         } => AuditEvent::new(
             EventKind::ResultCommitment,
             "failed",
@@ -829,7 +835,7 @@ fn audit_records(event: &Event<'_>) -> Vec<AuditEvent> {
                 "transaction_uid": transaction,
                 "job_id": item.job_id,
                 "reason": reason,
-                "then": "sent again",
+                "then": if sent_again { "sent again" } else { "given up" },
             }),
         )
         .instance(Some(&item.study_instance_uid), Some(&item.sop_instance_uid)),
