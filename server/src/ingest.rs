@@ -1085,6 +1085,44 @@ impl StoreHandler for Ingest {
         }
     }
 
+    fn get(
+        &self,
+        request: vigie_dicom_io::net::scp::RetrieveRequest,
+    ) -> vigie_dicom_io::net::scp::RetrieveAnswer {
+        use vigie_dicom_io::net::scp::RetrieveAnswer;
+        let Some(web) = &self.web else {
+            return RetrieveAnswer {
+                files: Vec::new(),
+                destination: None,
+                status: status::SOP_CLASS_NOT_SUPPORTED,
+                comment: Some("no retrieve service (dicom.query)".into()),
+            };
+        };
+        match crate::query_scp::instances(web.as_ref(), &request.identifier, &request.model) {
+            Ok((files, asked)) => {
+                tracing::info!(
+                    calling = %request.calling_ae_title,
+                    level = %asked.level,
+                    keys = ?asked.keys,
+                    instances = files.len(),
+                    "C-GET: sending back"
+                );
+                RetrieveAnswer {
+                    files,
+                    destination: None,
+                    status: status::SUCCESS,
+                    comment: None,
+                }
+            }
+            Err((code, comment, _)) => RetrieveAnswer {
+                files: Vec::new(),
+                destination: None,
+                status: code,
+                comment: Some(comment),
+            },
+        }
+    }
+
     fn retrieve(
         &self,
         request: vigie_dicom_io::net::scp::RetrieveRequest,
@@ -1276,6 +1314,7 @@ impl StoreHandler for Ingest {
             }
             ScpEvent::Moved {
                 calling_ae_title,
+                service,
                 destination,
                 completed,
                 failed,
@@ -1283,18 +1322,21 @@ impl StoreHandler for Ingest {
                 status: code,
                 ..
             } => {
-                tracing::info!(calling = %calling_ae_title, %destination, completed, failed, warning, status = format!("0x{code:04X}"), "C-MOVE answered");
+                tracing::info!(calling = %calling_ae_title, %destination, completed, failed, warning, status = format!("0x{code:04X}"), "{service} answered");
                 self.metrics.inc(
                     "vigie_dicom_retrieves_total",
-                    "C-MOVE requests answered, by outcome (ok, failed).",
-                    &[(
-                        "outcome",
-                        if code == status::SUCCESS {
-                            "ok"
-                        } else {
-                            "failed"
-                        },
-                    )],
+                    "C-MOVE and C-GET requests answered, by service and outcome (ok, failed).",
+                    &[
+                        ("service", service),
+                        (
+                            "outcome",
+                            if code == status::SUCCESS {
+                                "ok"
+                            } else {
+                                "failed"
+                            },
+                        ),
+                    ],
                 );
                 self.audit.note(AuditEvent::new(
                     EventKind::DicomRetrieve,
@@ -1305,6 +1347,7 @@ impl StoreHandler for Ingest {
                     },
                     serde_json::json!({
                         "calling_ae_title": calling_ae_title,
+                        "service": service,
                         "destination": destination,
                         "completed": completed,
                         "failed": failed,

@@ -1,7 +1,8 @@
 //! The Query SCP (C-FIND, Patient Root and Study Root, `dicom.query`)
 //! against real peers: DCMTK `findscu` at every level, with wildcards and
 //! UID keys, and Orthanc querying Vigie through its own query/retrieve
-//! (`/modalities/vigie/query`). The answers cover received instances and
+//! (`/modalities/vigie/query`); C-MOVE with DCMTK `movescu` and Orthanc;
+//! C-GET with DCMTK `getscu`. The answers cover received instances and
 //! Vigie's own result objects (the SR of each study).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -87,16 +88,22 @@ modalities = ["MR"]
     config
 }
 
-#[test]
-fn findscu_and_orthanc_query_received_studies_and_vigie_s_results_at_every_level() {
-    let tmp = tempfile::tempdir().unwrap();
-    let vigie = Vigie::start(tmp.path(), &config(true));
-    let demo = demo_studies(&tmp.path().join("demo"), 2);
+/// Vigie with `config`, two demo studies sent by `storescu` and analysed.
+fn two_analysed_studies(dir: &Path, config: &str) -> (Vigie, Vec<std::path::PathBuf>) {
+    let vigie = Vigie::start(dir, config);
+    let demo = demo_studies(&dir.join("demo"), 2);
     let out = dcmtk("storescu", &storescu_args(vigie.dicom, "-xs", &demo));
     assert!(out.status.success());
     vigie.wait_for("both jobs done", Duration::from_secs(90), |v| {
         v.jobs().iter().filter(|j| j["state"] == "done").count() == 2
     });
+    (vigie, demo)
+}
+
+#[test]
+fn findscu_and_orthanc_query_received_studies_and_vigie_s_results_at_every_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vigie, demo) = two_analysed_studies(tmp.path(), &config(true));
     let (study, _, _) = uids(&demo[0]);
     let work = tmp.path().join("find");
 
@@ -395,4 +402,100 @@ fn movescu_and_orthanc_retrieve_a_study_and_its_results_to_a_configured_destinat
     );
     let _ = storescp.kill();
     let _ = storescp.wait();
+}
+
+#[test]
+fn getscu_retrieves_a_study_and_its_results_on_its_own_association() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vigie, demo) = two_analysed_studies(tmp.path(), &config(true));
+    let (study, _, _) = uids(&demo[0]);
+    let got = tmp.path().join("got");
+    std::fs::create_dir_all(&got).unwrap();
+    let getscu = |root: &str, keys: &[String]| {
+        let mut args: Vec<String> = [root, "-aet", "FINDER", "-aec", "VIGIE", "-to", "20", "-od"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(got.display().to_string());
+        for key in keys {
+            args.push("-k".into());
+            args.push(key.clone());
+        }
+        args.push("127.0.0.1".into());
+        args.push(vigie.dicom.to_string());
+        dcmtk("getscu", &args)
+    };
+    // Study Root, STUDY level: the MR and the SR of that study only.
+    let out = getscu(
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY".into(),
+            format!("StudyInstanceUID={study}"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&got)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let first = names();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first.iter().any(|n| n.starts_with("MR")), "{first:?}");
+    assert!(first.iter().any(|n| n.starts_with("SR")), "{first:?}");
+    // What came back is what was stored: the MR byte for byte in its data
+    // set (the file DCMTK wrote has its own meta header).
+    let mr = got.join(first.iter().find(|n| n.starts_with("MR")).unwrap());
+    let (_, _, sop) = uids(&mr);
+    assert_eq!(sop, uids(&demo[0]).2);
+    let records = vigie.audit_records("kind=dicom_retrieve&outcome=ok");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let details: serde_json::Value =
+        serde_json::from_str(records[0]["details"].as_str().unwrap()).unwrap();
+    assert_eq!(details["service"], "C-GET");
+    assert_eq!(details["destination"], "FINDER");
+    assert_eq!(details["completed"], 2);
+    // Patient Root model, STUDY level (Patient ID a wildcard): the other
+    // study, MR and SR.
+    std::fs::remove_dir_all(&got).unwrap();
+    std::fs::create_dir_all(&got).unwrap();
+    let out = getscu(
+        "-P",
+        &[
+            "QueryRetrieveLevel=STUDY".into(),
+            "PatientID=*".into(),
+            format!("StudyInstanceUID={}", uids(&demo[1]).0),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names().len(), 2, "{:?}", names());
+    // No match: Success with nothing sent.
+    std::fs::remove_dir_all(&got).unwrap();
+    std::fs::create_dir_all(&got).unwrap();
+    let out = getscu(
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY".into(),
+            "StudyInstanceUID=1.2.3.4.5.6.7.8.9".into(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(names().is_empty());
 }

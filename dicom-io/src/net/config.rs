@@ -53,9 +53,9 @@ pub struct DicomConfig {
     pub refusal_summary_s: u64,
     /// DICOM over TLS; unset: DICOM in clear only.
     pub tls: Option<DicomTlsConfig>,
-    /// Answer C-FIND and C-MOVE (Patient Root and Study Root) over what the
-    /// appliance holds, for the allowed callers (C-MOVE sends only to
-    /// configured destinations).
+    /// Answer C-FIND, C-MOVE and C-GET (Patient Root and Study Root) over
+    /// what the appliance holds, for the allowed callers (C-MOVE sends only
+    /// to configured destinations, C-GET back to the requester).
     pub query: bool,
 }
 

@@ -69,6 +69,35 @@ const SUB_OPERATIONS_WITH_FAILURES: u16 = 0xB000;
 /// Status A702: refused, unable to perform sub-operations.
 const UNABLE_TO_PERFORM_SUB_OPERATIONS: u16 = 0xA702;
 
+/// Status FE00: sub-operations terminated by a C-CANCEL.
+const CANCELLED: u16 = 0xFE00;
+
+/// How a C-MOVE or C-GET ended, for its final response and its event.
+struct Retrieved {
+    service: &'static str,
+    destination: String,
+    code: u16,
+    comment: Option<String>,
+    ops: crate::dimse::SubOperations,
+    failed_uids: Vec<String>,
+}
+
+/// What became of one C-GET sub-operation.
+enum SubOperation {
+    /// The requester answered with this status.
+    Done(u16),
+    /// Not sent: unreadable, or no context the requester accepted for it.
+    NotSent,
+}
+
+/// The SOP Instance UID of a Part 10 file, for a failed list ("" when it
+/// cannot be read).
+fn sop_instance_of(path: &Path) -> String {
+    super::commitment::reference_of(path)
+        .map(|r| r.sop_instance_uid)
+        .unwrap_or_default()
+}
+
 /// Default maximum PDU length we announce (bytes).
 pub const DEFAULT_MAX_PDU_LENGTH: u32 = 116_794;
 
@@ -422,6 +451,8 @@ pub enum ScpEvent {
         calling_ae_title: String,
         /// Move Destination.
         destination: String,
+        /// `C-MOVE`, or `C-GET` (the destination is then the requester).
+        service: &'static str,
         /// Sub-operations: completed, failed, completed with a warning.
         completed: u16,
         /// Failed.
@@ -487,6 +518,21 @@ pub trait StoreHandler: Send + Sync + 'static {
             status::PROCESSING_FAILURE,
             Some("no storage commitment service".into()),
         )
+    }
+
+    /// Answer a C-GET on one of [`ScpOptions::get_models`]: which files to
+    /// send back to the requester (its `destination` is its own calling AE
+    /// title); runs on a blocking thread. The SCP sends them on the same
+    /// association (C-STORE sub-operations) and answers with the counts.
+    /// Without an implementation: SOP class not supported.
+    fn get(&self, request: RetrieveRequest) -> RetrieveAnswer {
+        let _ = request;
+        RetrieveAnswer {
+            files: Vec::new(),
+            destination: None,
+            status: status::SOP_CLASS_NOT_SUPPORTED,
+            comment: Some("no retrieve service".into()),
+        }
     }
 
     /// Answer a C-MOVE on one of [`ScpOptions::retrieve_models`]: which
@@ -1170,6 +1216,18 @@ impl<H: StoreHandler> Association<H> {
             abstract_syntaxes.extend(options.sop_classes.iter().map(String::as_str));
             abstract_syntaxes.extend(options.query_models.iter().map(String::as_str));
             abstract_syntaxes.extend(options.retrieve_models.iter().map(String::as_str));
+            abstract_syntaxes.extend(options.get_models.iter().map(String::as_str));
+            // With C-GET, the requester may take the SCP role for what it
+            // can be sent: the classes stored here and Vigie's results.
+            let mut get_syntaxes: Vec<&str> = Vec::new();
+            if !options.get_models.is_empty() {
+                get_syntaxes.extend(options.sop_classes.iter().map(String::as_str));
+                get_syntaxes.extend([
+                    crate::results::sr::COMPREHENSIVE_SR,
+                    crate::results::seg::SEGMENTATION,
+                    crate::results::summary::SECONDARY_CAPTURE,
+                ]);
+            }
             let transfer_syntaxes: Vec<&str> = options
                 .transfer_syntaxes
                 .iter()
@@ -1184,7 +1242,7 @@ impl<H: StoreHandler> Association<H> {
                 abstract_syntaxes: &abstract_syntaxes,
                 transfer_syntaxes: &transfer_syntaxes,
                 scp_role_syntaxes: scp_role,
-                get_syntaxes: &[],
+                get_syntaxes: &get_syntaxes,
                 max_pdu_length: options.max_pdu_length,
             };
             let access = Access {
@@ -1324,6 +1382,10 @@ impl<H: StoreHandler> Association<H> {
                                     {
                                         self.finish_report(done).await?;
                                     } else if done.query.is_some()
+                                        && done.request.field == field::C_GET_RQ
+                                    {
+                                        self.finish_get(done).await?;
+                                    } else if done.query.is_some()
                                         && done.request.field == field::C_MOVE_RQ
                                     {
                                         self.finish_move(done).await?;
@@ -1395,7 +1457,20 @@ impl<H: StoreHandler> Association<H> {
                 let mut incoming =
                     Incoming::start(context, command, &transfer_syntax, &self.options);
                 let class = incoming.request.affected_sop_class_uid.as_deref();
-                if incoming.failure.is_none() && class != Some(trim_uid(&abstract_syntax)) {
+                if incoming.failure.is_none()
+                    && self
+                        .negotiated
+                        .requester_not_scu
+                        .iter()
+                        .any(|a| a == trim_uid(&abstract_syntax))
+                {
+                    // Accepted for C-GET sub-operations only: not stored.
+                    incoming.writer = None;
+                    incoming.failure = Some(StoreOutcome::failure(
+                        status::SOP_CLASS_NOT_SUPPORTED,
+                        "this SOP class is accepted here only to be received by C-GET",
+                    ));
+                } else if incoming.failure.is_none() && class != Some(trim_uid(&abstract_syntax)) {
                     // PS3.7 §9.1.1.1: the Affected SOP Class UID must be
                     // that of the presentation context.
                     incoming.writer = None;
@@ -1430,12 +1505,12 @@ impl<H: StoreHandler> Association<H> {
             // C-CANCEL: answers are bounded and run to their end; nothing
             // is answered to the cancel itself (PS3.7 9.3.2.3).
             C_CANCEL_RQ => Ok(None),
-            field::C_FIND_RQ | field::C_MOVE_RQ
+            field::C_FIND_RQ | field::C_MOVE_RQ | field::C_GET_RQ
                 if command.has_data_set && {
-                    let models = if command.field == field::C_FIND_RQ {
-                        &self.options.query_models
-                    } else {
-                        &self.options.retrieve_models
+                    let models = match command.field {
+                        field::C_FIND_RQ => &self.options.query_models,
+                        field::C_MOVE_RQ => &self.options.retrieve_models,
+                        _ => &self.options.get_models,
                     };
                     models.iter().any(|m| m == trim_uid(&abstract_syntax))
                 } =>
@@ -1646,6 +1721,275 @@ impl<H: StoreHandler> Association<H> {
             .await
     }
 
+    /// What the handler says of a C-MOVE (`get` false) or C-GET: the
+    /// identifier read (bounded), then [`StoreHandler::retrieve`] or
+    /// [`StoreHandler::get`] on a blocking thread.
+    async fn retrieve_answer(
+        &mut self,
+        incoming: &mut Incoming,
+        destination: String,
+        get: bool,
+    ) -> RetrieveAnswer {
+        let refuse = |status: u16, comment: Option<String>| RetrieveAnswer {
+            files: Vec::new(),
+            destination: None,
+            status,
+            comment,
+        };
+        let model = self
+            .context_syntaxes(incoming.context)
+            .map(|(a, _)| trim_uid(&a).to_string())
+            .unwrap_or_default();
+        let bytes = incoming.query.take().unwrap_or_default();
+        if let Some(failure) = incoming.failure.take() {
+            return refuse(failure.status, failure.comment);
+        }
+        let identifier = match super::find::decode_identifier(&bytes, &incoming.transfer_syntax) {
+            Ok(identifier) => identifier,
+            Err(e) => {
+                return refuse(
+                    status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    Some(format!("identifier cannot be read: {e}")),
+                );
+            }
+        };
+        let handler = self.handler.clone();
+        let request = RetrieveRequest {
+            model,
+            identifier,
+            calling_ae_title: self.calling.clone(),
+            destination,
+        };
+        tokio::task::spawn_blocking(move || {
+            if get {
+                handler.get(request)
+            } else {
+                handler.retrieve(request)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            refuse(
+                status::PROCESSING_FAILURE,
+                Some(format!("retrieve handler failed: {e}")),
+            )
+        })
+    }
+
+    /// Answer a C-GET: the handler says which files match; each is sent
+    /// back on this association (a C-STORE sub-operation on a context where
+    /// the requester took the SCP role, in the file's own transfer syntax
+    /// when accepted, else a native one it accepted), a pending response
+    /// with the counts after each, then the final response (B000 and the
+    /// Failed SOP Instance UID List after failures, FE00 after a C-CANCEL).
+    async fn finish_get(&mut self, mut incoming: Incoming) -> Result<(), String> {
+        use crate::dimse::SubOperations;
+        let request = incoming.request.clone();
+        let context = incoming.context;
+        let calling = self.calling.clone();
+        let answer = self.retrieve_answer(&mut incoming, calling, true).await;
+        let mut ops = SubOperations::default();
+        let mut failed_uids: Vec<String> = Vec::new();
+        let mut code = answer.status;
+        let comment = answer.comment.clone();
+        if code == status::SUCCESS {
+            let total = answer.files.len();
+            let mut assembler = MessageAssembler::new();
+            for (index, path) in answer.files.iter().enumerate() {
+                let (outcome, cancelled) =
+                    self.get_sub_operation(path, index, &mut assembler).await?;
+                match outcome {
+                    SubOperation::Done(s) if s == status::SUCCESS => ops.completed += 1,
+                    SubOperation::Done(s) if status::category(s) == "warning" => ops.warning += 1,
+                    SubOperation::Done(_) | SubOperation::NotSent => {
+                        ops.failed += 1;
+                        failed_uids.push(sop_instance_of(path));
+                    }
+                }
+                if cancelled {
+                    code = CANCELLED;
+                    break;
+                }
+                let left = total - index - 1;
+                if left > 0 {
+                    let mut pending = request.response(PENDING, None);
+                    pending.sub_operations = Some(SubOperations {
+                        remaining: Some(u16::try_from(left).unwrap_or(u16::MAX)),
+                        ..ops
+                    });
+                    self.send_fragments(context, PDataValueType::Command, &pending.encode())
+                        .await?;
+                }
+            }
+            if code == status::SUCCESS && (ops.failed > 0 || ops.warning > 0) {
+                code = SUB_OPERATIONS_WITH_FAILURES;
+            }
+            if code == CANCELLED {
+                let done = usize::from(ops.completed + ops.failed + ops.warning);
+                ops.remaining = Some(u16::try_from(total - done).unwrap_or(u16::MAX));
+            }
+        }
+        let retrieved = Retrieved {
+            service: "C-GET",
+            destination: self.calling.clone(),
+            code,
+            comment,
+            ops,
+            failed_uids,
+        };
+        self.final_retrieve_response(context, &request, retrieved, &incoming.transfer_syntax)
+            .await
+    }
+
+    /// Send one file back to the C-GET requester and read its answer; and
+    /// whether the requester sent a C-CANCEL-RQ meanwhile.
+    async fn get_sub_operation(
+        &mut self,
+        path: &Path,
+        index: usize,
+        assembler: &mut MessageAssembler,
+    ) -> Result<(SubOperation, bool), String> {
+        let Ok(file) = super::scu::read_part10(path) else {
+            return Ok((SubOperation::NotSent, false));
+        };
+        let class = file
+            .meta
+            .media_storage_sop_class_uid()
+            .trim_end_matches('\0');
+        let instance = file
+            .meta
+            .media_storage_sop_instance_uid()
+            .trim_end_matches('\0')
+            .to_string();
+        let own = file.meta.transfer_syntax().trim_end_matches('\0');
+        // A context of that class where the requester is the SCP, in the
+        // file's own syntax if there is one.
+        let context = self
+            .negotiated
+            .contexts
+            .iter()
+            .filter(|c| {
+                c.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance
+                    && trim_uid(&c.abstract_syntax) == class
+                    && self.negotiated.requester_scp.iter().any(|a| a == class)
+            })
+            .min_by_key(|c| usize::from(trim_uid(&c.transfer_syntax) != own))
+            .map(|c| (c.id, trim_uid(&c.transfer_syntax).to_string()));
+        let Some((id, ts)) = context else {
+            return Ok((SubOperation::NotSent, false));
+        };
+        let Ok(dataset) = super::scu::encode_for(&file, &ts) else {
+            return Ok((SubOperation::NotSent, false));
+        };
+        // Sub-operation message IDs: apart from the requester's.
+        let message_id = 0x8000 | u16::try_from(index % 0x7FFF).unwrap_or(0);
+        let store = Command::store_request(message_id, class, &instance);
+        super::scu::send_message(
+            &mut self.conn,
+            id,
+            &store,
+            &dataset,
+            self.negotiated.peer_max_pdu_length,
+            self.options.pdu_timeout,
+        )
+        .await
+        .map_err(|e| format!("C-GET sub-operation: {e}"))?;
+        let mut cancelled = false;
+        loop {
+            super::quick_ack(self.conn.stream().tcp());
+            let pdu = tokio::time::timeout(self.options.idle_timeout, self.conn.receive())
+                .await
+                .map_err(|_| "C-GET requester did not answer a sub-operation".to_string())?
+                .map_err(|e| format!("connection lost: {e}"))?;
+            let data = match pdu {
+                Pdu::PData { data } => data,
+                Pdu::AbortRQ { source } => return Err(format!("aborted by peer ({source:?})")),
+                other => return Err(format!("unexpected PDU {other:?}")),
+            };
+            for value in data {
+                if let Step::Command { command, .. } =
+                    assembler.push(value).map_err(|e| e.to_string())?
+                {
+                    match command.field {
+                        field::C_STORE_RSP if command.responding_to == Some(message_id) => {
+                            return Ok((
+                                SubOperation::Done(
+                                    command.status.unwrap_or(status::PROCESSING_FAILURE),
+                                ),
+                                cancelled,
+                            ));
+                        }
+                        // Its answer to the sub-operation in flight still
+                        // comes; no other is sent.
+                        C_CANCEL_RQ => cancelled = true,
+                        other => {
+                            return Err(format!("unexpected command 0x{other:04X} during a C-GET"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The final C-MOVE-RSP or C-GET-RSP: its status, the sub-operation
+    /// counts, and the Failed SOP Instance UID List when some failed; then
+    /// the event.
+    async fn final_retrieve_response(
+        &mut self,
+        context: u8,
+        request: &Command,
+        retrieved: Retrieved,
+        transfer_syntax: &str,
+    ) -> Result<(), String> {
+        let Retrieved {
+            service,
+            destination,
+            code,
+            comment,
+            ops,
+            failed_uids,
+        } = retrieved;
+        let mut last = request.response(code, comment.as_deref());
+        last.sub_operations = Some(ops);
+        let data = if failed_uids.is_empty() {
+            None
+        } else {
+            use dicom_encoding::TransferSyntaxIndex;
+            let syntax = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+                .get(trim_uid(transfer_syntax))
+                .ok_or_else(|| format!("unknown transfer syntax {transfer_syntax}"))?;
+            let mut list = dicom_object::InMemDicomObject::new_empty();
+            list.put(dicom_core::DataElement::new(
+                dicom_dictionary_std::tags::FAILED_SOP_INSTANCE_UID_LIST,
+                dicom_core::VR::UI,
+                dicom_core::value::PrimitiveValue::Strs(failed_uids.iter().cloned().collect()),
+            ));
+            let mut bytes = Vec::new();
+            list.write_dataset_with_ts(&mut bytes, syntax)
+                .map_err(|e| format!("cannot encode the failed list: {e}"))?;
+            Some(bytes)
+        };
+        last.has_data_set = data.is_some();
+        self.send_fragments(context, PDataValueType::Command, &last.encode())
+            .await?;
+        if let Some(bytes) = data {
+            self.send_fragments(context, PDataValueType::Data, &bytes)
+                .await?;
+        }
+        super::quick_ack(self.conn.stream().tcp());
+        self.handler.event(ScpEvent::Moved {
+            association: self.number,
+            calling_ae_title: self.calling.clone(),
+            service,
+            destination,
+            completed: ops.completed,
+            failed: ops.failed,
+            warning: ops.warning,
+            status: code,
+        });
+        Ok(())
+    }
+
     /// Answer a C-MOVE: the handler says which files go where; they are
     /// sent on one association to the destination (Vigie the SCU), then the
     /// final response gives the counts and, after failures, the Failed SOP
@@ -1655,44 +1999,9 @@ impl<H: StoreHandler> Association<H> {
         let request = incoming.request.clone();
         let context = incoming.context;
         let destination = request.move_destination.clone().unwrap_or_default();
-        let model = self
-            .context_syntaxes(context)
-            .map(|(a, _)| trim_uid(&a).to_string())
-            .unwrap_or_default();
-        let bytes = incoming.query.take().unwrap_or_default();
-        let answer = match incoming.failure.take() {
-            Some(failure) => RetrieveAnswer {
-                files: Vec::new(),
-                destination: None,
-                status: failure.status,
-                comment: failure.comment,
-            },
-            None => match super::find::decode_identifier(&bytes, &incoming.transfer_syntax) {
-                Err(e) => RetrieveAnswer {
-                    files: Vec::new(),
-                    destination: None,
-                    status: status::DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                    comment: Some(format!("identifier cannot be read: {e}")),
-                },
-                Ok(identifier) => {
-                    let handler = self.handler.clone();
-                    let retrieve = RetrieveRequest {
-                        model,
-                        identifier,
-                        calling_ae_title: self.calling.clone(),
-                        destination: destination.clone(),
-                    };
-                    tokio::task::spawn_blocking(move || handler.retrieve(retrieve))
-                        .await
-                        .unwrap_or_else(|e| RetrieveAnswer {
-                            files: Vec::new(),
-                            destination: None,
-                            status: status::PROCESSING_FAILURE,
-                            comment: Some(format!("retrieve handler failed: {e}")),
-                        })
-                }
-            },
-        };
+        let answer = self
+            .retrieve_answer(&mut incoming, destination.clone(), false)
+            .await;
         let mut ops = SubOperations::default();
         let mut failed_uids: Vec<String> = Vec::new();
         let mut code = answer.status;
@@ -1739,44 +2048,16 @@ impl<H: StoreHandler> Association<H> {
                 }
             }
         }
-        let mut last = request.response(code, comment.as_deref());
-        last.sub_operations = Some(ops);
-        let data = if failed_uids.is_empty() {
-            None
-        } else {
-            use dicom_encoding::TransferSyntaxIndex;
-            let syntax = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-                .get(trim_uid(&incoming.transfer_syntax))
-                .ok_or_else(|| format!("unknown transfer syntax {}", incoming.transfer_syntax))?;
-            let mut list = dicom_object::InMemDicomObject::new_empty();
-            list.put(dicom_core::DataElement::new(
-                dicom_dictionary_std::tags::FAILED_SOP_INSTANCE_UID_LIST,
-                dicom_core::VR::UI,
-                dicom_core::value::PrimitiveValue::Strs(failed_uids.iter().cloned().collect()),
-            ));
-            let mut bytes = Vec::new();
-            list.write_dataset_with_ts(&mut bytes, syntax)
-                .map_err(|e| format!("cannot encode the failed list: {e}"))?;
-            Some(bytes)
-        };
-        last.has_data_set = data.is_some();
-        self.send_fragments(context, PDataValueType::Command, &last.encode())
-            .await?;
-        if let Some(bytes) = data {
-            self.send_fragments(context, PDataValueType::Data, &bytes)
-                .await?;
-        }
-        super::quick_ack(self.conn.stream().tcp());
-        self.handler.event(ScpEvent::Moved {
-            association: self.number,
-            calling_ae_title: self.calling.clone(),
+        let retrieved = Retrieved {
+            service: "C-MOVE",
             destination,
-            completed: ops.completed,
-            failed: ops.failed,
-            warning: ops.warning,
-            status: code,
-        });
-        Ok(())
+            code,
+            comment,
+            ops,
+            failed_uids,
+        };
+        self.final_retrieve_response(context, &request, retrieved, &incoming.transfer_syntax)
+            .await
     }
 
     /// Send `bytes` as PDVs of `kind` on `context`, each PDU bounded by the

@@ -125,13 +125,14 @@ impl SendOutcome {
     }
 }
 
-struct Outgoing {
-    path: PathBuf,
-    meta: FileMetaTable,
+/// A Part 10 file read for sending: its meta and its data set bytes.
+pub(crate) struct Outgoing {
+    pub(crate) path: PathBuf,
+    pub(crate) meta: FileMetaTable,
     dataset: Vec<u8>,
 }
 
-fn read_part10(path: &Path) -> Result<Outgoing, ScuError> {
+pub(crate) fn read_part10(path: &Path) -> Result<Outgoing, ScuError> {
     let err = |reason: String| ScuError::Read {
         path: path.to_path_buf(),
         reason,
@@ -163,7 +164,7 @@ fn read_part10(path: &Path) -> Result<Outgoing, ScuError> {
 
 /// The data set bytes of `file` in `transfer_syntax` (as stored or
 /// re-encoded from one native syntax to another).
-fn encode_for(file: &Outgoing, transfer_syntax: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn encode_for(file: &Outgoing, transfer_syntax: &str) -> Result<Vec<u8>, String> {
     if file.meta.transfer_syntax() == transfer_syntax {
         return Ok(file.dataset.clone());
     }
