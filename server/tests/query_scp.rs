@@ -79,7 +79,7 @@ modalities = ["MR"]
     if query {
         config = config.replace("artim_timeout_s = 5", "artim_timeout_s = 5\nquery = true");
         // Querying needs its callers named.
-        for caller in ["MODALITY", "FINDER", "MOVER", "ORTHANC"] {
+        for caller in ["MODALITY", "FINDER", "MOVER", "GETTER", "ORTHANC"] {
             config.push_str(&format!(
                 "\n[[dicom.allowed_callers]]\nae_title = \"{caller}\"\n"
             ));
@@ -498,4 +498,59 @@ fn getscu_retrieves_a_study_and_its_results_on_its_own_association() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(names().is_empty());
+}
+
+/// `tests/peers/get_scu.py` (pynetdicom) against `vigie` with `args`; its
+/// JSON summary.
+fn pynetdicom_get(vigie: &Vigie, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(vigie_test_support::repo_root().join("tests/peers/get_scu.py"))
+        .args(["127.0.0.1", &vigie.dicom.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn c_get_counts_an_instance_without_context_as_failed_and_stops_on_c_cancel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vigie, demo) = two_analysed_studies(tmp.path(), &config(true));
+    let (study, _, mr) = uids(&demo[0]);
+    // The requester takes the SCP role for MR only: the SR cannot go.
+    let got = pynetdicom_get(&vigie, &["--study", &study, "--classes", "MR"]);
+    assert_eq!(got["final"], 0xB000, "{got}");
+    assert_eq!(got["completed"], 1, "{got}");
+    assert_eq!(got["failed"], 1, "{got}");
+    assert_eq!(got["received"], serde_json::json!([mr]), "{got}");
+    let failed = got["failed_uids"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{got}");
+    assert_ne!(failed[0], mr.as_str(), "the SR is the one that failed");
+    // One pending response (after the first sub-operation), with the count
+    // remaining.
+    assert_eq!(got["statuses"][0], 0xFF00, "{got}");
+    // Every study (four instances), cancelled after the first pending
+    // response: FE00, fewer than four sent, the rest remaining.
+    let got = pynetdicom_get(&vigie, &["--study", "*", "--cancel-after", "1"]);
+    assert_eq!(got["final"], 0xFE00, "{got}");
+    let completed = got["completed"].as_u64().unwrap();
+    assert!((1..4).contains(&completed), "{got}");
+    assert_eq!(completed + got["remaining"].as_u64().unwrap(), 4, "{got}");
+    assert_eq!(got["received"].as_array().unwrap().len() as u64, completed);
+    let records = vigie.audit_records("kind=dicom_retrieve");
+    let statuses: Vec<String> = records
+        .iter()
+        .map(|r| {
+            let d: serde_json::Value =
+                serde_json::from_str(r["details"].as_str().unwrap()).unwrap();
+            d["status"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(statuses, ["0xB000", "0xFE00"], "{records:?}");
 }

@@ -147,7 +147,8 @@ const MIGRATIONS: &[&str] = &[
          outbox_id       INTEGER NOT NULL,
          requested_ms    INTEGER NOT NULL
      );
-     CREATE INDEX outbox_commitments_transaction ON outbox_commitments (transaction_uid);",
+     CREATE INDEX outbox_commitments_transaction ON outbox_commitments (transaction_uid);
+     CREATE INDEX outbox_commitments_item ON outbox_commitments (outbox_id);",
 ];
 
 /// The catalog schema version this binary writes.

@@ -474,6 +474,17 @@ async fn take_report(
     Ok(())
 }
 
+/// What a storage commitment request came to: the reports that came on
+/// its association (each already answered Success: apply them whatever
+/// the outcome), and whether the request itself was accepted.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Reports received on the requesting association.
+    pub reports: Vec<CommitmentReport>,
+    /// `Ok` once the N-ACTION-RSP accepted the request.
+    pub outcome: Result<(), CommitmentError>,
+}
+
 /// Ask `remote` to commit `references` under `transaction_uid` (record the
 /// transaction first: the report may come on another association before
 /// this returns). `wait` is how long the association stays open after the
@@ -487,7 +498,59 @@ pub async fn request_commitment(
     transaction_uid: &str,
     references: &[Reference],
     wait: Duration,
-) -> Result<Vec<CommitmentReport>, CommitmentError> {
+) -> Exchange {
+    let mut reports = Vec::new();
+    let outcome = exchange(
+        remote,
+        options,
+        transaction_uid,
+        references,
+        wait,
+        &mut reports,
+    )
+    .await;
+    Exchange { reports, outcome }
+}
+
+/// Release, answering the reports that cross the A-RELEASE-RQ (PS3.8
+/// state Sta7 allows P-DATA both ways), all within `timeout`.
+async fn release_reading(
+    association: &mut Connection<DicomStream>,
+    reader: &mut Reader,
+    peer: &Peer<'_>,
+    reports: &mut Vec<CommitmentReport>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let release = async {
+        association
+            .send(&Pdu::ReleaseRQ)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match reader.next(association, timeout).await? {
+                Received::Released => break,
+                Received::Message(ctx, command, body) => {
+                    take_report(association, peer, (ctx, command, body), reports).await?;
+                }
+            }
+        }
+        Ok::<_, String>(())
+    };
+    let result = tokio::time::timeout(timeout, release)
+        .await
+        .unwrap_or_else(|_| Err("timeout releasing".into()));
+    association.shutdown().await;
+    result
+}
+
+async fn exchange(
+    remote: &RemoteAe,
+    options: &ScuOptions,
+    transaction_uid: &str,
+    references: &[Reference],
+    wait: Duration,
+    reports: &mut Vec<CommitmentReport>,
+) -> Result<(), CommitmentError> {
     if references.is_empty() || references.len() > MAX_REFERENCES {
         return Err(CommitmentError::Size(references.len()));
     }
@@ -545,7 +608,6 @@ pub async fn request_commitment(
         timeout: options.timeout,
     };
     let mut reader = Reader::new();
-    let mut reports = Vec::new();
     // The N-ACTION-RSP (a quick SCP may report first).
     loop {
         let received = reader
@@ -560,8 +622,14 @@ pub async fn request_commitment(
         if command.field == field::N_ACTION_RSP && command.responding_to == Some(1) {
             let code = command.status.unwrap_or(status::PROCESSING_FAILURE);
             if code != status::SUCCESS && status::category(code) != "warning" {
-                let _ = tokio::time::timeout(options.timeout, super::ul::release(&mut association))
-                    .await;
+                let _ = release_reading(
+                    &mut association,
+                    &mut reader,
+                    &peer,
+                    reports,
+                    options.timeout,
+                )
+                .await;
                 return Err(CommitmentError::Refused {
                     ae_title: remote.ae_title.clone(),
                     transaction_uid: transaction_uid.to_string(),
@@ -571,7 +639,7 @@ pub async fn request_commitment(
             }
             break;
         }
-        take_report(&mut association, &peer, (ctx, command, body), &mut reports)
+        take_report(&mut association, &peer, (ctx, command, body), reports)
             .await
             .map_err(transfer)?;
     }
@@ -582,7 +650,9 @@ pub async fn request_commitment(
     // Reports on this association, within `wait`.
     let deadline = tokio::time::Instant::now() + wait;
     let mut open = true;
-    while reports.is_empty() {
+    // Until this transaction's report (a late one of an earlier
+    // transaction may come first).
+    while !reports.iter().any(|r| r.transaction_uid == transaction_uid) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
             break;
@@ -593,7 +663,7 @@ pub async fn request_commitment(
         {
             Ok(Received::Message(ctx, command, body)) => {
                 if let Err(e) =
-                    take_report(&mut association, &peer, (ctx, command, body), &mut reports).await
+                    take_report(&mut association, &peer, (ctx, command, body), reports).await
                 {
                     ended(e);
                     open = false;
@@ -610,31 +680,20 @@ pub async fn request_commitment(
     }
     if !open {
         association.shutdown().await;
-        return Ok(reports);
+        return Ok(());
     }
-    // Release; a report crossing our A-RELEASE-RQ is still answered (PS3.8
-    // state Sta7 allows P-DATA both ways).
-    let release = async {
-        association
-            .send(&Pdu::ReleaseRQ)
-            .await
-            .map_err(|e| e.to_string())?;
-        loop {
-            match reader.next(&mut association, options.timeout).await? {
-                Received::Released => break,
-                Received::Message(ctx, command, body) => {
-                    take_report(&mut association, &peer, (ctx, command, body), &mut reports)
-                        .await?;
-                }
-            }
-        }
-        Ok::<_, String>(())
-    };
-    if let Err(e) = release.await {
+    if let Err(e) = release_reading(
+        &mut association,
+        &mut reader,
+        &peer,
+        reports,
+        options.timeout,
+    )
+    .await
+    {
         ended(e);
     }
-    association.shutdown().await;
-    Ok(reports)
+    Ok(())
 }
 
 #[cfg(test)]

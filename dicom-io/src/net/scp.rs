@@ -82,6 +82,14 @@ struct Retrieved {
     failed_uids: Vec<String>,
 }
 
+/// What the C-GET requester sent that is not yet used: PDVs of a PDU
+/// read, a message half assembled.
+#[derive(Default)]
+struct Inbound {
+    assembler: MessageAssembler,
+    values: std::collections::VecDeque<dicom_ul::pdu::PDataValue>,
+}
+
 /// What became of one C-GET sub-operation.
 enum SubOperation {
     /// The requester answered with this status.
@@ -1794,38 +1802,82 @@ impl<H: StoreHandler> Association<H> {
         let comment = answer.comment.clone();
         if code == status::SUCCESS {
             let total = answer.files.len();
-            let mut assembler = MessageAssembler::new();
+            let mut inbound = Inbound::default();
+            let mut done = 0usize;
             for (index, path) in answer.files.iter().enumerate() {
-                let (outcome, cancelled) =
-                    self.get_sub_operation(path, index, &mut assembler).await?;
+                // A C-CANCEL sent after the last pending response is read
+                // before the next sub-operation starts.
+                let sent = match self.get_cancelled(&request, &mut inbound).await {
+                    Ok(true) => Ok(None),
+                    Ok(false) => self
+                        .get_sub_operation(&request, path, index, &mut inbound)
+                        .await
+                        .map(Some),
+                    Err(e) => Err(e),
+                };
+                let (outcome, cancelled) = match sent {
+                    Ok(Some(sent)) => sent,
+                    Ok(None) => {
+                        code = CANCELLED;
+                        break;
+                    }
+                    Err(e) => {
+                        // Whatever went, on record before the association
+                        // ends.
+                        self.retrieve_ended(
+                            "C-GET",
+                            self.calling.clone(),
+                            ops,
+                            UNABLE_TO_PERFORM_SUB_OPERATIONS,
+                        );
+                        return Err(e);
+                    }
+                };
+                done = index + 1;
                 match outcome {
-                    SubOperation::Done(s) if s == status::SUCCESS => ops.completed += 1,
-                    SubOperation::Done(s) if status::category(s) == "warning" => ops.warning += 1,
+                    SubOperation::Done(s) if s == status::SUCCESS => {
+                        ops.completed = ops.completed.saturating_add(1)
+                    }
+                    SubOperation::Done(s) if status::category(s) == "warning" => {
+                        ops.warning = ops.warning.saturating_add(1)
+                    }
                     SubOperation::Done(_) | SubOperation::NotSent => {
-                        ops.failed += 1;
-                        failed_uids.push(sop_instance_of(path));
+                        ops.failed = ops.failed.saturating_add(1);
+                        let uid = sop_instance_of(path);
+                        if !uid.is_empty() {
+                            failed_uids.push(uid);
+                        }
                     }
                 }
                 if cancelled {
                     code = CANCELLED;
                     break;
                 }
-                let left = total - index - 1;
+                let left = total - done;
                 if left > 0 {
                     let mut pending = request.response(PENDING, None);
                     pending.sub_operations = Some(SubOperations {
                         remaining: Some(u16::try_from(left).unwrap_or(u16::MAX)),
                         ..ops
                     });
-                    self.send_fragments(context, PDataValueType::Command, &pending.encode())
-                        .await?;
+                    if let Err(e) = self
+                        .send_fragments(context, PDataValueType::Command, &pending.encode())
+                        .await
+                    {
+                        self.retrieve_ended(
+                            "C-GET",
+                            self.calling.clone(),
+                            ops,
+                            UNABLE_TO_PERFORM_SUB_OPERATIONS,
+                        );
+                        return Err(e);
+                    }
                 }
             }
             if code == status::SUCCESS && (ops.failed > 0 || ops.warning > 0) {
                 code = SUB_OPERATIONS_WITH_FAILURES;
             }
             if code == CANCELLED {
-                let done = usize::from(ops.completed + ops.failed + ops.warning);
                 ops.remaining = Some(u16::try_from(total - done).unwrap_or(u16::MAX));
             }
         }
@@ -1841,14 +1893,109 @@ impl<H: StoreHandler> Association<H> {
             .await
     }
 
+    /// Report a C-MOVE or C-GET that ended (answered, or cut short).
+    fn retrieve_ended(
+        &self,
+        service: &'static str,
+        destination: String,
+        ops: crate::dimse::SubOperations,
+        code: u16,
+    ) {
+        self.handler.event(ScpEvent::Moved {
+            association: self.number,
+            calling_ae_title: self.calling.clone(),
+            service,
+            destination,
+            completed: ops.completed,
+            failed: ops.failed,
+            warning: ops.warning,
+            status: code,
+        });
+    }
+
+    /// The next PDU during a C-GET, bounded like any (the idle and PDU
+    /// timeouts, the service stopping).
+    async fn receive_during_get(&mut self, idle: Duration) -> Result<Pdu, String> {
+        let receive = tokio::time::timeout(idle, self.conn.receive());
+        let slow = slow_pdu(self.watcher.as_ref(), self.options.pdu_timeout);
+        let mut cut = self.cut.clone();
+        tokio::select! {
+            received = receive => match received {
+                Err(_) => Err("timeout".into()),
+                Ok(Err(e)) => Err(format!("connection lost: {e}")),
+                Ok(Ok(pdu)) => Ok(pdu),
+            },
+            reason = slow => Err(reason),
+            _ = cut.wait_for(|cut| *cut) => Err("service stopping: association cut at the end of the grace period (during a C-GET)".into()),
+        }
+    }
+
+    /// The next command the C-GET requester sent (queued PDVs first); `None`
+    /// when nothing came within `idle`.
+    async fn next_get_command(
+        &mut self,
+        inbound: &mut Inbound,
+        idle: Duration,
+    ) -> Result<Option<Command>, String> {
+        loop {
+            while let Some(value) = inbound.values.pop_front() {
+                match inbound.assembler.push(value).map_err(|e| e.to_string())? {
+                    Step::Pending => {}
+                    Step::Command { command, .. } => {
+                        if command.has_data_set {
+                            return Err(format!(
+                                "command 0x{:04X} with a data set during a C-GET",
+                                command.field
+                            ));
+                        }
+                        return Ok(Some(command));
+                    }
+                    Step::Data { .. } => return Err("data set during a C-GET".into()),
+                }
+            }
+            super::quick_ack(self.conn.stream().tcp());
+            let pdu = match self.receive_during_get(idle).await {
+                Ok(pdu) => pdu,
+                Err(e) if e == "timeout" => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            match pdu {
+                Pdu::PData { data } => inbound.values.extend(data),
+                Pdu::AbortRQ { source } => return Err(format!("aborted by peer ({source:?})")),
+                other => return Err(format!("unexpected PDU during a C-GET: {other:?}")),
+            }
+        }
+    }
+
+    /// Whether the requester cancelled this C-GET in what it sent so far.
+    async fn get_cancelled(
+        &mut self,
+        request: &Command,
+        inbound: &mut Inbound,
+    ) -> Result<bool, String> {
+        // Nothing waited for: only what has arrived.
+        match self.next_get_command(inbound, Duration::ZERO).await? {
+            None => Ok(false),
+            Some(command) if command.field == C_CANCEL_RQ => {
+                Ok(command.responding_to == request.message_id)
+            }
+            Some(command) => Err(format!(
+                "unexpected command 0x{:04X} during a C-GET",
+                command.field
+            )),
+        }
+    }
+
     /// Send one file back to the C-GET requester and read its answer; and
     /// whether the requester sent a C-CANCEL-RQ meanwhile.
     async fn get_sub_operation(
         &mut self,
+        request: &Command,
         path: &Path,
         index: usize,
-        assembler: &mut MessageAssembler,
+        inbound: &mut Inbound,
     ) -> Result<(SubOperation, bool), String> {
+        use dicom_encoding::TransferSyntaxIndex;
         let Ok(file) = super::scu::read_part10(path) else {
             return Ok((SubOperation::NotSent, false));
         };
@@ -1862,8 +2009,14 @@ impl<H: StoreHandler> Association<H> {
             .trim_end_matches('\0')
             .to_string();
         let own = file.meta.transfer_syntax().trim_end_matches('\0');
-        // A context of that class where the requester is the SCP, in the
-        // file's own syntax if there is one.
+        let native = |ts: &str| {
+            dicom_transfer_syntax_registry::TransferSyntaxRegistry
+                .get(ts)
+                .is_some_and(|t| !t.is_encapsulated_pixel_data())
+        };
+        // A context of that class where the requester is the SCP: in the
+        // file's own syntax, else a native one when the file is native
+        // (re-encoded), else none that can carry it.
         let context = self
             .negotiated
             .contexts
@@ -1873,16 +2026,29 @@ impl<H: StoreHandler> Association<H> {
                     && trim_uid(&c.abstract_syntax) == class
                     && self.negotiated.requester_scp.iter().any(|a| a == class)
             })
-            .min_by_key(|c| usize::from(trim_uid(&c.transfer_syntax) != own))
-            .map(|c| (c.id, trim_uid(&c.transfer_syntax).to_string()));
-        let Some((id, ts)) = context else {
+            .filter_map(|c| {
+                let ts = trim_uid(&c.transfer_syntax);
+                let rank = if ts == own {
+                    0
+                } else if native(ts) && native(own) {
+                    1
+                } else {
+                    return None;
+                };
+                Some((rank, c.id, ts.to_string()))
+            })
+            .min_by_key(|(rank, _, _)| *rank);
+        let Some((_, id, ts)) = context else {
             return Ok((SubOperation::NotSent, false));
         };
         let Ok(dataset) = super::scu::encode_for(&file, &ts) else {
             return Ok((SubOperation::NotSent, false));
         };
         // Sub-operation message IDs: apart from the requester's.
-        let message_id = 0x8000 | u16::try_from(index % 0x7FFF).unwrap_or(0);
+        let mut message_id = 0x8000 | u16::try_from(index % 0x7FFF).unwrap_or(0);
+        if request.message_id == Some(message_id) {
+            message_id = message_id.wrapping_add(1) | 0x8000;
+        }
         let store = Command::store_request(message_id, class, &instance);
         super::scu::send_message(
             &mut self.conn,
@@ -1896,36 +2062,25 @@ impl<H: StoreHandler> Association<H> {
         .map_err(|e| format!("C-GET sub-operation: {e}"))?;
         let mut cancelled = false;
         loop {
-            super::quick_ack(self.conn.stream().tcp());
-            let pdu = tokio::time::timeout(self.options.idle_timeout, self.conn.receive())
-                .await
-                .map_err(|_| "C-GET requester did not answer a sub-operation".to_string())?
-                .map_err(|e| format!("connection lost: {e}"))?;
-            let data = match pdu {
-                Pdu::PData { data } => data,
-                Pdu::AbortRQ { source } => return Err(format!("aborted by peer ({source:?})")),
-                other => return Err(format!("unexpected PDU {other:?}")),
+            let Some(command) = self
+                .next_get_command(inbound, self.options.idle_timeout)
+                .await?
+            else {
+                return Err("C-GET requester did not answer a sub-operation".into());
             };
-            for value in data {
-                if let Step::Command { command, .. } =
-                    assembler.push(value).map_err(|e| e.to_string())?
-                {
-                    match command.field {
-                        field::C_STORE_RSP if command.responding_to == Some(message_id) => {
-                            return Ok((
-                                SubOperation::Done(
-                                    command.status.unwrap_or(status::PROCESSING_FAILURE),
-                                ),
-                                cancelled,
-                            ));
-                        }
-                        // Its answer to the sub-operation in flight still
-                        // comes; no other is sent.
-                        C_CANCEL_RQ => cancelled = true,
-                        other => {
-                            return Err(format!("unexpected command 0x{other:04X} during a C-GET"));
-                        }
-                    }
+            match command.field {
+                field::C_STORE_RSP if command.responding_to == Some(message_id) => {
+                    return Ok((
+                        SubOperation::Done(command.status.unwrap_or(status::PROCESSING_FAILURE)),
+                        cancelled,
+                    ));
+                }
+                // Its answer to the sub-operation in flight still comes; no
+                // other is sent.
+                C_CANCEL_RQ if command.responding_to == request.message_id => cancelled = true,
+                C_CANCEL_RQ => {}
+                other => {
+                    return Err(format!("unexpected command 0x{other:04X} during a C-GET"));
                 }
             }
         }
@@ -1949,6 +2104,9 @@ impl<H: StoreHandler> Association<H> {
             ops,
             failed_uids,
         } = retrieved;
+        // On record first: a final response that cannot be sent does not
+        // undo what went.
+        self.retrieve_ended(service, destination, ops, code);
         let mut last = request.response(code, comment.as_deref());
         last.sub_operations = Some(ops);
         let data = if failed_uids.is_empty() {
@@ -1977,16 +2135,6 @@ impl<H: StoreHandler> Association<H> {
                 .await?;
         }
         super::quick_ack(self.conn.stream().tcp());
-        self.handler.event(ScpEvent::Moved {
-            association: self.number,
-            calling_ae_title: self.calling.clone(),
-            service,
-            destination,
-            completed: ops.completed,
-            failed: ops.failed,
-            warning: ops.warning,
-            status: code,
-        });
         Ok(())
     }
 
@@ -2024,10 +2172,14 @@ impl<H: StoreHandler> Association<H> {
                 Ok(outcomes) => {
                     for outcome in &outcomes {
                         match outcome.status {
-                            Some(s) if s == status::SUCCESS => ops.completed += 1,
-                            Some(s) if status::category(s) == "warning" => ops.warning += 1,
+                            Some(s) if s == status::SUCCESS => {
+                                ops.completed = ops.completed.saturating_add(1)
+                            }
+                            Some(s) if status::category(s) == "warning" => {
+                                ops.warning = ops.warning.saturating_add(1)
+                            }
                             _ => {
-                                ops.failed += 1;
+                                ops.failed = ops.failed.saturating_add(1);
                                 failed_uids.push(outcome.sop_instance_uid.clone());
                             }
                         }

@@ -153,14 +153,16 @@ impl Pipeline {
                     items: &items,
                 });
                 requests += 1;
-                match request_commitment(&remote, &scu, &transaction, &references, wait).await {
-                    Ok(reports) => {
-                        for report in reports {
-                            let pipeline = self.clone();
-                            tokio::task::spawn_blocking(move || pipeline.apply_report(&report))
-                                .await?;
-                        }
-                    }
+                let exchange =
+                    request_commitment(&remote, &scu, &transaction, &references, wait).await;
+                // The reports answered on the association count, whatever
+                // became of the request itself.
+                for report in exchange.reports {
+                    let pipeline = self.clone();
+                    tokio::task::spawn_blocking(move || pipeline.apply_report(&report)).await?;
+                }
+                match exchange.outcome {
+                    Ok(()) => {}
                     Err(e) => {
                         let error = e.to_string();
                         // A destination that offers no Storage Commitment
@@ -199,8 +201,10 @@ impl Pipeline {
     /// Ask again later (the delivery backoff), or give up past
     /// `delivery.give_up_after_h`.
     fn retry_commitment(&self, item: &OutboxItem, error: &str) -> anyhow::Result<()> {
-        let (retry, now) = self.next_try(item, error);
-        self.catalog.commitment_failed(item.id, error, retry, now)?;
+        let (retry, now) = self.next_try(item);
+        if self.catalog.commitment_failed(item.id, error, retry, now)? && retry.is_none() {
+            self.emit(Event::Undeliverable { item, error });
+        }
         Ok(())
     }
 
@@ -308,18 +312,20 @@ impl Pipeline {
                 None => "not named in the commitment report".to_string(),
             };
             let (retry, now) = if failed.is_some_and(|f| permanent_reason(f.reason)) {
-                self.emit(Event::Undeliverable {
-                    item,
-                    error: &reason,
-                });
                 (None, now_ms())
             } else {
-                self.next_try(item, &reason)
+                self.next_try(item)
             };
             if self
                 .catalog
                 .commitment_refused(item.id, &reason, retry, now)?
             {
+                if retry.is_none() {
+                    self.emit(Event::Undeliverable {
+                        item,
+                        error: &reason,
+                    });
+                }
                 self.emit(Event::NotCommitted {
                     item,
                     destination: &item.destination,

@@ -165,25 +165,23 @@ impl Pipeline {
     /// Send `item` again later (exponential backoff), or give up past
     /// `delivery.give_up_after_h`.
     pub(super) fn retry_item(&self, item: &OutboxItem, error: &str) -> anyhow::Result<()> {
-        let (retry, now) = self.next_try(item, error);
+        let (retry, now) = self.next_try(item);
+        if retry.is_none() {
+            self.emit(Event::Undeliverable { item, error });
+        }
         self.catalog.outbox_failed(item.id, error, retry, now)?;
         Ok(())
     }
 
     /// When to try `item` again (exponential backoff from its attempts),
-    /// with the time now; `None` past `delivery.give_up_after_h`, which is
-    /// reported.
-    pub(super) fn next_try(&self, item: &OutboxItem, error: &str) -> (Option<i64>, i64) {
+    /// with the time now; `None` past `delivery.give_up_after_h`.
+    pub(super) fn next_try(&self, item: &OutboxItem) -> (Option<i64>, i64) {
         let d = &self.config.delivery;
         let now = now_ms();
         let give_up = now - item.created_ms > seconds_ms(d.give_up_after_h * 3600.0);
         let delay =
             (d.retry_initial_s * 2f64.powi(item.attempts.min(30) as i32)).min(d.retry_max_s);
-        let retry = (!give_up).then(|| now + seconds_ms(delay));
-        if retry.is_none() {
-            self.emit(Event::Undeliverable { item, error });
-        }
-        (retry, now)
+        ((!give_up).then(|| now + seconds_ms(delay)), now)
     }
 
     /// The delivery loop, until the pipeline stops.
