@@ -352,7 +352,7 @@ impl Reader {
     async fn next(
         &mut self,
         association: &mut Connection<DicomStream>,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<Received, String> {
         loop {
             while let Some(value) = self.values.pop_front() {
@@ -384,7 +384,8 @@ impl Reader {
             super::quick_ack(association.stream().tcp());
             // `Connection::receive` keeps what it read in its own buffer
             // when the wait is cut: no byte is lost.
-            let pdu = tokio::time::timeout(timeout, association.receive())
+            // One deadline for the whole message, however the peer drips it.
+            let pdu = tokio::time::timeout_at(deadline, association.receive())
                 .await
                 .map_err(|_| "timeout waiting for the peer".to_string())?
                 .map_err(|e| e.to_string())?;
@@ -527,7 +528,10 @@ async fn release_reading(
             .await
             .map_err(|e| e.to_string())?;
         loop {
-            match reader.next(association, timeout).await? {
+            match reader
+                .next(association, tokio::time::Instant::now() + timeout)
+                .await?
+            {
                 Received::Released => break,
                 Received::Message(ctx, command, body) => {
                     take_report(association, peer, (ctx, command, body), reports).await?;
@@ -608,10 +612,12 @@ async fn exchange(
         timeout: options.timeout,
     };
     let mut reader = Reader::new();
-    // The N-ACTION-RSP (a quick SCP may report first).
+    // The N-ACTION-RSP (a quick SCP may report first), within the timeout
+    // however many reports come first.
+    let answer_by = tokio::time::Instant::now() + options.timeout;
     loop {
         let received = reader
-            .next(&mut association, options.timeout)
+            .next(&mut association, answer_by)
             .await
             .map_err(transfer)?;
         let Received::Message(ctx, command, body) = received else {
@@ -657,10 +663,7 @@ async fn exchange(
         if left.is_zero() {
             break;
         }
-        match reader
-            .next(&mut association, left.min(options.timeout))
-            .await
-        {
+        match reader.next(&mut association, deadline).await {
             Ok(Received::Message(ctx, command, body)) => {
                 if let Err(e) =
                     take_report(&mut association, &peer, (ctx, command, body), reports).await

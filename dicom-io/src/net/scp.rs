@@ -1954,7 +1954,19 @@ impl<H: StoreHandler> Association<H> {
                 }
             }
             super::quick_ack(self.conn.stream().tcp());
-            let pdu = match self.receive_during_get(idle).await {
+            let received = if idle.is_zero() {
+                // Only what has already arrived: one poll, no timer (a zero
+                // timeout would still wait for the timer's millisecond).
+                let idle = self.options.idle_timeout;
+                tokio::select! {
+                    biased;
+                    received = self.receive_during_get(idle) => received,
+                    () = std::future::ready(()) => return Ok(None),
+                }
+            } else {
+                self.receive_during_get(idle).await
+            };
+            let pdu = match received {
                 Ok(pdu) => pdu,
                 Err(e) if e == "timeout" => return Ok(None),
                 Err(e) => return Err(e),
@@ -1974,15 +1986,21 @@ impl<H: StoreHandler> Association<H> {
         inbound: &mut Inbound,
     ) -> Result<bool, String> {
         // Nothing waited for: only what has arrived.
-        match self.next_get_command(inbound, Duration::ZERO).await? {
-            None => Ok(false),
-            Some(command) if command.field == C_CANCEL_RQ => {
-                Ok(command.responding_to == request.message_id)
+        loop {
+            match self.next_get_command(inbound, Duration::ZERO).await? {
+                None => return Ok(false),
+                Some(command) if command.field == C_CANCEL_RQ => {
+                    if command.responding_to == request.message_id {
+                        return Ok(true);
+                    }
+                }
+                Some(command) => {
+                    return Err(format!(
+                        "unexpected command 0x{:04X} during a C-GET",
+                        command.field
+                    ));
+                }
             }
-            Some(command) => Err(format!(
-                "unexpected command 0x{:04X} during a C-GET",
-                command.field
-            )),
         }
     }
 

@@ -77,8 +77,12 @@ impl Pipeline {
                     format!("destination {name:?} needs TLS, which is not configured")
                 };
                 for item in &items {
-                    self.catalog
-                        .commitment_failed(item.id, &why, None, now_ms())?;
+                    if self
+                        .catalog
+                        .commitment_failed(item.id, &why, None, now_ms())?
+                    {
+                        self.emit(Event::Undeliverable { item, error: &why });
+                    }
                 }
                 continue;
             };
@@ -159,7 +163,13 @@ impl Pipeline {
                 // became of the request itself.
                 for report in exchange.reports {
                     let pipeline = self.clone();
-                    tokio::task::spawn_blocking(move || pipeline.apply_report(&report)).await?;
+                    // One report that cannot be applied does not keep the
+                    // others from it.
+                    if let Err(e) =
+                        tokio::task::spawn_blocking(move || pipeline.apply_report(&report)).await
+                    {
+                        tracing::error!(error = %e, destination = %name, "storage commitment report not applied");
+                    }
                 }
                 match exchange.outcome {
                     Ok(()) => {}

@@ -166,10 +166,10 @@ impl Pipeline {
     /// `delivery.give_up_after_h`.
     pub(super) fn retry_item(&self, item: &OutboxItem, error: &str) -> anyhow::Result<()> {
         let (retry, now) = self.next_try(item);
+        self.catalog.outbox_failed(item.id, error, retry, now)?;
         if retry.is_none() {
             self.emit(Event::Undeliverable { item, error });
         }
-        self.catalog.outbox_failed(item.id, error, retry, now)?;
         Ok(())
     }
 
