@@ -44,6 +44,16 @@ fn details(record: &serde_json::Value) -> serde_json::Value {
     serde_json::from_str(record["details"].as_str().unwrap()).unwrap()
 }
 
+/// A test peer process, killed when dropped (also when a test fails).
+struct Peer(std::process::Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Vigie with destination `pacs` (commitment on, `extra` destination
 /// keys, `delivery.commitment_timeout_s` = `timeout_s`) served by
 /// `tests/peers/commitment_scp.py` following `plan`; one demo study sent,
@@ -55,7 +65,7 @@ fn commitment_scenario(
     timeout_s: u32,
     plan: &str,
     logged: &str,
-) -> (Vigie, std::process::Child, Vec<serde_json::Value>) {
+) -> (Vigie, Peer, Vec<serde_json::Value>) {
     let pacs_port = free_port();
     let log = tmp.join("pacs.jsonl");
     let config = config(&format!(
@@ -66,19 +76,21 @@ fn commitment_scenario(
         &format!("[delivery]\ncommitment_timeout_s = {timeout_s}"),
     );
     let vigie = Vigie::start(tmp, &config);
-    let pacs = Command::new(python())
-        .arg(repo_root().join("tests/peers/commitment_scp.py"))
-        .args([
-            &pacs_port.to_string(),
-            "127.0.0.1",
-            &vigie.dicom.to_string(),
-        ])
-        .arg(&log)
-        .args(["--plan", plan])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python runs");
+    let pacs = Peer(
+        Command::new(python())
+            .arg(repo_root().join("tests/peers/commitment_scp.py"))
+            .args([
+                &pacs_port.to_string(),
+                "127.0.0.1",
+                &vigie.dicom.to_string(),
+            ])
+            .arg(&log)
+            .args(["--plan", plan])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python runs"),
+    );
     // Its Storage SCP listens before anything is sent.
     vigie.wait_for("the PACS listening", Duration::from_secs(20), |_| {
         std::net::TcpStream::connect(("127.0.0.1", pacs_port)).is_ok()
@@ -169,7 +181,7 @@ fn orthanc_commits_the_results_it_stored_on_an_association_of_its_own() {
 #[test]
 fn a_failed_a_silent_and_a_forged_commitment_are_retried_refused_and_recorded() {
     let tmp = tempfile::tempdir().unwrap();
-    let (vigie, mut pacs, lines) = commitment_scenario(
+    let (vigie, _pacs, lines) = commitment_scenario(
         tmp.path(),
         "commitment_wait_s = 1.0",
         3,
@@ -235,8 +247,6 @@ fn a_failed_a_silent_and_a_forged_commitment_are_retried_refused_and_recorded() 
     for d in deliveries(&vigie) {
         assert_eq!(d["commitment_uid"], last, "{d}");
     }
-    let _ = pacs.kill();
-    let _ = pacs.wait();
 }
 
 /// Review finding (2026-12-04): a report of an earlier transaction, once
@@ -246,7 +256,7 @@ fn a_failed_a_silent_and_a_forged_commitment_are_retried_refused_and_recorded() 
 #[test]
 fn regression_a_late_report_of_an_earlier_transaction_still_commits() {
     let tmp = tempfile::tempdir().unwrap();
-    let (vigie, mut pacs, lines) =
+    let (vigie, _pacs, lines) =
         commitment_scenario(tmp.path(), "", 2, "late,silent", "late_report_status");
     let first = lines
         .iter()
@@ -268,8 +278,6 @@ fn regression_a_late_report_of_an_earlier_transaction_still_commits() {
             .audit_records("kind=result_commitment&outcome=ignored")
             .is_empty()
     );
-    let _ = pacs.kill();
-    let _ = pacs.wait();
 }
 
 #[test]
