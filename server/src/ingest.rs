@@ -1091,12 +1091,10 @@ impl StoreHandler for Ingest {
     ) -> vigie_dicom_io::net::scp::RetrieveAnswer {
         use vigie_dicom_io::net::scp::RetrieveAnswer;
         let Some(web) = &self.web else {
-            return RetrieveAnswer {
-                files: Vec::new(),
-                destination: None,
-                status: status::SOP_CLASS_NOT_SUPPORTED,
-                comment: Some("no retrieve service (dicom.query)".into()),
-            };
+            return RetrieveAnswer::refused(
+                status::SOP_CLASS_NOT_SUPPORTED,
+                "no retrieve service (dicom.query)",
+            );
         };
         match crate::query_scp::instances(web.as_ref(), &request.identifier, &request.model) {
             Ok((files, asked)) => {
@@ -1114,12 +1112,7 @@ impl StoreHandler for Ingest {
                     comment: None,
                 }
             }
-            Err((code, comment, _)) => RetrieveAnswer {
-                files: Vec::new(),
-                destination: None,
-                status: code,
-                comment: Some(comment),
-            },
+            Err((code, comment, _)) => RetrieveAnswer::refused(code, comment),
         }
     }
 
@@ -1128,12 +1121,7 @@ impl StoreHandler for Ingest {
         request: vigie_dicom_io::net::scp::RetrieveRequest,
     ) -> vigie_dicom_io::net::scp::RetrieveAnswer {
         use vigie_dicom_io::net::scp::{MOVE_DESTINATION_UNKNOWN, RetrieveAnswer};
-        let refuse = |status: u16, comment: String| RetrieveAnswer {
-            files: Vec::new(),
-            destination: None,
-            status,
-            comment: Some(comment),
-        };
+        let refuse = |status: u16, comment: String| RetrieveAnswer::refused(status, comment);
         let Some(web) = &self.web else {
             return refuse(
                 status::SOP_CLASS_NOT_SUPPORTED,

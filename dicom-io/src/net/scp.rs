@@ -337,6 +337,18 @@ pub struct RetrieveAnswer {
     pub comment: Option<String>,
 }
 
+impl RetrieveAnswer {
+    /// A refusal: nothing sent, this status and reason.
+    pub fn refused(status: u16, comment: impl Into<String>) -> Self {
+        Self {
+            files: Vec::new(),
+            destination: None,
+            status,
+            comment: Some(comment.into()),
+        }
+    }
+}
+
 /// Status A801: move destination unknown.
 pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
 
@@ -535,12 +547,7 @@ pub trait StoreHandler: Send + Sync + 'static {
     /// Without an implementation: SOP class not supported.
     fn get(&self, request: RetrieveRequest) -> RetrieveAnswer {
         let _ = request;
-        RetrieveAnswer {
-            files: Vec::new(),
-            destination: None,
-            status: status::SOP_CLASS_NOT_SUPPORTED,
-            comment: Some("no retrieve service".into()),
-        }
+        RetrieveAnswer::refused(status::SOP_CLASS_NOT_SUPPORTED, "no retrieve service")
     }
 
     /// Answer a C-MOVE on one of [`ScpOptions::retrieve_models`]: which
@@ -548,12 +555,7 @@ pub trait StoreHandler: Send + Sync + 'static {
     /// (one association to the destination) and answers with the counts.
     fn retrieve(&self, request: RetrieveRequest) -> RetrieveAnswer {
         let _ = request;
-        RetrieveAnswer {
-            files: Vec::new(),
-            destination: None,
-            status: status::SOP_CLASS_NOT_SUPPORTED,
-            comment: Some("no retrieve service".into()),
-        }
+        RetrieveAnswer::refused(status::SOP_CLASS_NOT_SUPPORTED, "no retrieve service")
     }
 }
 
