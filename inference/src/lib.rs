@@ -40,6 +40,6 @@ pub mod threads;
 
 pub use error::{Error, Result};
 pub use manifest::Manifest;
-pub use model::{Image, Model, ModelResult, Prepared, Preparer};
+pub use model::{Image, Model, ModelResult, Prepared, Preparer, PriorInput};
 pub use package::ModelPackage;
 pub use registry::ModelRegistry;

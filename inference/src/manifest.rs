@@ -29,6 +29,89 @@ pub struct Manifest {
     pub preprocess: Preprocess,
     /// Output contract and interpretation (one tensor).
     pub output: OutputSpec,
+    /// Prior studies the model compares with, given as a second input
+    /// (absent: the model takes the current image alone).
+    #[serde(default)]
+    pub priors: Option<Priors>,
+}
+
+/// Which attribute of the current study a prior must share, besides the
+/// Patient ID (and its issuer, when both say one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PriorMatch {
+    /// The same Modality (0008,0060): asked of the PACS as Modalities in
+    /// Study, checked again on every image retrieved.
+    Modality,
+    /// The same Body Part Examined (0018,0015), checked on the images
+    /// retrieved (case-insensitively; a series level attribute the PACS
+    /// cannot be asked at study level).
+    BodyPart,
+}
+
+/// What happens when no usable prior is found in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingPrior {
+    /// The job fails with the reason (the default: a comparison model is
+    /// not run on half its input).
+    #[default]
+    Fail,
+    /// The model runs with the prior input filled as `missing_input`
+    /// says; the job's notes and records say that no prior was used.
+    Run,
+}
+
+/// What the prior input holds when the model runs without a prior.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingInput {
+    /// Zeros.
+    #[default]
+    Zeros,
+    /// The current image's own tensor.
+    Current,
+}
+
+/// The prior studies a model needs (`[priors]`), found by C-FIND on the
+/// PACS named by the appliance's `[priors]` configuration and retrieved
+/// with C-GET. The most recent prior with a usable image is given to the
+/// model, preprocessed as the current image, as the input tensor `input`
+/// (same shape as `[input]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Priors {
+    /// Name of the model's second input tensor.
+    pub input: String,
+    /// What a prior must share with the current study besides the
+    /// patient (empty: any study of the patient).
+    #[serde(default)]
+    pub same: Vec<PriorMatch>,
+    /// Only studies dated at most this many days before the current one
+    /// (1 to 36500).
+    pub within_days: u32,
+    /// At most this many prior studies are retrieved, most recent first,
+    /// until one has a usable image (1 to 8).
+    #[serde(default = "one_study")]
+    pub max_studies: usize,
+    /// Longest wait for the query and the retrievals together, in seconds
+    /// (1 to 600).
+    #[serde(default = "sixty")]
+    pub wait_s: u64,
+    /// Without a usable prior in time: fail the job, or run.
+    #[serde(default)]
+    pub on_missing: OnMissingPrior,
+    /// The prior input when running without a prior.
+    #[serde(default)]
+    pub missing_input: MissingInput,
+}
+
+fn one_study() -> usize {
+    1
+}
+
+fn sixty() -> u64 {
+    60
 }
 
 /// Identity of the model.
@@ -512,6 +595,23 @@ impl Manifest {
             && lo >= hi
         {
             return Err(self.invalid("preprocess.clip", "low must be below high"));
+        }
+        if let Some(priors) = &self.priors {
+            if priors.input.is_empty() || priors.input == self.input.name {
+                return Err(self.invalid(
+                    "priors.input",
+                    "must name a second input tensor, not input.name",
+                ));
+            }
+            if !(1..=36_500).contains(&priors.within_days) {
+                return Err(self.invalid("priors.within_days", "must be within 1 to 36500"));
+            }
+            if !(1..=8).contains(&priors.max_studies) {
+                return Err(self.invalid("priors.max_studies", "must be within 1 to 8"));
+            }
+            if !(1..=600).contains(&priors.wait_s) {
+                return Err(self.invalid("priors.wait_s", "must be within 1 to 600"));
+            }
         }
         match &self.output.kind {
             OutputKind::Classification {

@@ -93,6 +93,20 @@ impl Preparer {
     }
 }
 
+/// What a model with `[priors]` is given as its prior input, set for each
+/// job with [`Model::set_prior`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PriorInput {
+    /// Nothing set: a model with `[priors]` refuses to run.
+    Unset,
+    /// No prior found: the input is filled as the manifest's
+    /// `priors.missing_input` says.
+    Missing,
+    /// The prior image's tensor, preprocessed as the current image (one
+    /// image: given with every image of a batch).
+    Tensor(Vec<f32>),
+}
+
 /// A model ready to run.
 #[derive(Debug)]
 pub struct Model {
@@ -100,6 +114,8 @@ pub struct Model {
     backend: Box<dyn Backend>,
     preprocessor: Preprocessor,
     input: Vec<f32>,
+    prior: PriorInput,
+    prior_batch: Vec<f32>,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -134,7 +150,34 @@ impl Model {
             backend,
             preprocessor,
             input: Vec::new(),
+            prior: PriorInput::Unset,
+            prior_batch: Vec::new(),
         })
+    }
+
+    /// Set what the prior input holds from now on (for a model with
+    /// `[priors]`; ignored otherwise). A tensor must be one image's input
+    /// tensor (see [`Preparer::prepare`]).
+    pub fn set_prior(&mut self, prior: PriorInput) -> Result<()> {
+        if let PriorInput::Tensor(t) = &prior
+            && t.len() != self.preprocessor.tensor_len()
+        {
+            return Err(Error::Preprocess {
+                model_id: self.package.id().to_string(),
+                reason: format!(
+                    "prior tensor of {} values, the model takes {}",
+                    t.len(),
+                    self.preprocessor.tensor_len()
+                ),
+            });
+        }
+        self.prior = prior;
+        Ok(())
+    }
+
+    /// Whether the model takes a prior input (its manifest has `[priors]`).
+    pub fn takes_prior(&self) -> bool {
+        self.package.manifest().priors.is_some()
     }
 
     /// The package.
@@ -248,7 +291,35 @@ impl Model {
         let model_id = self.package.id().to_string();
         let n = applied.len();
         let started = Instant::now();
-        let (dims, output) = self.backend.run(input, n)?;
+        let (dims, output) = match &self.package.manifest().priors {
+            None => self.backend.run(input, n)?,
+            Some(priors) => {
+                let per = input.len() / n.max(1);
+                let mut batch = std::mem::take(&mut self.prior_batch);
+                batch.clear();
+                match &self.prior {
+                    PriorInput::Unset => {
+                        return Err(Error::Inference {
+                            model_id,
+                            reason: "the model compares with a prior study and none was given"
+                                .into(),
+                        });
+                    }
+                    PriorInput::Tensor(t) => {
+                        for _ in 0..n {
+                            batch.extend_from_slice(t);
+                        }
+                    }
+                    PriorInput::Missing => match priors.missing_input {
+                        crate::manifest::MissingInput::Zeros => batch.resize(per * n, 0.0),
+                        crate::manifest::MissingInput::Current => batch.extend_from_slice(input),
+                    },
+                }
+                let ran = self.backend.run_with_prior(input, &batch, n);
+                self.prior_batch = batch;
+                ran?
+            }
+        };
         let inference_ms = ms(started);
         let started = Instant::now();
         let manifest = self.package.manifest();
@@ -315,6 +386,12 @@ impl Model {
     /// Run the backend on a ready tensor (batch of one) and return the raw
     /// output.
     pub fn run_tensor(&mut self, tensor: &[f32]) -> Result<Vec<f32>> {
+        if self.takes_prior() {
+            return Err(Error::Inference {
+                model_id: self.package.id().to_string(),
+                reason: "the model takes a prior input: run it through Model::run".into(),
+            });
+        }
         Ok(self.backend.run(tensor, 1)?.1)
     }
 }

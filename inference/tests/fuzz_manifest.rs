@@ -12,6 +12,7 @@ fn fuzz_model_manifests() {
     let seeds: Vec<Vec<u8>> = [
         "models/brain-tumour-vgg16/model.toml",
         "models/fixture-bright-disk/model.toml",
+        "models/fixture-prior-change/model.toml",
         "models/candidates/brain-tumour-vgg16-int8/model.toml",
     ]
     .iter()

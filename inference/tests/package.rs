@@ -91,6 +91,43 @@ fn manifest_inconsistencies_name_the_field() {
     assert!(matches!(err, Error::ManifestParse { .. }), "{err}");
 }
 
+/// `[priors]` is checked on its own, then against the model file: a model
+/// with one input cannot take a prior.
+#[test]
+fn a_priors_section_is_checked_and_needs_a_second_input() {
+    let with = |priors: &str| altered("[input]", &format!("[priors]\n{priors}\n\n[input]"));
+    for (priors, field) in [
+        ("input = \"input\"\nwithin_days = 30", "priors.input"),
+        ("input = \"prior\"\nwithin_days = 0", "priors.within_days"),
+        (
+            "input = \"prior\"\nwithin_days = 30\nmax_studies = 9",
+            "priors.max_studies",
+        ),
+        (
+            "input = \"prior\"\nwithin_days = 30\nwait_s = 0",
+            "priors.wait_s",
+        ),
+    ] {
+        let dir = with(priors);
+        let err = ModelPackage::load(dir.path()).expect_err(priors);
+        assert!(
+            matches!(&err, Error::ManifestInvalid { field: f, .. } if f == field),
+            "{priors}: {err}"
+        );
+    }
+    let dir = with("input = \"prior\"\nwithin_days = 30\nsame = [\"modality\", \"body_part\"]");
+    let package = ModelPackage::load(dir.path()).expect("a consistent manifest");
+    let err = Model::load(
+        package,
+        &BackendOptions::new(Device::Cpu, 1, Some(library())),
+    )
+    .expect_err("the model has one input");
+    assert!(
+        matches!(&err, Error::ContractMismatch { field, .. } if field == "input.name"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_missing_runtime_library_says_how_to_get_it() {
     let err = vigie_inference::backend::onnx::init_runtime(Some(Path::new(

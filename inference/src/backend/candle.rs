@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use candle_core::{Device as CandleDevice, Tensor};
 use candle_onnx::onnx::{ModelProto, tensor_shape_proto::dimension::Value as Dim, type_proto};
 
-use super::contract::{Backend, BackendOptions, Execution, check_name, check_shape};
+use super::contract::{
+    Backend, BackendOptions, Execution, check_name, check_names, check_shape, input_names,
+};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::package::ModelPackage;
@@ -30,6 +32,8 @@ pub struct CandleBackend {
     weights: HashMap<String, Tensor>,
     device: CandleDevice,
     input_name: String,
+    /// The prior input's name, for a model with `[priors]`.
+    prior_name: Option<String>,
     output_name: String,
     input_dims: Vec<i64>,
     execution: Execution,
@@ -88,12 +92,30 @@ impl CandleBackend {
             .filter(|i| !weights.contains_key(&i.name))
             .collect();
         let manifest = package.manifest();
-        check_name(
+        check_names(
             &model_id,
             "input",
-            &manifest.input.name,
+            &input_names(manifest),
             &inputs.iter().map(|i| i.name.clone()).collect::<Vec<_>>(),
         )?;
+        let Some(input) = inputs.iter().find(|i| i.name == manifest.input.name) else {
+            return Err(load_failed("input missing".into()));
+        };
+        let prior_name = match &manifest.priors {
+            Some(priors) => {
+                let Some(outlet) = inputs.iter().find(|i| i.name == priors.input) else {
+                    return Err(load_failed("prior input missing".into()));
+                };
+                check_shape(
+                    &model_id,
+                    "priors.input",
+                    &manifest.input.shape,
+                    &dims_of(outlet),
+                )?;
+                Some(priors.input.clone())
+            }
+            None => None,
+        };
         check_name(
             &model_id,
             "output",
@@ -104,7 +126,7 @@ impl CandleBackend {
                 .map(|o| o.name.clone())
                 .collect::<Vec<_>>(),
         )?;
-        let input_dims = dims_of(inputs[0]);
+        let input_dims = dims_of(input);
         check_shape(&model_id, "input", &manifest.input.shape, &input_dims)?;
         check_shape(
             &model_id,
@@ -114,6 +136,7 @@ impl CandleBackend {
         )?;
         Ok(Self {
             input_name: manifest.input.name.clone(),
+            prior_name,
             output_name: manifest.output.name.clone(),
             input_dims,
             execution: Execution {
@@ -172,8 +195,13 @@ fn open_device(model_id: &str, device: Device) -> Result<CandleDevice> {
     }
 }
 
-impl Backend for CandleBackend {
-    fn run(&mut self, input: &[f32], batch: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+impl CandleBackend {
+    fn run_inputs(
+        &mut self,
+        input: &[f32],
+        prior: Option<&[f32]>,
+        batch: usize,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
         let fail = |reason: String| Error::Inference {
             model_id: self.model_id.clone(),
             reason,
@@ -182,11 +210,22 @@ impl Backend for CandleBackend {
         if let Some(first) = shape.first_mut() {
             *first = batch;
         }
-        let tensor = Tensor::from_slice(input, shape, &self.device).map_err(|e| fail(reason(e)))?;
+        let tensor =
+            Tensor::from_slice(input, shape.clone(), &self.device).map_err(|e| fail(reason(e)))?;
         // Cloning the map clones names and reference-counted tensors, not
         // the weights themselves.
         let mut inputs = self.weights.clone();
         inputs.insert(self.input_name.clone(), tensor);
+        match (&self.prior_name, prior) {
+            (None, None) => {}
+            (Some(name), Some(prior)) => {
+                let prior =
+                    Tensor::from_slice(prior, shape, &self.device).map_err(|e| fail(reason(e)))?;
+                inputs.insert(name.clone(), prior);
+            }
+            (Some(name), None) => return Err(fail(format!("the prior input {name} is not given"))),
+            (None, Some(_)) => return Err(fail("the model takes no prior input".into())),
+        }
         let mut outputs =
             candle_onnx::simple_eval(&self.model, inputs).map_err(|e| fail(reason(e)))?;
         let output = outputs
@@ -199,6 +238,21 @@ impl Backend for CandleBackend {
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(|e| fail(reason(e)))?;
         Ok((dims, data))
+    }
+}
+
+impl Backend for CandleBackend {
+    fn run(&mut self, input: &[f32], batch: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.run_inputs(input, None, batch)
+    }
+
+    fn run_with_prior(
+        &mut self,
+        input: &[f32],
+        prior: &[f32],
+        batch: usize,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.run_inputs(input, Some(prior), batch)
     }
 
     fn execution(&self) -> &Execution {

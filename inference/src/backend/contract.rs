@@ -93,6 +93,16 @@ pub trait Backend: Send + std::fmt::Debug {
     /// Returns the output tensor, flattened, and its shape.
     fn run(&mut self, input: &[f32], batch: usize) -> Result<(Vec<usize>, Vec<f32>)>;
 
+    /// Run one batch of a model with a prior input (its manifest's
+    /// `[priors]`): `prior` holds `batch` tensors of the same shape as
+    /// `input`'s, back to back.
+    fn run_with_prior(
+        &mut self,
+        input: &[f32],
+        prior: &[f32],
+        batch: usize,
+    ) -> Result<(Vec<usize>, Vec<f32>)>;
+
     /// What runs this model.
     fn execution(&self) -> &Execution;
 
@@ -126,13 +136,37 @@ pub(crate) fn check_name(
     expected: &str,
     found: &[String],
 ) -> Result<()> {
-    if found.len() != 1 || found[0] != expected {
+    check_names(model_id, what, &[expected], found)
+}
+
+/// Compare a set of tensor names (in any order).
+pub(crate) fn check_names(
+    model_id: &str,
+    what: &str,
+    expected: &[&str],
+    found: &[String],
+) -> Result<()> {
+    let mut want: Vec<&str> = expected.to_vec();
+    let mut have: Vec<&str> = found.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    have.sort_unstable();
+    if want != have {
         return Err(crate::Error::ContractMismatch {
             model_id: model_id.to_string(),
             field: format!("{what}.name"),
-            expected: format!("[{expected:?}]"),
+            expected: format!("{expected:?}"),
             found: format!("{found:?}"),
         });
     }
     Ok(())
+}
+
+/// The input tensor names a manifest declares: `input.name`, and
+/// `priors.input` when the model takes a prior.
+pub(crate) fn input_names(manifest: &crate::Manifest) -> Vec<&str> {
+    let mut names = vec![manifest.input.name.as_str()];
+    if let Some(priors) = &manifest.priors {
+        names.push(priors.input.as_str());
+    }
+    names
 }

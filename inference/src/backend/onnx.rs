@@ -12,7 +12,8 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use super::contract::{
-    Backend, BackendOptions, ConvAlgoSearch, Execution, check_name, check_shape,
+    Backend, BackendOptions, ConvAlgoSearch, Execution, check_name, check_names, check_shape,
+    input_names,
 };
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -74,6 +75,8 @@ pub struct OnnxBackend {
     model_id: String,
     session: Session,
     input_name: String,
+    /// The prior input's name, for a model with `[priors]`.
+    prior_name: Option<String>,
     output_name: String,
     input_dims: Vec<i64>,
     execution: Execution,
@@ -149,10 +152,10 @@ impl OnnxBackend {
                 .map(|o| o.name().to_string())
                 .collect::<Vec<_>>()
         };
-        check_name(
+        check_names(
             &model_id,
             "input",
-            &manifest.input.name,
+            &input_names(manifest),
             &names(session.inputs()),
         )?;
         check_name(
@@ -161,9 +164,26 @@ impl OnnxBackend {
             &manifest.output.name,
             &names(session.outputs()),
         )?;
-        let input = &session.inputs()[0];
+        let Some(input) = session
+            .inputs()
+            .iter()
+            .find(|i| i.name() == manifest.input.name)
+        else {
+            return Err(session_err("input missing".into()));
+        };
         let output = &session.outputs()[0];
-        for (what, outlet) in [("input", input), ("output", output)] {
+        let prior = manifest.priors.as_ref().and_then(|p| {
+            session
+                .inputs()
+                .iter()
+                .find(|i| i.name() == p.input)
+                .map(|outlet| (p.input.clone(), outlet))
+        });
+        let mut outlets = vec![("input", input), ("output", output)];
+        if let Some((_, outlet)) = &prior {
+            outlets.push(("priors.input", outlet));
+        }
+        for (what, outlet) in outlets {
             if outlet.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32) {
                 return Err(Error::ContractMismatch {
                     model_id: model_id.clone(),
@@ -175,6 +195,16 @@ impl OnnxBackend {
         }
         let input_dims = tensor_dims(input).unwrap_or_default();
         check_shape(&model_id, "input", &manifest.input.shape, &input_dims)?;
+        if let Some((_, outlet)) = &prior {
+            // The prior is preprocessed as the current image: same shape.
+            check_shape(
+                &model_id,
+                "priors.input",
+                &manifest.input.shape,
+                &tensor_dims(outlet).unwrap_or_default(),
+            )?;
+        }
+        let prior_name = prior.map(|(name, _)| name);
         check_shape(
             &model_id,
             "output",
@@ -183,6 +213,7 @@ impl OnnxBackend {
         )?;
         Ok(Self {
             input_name: manifest.input.name.clone(),
+            prior_name,
             output_name: manifest.output.name.clone(),
             input_dims,
             execution: Execution {
@@ -207,8 +238,13 @@ fn runtime_version() -> String {
         .unwrap_or_else(|| info.chars().take(60).collect())
 }
 
-impl Backend for OnnxBackend {
-    fn run(&mut self, input: &[f32], batch: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+impl OnnxBackend {
+    fn run_inputs(
+        &mut self,
+        input: &[f32],
+        prior: Option<&[f32]>,
+        batch: usize,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
         let fail = |reason: String| Error::Inference {
             model_id: self.model_id.clone(),
             reason,
@@ -217,11 +253,31 @@ impl Backend for OnnxBackend {
         if let Some(first) = shape.first_mut() {
             *first = batch as i64;
         }
-        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| fail(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| fail(e.to_string()))?;
+        let tensor =
+            TensorRef::from_array_view((shape.clone(), input)).map_err(|e| fail(e.to_string()))?;
+        let outputs = match (&self.prior_name, prior) {
+            (None, None) => self
+                .session
+                .run(ort::inputs![self.input_name.as_str() => tensor]),
+            (Some(name), Some(prior)) => {
+                if prior.len() != input.len() {
+                    return Err(fail(format!(
+                        "prior input of {} values for an input of {}",
+                        prior.len(),
+                        input.len()
+                    )));
+                }
+                let prior =
+                    TensorRef::from_array_view((shape, prior)).map_err(|e| fail(e.to_string()))?;
+                self.session.run(ort::inputs![
+                    self.input_name.as_str() => tensor,
+                    name.as_str() => prior
+                ])
+            }
+            (Some(name), None) => return Err(fail(format!("the prior input {name} is not given"))),
+            (None, Some(_)) => return Err(fail("the model takes no prior input".into())),
+        }
+        .map_err(|e| fail(e.to_string()))?;
         let value = outputs
             .get(self.output_name.as_str())
             .ok_or_else(|| fail(format!("output {} missing", self.output_name)))?;
@@ -230,6 +286,21 @@ impl Backend for OnnxBackend {
             .map_err(|e| fail(e.to_string()))?;
         let dims = shape.iter().map(|&d| d.max(0) as usize).collect();
         Ok((dims, data.to_vec()))
+    }
+}
+
+impl Backend for OnnxBackend {
+    fn run(&mut self, input: &[f32], batch: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.run_inputs(input, None, batch)
+    }
+
+    fn run_with_prior(
+        &mut self,
+        input: &[f32],
+        prior: &[f32],
+        batch: usize,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.run_inputs(input, Some(prior), batch)
     }
 
     fn execution(&self) -> &Execution {

@@ -1,0 +1,82 @@
+//! A model with a prior input (`[priors]`), on both backends: the prior
+//! tensor reaches the model's second input with every image of a batch,
+//! "missing" fills it as the manifest says, and nothing set is refused.
+//! Uses the TEST FIXTURE `models/fixture-prior-change` (mean absolute
+//! difference of the two images), built by scripts/setup.sh.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use vigie_inference::backend::{BackendOptions, Device};
+use vigie_inference::manifest::BackendKind;
+use vigie_inference::{Image, Model, ModelPackage, PriorInput};
+
+fn model(kind: BackendKind) -> Model {
+    let package = ModelPackage::load(vigie_test_support::model_dir("fixture-prior-change"))
+        .expect("fixture package");
+    Model::load_with_backend(
+        package,
+        kind,
+        &BackendOptions::new(
+            Device::Cpu,
+            1,
+            Some(vigie_test_support::onnxruntime_library()),
+        ),
+    )
+    .expect("loads")
+}
+
+/// 64x64, the left `columns` columns bright (values after the VOI step,
+/// which the DICOM decoding applies).
+fn bars(columns: usize) -> Vec<f32> {
+    (0..64 * 64)
+        .map(|i| if i % 64 < columns { 1.0 } else { 0.0 })
+        .collect()
+}
+
+fn image(data: &[f32]) -> Image<'_> {
+    Image {
+        rows: 64,
+        columns: 64,
+        channels: 1,
+        data,
+    }
+}
+
+/// P(changed) as the fixture defines it: sigmoid(40 (mean|a - b| - 0.1)).
+fn expected(mean_abs_difference: f32) -> f32 {
+    1.0 / (1.0 + (-(40.0 * (mean_abs_difference - 0.1))).exp())
+}
+
+fn decision(result: &vigie_inference::ModelResult) -> &str {
+    match &result.finding {
+        vigie_inference::postprocess::Finding::Classification(c) => &c.decision,
+        other => panic!("not a classification: {other:?}"),
+    }
+}
+
+#[test]
+fn the_prior_reaches_the_second_input_on_both_backends() {
+    for kind in [BackendKind::Onnx, BackendKind::Candle] {
+        let mut model = model(kind);
+        assert!(model.takes_prior());
+        let (half, quarter) = (bars(32), bars(16));
+        // Nothing set: refused, never run on half its input.
+        let err = model.run(&[image(&half)]).expect_err("no prior set");
+        assert!(err.to_string().contains("prior"), "{err}");
+        // The prior: a quarter bright, against a half and a quarter.
+        let prior = model.preprocess(&image(&quarter)).unwrap();
+        model.set_prior(PriorInput::Tensor(prior)).unwrap();
+        let results = model.run(&[image(&half), image(&quarter)]).unwrap();
+        let p = |i: usize| results[i].raw_output[1];
+        assert!((p(0) - expected(0.25)).abs() < 1e-4, "{kind:?}: {}", p(0));
+        assert!((p(1) - expected(0.0)).abs() < 1e-4, "{kind:?}: {}", p(1));
+        assert_eq!(decision(&results[0]), "changed");
+        assert_eq!(decision(&results[1]), "stable");
+        // Missing: zeros (the manifest's default), so the whole half counts.
+        model.set_prior(PriorInput::Missing).unwrap();
+        let results = model.run(&[image(&half)]).unwrap();
+        assert!((results[0].raw_output[1] - expected(0.5)).abs() < 1e-4);
+        // A tensor of the wrong size is refused.
+        assert!(model.set_prior(PriorInput::Tensor(vec![0.0; 10])).is_err());
+    }
+}
