@@ -241,8 +241,18 @@ impl Command {
     /// C-FIND-RQ in the information model `sop_class_uid` (an identifier
     /// data set follows), medium priority.
     pub fn find_request(message_id: u16, sop_class_uid: &str) -> Self {
+        Self::query_request(field::C_FIND_RQ, message_id, sop_class_uid)
+    }
+
+    /// C-GET-RQ in the information model `sop_class_uid` (an identifier
+    /// data set follows), medium priority.
+    pub fn get_request(message_id: u16, sop_class_uid: &str) -> Self {
+        Self::query_request(field::C_GET_RQ, message_id, sop_class_uid)
+    }
+
+    fn query_request(command: u16, message_id: u16, sop_class_uid: &str) -> Self {
         Self {
-            field: field::C_FIND_RQ,
+            field: command,
             message_id: Some(message_id),
             affected_sop_class_uid: Some(sop_class_uid.into()),
             priority: Some(0),

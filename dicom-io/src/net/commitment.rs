@@ -29,7 +29,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::pdu::{Pdu, PresentationContextResultReason};
 use thiserror::Error;
 
-use super::message::{MessageAssembler, Step};
+use super::message::{Reader, Received};
 use super::scu::{RemoteAe, ScuError, ScuOptions, associate};
 use super::tls::DicomStream;
 use super::ul::Connection;
@@ -320,87 +320,6 @@ pub fn decode_report(
     })
 }
 
-/// Whole DIMSE messages read from our association. Its state (PDVs of a
-/// PDU not yet used, a message half assembled) lives here, not in the
-/// future reading it, so that a wait cut short loses nothing.
-struct Reader {
-    assembler: MessageAssembler,
-    values: std::collections::VecDeque<dicom_ul::pdu::PDataValue>,
-    current: Option<(u8, Command, Vec<u8>)>,
-}
-
-/// What the peer sent next (short-lived, one at a time: its size does not
-/// matter).
-#[allow(clippy::large_enum_variant)]
-enum Received {
-    /// A whole message: context, command, data set (empty when none).
-    Message(u8, Command, Vec<u8>),
-    /// The peer answered our A-RELEASE-RQ.
-    Released,
-}
-
-impl Reader {
-    fn new() -> Self {
-        Self {
-            assembler: MessageAssembler::new(),
-            values: std::collections::VecDeque::new(),
-            current: None,
-        }
-    }
-
-    /// The next message, each PDU within `timeout`.
-    async fn next(
-        &mut self,
-        association: &mut Connection<DicomStream>,
-        deadline: tokio::time::Instant,
-    ) -> Result<Received, String> {
-        loop {
-            while let Some(value) = self.values.pop_front() {
-                match self.assembler.push(value).map_err(|e| e.to_string())? {
-                    Step::Pending => {}
-                    Step::Command { context, command } => {
-                        if !command.has_data_set {
-                            return Ok(Received::Message(context, command, Vec::new()));
-                        }
-                        self.current = Some((context, command, Vec::new()));
-                    }
-                    Step::Data { bytes, last, .. } => {
-                        let Some((_, _, buffer)) = self.current.as_mut() else {
-                            return Err("data set without a command".into());
-                        };
-                        if buffer.len() + bytes.len() > super::scp::MAX_FIND_IDENTIFIER {
-                            return Err(format!(
-                                "data set longer than {} bytes",
-                                super::scp::MAX_FIND_IDENTIFIER
-                            ));
-                        }
-                        buffer.extend_from_slice(&bytes);
-                        if last && let Some((context, command, data)) = self.current.take() {
-                            return Ok(Received::Message(context, command, data));
-                        }
-                    }
-                }
-            }
-            super::quick_ack(association.stream().tcp());
-            // `Connection::receive` keeps what it read in its own buffer
-            // when the wait is cut: no byte is lost.
-            // One deadline for the whole message, however the peer drips it.
-            let pdu = tokio::time::timeout_at(deadline, association.receive())
-                .await
-                .map_err(|_| "timeout waiting for the peer".to_string())?
-                .map_err(|e| e.to_string())?;
-            match pdu {
-                Pdu::PData { data } => self.values.extend(data),
-                Pdu::ReleaseRP => return Ok(Received::Released),
-                Pdu::AbortRQ { source } => {
-                    return Err(format!("aborted by the peer ({source:?})"));
-                }
-                other => return Err(format!("unexpected PDU {other:?}")),
-            }
-        }
-    }
-}
-
 /// What answering a report on our association needs to know of it.
 #[derive(Clone, Copy)]
 struct Peer<'a> {
@@ -611,7 +530,7 @@ async fn exchange(
         peer_max,
         timeout: options.timeout,
     };
-    let mut reader = Reader::new();
+    let mut reader = Reader::new(super::scp::MAX_FIND_IDENTIFIER);
     // The N-ACTION-RSP (a quick SCP may report first), within the timeout
     // however many reports come first.
     let answer_by = tokio::time::Instant::now() + options.timeout;

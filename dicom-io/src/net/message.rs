@@ -204,6 +204,87 @@ pub fn fragment(
     pdus
 }
 
+/// Whole DIMSE messages read from our association. Its state (PDVs of a
+/// PDU not yet used, a message half assembled) lives here, not in the
+/// future reading it, so that a wait cut short loses nothing.
+pub(crate) struct Reader {
+    max_data: usize,
+    assembler: MessageAssembler,
+    values: std::collections::VecDeque<dicom_ul::pdu::PDataValue>,
+    current: Option<(u8, Command, Vec<u8>)>,
+}
+
+/// What the peer sent next (short-lived, one at a time: its size does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Received {
+    /// A whole message: context, command, data set (empty when none).
+    Message(u8, Command, Vec<u8>),
+    /// The peer answered our A-RELEASE-RQ.
+    Released,
+}
+
+impl Reader {
+    /// A reader taking data sets of at most `max_data` bytes.
+    pub(crate) fn new(max_data: usize) -> Self {
+        Self {
+            max_data,
+            assembler: MessageAssembler::new(),
+            values: std::collections::VecDeque::new(),
+            current: None,
+        }
+    }
+
+    /// The next message, each PDU within `timeout`.
+    pub(crate) async fn next(
+        &mut self,
+        association: &mut super::ul::Connection<super::tls::DicomStream>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Received, String> {
+        loop {
+            while let Some(value) = self.values.pop_front() {
+                match self.assembler.push(value).map_err(|e| e.to_string())? {
+                    Step::Pending => {}
+                    Step::Command { context, command } => {
+                        if !command.has_data_set {
+                            return Ok(Received::Message(context, command, Vec::new()));
+                        }
+                        self.current = Some((context, command, Vec::new()));
+                    }
+                    Step::Data { bytes, last, .. } => {
+                        let Some((_, _, buffer)) = self.current.as_mut() else {
+                            return Err("data set without a command".into());
+                        };
+                        if buffer.len() + bytes.len() > self.max_data {
+                            return Err(format!("data set longer than {} bytes", self.max_data));
+                        }
+                        buffer.extend_from_slice(&bytes);
+                        if last && let Some((context, command, data)) = self.current.take() {
+                            return Ok(Received::Message(context, command, data));
+                        }
+                    }
+                }
+            }
+            super::quick_ack(association.stream().tcp());
+            // `Connection::receive` keeps what it read in its own buffer
+            // when the wait is cut: no byte is lost.
+            // One deadline for the whole message, however the peer drips it.
+            let pdu = tokio::time::timeout_at(deadline, association.receive())
+                .await
+                .map_err(|_| "timeout waiting for the peer".to_string())?
+                .map_err(|e| e.to_string())?;
+            match pdu {
+                Pdu::PData { data } => self.values.extend(data),
+                Pdu::ReleaseRP => return Ok(Received::Released),
+                Pdu::AbortRQ { source } => {
+                    return Err(format!("aborted by the peer ({source:?})"));
+                }
+                other => return Err(format!("unexpected PDU {other:?}")),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,9 @@
 //!   options it makes.
 //! - [`find`]: Query SCU (C-FIND, Study Root) for what Vigie asks a PACS,
 //!   its answers bounded and scanned before they are parsed.
+//! - [`get`]: Retrieve SCU (C-GET, Study Root) for what Vigie fetches from
+//!   a PACS, the instances coming back on the association, bounded, kept as
+//!   Part 10 files and never ingested.
 //! - [`message`]: the DIMSE message layer over P-DATA (command and data set
 //!   fragments, reassembly, splitting to the peer's maximum PDU length).
 //! - [`scp`]: Verification and Storage SCP with AE title and address checks,
@@ -25,6 +28,7 @@ pub mod admission;
 pub mod commitment;
 pub mod config;
 pub mod find;
+pub mod get;
 pub mod message;
 pub mod scp;
 pub mod scu;

@@ -326,6 +326,17 @@ pub(crate) async fn associate(
     options: &ScuOptions,
     contexts: Vec<(String, Vec<String>)>,
 ) -> Result<(Connection<DicomStream>, ul::Negotiated), ScuError> {
+    associate_with_roles(remote, options, contexts, Vec::new()).await
+}
+
+/// [`associate`], proposing this side as SCP for `scp_roles` (the storage
+/// classes of a C-GET).
+pub(crate) async fn associate_with_roles(
+    remote: &RemoteAe,
+    options: &ScuOptions,
+    contexts: Vec<(String, Vec<String>)>,
+    scp_roles: Vec<String>,
+) -> Result<(Connection<DicomStream>, ul::Negotiated), ScuError> {
     let associate_err = |reason: String| ScuError::Associate {
         ae_title: remote.ae_title.clone(),
         host: remote.host.clone(),
@@ -337,6 +348,7 @@ pub(crate) async fn associate(
         called_ae_title: remote.ae_title.clone(),
         contexts,
         max_pdu_length: options.max_pdu_length,
+        scp_roles,
     };
     let establish = async {
         let socket = tokio::net::TcpStream::connect((remote.host.as_str(), remote.port))

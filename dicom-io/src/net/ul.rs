@@ -501,6 +501,11 @@ pub struct Proposal {
     pub contexts: Vec<(String, Vec<String>)>,
     /// The largest PDU this side receives.
     pub max_pdu_length: u32,
+    /// Abstract syntaxes for which this side proposes to be the SCP (SCP/SCU
+    /// Role Selection, PS3.7 D.3.3.4): the storage classes of a C-GET,
+    /// whose instances come back on this association. Proposed as SCP only
+    /// (SCU role 0).
+    pub scp_roles: Vec<String>,
 }
 
 /// Request an association on `connection` and wait for the answer.
@@ -523,13 +528,23 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
             },
         )
         .collect();
+    let mut user_variables = our_user_variables(proposal.max_pdu_length);
+    for uid in &proposal.scp_roles {
+        user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(
+            uid.clone(),
+            dicom_ul::pdu::RequestorRoles {
+                scu: false,
+                scp: true,
+            },
+        ));
+    }
     let rq = AssociationRQ {
         protocol_version: 1,
         calling_ae_title: proposal.calling_ae_title.clone(),
         called_ae_title: proposal.called_ae_title.clone(),
         application_context_name: APPLICATION_CONTEXT.to_string(),
         presentation_contexts: proposed.clone(),
-        user_variables: our_user_variables(proposal.max_pdu_length),
+        user_variables,
     };
     connection.send(&Pdu::AssociationRQ(rq)).await?;
     let ac = match connection.receive().await? {
@@ -544,6 +559,20 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
         other => return Err(RequestError::Unexpected(format!("{other:?}"))),
     };
     let peer = PeerItems::of(&ac.user_variables);
+    // The roles the acceptor granted us: SCP where it answered the SCP
+    // role for a syntax we asked it for (PS3.7 D.3.3.4: without an answer
+    // the default roles stand, this side SCU only).
+    let granted_scp: Vec<String> = ac
+        .user_variables
+        .iter()
+        .filter_map(|item| match item {
+            UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) if roles.scp => {
+                let uid = trim(uid).to_string();
+                proposal.scp_roles.contains(&uid).then_some(uid)
+            }
+            _ => None,
+        })
+        .collect();
     // Only contexts we proposed count, with the abstract syntax we proposed
     // under that identifier, and only a transfer syntax we proposed for it.
     let contexts: Vec<PresentationContextNegotiated> = ac
@@ -574,7 +603,7 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
         contexts,
         peer_implementation_class_uid: peer.class_uid,
         peer_implementation_version_name: peer.version_name,
-        requester_scp: Vec::new(),
+        requester_scp: granted_scp,
         requester_not_scu: Vec::new(),
     };
     if negotiated.accepted_count() == 0 {
@@ -864,6 +893,7 @@ mod tests {
                 ("1.2.3.4".into(), vec![EXPLICIT_LE.into()]),
             ],
             max_pdu_length: 65_536,
+            scp_roles: Vec::new(),
         };
         let negotiated = request(&mut conn, &proposal).await.expect("negotiated");
         assert_eq!(negotiated.accepted(1), Some((MR, EXPLICIT_LE)));
