@@ -89,6 +89,10 @@ event_kinds! {
     StudyComplete => "study_complete",
     /// What routing decided for a complete study.
     RoutingDecision => "routing_decision",
+    /// The search for a job's prior study (a model comparing with one):
+    /// what was asked and retrieved, and the prior used with its pixel
+    /// hash, or why none was.
+    PriorSearch => "prior_search",
     /// One analysed instance.
     Inference => "inference",
     /// One result object written.

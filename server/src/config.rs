@@ -35,6 +35,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Result delivery retries.
     pub delivery: DeliveryConfig,
+    /// Where prior studies come from, for models that compare with them.
+    pub priors: PriorsConfig,
     /// Which models run on which studies, and where results go.
     pub routing: RoutingConfig,
     /// Remote AEs results are sent to, by name.
@@ -348,6 +350,30 @@ impl LimitsConfig {
     }
 }
 
+/// `[priors]`: the PACS asked for prior studies, for models whose package
+/// declares `[priors]`, and bounds on what one job retrieves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriorsConfig {
+    /// The `[destinations.*]` (a PACS) asked by C-FIND and C-GET; unset: no
+    /// prior is ever found (each model's `priors.on_missing` applies).
+    pub from: Option<String>,
+    /// Most instances one job retrieves (all prior studies together).
+    pub max_instances: usize,
+    /// Most mebibytes one job retrieves (all prior studies together).
+    pub max_mib: u64,
+}
+
+impl Default for PriorsConfig {
+    fn default() -> Self {
+        Self {
+            from: None,
+            max_instances: 2000,
+            max_mib: 2048,
+        }
+    }
+}
+
 /// `[pipeline]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -654,6 +680,14 @@ impl Config {
             problems.push(format!(
                 "pipeline.expected_instances_from: {name:?} is not a [destinations.*]"
             ));
+        }
+        if let Some(name) = &self.priors.from
+            && !self.destinations.contains_key(name)
+        {
+            problems.push(format!("priors.from: {name:?} is not a [destinations.*]"));
+        }
+        if self.priors.max_instances == 0 || self.priors.max_mib == 0 {
+            problems.push("priors.max_instances, priors.max_mib: must be at least 1".into());
         }
         if self.pipeline.max_attempts == 0 {
             problems.push("pipeline.max_attempts: must be at least 1".into());
@@ -1040,6 +1074,7 @@ mod reference_tests {
             "http.tls.private_key",
             "pipeline.release_grace_s",
             "pipeline.expected_instances_from",
+            "priors.from",
             "dicom.tls.port",
             "dicom.tls.plaintext",
             "dicom.tls.certificate",

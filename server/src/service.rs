@@ -85,6 +85,16 @@ impl Service {
                 "discarded partial transfers from the previous run (never acknowledged)"
             );
         }
+        // Priors retrieved for jobs a crash interrupted: fetched again when
+        // those jobs run.
+        match std::fs::remove_dir_all(layout.all_priors()) {
+            Ok(()) => tracing::info!("removed prior studies left by the previous run"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot clean {}", layout.all_priors().display()));
+            }
+        }
         let audit = Audit::open(layout.root(), &config.appliance.id, &config.audit)?;
         // Before anything is recorded or changed: a head ahead of the log
         // means records went missing (truncation, an older backup); starting

@@ -60,6 +60,19 @@ impl Layout {
         self.root.join("staging")
     }
 
+    /// Prior studies retrieved for the job being run:
+    /// `priors/<job id>/<n>/` per prior study, removed once the job's
+    /// attempt is over (and whatever is left at start, after a crash).
+    /// Never indexed, analysed as received, served or routed.
+    pub fn priors(&self, job_id: i64) -> PathBuf {
+        self.root.join("priors").join(job_id.to_string())
+    }
+
+    /// The folder of every job's retrieved priors.
+    pub fn all_priors(&self) -> PathBuf {
+        self.root.join("priors")
+    }
+
     /// Where a second copy of an instance is kept under the duplicate
     /// policy `keep_both`: `duplicates/<SOP Instance UID>/<SHA-256>.dcm`,
     /// outside `studies/` (never indexed, analysed or served; the orphan

@@ -107,6 +107,16 @@ pub enum Event<'a> {
         batch: usize,
         /// The model.
         model: &'a Ran,
+        /// The prior study's image given to the model with it, if any.
+        prior: Option<&'a super::priors::PriorUsed>,
+    },
+    /// The search for a job's prior study is over (a model that compares
+    /// with one).
+    PriorSearched {
+        /// The job.
+        job: &'a Job,
+        /// What was asked and retrieved, and the prior used or why none.
+        search: &'a super::priors::PriorSearch,
     },
     /// A result object written (its record goes with its analysis').
     ResultCreated {
@@ -386,6 +396,34 @@ impl Pipeline {
                 }
             }
             Event::ResultCreated { .. } | Event::NotAnalysed { .. } => {}
+            Event::PriorSearched { job, search } => {
+                let outcome = if search.used.is_some() {
+                    "used"
+                } else {
+                    "missing"
+                };
+                m.inc(
+                    "vigie_prior_searches_total",
+                    "Searches for a job's prior study (models comparing with one), by model and outcome (used, missing).",
+                    &[("model", &job.model), ("outcome", outcome)],
+                );
+                // UIDs and reasons only: the query's Patient ID is never logged.
+                match &search.missing {
+                    None => tracing::info!(
+                        job = job.id,
+                        candidates = search.candidates,
+                        retrieved = search.retrieved.len(),
+                        "prior study found for the job"
+                    ),
+                    Some(reason) => tracing::warn!(
+                        job = job.id,
+                        candidates = search.candidates,
+                        retrieved = search.retrieved.len(),
+                        %reason,
+                        "no prior study for the job"
+                    ),
+                }
+            }
             Event::WorkerPanicked { job, message } => {
                 tracing::error!(job = job.id, panic = %message, "analysis panicked; the attempt fails and the worker goes on");
                 m.inc(
@@ -645,7 +683,33 @@ fn audit_records(event: &Event<'_>) -> Vec<AuditEvent> {
             subgroups,
             batch,
             model,
-        } => inference_record(job, instance, analysis, subgroups, batch, model),
+            prior,
+        } => inference_record(job, instance, analysis, subgroups, batch, model, prior),
+        Event::PriorSearched { job, search } => AuditEvent::new(
+            EventKind::PriorSearch,
+            if search.used.is_some() {
+                "used"
+            } else {
+                "missing"
+            },
+            serde_json::json!({
+                "job_id": job.id,
+                "attempt": job.attempts,
+                "model": job.model,
+                "candidates": search.candidates,
+                "retrieved": search
+                    .retrieved
+                    .iter()
+                    .map(|(study, instances)| serde_json::json!({
+                        "study_instance_uid": study,
+                        "instances": instances,
+                    }))
+                    .collect::<Vec<_>>(),
+                "prior": search.used,
+                "reason": search.missing,
+            }),
+        )
+        .instance(Some(&job.study_instance_uid), None),
         Event::ResultCreated {
             job,
             kind,
@@ -908,6 +972,7 @@ fn inference_record(
     subgroups: &vigie_analysis::population::Subgroups,
     batch: usize,
     model: &Ran,
+    prior: Option<&super::priors::PriorUsed>,
 ) -> AuditEvent {
     let package = &model.package;
     let frames: Vec<serde_json::Value> = analysis
@@ -936,44 +1001,45 @@ fn inference_record(
         Finding::Classification(c) => c.decision.clone(),
         Finding::Segmentation(_) => "segmentation".to_string(),
     });
-    AuditEvent::new(
-        EventKind::Inference,
-        "ok",
-        serde_json::json!({
-            "job_id": job.id,
-            "attempt": job.attempts,
-            "rule": job.rule,
-            "input": {
-                "sop_class_uid": instance.sop_class_uid,
-                "series_instance_uid": instance.series_instance_uid,
-                "transfer_syntax": instance.transfer_syntax,
-                "file_sha256": instance.sha256,
-                "pixels_sha256": analysis.pixels_sha256,
-                "frames": analysis.results.len(),
-            },
-            "model_sha256": package.sha256(),
-            "execution": model.execution,
-            "preprocessing": package.manifest().preprocess,
-            "decode_ms": analysis.decode_ms,
-            "batch_instances": batch,
-            "decision": decision,
-            "frames": frames,
-            "population": {
-                "calling_ae_title": instance.calling_ae_title,
-                "manufacturer": subgroups.manufacturer,
-                "model_name": subgroups.model_name,
-                "body_part": subgroups.body_part,
-                "sex": subgroups.sex,
-                "age_band": subgroups.age_band,
-                "intensity": analysis.intensity,
-            },
-        }),
-    )
-    .instance(
-        Some(&instance.study_instance_uid),
-        Some(&instance.sop_instance_uid),
-    )
-    .model(package.id(), package.version())
+    let mut details = serde_json::json!({
+        "job_id": job.id,
+        "attempt": job.attempts,
+        "rule": job.rule,
+        "input": {
+            "sop_class_uid": instance.sop_class_uid,
+            "series_instance_uid": instance.series_instance_uid,
+            "transfer_syntax": instance.transfer_syntax,
+            "file_sha256": instance.sha256,
+            "pixels_sha256": analysis.pixels_sha256,
+            "frames": analysis.results.len(),
+        },
+        "model_sha256": package.sha256(),
+        "execution": model.execution,
+        "preprocessing": package.manifest().preprocess,
+        "decode_ms": analysis.decode_ms,
+        "batch_instances": batch,
+        "decision": decision,
+        "frames": frames,
+        "population": {
+            "calling_ae_title": instance.calling_ae_title,
+            "manufacturer": subgroups.manufacturer,
+            "model_name": subgroups.model_name,
+            "body_part": subgroups.body_part,
+            "sex": subgroups.sex,
+            "age_band": subgroups.age_band,
+            "intensity": analysis.intensity,
+        },
+    });
+    // The prior the model compared with, for a model that takes one.
+    if let (Some(prior), Some(map)) = (prior, details.as_object_mut()) {
+        map.insert("prior".into(), serde_json::json!(prior));
+    }
+    AuditEvent::new(EventKind::Inference, "ok", details)
+        .instance(
+            Some(&instance.study_instance_uid),
+            Some(&instance.sop_instance_uid),
+        )
+        .model(package.id(), package.version())
 }
 
 /// Say what the model found, in plain words (UIDs only, no patient data).

@@ -33,6 +33,7 @@ pub mod assembly;
 pub mod commitment;
 pub mod delivery;
 pub mod events;
+pub mod priors;
 pub mod worker;
 
 use std::sync::Arc;

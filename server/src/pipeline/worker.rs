@@ -130,6 +130,11 @@ struct JobRun {
     seen: usize,
     /// Concluded as failed already (its results could not be recorded).
     failed: bool,
+    /// For a model that compares with a prior study: the one given to it.
+    prior: Option<super::priors::PriorUsed>,
+    /// For a model that compares with a prior study: why none was used,
+    /// when it ran without one.
+    no_prior: Option<String>,
 }
 
 /// The service is stopping: the jobs of a group not begun are left to the
@@ -148,14 +153,28 @@ impl JobRun {
                 self.failures.join("; ")
             );
         }
-        let notes = (!self.failures.is_empty()).then(|| {
-            format!(
+        let mut notes: Vec<String> = Vec::new();
+        if let Some(prior) = &self.prior {
+            notes.push(format!(
+                "compared with prior study {} of {} (instance {}, pixels SHA-256 {})",
+                prior.study_instance_uid,
+                prior.study_date,
+                prior.sop_instance_uid,
+                prior.pixels_sha256
+            ));
+        }
+        if let Some(reason) = &self.no_prior {
+            notes.push(format!("run without a prior study: {reason}"));
+        }
+        if !self.failures.is_empty() {
+            notes.push(format!(
                 "{} of {} instances not analysed: {}",
                 self.failures.len(),
                 self.instances.len(),
                 self.failures.join("; ")
-            )
-        });
+            ));
+        }
+        let notes = (!notes.is_empty()).then(|| notes.join("; "));
         Ok((std::mem::take(&mut self.results), notes))
     }
 }
@@ -166,6 +185,7 @@ struct Analysed<'a> {
     file: &'a DicomFile,
     analysis: &'a vigie_analysis::InstanceAnalysis,
     batch: usize,
+    prior: Option<&'a super::priors::PriorUsed>,
 }
 
 impl Pipeline {
@@ -422,6 +442,8 @@ impl Pipeline {
                         failures: Vec::new(),
                         seen: 0,
                         failed: false,
+                        prior: None,
+                        no_prior: None,
                     });
                 }
                 Ok(_) => conclude(
@@ -455,6 +477,50 @@ impl Pipeline {
         let Some(model) = models.get_mut(&model_id) else {
             anyhow::bail!("model {model_id} not loaded");
         };
+        if !model.takes_prior() {
+            return self.hot_loop(group, &mut jobs, model, conclude);
+        }
+        // A model comparing with a prior study: each job with its own
+        // prior, one hot loop each.
+        let ran = (|| {
+            for (k, run) in jobs.iter_mut().enumerate() {
+                if k > 0 && self.stop.is_cancelled() {
+                    return Err(anyhow::Error::new(Stopping));
+                }
+                let job = &group[run.n];
+                match self.set_prior(job, model, &run.instances) {
+                    Ok(search) => {
+                        run.prior = search.used;
+                        run.no_prior = search.missing;
+                    }
+                    // Cut by the stop: the job stays for the next start.
+                    Err(_) if self.stop.is_cancelled() => {
+                        return Err(anyhow::Error::new(Stopping));
+                    }
+                    Err(reason) => {
+                        conclude(run.n, Err(anyhow::anyhow!("{reason}")));
+                        continue;
+                    }
+                }
+                self.hot_loop(group, std::slice::from_mut(run), model, conclude)?;
+            }
+            Ok(())
+        })();
+        // No job's prior outlives it.
+        let _ = model.set_prior(vigie_inference::PriorInput::Unset);
+        ran
+    }
+
+    /// One hot loop over every instance of `jobs` (of `group`, one model),
+    /// each job concluded once its last instance is written.
+    fn hot_loop(
+        &self,
+        group: &[Job],
+        jobs: &mut [JobRun],
+        model: &mut Model,
+        conclude: &(dyn Fn(usize, JobOutcome) + Sync),
+    ) -> anyhow::Result<()> {
+        let model_id = group[0].model.clone();
         // The hot loop: decoding and preprocessing run on their own threads
         // ahead of the model, up to max_batch instances per model run,
         // across the jobs of the group.
@@ -493,6 +559,7 @@ impl Pipeline {
                                 file: &streamed.file,
                                 analysis: &streamed.analysis,
                                 batch: streamed.batch,
+                                prior: run.prior.as_ref(),
                             };
                             // This job's own failure (its result cannot be
                             // built, written or recorded) fails it alone; the
@@ -566,6 +633,7 @@ impl Pipeline {
             file,
             analysis,
             batch,
+            prior,
         } = done;
         let subgroups = vigie_analysis::population::Subgroups::of(file);
         let mut events = self.emit_durable(Event::Analysed {
@@ -575,6 +643,7 @@ impl Pipeline {
             subgroups: &subgroups,
             batch,
             model,
+            prior,
         });
         let manifest = model.package.manifest();
         let frames = analysis.results.len();
