@@ -126,8 +126,8 @@ async fn a_c_get_brings_the_instances_back_on_the_association_within_its_bounds(
         assert_eq!(asked[0].model, STUDY_ROOT_GET);
     }
 
-    // One instance at most: the second is answered Out of Resources, the
-    // SCP counts it failed (B000), and it is not kept.
+    // One instance at most: once it is kept, a C-CANCEL-GET-RQ; the SCP
+    // stops (FE00) and nothing more is kept.
     let bounded = tempfile::tempdir().unwrap();
     let limits = GetLimits {
         max_instances: 1,
@@ -143,12 +143,35 @@ async fn a_c_get_brings_the_instances_back_on_the_association_within_its_bounds(
     )
     .await
     .unwrap();
-    assert_eq!(outcome.status, 0xB000, "{outcome:?}");
-    assert_eq!(outcome.failed, 1);
+    assert_eq!(outcome.status, 0xFE00, "{outcome:?}");
+    assert!(outcome.cancelled);
     assert_eq!(outcome.files.len(), 1);
-    assert_eq!(outcome.refused.len(), 1);
-    assert_eq!(outcome.refused[0].0, files[1].1);
+    assert_eq!(outcome.files[0].sop_instance_uid, files[0].1);
     assert_eq!(std::fs::read_dir(bounded.path()).unwrap().count(), 1);
+
+    // Bytes: the first instance alone is over the total, refused (A700),
+    // counted failed by the SCP; the next one is refused too.
+    let small = tempfile::tempdir().unwrap();
+    let limits = GetLimits {
+        max_total_bytes: 100,
+        ..GetLimits::default()
+    };
+    let outcome = get(
+        &remote,
+        &options,
+        &study_identifier(&study),
+        &[MR],
+        small.path(),
+        limits,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.status, 0xB000, "{outcome:?}");
+    assert_eq!(outcome.failed, 2);
+    assert_eq!(outcome.refused_count, 2);
+    assert!(outcome.refused[0].1.contains("bytes in all"), "{outcome:?}");
+    assert!(outcome.files.is_empty());
+    assert_eq!(std::fs::read_dir(small.path()).unwrap().count(), 0);
 
     // A storage class the PACS's files are not of: nothing comes back.
     let none = tempfile::tempdir().unwrap();
@@ -163,5 +186,7 @@ async fn a_c_get_brings_the_instances_back_on_the_association_within_its_bounds(
     .await
     .unwrap();
     assert!(outcome.files.is_empty(), "{outcome:?}");
-    assert_ne!(outcome.status, 0x0000);
+    // Both instances had no context on the SCP's side: counted failed.
+    assert_eq!(outcome.status, 0xB000, "{outcome:?}");
+    assert_eq!(outcome.failed, 2);
 }

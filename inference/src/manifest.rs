@@ -75,14 +75,16 @@ pub enum MissingInput {
 
 /// The prior studies a model needs (`[priors]`), found by C-FIND on the
 /// PACS named by the appliance's `[priors]` configuration and retrieved
-/// with C-GET. The most recent prior with a usable image is given to the
-/// model, preprocessed as the current image, as the input tensor `input`
-/// (same shape as `[input]`).
+/// with C-GET. The usable priors, most recent first, are given to the
+/// model, each preprocessed as the current image, as the input tensors
+/// `inputs` (each of the same shape as `[input]`): at most
+/// `inputs.len()` of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Priors {
-    /// Name of the model's second input tensor.
-    pub input: String,
+    /// Names of the model's prior input tensors: the most recent usable
+    /// prior goes to the first, the one before it to the second… (1 to 4).
+    pub inputs: Vec<String>,
     /// What a prior must share with the current study besides the
     /// patient (empty: any study of the patient).
     #[serde(default)]
@@ -91,9 +93,10 @@ pub struct Priors {
     /// (1 to 36500).
     pub within_days: u32,
     /// At most this many prior studies are retrieved, most recent first,
-    /// until one has a usable image (1 to 8).
-    #[serde(default = "one_study")]
-    pub max_studies: usize,
+    /// until every input has one with a usable image (from `inputs.len()`
+    /// to 8; default: `inputs.len()`).
+    #[serde(default)]
+    pub max_studies: Option<usize>,
     /// Longest wait for the query and the retrievals together, in seconds
     /// (1 to 600).
     #[serde(default = "sixty")]
@@ -106,12 +109,15 @@ pub struct Priors {
     pub missing_input: MissingInput,
 }
 
-fn one_study() -> usize {
-    1
-}
-
 fn sixty() -> u64 {
     60
+}
+
+impl Priors {
+    /// How many prior studies are retrieved at most.
+    pub fn studies(&self) -> usize {
+        self.max_studies.unwrap_or(self.inputs.len())
+    }
 }
 
 /// Identity of the model.
@@ -597,17 +603,26 @@ impl Manifest {
             return Err(self.invalid("preprocess.clip", "low must be below high"));
         }
         if let Some(priors) = &self.priors {
-            if priors.input.is_empty() || priors.input == self.input.name {
+            let mut names: Vec<&str> = priors.inputs.iter().map(String::as_str).collect();
+            names.sort_unstable();
+            names.dedup();
+            if !(1..=4).contains(&priors.inputs.len())
+                || names.len() != priors.inputs.len()
+                || names.iter().any(|n| n.is_empty() || *n == self.input.name)
+            {
                 return Err(self.invalid(
-                    "priors.input",
-                    "must name a second input tensor, not input.name",
+                    "priors.inputs",
+                    "1 to 4 distinct input tensors, none of them input.name",
                 ));
             }
             if !(1..=36_500).contains(&priors.within_days) {
                 return Err(self.invalid("priors.within_days", "must be within 1 to 36500"));
             }
-            if !(1..=8).contains(&priors.max_studies) {
-                return Err(self.invalid("priors.max_studies", "must be within 1 to 8"));
+            if !(priors.inputs.len()..=8).contains(&priors.studies()) {
+                return Err(self.invalid(
+                    "priors.max_studies",
+                    "must be within the number of inputs to 8",
+                ));
             }
             if !(1..=600).contains(&priors.wait_s) {
                 return Err(self.invalid("priors.wait_s", "must be within 1 to 600"));

@@ -93,13 +93,11 @@ impl Preparer {
     }
 }
 
-/// What a model with `[priors]` is given as its prior input, set for each
-/// job with [`Model::set_prior`].
+/// What one prior input of a model with `[priors]` is given, set for each
+/// job with [`Model::set_priors`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum PriorInput {
-    /// Nothing set: a model with `[priors]` refuses to run.
-    Unset,
-    /// No prior found: the input is filled as the manifest's
+    /// No prior found for it: the input is filled as the manifest's
     /// `priors.missing_input` says.
     Missing,
     /// The prior image's tensor, preprocessed as the current image (one
@@ -114,8 +112,10 @@ pub struct Model {
     backend: Box<dyn Backend>,
     preprocessor: Preprocessor,
     input: Vec<f32>,
-    prior: PriorInput,
-    prior_batch: Vec<f32>,
+    /// One per prior input; `None`: not set (a model with `[priors]`
+    /// then refuses to run).
+    priors: Option<Vec<PriorInput>>,
+    prior_batches: Vec<Vec<f32>>,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -150,28 +150,46 @@ impl Model {
             backend,
             preprocessor,
             input: Vec::new(),
-            prior: PriorInput::Unset,
-            prior_batch: Vec::new(),
+            priors: None,
+            prior_batches: Vec::new(),
         })
     }
 
-    /// Set what the prior input holds from now on (for a model with
-    /// `[priors]`; ignored otherwise). A tensor must be one image's input
-    /// tensor (see [`Preparer::prepare`]).
-    pub fn set_prior(&mut self, prior: PriorInput) -> Result<()> {
-        if let PriorInput::Tensor(t) = &prior
-            && t.len() != self.preprocessor.tensor_len()
-        {
-            return Err(Error::Preprocess {
-                model_id: self.package.id().to_string(),
-                reason: format!(
-                    "prior tensor of {} values, the model takes {}",
-                    t.len(),
-                    self.preprocessor.tensor_len()
-                ),
-            });
+    /// Set what the prior inputs hold from now on (for a model with
+    /// `[priors]`): one entry per input of `priors.inputs`, in order, or
+    /// `None` to unset them (the model then refuses to run). A tensor must
+    /// be one image's input tensor (see [`Preparer::prepare`]).
+    pub fn set_priors(&mut self, priors: Option<Vec<PriorInput>>) -> Result<()> {
+        let refuse = |reason: String| Error::Preprocess {
+            model_id: self.package.id().to_string(),
+            reason,
+        };
+        if let Some(priors) = &priors {
+            let inputs = self
+                .package
+                .manifest()
+                .priors
+                .as_ref()
+                .map_or(0, |p| p.inputs.len());
+            if priors.len() != inputs {
+                return Err(refuse(format!(
+                    "{} priors given, the model takes {inputs}",
+                    priors.len()
+                )));
+            }
+            let per = self.preprocessor.tensor_len();
+            for prior in priors {
+                if let PriorInput::Tensor(t) = prior
+                    && t.len() != per
+                {
+                    return Err(refuse(format!(
+                        "prior tensor of {} values, the model takes {per}",
+                        t.len()
+                    )));
+                }
+            }
         }
-        self.prior = prior;
+        self.priors = priors;
         Ok(())
     }
 
@@ -293,30 +311,38 @@ impl Model {
         let started = Instant::now();
         let (dims, output) = match &self.package.manifest().priors {
             None => self.backend.run(input, n)?,
-            Some(priors) => {
+            Some(manifest_priors) => {
+                let Some(priors) = &self.priors else {
+                    return Err(Error::Inference {
+                        model_id,
+                        reason: "the model compares with a prior study and none was given".into(),
+                    });
+                };
                 let per = input.len() / n.max(1);
-                let mut batch = std::mem::take(&mut self.prior_batch);
-                batch.clear();
-                match &self.prior {
-                    PriorInput::Unset => {
-                        return Err(Error::Inference {
-                            model_id,
-                            reason: "the model compares with a prior study and none was given"
-                                .into(),
-                        });
-                    }
-                    PriorInput::Tensor(t) => {
-                        for _ in 0..n {
-                            batch.extend_from_slice(t);
+                // Each prior input: its one tensor repeated for every image
+                // of the batch, in buffers reused from run to run.
+                let mut batches = std::mem::take(&mut self.prior_batches);
+                batches.resize_with(priors.len(), Vec::new);
+                for (batch, prior) in batches.iter_mut().zip(priors) {
+                    batch.clear();
+                    match prior {
+                        PriorInput::Tensor(t) => {
+                            for _ in 0..n {
+                                batch.extend_from_slice(t);
+                            }
                         }
+                        PriorInput::Missing => match manifest_priors.missing_input {
+                            crate::manifest::MissingInput::Zeros => batch.resize(per * n, 0.0),
+                            crate::manifest::MissingInput::Current => {
+                                batch.extend_from_slice(input)
+                            }
+                        },
                     }
-                    PriorInput::Missing => match priors.missing_input {
-                        crate::manifest::MissingInput::Zeros => batch.resize(per * n, 0.0),
-                        crate::manifest::MissingInput::Current => batch.extend_from_slice(input),
-                    },
                 }
-                let ran = self.backend.run_with_prior(input, &batch, n);
-                self.prior_batch = batch;
+                let views: Vec<&[f32]> = batches.iter().map(Vec::as_slice).collect();
+                let ran = self.backend.run_with_priors(input, &views, n);
+                drop(views);
+                self.prior_batches = batches;
                 ran?
             }
         };

@@ -97,14 +97,19 @@ fn manifest_inconsistencies_name_the_field() {
 fn a_priors_section_is_checked_and_needs_a_second_input() {
     let with = |priors: &str| altered("[input]", &format!("[priors]\n{priors}\n\n[input]"));
     for (priors, field) in [
-        ("input = \"input\"\nwithin_days = 30", "priors.input"),
-        ("input = \"prior\"\nwithin_days = 0", "priors.within_days"),
+        ("inputs = [\"input\"]\nwithin_days = 30", "priors.inputs"),
+        ("inputs = []\nwithin_days = 30", "priors.inputs"),
+        ("inputs = [\"a\", \"a\"]\nwithin_days = 30", "priors.inputs"),
         (
-            "input = \"prior\"\nwithin_days = 30\nmax_studies = 9",
+            "inputs = [\"prior\"]\nwithin_days = 0",
+            "priors.within_days",
+        ),
+        (
+            "inputs = [\"prior\"]\nwithin_days = 30\nmax_studies = 9",
             "priors.max_studies",
         ),
         (
-            "input = \"prior\"\nwithin_days = 30\nwait_s = 0",
+            "inputs = [\"prior\"]\nwithin_days = 30\nwait_s = 0",
             "priors.wait_s",
         ),
     ] {
@@ -115,7 +120,7 @@ fn a_priors_section_is_checked_and_needs_a_second_input() {
             "{priors}: {err}"
         );
     }
-    let dir = with("input = \"prior\"\nwithin_days = 30\nsame = [\"modality\", \"body_part\"]");
+    let dir = with("inputs = [\"prior\"]\nwithin_days = 30\nsame = [\"modality\", \"body_part\"]");
     let package = ModelPackage::load(dir.path()).expect("a consistent manifest");
     let err = Model::load(
         package,

@@ -11,8 +11,11 @@ use vigie_inference::manifest::BackendKind;
 use vigie_inference::{Image, Model, ModelPackage, PriorInput};
 
 fn model(kind: BackendKind) -> Model {
-    let package = ModelPackage::load(vigie_test_support::model_dir("fixture-prior-change"))
-        .expect("fixture package");
+    model_in(&vigie_test_support::model_dir("fixture-prior-change"), kind)
+}
+
+fn model_in(dir: &std::path::Path, kind: BackendKind) -> Model {
+    let package = ModelPackage::load(dir).expect("fixture package");
     Model::load_with_backend(
         package,
         kind,
@@ -65,7 +68,9 @@ fn the_prior_reaches_the_second_input_on_both_backends() {
         assert!(err.to_string().contains("prior"), "{err}");
         // The prior: a quarter bright, against a half and a quarter.
         let prior = model.preprocess(&image(&quarter)).unwrap();
-        model.set_prior(PriorInput::Tensor(prior)).unwrap();
+        model
+            .set_priors(Some(vec![PriorInput::Tensor(prior)]))
+            .unwrap();
         let results = model.run(&[image(&half), image(&quarter)]).unwrap();
         let p = |i: usize| results[i].raw_output[1];
         assert!((p(0) - expected(0.25)).abs() < 1e-4, "{kind:?}: {}", p(0));
@@ -73,10 +78,67 @@ fn the_prior_reaches_the_second_input_on_both_backends() {
         assert_eq!(decision(&results[0]), "changed");
         assert_eq!(decision(&results[1]), "stable");
         // Missing: zeros (the manifest's default), so the whole half counts.
-        model.set_prior(PriorInput::Missing).unwrap();
+        model.set_priors(Some(vec![PriorInput::Missing])).unwrap();
         let results = model.run(&[image(&half)]).unwrap();
         assert!((results[0].raw_output[1] - expected(0.5)).abs() < 1e-4);
         // A tensor of the wrong size is refused.
-        assert!(model.set_prior(PriorInput::Tensor(vec![0.0; 10])).is_err());
+        assert!(
+            model
+                .set_priors(Some(vec![PriorInput::Tensor(vec![0.0; 10])]))
+                .is_err()
+        );
+        // As many priors as inputs, no more.
+        let tensor = model.preprocess(&image(&quarter)).unwrap();
+        assert!(
+            model
+                .set_priors(Some(vec![
+                    PriorInput::Tensor(tensor.clone()),
+                    PriorInput::Tensor(tensor)
+                ]))
+                .is_err()
+        );
+        // Unset again: refused again.
+        model.set_priors(None).unwrap();
+        assert!(model.run(&[image(&half)]).is_err());
+    }
+}
+
+/// The fixture's variant with two prior inputs (built here by its
+/// `make_model.py`): each prior reaches its own input, in order.
+#[test]
+fn two_priors_reach_their_two_inputs_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    vigie_test_support::prior_fixture_variant(dir.path(), 2, &[]);
+    for kind in [BackendKind::Onnx, BackendKind::Candle] {
+        let mut model = model_in(dir.path(), kind);
+        let (half, quarter, none) = (bars(32), bars(16), bars(0));
+        let tensor = |m: &mut Model, data: &[f32]| m.preprocess(&image(data)).unwrap();
+        let (q, z) = (tensor(&mut model, &quarter), tensor(&mut model, &none));
+        // Against the quarter (0.25) and nothing (0.5): the mean, 0.375.
+        model
+            .set_priors(Some(vec![
+                PriorInput::Tensor(q.clone()),
+                PriorInput::Tensor(z),
+            ]))
+            .unwrap();
+        let p = model.run(&[image(&half)]).unwrap()[0].raw_output[1];
+        assert!((p - expected(0.375)).abs() < 1e-4, "{kind:?}: {p}");
+        // The quarter twice: 0.25 (so the second input is not the first's).
+        model
+            .set_priors(Some(vec![
+                PriorInput::Tensor(q.clone()),
+                PriorInput::Tensor(q.clone()),
+            ]))
+            .unwrap();
+        let p = model.run(&[image(&half)]).unwrap()[0].raw_output[1];
+        assert!((p - expected(0.25)).abs() < 1e-4, "{kind:?}: {p}");
+        // The first missing: zeros (0.5) with the quarter (0.25).
+        model
+            .set_priors(Some(vec![PriorInput::Missing, PriorInput::Tensor(q)]))
+            .unwrap();
+        let p = model.run(&[image(&half)]).unwrap()[0].raw_output[1];
+        assert!((p - expected(0.375)).abs() < 1e-4, "{kind:?}: {p}");
+        // One prior for two inputs: refused.
+        assert!(model.set_priors(Some(vec![PriorInput::Missing])).is_err());
     }
 }

@@ -9,7 +9,10 @@ preprocessing), through a steep sigmoid around 0.1, as the probability of
 (query, retrieval, the second input, the records) runs end to end on a
 real model file.
 
-Usage: make_model.py OUT.onnx   (deterministic for the pinned onnx version)
+Usage: make_model.py OUT.onnx [PRIORS]   (deterministic for the pinned
+onnx version). PRIORS (default 1): a variant with that many prior inputs,
+`prior`, `prior_2`, ...; the score is then taken on the mean of the mean
+absolute differences with each (the tests build it for several priors).
 """
 import sys
 
@@ -17,14 +20,31 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+priors = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+names = ["prior"] + [f"prior_{k}" for k in range(2, priors + 1)]
 centre = numpy_helper.from_array(np.array([0.1], dtype=np.float32), "centre")
 gain = numpy_helper.from_array(np.array([40.0], dtype=np.float32), "gain")
 one = numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one")
-nodes = [
-    helper.make_node("Sub", ["image", "prior"], ["difference"]),
-    helper.make_node("Abs", ["difference"], ["magnitude"]),
-    helper.make_node("ReduceMean", ["magnitude"], ["mean"], axes=[1, 2, 3], keepdims=1),
-    helper.make_node("Flatten", ["mean"], ["per_image"], axis=1),
+nodes = []
+for k, name in enumerate(names):
+    # One prior: the node names of version 1.0.0, so that its file is unchanged.
+    suffix = "" if priors == 1 else f"_{k + 1}"
+    nodes += [
+        helper.make_node("Sub", ["image", name], ["difference" + suffix]),
+        helper.make_node("Abs", ["difference" + suffix], ["magnitude" + suffix]),
+        helper.make_node("ReduceMean", ["magnitude" + suffix], ["mean" + suffix], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Flatten", ["mean" + suffix], ["per_image" + suffix], axis=1),
+    ]
+initializers = [centre, gain, one]
+if priors > 1:
+    # The mean as sums and a product (ops every backend has, candle's too).
+    total = "per_image_1"
+    for k in range(2, priors + 1):
+        nodes.append(helper.make_node("Add", [total, f"per_image_{k}"], [f"sum_{k}"]))
+        total = f"sum_{k}"
+    initializers.append(numpy_helper.from_array(np.array([1.0 / priors], dtype=np.float32), "share"))
+    nodes.append(helper.make_node("Mul", [total, "share"], ["per_image"]))
+nodes += [
     helper.make_node("Sub", ["per_image", "centre"], ["centred"]),
     helper.make_node("Mul", ["centred", "gain"], ["logit"]),
     helper.make_node("Sigmoid", ["logit"], ["changed"]),
@@ -34,12 +54,10 @@ nodes = [
 graph = helper.make_graph(
     nodes,
     "prior_change_fixture",
-    [
-        helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 64, 64]),
-        helper.make_tensor_value_info("prior", TensorProto.FLOAT, ["batch", 1, 64, 64]),
-    ],
+    [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 64, 64])]
+    + [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 1, 64, 64]) for name in names],
     [helper.make_tensor_value_info("change", TensorProto.FLOAT, ["batch", 2])],
-    [centre, gain, one],
+    initializers,
 )
 model = helper.make_model(graph, producer_name="vigie-fixture", opset_imports=[helper.make_opsetid("", 13)])
 model.ir_version = 8

@@ -182,7 +182,8 @@ fn the_model_compares_with_the_most_recent_prior_retrieved_from_orthanc() {
     let found = details(search);
     // The CT study is not of the modality, the 2024 one out of the window.
     assert_eq!(found["candidates"], 1, "{found}");
-    let used = &found["prior"];
+    assert_eq!(found["priors"].as_array().unwrap().len(), 1, "{found}");
+    let used = &found["priors"][0];
     assert_eq!(used["study_instance_uid"], prior_study.as_str());
     assert_eq!(used["sop_instance_uid"], prior_sop.as_str());
     assert_eq!(used["study_date"], "20260301");
@@ -198,7 +199,7 @@ fn the_model_compares_with_the_most_recent_prior_retrieved_from_orthanc() {
         .unwrap();
     let inference = details(&inference);
     assert_eq!(inference["decision"], "changed", "{inference}");
-    assert_eq!(inference["prior"], *used);
+    assert_eq!(inference["priors"][0], *used);
 
     // The same disk: "stable", and the prior's pixels hash as those of the
     // current image (the same pixels, decoded the same way).
@@ -212,15 +213,15 @@ fn the_model_compares_with_the_most_recent_prior_retrieved_from_orthanc() {
     let inference = details(&inference);
     assert_eq!(inference["decision"], "stable", "{inference}");
     assert_eq!(
-        inference["prior"]["study_instance_uid"],
+        inference["priors"][0]["study_instance_uid"],
         same_prior_study.as_str()
     );
     assert_eq!(
-        inference["prior"]["sop_instance_uid"],
+        inference["priors"][0]["sop_instance_uid"],
         same_prior_sop.as_str()
     );
     assert_eq!(
-        inference["prior"]["pixels_sha256"],
+        inference["priors"][0]["pixels_sha256"],
         inference["input"]["pixels_sha256"]
     );
 
@@ -283,27 +284,58 @@ fn the_model_compares_with_the_most_recent_prior_retrieved_from_orthanc() {
     );
 }
 
+/// The fixture's variant with two prior inputs (built by its
+/// `make_model.py`), in a models folder of its own, that runs without all
+/// its priors: `on_missing = "run"`.
+fn two_prior_package(models: &Path) {
+    vigie_test_support::prior_fixture_variant(
+        &models.join("fixture-prior-change"),
+        2,
+        &[
+            ("max_studies = 2", "max_studies = 3"),
+            ("on_missing = \"fail\"", "on_missing = \"run\""),
+        ],
+    );
+}
+
+/// A model taking two priors: the two most recent usable studies, in
+/// order, each to its input; a patient with one prior runs with the second
+/// input filled with zeros, one with none with both, as the package says
+/// (`on_missing = "run"`), and the records say so.
 #[test]
-fn without_a_prior_the_package_may_say_run_and_the_records_say_so() {
+fn two_priors_in_order_and_running_without_them_as_the_package_says() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let orthanc = Orthanc::start();
-    // A copy of the fixture package that runs without a prior.
-    let models = dir.join("models/fixture-prior-change");
-    std::fs::create_dir_all(&models).unwrap();
-    let source = repo_root().join("models/fixture-prior-change");
-    std::fs::copy(
-        source.join("fixture-prior-change.onnx"),
-        models.join("fixture-prior-change.onnx"),
-    )
-    .unwrap();
-    let manifest = std::fs::read_to_string(source.join("model.toml")).unwrap();
-    assert!(manifest.contains("on_missing = \"fail\""));
-    std::fs::write(
-        models.join("model.toml"),
-        manifest.replace("on_missing = \"fail\"", "on_missing = \"run\""),
-    )
-    .unwrap();
+    two_prior_package(&dir.join("models"));
+    // PRIOR-4: two MR priors, the current study as the more recent one.
+    let (recent, recent_sop) = study(
+        &dir.join("pacs/recent.dcm"),
+        "PRIOR-4",
+        "20260401",
+        20.0,
+        "MR",
+    );
+    let (earlier, earlier_sop) = study(
+        &dir.join("pacs/earlier.dcm"),
+        "PRIOR-4",
+        "20260101",
+        10.0,
+        "MR",
+    );
+    // PRIOR-5: one prior only.
+    let (single, _) = study(
+        &dir.join("pacs/single.dcm"),
+        "PRIOR-5",
+        "20260301",
+        20.0,
+        "MR",
+    );
+    orthanc.upload(&[
+        dir.join("pacs/recent.dcm"),
+        dir.join("pacs/earlier.dcm"),
+        dir.join("pacs/single.dcm"),
+    ]);
     std::fs::create_dir_all(dir.join("vigie")).unwrap();
     let vigie = Vigie::start(
         &dir.join("vigie"),
@@ -313,26 +345,86 @@ fn without_a_prior_the_package_may_say_run_and_the_records_say_so() {
         "vigie",
         &serde_json::json!({"AET": "VIGIE", "Host": "127.0.0.1", "Port": vigie.dicom}),
     );
-    let alone = dir.join("current/alone.dcm");
-    let (alone_study, _) = study(&alone, "PRIOR-4", "20260601", 20.0, "MR");
-    send(&vigie, &[alone]);
-    let job = job_of(&vigie, &alone_study);
+    let two = dir.join("current/two.dcm");
+    let (two_study, _) = study(&two, "PRIOR-4", "20260601", 20.0, "MR");
+    let one = dir.join("current/one.dcm");
+    let (one_study, _) = study(&one, "PRIOR-5", "20260601", 20.0, "MR");
+    let none = dir.join("current/none.dcm");
+    let (none_study, _) = study(&none, "PRIOR-6", "20260601", 20.0, "MR");
+    send(&vigie, &[two, one, none]);
+    let inference_of = |study: &str| {
+        let record = vigie
+            .audit_records("kind=inference")
+            .into_iter()
+            .find(|r| r["study_instance_uid"] == study)
+            .unwrap();
+        details(&record)
+    };
+    let changed =
+        |inference: &serde_json::Value| inference["frames"][0]["raw_output"][1].as_f64().unwrap();
+    // sigmoid(40 (mean of the two mean absolute differences - 0.1)).
+    let expected = |mean: f64| 1.0 / (1.0 + (-(40.0 * (mean - 0.1))).exp());
+    // The disk of 20 against the disk of 20 (0) and of 10 (0.23): their
+    // mean.
+    let area = |r: f64| disk(r).iter().filter(|&&v| v > 0).count() as f64 / 4096.0;
+    let job = job_of(&vigie, &two_study);
+    assert_eq!(job["state"], "done", "{job}");
+    let inference = inference_of(&two_study);
+    let priors = inference["priors"].as_array().unwrap();
+    assert_eq!(priors.len(), 2, "{inference}");
+    assert_eq!(priors[0]["study_instance_uid"], recent.as_str());
+    assert_eq!(priors[0]["sop_instance_uid"], recent_sop.as_str());
+    assert_eq!(priors[1]["study_instance_uid"], earlier.as_str());
+    assert_eq!(priors[1]["sop_instance_uid"], earlier_sop.as_str());
+    let mean = (area(20.0) - area(10.0)) / 2.0;
+    assert!(
+        (changed(&inference) - expected(mean)).abs() < 1e-3,
+        "{inference}"
+    );
+    let notes = job["last_error"].as_str().unwrap();
+    assert!(
+        notes.contains(&recent) && notes.contains(&earlier),
+        "{notes}"
+    );
+
+    // One prior: the second input is zeros (the whole disk differs).
+    let job = job_of(&vigie, &one_study);
     assert_eq!(job["state"], "done", "{job}");
     let notes = job["last_error"].as_str().unwrap();
-    assert!(notes.contains("run without a prior study"), "{notes}");
-    let inference = vigie
-        .audit_records("kind=inference")
+    assert!(notes.contains(&single), "{notes}");
+    assert!(
+        notes.contains("run without all its prior studies: 1 of 2 priors found"),
+        "{notes}"
+    );
+    let inference = inference_of(&one_study);
+    assert_eq!(inference["priors"].as_array().unwrap().len(), 1);
+    assert!(
+        (changed(&inference) - expected(area(20.0) / 2.0)).abs() < 1e-3,
+        "{inference}"
+    );
+    let search = vigie
+        .audit_records("kind=prior_search&outcome=partial")
         .into_iter()
-        .find(|r| r["study_instance_uid"] == alone_study.as_str())
+        .find(|r| r["study_instance_uid"] == one_study.as_str())
         .unwrap();
-    let inference = details(&inference);
-    assert!(inference.get("prior").is_none(), "{inference}");
-    // Zeros as the prior: the whole disk counts as change.
-    assert_eq!(inference["decision"], "changed", "{inference}");
+    assert_eq!(
+        details(&search)["priors"][0]["study_instance_uid"],
+        single.as_str()
+    );
+
+    // None: both inputs zeros.
+    let job = job_of(&vigie, &none_study);
+    assert_eq!(job["state"], "done", "{job}");
+    let inference = inference_of(&none_study);
+    assert_eq!(inference["priors"], serde_json::json!([]), "{inference}");
+    assert!(
+        (changed(&inference) - expected(area(20.0))).abs() < 1e-3,
+        "{inference}"
+    );
     let search = vigie
         .audit_records("kind=prior_search&outcome=missing")
         .into_iter()
-        .find(|r| r["study_instance_uid"] == alone_study.as_str())
+        .find(|r| r["study_instance_uid"] == none_study.as_str())
         .unwrap();
     let reason = details(&search)["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("no earlier study"), "{reason}");

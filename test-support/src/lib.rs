@@ -273,3 +273,49 @@ impl Orthanc {
         })
     }
 }
+
+/// The prior-comparison test fixture's variant with `priors` prior inputs
+/// (`prior`, `prior_2`, …), built by its `make_model.py` into `package`
+/// (created) with its manifest: the fixture's, with the weights' hash and
+/// `priors.inputs` changed, then each `(from, to)` of `replace` (each must
+/// be found).
+pub fn prior_fixture_variant(package: &Path, priors: usize, replace: &[(&str, &str)]) {
+    std::fs::create_dir_all(package).expect("package folder");
+    let source = model_dir("fixture-prior-change");
+    let weights = package.join("fixture-prior-change.onnx");
+    run_ok(
+        Command::new(python())
+            .arg(source.join("make_model.py"))
+            .arg(&weights)
+            .arg(priors.to_string()),
+    );
+    let hashed = run_ok(Command::new("sha256sum").arg(&weights));
+    let sha256 = String::from_utf8_lossy(&hashed.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a hash")
+        .to_string();
+    let mut manifest = std::fs::read_to_string(source.join("model.toml")).expect("manifest");
+    let inputs: Vec<String> = (1..=priors)
+        .map(|k| match k {
+            1 => "\"prior\"".to_string(),
+            k => format!("\"prior_{k}\""),
+        })
+        .collect();
+    let original = "b52a87032e8bc50d1ba6d131132a7a3cbbd7c0932ac8614813be81b364166be3";
+    let inputs = format!("inputs = [{}]", inputs.join(", "));
+    for (from, to) in [
+        (original, sha256.as_str()),
+        ("inputs = [\"prior\"]", &inputs),
+    ]
+    .into_iter()
+    .chain(replace.iter().copied())
+    {
+        assert!(
+            manifest.contains(from),
+            "{from:?} not in the fixture's manifest"
+        );
+        manifest = manifest.replace(from, to);
+    }
+    std::fs::write(package.join("model.toml"), manifest).expect("manifest written");
+}

@@ -18,7 +18,9 @@ use std::time::Duration;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::pdu::PresentationContextResultReason;
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AbortRQSource, Pdu, PresentationContextResultReason,
+};
 
 use super::find::STUDY_ROOT_GET;
 use super::message::{Reader, Received};
@@ -30,6 +32,18 @@ use crate::pixels::DECODABLE_TRANSFER_SYNTAXES;
 
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+
+/// C-CANCEL-RQ (PS3.7 9.3.2.3): sent once a bound is reached.
+const C_CANCEL_RQ: u16 = 0x0FFF;
+
+/// Refused sub-operations named one by one in [`GetOutcome::refused`];
+/// beyond, only counted.
+const MAX_NAMED_REFUSALS: usize = 64;
+
+/// Refused sub-operations after which the association is aborted: a peer
+/// that goes on sending after a C-CANCEL would otherwise hold it for the
+/// caller's whole deadline.
+const MAX_REFUSALS: usize = 1000;
 
 /// Bounds on what one C-GET may bring back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +87,12 @@ pub struct GetOutcome {
     /// The instances kept, in the order they came.
     pub files: Vec<RetrievedFile>,
     /// Sub-operations this side answered with a failure: SOP Instance UID
-    /// (when it had one) and why.
+    /// (when it had one) and why (the first 64).
     pub refused: Vec<(String, String)>,
+    /// How many sub-operations this side answered with a failure.
+    pub refused_count: usize,
+    /// Whether this side sent a C-CANCEL-GET-RQ (a bound was reached).
+    pub cancelled: bool,
     /// The final C-GET-RSP status (`0000`, `B000` when some sub-operations
     /// failed, `FE00`, or a failure).
     pub status: u16,
@@ -143,6 +161,15 @@ pub async fn get(
             "the peer accepted no presentation context for Study Root C-GET".into(),
         ));
     };
+    // Without the SCP role for a storage class, the peer may not send
+    // instances of it on this association (PS3.7 D.3.3.4).
+    if negotiated.requester_scp.is_empty() {
+        let _ = tokio::time::timeout(options.timeout, ul::release(&mut association)).await;
+        return Err(failed(
+            "the peer granted the SCP role for no storage class: a C-GET cannot bring anything back"
+                .into(),
+        ));
+    }
     let syntax = TransferSyntaxRegistry
         .get(query.1.trim_end_matches('\0'))
         .ok_or_else(|| failed(format!("unknown transfer syntax {}", query.1)))?;
@@ -173,17 +200,34 @@ pub async fn get(
         timeout: options.timeout,
         files: Vec::new(),
         refused: Vec::new(),
+        refused_count: 0,
+        cancelled: false,
         kept_bytes: 0,
     };
     let outcome = session.read(&mut association, query.0).await;
-    let _ = tokio::time::timeout(options.timeout, ul::release(&mut association)).await;
-    let (status, comment, failed) = outcome.map_err(|e| {
-        session.remove_files();
-        transfer(e)
-    })?;
+    let (status, comment, failed) = match outcome {
+        Ok(done) => {
+            let _ = tokio::time::timeout(options.timeout, ul::release(&mut association)).await;
+            done
+        }
+        // Mid-operation: no release, an abort (PS3.8 7.3.4).
+        Err(e) => {
+            let abort = Pdu::AbortRQ {
+                source: AbortRQSource::ServiceProvider(
+                    AbortRQServiceProviderReason::ReasonNotSpecified,
+                ),
+            };
+            let _ = tokio::time::timeout(options.timeout, association.send(&abort)).await;
+            association.shutdown().await;
+            session.remove_files();
+            return Err(transfer(e));
+        }
+    };
     Ok(GetOutcome {
         files: session.files,
         refused: session.refused,
+        refused_count: session.refused_count,
+        cancelled: session.cancelled,
         status,
         comment,
         failed,
@@ -198,6 +242,8 @@ struct Session<'a> {
     timeout: Duration,
     files: Vec<RetrievedFile>,
     refused: Vec<(String, String)>,
+    refused_count: usize,
+    cancelled: bool,
     kept_bytes: u64,
 }
 
@@ -232,6 +278,31 @@ impl Session<'_> {
                     )
                     .await
                     .map_err(|e| format!("C-STORE-RSP: {e}"))?;
+                    if self.refused_count > MAX_REFUSALS {
+                        return Err(format!(
+                            "more than {MAX_REFUSALS} sub-operations refused: the peer goes on sending"
+                        ));
+                    }
+                    // A bound reached: ask the peer to stop (it answers
+                    // FE00 once the sub-operation in flight is done).
+                    if self.full() && !self.cancelled {
+                        self.cancelled = true;
+                        let cancel = Command {
+                            field: C_CANCEL_RQ,
+                            responding_to: Some(1),
+                            ..Command::default()
+                        };
+                        super::scu::send_message(
+                            association,
+                            query_context,
+                            &cancel,
+                            &[],
+                            self.negotiated.peer_max_pdu_length,
+                            self.timeout,
+                        )
+                        .await
+                        .map_err(|e| format!("C-CANCEL-GET-RQ: {e}"))?;
+                    }
                 }
                 field::C_GET_RSP
                     if context == query_context && command.responding_to == Some(1) =>
@@ -262,10 +333,19 @@ impl Session<'_> {
                 (status::SUCCESS, None)
             }
             Err((code, reason)) => {
-                self.refused.push((instance, reason.clone()));
+                self.refused_count += 1;
+                if self.refused.len() < MAX_NAMED_REFUSALS {
+                    self.refused.push((instance, reason.clone()));
+                }
                 (code, Some(reason))
             }
         }
+    }
+
+    /// Whether a bound on what is kept is reached.
+    fn full(&self) -> bool {
+        self.files.len() >= self.limits.max_instances
+            || self.kept_bytes >= self.limits.max_total_bytes
     }
 
     fn check_and_write(
@@ -284,6 +364,15 @@ impl Session<'_> {
                 "not a storage context of this association".into(),
             ));
         };
+        if !self.negotiated.requester_scp.contains(&ctx.abstract_syntax) {
+            return Err((
+                status::SOP_CLASS_NOT_SUPPORTED,
+                format!(
+                    "the SCP role for {} was not granted on this association",
+                    ctx.abstract_syntax
+                ),
+            ));
+        }
         let (Some(class), Some(instance)) = (
             command.affected_sop_class_uid.as_deref(),
             command.affected_sop_instance_uid.as_deref(),
@@ -344,7 +433,8 @@ impl Session<'_> {
     }
 }
 
-/// Write a data set received in `transfer_syntax` as a Part 10 file.
+/// Write a data set received in `transfer_syntax` as a Part 10 file (a
+/// working copy, not fsynced: nothing is acknowledged on its strength).
 fn write_part10(
     path: &Path,
     class: &str,
@@ -366,5 +456,6 @@ fn write_part10(
     file.write_all(b"DICM")?;
     meta.write(&mut file).map_err(std::io::Error::other)?;
     file.write_all(data)?;
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()
+    file.into_inner().map_err(|e| e.into_error())?;
+    Ok(())
 }

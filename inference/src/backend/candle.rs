@@ -16,7 +16,8 @@ use candle_core::{Device as CandleDevice, Tensor};
 use candle_onnx::onnx::{ModelProto, tensor_shape_proto::dimension::Value as Dim, type_proto};
 
 use super::contract::{
-    Backend, BackendOptions, Execution, check_name, check_names, check_shape, input_names,
+    Backend, BackendOptions, Execution, check_name, check_names, check_priors, check_shape,
+    input_names,
 };
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -32,8 +33,8 @@ pub struct CandleBackend {
     weights: HashMap<String, Tensor>,
     device: CandleDevice,
     input_name: String,
-    /// The prior input's name, for a model with `[priors]`.
-    prior_name: Option<String>,
+    /// The prior inputs' names, for a model with `[priors]` (else empty).
+    prior_names: Vec<String>,
     output_name: String,
     input_dims: Vec<i64>,
     execution: Execution,
@@ -101,21 +102,23 @@ impl CandleBackend {
         let Some(input) = inputs.iter().find(|i| i.name == manifest.input.name) else {
             return Err(load_failed("input missing".into()));
         };
-        let prior_name = match &manifest.priors {
-            Some(priors) => {
-                let Some(outlet) = inputs.iter().find(|i| i.name == priors.input) else {
-                    return Err(load_failed("prior input missing".into()));
-                };
-                check_shape(
-                    &model_id,
-                    "priors.input",
-                    &manifest.input.shape,
-                    &dims_of(outlet),
-                )?;
-                Some(priors.input.clone())
-            }
-            None => None,
-        };
+        let prior_names: Vec<String> = manifest
+            .priors
+            .as_ref()
+            .map(|p| p.inputs.clone())
+            .unwrap_or_default();
+        for name in &prior_names {
+            let Some(outlet) = inputs.iter().find(|i| &i.name == name) else {
+                return Err(load_failed(format!("prior input {name} missing")));
+            };
+            // A prior is preprocessed as the current image: same shape.
+            check_shape(
+                &model_id,
+                "priors.inputs",
+                &manifest.input.shape,
+                &dims_of(outlet),
+            )?;
+        }
         check_name(
             &model_id,
             "output",
@@ -136,7 +139,7 @@ impl CandleBackend {
         )?;
         Ok(Self {
             input_name: manifest.input.name.clone(),
-            prior_name,
+            prior_names,
             output_name: manifest.output.name.clone(),
             input_dims,
             execution: Execution {
@@ -199,13 +202,14 @@ impl CandleBackend {
     fn run_inputs(
         &mut self,
         input: &[f32],
-        prior: Option<&[f32]>,
+        priors: &[&[f32]],
         batch: usize,
     ) -> Result<(Vec<usize>, Vec<f32>)> {
         let fail = |reason: String| Error::Inference {
             model_id: self.model_id.clone(),
             reason,
         };
+        check_priors(&self.prior_names, priors, input.len()).map_err(fail)?;
         let mut shape: Vec<usize> = self.input_dims.iter().map(|&d| d.max(0) as usize).collect();
         if let Some(first) = shape.first_mut() {
             *first = batch;
@@ -216,15 +220,10 @@ impl CandleBackend {
         // the weights themselves.
         let mut inputs = self.weights.clone();
         inputs.insert(self.input_name.clone(), tensor);
-        match (&self.prior_name, prior) {
-            (None, None) => {}
-            (Some(name), Some(prior)) => {
-                let prior =
-                    Tensor::from_slice(prior, shape, &self.device).map_err(|e| fail(reason(e)))?;
-                inputs.insert(name.clone(), prior);
-            }
-            (Some(name), None) => return Err(fail(format!("the prior input {name} is not given"))),
-            (None, Some(_)) => return Err(fail("the model takes no prior input".into())),
+        for (name, prior) in self.prior_names.iter().zip(priors) {
+            let prior = Tensor::from_slice(prior, shape.clone(), &self.device)
+                .map_err(|e| fail(reason(e)))?;
+            inputs.insert(name.clone(), prior);
         }
         let mut outputs =
             candle_onnx::simple_eval(&self.model, inputs).map_err(|e| fail(reason(e)))?;
@@ -243,16 +242,16 @@ impl CandleBackend {
 
 impl Backend for CandleBackend {
     fn run(&mut self, input: &[f32], batch: usize) -> Result<(Vec<usize>, Vec<f32>)> {
-        self.run_inputs(input, None, batch)
+        self.run_inputs(input, &[], batch)
     }
 
-    fn run_with_prior(
+    fn run_with_priors(
         &mut self,
         input: &[f32],
-        prior: &[f32],
+        priors: &[&[f32]],
         batch: usize,
     ) -> Result<(Vec<usize>, Vec<f32>)> {
-        self.run_inputs(input, Some(prior), batch)
+        self.run_inputs(input, priors, batch)
     }
 
     fn execution(&self) -> &Execution {

@@ -93,13 +93,14 @@ pub trait Backend: Send + std::fmt::Debug {
     /// Returns the output tensor, flattened, and its shape.
     fn run(&mut self, input: &[f32], batch: usize) -> Result<(Vec<usize>, Vec<f32>)>;
 
-    /// Run one batch of a model with a prior input (its manifest's
-    /// `[priors]`): `prior` holds `batch` tensors of the same shape as
+    /// Run one batch of a model with prior inputs (its manifest's
+    /// `[priors]`): `priors` holds one buffer per prior input, in the
+    /// order of `priors.inputs`, each `batch` tensors of the same shape as
     /// `input`'s, back to back.
-    fn run_with_prior(
+    fn run_with_priors(
         &mut self,
         input: &[f32],
-        prior: &[f32],
+        priors: &[&[f32]],
         batch: usize,
     ) -> Result<(Vec<usize>, Vec<f32>)>;
 
@@ -161,12 +162,35 @@ pub(crate) fn check_names(
     Ok(())
 }
 
+/// Check the prior buffers given for a run: one per prior input, each as
+/// long as the current input's.
+pub(crate) fn check_priors(
+    names: &[String],
+    priors: &[&[f32]],
+    input_len: usize,
+) -> std::result::Result<(), String> {
+    if priors.len() != names.len() {
+        return Err(format!(
+            "{} prior inputs given, the model takes {} ({names:?})",
+            priors.len(),
+            names.len()
+        ));
+    }
+    if let Some(bad) = priors.iter().find(|p| p.len() != input_len) {
+        return Err(format!(
+            "prior input of {} values for an input of {input_len}",
+            bad.len()
+        ));
+    }
+    Ok(())
+}
+
 /// The input tensor names a manifest declares: `input.name`, and
-/// `priors.input` when the model takes a prior.
+/// `priors.inputs` when the model takes priors.
 pub(crate) fn input_names(manifest: &crate::Manifest) -> Vec<&str> {
     let mut names = vec![manifest.input.name.as_str()];
     if let Some(priors) = &manifest.priors {
-        names.push(priors.input.as_str());
+        names.extend(priors.inputs.iter().map(String::as_str));
     }
     names
 }

@@ -12,8 +12,8 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use super::contract::{
-    Backend, BackendOptions, ConvAlgoSearch, Execution, check_name, check_names, check_shape,
-    input_names,
+    Backend, BackendOptions, ConvAlgoSearch, Execution, check_name, check_names, check_priors,
+    check_shape, input_names,
 };
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -75,8 +75,8 @@ pub struct OnnxBackend {
     model_id: String,
     session: Session,
     input_name: String,
-    /// The prior input's name, for a model with `[priors]`.
-    prior_name: Option<String>,
+    /// The prior inputs' names, for a model with `[priors]` (else empty).
+    prior_names: Vec<String>,
     output_name: String,
     input_dims: Vec<i64>,
     execution: Execution,
@@ -172,17 +172,19 @@ impl OnnxBackend {
             return Err(session_err("input missing".into()));
         };
         let output = &session.outputs()[0];
-        let prior = manifest.priors.as_ref().and_then(|p| {
-            session
-                .inputs()
-                .iter()
-                .find(|i| i.name() == p.input)
-                .map(|outlet| (p.input.clone(), outlet))
-        });
+        let prior_names: Vec<String> = manifest
+            .priors
+            .as_ref()
+            .map(|p| p.inputs.clone())
+            .unwrap_or_default();
+        // Every name is among the model's inputs (checked above).
+        let priors: Vec<&ort::value::Outlet> = session
+            .inputs()
+            .iter()
+            .filter(|i| prior_names.iter().any(|n| n == i.name()))
+            .collect();
         let mut outlets = vec![("input", input), ("output", output)];
-        if let Some((_, outlet)) = &prior {
-            outlets.push(("priors.input", outlet));
-        }
+        outlets.extend(priors.iter().map(|outlet| ("priors.inputs", *outlet)));
         for (what, outlet) in outlets {
             if outlet.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32) {
                 return Err(Error::ContractMismatch {
@@ -195,16 +197,15 @@ impl OnnxBackend {
         }
         let input_dims = tensor_dims(input).unwrap_or_default();
         check_shape(&model_id, "input", &manifest.input.shape, &input_dims)?;
-        if let Some((_, outlet)) = &prior {
-            // The prior is preprocessed as the current image: same shape.
+        for outlet in &priors {
+            // A prior is preprocessed as the current image: same shape.
             check_shape(
                 &model_id,
-                "priors.input",
+                "priors.inputs",
                 &manifest.input.shape,
                 &tensor_dims(outlet).unwrap_or_default(),
             )?;
         }
-        let prior_name = prior.map(|(name, _)| name);
         check_shape(
             &model_id,
             "output",
@@ -213,7 +214,7 @@ impl OnnxBackend {
         )?;
         Ok(Self {
             input_name: manifest.input.name.clone(),
-            prior_name,
+            prior_names,
             output_name: manifest.output.name.clone(),
             input_dims,
             execution: Execution {
@@ -242,42 +243,28 @@ impl OnnxBackend {
     fn run_inputs(
         &mut self,
         input: &[f32],
-        prior: Option<&[f32]>,
+        priors: &[&[f32]],
         batch: usize,
     ) -> Result<(Vec<usize>, Vec<f32>)> {
         let fail = |reason: String| Error::Inference {
             model_id: self.model_id.clone(),
             reason,
         };
+        check_priors(&self.prior_names, priors, input.len()).map_err(fail)?;
         let mut shape = self.input_dims.clone();
         if let Some(first) = shape.first_mut() {
             *first = batch as i64;
         }
-        let tensor =
-            TensorRef::from_array_view((shape.clone(), input)).map_err(|e| fail(e.to_string()))?;
-        let outputs = match (&self.prior_name, prior) {
-            (None, None) => self
-                .session
-                .run(ort::inputs![self.input_name.as_str() => tensor]),
-            (Some(name), Some(prior)) => {
-                if prior.len() != input.len() {
-                    return Err(fail(format!(
-                        "prior input of {} values for an input of {}",
-                        prior.len(),
-                        input.len()
-                    )));
-                }
-                let prior =
-                    TensorRef::from_array_view((shape, prior)).map_err(|e| fail(e.to_string()))?;
-                self.session.run(ort::inputs![
-                    self.input_name.as_str() => tensor,
-                    name.as_str() => prior
-                ])
-            }
-            (Some(name), None) => return Err(fail(format!("the prior input {name} is not given"))),
-            (None, Some(_)) => return Err(fail("the model takes no prior input".into())),
+        let mut inputs: Vec<(&str, ort::session::SessionInputValue<'_>)> =
+            Vec::with_capacity(1 + priors.len());
+        for (name, data) in std::iter::once((&self.input_name, input))
+            .chain(self.prior_names.iter().zip(priors.iter().copied()))
+        {
+            let tensor = TensorRef::from_array_view((shape.clone(), data))
+                .map_err(|e| fail(e.to_string()))?;
+            inputs.push((name.as_str(), tensor.into()));
         }
-        .map_err(|e| fail(e.to_string()))?;
+        let outputs = self.session.run(inputs).map_err(|e| fail(e.to_string()))?;
         let value = outputs
             .get(self.output_name.as_str())
             .ok_or_else(|| fail(format!("output {} missing", self.output_name)))?;
@@ -291,16 +278,16 @@ impl OnnxBackend {
 
 impl Backend for OnnxBackend {
     fn run(&mut self, input: &[f32], batch: usize) -> Result<(Vec<usize>, Vec<f32>)> {
-        self.run_inputs(input, None, batch)
+        self.run_inputs(input, &[], batch)
     }
 
-    fn run_with_prior(
+    fn run_with_priors(
         &mut self,
         input: &[f32],
-        prior: &[f32],
+        priors: &[&[f32]],
         batch: usize,
     ) -> Result<(Vec<usize>, Vec<f32>)> {
-        self.run_inputs(input, Some(prior), batch)
+        self.run_inputs(input, priors, batch)
     }
 
     fn execution(&self) -> &Execution {

@@ -107,15 +107,16 @@ pub enum Event<'a> {
         batch: usize,
         /// The model.
         model: &'a Ran,
-        /// The prior study's image given to the model with it, if any.
-        prior: Option<&'a super::priors::PriorUsed>,
+        /// For a model comparing with prior studies: the images of those
+        /// given to it (`None` for a model that takes none).
+        priors: Option<&'a [super::priors::PriorUsed]>,
     },
-    /// The search for a job's prior study is over (a model that compares
-    /// with one).
+    /// The search for a job's prior studies is over (a model that compares
+    /// with them).
     PriorSearched {
         /// The job.
         job: &'a Job,
-        /// What was asked and retrieved, and the prior used or why none.
+        /// What was asked and retrieved, the priors used and why not more.
         search: &'a super::priors::PriorSearch,
     },
     /// A result object written (its record goes with its analysis').
@@ -397,14 +398,10 @@ impl Pipeline {
             }
             Event::ResultCreated { .. } | Event::NotAnalysed { .. } => {}
             Event::PriorSearched { job, search } => {
-                let outcome = if search.used.is_some() {
-                    "used"
-                } else {
-                    "missing"
-                };
+                let outcome = search.outcome();
                 m.inc(
                     "vigie_prior_searches_total",
-                    "Searches for a job's prior study (models comparing with one), by model and outcome (used, missing).",
+                    "Searches for a job's prior studies (models comparing with them), by model and outcome (used: one for each prior input, partial, missing).",
                     &[("model", &job.model), ("outcome", outcome)],
                 );
                 // UIDs and reasons only: the query's Patient ID is never logged.
@@ -413,14 +410,16 @@ impl Pipeline {
                         job = job.id,
                         candidates = search.candidates,
                         retrieved = search.retrieved.len(),
-                        "prior study found for the job"
+                        used = search.used.len(),
+                        "prior studies found for the job"
                     ),
                     Some(reason) => tracing::warn!(
                         job = job.id,
                         candidates = search.candidates,
                         retrieved = search.retrieved.len(),
+                        used = search.used.len(),
                         %reason,
-                        "no prior study for the job"
+                        "fewer prior studies than the model takes"
                     ),
                 }
             }
@@ -683,15 +682,11 @@ fn audit_records(event: &Event<'_>) -> Vec<AuditEvent> {
             subgroups,
             batch,
             model,
-            prior,
-        } => inference_record(job, instance, analysis, subgroups, batch, model, prior),
+            priors,
+        } => inference_record(job, instance, analysis, subgroups, batch, model, priors),
         Event::PriorSearched { job, search } => AuditEvent::new(
             EventKind::PriorSearch,
-            if search.used.is_some() {
-                "used"
-            } else {
-                "missing"
-            },
+            search.outcome(),
             serde_json::json!({
                 "job_id": job.id,
                 "attempt": job.attempts,
@@ -705,7 +700,7 @@ fn audit_records(event: &Event<'_>) -> Vec<AuditEvent> {
                         "instances": instances,
                     }))
                     .collect::<Vec<_>>(),
-                "prior": search.used,
+                "priors": search.used,
                 "reason": search.missing,
             }),
         )
@@ -972,7 +967,7 @@ fn inference_record(
     subgroups: &vigie_analysis::population::Subgroups,
     batch: usize,
     model: &Ran,
-    prior: Option<&super::priors::PriorUsed>,
+    priors: Option<&[super::priors::PriorUsed]>,
 ) -> AuditEvent {
     let package = &model.package;
     let frames: Vec<serde_json::Value> = analysis
@@ -1030,9 +1025,9 @@ fn inference_record(
             "intensity": analysis.intensity,
         },
     });
-    // The prior the model compared with, for a model that takes one.
-    if let (Some(prior), Some(map)) = (prior, details.as_object_mut()) {
-        map.insert("prior".into(), serde_json::json!(prior));
+    // The priors the model compared with, for a model that takes them.
+    if let (Some(priors), Some(map)) = (priors, details.as_object_mut()) {
+        map.insert("priors".into(), serde_json::json!(priors));
     }
     AuditEvent::new(EventKind::Inference, "ok", details)
         .instance(

@@ -4,8 +4,9 @@
 //! retrieved by C-GET into `priors/<job>/` (never ingested, indexed or
 //! routed), checked again on every instance (the same patient, the study
 //! asked, the modality or body part the package asks for, in the model's
-//! scope), and the most recent usable image given to the model as its
-//! prior input, preprocessed as the current image.
+//! scope), and the usable images of the most recent studies given to the
+//! model as its prior inputs (one study per input, most recent first),
+//! preprocessed as the current image.
 //!
 //! Runs on the worker thread, before the job's hot loop, with its own
 //! small runtime for the network part, all of it within the package's
@@ -30,7 +31,7 @@ use super::Pipeline;
 /// Most C-FIND matches read for one patient.
 const MAX_MATCHES: usize = 200;
 
-/// The prior given to the model, as the job's records name it.
+/// A prior given to the model, as the job's records name it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PriorUsed {
     /// The prior study.
@@ -41,14 +42,17 @@ pub struct PriorUsed {
     pub series_instance_uid: String,
     /// The image used.
     pub sop_instance_uid: String,
+    /// Its frame given to the model (the first).
+    pub frame: usize,
     /// SHA-256 of the file as retrieved.
     pub file_sha256: String,
-    /// SHA-256 of its decoded pixels, as for every analysed instance
-    /// (`f32` little endian after the package's Modality LUT and VOI).
+    /// SHA-256 of its decoded pixels, all frames, as for every analysed
+    /// instance (`f32` little endian after the package's Modality LUT and
+    /// VOI).
     pub pixels_sha256: String,
 }
 
-/// What the search for a prior came to, for the records.
+/// What the search for priors came to, for the records.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PriorSearch {
     /// Matches of the query that qualify (same patient, in the window,
@@ -56,10 +60,22 @@ pub struct PriorSearch {
     pub candidates: usize,
     /// Prior studies retrieved, in order, with the instances kept of each.
     pub retrieved: Vec<(String, usize)>,
-    /// The prior used, if any.
-    pub used: Option<PriorUsed>,
-    /// Why none was used.
+    /// The priors used, in the order of the package's `priors.inputs`.
+    pub used: Vec<PriorUsed>,
+    /// Why fewer priors than inputs were found, if so.
     pub missing: Option<String>,
+}
+
+impl PriorSearch {
+    /// `used` (a prior for every input), `partial` (for some), `missing`
+    /// (none).
+    pub fn outcome(&self) -> &'static str {
+        match (self.used.is_empty(), self.missing.is_some()) {
+            (_, false) => "used",
+            (false, true) => "partial",
+            (true, true) => "missing",
+        }
+    }
 }
 
 /// The current study as the search for its priors needs it.
@@ -79,15 +95,15 @@ struct Candidate {
     study_instance_uid: String,
     date: chrono::NaiveDate,
     study_date: String,
-    time: String,
+    time: Option<chrono::NaiveTime>,
 }
 
 impl Pipeline {
-    /// Find the prior of `job` (whose model takes one) and set it as the
-    /// model's prior input. `Ok` when the model may run: with the prior, or
-    /// without one when the package says `on_missing = "run"`; `Err` with
-    /// the reason when the job must fail.
-    pub(super) fn set_prior(
+    /// Find the priors of `job` (whose model takes them) and set them as
+    /// the model's prior inputs. `Ok` when the model may run: with a prior
+    /// for every input, or with fewer when the package says
+    /// `on_missing = "run"`; `Err` with the reason when the job must fail.
+    pub(super) fn set_priors(
         &self,
         job: &Job,
         model: &mut Model,
@@ -96,52 +112,73 @@ impl Pipeline {
         let Some(priors) = model.package().manifest().priors.clone() else {
             return Ok(PriorSearch::default());
         };
-        let dir = self.layout.priors(job.id);
+        // Whatever the previous job left is gone before anything else.
+        model.set_priors(None).map_err(|e| e.to_string())?;
         let mut search = PriorSearch::default();
-        let found = self.find_prior(&priors, model, instances, &dir, &mut search);
-        // The retrieved files are not kept: only the tensor is.
-        let _ = std::fs::remove_dir_all(&dir);
-        match found {
-            Ok((used, tensor)) => {
-                model
-                    .set_prior(PriorInput::Tensor(tensor))
-                    .map_err(|e| e.to_string())?;
-                search.used = Some(used);
+        let mut found = Vec::new();
+        let reason = {
+            // The retrieved files are not kept, only the tensors, however
+            // the search ends (a panic included).
+            let dir = RemovedOnDrop(self.layout.priors(job.id));
+            self.find_priors(&priors, model, instances, &dir.0, &mut search, &mut found)
+                .err()
+        };
+        // Cut by the stop: nothing to record, the job is left for the next
+        // start (the worker sees the stop).
+        if self.stop.is_cancelled() {
+            return Err("the service is stopping".into());
+        }
+        let mut inputs = Vec::with_capacity(priors.inputs.len());
+        for (used, tensor) in found {
+            search.used.push(used);
+            inputs.push(PriorInput::Tensor(tensor));
+        }
+        if inputs.len() < priors.inputs.len() {
+            let reason = reason.unwrap_or_else(|| "no more usable prior study".into());
+            search.missing = Some(if inputs.is_empty() {
+                reason.clone()
+            } else {
+                format!(
+                    "{} of {} priors found: {reason}",
+                    inputs.len(),
+                    priors.inputs.len()
+                )
+            });
+            if priors.on_missing == vigie_inference::manifest::OnMissingPrior::Fail {
+                self.emit(super::events::Event::PriorSearched {
+                    job,
+                    search: &search,
+                });
+                return Err(match inputs.len() {
+                    0 => format!("no prior study: {reason}"),
+                    n => format!("{n} of {} prior studies: {reason}", priors.inputs.len()),
+                });
             }
-            Err(reason) => {
-                search.missing = Some(reason.clone());
-                match priors.on_missing {
-                    vigie_inference::manifest::OnMissingPrior::Fail => {
-                        model.set_prior(PriorInput::Unset).ok();
-                        self.emit(super::events::Event::PriorSearched {
-                            job,
-                            search: &search,
-                        });
-                        return Err(format!("no prior study: {reason}"));
-                    }
-                    vigie_inference::manifest::OnMissingPrior::Run => {
-                        model
-                            .set_prior(PriorInput::Missing)
-                            .map_err(|e| e.to_string())?;
-                    }
-                }
-            }
+            inputs.resize(priors.inputs.len(), PriorInput::Missing);
+        }
+        let set = model.set_priors(Some(inputs)).map_err(|e| e.to_string());
+        if let Err(e) = &set {
+            search.missing = Some(format!("cannot give the priors to the model: {e}"));
         }
         self.emit(super::events::Event::PriorSearched {
             job,
             search: &search,
         });
-        Ok(search)
+        set.map(|()| search)
     }
 
-    fn find_prior(
+    /// Search, retrieve and choose into `found` (at most one prior per
+    /// input, most recent first); `Err` with the reason when it ends with
+    /// fewer than the package's inputs.
+    fn find_priors(
         &self,
         priors: &Priors,
         model: &Model,
         instances: &[InstanceRecord],
         dir: &Path,
         search: &mut PriorSearch,
-    ) -> Result<(PriorUsed, Vec<f32>), String> {
+        found: &mut Vec<(PriorUsed, Vec<f32>)>,
+    ) -> Result<(), String> {
         let Some(name) = &self.config.priors.from else {
             return Err("no PACS is configured to ask for priors ([priors] from)".into());
         };
@@ -155,6 +192,13 @@ impl Pipeline {
             .first()
             .ok_or_else(|| "the job has no instance".to_string())?;
         let current = current_study(&first.path)?;
+        // A Patient ID C-FIND would take as a pattern or a list cannot be
+        // asked for exactly: no prior rather than other patients' studies.
+        if current.patient_id.contains(['*', '?', '\\']) {
+            return Err(
+                "the Patient ID holds a character C-FIND matches as a pattern (* ? \\)".into(),
+            );
+        }
         let mut scu = ScuOptions::new(&self.config.dicom.ae_title);
         scu.timeout = Duration::from_secs(self.config.dicom.scu_timeout_s.max(1));
         let wait = Duration::from_secs(priors.wait_s);
@@ -214,12 +258,14 @@ impl Pipeline {
             max_instances: self.config.priors.max_instances,
             // One instance is held in memory while it arrives: bounded as
             // a decoded image is.
-            max_instance_bytes: usize::try_from(self.config.limits.max_decoded_mib << 20)
-                .unwrap_or(usize::MAX),
-            max_total_bytes: self.config.priors.max_mib << 20,
+            max_instance_bytes: usize::try_from(
+                self.config.limits.max_decoded_mib.saturating_mul(1 << 20),
+            )
+            .unwrap_or(usize::MAX),
+            max_total_bytes: self.config.priors.max_mib.saturating_mul(1 << 20),
         };
         let mut reasons = Vec::new();
-        for (n, candidate) in candidates.iter().take(priors.max_studies).enumerate() {
+        for (n, candidate) in candidates.iter().take(priors.studies()).enumerate() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 reasons.push(format!("no time left within {} s", priors.wait_s));
@@ -256,23 +302,50 @@ impl Pipeline {
             search
                 .retrieved
                 .push((candidate.study_instance_uid.clone(), got.files.len()));
+            // What the PACS answered, for the reason if nothing is usable
+            // (its Error Comment is left out: it may echo identifiers).
+            let answered = format!(
+                "C-GET 0x{:04X}, {} kept, {} failed by the PACS, {} refused by Vigie{}",
+                got.status,
+                got.files.len(),
+                got.failed,
+                got.refused_count,
+                if got.cancelled {
+                    ", cancelled at a bound"
+                } else {
+                    ""
+                }
+            );
             limits.max_instances = limits.max_instances.saturating_sub(got.files.len());
             limits.max_total_bytes = limits
                 .max_total_bytes
                 .saturating_sub(got.files.iter().map(|f| f.bytes).sum());
             let files: Vec<PathBuf> = got.files.iter().map(|f| f.path.clone()).collect();
             match self.usable_image(&current, candidate, priors, model, &files) {
-                Ok(found) => return Ok(found),
-                Err(reason) => reasons.push(format!("study {}: {reason}", n + 1)),
+                Ok(prior) => {
+                    found.push(prior);
+                    if found.len() == priors.inputs.len() {
+                        return Ok(());
+                    }
+                }
+                Err(reason) => reasons.push(format!("study {}: {reason} ({answered})", n + 1)),
             }
             if limits.max_instances == 0 || limits.max_total_bytes == 0 {
                 reasons.push("the retrieval bounds ([priors]) are reached".into());
                 break;
             }
         }
+        if reasons.is_empty() {
+            reasons.push(format!(
+                "{} qualifying studies, {} retrieved at most",
+                candidates.len(),
+                priors.studies()
+            ));
+        }
         Err(format!(
-            "{} candidate studies, none usable: {}",
+            "{} candidate studies, {} usable: {}",
             candidates.len(),
+            found.len(),
             reasons.join("; ")
         ))
     }
@@ -309,9 +382,10 @@ impl Pipeline {
         let mut images = Vec::new();
         let mut refused = 0usize;
         for path in files {
-            // Scanned with the process's limits before it is parsed: what
-            // the PACS sent is outside input.
-            let Ok(file) = DicomFile::open(path) else {
+            // Scanned with the process's limits before it is parsed (what
+            // the PACS sent is outside input); the attributes only, so
+            // that a whole study is never in memory.
+            let Ok(file) = DicomFile::open_header(path) else {
                 refused += 1;
                 continue;
             };
@@ -320,10 +394,18 @@ impl Pipeline {
                 (Some(a), Some(b)) => a.trim().eq_ignore_ascii_case(b.trim()),
                 _ => false,
             };
+            let text = |tag| {
+                file.string(tag)
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+            };
+            // What the query answered is checked again on the instance:
+            // the study asked for, the patient (and the issuer, when the
+            // current study names one), the date of the match.
             let ok = header.study_instance_uid == candidate.study_instance_uid
-                && file
-                    .string(tags::PATIENT_ID)
-                    .is_some_and(|p| p.trim() == current.patient_id)
+                && text(tags::PATIENT_ID).is_some_and(|p| p == current.patient_id)
+                && (current.issuer.is_none() || text(tags::ISSUER_OF_PATIENT_ID) == current.issuer)
+                && text(tags::STUDY_DATE).as_deref() == Some(candidate.study_date.as_str())
                 && (!priors.same.contains(&PriorMatch::Modality)
                     || same(header.modality.as_deref(), current.modality.as_deref()))
                 && (!priors.same.contains(&PriorMatch::BodyPart)
@@ -348,14 +430,20 @@ impl Pipeline {
                 series_number.unwrap_or(i64::MAX),
                 header.instance_number.map_or(i64::MAX, i64::from),
                 path.clone(),
-                file,
             ));
         }
-        images.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        images.sort();
         let mut preparer = model.preparer().map_err(|e| e.to_string())?;
         let pool = vigie_analysis::hot_loop::TensorPool::default();
         let mut last_error = None;
-        for (_, _, path, file) in images {
+        for (_, _, path) in images {
+            let file = match DicomFile::open(&path) {
+                Ok(file) => file,
+                Err(e) => {
+                    last_error = Some(e.to_string());
+                    continue;
+                }
+            };
             match vigie_analysis::hot_loop::decode(manifest, &mut preparer, &pool, &file) {
                 Ok(decoded) => {
                     let Some(frame) = decoded.frames.into_iter().next() else {
@@ -370,6 +458,7 @@ impl Pipeline {
                             study_date: candidate.study_date.clone(),
                             series_instance_uid: header.series_instance_uid.clone(),
                             sop_instance_uid: header.sop_instance_uid.clone(),
+                            frame: 0,
                             file_sha256,
                             pixels_sha256: decoded.pixels_sha256,
                         },
@@ -505,13 +594,14 @@ fn qualify(current: &Current, priors: &Priors, matches: &[InMemDicomObject]) -> 
             if date < from || date > current.date {
                 return None;
             }
-            let time = text(m, tags::STUDY_TIME).unwrap_or_default();
-            if date == current.date
-                && let Some(now) = &current.time
-                && !time.is_empty()
-                && time.as_str() >= now.as_str()
-            {
-                return None;
+            let time = text(m, tags::STUDY_TIME).and_then(|t| parse_time(&t));
+            // The same day: a prior only when both times say it is earlier
+            // (a later exam, or the same one sent again, is not a prior).
+            if date == current.date {
+                match (time, current.time.as_deref().and_then(parse_time)) {
+                    (Some(then), Some(now)) if then < now => {}
+                    _ => return None,
+                }
             }
             if priors.same.contains(&PriorMatch::Modality)
                 && let (Some(want), Some(listed)) =
@@ -530,9 +620,46 @@ fn qualify(current: &Current, priors: &Priors, matches: &[InMemDicomObject]) -> 
             })
         })
         .collect();
-    out.sort_by(|a, b| (b.date, &b.time).cmp(&(a.date, &a.time)));
-    out.dedup_by(|a, b| a.study_instance_uid == b.study_instance_uid);
+    out.sort_by_key(|c| std::cmp::Reverse((c.date, c.time)));
+    // A study answered twice counts once (its most recent answer).
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|c| seen.insert(c.study_instance_uid.clone()));
     out
+}
+
+/// A DICOM TM value (`HHMMSS.FFFFFF`, shorter forms, or the retired
+/// `HH:MM:SS`) as a time of day.
+fn parse_time(value: &str) -> Option<chrono::NaiveTime> {
+    let digits: String = value.trim().chars().filter(|c| *c != ':').collect();
+    let (whole, fraction) = digits.split_once('.').unwrap_or((&digits, ""));
+    if whole.len() < 2
+        || whole.len() % 2 == 1
+        || whole.len() > 6
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let part = |i: usize| {
+        whole
+            .get(i..i + 2)
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let micros = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<6}").get(..6)?.parse::<u32>().ok()?
+    };
+    chrono::NaiveTime::from_hms_micro_opt(part(0), part(2), part(4), micros)
+}
+
+/// A folder removed when dropped.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]
@@ -542,10 +669,10 @@ mod tests {
 
     fn priors() -> Priors {
         Priors {
-            input: "prior".into(),
+            inputs: vec!["prior".into()],
             same: vec![PriorMatch::Modality],
             within_days: 365,
-            max_studies: 2,
+            max_studies: Some(2),
             wait_s: 60,
             on_missing: Default::default(),
             missing_input: Default::default(),
@@ -602,6 +729,12 @@ mod tests {
             study("1.10", "P-1", "20260510", "", "CT"),
             study("1.11", "P-1", "20260601", "130000", "MR"),
             study("1.12", "P-1", "20260601", "080000", "MR"),
+            // The same day without a time: perhaps later, not a prior.
+            study("1.13", "P-1", "20260601", "", "MR"),
+            // "1200" is 12:00:00, the current time: not earlier.
+            study("1.14", "P-1", "20260601", "1200", "MR"),
+            // Answered twice: once.
+            study("1.5", "P-1", "20260501", "", "MR"),
             other_issuer,
         ];
         let found: Vec<String> = qualify(&current(), &priors(), &matches)
@@ -617,6 +750,19 @@ mod tests {
             .map(|c| c.study_instance_uid)
             .collect();
         assert_eq!(found, ["1.12", "1.10", "1.5", "1.4"]);
+    }
+
+    #[test]
+    fn study_times_read_in_every_form_tm_allows() {
+        let t = |h, m, s, us| chrono::NaiveTime::from_hms_micro_opt(h, m, s, us);
+        assert_eq!(parse_time("120000"), t(12, 0, 0, 0));
+        assert_eq!(parse_time("1200"), t(12, 0, 0, 0));
+        assert_eq!(parse_time("12"), t(12, 0, 0, 0));
+        assert_eq!(parse_time("080910.5"), t(8, 9, 10, 500_000));
+        assert_eq!(parse_time("12:00:01"), t(12, 0, 1, 0));
+        for bad in ["", "1", "12a0", "250000", "1234567"] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
     }
 
     #[test]

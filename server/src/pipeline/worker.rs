@@ -130,9 +130,11 @@ struct JobRun {
     seen: usize,
     /// Concluded as failed already (its results could not be recorded).
     failed: bool,
-    /// For a model that compares with a prior study: the one given to it.
-    prior: Option<super::priors::PriorUsed>,
-    /// For a model that compares with a prior study: why none was used,
+    /// For a model that compares with prior studies: those given to it
+    /// (`None` for a model that takes none).
+    priors: Option<Vec<super::priors::PriorUsed>>,
+    /// For a model that compares with prior studies: why fewer than its
+    /// inputs were used,
     /// when it ran without one.
     no_prior: Option<String>,
 }
@@ -154,7 +156,7 @@ impl JobRun {
             );
         }
         let mut notes: Vec<String> = Vec::new();
-        if let Some(prior) = &self.prior {
+        for prior in self.priors.iter().flatten() {
             notes.push(format!(
                 "compared with prior study {} of {} (instance {}, pixels SHA-256 {})",
                 prior.study_instance_uid,
@@ -164,7 +166,7 @@ impl JobRun {
             ));
         }
         if let Some(reason) = &self.no_prior {
-            notes.push(format!("run without a prior study: {reason}"));
+            notes.push(format!("run without all its prior studies: {reason}"));
         }
         if !self.failures.is_empty() {
             notes.push(format!(
@@ -185,7 +187,7 @@ struct Analysed<'a> {
     file: &'a DicomFile,
     analysis: &'a vigie_analysis::InstanceAnalysis,
     batch: usize,
-    prior: Option<&'a super::priors::PriorUsed>,
+    priors: Option<&'a [super::priors::PriorUsed]>,
 }
 
 impl Pipeline {
@@ -442,7 +444,7 @@ impl Pipeline {
                         failures: Vec::new(),
                         seen: 0,
                         failed: false,
-                        prior: None,
+                        priors: None,
                         no_prior: None,
                     });
                 }
@@ -480,17 +482,17 @@ impl Pipeline {
         if !model.takes_prior() {
             return self.hot_loop(group, &mut jobs, model, conclude);
         }
-        // A model comparing with a prior study: each job with its own
-        // prior, one hot loop each.
+        // A model comparing with prior studies: each job with its own
+        // priors, one hot loop each.
         let ran = (|| {
             for (k, run) in jobs.iter_mut().enumerate() {
                 if k > 0 && self.stop.is_cancelled() {
                     return Err(anyhow::Error::new(Stopping));
                 }
                 let job = &group[run.n];
-                match self.set_prior(job, model, &run.instances) {
+                match self.set_priors(job, model, &run.instances) {
                     Ok(search) => {
-                        run.prior = search.used;
+                        run.priors = Some(search.used);
                         run.no_prior = search.missing;
                     }
                     // Cut by the stop: the job stays for the next start.
@@ -502,12 +504,18 @@ impl Pipeline {
                         continue;
                     }
                 }
-                self.hot_loop(group, std::slice::from_mut(run), model, conclude)?;
+                // One job's failure (its model run, its writer) is its own:
+                // the next jobs of the group still get their priors and run.
+                match self.hot_loop(group, std::slice::from_mut(run), model, conclude) {
+                    Err(e) if e.is::<Stopping>() => return Err(e),
+                    Err(e) => conclude(run.n, Err(e)),
+                    Ok(()) => {}
+                }
             }
             Ok(())
         })();
-        // No job's prior outlives it.
-        let _ = model.set_prior(vigie_inference::PriorInput::Unset);
+        // No job's priors outlive it.
+        let _ = model.set_priors(None);
         ran
     }
 
@@ -559,7 +567,7 @@ impl Pipeline {
                                 file: &streamed.file,
                                 analysis: &streamed.analysis,
                                 batch: streamed.batch,
-                                prior: run.prior.as_ref(),
+                                priors: run.priors.as_deref(),
                             };
                             // This job's own failure (its result cannot be
                             // built, written or recorded) fails it alone; the
@@ -633,7 +641,7 @@ impl Pipeline {
             file,
             analysis,
             batch,
-            prior,
+            priors,
         } = done;
         let subgroups = vigie_analysis::population::Subgroups::of(file);
         let mut events = self.emit_durable(Event::Analysed {
@@ -643,7 +651,7 @@ impl Pipeline {
             subgroups: &subgroups,
             batch,
             model,
-            prior,
+            priors,
         });
         let manifest = model.package.manifest();
         let frames = analysis.results.len();
