@@ -150,7 +150,7 @@ async fn a_c_get_brings_the_instances_back_on_the_association_within_its_bounds(
     assert_eq!(std::fs::read_dir(bounded.path()).unwrap().count(), 1);
 
     // Bytes: the first instance alone is over the total, refused (A700),
-    // counted failed by the SCP; the next one is refused too.
+    // which is a bound reached: the rest is cancelled (FE00).
     let small = tempfile::tempdir().unwrap();
     let limits = GetLimits {
         max_total_bytes: 100,
@@ -166,9 +166,9 @@ async fn a_c_get_brings_the_instances_back_on_the_association_within_its_bounds(
     )
     .await
     .unwrap();
-    assert_eq!(outcome.status, 0xB000, "{outcome:?}");
-    assert_eq!(outcome.failed, 2);
-    assert_eq!(outcome.refused_count, 2);
+    assert_eq!(outcome.status, 0xFE00, "{outcome:?}");
+    assert!(outcome.cancelled);
+    assert_eq!(outcome.refused_count, 1, "{outcome:?}");
     assert!(outcome.refused[0].1.contains("bytes in all"), "{outcome:?}");
     assert!(outcome.files.is_empty());
     assert_eq!(std::fs::read_dir(small.path()).unwrap().count(), 0);

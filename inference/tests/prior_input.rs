@@ -114,7 +114,8 @@ fn two_priors_reach_their_two_inputs_in_order() {
         let (half, quarter, none) = (bars(32), bars(16), bars(0));
         let tensor = |m: &mut Model, data: &[f32]| m.preprocess(&image(data)).unwrap();
         let (q, z) = (tensor(&mut model, &quarter), tensor(&mut model, &none));
-        // Against the quarter (0.25) and nothing (0.5): the mean, 0.375.
+        // The variant weighs prior k 2^(k-1) / 3: against the quarter
+        // (0.25) first and nothing (0.5) second, 0.25 / 3 + 0.5 * 2 / 3.
         model
             .set_priors(Some(vec![
                 PriorInput::Tensor(q.clone()),
@@ -122,7 +123,10 @@ fn two_priors_reach_their_two_inputs_in_order() {
             ]))
             .unwrap();
         let p = model.run(&[image(&half)]).unwrap()[0].raw_output[1];
-        assert!((p - expected(0.375)).abs() < 1e-4, "{kind:?}: {p}");
+        assert!(
+            (p - expected(0.25 / 3.0 + 1.0 / 3.0)).abs() < 1e-4,
+            "{kind:?}: {p}"
+        );
         // The quarter twice: 0.25 (so the second input is not the first's).
         model
             .set_priors(Some(vec![
@@ -132,12 +136,16 @@ fn two_priors_reach_their_two_inputs_in_order() {
             .unwrap();
         let p = model.run(&[image(&half)]).unwrap()[0].raw_output[1];
         assert!((p - expected(0.25)).abs() < 1e-4, "{kind:?}: {p}");
-        // The first missing: zeros (0.5) with the quarter (0.25).
+        // The first missing: zeros (0.5) first, the quarter (0.25) second:
+        // not the same as the other way round above.
         model
             .set_priors(Some(vec![PriorInput::Missing, PriorInput::Tensor(q)]))
             .unwrap();
         let p = model.run(&[image(&half)]).unwrap()[0].raw_output[1];
-        assert!((p - expected(0.375)).abs() < 1e-4, "{kind:?}: {p}");
+        assert!(
+            (p - expected(0.5 / 3.0 + 0.5 / 3.0)).abs() < 1e-4,
+            "{kind:?}: {p}"
+        );
         // One prior for two inputs: refused.
         assert!(model.set_priors(Some(vec![PriorInput::Missing])).is_err());
     }

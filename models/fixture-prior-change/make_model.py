@@ -11,8 +11,9 @@ real model file.
 
 Usage: make_model.py OUT.onnx [PRIORS]   (deterministic for the pinned
 onnx version). PRIORS (default 1): a variant with that many prior inputs,
-`prior`, `prior_2`, ...; the score is then taken on the mean of the mean
-absolute differences with each (the tests build it for several priors).
+`prior`, `prior_2`, ...; the score is then taken on a weighted mean of the
+mean absolute differences with each, prior k weighing 2^(k-1) (so that
+the tests, which build it, can tell which prior reached which input).
 """
 import sys
 
@@ -37,13 +38,21 @@ for k, name in enumerate(names):
     ]
 initializers = [centre, gain, one]
 if priors > 1:
-    # The mean as sums and a product (ops every backend has, candle's too).
-    total = "per_image_1"
-    for k in range(2, priors + 1):
-        nodes.append(helper.make_node("Add", [total, f"per_image_{k}"], [f"sum_{k}"]))
-        total = f"sum_{k}"
-    initializers.append(numpy_helper.from_array(np.array([1.0 / priors], dtype=np.float32), "share"))
-    nodes.append(helper.make_node("Mul", [total, "share"], ["per_image"]))
+    # The weighted mean as products and sums (ops every backend has,
+    # candle's too): weight 2^(k-1) / (2^N - 1) for prior k.
+    total = None
+    for k in range(1, priors + 1):
+        weight = f"weight_{k}"
+        initializers.append(
+            numpy_helper.from_array(np.array([2.0 ** (k - 1) / (2.0**priors - 1)], dtype=np.float32), weight)
+        )
+        nodes.append(helper.make_node("Mul", [f"per_image_{k}", weight], [f"weighted_{k}"]))
+        if total is None:
+            total = f"weighted_{k}"
+        else:
+            nodes.append(helper.make_node("Add", [total, f"weighted_{k}"], [f"sum_{k}"]))
+            total = f"sum_{k}"
+    nodes.append(helper.make_node("Identity", [total], ["per_image"]))
 nodes += [
     helper.make_node("Sub", ["per_image", "centre"], ["centred"]),
     helper.make_node("Mul", ["centred", "gain"], ["logit"]),

@@ -362,10 +362,11 @@ fn two_priors_in_order_and_running_without_them_as_the_package_says() {
     };
     let changed =
         |inference: &serde_json::Value| inference["frames"][0]["raw_output"][1].as_f64().unwrap();
-    // sigmoid(40 (mean of the two mean absolute differences - 0.1)).
+    // sigmoid(40 (d1 / 3 + 2 d2 / 3 - 0.1)), d_k the mean absolute
+    // difference with prior k (the variant weighs them so that their order
+    // shows).
     let expected = |mean: f64| 1.0 / (1.0 + (-(40.0 * (mean - 0.1))).exp());
-    // The disk of 20 against the disk of 20 (0) and of 10 (0.23): their
-    // mean.
+    // The disk of 20 against the disk of 20 first (0) and of 10 second.
     let area = |r: f64| disk(r).iter().filter(|&&v| v > 0).count() as f64 / 4096.0;
     let job = job_of(&vigie, &two_study);
     assert_eq!(job["state"], "done", "{job}");
@@ -376,7 +377,7 @@ fn two_priors_in_order_and_running_without_them_as_the_package_says() {
     assert_eq!(priors[0]["sop_instance_uid"], recent_sop.as_str());
     assert_eq!(priors[1]["study_instance_uid"], earlier.as_str());
     assert_eq!(priors[1]["sop_instance_uid"], earlier_sop.as_str());
-    let mean = (area(20.0) - area(10.0)) / 2.0;
+    let mean = 2.0 * (area(20.0) - area(10.0)) / 3.0;
     assert!(
         (changed(&inference) - expected(mean)).abs() < 1e-3,
         "{inference}"
@@ -399,7 +400,7 @@ fn two_priors_in_order_and_running_without_them_as_the_package_says() {
     let inference = inference_of(&one_study);
     assert_eq!(inference["priors"].as_array().unwrap().len(), 1);
     assert!(
-        (changed(&inference) - expected(area(20.0) / 2.0)).abs() < 1e-3,
+        (changed(&inference) - expected(2.0 * area(20.0) / 3.0)).abs() < 1e-3,
         "{inference}"
     );
     let search = vigie

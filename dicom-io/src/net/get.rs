@@ -18,9 +18,7 @@ use std::time::Duration;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, Pdu, PresentationContextResultReason,
-};
+use dicom_ul::pdu::{AbortRQSource, Pdu, PresentationContextResultReason};
 
 use super::find::STUDY_ROOT_GET;
 use super::message::{Reader, Received};
@@ -93,6 +91,10 @@ pub struct GetOutcome {
     pub refused_count: usize,
     /// Whether this side sent a C-CANCEL-GET-RQ (a bound was reached).
     pub cancelled: bool,
+    /// Why this side aborted the association after its cancel (the peer
+    /// went on sending), if it did: the instances kept stand, `status` is
+    /// then `0110` (no final response).
+    pub aborted: Option<String>,
     /// The final C-GET-RSP status (`0000`, `B000` when some sub-operations
     /// failed, `FE00`, or a failure).
     pub status: u16,
@@ -162,37 +164,25 @@ pub async fn get(
         ));
     };
     // Without the SCP role for a storage class, the peer may not send
-    // instances of it on this association (PS3.7 D.3.3.4).
-    if negotiated.requester_scp.is_empty() {
+    // instances of it on this association (PS3.7 D.3.3.4): at least one
+    // accepted storage context must have it.
+    let usable = negotiated.contexts.iter().any(|c| {
+        c.reason == PresentationContextResultReason::Acceptance
+            && c.abstract_syntax != STUDY_ROOT_GET
+            && negotiated.requester_scp.contains(&c.abstract_syntax)
+    });
+    if !usable {
         let _ = tokio::time::timeout(options.timeout, ul::release(&mut association)).await;
         return Err(failed(
-            "the peer granted the SCP role for no storage class: a C-GET cannot bring anything back"
+            "the peer granted the SCP role on no accepted storage context: a C-GET cannot bring anything back"
                 .into(),
         ));
     }
-    let syntax = TransferSyntaxRegistry
-        .get(query.1.trim_end_matches('\0'))
-        .ok_or_else(|| failed(format!("unknown transfer syntax {}", query.1)))?;
-    let mut encoded = Vec::new();
-    identifier
-        .write_dataset_with_ts(&mut encoded, syntax)
-        .map_err(|e| failed(format!("cannot encode the query: {e}")))?;
     let transfer = |reason: String| ScuError::Transfer {
         ae_title: remote.ae_title.clone(),
         sop_instance_uid: String::new(),
         reason,
     };
-    let request = Command::get_request(1, STUDY_ROOT_GET);
-    super::scu::send_message(
-        &mut association,
-        query.0,
-        &request,
-        &encoded,
-        negotiated.peer_max_pdu_length,
-        options.timeout,
-    )
-    .await
-    .map_err(|e| transfer(format!("C-GET-RQ: {e}")))?;
     let mut session = Session {
         negotiated: &negotiated,
         dir,
@@ -202,23 +192,22 @@ pub async fn get(
         refused: Vec::new(),
         refused_count: 0,
         cancelled: false,
+        bound_reached: false,
         kept_bytes: 0,
     };
-    let outcome = session.read(&mut association, query.0).await;
-    let (status, comment, failed) = match outcome {
-        Ok(done) => {
+    let outcome = session.run(&mut association, query, identifier).await;
+    let (status, comment, failed, aborted) = match outcome {
+        Ok(ReadEnd::Final(status, comment, failed)) => {
             let _ = tokio::time::timeout(options.timeout, ul::release(&mut association)).await;
-            done
+            (status, comment, failed, None)
         }
         // Mid-operation: no release, an abort (PS3.8 7.3.4).
+        Ok(ReadEnd::Aborted(reason)) => {
+            abort(&mut association, options.timeout).await;
+            (status::PROCESSING_FAILURE, None, 0, Some(reason))
+        }
         Err(e) => {
-            let abort = Pdu::AbortRQ {
-                source: AbortRQSource::ServiceProvider(
-                    AbortRQServiceProviderReason::ReasonNotSpecified,
-                ),
-            };
-            let _ = tokio::time::timeout(options.timeout, association.send(&abort)).await;
-            association.shutdown().await;
+            abort(&mut association, options.timeout).await;
             session.remove_files();
             return Err(transfer(e));
         }
@@ -228,10 +217,29 @@ pub async fn get(
         refused: session.refused,
         refused_count: session.refused_count,
         cancelled: session.cancelled,
+        aborted,
         status,
         comment,
         failed,
     })
+}
+
+/// A-ABORT (this side, as service user: PS3.8 9.3.8), then close.
+async fn abort(association: &mut Connection<DicomStream>, timeout: Duration) {
+    let abort = Pdu::AbortRQ {
+        source: AbortRQSource::ServiceUser,
+    };
+    let _ = tokio::time::timeout(timeout, association.send(&abort)).await;
+    association.shutdown().await;
+}
+
+/// How the responses of a C-GET ended.
+enum ReadEnd {
+    /// The final C-GET-RSP: status, Error Comment, failed count.
+    Final(u16, Option<String>, u16),
+    /// This side stopped a peer that went on after its C-CANCEL: what was
+    /// kept stands.
+    Aborted(String),
 }
 
 /// The state of one C-GET's responses and sub-operations.
@@ -244,17 +252,47 @@ struct Session<'a> {
     refused: Vec<(String, String)>,
     refused_count: usize,
     cancelled: bool,
+    /// A bound on what is kept refused an instance: time to cancel.
+    bound_reached: bool,
     kept_bytes: u64,
 }
 
 impl Session<'_> {
-    /// Read until the final C-GET-RSP: its status, comment and failed
-    /// count.
+    /// Send the C-GET-RQ of `identifier` on the query context, then read
+    /// until the final C-GET-RSP.
+    async fn run(
+        &mut self,
+        association: &mut Connection<DicomStream>,
+        (query_context, transfer_syntax): (u8, String),
+        identifier: &InMemDicomObject,
+    ) -> Result<ReadEnd, String> {
+        let syntax = TransferSyntaxRegistry
+            .get(transfer_syntax.trim_end_matches('\0'))
+            .ok_or_else(|| format!("unknown transfer syntax {transfer_syntax}"))?;
+        let mut encoded = Vec::new();
+        identifier
+            .write_dataset_with_ts(&mut encoded, syntax)
+            .map_err(|e| format!("cannot encode the query: {e}"))?;
+        let request = Command::get_request(1, STUDY_ROOT_GET);
+        super::scu::send_message(
+            association,
+            query_context,
+            &request,
+            &encoded,
+            self.negotiated.peer_max_pdu_length,
+            self.timeout,
+        )
+        .await
+        .map_err(|e| format!("C-GET-RQ: {e}"))?;
+        self.read(association, query_context).await
+    }
+
+    /// Read until the final C-GET-RSP.
     async fn read(
         &mut self,
         association: &mut Connection<DicomStream>,
         query_context: u8,
-    ) -> Result<(u16, Option<String>, u16), String> {
+    ) -> Result<ReadEnd, String> {
         // A data set beyond the bound ends the exchange: the reader cannot
         // skip it (PDVs are not length-prefixed as a whole).
         let mut reader = Reader::new(self.limits.max_instance_bytes);
@@ -279,13 +317,18 @@ impl Session<'_> {
                     .await
                     .map_err(|e| format!("C-STORE-RSP: {e}"))?;
                     if self.refused_count > MAX_REFUSALS {
-                        return Err(format!(
+                        let reason = format!(
                             "more than {MAX_REFUSALS} sub-operations refused: the peer goes on sending"
-                        ));
+                        );
+                        return if self.files.is_empty() {
+                            Err(reason)
+                        } else {
+                            Ok(ReadEnd::Aborted(reason))
+                        };
                     }
                     // A bound reached: ask the peer to stop (it answers
                     // FE00 once the sub-operation in flight is done).
-                    if self.full() && !self.cancelled {
+                    if self.bound_reached && !self.cancelled {
                         self.cancelled = true;
                         let cancel = Command {
                             field: C_CANCEL_RQ,
@@ -312,7 +355,7 @@ impl Session<'_> {
                         continue;
                     }
                     let failed = command.sub_operations.map(|s| s.failed).unwrap_or(0);
-                    return Ok((code, command.error_comment, failed));
+                    return Ok(ReadEnd::Final(code, command.error_comment, failed));
                 }
                 other => return Err(format!("unexpected message (command 0x{other:04X})")),
             }
@@ -330,9 +373,19 @@ impl Session<'_> {
             Ok(file) => {
                 self.kept_bytes += file.bytes;
                 self.files.push(file);
+                if self.files.len() >= self.limits.max_instances
+                    || self.kept_bytes >= self.limits.max_total_bytes
+                {
+                    self.bound_reached = true;
+                }
                 (status::SUCCESS, None)
             }
             Err((code, reason)) => {
+                // Refused for a bound on what is kept (not for what the
+                // instance is): cancel the rest.
+                if code == status::OUT_OF_RESOURCES && reason.starts_with("more than") {
+                    self.bound_reached = true;
+                }
                 self.refused_count += 1;
                 if self.refused.len() < MAX_NAMED_REFUSALS {
                     self.refused.push((instance, reason.clone()));
@@ -340,12 +393,6 @@ impl Session<'_> {
                 (code, Some(reason))
             }
         }
-    }
-
-    /// Whether a bound on what is kept is reached.
-    fn full(&self) -> bool {
-        self.files.len() >= self.limits.max_instances
-            || self.kept_bytes >= self.limits.max_total_bytes
     }
 
     fn check_and_write(

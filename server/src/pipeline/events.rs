@@ -702,6 +702,7 @@ fn audit_records(event: &Event<'_>) -> Vec<AuditEvent> {
                     .collect::<Vec<_>>(),
                 "priors": search.used,
                 "reason": search.missing,
+                "error": search.error,
             }),
         )
         .instance(Some(&job.study_instance_uid), None),

@@ -64,18 +64,33 @@ pub struct PriorSearch {
     pub used: Vec<PriorUsed>,
     /// Why fewer priors than inputs were found, if so.
     pub missing: Option<String>,
+    /// Why the priors found could not be given to the model, if so.
+    pub error: Option<String>,
 }
 
 impl PriorSearch {
     /// `used` (a prior for every input), `partial` (for some), `missing`
-    /// (none).
+    /// (none), `failed` (found but not given to the model).
     pub fn outcome(&self) -> &'static str {
+        if self.error.is_some() {
+            return "failed";
+        }
         match (self.used.is_empty(), self.missing.is_some()) {
             (_, false) => "used",
             (false, true) => "partial",
             (true, true) => "missing",
         }
     }
+}
+
+/// Why a job's model may not run with its priors.
+#[derive(Debug)]
+pub(super) enum PriorsError {
+    /// The service's stop cut the search: nothing recorded, the job is left
+    /// for the next start.
+    Stopping,
+    /// The job fails with this reason (recorded).
+    Failed(String),
 }
 
 /// The current study as the search for its priors needs it.
@@ -108,12 +123,14 @@ impl Pipeline {
         job: &Job,
         model: &mut Model,
         instances: &[InstanceRecord],
-    ) -> Result<PriorSearch, String> {
+    ) -> Result<PriorSearch, PriorsError> {
         let Some(priors) = model.package().manifest().priors.clone() else {
             return Ok(PriorSearch::default());
         };
         // Whatever the previous job left is gone before anything else.
-        model.set_priors(None).map_err(|e| e.to_string())?;
+        model
+            .set_priors(None)
+            .map_err(|e| PriorsError::Failed(e.to_string()))?;
         let mut search = PriorSearch::default();
         let mut found = Vec::new();
         let reason = {
@@ -126,7 +143,7 @@ impl Pipeline {
         // Cut by the stop: nothing to record, the job is left for the next
         // start (the worker sees the stop).
         if self.stop.is_cancelled() {
-            return Err("the service is stopping".into());
+            return Err(PriorsError::Stopping);
         }
         let mut inputs = Vec::with_capacity(priors.inputs.len());
         for (used, tensor) in found {
@@ -149,22 +166,24 @@ impl Pipeline {
                     job,
                     search: &search,
                 });
-                return Err(match inputs.len() {
+                return Err(PriorsError::Failed(match inputs.len() {
                     0 => format!("no prior study: {reason}"),
                     n => format!("{n} of {} prior studies: {reason}", priors.inputs.len()),
-                });
+                }));
             }
             inputs.resize(priors.inputs.len(), PriorInput::Missing);
         }
-        let set = model.set_priors(Some(inputs)).map_err(|e| e.to_string());
+        let set = model
+            .set_priors(Some(inputs))
+            .map_err(|e| format!("cannot give the priors to the model: {e}"));
         if let Err(e) = &set {
-            search.missing = Some(format!("cannot give the priors to the model: {e}"));
+            search.error = Some(e.clone());
         }
         self.emit(super::events::Event::PriorSearched {
             job,
             search: &search,
         });
-        set.map(|()| search)
+        set.map(|()| search).map_err(PriorsError::Failed)
     }
 
     /// Search, retrieve and choose into `found` (at most one prior per
@@ -277,6 +296,14 @@ impl Pipeline {
             // Study level: the Study Instance UID alone.
             let identifier =
                 vigie_dicom_io::net::find::study_query(&candidate.study_instance_uid, &[]);
+            // The budget left, shared among the inputs still to fill: one
+            // large study cannot starve the others.
+            let share = (priors.inputs.len() - found.len()).max(1);
+            let study_limits = GetLimits {
+                max_instances: (limits.max_instances / share).max(1),
+                max_total_bytes: (limits.max_total_bytes / share as u64).max(1),
+                ..limits
+            };
             let got = self
                 .bounded(
                     &runtime,
@@ -287,7 +314,7 @@ impl Pipeline {
                         &identifier,
                         &classes,
                         &into,
-                        limits,
+                        study_limits,
                     ),
                 )
                 .ok_or_else(|| format!("not retrieved within {} s", priors.wait_s))
@@ -305,7 +332,7 @@ impl Pipeline {
             // What the PACS answered, for the reason if nothing is usable
             // (its Error Comment is left out: it may echo identifiers).
             let answered = format!(
-                "C-GET 0x{:04X}, {} kept, {} failed by the PACS, {} refused by Vigie{}",
+                "C-GET 0x{:04X}, {} kept, {} failed by the PACS, {} refused by Vigie{}{}",
                 got.status,
                 got.files.len(),
                 got.failed,
@@ -314,7 +341,11 @@ impl Pipeline {
                     ", cancelled at a bound"
                 } else {
                     ""
-                }
+                },
+                got.aborted
+                    .as_deref()
+                    .map(|a| format!(", aborted: {a}"))
+                    .unwrap_or_default()
             );
             limits.max_instances = limits.max_instances.saturating_sub(got.files.len());
             limits.max_total_bytes = limits
@@ -636,6 +667,8 @@ fn parse_time(value: &str) -> Option<chrono::NaiveTime> {
         || whole.len() % 2 == 1
         || whole.len() > 6
         || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+        || (digits.contains('.') && (whole.len() != 6 || fraction.is_empty()))
     {
         return None;
     }
@@ -760,7 +793,16 @@ mod tests {
         assert_eq!(parse_time("12"), t(12, 0, 0, 0));
         assert_eq!(parse_time("080910.5"), t(8, 9, 10, 500_000));
         assert_eq!(parse_time("12:00:01"), t(12, 0, 1, 0));
-        for bad in ["", "1", "12a0", "250000", "1234567"] {
+        for bad in [
+            "",
+            "1",
+            "12a0",
+            "250000",
+            "1234567",
+            "12.5",
+            "120000.+5",
+            "120000.",
+        ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
     }

@@ -134,8 +134,7 @@ struct JobRun {
     /// (`None` for a model that takes none).
     priors: Option<Vec<super::priors::PriorUsed>>,
     /// For a model that compares with prior studies: why fewer than its
-    /// inputs were used,
-    /// when it ran without one.
+    /// inputs were used, when it ran so.
     no_prior: Option<String>,
 }
 
@@ -496,10 +495,10 @@ impl Pipeline {
                         run.no_prior = search.missing;
                     }
                     // Cut by the stop: the job stays for the next start.
-                    Err(_) if self.stop.is_cancelled() => {
+                    Err(super::priors::PriorsError::Stopping) => {
                         return Err(anyhow::Error::new(Stopping));
                     }
-                    Err(reason) => {
+                    Err(super::priors::PriorsError::Failed(reason)) => {
                         conclude(run.n, Err(anyhow::anyhow!("{reason}")));
                         continue;
                     }
