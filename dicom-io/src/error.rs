@@ -127,6 +127,24 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A frame number beyond the instance's frames.
+    #[error("SOP Instance {sop_instance_uid} has {frames} frame(s): no frame {frame}")]
+    NoSuchFrame {
+        /// SOP Instance UID.
+        sop_instance_uid: String,
+        /// The frame asked (from 1).
+        frame: u32,
+        /// Frames the instance has (0: no pixel data).
+        frames: u32,
+    },
+    /// The encapsulated pixel data cannot be cut into frames as stored.
+    #[error("SOP Instance {sop_instance_uid}: frames cannot be delimited as stored: {reason}")]
+    FramesNotDelimited {
+        /// SOP Instance UID.
+        sop_instance_uid: String,
+        /// Why.
+        reason: String,
+    },
     /// Writing a file failed.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -154,6 +172,8 @@ impl Error {
             Error::Volume { .. } => "volume_not_assembled",
             Error::InvalidUid { .. } => "invalid_uid",
             Error::Build { .. } => "result_not_built",
+            Error::NoSuchFrame { .. } => "no_such_frame",
+            Error::FramesNotDelimited { .. } => "frames_not_delimited",
             Error::Write { .. } => "write_failed",
         }
     }
@@ -175,6 +195,12 @@ impl Error {
                 sop_instance_uid, ..
             }
             | Error::DecodePixelData {
+                sop_instance_uid, ..
+            }
+            | Error::NoSuchFrame {
+                sop_instance_uid, ..
+            }
+            | Error::FramesNotDelimited {
                 sop_instance_uid, ..
             } => sop_instance_uid.as_str(),
             _ => return None,

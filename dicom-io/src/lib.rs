@@ -33,10 +33,12 @@
 pub mod dimse;
 pub mod error;
 pub mod file;
+pub mod frames;
 pub mod lut;
 pub mod multipart;
 pub mod net;
 pub mod pixels;
+pub mod render;
 pub mod results;
 pub mod review;
 pub mod scan;

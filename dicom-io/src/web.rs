@@ -445,28 +445,84 @@ pub fn json_element(vr: VR, text: Option<&str>) -> Value {
 
 /// The header of a stored instance (everything before Pixel Data, without
 /// the file meta group) in the DICOM JSON model, as WADO-RS metadata
-/// returns it. Binary values (OB, OW, OF, OD, OL, OV, UN) are left out:
-/// bulk data is not served.
-pub fn metadata(path: &Path) -> Result<Value> {
+/// returns it (PS3.18 F.2). Binary values (OB, OW, OF, OD, OL, OV, UN, at
+/// any depth) are not carried: each gets a `BulkDataURI` under `bulk`
+/// (the instance's `…/bulkdata` URL) followed by its
+/// [`crate::frames::BulkPath`]; so does Pixel Data (`…/bulkdata/7FE00010`,
+/// VR OB when encapsulated or 8-bit, else OW) when the instance has it.
+/// `bulk` of `None` leaves binary values out.
+pub fn metadata(path: &Path, bulk: Option<&str>) -> Result<Value> {
     let file = DicomFile::open_header(path)?;
-    let mut object: InMemDicomObject = (**file.object()).clone();
-    let binary: Vec<Tag> = object
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.vr(),
-                VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::UN
-            ) || e.header().tag == tags::PIXEL_DATA
-        })
-        .map(|e| e.header().tag)
-        .collect();
-    for tag in binary {
-        object.remove_element(tag);
-    }
-    dicom_json::to_value(&object).map_err(|e| Error::Open {
+    let object: &InMemDicomObject = file.object();
+    let mut value = dicom_json::to_value(object).map_err(|e| Error::Open {
         path: path.to_path_buf(),
         reason: format!("cannot write the header as DICOM JSON: {e}"),
-    })
+    })?;
+    if let Value::Object(map) = &mut value {
+        bulk_references(map, bulk, "");
+        let layout = file
+            .scanned()
+            .map(|s| (&s.pixel_data, s.image.bits_allocated));
+        if let (Some(base), Some((layout, bits))) = (bulk, layout) {
+            let vr = match layout {
+                crate::scan::PixelDataLayout::Absent => None,
+                crate::scan::PixelDataLayout::Encapsulated { .. } => Some("OB"),
+                crate::scan::PixelDataLayout::Native { .. } => {
+                    Some(if bits.unwrap_or(16) <= 8 { "OB" } else { "OW" })
+                }
+            };
+            // Float Pixel Data (7FE0,0008/0009) precede Pixel Data and are
+            // bulk references already; Pixel Data itself was not read.
+            if let Some(vr) =
+                vr.filter(|_| !map.contains_key("7FE00008") && !map.contains_key("7FE00009"))
+            {
+                map.insert(
+                    "7FE00010".into(),
+                    json!({ "vr": vr, "BulkDataURI": format!("{base}/7FE00010") }),
+                );
+            }
+        }
+    }
+    Ok(value)
+}
+
+/// Replace each binary value of a DICOM JSON data set (and of its
+/// sequences' items) by a `BulkDataURI` under `bulk`, or remove it.
+fn bulk_references(map: &mut serde_json::Map<String, Value>, bulk: Option<&str>, prefix: &str) {
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for key in keys {
+        let Some(Value::Object(element)) = map.get_mut(&key) else {
+            continue;
+        };
+        let binary = element
+            .get("vr")
+            .and_then(Value::as_str)
+            .and_then(|vr| vr.parse::<VR>().ok())
+            .is_some_and(crate::frames::is_bulk_vr);
+        if binary {
+            element.remove("InlineBinary");
+            element.remove("Value");
+            match bulk {
+                Some(base) => {
+                    element.insert(
+                        "BulkDataURI".into(),
+                        Value::String(format!("{base}/{prefix}{key}")),
+                    );
+                }
+                None => {
+                    map.remove(&key);
+                }
+            }
+            continue;
+        }
+        if let Some(Value::Array(items)) = element.get_mut("Value") {
+            for (i, item) in items.iter_mut().enumerate() {
+                if let Value::Object(item) = item {
+                    bulk_references(item, bulk, &format!("{prefix}{key}.{i}."));
+                }
+            }
+        }
+    }
 }
 
 /// One attribute of a stored instance's header (before Pixel Data) in the
@@ -507,6 +563,20 @@ pub fn transcode_to_explicit_le(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn transcode(path: &Path) -> Result<Vec<u8>> {
+    let object = transcoded_object(path)?;
+    let mut out = Vec::new();
+    object.write_all(&mut out).map_err(|e| Error::Open {
+        path: path.to_path_buf(),
+        reason: format!("cannot write the transcoded file: {e}"),
+    })?;
+    Ok(out)
+}
+
+/// The stored file transcoded to Explicit VR Little Endian, in memory, its
+/// file meta group naming Vigie as the writer (see
+/// [`transcode_to_explicit_le`], which writes it out; the caller catches
+/// decoder panics).
+pub(crate) fn transcoded_object(path: &Path) -> Result<dicom_object::DefaultDicomObject> {
     // Decoding happens in memory: the file must pass the scan, and its
     // decoded pixel data stay within the limit, before anything is read.
     let limits = crate::scan::limits();
@@ -541,11 +611,7 @@ fn transcode(path: &Path) -> Result<Vec<u8>> {
         meta.implementation_version_name =
             Some(crate::write::IMPLEMENTATION_VERSION_NAME.to_string());
     });
-    let mut out = Vec::new();
-    object
-        .write_all(&mut out)
-        .map_err(|e| failed(format!("cannot write the transcoded file: {e}")))?;
-    Ok(out)
+    Ok(object)
 }
 
 /// A DICOM JSON element for a computed attribute with several values.

@@ -1,8 +1,9 @@
 //! Bounded, seeded fuzzing of every parser of outside input in `dicom-io`
 //! (harness: `vigie_test_support::fuzz`): Part 10 data sets through the
 //! structural scan, the parser and WADO-RS metadata; the pixel decoders,
-//! one target per transfer syntax; the DIMSE command set and message
-//! assembler; the Upper Layer PDU reader. Seeds are real files of pydicom's
+//! one target per transfer syntax, with WADO-RS frames, bulk data and
+//! rendering; the WADO-RS values of URLs; the DIMSE command set and
+//! message assembler; the Upper Layer PDU reader. Seeds are real files of pydicom's
 //! corpus and real PDUs. Each target runs for a few seconds in `cargo
 //! test`; `scripts/fuzz.sh` runs a longer campaign (docs/fuzzing.md).
 
@@ -52,7 +53,19 @@ fn open_everything(path: &std::path::Path, bytes: &[u8]) {
         let _ = file.decode_stored();
         let _ = vigie_dicom_io::web::index_attributes(&file);
     }
-    let _ = vigie_dicom_io::web::metadata(path);
+    let _ = vigie_dicom_io::web::metadata(path, Some("http://x/bulkdata"));
+    // WADO-RS frames, bulk data and rendering of what was stored.
+    use vigie_dicom_io::frames::{FrameForm, pixel_data_bulk, read_frames};
+    let _ = read_frames(path, &[1, 2], FrameForm::AsStored);
+    let _ = read_frames(path, &[1], FrameForm::Uncompressed);
+    let _ = pixel_data_bulk(path, FrameForm::AsStored);
+    let params = vigie_dicom_io::render::RenderParams {
+        viewport: Some((64, 48)),
+        ..Default::default()
+    };
+    if let Ok(image) = vigie_dicom_io::render::render_frame(path, 1, &params) {
+        let _ = vigie_dicom_io::render::encode(&image, vigie_dicom_io::render::ImageFormat::Png);
+    }
 }
 
 fn fuzz_files(name: &str, files: &[&str], iterations: u64) {
@@ -137,6 +150,46 @@ fn fuzz_pixels_jpeg_2000() {
 
 /// P-DATA values as the assembler gets them: `[kind][context][last]
 /// [len u16][data]` records.
+/// The WADO-RS values of a URL: frame lists, bulk data paths, and the
+/// `window` and `viewport` of rendered resources.
+#[test]
+fn fuzz_wado_rs_url_values() {
+    let seeds: Vec<Vec<u8>> = [
+        "1",
+        "3,1,2",
+        "00282000",
+        "00880200.0.7FE00010",
+        "40,400,SIGMOID",
+        "512,512,0,0,-256,256",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let summary = fuzz::run(
+        "wado-rs-url-values",
+        &seeds,
+        fuzz::iterations(200_000),
+        budget(),
+        |bytes| {
+            let text = String::from_utf8_lossy(bytes);
+            if let Some(list) = vigie_dicom_io::frames::parse_frame_list(&text) {
+                assert!(!list.is_empty() && list.iter().all(|&n| n >= 1));
+            }
+            if let Some(path) = vigie_dicom_io::frames::BulkPath::parse(&text) {
+                assert_eq!(
+                    vigie_dicom_io::frames::BulkPath::parse(&path.to_text()),
+                    Some(path)
+                );
+            }
+            let _ = vigie_dicom_io::render::parse_window(&text);
+            if let Some(((w, h), _)) = vigie_dicom_io::render::parse_viewport(&text) {
+                assert!(w >= 1 && h >= 1 && w <= vigie_dicom_io::render::MAX_VIEWPORT);
+            }
+        },
+    );
+    assert!(summary.executions > 6);
+}
+
 fn pdvs(bytes: &[u8]) -> Vec<dicom_ul::pdu::PDataValue> {
     use dicom_ul::pdu::{PDataValue, PDataValueType};
     let mut out = Vec::new();

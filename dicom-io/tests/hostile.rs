@@ -59,7 +59,8 @@ fn regression_deeply_nested_sequences_are_refused_without_overflowing_the_stack(
             .spawn(move || {
                 let open = DicomFile::open(&path).map(|_| ());
                 let header = DicomFile::open_header(&path).map(|_| ());
-                let metadata = vigie_dicom_io::web::metadata(&path).map(|_| ());
+                let metadata =
+                    vigie_dicom_io::web::metadata(&path, Some("http://x/bulkdata")).map(|_| ());
                 (open, header, metadata)
             })
             .unwrap()

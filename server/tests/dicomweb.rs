@@ -273,9 +273,17 @@ fn qido_matching_paging_and_includefield() {
         )
         .json();
     assert_eq!(meta[0]["00080018"]["Value"][0], sop.as_str());
+    // No bulk data in metadata: Pixel Data is a BulkDataURI (#23).
+    let pixel = &meta[0]["7FE00010"];
     assert!(
-        meta[0].get("7FE00010").is_none(),
-        "no bulk data in metadata"
+        pixel.get("Value").is_none() && pixel.get("InlineBinary").is_none(),
+        "no bulk data in metadata: {pixel}"
+    );
+    assert!(
+        pixel["BulkDataURI"]
+            .as_str()
+            .is_some_and(|uri| uri.ends_with(&format!("/instances/{sop}/bulkdata/7FE00010"))),
+        "{pixel}"
     );
 }
 

@@ -796,7 +796,7 @@ fn regression_unknown_endpoints_are_logged_without_their_query() {
     let vigie = Vigie::start(tmp.path(), &base_config(""));
     let r = vigie.http(
         "GET",
-        "/dicomweb/studies/1.2.3/series/4.5/instances/6.7/frames/1?PatientID=DOE-SECRET-42",
+        "/dicomweb/workitems/1.2.3/state?PatientID=DOE-SECRET-42",
         Some(token("reader")),
         &[],
         b"",
@@ -808,7 +808,7 @@ fn regression_unknown_endpoints_are_logged_without_their_query() {
     });
     let log = vigie.log_text();
     assert!(
-        log.contains("/dicomweb/studies/1.2.3/series/4.5/instances/6.7/frames/1"),
+        log.contains("/dicomweb/workitems/1.2.3/state"),
         "the path is logged"
     );
     assert!(!log.contains("DOE-SECRET-42"), "the query is not");

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{Access, Caller};
-use super::dicomweb::{qido, stow, wado};
+use super::dicomweb::{frames, qido, rendered, stow, wado};
 use super::error::{ApiError, ApiResult};
 use super::reviews;
 use super::{AppState, blocking, caller_name, free_bytes};
@@ -90,6 +90,61 @@ const META_RESPONSES: &[(u16, &str)] = &[
         "application/dicom+json array, one object per instance (no bulk data)",
     ),
     (404, "nothing stored under these UIDs"),
+];
+const FRAME_RESPONSES: &[(u16, &str)] = &[
+    (
+        200,
+        "multipart/related; type=\"application/octet-stream\" (or the stored compressed type), one part per frame, each with its transfer-syntax",
+    ),
+    (
+        400,
+        "bad frame list or path, or a frame beyond Number of Frames",
+    ),
+    (
+        404,
+        "nothing stored under these UIDs, no pixel data, or no such attribute",
+    ),
+    (
+        406,
+        "the requested media type or transfer syntax cannot be served",
+    ),
+    (413, "the frames asked are above the decoded-size limit"),
+];
+const RENDER_QUERY: &[Param] = &[
+    (
+        "window",
+        "query",
+        "center,width[,linear|linear-exact|sigmoid] instead of the file's VOI",
+    ),
+    (
+        "viewport",
+        "query",
+        "vw,vh[,sx,sy,sw,sh]: fit in vw x vh, optionally a region of the frame",
+    ),
+    ("quality", "query", "JPEG quality 1-100 (default 90)"),
+    (
+        "accept",
+        "query",
+        "media type, in place of the Accept header",
+    ),
+    (
+        "annotation",
+        "query",
+        "Not supported; ignored with a Warning",
+    ),
+];
+const RENDER_RESPONSES: &[(u16, &str)] = &[
+    (
+        200,
+        "image/jpeg or image/png; multipart/related of them for several frames, a series or a study",
+    ),
+    (400, "bad query parameter or frame"),
+    (404, "nothing stored under these UIDs"),
+    (
+        406,
+        "not an image, not renderable (palette colour, undecodable), or the media type cannot be served",
+    ),
+    (413, "more than 2000 frames to render"),
 ];
 const STOW_RESPONSES: &[(u16, &str)] = &[
     (
@@ -191,6 +246,16 @@ pub fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         endpoint!(get "/dicomweb/studies/{study}/series/{series}/metadata", Read, "dicomweb", "WADO-RS: a series' metadata", &[], None, META_RESPONSES, wado::retrieve_resource),
         endpoint!(get "/dicomweb/studies/{study}/series/{series}/instances/{instance}", Read, "dicomweb", "WADO-RS: retrieve one instance", &[], None, WADO_RESPONSES, wado::retrieve_resource),
         endpoint!(get "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata", Read, "dicomweb", "WADO-RS: one instance's metadata", &[], None, META_RESPONSES, wado::retrieve_resource),
+        endpoint!(get "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", Read, "dicomweb", "WADO-RS: frames of an instance (1,3,5), uncompressed or as stored (transfer-syntax=*)", &[], None, FRAME_RESPONSES, frames::retrieve_frames),
+        endpoint!(get "/dicomweb/studies/{study}/series/{series}/instances/{instance}/bulkdata/{attribute}", Read, "dicomweb", "WADO-RS: bulk data of a binary attribute that the metadata points to (BulkDataURI); 7FE00010 is the Pixel Data", &[], None, FRAME_RESPONSES, frames::retrieve_bulk),
+        endpoint!(get "/dicomweb/studies/{study}/rendered", Read, "dicomweb", "WADO-RS: a study's images rendered (multipart, one part per frame)", RENDER_QUERY, None, RENDER_RESPONSES, rendered::rendered_resource),
+        endpoint!(get "/dicomweb/studies/{study}/series/{series}/rendered", Read, "dicomweb", "WADO-RS: a series' images rendered (multipart, one part per frame)", RENDER_QUERY, None, RENDER_RESPONSES, rendered::rendered_resource),
+        endpoint!(get "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered", Read, "dicomweb", "WADO-RS: an instance rendered (one image; multipart for several frames)", RENDER_QUERY, None, RENDER_RESPONSES, rendered::rendered_resource),
+        endpoint!(get "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", Read, "dicomweb", "WADO-RS: frames rendered (one image; multipart for several frames)", RENDER_QUERY, None, RENDER_RESPONSES, rendered::rendered_resource),
+        endpoint!(get "/dicomweb/studies/{study}/thumbnail", Read, "dicomweb", "WADO-RS: a study's thumbnail (middle image of its first image series)", RENDER_QUERY, None, RENDER_RESPONSES, rendered::rendered_resource),
+        endpoint!(get "/dicomweb/studies/{study}/series/{series}/thumbnail", Read, "dicomweb", "WADO-RS: a series' thumbnail (its middle image)", RENDER_QUERY, None, RENDER_RESPONSES, rendered::rendered_resource),
+        endpoint!(get "/dicomweb/studies/{study}/series/{series}/instances/{instance}/thumbnail", Read, "dicomweb", "WADO-RS: an instance's thumbnail (its first frame)", RENDER_QUERY, None, RENDER_RESPONSES, rendered::rendered_resource),
+        endpoint!(get "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", Read, "dicomweb", "WADO-RS: a frame's thumbnail", RENDER_QUERY, None, RENDER_RESPONSES, rendered::rendered_resource),
     ]
 }
 

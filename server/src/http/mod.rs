@@ -349,11 +349,15 @@ pub fn app(state: AppState) -> Router {
         };
         // STOW-RS, and WADO-RS retrieval (which transcodes before its first
         // byte), run under the long timeout.
+        // Frames, bulk data and rendered images (which decode before their
+        // first byte) too.
         let streaming = endpoint.path.starts_with("/dicomweb/")
             && (endpoint.method == "post"
                 || (endpoint.method == "get"
                     && endpoint.path.starts_with("/dicomweb/studies/")
-                    && endpoint.path.ends_with('}')));
+                    && (endpoint.path.ends_with('}')
+                        || endpoint.path.ends_with("/rendered")
+                        || endpoint.path.ends_with("/thumbnail"))));
         match groups
             .iter_mut()
             .find(|(a, s, _)| *a == access && *s == streaming)

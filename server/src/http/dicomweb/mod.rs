@@ -5,14 +5,74 @@
 //! - [`qido`]: `GET /studies`, `/series`, `/instances` and their nested
 //!   forms; searches received instances and the results Vigie created.
 //! - [`wado`]: `GET /studies/{study}[/series/{series}[/instances/{sop}]]`
-//!   and `/metadata`.
+//!   and `/metadata` (binary values as BulkDataURIs).
+//! - [`frames`]: `…/instances/{sop}/frames/{list}` and
+//!   `…/instances/{sop}/bulkdata/{path}`.
+//! - [`rendered`]: `…/rendered` and `…/thumbnail` at study, series,
+//!   instance and frame level (JPEG, PNG).
 //!
-//! Not implemented: bulk data and frame retrieval, rendered resources,
-//! the JSON/XML forms of STOW-RS (metadata plus bulk data), UPS-RS.
+//! Not implemented: the JSON/XML forms of STOW-RS (metadata plus bulk
+//! data), UPS-RS, rendering of non-image instances.
 
+pub mod frames;
 pub mod qido;
+pub mod rendered;
 pub mod stow;
 pub mod wado;
 
 /// DICOM JSON media type.
 pub const DICOM_JSON: &str = "application/dicom+json";
+
+/// A media range: its essence (lower case) and parameters.
+pub type MediaRange = (String, Vec<(String, String)>);
+
+/// The media ranges a client accepts, in order, those refused with `q=0`
+/// left out: from `text` (the `accept` query parameter of rendered
+/// resources, which takes the place of the header) or the `Accept` header
+/// fields. `None` when nothing was said (no field, or only empty ones):
+/// the resource's default media type then applies.
+pub fn accept_ranges(
+    headers: &axum::http::HeaderMap,
+    text: Option<&str>,
+) -> Option<Vec<MediaRange>> {
+    use vigie_dicom_io::multipart::{media_type, param, split_unquoted};
+    let values: Vec<String> = match text {
+        Some(t) => vec![t.to_string()],
+        None => headers
+            .get_all(axum::http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect(),
+    };
+    let ranges: Vec<String> = values
+        .iter()
+        .flat_map(|v| split_unquoted(v, ','))
+        .filter(|r| !r.trim().is_empty())
+        .collect();
+    if ranges.is_empty() {
+        return None;
+    }
+    Some(
+        ranges
+            .iter()
+            .map(|r| media_type(r))
+            .filter(|(_, params)| {
+                !param(params, "q").is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0))
+            })
+            .collect(),
+    )
+}
+
+/// A header map with one `Accept` field (unit tests of the negotiations).
+#[cfg(test)]
+pub(crate) fn accept_header(value: &str) -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(
+        axum::http::header::ACCEPT,
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("a header value: {value}")),
+    );
+    h
+}

@@ -22,7 +22,7 @@ use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{AppState, blocking};
 use vigie_audit::{AuditEvent, EventKind};
-use vigie_dicom_io::multipart::{media_type, param, split_unquoted};
+use vigie_dicom_io::multipart::param;
 use vigie_store::{WebInstance, WebScope};
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -82,11 +82,16 @@ async fn metadata(app: AppState, headers: HeaderMap, scope: WebScope) -> Respons
     let run = async {
         accepts_json(&headers)?;
         let instances = find(&app, scope).await?;
+        let base = crate::http::base_url(&app, &headers);
         let items = blocking(move || {
             instances
                 .iter()
                 .map(|i| {
-                    vigie_dicom_io::web::metadata(&i.path).map_err(|e| {
+                    let bulk = format!(
+                        "{base}/studies/{}/series/{}/instances/{}/bulkdata",
+                        i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid
+                    );
+                    vigie_dicom_io::web::metadata(&i.path, Some(&bulk)).map_err(|e| {
                         ApiError::internal(
                             "unreadable_instance",
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,28 +115,17 @@ async fn metadata(app: AppState, headers: HeaderMap, scope: WebScope) -> Respons
 
 /// What the client asked for: a transfer syntax, or `None` for as stored.
 fn wanted_syntax(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let accept: Vec<String> = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| split_unquoted(v, ','))
-        .filter(|r| !r.trim().is_empty())
-        .collect();
-    if accept.is_empty() {
+    let Some(accept) = super::accept_ranges(headers, None) else {
         return Ok(Some(EXPLICIT_LE.into()));
-    }
-    for range in &accept {
-        let (essence, params) = media_type(range);
-        if param(&params, "q").is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0)) {
-            continue;
-        }
+    };
+    for (essence, params) in &accept {
         let dicom_parts =
-            param(&params, "type").is_none_or(|t| t.eq_ignore_ascii_case("application/dicom"));
+            param(params, "type").is_none_or(|t| t.eq_ignore_ascii_case("application/dicom"));
         if (essence == "multipart/related" && dicom_parts)
             || essence == "*/*"
             || essence == "multipart/*"
         {
-            return Ok(match param(&params, "transfer-syntax") {
+            return Ok(match param(params, "transfer-syntax") {
                 Some("*") => None,
                 Some(ts) => Some(ts.to_string()),
                 None => Some(EXPLICIT_LE.into()),
@@ -357,7 +351,7 @@ fn prepare(
 
 /// What a transcoding error says, without the stored file's path (which
 /// stays internal).
-fn short(e: &vigie_dicom_io::Error) -> String {
+pub(super) fn short(e: &vigie_dicom_io::Error) -> String {
     let text = match e {
         vigie_dicom_io::Error::Open { reason, .. }
         | vigie_dicom_io::Error::Malformed { reason, .. }
@@ -378,10 +372,10 @@ static TRANSCODES: (std::sync::Mutex<usize>, std::sync::Condvar) =
     (std::sync::Mutex::new(0), std::sync::Condvar::new());
 
 /// One of [`MAX_TRANSCODES`], released when dropped.
-struct TranscodePermit;
+pub(super) struct TranscodePermit;
 
 impl TranscodePermit {
-    fn take() -> Self {
+    pub(super) fn take() -> Self {
         let (count, freed) = &TRANSCODES;
         let mut running = count.lock().unwrap_or_else(|p| p.into_inner());
         while *running >= MAX_TRANSCODES {
@@ -405,11 +399,7 @@ impl Drop for TranscodePermit {
 mod tests {
     use super::*;
 
-    fn accept(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, value.parse().unwrap());
-        h
-    }
+    use crate::http::dicomweb::accept_header as accept;
 
     #[test]
     fn accept_headers_choose_the_transfer_syntax() {
