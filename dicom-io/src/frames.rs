@@ -57,8 +57,8 @@ pub struct Frames {
 }
 
 /// A frame list of a WADO-RS URL (`1`, `1,3,5`): positive integers
-/// separated by commas, at most [`MAX_FRAMES_ASKED`]. `None` when it is not
-/// one.
+/// separated by commas, each once (PS3.18 10.4.1.1.4: non-duplicate frame
+/// numbers), at most [`MAX_FRAMES_ASKED`]. `None` when it is not one.
 pub fn parse_frame_list(text: &str) -> Option<Vec<u32>> {
     let numbers = text
         .split(',')
@@ -70,7 +70,11 @@ pub fn parse_frame_list(text: &str) -> Option<Vec<u32>> {
                 .filter(|&n| n >= 1)
         })
         .collect::<Option<Vec<u32>>>()?;
-    (!numbers.is_empty() && numbers.len() <= MAX_FRAMES_ASKED).then_some(numbers)
+    if numbers.is_empty() || numbers.len() > MAX_FRAMES_ASKED {
+        return None;
+    }
+    let distinct: std::collections::BTreeSet<u32> = numbers.iter().copied().collect();
+    (distinct.len() == numbers.len()).then_some(numbers)
 }
 
 /// Number of frames of an opened instance: Number of Frames (0028,0008),
@@ -132,15 +136,17 @@ fn frames_of(path: &Path, numbers: &[u32], form: FrameForm) -> Result<Frames> {
         });
     }
     if form == FrameForm::AsStored {
-        let all = stored_frames(&file, total)?;
-        let asked: u64 = numbers
-            .iter()
-            .map(|&n| all[n as usize - 1].len() as u64)
-            .sum();
-        within_limit(&file, asked)?;
+        let (fragments, ranges) = stored_frames(&file, total)?;
+        let size = |n: u32| -> u64 {
+            fragments[ranges[n as usize - 1].clone()]
+                .iter()
+                .map(|f| f.len() as u64)
+                .sum()
+        };
+        within_limit(&file, numbers.iter().map(|&n| size(n)).sum())?;
         let frames = numbers
             .iter()
-            .map(|&n| all[n as usize - 1].clone())
+            .map(|&n| fragments[ranges[n as usize - 1].clone()].concat())
             .collect();
         return Ok(Frames {
             transfer_syntax: file.header().transfer_syntax.clone(),
@@ -200,10 +206,13 @@ fn pixel_data_of(path: &Path, form: FrameForm) -> Result<Frames> {
         }
     };
     match file.object().get(tags::PIXEL_DATA).map(|e| e.value()) {
-        Some(Value::PixelSequence(_)) if form == FrameForm::AsStored => Ok(Frames {
-            transfer_syntax: file.header().transfer_syntax.clone(),
-            frames: stored_frames(&file, total)?,
-        }),
+        Some(Value::PixelSequence(_)) if form == FrameForm::AsStored => {
+            let (fragments, ranges) = stored_frames(&file, total)?;
+            Ok(Frames {
+                transfer_syntax: file.header().transfer_syntax.clone(),
+                frames: ranges.into_iter().map(|r| fragments[r].concat()).collect(),
+            })
+        }
         Some(Value::PixelSequence(_)) => {
             let decoded = crate::web::transcoded_object(path)?;
             let decoded = DicomFile::from_object(path.to_path_buf(), decoded)?;
@@ -274,7 +283,17 @@ fn native_frames(file: &DicomFile, numbers: &[u32], total: u32) -> Result<Vec<Ve
     };
     let rows = need(tags::ROWS, "Rows")?;
     let columns = need(tags::COLUMNS, "Columns")?;
-    let samples = need(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")?;
+    let mut samples = need(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")?;
+    // Native YBR_FULL_422 (and the retired YBR_PARTIAL_422) hold two
+    // samples per pixel: Y for each, Cb and Cr shared by two (PS3.3
+    // C.7.6.3.1.2).
+    if samples == 3
+        && file
+            .string(tags::PHOTOMETRIC_INTERPRETATION)
+            .is_some_and(|p| p == "YBR_FULL_422" || p == "YBR_PARTIAL_422")
+    {
+        samples = 2;
+    }
     let bits = need(tags::BITS_ALLOCATED, "BitsAllocated")?;
     let frame_bits = rows
         .checked_mul(columns)
@@ -333,11 +352,14 @@ fn cut_bits(bytes: &[u8], start: u64, len: u64) -> Vec<u8> {
     out
 }
 
-/// Every frame of an encapsulated Pixel Data as stored (PS3.5 A.4): one
-/// frame is all fragments; else the Extended Offset Table, the Basic
-/// Offset Table, or one fragment per frame. Offsets must fall on fragment
-/// boundaries and grow.
-fn stored_frames(file: &DicomFile, total: u32) -> Result<Vec<Vec<u8>>> {
+/// The fragments (their indexes) one frame spans.
+type FragmentRange = std::ops::Range<usize>;
+
+/// The fragments of an encapsulated Pixel Data and, for each frame, the
+/// range of them it spans (PS3.5 A.4): one frame is all fragments; else
+/// the Extended Offset Table, the Basic Offset Table, or one fragment per
+/// frame. Offsets must fall on fragment boundaries and grow.
+fn stored_frames(file: &DicomFile, total: u32) -> Result<(&[Vec<u8>], Vec<FragmentRange>)> {
     let not_delimited = |reason: String| Error::FramesNotDelimited {
         sop_instance_uid: file.header().sop_instance_uid.clone(),
         reason,
@@ -350,7 +372,8 @@ fn stored_frames(file: &DicomFile, total: u32) -> Result<Vec<Vec<u8>>> {
     let fragments = sequence.fragments();
     let total = total as usize;
     if total == 1 {
-        return Ok(vec![fragments.concat()]);
+        let all: FragmentRange = 0..fragments.len();
+        return Ok((fragments, vec![all]));
     }
     // Offset of each fragment's item tag from the first one's.
     let mut starts = Vec::with_capacity(fragments.len());
@@ -388,21 +411,19 @@ fn stored_frames(file: &DicomFile, total: u32) -> Result<Vec<Vec<u8>>> {
             }
             let mut frames = Vec::with_capacity(total);
             for (k, &offset) in offsets.iter().enumerate() {
-                let first = starts.iter().position(|&s| s == offset).ok_or_else(|| {
+                let first = starts.binary_search(&offset).map_err(|_| {
                     not_delimited(format!(
                         "offset {offset} of frame {} is not on a fragment",
                         k + 1
                     ))
                 })?;
                 let end = match offsets.get(k + 1) {
-                    Some(&next) if next > offset => {
-                        starts.iter().position(|&s| s == next).ok_or_else(|| {
-                            not_delimited(format!(
-                                "offset {next} of frame {} is not on a fragment",
-                                k + 2
-                            ))
-                        })?
-                    }
+                    Some(&next) if next > offset => starts.binary_search(&next).map_err(|_| {
+                        not_delimited(format!(
+                            "offset {next} of frame {} is not on a fragment",
+                            k + 2
+                        ))
+                    })?,
                     Some(_) => {
                         return Err(not_delimited(format!(
                             "offsets do not grow at frame {}",
@@ -411,11 +432,11 @@ fn stored_frames(file: &DicomFile, total: u32) -> Result<Vec<Vec<u8>>> {
                     }
                     None => fragments.len(),
                 };
-                frames.push(fragments[first..end].concat());
+                frames.push(first..end);
             }
-            Ok(frames)
+            Ok((fragments, frames))
         }
-        None if fragments.len() == total => Ok(fragments.to_vec()),
+        None if fragments.len() == total => Ok((fragments, (0..total).map(|k| k..k + 1).collect())),
         None => Err(not_delimited(format!(
             "{} fragments for {total} frames and no offset table",
             fragments.len()
@@ -444,11 +465,14 @@ pub struct BulkPath {
 }
 
 impl BulkPath {
-    /// Parse the written form; `None` when it is not one (at most 8
-    /// sequences deep).
+    /// Parse the written form; `None` when it is not one (at most as many
+    /// sequences deep as storage accepts, `limits.max_depth`).
     pub fn parse(text: &str) -> Option<Self> {
         let parts: Vec<&str> = text.split('.').collect();
-        if parts.len().is_multiple_of(2) || parts.len() > 17 {
+        let deepest = crate::scan::limits().max_depth;
+        if parts.len().is_multiple_of(2)
+            || parts.len() > deepest.saturating_mul(2).saturating_add(1)
+        {
             return None;
         }
         let tag = |s: &str| {
@@ -481,10 +505,12 @@ impl BulkPath {
     }
 }
 
-/// The value of a binary attribute (not Pixel Data: see [`read_frames`])
-/// of the header of the instance at `path`, little endian; `None` when
-/// there is no such binary attribute.
-pub fn bulk_value(path: &Path, at: &BulkPath) -> Result<Option<Vec<u8>>> {
+/// The value of a binary attribute (not the top-level Pixel Data: see
+/// [`read_frames`]) of the header of the instance at `path`, little
+/// endian; a nested encapsulated Pixel Data (an icon image in a compressed
+/// syntax) as its fragments joined, as stored. `None` when there is no
+/// such binary attribute.
+pub fn bulk_value(path: &Path, at: &BulkPath) -> Result<Option<BulkValue>> {
     let file = DicomFile::open_header(path)?;
     let mut object: &dicom_object::InMemDicomObject = file.object();
     for (tag, index) in &at.items {
@@ -503,9 +529,26 @@ pub fn bulk_value(path: &Path, at: &BulkPath) -> Result<Option<Vec<u8>>> {
         return Ok(None);
     }
     Ok(match element.value() {
-        Value::Primitive(p) => little_endian_bytes(p),
-        _ => None,
+        Value::Primitive(p) => little_endian_bytes(p).map(|bytes| BulkValue {
+            bytes,
+            encapsulated: false,
+        }),
+        Value::PixelSequence(s) => Some(BulkValue {
+            bytes: s.fragments().concat(),
+            encapsulated: true,
+        }),
+        Value::Sequence(_) => None,
     })
+}
+
+/// A bulk data value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkValue {
+    /// The value: little endian, or the fragments joined.
+    pub bytes: Vec<u8>,
+    /// Encapsulated (compressed, in the file's transfer syntax) rather
+    /// than native.
+    pub encapsulated: bool,
 }
 
 #[cfg(test)]
@@ -517,10 +560,24 @@ mod tests {
         assert_eq!(parse_frame_list("1"), Some(vec![1]));
         assert_eq!(parse_frame_list("3,1,2"), Some(vec![3, 1, 2]));
         assert_eq!(parse_frame_list("1, 2"), Some(vec![1, 2]));
-        for bad in ["", "0", "1,", ",1", "-1", "1.5", "a", "+1", "99999999999"] {
+        for bad in [
+            "",
+            "0",
+            "1,",
+            ",1",
+            "-1",
+            "1.5",
+            "a",
+            "+1",
+            "99999999999",
+            "2,1,2",
+        ] {
             assert_eq!(parse_frame_list(bad), None, "{bad:?}");
         }
-        let many = vec!["1"; MAX_FRAMES_ASKED + 1].join(",");
+        let many = (1..=MAX_FRAMES_ASKED as u32 + 1)
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         assert_eq!(parse_frame_list(&many), None);
     }
 

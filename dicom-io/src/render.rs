@@ -43,6 +43,8 @@ pub struct RenderParams {
     pub viewport: Option<(u32, u32)>,
     /// Part of the frame to render (all of it when `None`).
     pub region: Option<Region>,
+    /// Only shrink to the viewport, never enlarge (thumbnails).
+    pub shrink_only: bool,
 }
 
 /// An 8-bit image.
@@ -88,7 +90,17 @@ pub const MAX_VIEWPORT: u32 = 4096;
 /// outside the frame, and the decoding errors of [`DicomFile::decode`]. A
 /// decoder that panics is an error like any other.
 pub fn render_frame(path: &Path, frame: u32, params: &RenderParams) -> Result<Rendered> {
-    std::panic::catch_unwind(|| render(path, frame, params)).unwrap_or_else(|panic| {
+    render_frames(path, &[frame], params).map(|mut images| images.remove(0))
+}
+
+/// Render the frames `frames` (from 1, in that order) of the instance at
+/// `path`, decoding its pixel data once. Errors as [`render_frame`]; an
+/// empty list renders nothing.
+pub fn render_frames(path: &Path, frames: &[u32], params: &RenderParams) -> Result<Vec<Rendered>> {
+    if frames.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::panic::catch_unwind(|| render(path, frames, params)).unwrap_or_else(|panic| {
         Err(Error::DecodePixelData {
             path: path.to_path_buf(),
             sop_instance_uid: "unknown".into(),
@@ -97,10 +109,10 @@ pub fn render_frame(path: &Path, frame: u32, params: &RenderParams) -> Result<Re
     })
 }
 
-fn render(path: &Path, frame: u32, params: &RenderParams) -> Result<Rendered> {
+fn render(path: &Path, asked: &[u32], params: &RenderParams) -> Result<Vec<Rendered>> {
     let file = DicomFile::open(path)?;
     let frames = crate::frames::frame_count(&file)?;
-    if frame == 0 || frame > frames {
+    if let Some(&frame) = asked.iter().find(|&&f| f == 0 || f > frames) {
         return Err(Error::NoSuchFrame {
             sop_instance_uid: file.header().sop_instance_uid.clone(),
             frame,
@@ -121,9 +133,23 @@ fn render(path: &Path, frame: u32, params: &RenderParams) -> Result<Rendered> {
         None => VoiSelection::FromFile,
     };
     let pixels = file.decode(&PixelOptions::with_voi(voi))?;
-    let samples = pixels
-        .frame(frame as usize - 1)
-        .ok_or_else(|| unsupported(format!("frame {frame} not in the decoded pixel data")))?;
+    asked
+        .iter()
+        .map(|&frame| {
+            let samples = pixels.frame(frame as usize - 1).ok_or_else(|| {
+                unsupported(format!("frame {frame} not in the decoded pixel data"))
+            })?;
+            one(&pixels, samples, params).map_err(unsupported)
+        })
+        .collect()
+}
+
+/// One decoded frame to 8 bits, cut and fitted.
+fn one(
+    pixels: &crate::pixels::PixelArray,
+    samples: &[f32],
+    params: &RenderParams,
+) -> std::result::Result<Rendered, String> {
     let (colour, data): (bool, Vec<u8>) = match pixels.photometric {
         Photometric::Monochrome1 | Photometric::Monochrome2 => (
             false,
@@ -142,11 +168,11 @@ fn render(path: &Path, frame: u32, params: &RenderParams) -> Result<Rendered> {
                     .collect(),
             )
         }
-        _ => return Err(unsupported("palette colour images are not rendered".into())),
+        _ => return Err("palette colour images are not rendered".into()),
     };
     let (width, height) = (
-        u32::try_from(pixels.columns).map_err(|_| unsupported("too many columns".into()))?,
-        u32::try_from(pixels.rows).map_err(|_| unsupported("too many rows".into()))?,
+        u32::try_from(pixels.columns).map_err(|_| "too many columns".to_string())?,
+        u32::try_from(pixels.rows).map_err(|_| "too many rows".to_string())?,
     );
     let image = Rendered {
         width,
@@ -155,10 +181,11 @@ fn render(path: &Path, frame: u32, params: &RenderParams) -> Result<Rendered> {
         data,
     };
     let image = match params.region {
-        Some(region) => crop(image, region).map_err(unsupported)?,
+        Some(region) => crop(image, region)?,
         None => image,
     };
     Ok(match params.viewport {
+        Some((vw, vh)) if params.shrink_only && image.width <= vw && image.height <= vh => image,
         Some((vw, vh)) => fit(image, vw, vh),
         None => image,
     })
@@ -271,7 +298,9 @@ pub fn encode(image: &Rendered, format: ImageFormat) -> std::result::Result<Vec<
 }
 
 /// Parse the `window` query parameter (`center,width[,function]`, the
-/// function `linear`, `linear-exact` or `sigmoid`; PS3.18 8.3.5.1.4).
+/// function `linear`, `linear-exact` or `sigmoid`; PS3.18 8.3.5.1.4). The
+/// width is at least 1 for `linear` and above 0 for the others (PS3.3
+/// C.11.2.1.2).
 pub fn parse_window(text: &str) -> Option<(f64, f64, WindowFunction)> {
     let parts: Vec<&str> = text.split(',').map(str::trim).collect();
     if !(2..=3).contains(&parts.len()) {
@@ -281,7 +310,7 @@ pub fn parse_window(text: &str) -> Option<(f64, f64, WindowFunction)> {
     let width: f64 = parts[1]
         .parse()
         .ok()
-        .filter(|w: &f64| w.is_finite() && *w >= 1.0)?;
+        .filter(|w: &f64| w.is_finite() && *w > 0.0)?;
     let function = match parts.get(2).map(|f| f.to_ascii_lowercase()) {
         None => WindowFunction::Linear,
         Some(f) => match f.as_str() {
@@ -291,7 +320,7 @@ pub fn parse_window(text: &str) -> Option<(f64, f64, WindowFunction)> {
             _ => return None,
         },
     };
-    Some((center, width, function))
+    (function != WindowFunction::Linear || width >= 1.0).then_some((center, width, function))
 }
 
 /// Parse the `viewport` query parameter (`vw,vh[,sx,sy,sw,sh]`; PS3.18
@@ -393,7 +422,19 @@ mod tests {
             parse_window("-600,1500,SIGMOID"),
             Some((-600.0, 1500.0, WindowFunction::Sigmoid))
         );
-        for bad in ["40", "40,0", "a,1", "40,400,gamma", "1,2,3,4", "NaN,10"] {
+        assert_eq!(
+            parse_window("40,0.5,linear-exact"),
+            Some((40.0, 0.5, WindowFunction::LinearExact))
+        );
+        for bad in [
+            "40",
+            "40,0",
+            "40,0.5",
+            "a,1",
+            "40,400,gamma",
+            "1,2,3,4",
+            "NaN,10",
+        ] {
             assert_eq!(parse_window(bad), None, "{bad}");
         }
         assert_eq!(parse_viewport("128,128"), Some(((128, 128), None)));

@@ -453,8 +453,11 @@ pub fn json_element(vr: VR, text: Option<&str>) -> Value {
 /// `bulk` of `None` leaves binary values out.
 pub fn metadata(path: &Path, bulk: Option<&str>) -> Result<Value> {
     let file = DicomFile::open_header(path)?;
-    let object: &InMemDicomObject = file.object();
-    let mut value = dicom_json::to_value(object).map_err(|e| Error::Open {
+    // Binary values are emptied before the DICOM JSON writer sees them
+    // (it would write each as base64 text, only for it to be dropped).
+    let mut object: InMemDicomObject = (**file.object()).clone();
+    empty_binary_values(&mut object);
+    let mut value = dicom_json::to_value(&object).map_err(|e| Error::Open {
         path: path.to_path_buf(),
         reason: format!("cannot write the header as DICOM JSON: {e}"),
     })?;
@@ -484,6 +487,29 @@ pub fn metadata(path: &Path, bulk: Option<&str>) -> Result<Value> {
         }
     }
     Ok(value)
+}
+
+/// Empty every binary value (and nested encapsulated pixel data) of a data
+/// set and of its sequences' items, keeping each element and its VR.
+fn empty_binary_values(object: &mut InMemDicomObject) {
+    use dicom_core::value::{PrimitiveValue, Value as DicomValue};
+    let tags: Vec<(Tag, bool)> = object
+        .iter()
+        .map(|e| {
+            let binary = crate::frames::is_bulk_vr(e.vr())
+                || matches!(e.value(), DicomValue::PixelSequence(_));
+            (e.header().tag, binary)
+        })
+        .collect();
+    for (tag, binary) in tags {
+        object.update_value(tag, |value| {
+            if binary {
+                *value = DicomValue::Primitive(PrimitiveValue::Empty);
+            } else if let Some(items) = value.items_mut() {
+                items.iter_mut().for_each(empty_binary_values);
+            }
+        });
+    }
 }
 
 /// Replace each binary value of a DICOM JSON data set (and of its

@@ -148,8 +148,6 @@ fn fuzz_pixels_jpeg_2000() {
     );
 }
 
-/// P-DATA values as the assembler gets them: `[kind][context][last]
-/// [len u16][data]` records.
 /// The WADO-RS values of a URL: frame lists, bulk data paths, and the
 /// `window` and `viewport` of rendered resources.
 #[test]
@@ -183,13 +181,16 @@ fn fuzz_wado_rs_url_values() {
             }
             let _ = vigie_dicom_io::render::parse_window(&text);
             if let Some(((w, h), _)) = vigie_dicom_io::render::parse_viewport(&text) {
-                assert!(w >= 1 && h >= 1 && w <= vigie_dicom_io::render::MAX_VIEWPORT);
+                let max = vigie_dicom_io::render::MAX_VIEWPORT;
+                assert!((1..=max).contains(&w) && (1..=max).contains(&h));
             }
         },
     );
     assert!(summary.executions > 6);
 }
 
+/// P-DATA values as the assembler gets them: `[kind][context][last]
+/// [len u16][data]` records.
 fn pdvs(bytes: &[u8]) -> Vec<dicom_ul::pdu::PDataValue> {
     use dicom_ul::pdu::{PDataValue, PDataValueType};
     let mut out = Vec::new();

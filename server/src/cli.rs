@@ -269,7 +269,8 @@ pub struct InferArgs {
     /// folder, as STUDY/SERIES/SOP.dcm.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Also write the summary image (overrides results.summary_image).
+    /// Also write the summary image (`vigie infer` writes none without
+    /// it; `vigie serve` follows results.summary_image).
     #[arg(long)]
     pub summary: bool,
     /// DICOM files or folders (searched recursively).

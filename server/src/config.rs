@@ -492,7 +492,8 @@ pub struct ResultsConfig {
     /// UUID-derived root 2.25).
     pub uid_root: String,
     /// Also create a Secondary Capture summary image with the result
-    /// burned in, for viewers that do not display SR.
+    /// burned in, for viewers that do not display SR (on by default: it
+    /// is the result OHIF displays, docs/viewers.md).
     pub summary_image: bool,
     /// The review page as radiologists reach it (e.g.
     /// `https://vigie.hospital.example:8443/review`); when set, each SR and
@@ -517,7 +518,7 @@ impl Default for ResultsConfig {
     fn default() -> Self {
         Self {
             uid_root: vigie_dicom_io::uid::UUID_ROOT.into(),
-            summary_image: false,
+            summary_image: true,
             review_page_url: String::new(),
             review_senders: Vec::new(),
         }

@@ -155,3 +155,72 @@ fn the_tls_profile_is_the_one_offered() {
         vigie_dicom_io::net::tls::DICOM_TLS_PORT
     )));
 }
+
+/// #23's acceptance: every DICOMweb resource served is in the statement's
+/// table, and nothing the table lists is missing. The table writes
+/// `…/series`, `…/instances` and `…/frames` for the paths above them.
+#[test]
+fn every_dicomweb_resource_served_is_listed_and_nothing_else() {
+    let shape = |path: &str| -> String {
+        path.split('/')
+            .map(|s| if s.starts_with('{') { "{}" } else { s })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let served: BTreeSet<String> = vigie_server::http::api::endpoints()
+        .iter()
+        .filter_map(|(e, _)| e.path.strip_prefix("/dicomweb"))
+        .map(shape)
+        .collect();
+    let text = statement();
+    let start = text
+        .find("| Service | Resources | Media types |")
+        .expect("the DICOMweb table");
+    let mut documented = BTreeSet::new();
+    for row in text[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+    {
+        let resources = row.split('|').nth(2).unwrap();
+        for item in resources.split('`').skip(1).step_by(2) {
+            let item = item.trim_start_matches("POST ");
+            let expanded = if let Some(rest) = item.strip_prefix("…/series") {
+                format!("/studies/{{study}}/series{rest}")
+            } else if let Some(rest) = item.strip_prefix("…/instances") {
+                format!("/studies/{{study}}/series/{{series}}/instances{rest}")
+            } else if let Some(rest) = item.strip_prefix("…/frames") {
+                format!("/studies/{{study}}/series/{{series}}/instances/{{instance}}/frames{rest}")
+            } else if item.starts_with('/') {
+                item.to_string()
+            } else {
+                continue;
+            };
+            documented.insert(shape(&expanded));
+        }
+    }
+    // The legend's `…/frames` is an abbreviation, not a resource.
+    documented.remove("/studies/{}/series/{}/instances/{}/frames");
+    assert_eq!(
+        documented.difference(&served).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "listed but not served"
+    );
+    assert_eq!(
+        served.difference(&documented).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "served but not listed"
+    );
+    assert!(served.contains("/studies/{}/series/{}/instances/{}/frames/{}"));
+    // docs/api.md documents each kind of resource.
+    let api = std::fs::read_to_string(repo_root().join("docs/api.md")).unwrap();
+    for kind in [
+        "/metadata",
+        "/frames/",
+        "/bulkdata/",
+        "/rendered",
+        "/thumbnail",
+    ] {
+        assert!(api.contains(kind), "docs/api.md documents {kind}");
+    }
+}

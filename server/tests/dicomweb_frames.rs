@@ -35,12 +35,15 @@ fn files() -> Vec<PathBuf> {
 
 fn start(tmp: &std::path::Path) -> Vigie {
     let vigie = Vigie::start(tmp, &base_config(""));
+    // And an SR (pydicom's), a study of its own.
+    let mut all = files();
+    all.push(vigie_test_support::pydicom_test_files().join("test-SR.dcm"));
     let r = vigie.http(
         "POST",
         "/dicomweb/studies",
         Some(token("operator")),
         &[("Content-Type", STOW_TYPE)],
-        &multipart(&files(), "XyZ-42"),
+        &multipart(&all, "XyZ-42"),
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     vigie
@@ -150,7 +153,8 @@ fn frame_and_rendering_requests_get_the_right_media_types_and_refusals() {
             .unwrap()
             .contains("2 frame(s)")
     );
-    for bad in ["0", "1,,2", "x"] {
+    // Frame numbers are distinct (PS3.18: non-duplicate).
+    for bad in ["0", "1,,2", "x", "1,1"] {
         assert_eq!(
             get(&format!("{rle2}/frames/{bad}"), None).status,
             400,
@@ -165,7 +169,17 @@ fn frame_and_rendering_requests_get_the_right_media_types_and_refusals() {
     let r = get(&format!("{rle2}/frames/1/rendered"), None);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("image/jpeg"));
+    assert_eq!(r.header("vary"), Some("Accept"));
     assert_eq!(&r.body[..2], &[0xFF, 0xD8], "a JPEG");
+    // The frame list's commas may be escaped.
+    let r = get(&format!("{rle2}/frames/2%2C1/rendered"), None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        String::from_utf8_lossy(&r.body)
+            .matches("Content-Type: image/jpeg")
+            .count(),
+        2
+    );
     let r = get(&format!("{rle2}/rendered"), Some("image/jpeg"));
     assert_eq!(r.status, 406, "two frames do not fit one image/jpeg");
     let r = get(&format!("{rle2}/rendered"), None);
@@ -198,7 +212,14 @@ fn frame_and_rendering_requests_get_the_right_media_types_and_refusals() {
             .contains("palette")
     );
     // Bad query parameters.
-    for q in ["window=40", "viewport=0,10", "quality=101", "frame=1"] {
+    // A region outside the frame is a bad parameter too.
+    for q in [
+        "window=40",
+        "viewport=0,10",
+        "quality=101",
+        "frame=1",
+        "viewport=10,10,0,0,500,10",
+    ] {
         assert_eq!(
             get(&format!("{rle2}/frames/1/rendered?{q}"), None).status,
             400,
@@ -212,8 +233,31 @@ fn frame_and_rendering_requests_get_the_right_media_types_and_refusals() {
     assert_eq!(r.status, 200);
     assert!(r.header("warning").unwrap().contains("annotation"));
 
+    // An SR is not rendered: 406 asked alone, its frames do not exist.
+    let sr_file = vigie_test_support::pydicom_test_files().join("test-SR.dcm");
+    let (sr_study, sr_series, sr_sop) = uids(&sr_file);
+    let sr = format!("/dicomweb/studies/{sr_study}/series/{sr_series}/instances/{sr_sop}");
+    assert_eq!(get(&format!("{sr}/rendered"), None).status, 406);
+    assert_eq!(
+        get(&format!("/dicomweb/studies/{sr_study}/rendered"), None).status,
+        406
+    );
+    assert_eq!(get(&format!("{sr}/frames/1"), None).status, 404);
+    assert_eq!(get(&format!("{sr}/frames/1/rendered"), None).status, 404);
+
     // Thumbnails: one image within 128 pixels (or the viewport asked), at
-    // every level; the study's skips nothing it can render.
+    // every level, never enlarged.
+    let r = get(
+        &format!("{}/thumbnail", by_name("examples_jpeg2k.dcm")),
+        Some("image/png"),
+    );
+    assert_eq!(r.status, 200);
+    let png = image::load_from_memory(&r.body).unwrap();
+    assert_eq!(
+        (png.width(), png.height()),
+        (128, 96),
+        "640x480 fitted in 128"
+    );
     let ct = files()
         .into_iter()
         .find(|f| f.ends_with("CT_small.dcm"))
@@ -236,9 +280,16 @@ fn frame_and_rendering_requests_get_the_right_media_types_and_refusals() {
         assert_eq!(
             (png.width(), png.height()),
             (128, 128),
-            "{path}: 128x128 CT"
+            "{path}: the 128x128 CT as it is"
         );
     }
+    // A thumbnail is never enlarged: the 128x128 CT in a 256x256 viewport.
+    let r = get(
+        &format!("{}/thumbnail?viewport=256,256", by_name("CT_small.dcm")),
+        Some("image/png"),
+    );
+    let png = image::load_from_memory(&r.body).unwrap();
+    assert_eq!((png.width(), png.height()), (128, 128));
     let r = get(
         &format!("{}/thumbnail?viewport=64,32", by_name("CT_small.dcm")),
         Some("image/png"),
@@ -256,5 +307,19 @@ fn frame_and_rendering_requests_get_the_right_media_types_and_refusals() {
         r.header("content-type")
             .unwrap()
             .starts_with("multipart/related")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&r.body)
+            .matches("Content-Type: image/jpeg")
+            .count(),
+        1
+    );
+    let records = vigie.audit_records("kind=dicomweb_retrieve");
+    assert!(
+        records.iter().any(|r| r["details"]
+            .as_str()
+            .unwrap()
+            .contains("\"resource\":\"thumbnail\"")),
+        "thumbnails are audited"
     );
 }

@@ -82,7 +82,9 @@ fn write_results(
     let mut builder = ResultBuilder::new(
         &config.appliance.id,
         &config.results.uid_root,
-        summary || config.results.summary_image,
+        // Only when asked: `vigie serve` follows results.summary_image
+        // (on by default), a command writing files writes what it is told.
+        summary,
     )?;
     let manifest = model.package().manifest();
     let mut written = Vec::new();

@@ -470,7 +470,9 @@ pub async fn tls_config(
 }
 
 /// Base URL of the DICOMweb service as the client reached it (for
-/// RetrieveURL attributes).
+/// RetrieveURL and BulkDataURI attributes): its `Host`, and the scheme of
+/// `X-Forwarded-Proto` (`http` or `https`, as a reverse proxy terminating
+/// TLS sets it; docs/viewers.md), else Vigie's own.
 pub fn base_url(app: &App, headers: &axum::http::HeaderMap) -> String {
     let host = headers
         .get(axum::http::header::HOST)
@@ -481,7 +483,16 @@ pub fn base_url(app: &App, headers: &axum::http::HeaderMap) -> String {
         })
         .map(str::to_string)
         .unwrap_or_else(|| format!("{}:{}", app.config.http.bind, app.config.http.port));
-    let scheme = if app.tls { "https" } else { "http" };
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .map(|p| p.trim().to_ascii_lowercase());
+    let scheme = match forwarded.as_deref() {
+        Some("https") => "https",
+        Some("http") => "http",
+        _ if app.tls => "https",
+        _ => "http",
+    };
     format!("{scheme}://{host}/dicomweb")
 }
 

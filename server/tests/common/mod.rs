@@ -38,6 +38,14 @@ impl Drop for Vigie {
 /// Configuration every test starts from: loopback, quick stable age, no
 /// free-space reserve, the repository's model packages.
 pub fn base_config(extra: &str) -> String {
+    // The summary image is on by default (#23: it is the result OHIF
+    // displays); the suites that count result objects predate that and
+    // keep it off, unless they set [results] themselves.
+    let results = if extra.contains("[results]") {
+        ""
+    } else {
+        "[results]\nsummary_image = false\n"
+    };
     format!(
         r#"
 [appliance]
@@ -67,6 +75,7 @@ retry_delay_s = 0.5
 retry_initial_s = 0.5
 retry_max_s = 2.0
 {extra}
+{results}
 "#,
         tokens = token_entries(),
         models = repo_root().join("models").display(),

@@ -57,11 +57,39 @@ pub fn bulk_media_type(transfer_syntax: &str) -> Option<&'static str> {
     })
 }
 
-/// What the client accepts for frames of an instance stored in `stored`:
-/// the form, and the media type of the parts.
-fn wanted_form(headers: &HeaderMap, stored: &str) -> ApiResult<(FrameForm, &'static str)> {
+/// The transfer syntax a compressed media type stands for when the
+/// client names none (PS3.18 Table 8.7.3-5, its default).
+fn default_syntax(media: &str) -> Option<&'static str> {
+    Some(match media {
+        "image/jpeg" => "1.2.840.10008.1.2.4.70",
+        "image/jls" => "1.2.840.10008.1.2.4.80",
+        "image/jp2" => "1.2.840.10008.1.2.4.90",
+        "image/jpx" => "1.2.840.10008.1.2.4.92",
+        "image/jphc" => "1.2.840.10008.1.2.4.201",
+        "image/dicom-rle" => "1.2.840.10008.1.2.5",
+        _ => return None,
+    })
+}
+
+/// What the client accepts for frames of an instance stored in `stored`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wanted {
+    form: FrameForm,
+    /// Media type of the parts.
+    media: &'static str,
+    /// `transfer-syntax=*`: frames that cannot be delimited as stored may
+    /// come uncompressed instead.
+    any_syntax: bool,
+}
+
+fn wanted_form(headers: &HeaderMap, stored: &str) -> ApiResult<Wanted> {
+    let octet = |form, any_syntax| Wanted {
+        form,
+        media: "application/octet-stream",
+        any_syntax,
+    };
     let Some(ranges) = super::accept_ranges(headers, None) else {
-        return Ok((FrameForm::Uncompressed, "application/octet-stream"));
+        return Ok(octet(FrameForm::Uncompressed, false));
     };
     let compressed = bulk_media_type(stored);
     for (essence, params) in &ranges {
@@ -77,21 +105,28 @@ fn wanted_form(headers: &HeaderMap, stored: &str) -> ApiResult<(FrameForm, &'sta
         };
         match kind.as_str() {
             "application/octet-stream" | "*/*" => match ts {
-                None => return Ok((FrameForm::Uncompressed, "application/octet-stream")),
+                None => return Ok(octet(FrameForm::Uncompressed, false)),
                 Some(ts) if ts == EXPLICIT_VR_LITTLE_ENDIAN => {
-                    return Ok((FrameForm::Uncompressed, "application/octet-stream"));
+                    return Ok(octet(FrameForm::Uncompressed, false));
                 }
-                Some("*") => return Ok((FrameForm::AsStored, "application/octet-stream")),
+                Some("*") => return Ok(octet(FrameForm::AsStored, true)),
                 Some(ts) if ts == stored && compressed.is_some() => {
-                    return Ok((FrameForm::AsStored, "application/octet-stream"));
+                    return Ok(octet(FrameForm::AsStored, false));
                 }
                 Some(_) => continue,
             },
             other => {
+                // No transfer-syntax: the media type's default syntax only.
                 if let Some(media) = compressed.filter(|m| *m == other)
-                    && ts.is_none_or(|ts| ts == "*" || ts == stored)
+                    && ts.map_or(default_syntax(media) == Some(stored), |ts| {
+                        ts == "*" || ts == stored
+                    })
                 {
-                    return Ok((FrameForm::AsStored, media));
+                    return Ok(Wanted {
+                        form: FrameForm::AsStored,
+                        media,
+                        any_syntax: false,
+                    });
                 }
             }
         }
@@ -151,9 +186,22 @@ pub fn frame_error(e: &vigie_dicom_io::Error) -> ApiError {
     }
 }
 
+/// Files above this size are read under a transcode permit even when
+/// nothing is decoded: a large multi-frame instance is held whole (and its
+/// frames copied) while its frames are cut, and these reads stay within
+/// the memory bound of docs/performance.md.
+const LARGE_INSTANCE: u64 = 4 << 20;
+
+/// Whether reading an instance holds more than its file's size: above
+/// [`LARGE_INSTANCE`], or deflated (it inflates when read).
+fn large(instance: &WebInstance) -> bool {
+    instance.size > LARGE_INSTANCE || instance.transfer_syntax == "1.2.840.10008.1.2.1.99"
+}
+
 /// Read frames, decoding under a transcode permit when they are wanted
-/// uncompressed from a compressed instance; as stored, frames that cannot
-/// be delimited fall back to uncompressed when `fallback`.
+/// uncompressed from a compressed instance (or the file is large); as
+/// stored, frames that cannot be delimited fall back to uncompressed when
+/// `fallback` (the client accepted any syntax).
 fn read(
     instance: &WebInstance,
     numbers: &[u32],
@@ -161,6 +209,8 @@ fn read(
     fallback: bool,
 ) -> ApiResult<Frames> {
     let decodes = bulk_media_type(&instance.transfer_syntax).is_some();
+    // One permit at most per request (two would deadlock two requests).
+    let large = large(instance).then(TranscodePermit::take);
     let uncompressed = |numbers: &[u32]| {
         if decodes
             && !matches!(
@@ -168,12 +218,17 @@ fn read(
                 TransferSyntaxSupport::Supported { .. }
             )
         {
+            let hint = if form == FrameForm::AsStored {
+                " (and its frames cannot be delimited as stored)"
+            } else {
+                "; ask for transfer-syntax=*"
+            };
             return Err(ApiError::not_acceptable(format!(
-                "instance {} is stored as {}, which this appliance does not decode; ask for transfer-syntax=*",
+                "instance {} is stored as {}, which this appliance does not decode{hint}",
                 instance.sop_instance_uid, instance.transfer_syntax
             )));
         }
-        let _permit = decodes.then(TranscodePermit::take);
+        let _permit = (decodes && large.is_none()).then(TranscodePermit::take);
         vigie_dicom_io::frames::read_frames(&instance.path, numbers, FrameForm::Uncompressed)
             .map_err(|e| frame_error(&e))
     };
@@ -219,10 +274,13 @@ pub fn multipart(kind: &str, parts: Vec<Part>, extra: &[(header::HeaderName, Str
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     let mut response = (
-        [(
-            header::CONTENT_TYPE,
-            format!("multipart/related; type=\"{kind}\"; boundary={boundary}"),
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                format!("multipart/related; type=\"{kind}\"; boundary={boundary}"),
+            ),
+            (header::VARY, "Accept".to_string()),
+        ],
         body,
     )
         .into_response();
@@ -261,10 +319,10 @@ pub async fn retrieve_frames(
             )
         })?;
         let found = instance(&app, study.clone(), series.clone(), sop.clone()).await?;
-        let (form, media) = wanted_form(&headers, &found.transfer_syntax)?;
-        let fallback = media == "application/octet-stream";
+        let wanted = wanted_form(&headers, &found.transfer_syntax)?;
+        let media = wanted.media;
         let asked = numbers.clone();
-        let frames = blocking(move || read(&found, &asked, form, fallback)).await?;
+        let frames = blocking(move || read(&found, &asked, wanted.form, wanted.any_syntax)).await?;
         let base = format!(
             "{}/studies/{study}/series/{series}/instances/{sop}/frames",
             base_url(&app, &headers)
@@ -313,12 +371,13 @@ pub async fn retrieve_bulk(
         let found = instance(&app, study.clone(), series.clone(), sop.clone()).await?;
         let pixel_data = at.items.is_empty() && at.tag == vigie_dicom_io::frames::PIXEL_DATA;
         let (kind, parts) = if pixel_data {
-            let (form, media) = wanted_form(&headers, &found.transfer_syntax)?;
-            let fallback = media == "application/octet-stream";
+            let wanted = wanted_form(&headers, &found.transfer_syntax)?;
+            let (form, media, fallback) = (wanted.form, wanted.media, wanted.any_syntax);
             let parts = blocking(move || {
-                let _permit = (form == FrameForm::Uncompressed
-                    && bulk_media_type(&found.transfer_syntax).is_some())
-                .then(TranscodePermit::take);
+                // Any decode (asked, or the fallback) and any large read
+                // holds the one permit of this request.
+                let compressed = bulk_media_type(&found.transfer_syntax).is_some();
+                let _permit = (compressed || large(&found)).then(TranscodePermit::take);
                 let read = vigie_dicom_io::frames::pixel_data_bulk(&found.path, form);
                 let read = match read {
                     Err(vigie_dicom_io::Error::FramesNotDelimited { .. }) if fallback => {
@@ -347,19 +406,27 @@ pub async fn retrieve_bulk(
             )
         } else {
             octet_stream_accepted(&headers)?;
+            let stored = found.transfer_syntax.clone();
             let value = blocking(move || {
+                let _permit = large(&found).then(TranscodePermit::take);
                 vigie_dicom_io::frames::bulk_value(&found.path, &at).map_err(|e| {
                     ApiError::internal("unreadable_instance", StatusCode::INTERNAL_SERVER_ERROR, &e)
                 })
             })
             .await?
             .ok_or_else(|| ApiError::not_found("the instance has no binary attribute there"))?;
+            // A nested encapsulated value (an icon image) is as stored.
+            let syntax = if value.encapsulated {
+                stored.as_str()
+            } else {
+                EXPLICIT_VR_LITTLE_ENDIAN
+            };
             (
                 "application/octet-stream",
                 vec![Part {
-                    content_type: part_type("application/octet-stream", EXPLICIT_VR_LITTLE_ENDIAN),
+                    content_type: part_type("application/octet-stream", syntax),
                     location: None,
-                    body: value,
+                    body: value.bytes,
                 }],
             )
         };
@@ -408,44 +475,81 @@ mod tests {
     #[test]
     fn accept_chooses_the_form() {
         use FrameForm::*;
+        let w = |form, media, any_syntax| Wanted {
+            form,
+            media,
+            any_syntax,
+        };
+        let octet = "application/octet-stream";
+        let form = |value: &str, stored: &str| wanted_form(&accept(value), stored);
         assert_eq!(
             wanted_form(&HeaderMap::new(), JPEG).unwrap(),
-            (Uncompressed, "application/octet-stream")
+            w(Uncompressed, octet, false)
         );
         assert_eq!(
-            wanted_form(
-                &accept("multipart/related; type=application/octet-stream; transfer-syntax=*"),
+            form(
+                "multipart/related; type=application/octet-stream; transfer-syntax=*",
                 JPEG
             )
             .unwrap(),
-            (AsStored, "application/octet-stream")
+            w(AsStored, octet, true)
+        );
+        // The stored syntax named: as stored, and never another instead.
+        assert_eq!(
+            form(
+                &format!(
+                    "multipart/related; type=application/octet-stream; transfer-syntax={JPEG}"
+                ),
+                JPEG
+            )
+            .unwrap(),
+            w(AsStored, octet, false)
         );
         assert_eq!(
-            wanted_form(&accept("multipart/related; type=\"image/jpeg\""), JPEG).unwrap(),
-            (AsStored, "image/jpeg")
+            form(
+                &format!("multipart/related; type=\"image/jpeg\"; transfer-syntax={JPEG}"),
+                JPEG
+            )
+            .unwrap(),
+            w(AsStored, "image/jpeg", false)
+        );
+        // image/jpeg alone means its default syntax, JPEG Lossless SV1.
+        assert!(form("multipart/related; type=\"image/jpeg\"", JPEG).is_err());
+        assert_eq!(
+            form(
+                "multipart/related; type=\"image/jpeg\"",
+                "1.2.840.10008.1.2.4.70"
+            )
+            .unwrap(),
+            w(AsStored, "image/jpeg", false)
         );
         assert_eq!(
-            wanted_form(&accept("multipart/related; type=\"application/octet-stream\"; transfer-syntax=1.2.840.10008.1.2.1"), JPEG).unwrap(),
-            (Uncompressed, "application/octet-stream")
+            form("multipart/related; type=\"application/octet-stream\"; transfer-syntax=1.2.840.10008.1.2.1", JPEG).unwrap(),
+            w(Uncompressed, octet, false)
         );
         // A compressed type the instance is not stored in, then a fallback.
-        assert!(wanted_form(&accept("multipart/related; type=\"image/jls\""), JPEG).is_err());
+        assert!(form("multipart/related; type=\"image/jls\"", JPEG).is_err());
         assert_eq!(
-            wanted_form(&accept("multipart/related; type=\"image/jls\", multipart/related; type=\"application/octet-stream\""), JPEG).unwrap(),
-            (Uncompressed, "application/octet-stream")
+            form("multipart/related; type=\"image/jls\", multipart/related; type=\"application/octet-stream\"", JPEG).unwrap(),
+            w(Uncompressed, octet, false)
+        );
+        // The weights decide, not the order.
+        assert_eq!(
+            form("multipart/related; type=\"application/octet-stream\"; q=0.5, multipart/related; type=application/octet-stream; transfer-syntax=*", JPEG).unwrap(),
+            w(AsStored, octet, true)
         );
         // Native instances have no compressed form.
         assert!(
-            wanted_form(
-                &accept("multipart/related; type=\"image/jpeg\""),
+            form(
+                "multipart/related; type=\"image/jpeg\"",
                 EXPLICIT_VR_LITTLE_ENDIAN
             )
             .is_err()
         );
-        assert!(wanted_form(&accept("application/dicom"), JPEG).is_err());
+        assert!(form("application/dicom", JPEG).is_err());
         assert!(
-            wanted_form(
-                &accept("multipart/related; type=\"application/octet-stream\"; q=0"),
+            form(
+                "multipart/related; type=\"application/octet-stream\"; q=0",
                 JPEG
             )
             .is_err()

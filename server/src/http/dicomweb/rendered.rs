@@ -29,7 +29,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::frames::{Part, frame_error, multipart};
-use super::wado::TranscodePermit;
+use super::wado::{CancelOnDrop, TranscodePermit};
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{AppState, blocking};
@@ -44,6 +44,24 @@ pub const THUMBNAIL_SIDE: u32 = 128;
 
 /// Most frames one rendered request may produce.
 pub const MAX_RENDERED_FRAMES: usize = 2000;
+
+/// Most bytes of pixels one rendered request may produce (before
+/// encoding), besides `limits.max_decoded_mib`.
+pub const MAX_RENDERED_BYTES: u64 = 256 << 20;
+
+/// Rendered requests of several images running at once, service-wide.
+const MAX_MULTI_RENDERS: usize = 2;
+
+static RENDERS: super::Slots = super::Slots::new(MAX_MULTI_RENDERS);
+
+/// One of [`MAX_MULTI_RENDERS`], released when dropped.
+struct RenderSlot;
+
+impl RenderSlot {
+    fn take() -> super::Slot {
+        RENDERS.take()
+    }
+}
 
 /// Default JPEG quality.
 const DEFAULT_QUALITY: u8 = 90;
@@ -87,6 +105,8 @@ impl Target {
 
 /// Parse the path: the target and whether a thumbnail is asked.
 fn target(path: &str) -> Option<(Target, bool)> {
+    // PS3.18 lets the frame list's commas be escaped (%2C).
+    let path = path.replace("%2C", ",").replace("%2c", ",");
     let mut segments: Vec<&str> = path.trim_start_matches("/dicomweb/").split('/').collect();
     let thumbnail = match segments.pop()? {
         "rendered" => false,
@@ -150,6 +170,9 @@ fn asked(query: &[(String, String)], thumbnail: bool) -> ApiResult<Asked> {
             "annotation" => asked
                 .warnings
                 .push("annotation is not supported: the image has none".into()),
+            "iccprofile" => asked
+                .warnings
+                .push("iccprofile is not supported: no ICC profile is embedded".into()),
             "charset" => {}
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -158,8 +181,11 @@ fn asked(query: &[(String, String)], thumbnail: bool) -> ApiResult<Asked> {
             }
         }
     }
-    if thumbnail && asked.params.viewport.is_none() {
-        asked.params.viewport = Some((THUMBNAIL_SIDE, THUMBNAIL_SIDE));
+    if thumbnail {
+        asked.params.shrink_only = true;
+        if asked.params.viewport.is_none() {
+            asked.params.viewport = Some((THUMBNAIL_SIDE, THUMBNAIL_SIDE));
+        }
     }
     Ok(asked)
 }
@@ -215,8 +241,52 @@ fn number(i: &WebInstance, tag: &str) -> i64 {
         .unwrap_or(i64::MAX)
 }
 
-fn is_image(i: &WebInstance) -> bool {
-    i.attributes.contains_key("00280010")
+/// Rows, Columns and Bits Allocated, as the index keys them.
+const ROWS: &str = "00280010";
+const COLUMNS: &str = "00280011";
+const BITS_ALLOCATED: &str = "00280100";
+
+/// Whether an instance can be rendered, from what the index holds: pixel
+/// data (Rows) of 8 or 16 bits allocated (not a 1-bit SEG, not 32-bit or
+/// float data). Palette colour is found when decoding.
+fn renderable(i: &WebInstance) -> Result<(), String> {
+    if !i.attributes.contains_key(ROWS) {
+        return Err("the instance has no pixel data; rendering non-image instances (SR as text/html) is not served".into());
+    }
+    match i
+        .attributes
+        .get(BITS_ALLOCATED)
+        .and_then(|b| b.trim().parse::<u32>().ok())
+    {
+        None | Some(8) | Some(16) => Ok(()),
+        Some(bits) => Err(format!(
+            "images of {bits} bits allocated are not rendered (8 and 16 only)"
+        )),
+    }
+}
+
+/// A region of the viewport parameter lies within the frame.
+fn check_region(region: vigie_dicom_io::render::Region, columns: u64, rows: u64) -> ApiResult<()> {
+    let (x0, x1) = ordered(region.x, region.x + region.width);
+    let (y0, y1) = ordered(region.y, region.y + region.height);
+    if x0 >= 0.0
+        && y0 >= 0.0
+        && x1 <= columns as f64
+        && y1 <= rows as f64
+        && x1 - x0 >= 1.0
+        && y1 - y0 >= 1.0
+    {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "the viewport region {},{},{},{} is not within the {columns}x{rows} frame",
+            region.x, region.y, region.width, region.height
+        )))
+    }
+}
+
+fn ordered(a: f64, b: f64) -> (f64, f64) {
+    if a <= b { (a, b) } else { (b, a) }
 }
 
 fn frames_of(i: &WebInstance) -> u32 {
@@ -261,36 +331,48 @@ pub async fn rendered_resource(
             return Err(ApiError::not_found("no such study, series or instance"));
         }
         let mut warnings = asked.warnings.clone();
-        // What to render: (instance, frame) pairs.
-        let jobs: Vec<(WebInstance, u32)> = match &target {
+        let study_or_series = matches!(target, Target::Series(..) | Target::Study(..));
+        // What to render: each instance once, with its frames in order.
+        let jobs: Vec<(WebInstance, Vec<u32>)> = match &target {
             Target::Frames(.., numbers) => {
                 let i = &found[0];
-                numbers.iter().map(|&n| (i.clone(), n)).collect()
+                if !i.attributes.contains_key(ROWS) {
+                    return Err(ApiError::not_found("the instance has no pixel data"));
+                }
+                renderable(i).map_err(ApiError::not_acceptable)?;
+                let frames = if thumbnail {
+                    vec![numbers[0]]
+                } else {
+                    numbers.clone()
+                };
+                vec![(i.clone(), frames)]
             }
             Target::Instance(..) => {
                 let i = &found[0];
-                if !is_image(i) {
-                    return Err(ApiError::not_acceptable(
-                        "the instance has no pixel data; rendering non-image instances (SR as text/html) is not served",
-                    ));
-                }
-                if thumbnail {
-                    vec![(i.clone(), 1)]
+                renderable(i).map_err(ApiError::not_acceptable)?;
+                let frames = if thumbnail {
+                    vec![1]
                 } else {
-                    (1..=frames_of(i)).map(|n| (i.clone(), n)).collect()
-                }
+                    (1..=frames_of(i).min(MAX_RENDERED_FRAMES as u32 + 1)).collect()
+                };
+                vec![(i.clone(), frames)]
             }
             Target::Series(..) | Target::Study(..) => {
                 let total = found.len();
-                let images = in_order(found.into_iter().filter(is_image).collect());
+                let images = in_order(
+                    found
+                        .into_iter()
+                        .filter(|i| renderable(i).is_ok())
+                        .collect(),
+                );
                 if images.is_empty() {
                     return Err(ApiError::not_acceptable(
-                        "no instance here has pixel data; rendering non-image instances is not served",
+                        "no instance here can be rendered (no pixel data, SEG, or a pixel format that is not rendered)",
                     ));
                 }
                 if images.len() < total {
                     warnings.push(format!(
-                        "{} instance(s) without pixel data not rendered",
+                        "{} instance(s) not rendered: no pixel data (SR), or a pixel format that is not rendered (SEG, 1 or 32 bits)",
                         total - images.len()
                     ));
                 }
@@ -300,17 +382,24 @@ pub async fn rendered_resource(
                         .iter()
                         .filter(|i| i.series_instance_uid == first)
                         .collect();
-                    vec![(series[series.len() / 2].clone(), 1)]
+                    vec![(series[series.len() / 2].clone(), vec![1])]
                 } else {
-                    images
-                        .iter()
-                        .flat_map(|i| (1..=frames_of(i)).map(move |n| (i.clone(), n)))
-                        .take(MAX_RENDERED_FRAMES + 1)
-                        .collect()
+                    let mut left = MAX_RENDERED_FRAMES + 1;
+                    let mut jobs = Vec::new();
+                    for i in images {
+                        if left == 0 {
+                            break;
+                        }
+                        let n = (frames_of(&i) as usize).min(left);
+                        left -= n;
+                        jobs.push((i, (1..=n as u32).collect()));
+                    }
+                    jobs
                 }
             }
         };
-        if jobs.len() > MAX_RENDERED_FRAMES {
+        let count: usize = jobs.iter().map(|(_, f)| f.len()).sum();
+        if count > MAX_RENDERED_FRAMES {
             return Err(ApiError::of_status(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -318,25 +407,99 @@ pub async fn rendered_resource(
                 ),
             ));
         }
-        let many = !thumbnail
-            && (jobs.len() > 1 || matches!(target, Target::Series(..) | Target::Study(..)));
+        // What the images will hold, at most: within the decoded-size limit
+        // and at most MAX_RENDERED_BYTES.
+        let limit = vigie_dicom_io::scan::limits()
+            .max_decoded_bytes
+            .min(MAX_RENDERED_BYTES);
+        let mut bytes = 0u64;
+        for (i, frames) in &jobs {
+            let (rows, columns) = (
+                number(i, ROWS).max(1) as u64,
+                number(i, COLUMNS).max(1) as u64,
+            );
+            if let Some(region) = asked.params.region {
+                check_region(region, columns, rows)?;
+            }
+            let per_frame = match asked.params.viewport {
+                Some((vw, vh)) => u64::from(vw) * u64::from(vh),
+                None => rows.saturating_mul(columns),
+            };
+            bytes = bytes.saturating_add(per_frame.saturating_mul(3 * frames.len() as u64));
+        }
+        if bytes > limit {
+            return Err(ApiError::of_status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the images asked would hold {} MiB, above the limit of {} MiB; ask fewer frames or a smaller viewport",
+                    bytes >> 20,
+                    limit >> 20
+                ),
+            ));
+        }
+        let many = !thumbnail && (count > 1 || study_or_series);
         let (format, in_parts) = negotiate(asked.accept.as_deref(), &headers, many, asked.quality)?;
         let params = asked.params.clone();
-        let count = jobs.len();
-        let images = blocking(move || {
-            jobs.iter()
-                .map(|(instance, frame)| {
+        // Given up with the request (a timeout, a client gone): the flag
+        // stops the rendering between two instances.
+        let cancelled = CancelOnDrop::default();
+        let flag = cancelled.flag();
+        let (images, skipped) = blocking(move || {
+            // Requests of several images hold them all until the last is
+            // rendered: two such requests at a time.
+            let _slot = (count > 1).then(RenderSlot::take);
+            let mut images = Vec::with_capacity(count);
+            let mut skipped = 0usize;
+            for (instance, frames) in &jobs {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(ApiError::of_status(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the request was given up",
+                    ));
+                }
+                let rendered = {
                     let _permit = TranscodePermit::take();
-                    let image =
-                        vigie_dicom_io::render::render_frame(&instance.path, *frame, &params)
-                            .map_err(|e| frame_error(&e))?;
-                    vigie_dicom_io::render::encode(&image, format).map_err(|e| {
+                    // Given up while waiting for the permit: nothing decoded.
+                    if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Err(ApiError::of_status(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the request was given up",
+                        ));
+                    }
+                    vigie_dicom_io::render::render_frames(&instance.path, frames, &params)
+                };
+                let rendered = match rendered {
+                    Ok(rendered) => rendered,
+                    // An image of a pixel format that is not rendered
+                    // (palette colour, …) is left out of a series, as the
+                    // instances the index already shows are.
+                    Err(vigie_dicom_io::Error::UnsupportedPixelData { .. }) if study_or_series => {
+                        skipped += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(frame_error(&e)),
+                };
+                for image in rendered {
+                    images.push(vigie_dicom_io::render::encode(&image, format).map_err(|e| {
                         ApiError::internal("not_encoded", StatusCode::INTERNAL_SERVER_ERROR, &e)
-                    })
-                })
-                .collect::<ApiResult<Vec<Vec<u8>>>>()
+                    })?);
+                }
+            }
+            Ok((images, skipped))
         })
         .await?;
+        drop(cancelled.disarm());
+        if images.is_empty() {
+            return Err(ApiError::not_acceptable(
+                "no instance here can be rendered (their pixel format, e.g. palette colour, is not rendered)",
+            ));
+        }
+        if skipped > 0 {
+            warnings.push(format!(
+                "{skipped} instance(s) not rendered: their pixel format is not rendered (palette colour, …)"
+            ));
+        }
+        let count = images.len();
         let event = AuditEvent::new(
             EventKind::DicomwebRetrieve,
             "ok",
@@ -370,7 +533,10 @@ pub async fn rendered_resource(
             return Ok(multipart(format.media_type(), parts, &extra));
         }
         let mut response = (
-            [(header::CONTENT_TYPE, format.media_type())],
+            [
+                (header::CONTENT_TYPE, format.media_type()),
+                (header::VARY, "Accept"),
+            ],
             images.into_iter().next().unwrap_or_default(),
         )
             .into_response();

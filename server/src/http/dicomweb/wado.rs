@@ -104,7 +104,7 @@ async fn metadata(app: AppState, headers: HeaderMap, scope: WebScope) -> Respons
         .await?;
         Ok::<_, ApiError>(
             (
-                [(header::CONTENT_TYPE, DICOM_JSON)],
+                [(header::CONTENT_TYPE, DICOM_JSON), (header::VARY, "Accept")],
                 serde_json::to_vec(&items).unwrap_or_default(),
             )
                 .into_response(),
@@ -221,10 +221,15 @@ async fn retrieve(
         });
         Ok::<_, ApiError>(
             (
-                [(
-                    header::CONTENT_TYPE,
-                    format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
-                )],
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        format!(
+                            "multipart/related; type=\"application/dicom\"; boundary={boundary}"
+                        ),
+                    ),
+                    (header::VARY, "Accept".to_string()),
+                ],
                 Body::from_stream(stream),
             )
                 .into_response(),
@@ -257,10 +262,16 @@ impl Drop for Prepared {
 
 /// Sets its flag when dropped unless disarmed: the request was given up.
 #[derive(Default)]
-struct CancelOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>, bool);
+pub(super) struct CancelOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>, bool);
 
 impl CancelOnDrop {
-    fn disarm(mut self) -> Self {
+    /// The flag, to check from the work it stops.
+    pub(super) fn flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.0.clone()
+    }
+
+    /// Keep the flag down when dropped: the work finished.
+    pub(super) fn disarm(mut self) -> Self {
         self.1 = true;
         self
     }
@@ -368,30 +379,16 @@ pub(super) fn short(e: &vigie_dicom_io::Error) -> String {
 /// bound), so more wait their turn.
 const MAX_TRANSCODES: usize = 2;
 
-static TRANSCODES: (std::sync::Mutex<usize>, std::sync::Condvar) =
-    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+static TRANSCODES: super::Slots = super::Slots::new(MAX_TRANSCODES);
 
-/// One of [`MAX_TRANSCODES`], released when dropped.
+/// The decodes of WADO-RS (transcodes, frames, bulk data, rendering): one
+/// of [`MAX_TRANSCODES`] service-wide, released when dropped.
 pub(super) struct TranscodePermit;
 
 impl TranscodePermit {
-    pub(super) fn take() -> Self {
-        let (count, freed) = &TRANSCODES;
-        let mut running = count.lock().unwrap_or_else(|p| p.into_inner());
-        while *running >= MAX_TRANSCODES {
-            running = freed.wait(running).unwrap_or_else(|p| p.into_inner());
-        }
-        *running += 1;
-        Self
-    }
-}
-
-impl Drop for TranscodePermit {
-    fn drop(&mut self) {
-        let (count, freed) = &TRANSCODES;
-        let mut running = count.lock().unwrap_or_else(|p| p.into_inner());
-        *running = running.saturating_sub(1);
-        freed.notify_one();
+    /// Wait for a permit.
+    pub(super) fn take() -> super::Slot {
+        TRANSCODES.take()
     }
 }
 
