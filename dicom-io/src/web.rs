@@ -489,22 +489,30 @@ pub fn metadata(path: &Path, bulk: Option<&str>) -> Result<Value> {
     Ok(value)
 }
 
-/// Empty every binary value (and nested encapsulated pixel data) of a data
-/// set and of its sequences' items, keeping each element and its VR.
+/// Replace every non-empty binary value (and nested encapsulated pixel
+/// data) of a data set and of its sequences' items by one byte, a marker
+/// the JSON writer turns into a short `InlineBinary` that
+/// [`bulk_references`] then replaces by a BulkDataURI; empty binary
+/// values stay empty (PS3.18 F.2: an empty attribute has only its VR).
 fn empty_binary_values(object: &mut InMemDicomObject) {
     use dicom_core::value::{PrimitiveValue, Value as DicomValue};
     let tags: Vec<(Tag, bool)> = object
         .iter()
         .map(|e| {
-            let binary = crate::frames::is_bulk_vr(e.vr())
-                || matches!(e.value(), DicomValue::PixelSequence(_));
+            let binary = match e.value() {
+                DicomValue::PixelSequence(s) => !s.fragments().is_empty(),
+                DicomValue::Primitive(p) => {
+                    crate::frames::is_bulk_vr(e.vr()) && p.calculate_byte_len() > 0
+                }
+                DicomValue::Sequence(_) => false,
+            };
             (e.header().tag, binary)
         })
         .collect();
     for (tag, binary) in tags {
         object.update_value(tag, |value| {
             if binary {
-                *value = DicomValue::Primitive(PrimitiveValue::Empty);
+                *value = DicomValue::Primitive(PrimitiveValue::U8(vec![0u8].into()));
             } else if let Some(items) = value.items_mut() {
                 items.iter_mut().for_each(empty_binary_values);
             }
@@ -524,7 +532,8 @@ fn bulk_references(map: &mut serde_json::Map<String, Value>, bulk: Option<&str>,
             .get("vr")
             .and_then(Value::as_str)
             .and_then(|vr| vr.parse::<VR>().ok())
-            .is_some_and(crate::frames::is_bulk_vr);
+            .is_some_and(crate::frames::is_bulk_vr)
+            && (element.contains_key("InlineBinary") || element.contains_key("Value"));
         if binary {
             element.remove("InlineBinary");
             element.remove("Value");

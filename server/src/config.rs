@@ -117,6 +117,11 @@ pub struct HttpConfig {
     /// cross-origin access (same-origin pages and non-browser clients are
     /// not concerned).
     pub cors_origins: Vec<String>,
+    /// The DICOMweb base URL as clients reach it
+    /// (`https://viewer.hospital.example/dicomweb`), for RetrieveURL and
+    /// BulkDataURI. Empty: from each request's `Host` and
+    /// `X-Forwarded-Proto`.
+    pub public_url: String,
 }
 
 /// `origin` as a browser serialises it (RFC 6454 6.2): scheme and host in
@@ -192,6 +197,7 @@ impl Default for HttpConfig {
             metrics_public: false,
             shutdown_grace_s: 30,
             cors_origins: Vec::new(),
+            public_url: String::new(),
         }
     }
 }
@@ -642,6 +648,21 @@ impl Config {
         if h.max_concurrent_requests == 0 {
             problems.push("http.max_concurrent_requests: must be at least 1".into());
         }
+        let public = h.public_url.trim_end_matches('/');
+        if !public.is_empty()
+            && !((public.starts_with("https://") || public.starts_with("http://"))
+                && public.len() <= 512
+                && !public.contains(['?', '#', ' ', '"', '\\'])
+                && public
+                    .split("://")
+                    .nth(1)
+                    .is_some_and(|rest| !rest.is_empty()))
+        {
+            problems.push(format!(
+                "http.public_url: {:?} is not an http(s) URL without query or fragment",
+                h.public_url
+            ));
+        }
         for (i, origin) in h.cors_origins.iter().enumerate() {
             if !is_web_origin(origin) {
                 problems.push(format!(
@@ -918,6 +939,23 @@ mod example_tests {
             _ => {
                 out.insert(prefix.to_string());
             }
+        }
+    }
+
+    #[test]
+    fn the_public_url_must_be_an_http_url() {
+        let mut config = Config::default();
+        config.http.public_url = "https://viewer.hospital.example/dicomweb".into();
+        assert!(config.validate().is_ok());
+        for bad in [
+            "viewer.example/dicomweb",
+            "https://",
+            "https://v/dicomweb?x=1",
+            "ftp://v",
+        ] {
+            config.http.public_url = bad.into();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("http.public_url"), "{bad}: {err}");
         }
     }
 

@@ -5,9 +5,12 @@ list, a study with its image, and the AI result (Vigie's summary image),
 with screenshots. The pixels OHIF drew are read from its canvas and
 compared with the stored instances (numpy).
 
-usage: ohif_viewer.py OHIF_URL USER:PASSWORD SHOTS_DIR STUDY SOURCE_SERIES
-                      SOURCE_FILE SUMMARY_SERIES SUMMARY_FILE
-(the proxy's basic authentication, sent with every request the page makes)
+usage: ohif_viewer.py OHIF_URL USER:PASSWORD SHOTS_DIR STUDY STUDY_DESCRIPTION
+                      SUMMARY_SERIES_NUMBER SOURCE_FILE SUMMARY_FILE
+(the proxy's basic authentication, sent with every request the page makes).
+The study list must show the study (by its description); the study opens at
+the viewer URL the list's workflows open; the summary image is opened from
+the study browser by a double-click on its thumbnail.
 Prints a JSON object of what was seen and measured.
 """
 
@@ -15,6 +18,7 @@ import base64
 import io
 import json
 import os
+import signal
 import sys
 import time
 
@@ -75,19 +79,21 @@ def fitted(pixels, shape):
     return pixels[int(round(y0)):int(round(y0 + h)), int(round(x0)):int(round(x0 + w))]
 
 
-def correlation(pixels, expected):
-    """Pearson correlation of what the canvas shows where the image is
-    fitted, resized to the instance, with the instance."""
+def compared(pixels, expected):
+    """What the canvas shows where the image is fitted, resized to the
+    instance, against the instance: Pearson correlation and mean absolute
+    difference in grey levels (a wrong window shows in the second)."""
     if pixels is None:
-        return None
+        return None, None
     shown = fitted(pixels, expected.shape)
     image = Image.fromarray(shown.astype(np.uint8)).resize(
         (expected.shape[1], expected.shape[0]), Image.BILINEAR)
     a = np.asarray(image).astype(np.float64).ravel()
     b = expected.ravel()
+    mad = float(np.abs(a - b).mean())
     if a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
+        return 0.0, mad
+    return float(np.corrcoef(a, b)[0, 1]), mad
 
 
 def wait_for_image(browser, what, timeout=90):
@@ -115,10 +121,12 @@ def dismiss(browser):
 
 
 def main():
-    url, credentials, shots, study, source_series, source, summary_series, summary = sys.argv[1:9]
+    signal.alarm(300)  # never hang the test run
+    (url, credentials, shots, study, description, summary_series_number, source,
+     summary) = sys.argv[1:9]
     os.makedirs(shots, exist_ok=True)
     seen = {}
-    browser = Browser()
+    browser = Browser(extra_args=("--ignore-certificate-errors",))
     try:
         browser.attach()
         browser.send("Page.enable")
@@ -128,30 +136,50 @@ def main():
             "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}})
         browser.send("Emulation.setDeviceMetricsOverride",
                      {"width": 1300, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        # 1. The study list, as a radiologist opens the viewer.
         browser.send("Page.navigate", {"url": f"{url}/"})
-        browser.wait(f"document.body && document.body.innerText.includes('{study[-6:]}') || "
-                     "document.querySelectorAll('[data-cy^=\"studyRow\"], tr').length > 1",
+        browser.wait(f"document.body && document.body.innerText.includes({json.dumps(description)})",
                      "the study list", timeout=90)
-        time.sleep(2)
         dismiss(browser)
         browser.screenshot(os.path.join(shots, "1-study-list.png"))
         seen["study_list_text"] = browser.evaluate("document.body.innerText")[:4000]
 
-        browser.send("Page.navigate", {
-            "url": f"{url}/viewer?StudyInstanceUIDs={study}&initialSeriesInstanceUID={source_series}"})
+        # 2. The study opened in OHIF's viewer, at the URL the list's
+        # workflow opens (/viewer?StudyInstanceUIDs=…): its first series.
+        browser.send("Page.navigate", {"url": f"{url}/viewer?StudyInstanceUIDs={study}"})
+        browser.wait("location.pathname.startsWith('/viewer')", "the viewer", timeout=60)
         pixels = wait_for_image(browser, "the study's image")
         dismiss(browser)
         browser.screenshot(os.path.join(shots, "2-image.png"))
-        seen["image_correlation"] = correlation(pixels, reference(source))
+        seen["viewer_url"] = browser.evaluate("location.pathname + location.search")
+        seen["image_correlation"], seen["image_mad"] = compared(pixels, reference(source))
         seen["viewer_text"] = browser.evaluate("document.body.innerText")[:4000]
 
-        browser.send("Page.navigate", {
-            "url": f"{url}/viewer?StudyInstanceUIDs={study}&initialSeriesInstanceUID={summary_series}"})
-        pixels = wait_for_image(browser, "the AI summary image")
+        # 3. The AI result: the summary image's thumbnail in the study
+        # browser, double-clicked into the viewport.
+        selector = (f'[data-cy="study-browser-thumbnail"]'
+                    f'[data-series="{summary_series_number}"]')
+        browser.wait(f"!!document.querySelector({json.dumps(selector)})",
+                     "the summary image's thumbnail", timeout=60)
+        # OHIF's thumbnails are drag sources: a double-click is given to
+        # the element as the DOM event its handler listens to.
+        browser.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            " e.scrollIntoView({block: 'center'});"
+            " e.dispatchEvent(new MouseEvent('dblclick', {bubbles: true, cancelable: true,"
+            " view: window, detail: 2})); })()")
+        expected = reference(summary)
+        deadline = time.time() + 60
+        while True:
+            pixels = wait_for_image(browser, "the AI summary image")
+            correlation, mad = compared(pixels, expected)
+            if correlation and correlation > 0.9 or time.time() > deadline:
+                break
+            time.sleep(1)
         dismiss(browser)
         browser.screenshot(os.path.join(shots, "3-ai-result.png"))
-        seen["summary_correlation"] = correlation(pixels, reference(summary))
-        seen["summary_vs_source_correlation"] = correlation(pixels, reference(source))
+        seen["summary_correlation"], seen["summary_mad"] = correlation, mad
+        seen["summary_vs_source_correlation"], _ = compared(pixels, reference(source))
         seen["summary_text"] = browser.evaluate("document.body.innerText")[:4000]
     finally:
         browser.close()

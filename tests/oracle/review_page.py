@@ -13,6 +13,7 @@ natural size, the labels offered.
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ import time
 
 
 class Browser:
-    def __init__(self):
+    def __init__(self, extra_args=()):
         self.profile = tempfile.mkdtemp(prefix="vigie-chromium-")
         to_chrome_r, self.to_chrome = os.pipe()
         self.from_chrome, from_chrome_w = os.pipe()
@@ -34,7 +35,7 @@ class Browser:
              "--headless", "--no-sandbox", "--disable-gpu",
              "--remote-debugging-pipe", "--no-first-run", "--hide-scrollbars",
              "--window-size=1300,900", f"--user-data-dir={self.profile}",
-             "about:blank"],
+             *extra_args, "about:blank"],
             pass_fds=(to_chrome_r, from_chrome_w),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_chrome_r)
@@ -116,6 +117,8 @@ class Browser:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
 
 
 def main():

@@ -132,6 +132,12 @@ const RENDER_QUERY: &[Param] = &[
         "query",
         "Not supported; ignored with a Warning",
     ),
+    (
+        "iccprofile",
+        "query",
+        "Not supported; ignored with a Warning",
+    ),
+    ("charset", "query", "Ignored"),
 ];
 const RENDER_RESPONSES: &[(u16, &str)] = &[
     (

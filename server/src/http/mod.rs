@@ -470,10 +470,33 @@ pub async fn tls_config(
 }
 
 /// Base URL of the DICOMweb service as the client reached it (for
-/// RetrieveURL and BulkDataURI attributes): its `Host`, and the scheme of
-/// `X-Forwarded-Proto` (`http` or `https`, as a reverse proxy terminating
-/// TLS sets it; docs/viewers.md), else Vigie's own.
+/// RetrieveURL and BulkDataURI attributes): `http.public_url` when set;
+/// else the request's `Host`, and the scheme of `X-Forwarded-Proto`
+/// (`http` or `https`, as a reverse proxy terminating TLS sets it;
+/// docs/viewers.md), else Vigie's own. Only the client's own answers
+/// depend on the headers it sends.
 pub fn base_url(app: &App, headers: &axum::http::HeaderMap) -> String {
+    let http = &app.config.http;
+    dicomweb_base(
+        &http.public_url,
+        app.tls,
+        &format!("{}:{}", http.bind, http.port),
+        headers,
+    )
+}
+
+/// [`base_url`] from its parts: the configured public URL, whether Vigie
+/// itself serves TLS, its own address, the request's headers.
+fn dicomweb_base(
+    public_url: &str,
+    tls: bool,
+    own: &str,
+    headers: &axum::http::HeaderMap,
+) -> String {
+    let public = public_url.trim().trim_end_matches('/');
+    if !public.is_empty() {
+        return public.to_string();
+    }
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -482,7 +505,7 @@ pub fn base_url(app: &App, headers: &axum::http::HeaderMap) -> String {
                 .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
         })
         .map(str::to_string)
-        .unwrap_or_else(|| format!("{}:{}", app.config.http.bind, app.config.http.port));
+        .unwrap_or_else(|| own.to_string());
     let forwarded = headers
         .get("x-forwarded-proto")
         .and_then(|h| h.to_str().ok())
@@ -490,7 +513,7 @@ pub fn base_url(app: &App, headers: &axum::http::HeaderMap) -> String {
     let scheme = match forwarded.as_deref() {
         Some("https") => "https",
         Some("http") => "http",
-        _ if app.tls => "https",
+        _ if tls => "https",
         _ => "http",
     };
     format!("{scheme}://{host}/dicomweb")
@@ -499,4 +522,60 @@ pub fn base_url(app: &App, headers: &axum::http::HeaderMap) -> String {
 /// A caller's name, for handlers behind [`authorize`].
 pub fn caller_name(caller: Option<&auth::Caller>) -> String {
     caller.map(|c| c.name.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod base_url_tests {
+    use super::dicomweb_base;
+    use axum::http::HeaderMap;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(*name, value.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_dicomweb_base_follows_the_proxy_or_the_configuration() {
+        let own = "127.0.0.1:8080";
+        let plain = headers(&[("host", "viewer.example:8443")]);
+        assert_eq!(
+            dicomweb_base("", false, own, &plain),
+            "http://viewer.example:8443/dicomweb"
+        );
+        assert_eq!(
+            dicomweb_base("", true, own, &plain),
+            "https://viewer.example:8443/dicomweb"
+        );
+        // A proxy terminating TLS says so.
+        let proxied = headers(&[("host", "viewer.example"), ("x-forwarded-proto", "HTTPS")]);
+        assert_eq!(
+            dicomweb_base("", false, own, &proxied),
+            "https://viewer.example/dicomweb"
+        );
+        let downgraded = headers(&[("host", "v"), ("x-forwarded-proto", "http")]);
+        assert_eq!(
+            dicomweb_base("", true, own, &downgraded),
+            "http://v/dicomweb"
+        );
+        // Anything else in the header is ignored; a Host with odd
+        // characters is not used.
+        let odd = headers(&[("host", "evil.example/x"), ("x-forwarded-proto", "gopher")]);
+        assert_eq!(
+            dicomweb_base("", false, own, &odd),
+            "http://127.0.0.1:8080/dicomweb"
+        );
+        // The configured public URL wins over every header.
+        assert_eq!(
+            dicomweb_base(
+                "https://viewer.hospital.example/dicomweb/",
+                false,
+                own,
+                &proxied
+            ),
+            "https://viewer.hospital.example/dicomweb"
+        );
+    }
 }
