@@ -5,7 +5,8 @@
 # PACS (DCMTK's storescp writing to .cache/vigie/demo/pacs); send it the 17
 # demo studies through its own DICOM port with DCMTK's storescu, as a
 # modality or PACS would; wait until every study has been assembled,
-# analysed, and its result (DICOM SR) delivered to the stand-in PACS. The
+# analysed, and its results (a DICOM SR and a summary image, the default)
+# delivered to the stand-in PACS. The
 # service log (stderr) says what happened, study by study; the status is
 # printed at the end.
 #
@@ -64,17 +65,19 @@ echoscu -aet DEMO-MODALITY -aec VIGIE 127.0.0.1 "$DICOM_PORT"
 storescu -aet DEMO-MODALITY -aec VIGIE 127.0.0.1 "$DICOM_PORT" .cache/vigie/demo/dicom/*.dcm
 N=$(ls .cache/vigie/demo/dicom/*.dcm | wc -l)
 echo "[demo] $N instances acknowledged; waiting for the studies to be analysed"
-progress() { status | .venv/bin/python -c 'import json,sys; s=json.load(sys.stdin); print(s["jobs"].get("done",0), s["jobs"].get("failed",0), s["outbox"]["sent"], s["outbox"]["failed"])'; }
+progress() { status | .venv/bin/python -c 'import json,sys; s=json.load(sys.stdin); o=s["outbox"]; print(s["jobs"].get("done",0), s["jobs"].get("failed",0), o["sent"], o["failed"], o.get("pending",0) + o.get("awaiting_commitment",0))'; }
+# Done when every study is analysed and nothing waits in the outbox (each
+# job queues its results before it is done).
 for _ in $(seq 600); do
-  read -r ok failed sent undeliverable < <(progress)
-  [ $((ok + failed)) -ge "$N" ] && [ $((sent + undeliverable)) -ge "$ok" ] && break
+  read -r ok failed sent undeliverable waiting < <(progress)
+  [ $((ok + failed)) -ge "$N" ] && [ "$waiting" -eq 0 ] && [ $((sent + undeliverable)) -ge "$ok" ] && break
   sleep 0.5
 done
-read -r ok failed sent undeliverable < <(progress)
+read -r ok failed sent undeliverable waiting < <(progress)
 echo "[demo] status: $(status)"
-echo "[demo] $ok jobs done, $failed failed; $sent results delivered to DEMO-PACS, $(ls "$PACS" | wc -l) files in $PACS:"
+echo "[demo] $ok jobs done, $failed failed; $sent results delivered to DEMO-PACS (an SR and a summary image per study), $undeliverable undeliverable, $(ls "$PACS" | wc -l) files in $PACS:"
 ls "$PACS" | head -n 3
-[ "$ok" -eq "$N" ] && [ "$failed" -eq 0 ] && [ "$sent" -eq "$N" ] || exit 1
+[ "$ok" -eq "$N" ] && [ "$failed" -eq 0 ] && [ "$undeliverable" -eq 0 ] && [ "$waiting" -eq 0 ] && [ "$sent" -ge "$N" ] || exit 1
 if [ "${VIGIE_DEMO_KEEP_RUNNING:-0}" != 1 ]; then
   kill -TERM "$VIGIE"; wait "$VIGIE" || true
   echo "[demo] the audit trail of this run:"
