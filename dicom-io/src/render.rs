@@ -33,6 +33,18 @@ pub struct Region {
     pub height: f64,
 }
 
+impl Region {
+    /// The region's left, top, right and bottom edges (sizes flipped back
+    /// to positive), when it lies within a `columns` × `rows` frame and
+    /// covers at least one pixel each way.
+    pub fn bounds(&self, columns: f64, rows: f64) -> Option<(f64, f64, f64, f64)> {
+        let (x0, x1) = ordered(self.x, self.x + self.width);
+        let (y0, y1) = ordered(self.y, self.y + self.height);
+        (x0 >= 0.0 && y0 >= 0.0 && x1 <= columns && y1 <= rows && x1 - x0 >= 1.0 && y1 - y0 >= 1.0)
+            .then_some((x0, y0, x1, y1))
+    }
+}
+
 /// What to render.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RenderParams {
@@ -193,15 +205,13 @@ fn one(
 
 /// Cut `region` out of `image`, flipping where a size is negative.
 fn crop(image: Rendered, region: Region) -> std::result::Result<Rendered, String> {
-    let (w, h) = (f64::from(image.width), f64::from(image.height));
-    let (x0, x1) = ordered(region.x, region.x + region.width);
-    let (y0, y1) = ordered(region.y, region.y + region.height);
-    if !(x0 >= 0.0 && y0 >= 0.0 && x1 <= w && y1 <= h && x1 - x0 >= 1.0 && y1 - y0 >= 1.0) {
+    let Some((x0, y0, x1, y1)) = region.bounds(f64::from(image.width), f64::from(image.height))
+    else {
         return Err(format!(
             "region {},{},{},{} is not within the {}x{} frame",
             region.x, region.y, region.width, region.height, image.width, image.height
         ));
-    }
+    };
     let (cx, cy) = (x0.floor() as u32, y0.floor() as u32);
     let (cw, ch) = (
         (x1.ceil() as u32 - cx).max(1),

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Vigie, base_config, demo_studies, multipart, send, token, uids};
+use common::{Vigie, base_config, demo_studies, multipart, only_part, send, token, uids};
 use vigie_test_support::{oracle, repo_root};
 
 const STUDY_ROUTE: &str = r#"
@@ -568,29 +568,6 @@ fn orthanc_dicomweb_plugin_pushes_to_and_pulls_from_vigie() {
         });
     assert_eq!(stored.get("stow-rs"), Some(&2));
     let _ = repo_root();
-}
-
-/// The DICOM part of a single-part WADO-RS response.
-fn only_part(response: &common::HttpResponse) -> Vec<u8> {
-    let content_type = response.header("content-type").unwrap().to_string();
-    let boundary = content_type
-        .split("boundary=")
-        .nth(1)
-        .unwrap()
-        .trim_matches('"')
-        .to_string();
-    let body = &response.body;
-    let start = body
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("part headers")
-        + 4;
-    let end_marker = format!("\r\n--{boundary}--\r\n");
-    assert!(
-        body.ends_with(end_marker.as_bytes()),
-        "the body ends with its closing delimiter"
-    );
-    body[start..body.len() - end_marker.len()].to_vec()
 }
 
 /// #23's defects "WADO-RS cut short" and "Implementation Class UID after

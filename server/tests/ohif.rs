@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{Vigie, base_config, demo_studies, multipart, token, uids};
+use common::{Vigie, base_config, demo_studies, multipart, only_part, token, uids};
 use vigie_test_support::{free_port, oracle, repo_root};
 
 // A bare [results]: the summary image as by default (base_config keeps
@@ -187,20 +187,6 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The DICOM part of a single-instance WADO-RS response.
-fn only_part(body: &[u8]) -> Vec<u8> {
-    let start = body
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("part headers")
-        + 4;
-    let end = body
-        .windows(4)
-        .rposition(|w| w == b"\r\n--")
-        .expect("closing delimiter");
-    body[start..end].to_vec()
-}
-
 #[test]
 fn ohif_lists_the_studies_shows_the_image_and_the_ai_result() {
     let tmp = tempfile::tempdir().unwrap();
@@ -252,7 +238,7 @@ fn ohif_lists_the_studies_shows_the_image_and_the_ai_result() {
     );
     assert_eq!(r.status, 200);
     let summary_file = tmp.path().join("summary.dcm");
-    std::fs::write(&summary_file, only_part(&r.body)).unwrap();
+    std::fs::write(&summary_file, only_part(&r)).unwrap();
 
     let port = free_port();
     let _proxy = start_proxy(&tmp.path().join("nginx"), &vigie, port);

@@ -719,3 +719,29 @@ pub fn storescp(dir: &Path) -> StoreScp {
         dir: dir.to_path_buf(),
     }
 }
+
+/// The DICOM part of a single-part WADO-RS response.
+pub fn only_part(response: &HttpResponse) -> Vec<u8> {
+    let content_type = response
+        .header("content-type")
+        .expect("a boundary")
+        .to_string();
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let body = &response.body;
+    let start = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("part headers")
+        + 4;
+    let end_marker = format!("\r\n--{boundary}--\r\n");
+    assert!(
+        body.ends_with(end_marker.as_bytes()),
+        "the body ends with its closing delimiter"
+    );
+    body[start..body.len() - end_marker.len()].to_vec()
+}

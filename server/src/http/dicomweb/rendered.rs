@@ -267,26 +267,13 @@ fn renderable(i: &WebInstance) -> Result<(), String> {
 
 /// A region of the viewport parameter lies within the frame.
 fn check_region(region: vigie_dicom_io::render::Region, columns: u64, rows: u64) -> ApiResult<()> {
-    let (x0, x1) = ordered(region.x, region.x + region.width);
-    let (y0, y1) = ordered(region.y, region.y + region.height);
-    if x0 >= 0.0
-        && y0 >= 0.0
-        && x1 <= columns as f64
-        && y1 <= rows as f64
-        && x1 - x0 >= 1.0
-        && y1 - y0 >= 1.0
-    {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
+    match region.bounds(columns as f64, rows as f64) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::bad_request(format!(
             "the viewport region {},{},{},{} is not within the {columns}x{rows} frame",
             region.x, region.y, region.width, region.height
-        )))
+        ))),
     }
-}
-
-fn ordered(a: f64, b: f64) -> (f64, f64) {
-    if a <= b { (a, b) } else { (b, a) }
 }
 
 fn frames_of(i: &WebInstance) -> u32 {
